@@ -1,0 +1,186 @@
+//! A named counter for every decision and every drop reason.
+//!
+//! Each worker owns one cache-line-aligned block of counters and is its only
+//! writer, so an increment is a plain load and store (no locked instruction);
+//! readers (the `show counters` API, metrics) sum the blocks with relaxed loads.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! named_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal, $help:literal;)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        pub enum $name { $($(#[$vm])* $v,)* }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$v,)*];
+            pub const COUNT: usize = [$($name::$v,)*].len();
+            /// The stable name used in `show counters`, metrics and traces.
+            pub fn name(self) -> &'static str { match self { $($name::$v => $s,)* } }
+            /// One line saying what the counter counts.
+            pub fn help(self) -> &'static str { match self { $($name::$v => $help,)* } }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.name()) }
+        }
+    };
+}
+
+named_enum!(
+    /// Decisions: what happened to packets that were not dropped.
+    Counter {
+        RxPod => "rx_pod", "frames received from pod TAPs";
+        RxHost => "rx_host", "frames received from the host port";
+        RxVxlan => "rx_vxlan", "VXLAN datagrams received";
+        ArpProxyReply => "arp_proxy_reply", "ARP requests answered with the host-side MAC (proxy-ARP)";
+        ForwardLocal => "forward_local", "packets switched to a pod on this node by its /32 route";
+        ForwardVxlan => "forward_vxlan", "packets encapsulated to a remote VTEP";
+        ForwardHost => "forward_host", "packets handed to the node's own stack";
+        Decap => "decap", "VXLAN datagrams accepted and decapsulated";
+        HostPunt => "host_punt", "steered packets that matched no service or flow, returned to the host stack";
+        CtHitOriginal => "ct_hit_original", "packets of a tracked flow, original direction";
+        CtHitReply => "ct_hit_reply", "packets of a tracked flow, reply direction (reverse NAT)";
+        CtNew => "ct_new", "flows entered in the connection table";
+        CtRaceJoined => "ct_race_joined", "packets of a new flow that found it inserted by a concurrent packet";
+        CtPortRemapped => "ct_port_remapped", "new flows whose source port was changed to keep the reply tuple unique";
+        CtExpired => "ct_expired", "flows removed by timeout";
+        CtFlushedEndpoint => "ct_flushed_endpoint", "UDP flows removed because their endpoint was removed";
+        ServiceDnat => "service_dnat", "new flows DNATed to a service endpoint";
+        ServiceMasquerade => "service_masquerade", "new service flows masqueraded (KUBE-MARK-MASQ)";
+        EgressMasquerade => "egress_masquerade", "new pod flows leaving the cluster masqueraded to the node IP";
+        ServiceReject => "service_reject", "new flows to a service without endpoints, refused (TCP RST / ICMP port unreachable)";
+        IcmpErrorTranslated => "icmp_error_translated", "ICMP errors about a NATed flow, translated";
+        IcmpTimeExceededSent => "icmp_time_exceeded_sent", "ICMP time exceeded sent";
+        IcmpFragNeededSent => "icmp_frag_needed_sent", "ICMP fragmentation needed sent (DF packet over the VXLAN MTU)";
+        IcmpUnreachableSent => "icmp_unreachable_sent", "ICMP destination/port unreachable sent";
+        TcpResetSent => "tcp_reset_sent", "TCP RSTs sent";
+        GsoSegmented => "gso_segmented", "TCP super-packets segmented in userspace";
+        GroCoalesced => "gro_coalesced", "TCP segments coalesced into a super-packet towards a pod";
+    }
+);
+
+named_enum!(
+    /// Every reason a packet is dropped.
+    DropReason {
+        EthTruncated => "eth_truncated", "frame shorter than an Ethernet header";
+        EthNotForUs => "eth_not_for_us", "unicast frame to a MAC that is not the host side";
+        EthertypeUnsupported => "ethertype_unsupported", "neither IPv4 nor ARP";
+        Ipv6Unsupported => "ipv6_unsupported", "IPv6 (ucanal is IPv4-only, as the lab)";
+        ArpMalformed => "arp_malformed", "ARP that is not a well-formed Ethernet/IPv4 packet";
+        ArpIgnored => "arp_ignored", "ARP replies, gratuitous ARP and probes (nothing to answer)";
+        ArpSpoofed => "arp_spoofed", "ARP from a pod with a sender IP that is not the pod's";
+        Ipv4Malformed => "ipv4_malformed", "IPv4 header fails its length/version checks";
+        Ipv4BadChecksum => "ipv4_bad_checksum", "IPv4 header checksum wrong";
+        Ipv4Martian => "ipv4_martian", "source or destination that is never valid (0/8, 127/8, multicast source, broadcast)";
+        SpoofedSource => "spoofed_source", "pod sent with a source IP that is not its own (Calico RPF check)";
+        L4Malformed => "l4_malformed", "TCP/UDP/ICMP header truncated or inconsistent";
+        TtlExceeded => "ttl_exceeded", "TTL ran out here (ICMP time exceeded sent)";
+        NoRoute => "no_route", "destination inside the cluster with no route (no pod, no peer subnet)";
+        NoNeighbour => "no_neighbour", "peer route without a neighbour entry (never flooded)";
+        NoFdb => "no_fdb", "neighbour MAC without an FDB entry (never flooded)";
+        TooBig => "too_big", "DF packet over the VXLAN MTU (ICMP fragmentation needed sent)";
+        NeedsFragmentation => "needs_fragmentation", "non-DF packet over the VXLAN MTU (ucanal does not fragment)";
+        VxlanMalformed => "vxlan_malformed", "datagram too short for a VXLAN header, or flags/reserved bits wrong";
+        VxlanBadVni => "vxlan_bad_vni", "VNI is not this node's";
+        VxlanUnknownPeer => "vxlan_unknown_peer", "datagram from an address with no FDB entry";
+        VxlanInnerMalformed => "vxlan_inner_malformed", "inner frame truncated or not IPv4";
+        VxlanInnerDmac => "vxlan_inner_dmac", "inner destination MAC is not this VTEP's";
+        VxlanFdbMismatch => "vxlan_fdb_mismatch", "inner source MAC does not belong to the sending peer";
+        VxlanSrcOutsideSubnet => "vxlan_src_outside_subnet", "inner source outside the sending peer's pod subnet";
+        VxlanNotLocal => "vxlan_not_local", "inner destination is not on this node (no transit)";
+        FragmentNeedsNat => "fragment_needs_nat", "IP fragment of a flow that needs NAT (ucanal does not reassemble)";
+        CtInvalid => "ct_invalid", "TCP packet that cannot start a tracked flow (conntrack INVALID)";
+        CtFull => "ct_full", "new flow refused: the connection table is at its maximum";
+        SnatExhausted => "snat_exhausted", "no free source port for masquerade";
+        NoService => "no_service", "packet to a service IP and port with no service (ICMP port unreachable sent)";
+        ServiceNoEndpoints => "service_no_endpoints", "new flow to a service without endpoints (refused)";
+        HostLoop => "host_loop", "packet from the host port that would go back to it";
+        PortGone => "port_gone", "the destination port was removed while the packet was in flight";
+        TxError => "tx_error", "the kernel refused to send the packet";
+        GsoUnsupported => "gso_unsupported", "super-packet of a kind ucanal does not segment";
+    }
+);
+
+const SLOTS: usize = Counter::COUNT + DropReason::COUNT;
+
+#[repr(align(64))]
+struct Block([AtomicU64; SLOTS]);
+
+/// Counters for `workers` writers, plus one slot for the control plane.
+pub struct Counters {
+    blocks: Box<[Block]>,
+}
+
+impl Counters {
+    pub fn new(workers: usize) -> Self {
+        let blocks = (0..workers.max(1))
+            .map(|_| Block(std::array::from_fn(|_| AtomicU64::new(0))))
+            .collect();
+        Counters { blocks }
+    }
+    pub fn workers(&self) -> usize {
+        self.blocks.len()
+    }
+    #[inline]
+    fn bump(&self, worker: usize, slot: usize, n: u64) {
+        // Heads up: only worker `worker` writes its block, so load+store is not a lost
+        // update; it avoids a locked instruction per packet.
+        let c = &self.blocks[worker % self.blocks.len()].0[slot];
+        c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    #[inline]
+    pub fn inc(&self, worker: usize, c: Counter) {
+        self.bump(worker, c as usize, 1);
+    }
+    #[inline]
+    pub fn add(&self, worker: usize, c: Counter, n: u64) {
+        self.bump(worker, c as usize, n);
+    }
+    #[inline]
+    pub fn drop(&self, worker: usize, d: DropReason) {
+        self.bump(worker, Counter::COUNT + d as usize, 1);
+    }
+    pub fn get(&self, c: Counter) -> u64 {
+        self.sum(c as usize)
+    }
+    pub fn dropped(&self, d: DropReason) -> u64 {
+        self.sum(Counter::COUNT + d as usize)
+    }
+    fn sum(&self, slot: usize) -> u64 {
+        self.blocks.iter().map(|b| b.0[slot].load(Relaxed)).sum()
+    }
+    /// Every counter with its name, decisions first, zeros included.
+    pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut v: Vec<_> = Counter::ALL.iter().map(|c| ("decision", c.name(), self.get(*c))).collect();
+        v.extend(DropReason::ALL.iter().map(|d| ("drop", d.name(), self.dropped(*d))));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_snake_case() {
+        let mut names: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.extend(DropReason::ALL.iter().map(|d| d.name()));
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(n, names.len());
+        assert!(names.iter().all(|s| s.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())));
+    }
+
+    #[test]
+    fn sums_across_workers() {
+        let c = Counters::new(3);
+        c.inc(0, Counter::RxPod);
+        c.inc(2, Counter::RxPod);
+        c.add(1, Counter::RxPod, 5);
+        c.drop(1, DropReason::NoFdb);
+        assert_eq!(c.get(Counter::RxPod), 7);
+        assert_eq!(c.dropped(DropReason::NoFdb), 1);
+        assert_eq!(c.dropped(DropReason::NoRoute), 0);
+    }
+}
