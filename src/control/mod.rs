@@ -1,1 +1,11 @@
-//! The control plane.
+//! The control plane: the config file, the runtime API on a Unix socket, and the
+//! table snapshots it publishes to the dataplane. It never touches packets.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod metrics;
+pub mod probe;
+pub mod show;
+pub mod stream;

@@ -156,7 +156,7 @@ pub(crate) mod fixtures {
             host_mac: MacAddr::CALICO_HOST,
             host_port_mac: "02:00:ac:10:f0:83".parse().unwrap(),
             gateway: Ipv4Addr::new(169, 254, 1, 1),
-            masquerade_ports: (61000, 65535),
+            masquerade_ports: (61000, 65534),
         }
     }
 

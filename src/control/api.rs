@@ -1,0 +1,97 @@
+//! The runtime API: JSON lines over a Unix socket that only root may open.
+//!
+//! One request per line, one response per line (streams — live trace, capture —
+//! send several `data` lines and end with a line whose `done` is true).
+
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::config::PodSpec;
+use crate::core::nat::service::ServiceSpec;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    PodAdd { pod: PodSpec },
+    PodDel { name: String },
+    ServiceSet { service: ServiceSpec },
+    ServiceDel { name: String },
+    EndpointAdd { service: String, endpoint: SocketAddrV4 },
+    EndpointDel { service: String, endpoint: SocketAddrV4 },
+    Show { what: Show },
+    /// Runs a described packet through the live tables without sending it.
+    Trace { probe: super::probe::Probe },
+    /// Streams the traces of the next `count` real packets matching `filter`.
+    TraceLive { filter: String, count: usize, timeout_ms: u64 },
+    /// Streams frames seen on a port (pod name, `vxlan` or `host`) as pcap records.
+    Capture { port: String, filter: String, count: usize, timeout_ms: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Show {
+    Routes,
+    Neigh,
+    Fdb,
+    Pods,
+    Services,
+    Conntrack,
+    Counters,
+    Node,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    /// Last line of a stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub done: bool,
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>) -> Self {
+        Response { ok: true, message: Some(message.into()), ..Default::default() }
+    }
+    pub fn data(v: serde_json::Value) -> Self {
+        Response { ok: true, data: Some(v), ..Default::default() }
+    }
+    pub fn error(e: impl std::fmt::Display) -> Self {
+        Response { ok: false, error: Some(e.to_string()), ..Default::default() }
+    }
+    pub fn done() -> Self {
+        Response { ok: true, done: true, ..Default::default() }
+    }
+}
+
+/// The socket path: `--socket`, else `$UCANAL_SOCKET`, else the default.
+pub fn socket_path(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("UCANAL_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(super::config::default_socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_stable() {
+        let r: Request = serde_json::from_str(r#"{"op":"pod_del","name":"ghost-ep3"}"#).unwrap();
+        assert!(matches!(r, Request::PodDel { name } if name == "ghost-ep3"));
+        let r: Request = serde_json::from_str(r#"{"op":"show","what":"conntrack"}"#).unwrap();
+        assert!(matches!(r, Request::Show { what: Show::Conntrack }));
+        let r: Request =
+            serde_json::from_str(r#"{"op":"pod_add","pod":{"name":"p","netns":"uc-p","ip":"10.244.0.80"}}"#).unwrap();
+        assert!(matches!(r, Request::PodAdd { .. }));
+        assert!(serde_json::from_str::<Request>(r#"{"op":"pod_del","name":"x","extra":1}"#).is_err());
+        assert_eq!(serde_json::to_string(&Response::ok("done")).unwrap(), r#"{"ok":true,"message":"done"}"#);
+    }
+}

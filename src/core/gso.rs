@@ -1,0 +1,153 @@
+//! Userspace TSO for the VXLAN path: a pod with offloads hands ucanal a TCP/IPv4
+//! super-packet of up to 64 KB with a partial checksum; the wire needs MSS-sized
+//! segments with full checksums, each in its own VXLAN datagram. This lays the
+//! datagrams out back to back, all the same size but the last, so the shell can send
+//! them with one UDP GSO `sendmsg` (`UDP_SEGMENT` = the datagram size).
+//!
+//! Per segment, as the kernel's `tcp_gso_segment` does: IP total length and ID
+//! (incremented), TCP sequence number advanced by the payload before it, FIN and PSH
+//! only on the last segment, CWR only on the first, and full IP and TCP checksums.
+
+use crate::wire::ipv4::{Ipv4Packet, PROTO_TCP};
+use crate::wire::l4::{self, TCP_FIN, TCP_PSH};
+use crate::wire::{ethernet, vxlan};
+
+/// Room for 64 KB of payload plus per-segment headers at the smallest sane MSS.
+pub const MAX_SEGMENTED: usize = 96 * 1024;
+const TCP_CWR: u8 = 0x80;
+const MIN_MSS: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segmented {
+    /// Bytes written.
+    pub len: usize,
+    pub segments: usize,
+    /// Size of every datagram but the last.
+    pub datagram_len: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GsoError {
+    #[error("super-packet is not TCP over IPv4 in VXLAN")]
+    NotTcp,
+    #[error("MSS {0} is below {MIN_MSS}")]
+    BadMss(u16),
+    #[error("segmented output does not fit")]
+    TooBig,
+}
+
+/// Segments `dgram` (VXLAN header + Ethernet + IPv4 + TCP + payload) at `mss` into `out`.
+pub fn segment_vxlan(dgram: &[u8], mss: u16, out: &mut [u8]) -> Result<Segmented, GsoError> {
+    let mss_n = usize::from(mss);
+    if mss_n < MIN_MSS {
+        return Err(GsoError::BadMss(mss));
+    }
+    let ip_at = vxlan::HEADER_LEN + ethernet::HEADER_LEN;
+    let ip = Ipv4Packet::new_checked(dgram.get(ip_at..).ok_or(GsoError::NotTcp)?).map_err(|_| GsoError::NotTcp)?;
+    if ip.protocol() != PROTO_TCP || ip.is_fragment() {
+        return Err(GsoError::NotTcp);
+    }
+    let ihl = ip.header_len();
+    let total = ip.total_len();
+    let tcp = ip.payload();
+    if tcp.len() < l4::TCP_MIN_HEADER_LEN {
+        return Err(GsoError::NotTcp);
+    }
+    let doff = usize::from(tcp[12] >> 4) * 4;
+    if doff < l4::TCP_MIN_HEADER_LEN || doff > tcp.len() {
+        return Err(GsoError::NotTcp);
+    }
+    let hdrs = ip_at + ihl + doff;
+    let payload = &dgram[hdrs..ip_at + total];
+    let segments = payload.len().div_ceil(mss_n).max(1);
+    let datagram_len = hdrs + mss_n;
+    let len = hdrs * segments + payload.len();
+    if len > out.len() {
+        return Err(GsoError::TooBig);
+    }
+    let seq0 = u32::from_be_bytes(tcp[4..8].try_into().unwrap());
+    let id0 = ip.ident();
+    let flags0 = tcp[13];
+    let mut at = 0;
+    for k in 0..segments {
+        let chunk = &payload[(k * mss_n).min(payload.len())..((k + 1) * mss_n).min(payload.len())];
+        let seg = &mut out[at..at + hdrs + chunk.len()];
+        seg[..hdrs].copy_from_slice(&dgram[..hdrs]);
+        seg[hdrs..].copy_from_slice(chunk);
+        let ipb = &mut seg[ip_at..];
+        let tot = (ihl + doff + chunk.len()) as u16;
+        ipb[2..4].copy_from_slice(&tot.to_be_bytes());
+        ipb[4..6].copy_from_slice(&id0.wrapping_add(k as u16).to_be_bytes());
+        Ipv4Packet::new_checked(&mut ipb[..]).map_err(|_| GsoError::NotTcp)?.fill_checksum();
+        let t = &mut ipb[ihl..];
+        t[4..8].copy_from_slice(&seq0.wrapping_add((k * mss_n) as u32).to_be_bytes());
+        let mut f = flags0;
+        if k + 1 < segments {
+            f &= !(TCP_FIN | TCP_PSH);
+        }
+        if k > 0 {
+            f &= !TCP_CWR;
+        }
+        t[13] = f;
+        l4::fill_checksum(ipb);
+        at += hdrs + chunk.len();
+    }
+    Ok(Segmented { len, segments, datagram_len })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    fn super_packet(payload_len: usize, fin: bool) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([0x8a, 0x40, 0x90, 0x1c, 0xcf, 0x7e], [0x32, 0xa9, 0x79, 0x6d, 0x0b, 0xb1])
+            .ipv4([10, 244, 1, 5], [10, 244, 0, 74], 63)
+            .tcp(40000, 5201, 1_000_000, 64240)
+            .ack(77)
+            .psh();
+        let b = if fin { b.fin() } else { b };
+        let payload: Vec<u8> = (0..payload_len).map(|i| (i % 251) as u8).collect();
+        let mut v = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+        b.write(&mut v, &payload).unwrap();
+        v
+    }
+
+    #[test]
+    fn segments_like_the_kernel() {
+        let sp = super_packet(5000, true);
+        let mut out = vec![0u8; MAX_SEGMENTED];
+        let s = segment_vxlan(&sp, 1398, &mut out).unwrap();
+        assert_eq!(s.segments, 4);
+        let hdrs = 8 + 14 + 20 + 20;
+        assert_eq!(s.datagram_len, hdrs + 1398);
+        assert_eq!(s.len, 4 * hdrs + 5000);
+        let mut reassembled = Vec::new();
+        for k in 0..4 {
+            let start = k * s.datagram_len;
+            let end = (start + s.datagram_len).min(s.len);
+            let d = &out[start..end];
+            assert_eq!(&d[..22], &sp[..22], "VXLAN and inner Ethernet headers copied");
+            let ip = Ipv4Packet::new_checked(&d[22..]).unwrap();
+            assert!(ip.verify_checksum());
+            assert!(l4::verify_checksum(&d[22..]));
+            let t = ip.payload();
+            assert_eq!(u32::from_be_bytes(t[4..8].try_into().unwrap()), 1_000_000 + (k * 1398) as u32);
+            let last = k == 3;
+            assert_eq!(t[13] & TCP_FIN != 0, last);
+            assert_eq!(t[13] & TCP_PSH != 0, last);
+            assert_eq!(ip.ident(), Ipv4Packet::new_checked(&sp[22..]).unwrap().ident().wrapping_add(k as u16));
+            reassembled.extend_from_slice(&t[20..]);
+        }
+        assert_eq!(reassembled, sp[hdrs..]);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_segment() {
+        let mut out = vec![0u8; MAX_SEGMENTED];
+        assert_eq!(segment_vxlan(&super_packet(100, false), 100, &mut out), Err(GsoError::BadMss(100)));
+        assert_eq!(segment_vxlan(&[0u8; 30], 1400, &mut out), Err(GsoError::NotTcp));
+        let mut small = vec![0u8; 100];
+        assert_eq!(segment_vxlan(&super_packet(5000, false), 1398, &mut small), Err(GsoError::TooBig));
+    }
+}

@@ -1,0 +1,271 @@
+//! Thin, safe wrappers over the few syscalls the shell needs that std and socket2
+//! do not offer: epoll, eventfd, readv/writev on TAP fds, recvmmsg/sendmmsg, setns.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+}
+
+pub struct Epoll {
+    fd: OwnedFd,
+}
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 has no pointer arguments; a valid fd is owned below.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: fd was just returned by the kernel and is owned by nobody else.
+        Ok(Epoll { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+    pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
+    }
+    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: EPOLL_CTL_DEL ignores the event pointer; null is allowed since 2.6.9.
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) }).map(drop)
+    }
+    /// Waits for events; returns how many of `events` were filled.
+    pub fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+        // SAFETY: the kernel writes at most `events.len()` entries into the slice.
+        match cvt(unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, timeout_ms) }) {
+            Ok(n) => Ok(n as usize),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// An eventfd used to wake a worker blocked in epoll.
+pub struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: no pointer arguments.
+        let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+        // SAFETY: fresh fd owned by nobody else.
+        Ok(EventFd { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64. A full counter (EAGAIN) still wakes.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+    pub fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most buf.len() bytes into buf.
+    cvt_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// Writes `parts` as one frame (one TAP write is one frame).
+pub fn writev(fd: RawFd, parts: &[&[u8]]) -> io::Result<usize> {
+    let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 4];
+    let n = parts.len().min(4);
+    for (v, p) in iovs.iter_mut().zip(parts) {
+        *v = libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() };
+    }
+    // SAFETY: each iovec points into a live slice that the kernel only reads.
+    cvt_size(unsafe { libc::writev(fd, iovs.as_ptr(), n as i32) })
+}
+
+fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    }
+}
+
+fn from_sockaddr_in(s: &libc::sockaddr_in) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)), u16::from_be(s.sin_port))
+}
+
+/// Reusable state for `recvmmsg`: one slot per buffer.
+pub struct RecvBatch {
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_in>,
+    ctrl: Vec<[u8; 64]>,
+}
+
+// SAFETY: the raw pointers inside only ever point into this struct's own vectors or the
+// caller's buffers during a call; the struct is used by one thread at a time.
+unsafe impl Send for RecvBatch {}
+
+/// What one received datagram was.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub len: usize,
+    pub from: SocketAddrV4,
+    /// UDP GRO segment size, when the kernel coalesced datagrams (0 otherwise).
+    pub gro_size: u16,
+}
+
+const UDP_GRO: libc::c_int = 104;
+
+impl RecvBatch {
+    pub fn new(n: usize) -> RecvBatch {
+        RecvBatch {
+            // SAFETY: mmsghdr, iovec and sockaddr_in are plain C structs for which all-zero is valid.
+            hdrs: vec![unsafe { std::mem::zeroed() }; n],
+            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; n],
+            addrs: vec![unsafe { std::mem::zeroed() }; n],
+            ctrl: vec![[0u8; 64]; n],
+        }
+    }
+
+    /// Receives up to `bufs.len()` datagrams, each into `bufs[i][offset..]`.
+    pub fn recv(&mut self, fd: RawFd, bufs: &mut [Box<[u8]>], offset: usize, out: &mut Vec<Received>) -> io::Result<()> {
+        out.clear();
+        let n = bufs.len().min(self.hdrs.len());
+        for i in 0..n {
+            let b = &mut bufs[i][offset..];
+            self.iovs[i] = libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() };
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = self.ctrl[i].as_mut_ptr().cast();
+            h.msg_controllen = self.ctrl[i].len();
+            h.msg_flags = 0;
+        }
+        // SAFETY: every header points at live iovecs, addresses and control buffers set above.
+        let r = unsafe { libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        let got = match cvt(r) {
+            Ok(g) => g as usize,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for i in 0..got {
+            let h = &self.hdrs[i];
+            let gro_size = gro_size(&h.msg_hdr);
+            out.push(Received { len: h.msg_len as usize, from: from_sockaddr_in(&self.addrs[i]), gro_size });
+        }
+        Ok(())
+    }
+}
+
+fn gro_size(h: &libc::msghdr) -> u16 {
+    // SAFETY: CMSG_* walk the control buffer the kernel filled, bounded by msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                let mut v: libc::c_int = 0;
+                std::ptr::copy_nonoverlapping(libc::CMSG_DATA(c), (&mut v as *mut libc::c_int).cast(), 4);
+                return v as u16;
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    0
+}
+
+/// One datagram to send.
+pub struct Datagram<'a> {
+    pub data: &'a [u8],
+    pub to: SocketAddrV4,
+    /// UDP GSO segment size (0 = a single datagram).
+    pub gso_size: u16,
+}
+
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// Sends datagrams with one `sendmmsg` per 64; returns how many the kernel took.
+pub fn send_batch(fd: RawFd, dgrams: &[Datagram]) -> io::Result<usize> {
+    const MAX: usize = 64;
+    let mut sent = 0;
+    for chunk in dgrams.chunks(MAX) {
+        // SAFETY: plain C structs, all-zero is valid.
+        let mut hdrs: [libc::mmsghdr; MAX] = unsafe { std::mem::zeroed() };
+        let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX];
+        // SAFETY: as above.
+        let mut addrs: [libc::sockaddr_in; MAX] = unsafe { std::mem::zeroed() };
+        let mut ctrl = [[0u64; 4]; MAX];
+        for (i, d) in chunk.iter().enumerate() {
+            iovs[i] = libc::iovec { iov_base: d.data.as_ptr() as *mut _, iov_len: d.data.len() };
+            addrs[i] = sockaddr_in(d.to);
+            let h = &mut hdrs[i].msg_hdr;
+            h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            h.msg_iov = &mut iovs[i];
+            h.msg_iovlen = 1;
+            if d.gso_size > 0 {
+                h.msg_control = ctrl[i].as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE/CMSG_FIRSTHDR/CMSG_DATA address the 32-byte control
+                // buffer above, which fits one cmsg carrying a u16.
+                unsafe {
+                    h.msg_controllen = libc::CMSG_SPACE(2) as usize;
+                    let c = libc::CMSG_FIRSTHDR(h);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
+                    std::ptr::copy_nonoverlapping((&d.gso_size as *const u16).cast::<u8>(), libc::CMSG_DATA(c), 2);
+                }
+            }
+        }
+        // SAFETY: every header points into the arrays above and into live datagram slices.
+        let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), chunk.len() as u32, 0) };
+        let n = cvt(r)? as usize;
+        sent += n;
+        if n < chunk.len() {
+            break;
+        }
+    }
+    Ok(sent)
+}
+
+/// Sets an integer socket option.
+pub fn set_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: passes a pointer to a valid c_int and its size.
+    cvt(unsafe { libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), 4) }).map(drop)
+}
+
+/// Enables UDP GRO on a socket (coalesced datagrams, with their segment size in a cmsg).
+pub fn enable_udp_gro(fd: RawFd) -> io::Result<()> {
+    set_int_opt(fd, libc::SOL_UDP, UDP_GRO, 1)
+}
+
+/// Moves the calling thread into the network namespace of `ns`.
+pub fn setns_net(ns: &std::fs::File) -> io::Result<()> {
+    // SAFETY: `ns` is an open namespace file; setns only affects the calling thread.
+    cvt(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }).map(drop)
+}
+
+/// Runs `f` on a new thread inside the network namespace at `path`.
+pub fn in_netns<T: Send + 'static>(
+    path: &std::path::Path,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let ns = std::fs::File::open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("network namespace {}: {e}", path.display())))?;
+    std::thread::Builder::new()
+        .name("ucanal-netns".into())
+        .spawn(move || {
+            setns_net(&ns).map_err(|e| io::Error::new(e.kind(), format!("entering the network namespace: {e}")))?;
+            f()
+        })?
+        .join()
+        .map_err(|_| io::Error::other("netns setup thread panicked"))?
+}

@@ -1,0 +1,74 @@
+//! TAP devices: one per pod (the pod's `eth0`) and the host port.
+//!
+//! ucanal opens TAPs itself (`TUNSETIFF` on `/dev/net/tun`) rather than through the
+//! tun-tap crate, because it needs what that crate does not offer: `IFF_VNET_HDR` (the
+//! virtio-net header carrying checksum-offload and GSO metadata), `IFF_MULTI_QUEUE`
+//! (one queue per worker) and `TUNSETOFFLOAD`. A TAP is created in the network
+//! namespace the opening thread is in; it disappears when its last queue is closed,
+//! so a crashed ucanal leaves no TAP behind.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// Fail instead of attaching when the device already exists.
+const IFF_TUN_EXCL: libc::c_short = 0x8000u16 as libc::c_short;
+
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
+const TUN_F_TSO_ECN: libc::c_uint = 0x08;
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Opens `queues` queues of the TAP `name` in the calling thread's network namespace,
+/// non-blocking, with a virtio-net header on every frame. With `offloads`, the kernel
+/// may hand ucanal TCP super-packets with partial checksums (TSO) and accepts them back.
+pub fn open(name: &str, queues: usize, offloads: bool) -> io::Result<Vec<OwnedFd>> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("TAP name '{name}' must be 1-15 bytes")));
+    }
+    let mut fds = Vec::with_capacity(queues);
+    for q in 0..queues.max(1) {
+        // SAFETY: the path is a NUL-terminated literal.
+        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("opening /dev/net/tun: {e}")));
+        }
+        // SAFETY: fresh fd owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // The first queue must create the device: never attach to someone else's TAP.
+        let excl = if q == 0 { IFF_TUN_EXCL } else { 0 };
+        let mut req =
+            IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE | excl, _pad: [0; 22] };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which IfReq lays out.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+            let e = io::Error::last_os_error();
+            let hint = if q == 0 && e.raw_os_error() == Some(libc::EBUSY) { " (an interface with that name already exists)" } else { "" };
+            return Err(io::Error::new(e.kind(), format!("creating TAP {name} queue {q}: {e}{hint}")));
+        }
+        if q == 0 {
+            let features = if offloads { TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN } else { 0 };
+            // SAFETY: TUNSETOFFLOAD takes an unsigned int by value.
+            if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, features) } < 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(e.kind(), format!("TUNSETOFFLOAD on {name}: {e}")));
+            }
+        }
+        fds.push(fd);
+    }
+    Ok(fds)
+}

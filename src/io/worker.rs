@@ -1,0 +1,394 @@
+//! Worker threads: one per core, each owning one queue of every TAP and its own
+//! `SO_REUSEPORT` VXLAN socket, so no two workers share a receive path. A worker
+//! waits in epoll, drains up to a batch from a ready fd, hands each frame to the core
+//! and executes the returned action. VXLAN sends of a batch leave in one `sendmmsg`
+//! per source socket (with offloads, as UDP GSO super-datagrams).
+//!
+//! Tokio is not on this path: it would add a task wake-up per readiness event and gain
+//! nothing here; the control plane runs on tokio and talks to workers through a
+//! channel plus an eventfd.
+
+use std::io;
+use std::net::{SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use super::clock;
+use super::observe::Observers;
+use super::sys::{self, Datagram, Epoll, EventFd, RecvBatch, Received};
+use crate::core::gso;
+use crate::core::tables::Tables;
+use crate::core::{Action, Counter, Dataplane, DropReason, HEADROOM, Offload, Packet, PortId, vxlan};
+use crate::wire::vnet::{self, VnetHdr};
+
+/// Largest frame a TAP hands over with TSO (64 KB) plus headers.
+pub const FRAME_MAX: usize = 65_536 + 256;
+const BUF_LEN: usize = HEADROOM + FRAME_MAX;
+
+const TOKEN_WAKE: u64 = 0;
+const TOKEN_UDP: u64 = 1;
+const TOKEN_PORT0: u64 = 2;
+
+/// Messages from the control plane.
+pub enum Control {
+    /// A new port: this worker's queue of its TAP.
+    AddPort { port: PortId, fd: OwnedFd },
+    /// Forget a port; `done` is signalled once the worker no longer uses the fd.
+    RemovePort { port: PortId, done: mpsc::SyncSender<()> },
+    Stop,
+}
+
+pub struct WorkerHandle {
+    pub id: usize,
+    ctl: mpsc::Sender<Control>,
+    wake: Arc<EventFd>,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    pub fn send(&self, c: Control) {
+        if self.ctl.send(c).is_ok() {
+            self.wake.wake();
+        }
+    }
+    pub fn stop(&mut self) {
+        self.send(Control::Stop);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    pub batch: usize,
+    pub offloads: bool,
+    pub vxlan_port: u16,
+}
+
+/// Where a datagram waiting for the end-of-batch flush lives.
+#[derive(Debug, Clone, Copy)]
+enum From {
+    /// A receive buffer of this batch.
+    Buf(usize),
+    /// A segmentation scratch buffer.
+    Seg(usize),
+}
+
+struct Pending {
+    from: From,
+    start: usize,
+    len: usize,
+    to: SocketAddrV4,
+    sock: usize,
+    gso_size: u16,
+}
+
+/// Everything a worker writes to, apart from its buffers (so both can be borrowed).
+struct Out {
+    id: usize,
+    dp: Arc<Dataplane>,
+    ports: Vec<Option<OwnedFd>>,
+    tx: Arc<Vec<UdpSocket>>,
+    pending: Vec<Pending>,
+    cfg: WorkerConfig,
+    /// Scratch for userspace segmentation (GSO super-packet -> VXLAN datagrams).
+    seg: Vec<Box<[u8]>>,
+    seg_used: usize,
+}
+
+pub fn spawn(
+    id: usize,
+    dp: Arc<Dataplane>,
+    rx: UdpSocket,
+    tx: Arc<Vec<UdpSocket>>,
+    obs: Arc<Observers>,
+    cfg: WorkerConfig,
+) -> io::Result<WorkerHandle> {
+    let (ctl, ctl_rx) = mpsc::channel();
+    let wake = Arc::new(EventFd::new()?);
+    let epoll = Epoll::new()?;
+    epoll.add(wake.raw(), TOKEN_WAKE)?;
+    epoll.add(rx.as_raw_fd(), TOKEN_UDP)?;
+    let w = wake.clone();
+    let join = std::thread::Builder::new().name(format!("ucanal-w{id}")).spawn(move || {
+        let batch = cfg.batch.max(1);
+        let mut worker = Worker {
+            epoll,
+            wake: w,
+            ctl: ctl_rx,
+            rx,
+            bufs: (0..batch).map(|_| vec![0u8; BUF_LEN].into_boxed_slice()).collect(),
+            recv: RecvBatch::new(batch),
+            received: Vec::with_capacity(batch),
+            obs,
+            out: Out { id, dp, ports: Vec::new(), tx, pending: Vec::with_capacity(batch), cfg, seg: Vec::new(), seg_used: 0 },
+        };
+        worker.run();
+    })?;
+    Ok(WorkerHandle { id, ctl, wake, join: Some(join) })
+}
+
+struct Worker {
+    epoll: Epoll,
+    wake: Arc<EventFd>,
+    ctl: mpsc::Receiver<Control>,
+    rx: UdpSocket,
+    bufs: Vec<Box<[u8]>>,
+    recv: RecvBatch,
+    received: Vec<Received>,
+    obs: Arc<Observers>,
+    out: Out,
+}
+
+impl Worker {
+    fn run(&mut self) {
+        // SAFETY: epoll_event is a plain C struct; all-zero is valid.
+        let mut events = vec![unsafe { std::mem::zeroed::<libc::epoll_event>() }; 64];
+        loop {
+            let n = match self.epoll.wait(&mut events, 1000) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(worker = self.out.id, "epoll_wait: {e}");
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                match ev.u64 {
+                    TOKEN_WAKE => {
+                        self.wake.drain();
+                        if !self.control() {
+                            return;
+                        }
+                    }
+                    TOKEN_UDP => self.udp_rx(),
+                    t => self.tap_rx(PortId((t - TOKEN_PORT0) as u32)),
+                }
+            }
+        }
+    }
+
+    /// Applies control messages; false on Stop.
+    fn control(&mut self) -> bool {
+        while let Ok(c) = self.ctl.try_recv() {
+            match c {
+                Control::AddPort { port, fd } => {
+                    let i = port.0 as usize;
+                    if let Err(e) = self.epoll.add(fd.as_raw_fd(), TOKEN_PORT0 + u64::from(port.0)) {
+                        tracing::error!(worker = self.out.id, port = port.0, "epoll add: {e}");
+                    }
+                    if self.out.ports.len() <= i {
+                        self.out.ports.resize_with(i + 1, || None);
+                    }
+                    self.out.ports[i] = Some(fd);
+                }
+                Control::RemovePort { port, done } => {
+                    if let Some(fd) = self.out.ports.get_mut(port.0 as usize).and_then(Option::take) {
+                        let _ = self.epoll.delete(fd.as_raw_fd());
+                    }
+                    let _ = done.send(());
+                }
+                Control::Stop => return false,
+            }
+        }
+        true
+    }
+
+    fn tap_rx(&mut self, port: PortId) {
+        let Some(fd) = self.out.ports.get(port.0 as usize).and_then(|f| f.as_ref()).map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        let t = self.out.dp.tables();
+        let now = clock::now();
+        let observing = self.obs.active();
+        for slot in 0..self.bufs.len() {
+            let buf = &mut self.bufs[slot];
+            let n = match sys::read(fd, &mut buf[HEADROOM - vnet::HEADER_LEN..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!(worker = self.out.id, port = port.0, "TAP read: {e}");
+                    break;
+                }
+            };
+            if n < vnet::HEADER_LEN {
+                continue;
+            }
+            let vh = VnetHdr::parse(&buf[HEADROOM - vnet::HEADER_LEN..HEADROOM]).unwrap_or_default();
+            let mut pkt = Packet::new(buf, HEADROOM, HEADROOM - vnet::HEADER_LEN + n);
+            pkt.offload = offload_from(&vh);
+            if pkt.offload.gso_size > 0 && vh.gso_kind() != vnet::GSO_TCPV4 {
+                self.out.dp.counters.drop(self.out.id, DropReason::GsoUnsupported);
+                continue;
+            }
+            let mut tr = if observing { self.obs.before(port_label(&t, port), pkt.data()) } else { Default::default() };
+            let a = self.out.dp.handle_port(self.out.id, &t, port, &mut pkt, now, &mut tr);
+            if observing {
+                self.obs.after(&t, tr, &a, pkt.data());
+            }
+            self.out.execute(slot, a, &pkt);
+        }
+        flush(&self.bufs, &mut self.out);
+    }
+
+    fn udp_rx(&mut self) {
+        let t = self.out.dp.tables();
+        let now = clock::now();
+        if let Err(e) = self.recv.recv(self.rx.as_raw_fd(), &mut self.bufs, HEADROOM, &mut self.received) {
+            tracing::warn!(worker = self.out.id, "recvmmsg: {e}");
+            return;
+        }
+        let observing = self.obs.active();
+        for (slot, r) in self.received.iter().enumerate() {
+            let seg = if r.gro_size > 0 { usize::from(r.gro_size) } else { r.len };
+            // With UDP GRO the kernel hands several datagrams of one flow back to back;
+            // each is a VXLAN frame of its own.
+            let mut off = 0;
+            while off < r.len {
+                let len = seg.min(r.len - off);
+                let buf = &mut self.bufs[slot];
+                let mut pkt = Packet::new(buf, HEADROOM + off, HEADROOM + off + len);
+                let mut tr = if observing { self.obs.before(format!("vxlan from {}", r.from), pkt.data()) } else { Default::default() };
+                let a = self.out.dp.handle_vxlan(self.out.id, &t, r.from, &mut pkt, now, &mut tr);
+                if observing {
+                    self.obs.after(&t, tr, &a, pkt.data());
+                }
+                self.out.execute(slot, a, &pkt);
+                off += len;
+            }
+        }
+        flush(&self.bufs, &mut self.out);
+    }
+}
+
+fn port_label(t: &Tables, port: PortId) -> String {
+    match t.pod(port) {
+        _ if port.is_host() => "host".to_string(),
+        Some(p) => p.name.clone(),
+        None => format!("port{}", port.0),
+    }
+}
+
+fn offload_from(vh: &VnetHdr) -> Offload {
+    Offload {
+        csum_partial: vh.needs_csum(),
+        gso_size: if vh.gso_kind() != vnet::GSO_NONE { vh.gso_size } else { 0 },
+    }
+}
+
+impl Out {
+    fn execute(&mut self, slot: usize, a: Action, pkt: &Packet) {
+        match a {
+            Action::ToPort(port) => self.write_port(port, pkt),
+            Action::ToVtep { remote, flow_hash } => {
+                let to = SocketAddrV4::new(remote, self.cfg.vxlan_port);
+                let sock = vxlan::source_index(flow_hash, self.tx.len());
+                if pkt.offload.gso_size > 0 {
+                    self.segment(to, sock, pkt);
+                } else {
+                    self.pending.push(Pending { from: From::Buf(slot), start: pkt.start(), len: pkt.len(), to, sock, gso_size: 0 });
+                }
+            }
+            Action::Drop(_) => {}
+        }
+    }
+
+    fn write_port(&mut self, port: PortId, pkt: &Packet) {
+        let Some(fd) = self.ports.get(port.0 as usize).and_then(|f| f.as_ref()) else {
+            self.dp.counters.drop(self.id, DropReason::PortGone);
+            return;
+        };
+        let mut hdr = [0u8; vnet::HEADER_LEN];
+        vnet_for(&pkt.offload, pkt.data()).emit(&mut hdr);
+        if let Err(e) = sys::writev(fd.as_raw_fd(), &[&hdr, pkt.data()]) {
+            self.dp.counters.drop(self.id, DropReason::TxError);
+            tracing::debug!(port = port.0, "TAP write: {e}");
+        }
+    }
+
+    /// Segments a TCP super-packet (already NATed and encapsulated) into VXLAN
+    /// datagrams of one MSS each, in a scratch buffer, queued as one UDP GSO send.
+    fn segment(&mut self, to: SocketAddrV4, sock: usize, pkt: &Packet) {
+        if self.seg_used == self.seg.len() {
+            self.seg.push(vec![0u8; gso::MAX_SEGMENTED].into_boxed_slice());
+        }
+        let i = self.seg_used;
+        match gso::segment_vxlan(pkt.data(), pkt.offload.gso_size, &mut self.seg[i]) {
+            Ok(out) => {
+                self.seg_used += 1;
+                self.dp.counters.inc(self.id, Counter::GsoSegmented);
+                let gso_size = if out.segments > 1 { out.datagram_len as u16 } else { 0 };
+                self.pending.push(Pending { from: From::Seg(i), start: 0, len: out.len, to, sock, gso_size });
+            }
+            Err(_) => self.dp.counters.drop(self.id, DropReason::GsoUnsupported),
+        }
+    }
+}
+
+/// Sends the batch's VXLAN datagrams: one `sendmmsg` per source socket.
+fn flush(bufs: &[Box<[u8]>], out: &mut Out) {
+    if out.pending.is_empty() {
+        return;
+    }
+    out.pending.sort_by_key(|p| p.sock);
+    let mut i = 0;
+    while i < out.pending.len() {
+        let sock = out.pending[i].sock;
+        let j = i + out.pending[i..].iter().take_while(|p| p.sock == sock).count();
+        let dgrams: Vec<Datagram> = out.pending[i..j]
+            .iter()
+            .map(|p| {
+                let b: &[u8] = match p.from {
+                    From::Buf(s) => &bufs[s],
+                    From::Seg(s) => &out.seg[s],
+                };
+                Datagram { data: &b[p.start..p.start + p.len], to: p.to, gso_size: p.gso_size }
+            })
+            .collect();
+        match sys::send_batch(out.tx[sock].as_raw_fd(), &dgrams) {
+            Ok(n) if n == dgrams.len() => {}
+            Ok(n) => {
+                for _ in n..dgrams.len() {
+                    out.dp.counters.drop(out.id, DropReason::TxError);
+                }
+            }
+            Err(e) => {
+                tracing::debug!("sendmmsg: {e}");
+                for _ in 0..dgrams.len() {
+                    out.dp.counters.drop(out.id, DropReason::TxError);
+                }
+            }
+        }
+        i = j;
+    }
+    out.pending.clear();
+    out.seg_used = 0;
+}
+
+/// The virtio-net header for a frame written to a TAP: GSO metadata kept from the
+/// ingress TAP, or "checksum partial" for a pod that offloaded its checksum.
+fn vnet_for(o: &Offload, frame: &[u8]) -> VnetHdr {
+    let mut h = VnetHdr::default();
+    if o.csum_partial || o.gso_size > 0 {
+        if let Some((ihl, proto)) = frame.get(14).map(|b| (usize::from(b & 0x0f) * 4, frame.get(14 + 9).copied().unwrap_or(0))) {
+            let l4 = 14 + ihl;
+            h.flags = vnet::F_NEEDS_CSUM;
+            h.csum_start = l4 as u16;
+            h.csum_offset = if proto == 17 { 6 } else { 16 };
+            if o.gso_size > 0 {
+                let doff = frame.get(l4 + 12).map(|b| usize::from(b >> 4) * 4).unwrap_or(20);
+                h.gso_type = vnet::GSO_TCPV4;
+                h.gso_size = o.gso_size;
+                h.hdr_len = (l4 + doff) as u16;
+            }
+        }
+    }
+    h
+}
