@@ -145,7 +145,7 @@ impl Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::tables::fixtures;
+    use crate::core::tables::article;
 
     #[test]
     fn parses_the_article_request() {
@@ -160,7 +160,7 @@ mod tests {
 
     #[test]
     fn builds_frames_for_each_ingress() {
-        let t = fixtures::tables1(vec![]);
+        let t = article::tables1(vec![]);
         let mut p = Probe {
             ingress: "host".into(),
             proto: "tcp".into(),
@@ -173,7 +173,7 @@ mod tests {
         assert_eq!(&f[..6], &t.node.host_mac.0);
         assert_eq!(f[14 + 20 + 13], 0x02);
         p.ingress = "ghost-ep1".into();
-        assert_eq!(&p.frame(&t).unwrap()[6..12], &fixtures::EP1_MAC.0);
+        assert_eq!(&p.frame(&t).unwrap()[6..12], &article::EP1_MAC.0);
         p.ingress = "vxlan".into();
         let v = p.frame(&t).unwrap();
         assert_eq!(&v[..8], &[8, 0, 0, 0, 0, 0, 1, 0]);

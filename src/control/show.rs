@@ -366,11 +366,11 @@ pub fn counters_text(v: &serde_json::Value, all: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::tables::fixtures;
+    use crate::core::tables::article;
 
     #[test]
     fn listings_read_like_the_kernel_tools() {
-        let t = fixtures::tables1(vec![fixtures::ghost()]);
+        let t = article::tables1(vec![article::ghost()]);
         let r = routes_text(&routes(&t, "ucanal0"));
         assert!(r.contains("10.244.0.0/24 via 10.244.0.0 dev flannel.1 onlink\n"), "{r}");
         assert!(r.contains("10.244.1.5 dev calif0e9df43659 scope link\n"), "{r}");

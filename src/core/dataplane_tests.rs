@@ -4,7 +4,7 @@ use super::*;
 use crate::core::counters::{Counter, DropReason};
 use crate::core::nat::conntrack::{Timeouts, format_entry};
 use crate::core::nat::service::ServiceSpec;
-use crate::core::tables::fixtures::{self, EP1_MAC, EP3_MAC};
+use crate::core::tables::article::{self, EP1_MAC, EP3_MAC};
 use crate::core::{HEADROOM, Now};
 use crate::wire::{arp, checksum, icmp, ipv4};
 use etherparse::PacketBuilder;
@@ -21,10 +21,10 @@ const HOST_MAC: MacAddr = MacAddr::CALICO_HOST;
 const NOW: Now = Now(1_000_000_000_000);
 
 fn vtep1_mac() -> MacAddr {
-    fixtures::node1().vtep_mac
+    article::node1().vtep_mac
 }
 fn vtep2_mac() -> MacAddr {
-    fixtures::peer2().vtep_mac
+    article::peer2().vtep_mac
 }
 
 struct Lab {
@@ -36,7 +36,7 @@ struct Lab {
 
 impl Lab {
     fn new(services: Vec<ServiceSpec>) -> Lab {
-        let mut t = fixtures::tables1(services);
+        let mut t = article::tables1(services);
         t.vxlan_source_ports = vec![40001, 40002, 40003];
         Lab::with_tables(t)
     }
@@ -230,11 +230,11 @@ fn step_kind(s: &Step) -> &'static str {
 
 #[test]
 fn missing_neighbour_or_fdb_is_a_counted_drop_never_a_flood() {
-    let mut t = fixtures::tables1(vec![]);
+    let mut t = article::tables1(vec![]);
     t.neigh = Default::default();
     let mut lab = Lab::with_tables(t);
     assert_eq!(lab.port(PortId(1), &ping(EP1_MAC, EP1, EP2, 64, 1)), Action::Drop(DropReason::NoNeighbour));
-    let mut t = fixtures::tables1(vec![]);
+    let mut t = article::tables1(vec![]);
     t.fdb = Default::default();
     let mut lab = Lab::with_tables(t);
     assert_eq!(lab.port(PortId(1), &ping(EP1_MAC, EP1, EP2, 64, 1)), Action::Drop(DropReason::NoFdb));
@@ -358,16 +358,16 @@ fn sport_for(lab: &Lab, src: Ipv4Addr, dst: (Ipv4Addr, u16), want: Ipv4Addr) -> 
     (40000..41000)
         .find(|p| {
             let u = Tuple { proto: PROTO_TCP, src, dst: dst.0, sport: *p, dport: dst.1 };
-            *fixtures::ghost().endpoints[pick(u.hash(t.hash_seed), 2)].ip() == want
+            *article::ghost().endpoints[pick(u.hash(t.hash_seed), 2)].ip() == want
         })
         .unwrap()
 }
 
 #[test]
 fn nodeport_to_remote_endpoint_the_article_walk() {
-    let mut lab = Lab::new(vec![fixtures::ghost()]);
+    let mut lab = Lab::new(vec![article::ghost()]);
     let sport = sport_for(&lab, CLIENT, (NODE1, 31266), EP2);
-    let host_mac = fixtures::node1().host_port_mac;
+    let host_mac = article::node1().host_port_mac;
     let syn = tcp(host_mac, HOST_MAC, (CLIENT, sport), (NODE1, 31266), true, &[]);
     let (a, tr) = lab.traced_port(PortId::HOST, &syn);
     assert!(matches!(a, Action::ToVtep { remote: NODE2, .. }), "{a:?}");
@@ -412,9 +412,9 @@ fn nodeport_to_remote_endpoint_the_article_walk() {
 
 #[test]
 fn nodeport_to_local_endpoint_masquerades_to_node_ip() {
-    let mut lab = Lab::new(vec![fixtures::ghost()]);
+    let mut lab = Lab::new(vec![article::ghost()]);
     let sport = sport_for(&lab, CLIENT, (NODE1, 31266), EP1);
-    let syn = tcp(fixtures::node1().host_port_mac, HOST_MAC, (CLIENT, sport), (NODE1, 31266), true, &[]);
+    let syn = tcp(article::node1().host_port_mac, HOST_MAC, (CLIENT, sport), (NODE1, 31266), true, &[]);
     assert_eq!(lab.port(PortId::HOST, &syn), Action::ToPort(PortId(1)));
     let ip = lab.out_ip();
     assert_eq!((ip.src(), ip.dst()), (NODE1, EP1));
@@ -429,7 +429,7 @@ fn nodeport_to_local_endpoint_masquerades_to_node_ip() {
 
 #[test]
 fn cluster_ip_from_a_pod_is_not_masqueraded_hairpin_is() {
-    let mut lab = Lab::new(vec![fixtures::ghost()]);
+    let mut lab = Lab::new(vec![article::ghost()]);
     let sport = sport_for(&lab, EP1, (VIP, 2368), EP2);
     let syn = tcp(EP1_MAC, HOST_MAC, (EP1, sport), (VIP, 2368), true, &[]);
     assert!(matches!(lab.port(PortId(1), &syn), Action::ToVtep { .. }));
@@ -457,7 +457,7 @@ fn cluster_ip_from_a_pod_is_not_masqueraded_hairpin_is() {
 
 #[test]
 fn service_without_endpoints_refuses_at_once() {
-    let mut svc = fixtures::ghost();
+    let mut svc = article::ghost();
     svc.endpoints.clear();
     let mut lab = Lab::new(vec![svc]);
     let syn = tcp(EP1_MAC, HOST_MAC, (EP1, 40000), (VIP, 2368), true, &[]);
@@ -469,7 +469,7 @@ fn service_without_endpoints_refuses_at_once() {
     assert_eq!(lab.count(Counter::TcpResetSent), 1);
     assert_eq!(lab.dropped(DropReason::ServiceNoEndpoints), 1);
     // UDP gets ICMP port unreachable from the VIP.
-    let mut dns = fixtures::ghost();
+    let mut dns = article::ghost();
     dns.name = "kube-system/kube-dns".into();
     dns.protocol = crate::core::nat::service::Protocol::Udp;
     dns.cluster_ip = Ipv4Addr::new(10, 250, 0, 10);
@@ -485,7 +485,7 @@ fn service_without_endpoints_refuses_at_once() {
 
 #[test]
 fn unknown_service_port_is_port_unreachable() {
-    let mut lab = Lab::new(vec![fixtures::ghost()]);
+    let mut lab = Lab::new(vec![article::ghost()]);
     let syn = tcp(EP1_MAC, HOST_MAC, (EP1, 40000), (VIP, 80), true, &[]);
     assert_eq!(lab.port(PortId(1), &syn), Action::ToPort(PortId(1)));
     assert_eq!(icmp::type_code(&lab.out()[14..]), Some((3, 3)));
@@ -505,7 +505,7 @@ fn pod_to_outside_is_masqueraded_to_node_ip_in_the_steered_range() {
     assert_checksums(&ip);
     assert_eq!(lab.count(Counter::EgressMasquerade), 1);
     // The client's answer, steered in from the uplink, goes back to the pod.
-    let synack = tcp(fixtures::node1().host_port_mac, HOST_MAC, (CLIENT, 8080), (NODE1, sport), false, &[]);
+    let synack = tcp(article::node1().host_port_mac, HOST_MAC, (CLIENT, 8080), (NODE1, sport), false, &[]);
     assert_eq!(lab.port(PortId::HOST, &synack), Action::ToPort(PortId(1)));
     let ip = lab.out_ip();
     assert_eq!((ip.src(), ip.dst(), l4_ports(&ip)), (CLIENT, EP1, (8080, 45000)));
@@ -518,21 +518,21 @@ fn pod_to_outside_is_masqueraded_to_node_ip_in_the_steered_range() {
 
 #[test]
 fn steered_packets_that_are_not_ours_go_back_to_the_host() {
-    let mut lab = Lab::new(vec![fixtures::ghost()]);
-    let f = tcp(fixtures::node1().host_port_mac, HOST_MAC, (CLIENT, 50000), (NODE1, 22), true, &[]);
+    let mut lab = Lab::new(vec![article::ghost()]);
+    let f = tcp(article::node1().host_port_mac, HOST_MAC, (CLIENT, 50000), (NODE1, 22), true, &[]);
     assert_eq!(lab.port(PortId::HOST, &f), Action::ToPort(PortId::HOST));
     assert_eq!(lab.count(Counter::HostPunt), 1);
     let ip = lab.out_ip();
     assert_eq!((ip.src(), ip.dst()), (CLIENT, NODE1));
     // The host never gets its own traffic for the outside world back.
-    let f = tcp(fixtures::node1().host_port_mac, HOST_MAC, (NODE1, 50000), (CLIENT, 22), true, &[]);
+    let f = tcp(article::node1().host_port_mac, HOST_MAC, (NODE1, 50000), (CLIENT, 22), true, &[]);
     assert_eq!(lab.port(PortId::HOST, &f), Action::Drop(DropReason::HostLoop));
 }
 
 #[test]
 fn node_to_remote_pod_and_back_via_vtep_address() {
     let mut lab = Lab::new(vec![]);
-    let hm = fixtures::node1().host_port_mac;
+    let hm = article::node1().host_port_mac;
     let f = {
         let b = eth(hm, HOST_MAC).ipv4(VTEP1.octets(), EP2.octets(), 64).icmpv4_echo_request(7, 1);
         let mut v = Vec::new();
@@ -553,9 +553,9 @@ fn node_to_remote_pod_and_back_via_vtep_address() {
 
 #[test]
 fn icmp_error_about_a_natted_flow_is_translated() {
-    let mut lab = Lab::new(vec![fixtures::ghost()]);
+    let mut lab = Lab::new(vec![article::ghost()]);
     let sport = sport_for(&lab, CLIENT, (NODE1, 31266), EP2);
-    let hm = fixtures::node1().host_port_mac;
+    let hm = article::node1().host_port_mac;
     let syn = tcp(hm, HOST_MAC, (CLIENT, sport), (NODE1, 31266), true, &[]);
     assert!(matches!(lab.port(PortId::HOST, &syn), Action::ToVtep { .. }));
     let natted = lab.out()[8 + 14..].to_vec();
@@ -576,8 +576,8 @@ fn icmp_error_about_a_natted_flow_is_translated() {
 
 #[test]
 fn dry_run_trace_leaves_no_state() {
-    let lab = Lab::new(vec![fixtures::ghost()]);
-    let syn = tcp(fixtures::node1().host_port_mac, HOST_MAC, (CLIENT, 40000), (NODE1, 31266), true, &[]);
+    let lab = Lab::new(vec![article::ghost()]);
+    let syn = tcp(article::node1().host_port_mac, HOST_MAC, (CLIENT, 40000), (NODE1, 31266), true, &[]);
     let mut buf = vec![0u8; HEADROOM + syn.len()];
     buf[HEADROOM..].copy_from_slice(&syn);
     let t = lab.dp.tables();
@@ -592,7 +592,7 @@ fn dry_run_trace_leaves_no_state() {
 
 #[test]
 fn two_datagrams_of_a_new_udp_flow_both_pass() {
-    let mut dns = fixtures::ghost();
+    let mut dns = article::ghost();
     dns.name = "kube-system/kube-dns".into();
     dns.protocol = crate::core::nat::service::Protocol::Udp;
     dns.cluster_ip = Ipv4Addr::new(10, 250, 0, 10);

@@ -133,9 +133,10 @@ impl Tables {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod fixtures {
-    //! The article's two nodes, for tests across the core.
+pub mod article {
+    //! The article's lab as tables: centos7-1 with pods ghost-ep1 (and a second pod for
+    //! same-node switching), its peer centos7-2, and the `default/ghost` service. Used
+    //! by unit tests, benches and fuzz targets.
     use super::*;
     use crate::core::nat::service::{Protocol, ServiceSpec};
     use std::sync::Arc;
@@ -212,7 +213,7 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
-    use super::fixtures::*;
+    use super::article::*;
     use super::*;
     use crate::core::route::RouteTarget;
 

@@ -26,6 +26,10 @@ use crate::wire::vnet::{self, VnetHdr};
 pub const FRAME_MAX: usize = 65_536 + 256;
 const BUF_LEN: usize = HEADROOM + FRAME_MAX;
 
+/// Limits of one UDP GSO send (`UDP_MAX_SEGMENTS`, IPv4 payload minus the UDP header).
+const MAX_GSO_SEGMENTS: usize = 64;
+const MAX_UDP_PAYLOAD: usize = 65_507;
+
 const TOKEN_WAKE: u64 = 0;
 const TOKEN_UDP: u64 = 1;
 const TOKEN_PORT0: u64 = 2;
@@ -324,8 +328,16 @@ impl Out {
             Ok(out) => {
                 self.seg_used += 1;
                 self.dp.counters.inc(self.id, Counter::GsoSegmented);
-                let gso_size = if out.segments > 1 { out.datagram_len as u16 } else { 0 };
-                self.pending.push(Pending { from: From::Seg(i), start: 0, len: out.len, to, sock, gso_size });
+                // One UDP GSO send carries at most 64 segments and 65507 bytes.
+                let per_send = (MAX_UDP_PAYLOAD / out.datagram_len).clamp(1, MAX_GSO_SEGMENTS);
+                let chunk = per_send * out.datagram_len;
+                let mut start = 0;
+                while start < out.len {
+                    let len = chunk.min(out.len - start);
+                    let gso_size = if len > out.datagram_len { out.datagram_len as u16 } else { 0 };
+                    self.pending.push(Pending { from: From::Seg(i), start, len, to, sock, gso_size });
+                    start += len;
+                }
             }
             Err(_) => self.dp.counters.drop(self.id, DropReason::GsoUnsupported),
         }
@@ -360,7 +372,7 @@ fn flush(bufs: &[Box<[u8]>], out: &mut Out) {
                 }
             }
             Err(e) => {
-                tracing::debug!("sendmmsg: {e}");
+                tracing::debug!(worker = out.id, "sendmmsg: {e}");
                 for _ in 0..dgrams.len() {
                     out.dp.counters.drop(out.id, DropReason::TxError);
                 }
