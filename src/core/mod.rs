@@ -9,6 +9,7 @@
 pub mod counters;
 mod dataplane;
 pub mod fdb;
+pub mod fuzzing;
 pub mod gso;
 pub mod nat;
 pub mod proxy_arp;

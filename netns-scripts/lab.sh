@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# lab.sh - the ucanal reference lab (the article's two CentOS nodes, a client, two ghost pods)
+# in network namespaces. See lib.sh for the reusable functions.
+#
+#   lab.sh up [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--force]
+#   lab.sh down
+#   lab.sh status            # exit 0 up and healthy, 1 no lab, 2 degraded
+#   lab.sh socket NODE       # the ucanal API socket of NODE
+#   lab.sh exec NAME CMD...  # run CMD in ${LAB_PREFIX}NAME (lan, client, centos7-1, ghost-ep1, ...)
+#   lab.sh rules NODE        # print the iptables-restore input a kernel NODE gets
+#
+# Environment: LAB_PREFIX (default uc-), UCANAL_BIN (default <repo>/target/release/ucanal,
+# built with cargo if missing and a node runs ucanal), LAB_RUN_DIR (default
+# /run/ucanal-lab/$LAB_PREFIX), LAB_SOCKET_DIR (default /run/ucanal), LAB_UCANAL_TIMEOUT (15),
+# LAB_KUBE_RANDOM_FULLY (0), LAB_WIRE_CSUM (full|partial, default full), LAB_PYTHON, UCANAL_RUN_ARGS.
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+    sed -n '5,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    exit 2
+}
+
+cmd=${1:-}
+(($#)) && shift
+case $cmd in
+up) lab_up "$@" ;;
+down) (($# == 0)) || usage; lab_down ;;
+status) (($# == 0)) || usage; lab_status ;;
+socket) (($# == 1)) || usage; lab_init; lab_socket "$1" ;;
+exec) (($# >= 2)) || usage; lab_init; lab_nsexec "$@" ;;
+rules)
+    (($# == 1)) || usage
+    lab_init
+    [[ -n ${LAB_NODE_SUBNET[$1]:-} ]] || lab_die "unknown node '$1' (nodes: ${LAB_NODES[*]})"
+    lab_kube_proxy_rules
+    lab_flannel_masq_rules "$1"
+    ;;
+*) usage ;;
+esac
