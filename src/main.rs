@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use ucanal::control::api::{self, Request, Show};
 use ucanal::control::config::{Config, PodSpec};
 use ucanal::control::daemon::{self, RunError, RunOptions};
-use ucanal::control::{client, show};
+use ucanal::control::{client, probe, show};
 use ucanal::core::nat::service::{Protocol, ServiceSpec};
 use ucanal::wire::MacAddr;
 
@@ -54,6 +54,52 @@ enum Cmd {
     Endpoint {
         #[command(subcommand)]
         cmd: EndpointCmd,
+    },
+    /// Follow packets through the dataplane: a described packet through the live
+    /// tables (nothing is sent), or --live the next real packets that match a filter.
+    Trace {
+        /// Where the described packet enters: host, vxlan[:<peer IP>], or a pod name.
+        #[arg(long = "in", default_value = "host")]
+        ingress: String,
+        /// TCP flags of the described packet (S, SA, A, F, R, PA).
+        #[arg(long)]
+        flags: Option<String>,
+        /// Trace real packets instead of a described one.
+        #[arg(long)]
+        live: bool,
+        /// tcpdump-style filter for --live (e.g. "tcp and port 31266").
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Packets to trace with --live, per node.
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        /// Give up after this many seconds (--live; 0 = wait).
+        #[arg(long, default_value_t = 0)]
+        timeout: u64,
+        /// With --live: another node's socket to trace on as well (repeatable).
+        #[arg(long = "node")]
+        nodes: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// The described packet: <tcp|udp|icmp> <src ip:port> -> <dst ip:port>.
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
+        flow: Vec<String>,
+    },
+    /// Capture frames crossing a port into a pcap file (tcpdump/tshark read it).
+    Capture {
+        /// A pod name, vxlan (outer + inner frames) or host.
+        #[arg(long)]
+        port: String,
+        /// The pcap file to write ("-" for stdout).
+        #[arg(short = 'w', long = "write")]
+        write: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Stop after this many seconds (0 = when --count frames are written).
+        #[arg(long, default_value_t = 0)]
+        timeout: u64,
     },
     /// List a table of the running daemon.
     Show {
@@ -223,7 +269,118 @@ fn main() -> ExitCode {
             done(simple(&socket, &req))
         }
         Cmd::Show { what, json, all } => done(show_cmd(&socket, what, json, all)),
+        Cmd::Trace { ingress, flags, live, filter, count, timeout, nodes, json, flow } => {
+            if live {
+                let mut sockets = vec![socket];
+                sockets.extend(nodes);
+                done(trace_live(&sockets, &filter, count, timeout, json))
+            } else {
+                done(trace_probe(&socket, ingress, flags, &flow, json))
+            }
+        }
+        Cmd::Capture { port, write, count, filter, timeout } => done(capture(&socket, &port, &write, count, &filter, timeout)),
     }
+}
+
+fn trace_probe(socket: &std::path::Path, ingress: String, flags: Option<String>, flow: &[String], json: bool) -> Result<String, String> {
+    let (proto, src, dst) = probe::parse_flow(flow)?;
+    let p = probe::Probe { ingress, proto, src, dst, flags, ttl: 64 };
+    let data = client::request(socket, &Request::Trace { probe: p.clone() })?.data.unwrap_or_default();
+    if json {
+        return serde_json::to_string_pretty(&data).map_err(|e| e.to_string());
+    }
+    let ev: ucanal::io::observe::TraceEvent = serde_json::from_value(serde_json::json!({
+        "node": data["node"], "time": 0.0, "steps": data["steps"], "result": data["result"],
+    }))
+    .map_err(|e| format!("unexpected trace from ucanal: {e}"))?;
+    let head = format!(
+        "trace on {}: {} {} -> {} in {} (dry run: the live tables are read, nothing is sent or changed)",
+        ev.node, p.proto, p.src, p.dst, p.ingress
+    );
+    Ok(format!("{head}\n{}", render_trace(&ev)))
+}
+
+fn render_trace(ev: &ucanal::io::observe::TraceEvent) -> String {
+    let mut s = String::new();
+    for (i, step) in ev.steps.iter().enumerate() {
+        s.push_str(&format!("{:>3}. {step}\n", i + 1));
+    }
+    s.push_str(&format!("  => {}", ev.result));
+    s
+}
+
+/// Live traces from one or more nodes, printed as they arrive.
+fn trace_live(sockets: &[PathBuf], filter: &str, count: usize, timeout: u64, json: bool) -> Result<String, String> {
+    let (tx, rx) = std::sync::mpsc::channel::<Result<Option<ucanal::io::observe::TraceEvent>, String>>();
+    for s in sockets {
+        let (tx, s, f) = (tx.clone(), s.clone(), filter.to_string());
+        std::thread::spawn(move || {
+            let req = Request::TraceLive { filter: f, count, timeout_ms: timeout * 1000 };
+            let r = client::call(&s, &req, None, |r| {
+                if let Some(d) = r.data {
+                    match serde_json::from_value(d) {
+                        Ok(ev) => {
+                            let _ = tx.send(Ok(Some(ev)));
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(format!("unexpected trace from ucanal: {e}")));
+                        }
+                    }
+                }
+                true
+            });
+            let _ = tx.send(r.map(|_| None));
+        });
+    }
+    drop(tx);
+    let mut open = sockets.len();
+    let mut n = 0;
+    while open > 0 {
+        match rx.recv() {
+            Ok(Ok(Some(ev))) => {
+                n += 1;
+                if json {
+                    println!("{}", serde_json::to_string(&ev).unwrap_or_default());
+                } else {
+                    println!("--- {} (packet {n})\n{}", ev.node, render_trace(&ev));
+                }
+            }
+            Ok(Ok(None)) => open -= 1,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(if json { String::new() } else { format!("{n} packet(s) traced") })
+}
+
+fn capture(socket: &std::path::Path, port: &str, path: &std::path::Path, count: usize, filter: &str, timeout: u64) -> Result<String, String> {
+    use std::io::Write;
+    let mut out: Box<dyn Write> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?)
+    };
+    out.write_all(&ucanal::io::observe::pcap_header()).map_err(|e| e.to_string())?;
+    out.flush().map_err(|e| e.to_string())?;
+    let mut n = 0;
+    let mut werr = None;
+    let req = Request::Capture { port: port.into(), filter: filter.into(), count, timeout_ms: timeout * 1000 };
+    client::call(socket, &req, None, |r| {
+        let Some(d) = r.data else { return true };
+        let (Some(sec), Some(usec), Some(hex)) = (d["sec"].as_u64(), d["usec"].as_u64(), d["hex"].as_str()) else { return true };
+        let Some(data) = ucanal::control::stream::unhex(hex) else { return true };
+        let f = ucanal::io::observe::Frame { sec: sec as u32, usec: usec as u32, data };
+        if let Err(e) = out.write_all(&ucanal::io::observe::pcap_record(&f)).and_then(|_| out.flush()) {
+            werr = Some(e.to_string());
+            return false;
+        }
+        n += 1;
+        true
+    })?;
+    if let Some(e) = werr {
+        return Err(format!("{}: {e}", path.display()));
+    }
+    Ok(if path.as_os_str() == "-" { String::new() } else { format!("{n} frame(s) written to {}", path.display()) })
 }
 
 fn simple(socket: &std::path::Path, req: &Request) -> Result<String, String> {

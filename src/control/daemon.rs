@@ -25,9 +25,10 @@ use crate::core::nat::conntrack::Conntrack;
 use crate::core::nat::service::{Hits, ServiceSpec, ServiceTable};
 use crate::core::tables::{NodeInfo, PodPort, Tables};
 use crate::core::trace::Trace;
-use crate::core::{Action, Counter, Dataplane, HEADROOM, Packet, PortId};
+use crate::core::{Counter, Dataplane, HEADROOM, Packet, PortId};
 use crate::io::netlink::{self, HostPort, Steer};
 use crate::io::observe::Observers;
+use crate::io::stats::{self, PortStats};
 use crate::io::underlay::Underlay;
 use crate::io::worker::{self, Control, WorkerConfig, WorkerHandle};
 use crate::io::{clock, sys, tap};
@@ -73,6 +74,7 @@ pub struct Daemon {
     node: NodeInfo,
     pub dp: Arc<Dataplane>,
     pub obs: Arc<Observers>,
+    pub stats: Arc<PortStats>,
     workers: Vec<WorkerHandle>,
     pods: Vec<PodState>,
     free_ports: Vec<u32>,
@@ -99,11 +101,11 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
         tracing::info!(socket = %socket.display(), "ready");
         if let Some(addr) = opts.metrics {
             let d = daemon.clone();
-            let (dp, obs) = {
+            let src = {
                 let g = d.lock().await;
-                (g.dp.clone(), g.obs.clone())
+                super::metrics::Source { node: g.node.name.clone(), dp: g.dp.clone(), stats: g.stats.clone() }
             };
-            if let Err(e) = super::metrics::serve(addr, dp, obs).await {
+            if let Err(e) = super::metrics::serve(addr, src).await {
                 let mut g = daemon.lock().await;
                 g.teardown().await;
                 let _ = std::fs::remove_file(&socket);
@@ -268,6 +270,7 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
             n_workers + 1,
         )),
         obs: Arc::new(Observers::new(node.name.clone())),
+        stats: Arc::new(PortStats::new(n_workers)),
         workers: Vec::new(),
         pods: Vec::new(),
         free_ports: Vec::new(),
@@ -287,7 +290,7 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
     let tx = Arc::new(underlay.tx);
     let wcfg = WorkerConfig { batch: cfg.dataplane.batch, offloads, vxlan_port: node.vxlan_port };
     for (i, (rx, host_fd)) in underlay.rx.into_iter().zip(host_fds).enumerate() {
-        match worker::spawn(i, d.dp.clone(), rx, tx.clone(), d.obs.clone(), wcfg) {
+        match worker::spawn(i, d.dp.clone(), rx, tx.clone(), d.obs.clone(), d.stats.clone(), wcfg) {
             Ok(w) => {
                 w.send(Control::AddPort { port: PortId::HOST, fd: host_fd });
                 d.workers.push(w);
@@ -459,7 +462,11 @@ impl Daemon {
             })
         })
         .map_err(|e| e.to_string())?;
+        if self.pods.len() + 1 >= stats::MAX_PORTS {
+            return Err(format!("this node has {} pods, the most one ucanal serves", self.pods.len()));
+        }
         let port = self.alloc_port();
+        self.stats.reset(stats::slot(port));
         for (w, fd) in self.workers.iter().zip(fds) {
             w.send(Control::AddPort { port, fd });
         }
@@ -597,7 +604,7 @@ impl Daemon {
             Show::Routes => serde_json::to_value(show::routes(&t, hp)),
             Show::Neigh => serde_json::to_value(show::neigh(&t)),
             Show::Fdb => serde_json::to_value(show::fdb(&t)),
-            Show::Pods => serde_json::to_value(show::pods(&t)),
+            Show::Pods => serde_json::to_value(show::pods(&t, &self.stats)),
             Show::Services => serde_json::to_value(show::services(&t)),
             Show::Conntrack => {
                 let now = clock::now();
@@ -634,22 +641,8 @@ impl Daemon {
         Ok(serde_json::json!({
             "node": self.node.name,
             "steps": tr.steps,
-            "result": describe_action(&t, &a),
+            "result": crate::core::trace::describe(&t, &a),
         }))
-    }
-}
-
-pub fn describe_action(t: &Tables, a: &Action) -> String {
-    match a {
-        Action::ToPort(p) if p.is_host() => "to the host stack (host port)".into(),
-        Action::ToPort(p) => match t.pod(*p) {
-            Some(pod) => format!("to pod {} ({})", pod.name, pod.ifname),
-            None => format!("to port {}", p.0),
-        },
-        Action::ToVtep { remote, flow_hash } => {
-            format!("VXLAN to {remote}:{} from udp port {}", t.node.vxlan_port, t.vxlan_source_port(*flow_hash))
-        }
-        Action::Drop(r) => format!("drop: {} ({})", r.name(), r.help()),
     }
 }
 
@@ -676,7 +669,16 @@ async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
                 super::stream::trace_live(&obs, &filter, count, timeout_ms, &mut w).await;
             }
             Request::Capture { port, filter, count, timeout_ms } => {
-                let obs = d.lock().await.obs.clone();
+                let (obs, t) = {
+                    let g = d.lock().await;
+                    (g.obs.clone(), g.dp.tables())
+                };
+                let known = matches!(port.as_str(), "host" | "vxlan" | "flannel.1") || t.pods().any(|p| p.name == port || p.ifname == port);
+                if !known {
+                    let names: Vec<&str> = t.pods().map(|p| p.name.as_str()).collect();
+                    let _ = send(&mut w, &Response::error(format!("no port '{port}' (want host, vxlan or a pod: {names:?})"))).await;
+                    continue;
+                }
                 super::stream::capture(&obs, &port, &filter, count, timeout_ms, &mut w).await;
             }
             req => {

@@ -39,7 +39,7 @@ pub enum Ingress {
 
 /// Parses `tcp 172.16.240.1:40000 -> 172.16.240.131:31266` (the arrow is optional).
 pub fn parse_flow(words: &[String]) -> Result<(String, SocketAddrV4, SocketAddrV4), String> {
-    let w: Vec<&str> = words.iter().map(String::as_str).filter(|w| *w != "->").collect();
+    let w: Vec<&str> = words.iter().map(String::as_str).filter(|w| *w != "->" && *w != "to").collect();
     let [proto, src, dst] = w.as_slice() else {
         return Err("want: <tcp|udp|icmp> <src ip:port> -> <dst ip:port>".into());
     };

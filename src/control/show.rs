@@ -168,21 +168,38 @@ pub struct PodRow {
     /// The pod's port, Calico-style name.
     pub port: String,
     pub port_index: u32,
+    /// What crossed the pod's port (rx: from the pod).
+    pub counts: crate::io::stats::PortCounts,
 }
 
-pub fn pods(t: &Tables) -> Vec<PodRow> {
+pub fn pods(t: &Tables, stats: &crate::io::stats::PortStats) -> Vec<PodRow> {
     let mut v: Vec<PodRow> = t
         .pods()
-        .map(|p| PodRow { name: p.name.clone(), ip: p.ip, mac: p.mac.to_string(), netns: p.netns.clone(), port: p.ifname.clone(), port_index: p.port.0 })
+        .map(|p| PodRow {
+            name: p.name.clone(),
+            ip: p.ip,
+            mac: p.mac.to_string(),
+            netns: p.netns.clone(),
+            port: p.ifname.clone(),
+            port_index: p.port.0,
+            counts: stats.get(crate::io::stats::slot(p.port)),
+        })
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v
 }
 
 pub fn pods_text(rows: &[PodRow], node: &str) -> String {
-    let mut s = format!("{:<24} {:<16} {:<18} {:<16} {:<24} {}\n", "NAME", "IP", "MAC", "PORT", "NETNS", "NODE");
+    let mut s = format!(
+        "{:<20} {:<14} {:<18} {:<16} {:<20} {:<12} {:>10} {:>10}\n",
+        "NAME", "IP", "MAC", "PORT", "NETNS", "NODE", "RX-PKTS", "TX-PKTS"
+    );
     for r in rows {
-        let _ = writeln!(s, "{:<24} {:<16} {:<18} {:<16} {:<24} {}", r.name, r.ip, r.mac, r.port, r.netns, node);
+        let _ = writeln!(
+            s,
+            "{:<20} {:<14} {:<18} {:<16} {:<20} {:<12} {:>10} {:>10}",
+            r.name, r.ip, r.mac, r.port, r.netns, node, r.counts.rx_packets, r.counts.tx_packets
+        );
     }
     s
 }

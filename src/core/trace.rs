@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use super::nat::Tuple;
 use crate::wire::MacAddr;
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
     /// Where the packet came in.
@@ -80,6 +80,22 @@ impl Trace {
         if self.enabled {
             self.steps.push(f());
         }
+    }
+}
+
+/// One line saying what the dataplane did with the packet.
+pub fn describe(t: &super::tables::Tables, a: &super::Action) -> String {
+    use super::Action;
+    match a {
+        Action::ToPort(p) if p.is_host() => "to the host stack (host port)".into(),
+        Action::ToPort(p) => match t.pod(*p) {
+            Some(pod) => format!("to pod {} ({})", pod.name, pod.ifname),
+            None => format!("to port {}", p.0),
+        },
+        Action::ToVtep { remote, flow_hash } => {
+            format!("VXLAN to {remote}:{} from udp port {}", t.node.vxlan_port, t.vxlan_source_port(*flow_hash))
+        }
+        Action::Drop(r) => format!("drop: {} ({})", r.name(), r.help()),
     }
 }
 

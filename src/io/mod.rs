@@ -3,8 +3,10 @@
 //! every frame goes to [`crate::core::Dataplane`] and the returned action is executed.
 
 pub mod clock;
+pub mod filter;
 pub mod netlink;
 pub mod observe;
+pub mod stats;
 pub mod sys;
 pub mod tap;
 pub mod underlay;

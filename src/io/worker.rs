@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use super::clock;
-use super::observe::Observers;
+use super::observe::{Observers, Where};
+use super::stats::{self, PortStats};
 use super::sys::{self, Datagram, Epoll, EventFd, RecvBatch, Received};
 use crate::core::gso;
 use crate::core::tables::Tables;
@@ -103,6 +104,7 @@ struct Out {
     tx: Arc<Vec<UdpSocket>>,
     pending: Vec<Pending>,
     cfg: WorkerConfig,
+    stats: Arc<PortStats>,
     /// Scratch for userspace segmentation (GSO super-packet -> VXLAN datagrams).
     seg: Vec<Box<[u8]>>,
     seg_used: usize,
@@ -114,6 +116,7 @@ pub fn spawn(
     rx: UdpSocket,
     tx: Arc<Vec<UdpSocket>>,
     obs: Arc<Observers>,
+    stats: Arc<PortStats>,
     cfg: WorkerConfig,
 ) -> io::Result<WorkerHandle> {
     let (ctl, ctl_rx) = mpsc::channel();
@@ -133,7 +136,7 @@ pub fn spawn(
             recv: RecvBatch::new(batch),
             received: Vec::with_capacity(batch),
             obs,
-            out: Out { id, dp, ports: Vec::new(), tx, pending: Vec::with_capacity(batch), cfg, seg: Vec::new(), seg_used: 0 },
+            out: Out { id, dp, ports: Vec::new(), tx, pending: Vec::with_capacity(batch), cfg, stats, seg: Vec::new(), seg_used: 0 },
         };
         worker.run();
     })?;
@@ -225,6 +228,7 @@ impl Worker {
             if n < vnet::HEADER_LEN {
                 continue;
             }
+            self.out.stats.rx(self.out.id, stats::slot(port), n - vnet::HEADER_LEN);
             let vh = VnetHdr::parse(&buf[HEADROOM - vnet::HEADER_LEN..HEADROOM]).unwrap_or_default();
             let mut pkt = Packet::new(buf, HEADROOM, HEADROOM - vnet::HEADER_LEN + n);
             pkt.offload = offload_from(&vh);
@@ -232,10 +236,10 @@ impl Worker {
                 self.out.dp.counters.drop(self.out.id, DropReason::GsoUnsupported);
                 continue;
             }
-            let mut tr = if observing { self.obs.before(port_label(&t, port), pkt.data()) } else { Default::default() };
-            let a = self.out.dp.handle_port(self.out.id, &t, port, &mut pkt, now, &mut tr);
+            let mut obs = if observing { self.obs.before(&t, Where::Port(port), pkt.data()) } else { Default::default() };
+            let a = self.out.dp.handle_port(self.out.id, &t, port, &mut pkt, now, &mut obs.trace);
             if observing {
-                self.obs.after(&t, tr, &a, pkt.data());
+                Self::observe_after_with(&self.obs, &t, obs, &a, &pkt);
             }
             self.out.execute(slot, a, &pkt);
         }
@@ -251,6 +255,7 @@ impl Worker {
         }
         let observing = self.obs.active();
         for (slot, r) in self.received.iter().enumerate() {
+            self.out.stats.rx(self.out.id, stats::VXLAN, r.len);
             let seg = if r.gro_size > 0 { usize::from(r.gro_size) } else { r.len };
             // With UDP GRO the kernel hands several datagrams of one flow back to back;
             // each is a VXLAN frame of its own.
@@ -259,10 +264,11 @@ impl Worker {
                 let len = seg.min(r.len - off);
                 let buf = &mut self.bufs[slot];
                 let mut pkt = Packet::new(buf, HEADROOM + off, HEADROOM + off + len);
-                let mut tr = if observing { self.obs.before(format!("vxlan from {}", r.from), pkt.data()) } else { Default::default() };
-                let a = self.out.dp.handle_vxlan(self.out.id, &t, r.from, &mut pkt, now, &mut tr);
+                let w = Where::Vxlan { peer: r.from, local_port: self.out.cfg.vxlan_port, inbound: true };
+                let mut obs = if observing { self.obs.before(&t, w, pkt.data()) } else { Default::default() };
+                let a = self.out.dp.handle_vxlan(self.out.id, &t, r.from, &mut pkt, now, &mut obs.trace);
                 if observing {
-                    self.obs.after(&t, tr, &a, pkt.data());
+                    Self::observe_after_with(&self.obs, &t, obs, &a, &pkt);
                 }
                 self.out.execute(slot, a, &pkt);
                 off += len;
@@ -272,11 +278,13 @@ impl Worker {
     }
 }
 
-fn port_label(t: &Tables, port: PortId) -> String {
-    match t.pod(port) {
-        _ if port.is_host() => "host".to_string(),
-        Some(p) => p.name.clone(),
-        None => format!("port{}", port.0),
+impl Worker {
+    fn observe_after_with(o: &Observers, t: &Tables, obs: super::observe::Observation, a: &Action, pkt: &Packet) {
+        let src_port = match a {
+            Action::ToVtep { flow_hash, .. } => t.vxlan_source_port(*flow_hash),
+            _ => 0,
+        };
+        o.after(t, obs, a, pkt.data(), pkt.offload.gso_size, src_port);
     }
 }
 
@@ -311,9 +319,12 @@ impl Out {
         };
         let mut hdr = [0u8; vnet::HEADER_LEN];
         vnet_for(&pkt.offload, pkt.data()).emit(&mut hdr);
-        if let Err(e) = sys::writev(fd.as_raw_fd(), &[&hdr, pkt.data()]) {
-            self.dp.counters.drop(self.id, DropReason::TxError);
-            tracing::debug!(port = port.0, "TAP write: {e}");
+        match sys::writev(fd.as_raw_fd(), &[&hdr, pkt.data()]) {
+            Ok(_) => self.stats.tx(self.id, stats::slot(port), pkt.len()),
+            Err(e) => {
+                self.dp.counters.drop(self.id, DropReason::TxError);
+                tracing::debug!(port = port.0, "TAP write: {e}");
+            }
         }
     }
 
@@ -364,7 +375,12 @@ fn flush(bufs: &[Box<[u8]>], out: &mut Out) {
                 Datagram { data: &b[p.start..p.start + p.len], to: p.to, gso_size: p.gso_size }
             })
             .collect();
-        match sys::send_batch(out.tx[sock].as_raw_fd(), &dgrams) {
+        let sent = sys::send_batch(out.tx[sock].as_raw_fd(), &dgrams);
+        let ok = *sent.as_ref().unwrap_or(&0);
+        for d in &dgrams[..ok] {
+            out.stats.tx(out.id, stats::VXLAN, d.data.len());
+        }
+        match sent {
             Ok(n) if n == dgrams.len() => {}
             Ok(n) => {
                 for _ in n..dgrams.len() {
