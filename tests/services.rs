@@ -76,8 +76,8 @@ fn services_on_two_ucanal_nodes() {
 
 /// The DNS pattern, and endpoint removal moving UDP flows at once.
 fn udp_services(lab: &Lab) {
-    let _e1 = lab.spawn("ghost-ep1", &format!("exec python3 -c '{UDP_ECHO}' ghost-ep1"));
-    let _e2 = lab.spawn("ghost-ep2", &format!("exec python3 -c '{UDP_ECHO}' ghost-ep2"));
+    let _e1 = lab.background("ghost-ep1", &format!("exec python3 -c '{UDP_ECHO}' ghost-ep1"));
+    let _e2 = lab.background("ghost-ep2", &format!("exec python3 -c '{UDP_ECHO}' ghost-ep2"));
     lab.ucanal_ok(
         "centos7-1",
         &["service", "set", "--name", "kube-system/kube-dns", "--protocol", "udp", "--cluster-ip", "10.250.0.10", "--port", "53",

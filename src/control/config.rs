@@ -296,16 +296,14 @@ impl Config {
         if !n.host_mac.is_unicast() {
             return Err(err("node.host_mac", format!("{} is not a unicast MAC", n.host_mac)));
         }
-        if let Some(m) = n.host_port_mac {
-            if !m.is_unicast() || m == n.host_mac {
+        if let Some(m) = n.host_port_mac
+            && (!m.is_unicast() || m == n.host_mac) {
                 return Err(err("node.host_port_mac", format!("{m} must be unicast and differ from node.host_mac")));
             }
-        }
-        if let Some(v) = n.vtep_ip {
-            if !n.pod_cidr.contains(v) {
+        if let Some(v) = n.vtep_ip
+            && !n.pod_cidr.contains(v) {
                 return Err(err("node.vtep_ip", format!("{v} is outside node.pod_cidr {}", n.pod_cidr)));
             }
-        }
         if n.vni == 0 || n.vni > 0x00ff_ffff {
             return Err(err("node.vni", format!("{} is not a 24-bit VNI (1..16777215)", n.vni)));
         }
@@ -397,11 +395,10 @@ impl Config {
             if !vips.insert((s.protocol, s.cluster_ip, s.port)) {
                 return Err(err(format!("services[{i}].cluster_ip"), format!("{}:{}/{} is used twice", s.cluster_ip, s.port, s.protocol.name())));
             }
-            if let Some(np) = s.node_port {
-                if !node_ports.insert((s.protocol, np)) {
+            if let Some(np) = s.node_port
+                && !node_ports.insert((s.protocol, np)) {
                     return Err(err(format!("services[{i}].node_port"), format!("{np}/{} is used twice", s.protocol.name())));
                 }
-            }
         }
         Ok(())
     }
@@ -424,11 +421,10 @@ pub fn check_pod(c: &Config, p: &PodSpec) -> Result<(), ConfigError> {
     if p.ip == c.vtep_ip() || p.ip == net.addr() || p.ip == bcast {
         return Err(err("ip", format!("{} is the VTEP, network or broadcast address of {net}", p.ip)));
     }
-    if let Some(m) = p.mac {
-        if !m.is_unicast() || m == c.node.host_mac {
+    if let Some(m) = p.mac
+        && (!m.is_unicast() || m == c.node.host_mac) {
             return Err(err("mac", format!("{m} must be unicast and differ from node.host_mac")));
         }
-    }
     Ok(())
 }
 

@@ -165,12 +165,11 @@ async fn wait_for_signal() {
 /// is an error; a stale socket file is replaced.
 fn bind_socket(path: &std::path::Path) -> io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
+    if let Some(dir) = path.parent()
+        && !dir.exists() {
             std::fs::create_dir_all(dir)?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
-    }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("api.socket: another ucanal is listening on {}", path.display())));

@@ -269,7 +269,7 @@ fn human(n: u64) -> String {
 /// `iptables -vnL -t nat` style: the service portals, then each service's endpoints.
 pub fn services_text(rows: &[ServiceRow]) -> String {
     let mut s = String::from("Chain KUBE-SERVICES (ucanal service table)\n");
-    let _ = writeln!(s, "{:>5} {:>5} {:<28} {:<4} {:<20} {}", "pkts", "bytes", "target", "prot", "destination", "");
+    let _ = writeln!(s, "{:>5} {:>5} {:<28} {:<4} {:<20} ", "pkts", "bytes", "target", "prot", "destination");
     for r in rows {
         let _ = writeln!(
             s,
@@ -280,14 +280,14 @@ pub fn services_text(rows: &[ServiceRow]) -> String {
     let nodeports: Vec<_> = rows.iter().filter(|r| r.node_port.is_some()).collect();
     if !nodeports.is_empty() {
         s.push_str("\nChain KUBE-NODEPORTS\n");
-        let _ = writeln!(s, "{:>5} {:>5} {:<28} {:<4} {}", "pkts", "bytes", "target", "prot", "");
+        let _ = writeln!(s, "{:>5} {:>5} {:<28} {:<4} ", "pkts", "bytes", "target", "prot");
         for r in nodeports {
             let _ = writeln!(s, "{:>5} {:>5} {:<28} {:<4} /* {}: */ {} dpt:{}", "-", "-", format!("SVC {}", r.name), r.protocol, r.name, r.protocol, r.node_port.unwrap_or(0));
         }
     }
     for r in rows {
         let _ = writeln!(s, "\nChain SVC {} ({} endpoints)", r.name, r.endpoints.len());
-        let _ = writeln!(s, "{:>5} {:>5} {:<28} {}", "pkts", "bytes", "target", "");
+        let _ = writeln!(s, "{:>5} {:>5} {:<28} ", "pkts", "bytes", "target");
         if r.endpoints.is_empty() {
             let _ = writeln!(s, "{:>5} {:>5} {:<28} /* {} has no endpoints */ reject-with tcp-reset/icmp-port-unreachable", "-", "-", "REJECT", r.name);
         }

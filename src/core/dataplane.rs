@@ -18,7 +18,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::counters::{Counter, Counters, DropReason};
-use super::nat::conntrack::{Conntrack, Dir, Hit, Insert, NAT_DNAT, NAT_SNAT, PortChoice};
+use super::nat::conntrack::{Conntrack, Dir, Hit, Insert, NAT_DNAT, NAT_SNAT, NewFlow, PortChoice};
 use super::nat::masquerade::{self, Egress};
 use super::nat::service::Via;
 use super::nat::{Tuple, pick};
@@ -401,7 +401,7 @@ impl<'a> Ctx<'a> {
             self.trace_new(u, reply, nat, "would be new");
             Hit { dir: Dir::Original, src: (reply.dst, reply.dport), dst: (reply.src, reply.sport), nat, state: None, invalid: false }
         } else {
-            match ct.insert(u, tcp_flags, reply_src, reply_dst, nat, ports, self.now) {
+            match ct.insert(NewFlow { original: u, tcp_flags, reply_src, reply_dst, nat, ports }, self.now) {
                 Insert::New { entry, remapped } => {
                     self.count(Counter::CtNew);
                     if remapped {
@@ -495,11 +495,10 @@ impl<'a> Ctx<'a> {
         match m.target {
             RouteTarget::Pod(port) => {
                 let Some(pod) = t.pod(port) else { return self.drop(DropReason::PortGone) };
-                if routed_here {
-                    if let Some(a) = self.dec_ttl(pkt, original) {
+                if routed_here
+                    && let Some(a) = self.dec_ttl(pkt, original) {
                         return a;
                     }
-                }
                 set_macs(pkt, pod.mac, node.host_mac);
                 if !matches!(from, From::Vxlan { .. }) {
                     self.count(Counter::ForwardLocal);
@@ -525,12 +524,11 @@ impl<'a> Ctx<'a> {
                     }
                     return self.drop(DropReason::NeedsFragmentation);
                 }
-                if routed_here {
-                    if let Some(a) = self.dec_ttl(pkt, original) {
+                if routed_here
+                    && let Some(a) = self.dec_ttl(pkt, original) {
                         return a;
                     }
-                }
-                self.to_vtep(pkt, gateway)
+                self.encap_to_peer(pkt, gateway)
             }
             RouteTarget::Local => {
                 if matches!(from, From::Host) {
@@ -560,7 +558,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// Neighbour -> FDB -> VXLAN header: flannel.1's transmit path.
-    fn to_vtep(&mut self, pkt: &mut Packet, gateway: Ipv4Addr) -> Action {
+    fn encap_to_peer(&mut self, pkt: &mut Packet, gateway: Ipv4Addr) -> Action {
         let t = self.t;
         let node = &t.node;
         let Some(mac) = t.neigh.lookup(gateway) else { return self.drop(DropReason::NoNeighbour) };
@@ -670,12 +668,11 @@ impl<'a> Ctx<'a> {
                 None => Action::Drop(DropReason::PortGone),
             },
             RouteTarget::Peer { gateway } => {
-                if let Ok(mut ip) = Ipv4Packet::new_checked(&mut pkt.data_mut()[ethernet::HEADER_LEN..]) {
-                    if ip.src() == node.node_ip {
+                if let Ok(mut ip) = Ipv4Packet::new_checked(&mut pkt.data_mut()[ethernet::HEADER_LEN..])
+                    && ip.src() == node.node_ip {
                         ip.set_src(node.vtep_ip);
                     }
-                }
-                self.to_vtep(pkt, gateway)
+                self.encap_to_peer(pkt, gateway)
             }
             RouteTarget::Local | RouteTarget::Host => {
                 set_macs(pkt, node.host_port_mac, node.host_mac);

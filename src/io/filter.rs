@@ -40,10 +40,13 @@ pub struct Filter {
     text: String,
 }
 
+/// The IPv4 part of what a filter reads: protocol, addresses, ports.
+type IpFacts = (u8, Ipv4Addr, Ipv4Addr, Option<(u16, u16)>);
+
 /// What a filter reads of a frame, parsed once.
 struct Facts {
     arp: bool,
-    ip: Option<(u8, Ipv4Addr, Ipv4Addr, Option<(u16, u16)>)>,
+    ip: Option<IpFacts>,
 }
 
 fn facts(frame: &[u8]) -> Facts {

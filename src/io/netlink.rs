@@ -221,11 +221,10 @@ pub async fn del_steers(h: &Handle, table: u32, only: Option<&[Steer]>) -> io::R
         if rule_table(&m) != table {
             continue;
         }
-        if let Some(set) = only {
-            if !rule_steer(&m).is_some_and(|s| set.contains(&s)) {
+        if let Some(set) = only
+            && !rule_steer(&m).is_some_and(|s| set.contains(&s)) {
                 continue;
             }
-        }
         nl(|| format!("deleting rule to table {table}"), h.rule().del(m).execute().await)?;
         n += 1;
     }

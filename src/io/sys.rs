@@ -138,8 +138,8 @@ impl RecvBatch {
     pub fn recv(&mut self, fd: RawFd, bufs: &mut [Box<[u8]>], offset: usize, out: &mut Vec<Received>) -> io::Result<()> {
         out.clear();
         let n = bufs.len().min(self.hdrs.len());
-        for i in 0..n {
-            let b = &mut bufs[i][offset..];
+        for (i, buf) in bufs.iter_mut().enumerate().take(n) {
+            let b = &mut buf[offset..];
             self.iovs[i] = libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() };
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();

@@ -404,8 +404,8 @@ fn flush(bufs: &[Box<[u8]>], out: &mut Out) {
 /// ingress TAP, or "checksum partial" for a pod that offloaded its checksum.
 fn vnet_for(o: &Offload, frame: &[u8]) -> VnetHdr {
     let mut h = VnetHdr::default();
-    if o.csum_partial || o.gso_size > 0 {
-        if let Some((ihl, proto)) = frame.get(14).map(|b| (usize::from(b & 0x0f) * 4, frame.get(14 + 9).copied().unwrap_or(0))) {
+    if (o.csum_partial || o.gso_size > 0)
+        && let Some((ihl, proto)) = frame.get(14).map(|b| (usize::from(b & 0x0f) * 4, frame.get(14 + 9).copied().unwrap_or(0))) {
             let l4 = 14 + ihl;
             h.flags = vnet::F_NEEDS_CSUM;
             h.csum_start = l4 as u16;
@@ -417,6 +417,5 @@ fn vnet_for(o: &Offload, frame: &[u8]) -> VnetHdr {
                 h.hdr_len = (l4 + doff) as u16;
             }
         }
-    }
     h
 }

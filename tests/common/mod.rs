@@ -80,6 +80,11 @@ impl Lab {
         self.exec(name, &["sh", "-c", line])
     }
 
+    /// Like `spawn`, killed (and reaped) when the guard drops.
+    pub fn background(&self, name: &str, line: &str) -> Background {
+        Background(self.spawn(name, line))
+    }
+
     pub fn spawn(&self, name: &str, line: &str) -> Child {
         Command::new("ip")
             .args(["netns", "exec", &self.ns(name), "sh", "-c", line])
@@ -132,6 +137,16 @@ impl Drop for Lab {
         if self.up {
             let _ = self.script(&["down"]);
         }
+    }
+}
+
+/// A process that lives as long as the guard.
+pub struct Background(pub Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -289,6 +289,18 @@ pub struct PortChoice {
     pub hi: u16,
 }
 
+/// A new flow to enter: its original tuple, the packet's TCP flags, and its reply
+/// tuple `reply_src -> (reply_dst, port)` with the port chosen by `ports`.
+#[derive(Debug, Clone, Copy)]
+pub struct NewFlow {
+    pub original: Tuple,
+    pub tcp_flags: u8,
+    pub reply_src: (Ipv4Addr, u16),
+    pub reply_dst: Ipv4Addr,
+    pub nat: u8,
+    pub ports: PortChoice,
+}
+
 /// What `insert` did.
 #[derive(Debug, Clone)]
 pub enum Insert {
@@ -400,18 +412,9 @@ impl Conntrack {
         Some(Hit::of(e, dir, invalid))
     }
 
-    /// Enters a new flow. The reply tuple is `reply_src -> (reply_dst, port)` where the
-    /// port is chosen by `ports`. See the module docs for the races this resolves.
-    pub fn insert(
-        &self,
-        original: Tuple,
-        tcp_flags: u8,
-        reply_src: (Ipv4Addr, u16),
-        reply_dst: Ipv4Addr,
-        nat: u8,
-        ports: PortChoice,
-        now: Now,
-    ) -> Insert {
+    /// Enters a new flow. See the module docs for the races this resolves.
+    pub fn insert(&self, flow: NewFlow, now: Now) -> Insert {
+        let NewFlow { original, tcp_flags, reply_src, reply_dst, nat, ports } = flow;
         let Some((state, timeout)) = self.initial(&original, tcp_flags) else {
             return Insert::Exhausted;
         };
@@ -574,7 +577,7 @@ mod tests {
     const ALL: PortChoice = PortChoice { keep: 40000, lo: 1024, hi: 65535 };
 
     fn new_nodeport(ct: &Conntrack, t: Tuple, now: Now) -> Arc<Entry> {
-        match ct.insert(t, TCP_SYN, EP, MASQ, NAT_DNAT | NAT_SNAT, PortChoice { keep: t.sport, ..ALL }, now) {
+        match ct.insert(NewFlow { original: t, tcp_flags: TCP_SYN, reply_src: EP, reply_dst: MASQ, nat: NAT_DNAT | NAT_SNAT, ports: PortChoice { keep: t.sport, ..ALL } }, now) {
             Insert::New { entry, .. } => entry,
             other => panic!("{other:?}"),
         }
@@ -656,8 +659,7 @@ mod tests {
         let ct = Conntrack::new(16, Timeouts::default());
         let now = Now::from_secs(0);
         let dns = Tuple { proto: PROTO_UDP, src: Ipv4Addr::new(10, 244, 1, 5), dst: Ipv4Addr::new(10, 250, 0, 10), sport: 53000, dport: 53 };
-        let Insert::New { entry: e, .. } = ct.insert(dns, 0, (Ipv4Addr::new(10, 244, 0, 74), 53), dns.src, NAT_DNAT,
-            PortChoice { keep: 53000, ..ALL }, now) else { panic!() };
+        let Insert::New { entry: e, .. } = ct.insert(NewFlow { original: dns, tcp_flags: 0, reply_src: (Ipv4Addr::new(10, 244, 0, 74), 53), reply_dst: dns.src, nat: NAT_DNAT, ports: PortChoice { keep: 53000, ..ALL } }, now) else { panic!() };
         assert_eq!(e.remaining(now), 30);
         assert!(format_entry(&e, now).contains("[UNREPLIED]"));
         ct.track(&e.reply, 0, now, true).unwrap();
@@ -674,8 +676,8 @@ mod tests {
         // the same address: the second must get another port.
         let a = client();
         let b = Tuple { src: Ipv4Addr::new(172, 16, 240, 9), ..client() };
-        let Insert::New { entry: ea, remapped: ra } = ct.insert(a, TCP_SYN, EP, MASQ, NAT_SNAT | NAT_DNAT, ALL, now) else { panic!() };
-        let Insert::New { entry: eb, remapped: rb } = ct.insert(b, TCP_SYN, EP, MASQ, NAT_SNAT | NAT_DNAT, ALL, now) else { panic!() };
+        let Insert::New { entry: ea, remapped: ra } = ct.insert(NewFlow { original: a, tcp_flags: TCP_SYN, reply_src: EP, reply_dst: MASQ, nat: NAT_SNAT | NAT_DNAT, ports: ALL }, now) else { panic!() };
+        let Insert::New { entry: eb, remapped: rb } = ct.insert(NewFlow { original: b, tcp_flags: TCP_SYN, reply_src: EP, reply_dst: MASQ, nat: NAT_SNAT | NAT_DNAT, ports: ALL }, now) else { panic!() };
         assert!(!ra && rb);
         assert_eq!(ea.reply.dport, 40000);
         assert_ne!(eb.reply.dport, 40000);
@@ -686,7 +688,7 @@ mod tests {
         seen.insert(eb.reply);
         for i in 10..200u8 {
             let t = Tuple { src: Ipv4Addr::new(172, 16, 241, i), ..client() };
-            match ct.insert(t, TCP_SYN, EP, MASQ, NAT_SNAT | NAT_DNAT, ALL, now) {
+            match ct.insert(NewFlow { original: t, tcp_flags: TCP_SYN, reply_src: EP, reply_dst: MASQ, nat: NAT_SNAT | NAT_DNAT, ports: ALL }, now) {
                 Insert::New { entry, .. } => assert!(seen.insert(entry.reply), "duplicate reply tuple"),
                 other => panic!("{other:?}"),
             }
@@ -703,12 +705,12 @@ mod tests {
         let range = PortChoice { keep: 40000, lo: 61000, hi: 61001 };
         for i in 0..2u8 {
             let t = Tuple { src: Ipv4Addr::new(10, 244, 1, 5 + i), ..client() };
-            let Insert::New { entry, remapped } = ct.insert(t, TCP_SYN, (t.dst, t.dport), Ipv4Addr::new(172, 16, 240, 131), NAT_SNAT, range, now) else { panic!() };
+            let Insert::New { entry, remapped } = ct.insert(NewFlow { original: t, tcp_flags: TCP_SYN, reply_src: (t.dst, t.dport), reply_dst: Ipv4Addr::new(172, 16, 240, 131), nat: NAT_SNAT, ports: range }, now) else { panic!() };
             assert!(remapped);
             assert!((61000..=61001).contains(&entry.reply.dport));
         }
         let t = Tuple { src: Ipv4Addr::new(10, 244, 1, 9), ..client() };
-        assert!(matches!(ct.insert(t, TCP_SYN, (t.dst, t.dport), Ipv4Addr::new(172, 16, 240, 131), NAT_SNAT, range, now), Insert::Exhausted));
+        assert!(matches!(ct.insert(NewFlow { original: t, tcp_flags: TCP_SYN, reply_src: (t.dst, t.dport), reply_dst: Ipv4Addr::new(172, 16, 240, 131), nat: NAT_SNAT, ports: range }, now), Insert::Exhausted));
     }
 
     #[test]
@@ -717,9 +719,9 @@ mod tests {
         let now = Now::from_secs(1);
         let e = new_nodeport(&ct, client(), now);
         let other = Tuple { sport: 40001, ..client() };
-        assert!(matches!(ct.insert(other, TCP_SYN, EP, MASQ, NAT_DNAT, ALL, now), Insert::Full));
+        assert!(matches!(ct.insert(NewFlow { original: other, tcp_flags: TCP_SYN, reply_src: EP, reply_dst: MASQ, nat: NAT_DNAT, ports: ALL }, now), Insert::Full));
         assert!(ct.track(&e.reply, TCP_SYN | TCP_ACK, now, true).is_some());
-        assert!(matches!(ct.insert(client(), TCP_SYN, EP, MASQ, NAT_DNAT, ALL, now), Insert::Joined(_)));
+        assert!(matches!(ct.insert(NewFlow { original: client(), tcp_flags: TCP_SYN, reply_src: EP, reply_dst: MASQ, nat: NAT_DNAT, ports: ALL }, now), Insert::Joined(_)));
     }
 
     #[test]
@@ -736,7 +738,7 @@ mod tests {
                     let (ct, barrier) = (ct.clone(), barrier.clone());
                     std::thread::spawn(move || {
                         barrier.wait();
-                        match ct.insert(t, 0, (Ipv4Addr::new(10, 244, 0, 74), 53), t.src, NAT_DNAT, PortChoice { keep: t.sport, ..ALL }, Now::from_secs(1)) {
+                        match ct.insert(NewFlow { original: t, tcp_flags: 0, reply_src: (Ipv4Addr::new(10, 244, 0, 74), 53), reply_dst: t.src, nat: NAT_DNAT, ports: PortChoice { keep: t.sport, ..ALL } }, Now::from_secs(1)) {
                             Insert::New { entry, .. } | Insert::Joined(entry) => entry.reply,
                             other => panic!("{other:?}"),
                         }
