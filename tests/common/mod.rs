@@ -45,19 +45,31 @@ impl Lab {
     }
 
     pub fn up(tag: &str, args: &[&str]) -> Lab {
+        Self::up_env(tag, args, &[])
+    }
+
+    /// `up` with extra environment for lab.sh (e.g. UCANAL_RUN_ARGS).
+    pub fn up_env(tag: &str, args: &[&str], env: &[(&str, &str)]) -> Lab {
         let prefix = Self::prefix_for(tag);
         let mut lab = Lab { prefix: prefix.clone(), up: false };
-        let out = lab.script(&["up", "--force"].iter().chain(args).copied().collect::<Vec<_>>());
+        let argv: Vec<&str> = ["up", "--force"].iter().chain(args).copied().collect();
+        let out = lab.script_env(&argv, env);
         assert!(out.status.success(), "lab.sh up {args:?} failed:\n{}{}", text(&out.stdout), text(&out.stderr));
         lab.up = true;
         lab
     }
 
     fn script(&self, args: &[&str]) -> Output {
+        self.script_env(args, &[])
+    }
+
+    fn script_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(repo().join("netns-scripts/lab.sh"))
             .args(args)
             .env("LAB_PREFIX", &self.prefix)
             .env("UCANAL_BIN", ucanal_bin())
+            .env_remove("UCANAL_RUN_ARGS")
+            .envs(env.iter().copied())
             .output()
             .expect("running netns-scripts/lab.sh")
     }

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# demo.sh - the article's walkthrough (§3.1 and §3.2), produced by ucanal itself.
+#
+# Builds ucanal, brings up the lab (two ucanal nodes, a client, ghost-ep1 and ghost-ep2),
+# and for each step prints what the article printed next to what ucanal shows now:
+# the pod's view, the node's route/neighbour/FDB tables, the service rules with their
+# counters, a synthetic trace of the NodePort request, a live trace of the same request
+# on both nodes (reply included), the conntrack listing, a VXLAN capture read back by
+# tcpdump, and the Prometheus counters. Then it removes the lab. Exit status is non-zero
+# if any step does not show what the article describes.
+#
+# Environment: LAB_PREFIX (default ud-), UCANAL_BIN (default target/release/ucanal,
+# built if missing), DEMO_KEEP=1 to leave the lab up for exploring (then: lab.sh down).
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+export LAB_PREFIX=${LAB_PREFIX:-ud-}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$here/lib.sh"
+lab_init
+
+repo=$(cd "$here/.." && pwd)
+bin=${UCANAL_BIN:-$repo/target/release/ucanal}
+tmp=$(mktemp -d)
+fail=0
+
+finish() {
+    local rc=$?
+    rm -rf "$tmp"
+    if [[ ${DEMO_KEEP:-0} == 1 && $rc == 0 ]]; then
+        echo "demo: lab $LAB_PREFIX left up (DEMO_KEEP=1); remove it with: LAB_PREFIX=$LAB_PREFIX $here/lab.sh down"
+    else
+        lab_down >/dev/null 2>&1 || true
+    fi
+}
+trap finish EXIT
+
+title() {
+    if [[ -t 1 ]]; then printf '\n\033[1m==== %s\033[0m\n' "$*"; else printf '\n==== %s\n' "$*"; fi
+}
+say() { printf '%s\n' "$*"; }
+indent() { sed 's/^/    /'; }
+# article LABEL <<'EOF' ... EOF : what the article printed
+article() {
+    printf -- '--- article (%s):\n' "$1"
+    indent
+}
+# ucanal_out LABEL CMD... : what the lab shows now
+now() {
+    local label=$1 shown
+    shift
+    shown="$*"
+    shown=${shown/#u[12] /ucanal }
+    shown=${shown/#in_ns /ip netns exec $LAB_PREFIX}
+    printf -- '--- now (%s): %s\n' "$label" "$shown"
+    "$@" 2>&1 | indent
+}
+# expect TEXT PATTERN WHAT : the step shows what the article describes, or the demo fails
+expect() {
+    if grep -qE -- "$2" <<<"$1"; then
+        say "    ok: $3"
+    else
+        say "    MISSING: $3 (want /$2/)"
+        fail=1
+    fi
+}
+u1() { "$bin" --socket "$(lab_socket centos7-1)" "$@"; }
+u2() { "$bin" --socket "$(lab_socket centos7-2)" "$@"; }
+in_ns() { lab_nsexec "$@"; }
+
+title "build"
+if [[ ! -x $bin ]]; then
+    (cd "$repo" && cargo build --release)
+fi
+say "ucanal: $bin"
+
+title "lab up: the article's two nodes, a client and the ghost pods (namespaces ${LAB_PREFIX}*)"
+export UCANAL_RUN_ARGS="--metrics 127.0.0.1:9300 ${UCANAL_RUN_ARGS:-}"
+UCANAL_BIN=$bin lab_up --node1 ucanal --node2 ucanal >/dev/null
+lab_status
+
+title "§3.1 pod to pod across nodes: ghost-ep1 (10.244.1.5, centos7-1) -> ghost-ep2 (10.244.0.74, centos7-2)"
+article "pod ghost-ep1: ip a / ip route / ip nei" <<'EOF'
+3: eth0@if8: mtu 1500 ... inet 10.244.1.5/32 scope global eth0
+default via 169.254.1.1 dev eth0
+169.254.1.1 dev eth0  scope link
+169.254.1.1 dev eth0 lladdr 56:aa:dd:0b:e9:03 STALE       (the host side of the pod's link)
+EOF
+in_ns ghost-ep1 ping -c1 -W1 10.244.0.74 >/dev/null || true
+out=$(in_ns ghost-ep1 sh -c 'ip -4 addr show eth0; ip route; ip neigh')
+printf -- '--- now (pod ghost-ep1): ip -4 addr show eth0; ip route; ip neigh\n%s\n' "$(indent <<<"$out")"
+expect "$out" "inet 10.244.1.5/32" "eth0 holds the pod IP as /32"
+expect "$out" "default via 169.254.1.1 dev eth0" "default route via 169.254.1.1"
+expect "$out" "169.254.1.1 dev eth0 scope link" "169.254.1.1 is on-link"
+expect "$out" "169.254.1.1 dev eth0 lladdr ee:ee:ee:ee:ee:ee" "proxy-ARP answered with the host-side MAC (Calico's ee:ee:ee:ee:ee:ee)"
+
+article "centos7-1: ip route" <<'EOF'
+10.244.0.0/24 via 10.244.0.0 dev flannel.1 onlink
+10.244.1.5 dev calif0e9df43659 scope link
+EOF
+out=$(u1 show routes)
+now "centos7-1" u1 show routes
+expect "$out" "10.244.0.0/24 via 10.244.0.0 dev flannel.1 onlink" "remote pod subnet via the peer's VTEP address"
+expect "$out" "10.244.1.5 dev cali[0-9a-f]{11} scope link" "/32 host route to the local pod"
+
+article "centos7-1: ip nei | bridge fdb (flannel.1)" <<'EOF'
+10.244.0.0 dev flannel.1 lladdr 32:a9:79:6d:0b:b1 PERMANENT
+32:a9:79:6d:0b:b1 dev flannel.1 dst 172.16.240.132 self permanent
+EOF
+out=$(u1 show neigh; u1 show fdb)
+now "centos7-1" u1 show neigh
+now "centos7-1" u1 show fdb
+expect "$out" "10.244.0.0 dev flannel.1 lladdr 32:a9:79:6d:0b:b1 PERMANENT" "neighbour of the remote VTEP"
+expect "$out" "32:a9:79:6d:0b:b1 dev flannel.1 dst 172.16.240.132 self permanent" "FDB entry to the remote node"
+
+out=$(in_ns ghost-ep1 ping -c3 -i0.2 -W1 10.244.0.74 2>&1)
+now "ghost-ep1" in_ns ghost-ep1 ping -c3 -i0.2 -W1 10.244.0.74
+expect "$out" " 0% packet loss" "ping ghost-ep1 -> ghost-ep2"
+out=$(in_ns ghost-ep1 curl -s -m5 http://10.244.0.74:2368/)
+now "ghost-ep1" in_ns ghost-ep1 curl -s -m5 http://10.244.0.74:2368/
+expect "$out" "ghost-ep2 10.244.0.74" "HTTP ghost-ep1 -> ghost-ep2:2368"
+
+say "--- now (the wire): a VXLAN capture on centos7-1, read back with tcpdump -r"
+("$bin" --socket "$(lab_socket centos7-1)" capture --port vxlan -w "$tmp/vxlan.pcap" --count 4 --filter "tcp port 2368" --timeout 10 >/dev/null 2>&1 &)
+sleep 0.5
+in_ns ghost-ep1 curl -s -m5 http://10.244.0.74:2368/ >/dev/null
+for _ in $(seq 40); do [[ -s $tmp/vxlan.pcap && $(stat -c %s "$tmp/vxlan.pcap") -gt 200 ]] && break; sleep 0.1; done
+sleep 0.3
+out=$(tcpdump -nr "$tmp/vxlan.pcap" 2>/dev/null | head -8)
+indent <<<"$out"
+expect "$out" "172.16.240.131.[0-9]+ > 172.16.240.132.8472" "outer: node to node on UDP 8472"
+expect "$out" "instance 1" "VNI 1"
+expect "$out" "10.244.1.5.[0-9]+ > 10.244.0.74.2368: Flags \[S\]" "inner: the pod's TCP flow"
+
+title "§3.2 the client through the NodePort: 172.16.240.1 -> 172.16.240.131:31266 -> ghost-ep2"
+article "kubectl get svc ghost; iptables -vnL KUBE-NODEPORTS / KUBE-SVC-TFV3VPHN2LAGKCVY -t nat" <<'EOF'
+ghost     NodePort   10.250.0.40            2368:31266/TCP
+    0     0 KUBE-MARK-MASQ  tcp  --  *      *       0.0.0.0/0            0.0.0.0/0            /* default/ghost: */ tcp dpt:31266
+    0     0 KUBE-SVC-TFV3VPHN2LAGKCVY  tcp  --  *      *       0.0.0.0/0            0.0.0.0/0            /* default/ghost: */ tcp dpt:31266
+    0     0 KUBE-SEP-UJXTJ7PNRUN6D2JD  all  --  ...  /* default/ghost: */ statistic mode random probability 0.50000000000
+    0     0 KUBE-SEP-MNOUPYFQRWSOE45J  all  --  ...  /* default/ghost: */
+    0     0 DNAT       tcp  --  ...  /* default/ghost: */ tcp to:10.244.0.74:2368
+EOF
+for _ in $(seq 20); do in_ns client curl -s -m5 http://172.16.240.131:31266/; done >"$tmp/pages"
+out=$(sort "$tmp/pages" | uniq -c)
+now "client" sh -c "for i in \$(seq 20); do curl http://172.16.240.131:31266/; done | sort | uniq -c  # (run in ${LAB_PREFIX}client)"
+indent <<<"$out"
+expect "$out" "ghost-ep1" "NodePort reaches ghost-ep1"
+expect "$out" "ghost-ep2" "NodePort reaches ghost-ep2"
+out=$(u1 show services)
+now "centos7-1" u1 show services
+expect "$out" "default/ghost: cluster IP \*/ tcp dpt:2368" "the ClusterIP rule"
+expect "$out" "tcp dpt:31266" "the NodePort rule"
+expect "$out" "DNAT to:10.244.0.74:2368" "the endpoint DNAT rule"
+
+say "--- now: the walk of one request, from the live tables (ucanal trace, nothing sent)"
+sport=""
+for p in $(seq 40000 40100); do
+    if u1 trace --json --in host tcp "172.16.240.1:$p" '->' 172.16.240.131:31266 | grep -q '"endpoint": "10.244.0.74:2368"'; then
+        sport=$p
+        break
+    fi
+done
+[[ -n $sport ]] || { say "    MISSING: no source port hashes to the remote endpoint"; fail=1; sport=40000; }
+out=$(u1 trace --in host tcp "172.16.240.1:$sport" '->' 172.16.240.131:31266)
+indent <<<"$out"
+expect "$out" "KUBE-NODEPORTS tcp dpt:31266" "1. the NodePort service entry"
+expect "$out" "endpoint +10.244.0.74:2368" "2. the endpoint chosen"
+expect "$out" "dnat +dst 172.16.240.131:31266 -> 10.244.0.74:2368" "3. DNAT to it"
+expect "$out" "masquerade +src 172.16.240.1:$sport -> 10.244.1.0:" "4. masquerade to flannel.1's address 10.244.1.0"
+expect "$out" "10.244.0.0/24 via 10.244.0.0 dev flannel.1 onlink" "5. the route 10.244.0.0/24"
+expect "$out" "10.244.0.0 dev flannel.1 lladdr 32:a9:79:6d:0b:b1" "6. the neighbour 10.244.0.0 -> 32:a9:79:6d:0b:b1"
+expect "$out" "32:a9:79:6d:0b:b1 dev flannel.1 dst 172.16.240.132" "7. the FDB entry -> 172.16.240.132"
+expect "$out" "vni 1" "8. VNI 1"
+
+say "--- now: the same request for real, traced live on centos7-1 and centos7-2 (reply included)"
+"$bin" --socket "$(lab_socket centos7-1)" trace --live --node "$(lab_socket centos7-2)" \
+    --filter "tcp port $sport or (tcp port 2368 and host 10.244.1.0)" --count 2 --timeout 10 >"$tmp/live" 2>&1 &
+live=$!
+sleep 0.7
+in_ns client curl -s -m5 --local-port "$sport" http://172.16.240.131:31266/ >/dev/null || true
+wait "$live" || true
+out=$(cat "$tmp/live")
+indent <"$tmp/live"
+expect "$out" -- "--- centos7-1" "seen on centos7-1"
+expect "$out" -- "--- centos7-2" "seen on centos7-2"
+expect "$out" "vxlan-rx +vni 1 from 172.16.240.131" "centos7-2 decapsulates from centos7-1"
+expect "$out" "reverse-nat now 172.16.240.131:31266 -> 172.16.240.1:$sport" "the reply, reverse-NATed on centos7-1"
+
+article "conntrack -L on centos7-1 (§3.2: DNAT in PREROUTING, SNAT in POSTROUTING)" <<'EOF'
+172.16.240.1:any -> 172.16.240.131:31266   becomes   10.244.1.0:any -> 10.244.0.74:2368
+reply: 10.244.0.74:2368 -> 10.244.1.0:any          becomes   172.16.240.131:31266 -> 172.16.240.1:any
+EOF
+out=$(u1 show conntrack 2>&1 | grep "dport=$sport" || true)
+printf -- '--- now (centos7-1): ucanal show conntrack | grep dport=%s\n%s\n' "$sport" "$(indent <<<"$out")"
+expect "$out" "src=172.16.240.1 dst=172.16.240.131 sport=$sport dport=31266 src=10.244.0.74 dst=10.244.1.0 sport=2368 dport=$sport" "original and reply tuples as the article describes"
+
+say "--- now: the counters of centos7-1 (ucanal show counters; Prometheus on 127.0.0.1:9300 inside the node)"
+u1 show counters | indent
+out=$(in_ns centos7-1 curl -s -m5 http://127.0.0.1:9300/metrics)
+grep -E '^ucanal_(service_flows_total|endpoint_flows_total|port_packets_total\{[^}]*port="vxlan")' <<<"$out" | indent
+expect "$out" 'ucanal_service_flows_total\{[^}]*service="default/ghost"' "per-service counters in Prometheus text"
+
+title "lab down"
+lab_down >/dev/null
+remaining=$(ip netns list | awk '{print $1}' | grep -c "^$LAB_PREFIX" || true)
+if ((remaining > 0)); then
+    say "MISSING: $remaining namespaces of $LAB_PREFIX are left"
+    fail=1
+else
+    say "removed every ${LAB_PREFIX}* namespace and process"
+fi
+if ((fail)); then
+    say "demo: some steps did not show what the article describes (see MISSING above)"
+    exit 1
+fi
+say "demo: every step showed what the article describes"

@@ -1,0 +1,167 @@
+//! Issue "see the traffic": show (text and JSON), trace (synthetic and live), capture,
+//! metrics, and the demo that walks the article.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Lab, text, wait_until};
+
+fn json(lab: &Lab, node: &str, args: &[&str]) -> serde_json::Value {
+    let out = lab.ucanal_ok(node, args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ucanal {args:?} --json is not JSON ({e}):\n{out}"))
+}
+
+#[test]
+fn show_trace_capture_metrics() {
+    if !common::require_netns(&["curl", "tcpdump"]) {
+        return;
+    }
+    let lab = Lab::up_env("to", &[], &[("UCANAL_RUN_ARGS", "--metrics 127.0.0.1:9300")]);
+    for _ in 0..6 {
+        lab.curl("client", "http://172.16.240.131:31266/").expect("NodePort");
+    }
+
+    // Every listing has a stable JSON form.
+    let routes = json(&lab, "centos7-1", &["show", "routes", "--json"]);
+    assert!(routes.as_array().unwrap().iter().any(|r| r["dst"] == "10.244.0.0/24" && r["gateway"] == "10.244.0.0" && r["dev"] == "flannel.1"));
+    let neigh = json(&lab, "centos7-1", &["show", "neigh", "--json"]);
+    assert!(neigh.as_array().unwrap().iter().any(|r| r["ip"] == "10.244.0.0" && r["lladdr"] == "32:a9:79:6d:0b:b1" && r["state"] == "PERMANENT"));
+    let fdb = json(&lab, "centos7-1", &["show", "fdb", "--json"]);
+    assert_eq!(fdb[0]["mac"], "32:a9:79:6d:0b:b1");
+    assert_eq!(fdb[0]["dst"], "172.16.240.132");
+    let pods = json(&lab, "centos7-1", &["show", "pods", "--json"]);
+    assert_eq!(pods[0]["name"], "ghost-ep1");
+    assert!(pods[0]["counts"]["rx_packets"].as_u64().unwrap() > 0);
+    let svcs = json(&lab, "centos7-1", &["show", "services", "--json"]);
+    let ghost = &svcs.as_array().unwrap().iter().find(|s| s["name"] == "default/ghost").unwrap().clone();
+    assert_eq!((ghost["cluster_ip"].as_str(), ghost["port"].as_u64(), ghost["node_port"].as_u64()), (Some("10.250.0.40"), Some(2368), Some(31266)));
+    let per_ep: u64 = ghost["endpoints"].as_array().unwrap().iter().map(|e| e["packets"].as_u64().unwrap()).sum();
+    assert_eq!(per_ep, ghost["packets"].as_u64().unwrap(), "endpoint hits add up to the service's");
+    let ct = json(&lab, "centos7-1", &["show", "conntrack", "--json"]);
+    let row = &ct.as_array().unwrap()[0];
+    for k in ["proto", "timeout", "state", "original", "reply", "line"] {
+        assert!(!row[k].is_null(), "conntrack row lacks {k}: {row}");
+    }
+    let counters = json(&lab, "centos7-1", &["show", "counters", "--json"]);
+    assert!(counters["decisions"]["service_dnat"].as_u64().unwrap() >= 6);
+    assert!(counters["drops"].as_object().unwrap().contains_key("vxlan_unknown_peer"));
+    let node = json(&lab, "centos7-1", &["show", "node", "--json"]);
+    assert_eq!(node["node"]["vtep_ip"], "10.244.1.0");
+
+    // The trace of a client request to the NodePort, in the article's order, when the
+    // endpoint is remote: service, endpoint, DNAT, masquerade to 10.244.1.0, route,
+    // neighbour, FDB, VNI 1.
+    let mut steps = None;
+    for sport in 40000..40100 {
+        let t = json(&lab, "centos7-1", &["trace", "--json", "--in", "host", "tcp", &format!("172.16.240.1:{sport}"), "->", "172.16.240.131:31266"]);
+        let s = t["steps"].as_array().unwrap().clone();
+        if s.iter().any(|x| x["step"] == "endpoint" && x["endpoint"] == "10.244.0.74:2368") {
+            steps = Some(s);
+            break;
+        }
+    }
+    let steps = steps.expect("some source port hashes to the remote endpoint");
+    let kinds: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    let order = ["service", "endpoint", "dnat", "masquerade", "route", "neighbour", "fdb", "encap"];
+    let pos: Vec<usize> = order.iter().map(|k| kinds.iter().position(|x| x == k).unwrap_or_else(|| panic!("no {k} step in {kinds:?}"))).collect();
+    assert!(pos.windows(2).all(|w| w[0] < w[1]), "steps out of order: {kinds:?}");
+    let step = |k: &str| steps.iter().find(|s| s["step"] == k).unwrap();
+    assert_eq!(step("service")["name"], "default/ghost");
+    assert_eq!(step("service")["via"], "NodePort");
+    assert_eq!(step("dnat")["after"], "10.244.0.74:2368");
+    assert!(step("masquerade")["after"].as_str().unwrap().starts_with("10.244.1.0:"));
+    assert!(step("route")["route"].as_str().unwrap().starts_with("10.244.0.0/24 via 10.244.0.0"));
+    assert_eq!((step("neighbour")["ip"].as_str(), step("neighbour")["mac"].as_str()), (Some("10.244.0.0"), Some("32:a9:79:6d:0b:b1")));
+    assert_eq!(step("fdb")["dst"], "172.16.240.132");
+    assert_eq!(step("encap")["vni"], 1);
+    assert_eq!(step("encap")["outer_dst"], "172.16.240.132");
+    assert!(lab.ucanal_ok("centos7-1", &["show", "conntrack"]).lines().count() <= ct.as_array().unwrap().len() + 1, "the synthetic trace entered no flow");
+
+    // A live trace on both nodes sees the request and the reply.
+    let live = Command::new(common::ucanal_bin())
+        .arg("--socket")
+        .arg(lab.socket("centos7-1"))
+        .args(["trace", "--live", "--json", "--count", "2", "--timeout", "10", "--filter", "tcp port 2368 or tcp port 31266", "--node"])
+        .arg(lab.socket("centos7-2"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    lab.curl("ghost-ep1", "http://10.244.0.74:2368/").unwrap();
+    let out = text(&live.wait_with_output().unwrap().stdout);
+    let events: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 4, "2 packets on each node: {out}");
+    assert!(events.iter().any(|e| e["node"] == "centos7-1") && events.iter().any(|e| e["node"] == "centos7-2"));
+
+    // A capture on the vxlan port, read back by tcpdump.
+    let pcap = format!("/tmp/{}cap.pcap", lab.prefix);
+    let cap = Command::new(common::ucanal_bin())
+        .arg("--socket")
+        .arg(lab.socket("centos7-1"))
+        .args(["capture", "--port", "vxlan", "-w", &pcap, "--count", "4", "--filter", "tcp", "--timeout", "10"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    lab.curl("ghost-ep1", "http://10.244.0.74:2368/").unwrap();
+    assert!(cap.wait_with_output().unwrap().status.success());
+    let read = Command::new("tcpdump").args(["-nr", &pcap]).output().unwrap();
+    let _ = std::fs::remove_file(&pcap);
+    let dump = text(&read.stdout);
+    assert!(read.status.success(), "tcpdump -r: {}", text(&read.stderr));
+    assert!(dump.contains("172.16.240.132.8472") && dump.contains("instance 1"), "VXLAN in the capture:\n{dump}");
+    assert!(dump.contains("10.244.1.5.") && dump.contains("10.244.0.74.2368: Flags [S]"), "inner TCP flow in the capture:\n{dump}");
+    // Errors name the fault.
+    let bad = lab.ucanal("centos7-1", &["capture", "--port", "nosuchpod", "-w", "/dev/null"]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("no port 'nosuchpod'"));
+    let bad = lab.ucanal("centos7-1", &["trace", "--live", "--filter", "tcp and", "--count", "1"]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("filter"));
+
+    // Prometheus text whose counters move with traffic.
+    let scrape = || {
+        let o = lab.exec("centos7-1", &["curl", "-sS", "-m", "5", "http://127.0.0.1:9300/metrics"]);
+        assert!(o.status.success(), "metrics: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    let value = |body: &str, series: &str| -> f64 {
+        body.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no series {series}"))
+    };
+    let before = scrape();
+    assert!(before.contains("# TYPE ucanal_decisions counter") || before.contains("# TYPE ucanal_decisions_total counter"), "{before}");
+    let decap = "ucanal_decisions_total{node=\"centos7-1\",decision=\"decap\"}";
+    let flows = "ucanal_service_flows_total{node=\"centos7-1\",service=\"default/ghost\"";
+    for _ in 0..4 {
+        lab.curl("client", "http://172.16.240.131:31266/").unwrap();
+    }
+    assert!(lab.ping("ghost-ep1", "10.244.0.74", 2));
+    let after = scrape();
+    assert!(value(&after, decap) > value(&before, decap), "decap counter did not move");
+    assert_eq!(value(&after, flows), value(&before, flows) + 4.0, "service flow counter");
+    // Not reachable from outside the node: it listens on the node's loopback only.
+    assert!(!lab.exec("client", &["curl", "-s", "-m", "2", "http://172.16.240.131:9300/metrics"]).status.success());
+}
+
+#[test]
+fn demo_walks_the_article_and_leaves_nothing() {
+    if !common::require_netns(&["curl", "tcpdump"]) {
+        return;
+    }
+    let prefix = Lab::prefix_for("td");
+    let out = Command::new(common::repo().join("netns-scripts/demo.sh"))
+        .env("LAB_PREFIX", &prefix)
+        .env("UCANAL_BIN", common::ucanal_bin())
+        .env_remove("UCANAL_RUN_ARGS")
+        .output()
+        .unwrap();
+    let so = text(&out.stdout);
+    assert!(out.status.success(), "demo.sh failed:\n{so}\n{}", text(&out.stderr));
+    assert!(so.contains("demo: every step showed what the article describes"), "{so}");
+    assert!(!so.contains("MISSING"), "{so}");
+    let left = wait_until(Duration::from_secs(3), || {
+        !text(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).contains(&prefix)
+    });
+    assert!(left.is_some(), "demo.sh left namespaces {prefix}* behind");
+    let procs = text(&Command::new("pgrep").args(["-af", &format!("/run/ucanal-lab/{prefix}")]).output().unwrap().stdout);
+    assert!(procs.trim().is_empty(), "demo.sh left processes: {procs}");
+}
