@@ -297,6 +297,9 @@ fn offload_from(vh: &VnetHdr) -> Offload {
 
 impl Out {
     fn execute(&mut self, slot: usize, a: Action, pkt: &Packet) {
+        // One line per packet only when asked for (--log-level trace); otherwise this is
+        // a single check of the global level.
+        tracing::trace!(worker = self.id, len = pkt.len(), action = ?a, "packet");
         match a {
             Action::ToPort(port) => self.write_port(port, pkt),
             Action::ToVtep { remote, flow_hash } => {

@@ -1,0 +1,466 @@
+//! Per-packet cost of the sans-IO core (DESIGN.md, "Performance: how it is measured").
+//!
+//! Groups:
+//! - `baseline`: what every per-packet loop pays besides the core (restoring the frame).
+//! - `paths`: one packet of each core path, one flow, everything hot.
+//! - `services`: service lookup and new-flow DNAT with 10 .. 100 000 services.
+//! - `conntrack`: conntrack lookup and established-flow NAT with 1 000 .. 1 000 000 flows.
+//! - `multithread`: established-flow NAT + encap on 1 and 2 threads sharing one dataplane.
+//! - `gso`: userspace TSO of a 64 KB super-packet into VXLAN datagrams.
+//!
+//! How the input is restored: the core rewrites the frame in place, so every timed
+//! iteration first copies the pristine frame (42-66 bytes) into a buffer with headroom
+//! and wraps it in a `Packet`. That copy is inside the timed loop; `baseline/copy_frame`
+//! times exactly that copy alone (`baseline/copy_frame_new_sport` the copy plus the
+//! source-port rewrite of the new-flow benches, `baseline/copy_frame_new_tuple` the copy
+//! plus the flow draw and source rewrite of the `conntrack/established_nat_encap_*`
+//! benches), so per-path figures can be read net of it. `iter_batched_ref` was not used: its per-batch setup keeps a vector
+//! of inputs, so each iteration reads its frame from a different, colder buffer, and at a
+//! few tens of nanoseconds per packet that costs more, less predictably, than a 64-byte
+//! copy from L1.
+//!
+//! Every bench checks once, outside the timed loop, that its packet takes the path the
+//! name says (the action, the rewritten bytes, the checksums), and after timing that no
+//! timed packet was dropped (all drop counters still zero).
+
+mod common;
+
+use std::cell::OnceCell;
+use std::hint::black_box;
+use std::net::SocketAddrV4;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use etherparse::PacketBuilder;
+use ucanal::core::gso::{MAX_SEGMENTED, segment_vxlan};
+use ucanal::core::nat::conntrack::Dir;
+use ucanal::core::tables::Tables;
+use ucanal::core::tables::article::{self, EP1_MAC};
+use ucanal::core::trace::Trace;
+use ucanal::core::{Action, Counter, Dataplane, DropReason, PortId};
+use ucanal::wire::ipv4::{Ipv4Packet, PROTO_TCP};
+use ucanal::wire::l4::{self, TCP_ACK};
+use ucanal::wire::{MacAddr, arp};
+
+use common::*;
+
+/// No timed packet was dropped.
+fn assert_no_drops(dp: &Dataplane) {
+    for d in DropReason::ALL {
+        assert_eq!(dp.counters.dropped(*d), 0, "a bench packet was dropped: {d}");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// baseline
+
+fn baseline(c: &mut Criterion) {
+    let mut g = c.benchmark_group("baseline");
+    // The largest frame of the `paths` group (the VXLAN datagram of `decap`, 66 bytes).
+    let dgram = from_node2(&ping(MacAddr::ZERO, EP2, EP1, 63)[14..]);
+    let mut b = Buf::for_frame(&dgram);
+    g.bench_function("copy_frame", |bn| {
+        bn.iter(|| {
+            let p = b.load(black_box(&dgram));
+            black_box(p.data());
+        })
+    });
+    // The new-flow loops (`run_new_flows`) also rewrite the source port, walking a
+    // list of ports in chunks.
+    let syn = tcp(host_port_mac(), HOST_MAC, (CLIENT, 1024), (NODE1, NODE_PORT), true);
+    let sports: Vec<u16> = (1024..1024 + NEW_FLOW_CHUNK as u16).collect();
+    let mut b = Buf::for_frame(&syn);
+    g.bench_function("copy_frame_new_sport", |bn| {
+        bn.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut left = iters as usize;
+            while left > 0 {
+                let n = left.min(NEW_FLOW_CHUNK);
+                let start = Instant::now();
+                for &sport in &sports[..n] {
+                    let mut p = b.load(black_box(&syn));
+                    set_source(p.data_mut(), CLIENT, sport);
+                    black_box(p.data());
+                }
+                total += start.elapsed();
+                left -= n;
+            }
+            total
+        })
+    });
+    // The `conntrack/established_nat_encap_*` loops draw a flow index and rewrite the
+    // source address and port to that flow's.
+    let ack = nodeport_ack(CLIENT, 40000);
+    let mut b = Buf::for_frame(&ack);
+    let mut rng = Rng::new(7);
+    g.bench_function("copy_frame_new_tuple", |bn| {
+        bn.iter(|| {
+            let (src, sport) = Population::client(rng.below(1_000_000));
+            let mut p = b.load(black_box(&ack));
+            set_source(p.data_mut(), src, sport);
+            black_box(p.data());
+        })
+    });
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------
+// paths
+
+/// Times `frame` into `port` of `dp`: copy in, `handle_port`, nothing else.
+fn time_port(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, dp: &Dataplane, port: PortId, frame: &[u8]) {
+    let t = dp.tables();
+    let mut b = Buf::for_frame(frame);
+    let mut tr = Trace::off();
+    g.bench_function(name, |bn| {
+        bn.iter(|| {
+            let mut p = b.load(black_box(frame));
+            let a = dp.handle_port(0, &t, port, &mut p, NOW, &mut tr);
+            let _ = black_box((a, p.data()));
+        })
+    });
+    assert_no_drops(dp);
+}
+
+fn paths(c: &mut Criterion) {
+    let mut g = c.benchmark_group("paths");
+
+    // proxy_arp_reply: ghost-ep1 asks for its gateway 169.254.1.1 and gets ee:ee:ee:ee:ee:ee.
+    {
+        let dp = dataplane(vec![], 1024, 1);
+        let f = arp_request(EP1_MAC, EP1, GATEWAY);
+        let (a, out) = run_port(&dp, PortId(1), &f);
+        assert_eq!(a, Action::ToPort(PortId(1)));
+        assert_eq!(&out[..6], &EP1_MAC.0);
+        let r = arp::ArpPacket::new_checked(&out[14..]).unwrap();
+        assert_eq!((r.operation(), r.sender_mac(), r.sender_ip()), (arp::OP_REPLY, HOST_MAC, GATEWAY));
+        time_port(&mut g, "proxy_arp_reply", &dp, PortId(1), &f);
+        assert_eq!(dp.counters.get(Counter::ArpProxyReply), dp.counters.get(Counter::RxPod), "every timed frame answered");
+    }
+
+    // local_switch: ping 10.244.1.5 -> 10.244.1.7 by the /32 host route, port 1 -> port 2.
+    {
+        let dp = dataplane(vec![], 1024, 1);
+        let f = ping(EP1_MAC, EP1, EP3, 64);
+        let (a, out) = run_port(&dp, PortId(1), &f);
+        assert_eq!(a, Action::ToPort(PortId(2)));
+        assert_eq!(&out[..6], &article::EP3_MAC.0);
+        let ip = out_ip(&out, false);
+        assert_eq!((ip.src(), ip.dst(), ip.ttl()), (EP1, EP3, 63));
+        assert_checksums(&ip);
+        time_port(&mut g, "local_switch", &dp, PortId(1), &f);
+        assert_eq!(dp.counters.get(Counter::ForwardLocal), dp.counters.get(Counter::RxPod), "every timed frame switched");
+    }
+
+    // encap: ping 10.244.1.5 -> 10.244.0.74: route -> neighbour -> FDB -> VXLAN to centos7-2.
+    {
+        let dp = dataplane(vec![], 1024, 1);
+        let f = ping(EP1_MAC, EP1, EP2, 64);
+        let (a, out) = run_port(&dp, PortId(1), &f);
+        assert!(matches!(a, Action::ToVtep { remote, .. } if remote == NODE2), "{a:?}");
+        assert_eq!(&out[..8], &[0x08, 0, 0, 0, 0, 0, 1, 0]);
+        let ip = out_ip(&out, true);
+        assert_eq!((ip.src(), ip.dst(), ip.ttl()), (EP1, EP2, 63));
+        assert_checksums(&ip);
+        time_port(&mut g, "encap", &dp, PortId(1), &f);
+        assert_eq!(dp.counters.get(Counter::ForwardVxlan), dp.counters.get(Counter::RxPod), "every timed frame encapsulated");
+    }
+
+    // decap: VXLAN from centos7-2 with 10.244.0.74 -> 10.244.1.5 inside, to ghost-ep1.
+    {
+        let dp = dataplane(vec![], 1024, 1);
+        let dgram = from_node2(&ping(MacAddr::ZERO, EP2, EP1, 63)[14..]);
+        let (a, out) = run_vxlan(&dp, NODE2, &dgram);
+        assert_eq!(a, Action::ToPort(PortId(1)));
+        assert_eq!(&out[..6], &EP1_MAC.0);
+        let ip = out_ip(&out, false);
+        assert_eq!((ip.src(), ip.dst(), ip.ttl()), (EP2, EP1, 62));
+        assert_checksums(&ip);
+        let t = dp.tables();
+        let mut b = Buf::for_frame(&dgram);
+        let mut tr = Trace::off();
+        let from = SocketAddrV4::new(NODE2, 45000);
+        g.bench_function("decap", |bn| {
+            bn.iter(|| {
+                let mut p = b.load(black_box(&dgram));
+                let a = dp.handle_vxlan(0, &t, from, &mut p, NOW, &mut tr);
+                let _ = black_box((a, p.data()));
+            })
+        });
+        assert_no_drops(&dp);
+        assert_eq!(dp.counters.get(Counter::Decap), dp.counters.get(Counter::RxVxlan), "every timed datagram decapsulated");
+    }
+
+    // new_flow_dnat: SYN 172.16.240.1:sport -> 172.16.240.131:31266 (default/ghost's
+    // NodePort), a new source port every iteration, every port one whose flow hashes to
+    // the remote endpoint: conntrack miss, KUBE-NODEPORTS, endpoint, conntrack insert,
+    // DNAT to 10.244.0.74:2368, masquerade to 10.244.1.0, encap. The conntrack table grows
+    // during the run: each chunk of NEW_FLOW_CHUNK flows starts from an empty table (a
+    // fresh one is installed untimed between chunks; its max is twice the chunk, so it
+    // never fills). Read net of `baseline/copy_frame_new_sport`.
+    {
+        let mut dp = dataplane(vec![article::ghost()], 2 * NEW_FLOW_CHUNK, 1);
+        let t = dp.tables();
+        let sports: Vec<u16> = sports_for(&t, CLIENT, (NODE1, NODE_PORT), EP2, 1024).collect();
+        assert_new_flow(&dp, sports[0]);
+        g.bench_function("new_flow_dnat", |bn| bn.iter_custom(|iters| run_new_flows(&mut dp, &t, &sports, iters)));
+        assert_no_drops(&dp);
+    }
+
+    // established_nat_encap: the client's ACKs of one established NodePort flow whose
+    // endpoint is remote: conntrack hit -> DNAT + masquerade from the entry -> encap.
+    {
+        let dp = dataplane(vec![article::ghost()], 1024, 1);
+        let sport = sports_for(&dp.tables(), CLIENT, (NODE1, NODE_PORT), EP2, 40000).next().unwrap();
+        establish_nodeport(&dp, CLIENT, sport);
+        let f = nodeport_ack(CLIENT, sport);
+        let hits = dp.counters.get(Counter::CtHitOriginal);
+        let (a, out) = run_port(&dp, PortId::HOST, &f);
+        assert_encapped_tcp(a, &out, (VTEP1, sport), (EP2, TARGET_PORT));
+        assert_eq!(dp.counters.get(Counter::CtHitOriginal), hits + 1, "a conntrack hit, not a new flow");
+        let new = dp.counters.get(Counter::CtNew);
+        time_port(&mut g, "established_nat_encap", &dp, PortId::HOST, &f);
+        assert_eq!(dp.counters.get(Counter::CtNew), new, "no timed packet started a flow");
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------
+// services
+
+fn services(c: &mut Criterion) {
+    let mut g = c.benchmark_group("services");
+    // Tables are built on first use (a filtered run skips them).
+    for real in [10, 1_000, 100_000] {
+        let n = size(real);
+        let cell = OnceCell::new();
+        let table = || {
+            cell.get_or_init(|| {
+                let table = filler_table(n);
+                assert_eq!(table.len(), n);
+                for i in (0..n).step_by((n / 1000).max(1)).chain([n - 1]) {
+                    let (ip, port) = filler_key(i);
+                    let s = table.by_cluster_ip(PROTO_TCP, ip, port).expect("service found");
+                    assert_eq!((s.spec.cluster_ip, s.spec.port), (ip, port));
+                }
+                table
+            })
+        };
+        // Both variants draw indices from the same generator; `hot` keeps them to the
+        // first HOT services, `spread` spreads them over the whole table. The lookup
+        // also reads the service it found (its endpoint count), as the dataplane does.
+        for (variant, range) in [("lookup_hot", HOT.min(n)), ("lookup_spread", n)] {
+            let mut rng = Rng::new(0x5eed);
+            g.bench_function(BenchmarkId::new(variant, n), |bn| {
+                let table = table();
+                bn.iter(|| {
+                    let (ip, port) = filler_key(rng.below(range));
+                    black_box(table.by_cluster_ip(PROTO_TCP, ip, port).map(|s| s.spec.endpoints.len()))
+                })
+            });
+        }
+    }
+    // New-flow DNAT (as `paths/new_flow_dnat`) with the ghost among 10 / 100 000 services.
+    for real in [10, 100_000] {
+        let n = size(real);
+        let mut state: Option<(Dataplane, Arc<Tables>, Vec<u16>)> = None;
+        g.bench_function(BenchmarkId::new("new_flow_dnat", n), |bn| {
+            let (dp, t, sports) = state.get_or_insert_with(|| {
+                let dp = dataplane(ghost_and_fillers(n), 2 * NEW_FLOW_CHUNK, 1);
+                let t = dp.tables();
+                assert_eq!(t.services.len(), n);
+                let sports: Vec<u16> = sports_for(&t, CLIENT, (NODE1, NODE_PORT), EP2, 1024).collect();
+                assert_new_flow(&dp, sports[0]);
+                (dp, t, sports)
+            });
+            bn.iter_custom(|iters| run_new_flows(dp, t, sports, iters))
+        });
+        if let Some((dp, ..)) = &state {
+            assert_no_drops(dp);
+        }
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------
+// conntrack
+
+fn conntrack(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conntrack");
+    for real in [1_000, 100_000, 1_000_000] {
+        let n = size(real);
+        // Built once per size, on first use (a filtered run skips it), dropped before the
+        // next size is built: a dataplane with the ghost service and `n` established
+        // NodePort flows (see `Population`).
+        let cell: OnceCell<Dataplane> = OnceCell::new();
+        let dp = || {
+            cell.get_or_init(|| {
+                let dp = dataplane(vec![article::ghost()], 2 * n + 1024, 1);
+                Population::fill(&dp.conntrack, n);
+                assert_eq!(dp.conntrack.len(), n);
+                for i in [0, 1, n / 2, n - 1] {
+                    let u = Population::original(i);
+                    let h = dp.conntrack.track(&u, TCP_ACK, NOW, false).expect("prefilled flow found");
+                    assert_eq!((h.dir, h.src, h.dst), (Dir::Original, (VTEP1, u.sport), (Population::endpoint(i), TARGET_PORT)));
+                }
+                dp
+            })
+        };
+
+        // Conntrack::track alone, original direction, ESTABLISHED + ACK (no state change).
+        for (variant, range) in [("track_hot", HOT.min(n)), ("track_spread", n)] {
+            let mut rng = Rng::new(0x5eed);
+            g.bench_function(BenchmarkId::new(variant, n), |bn| {
+                let ct = &dp().conntrack;
+                bn.iter(|| {
+                    let u = Population::original(rng.below(range));
+                    black_box(ct.track(&u, TCP_ACK, NOW, true))
+                })
+            });
+        }
+
+        // Established NodePort flows through the whole dataplane (as
+        // `paths/established_nat_encap`, but over the population: the frame's source is
+        // rewritten to flow i's each iteration; read net of `baseline/copy_frame_new_tuple`).
+        if real == 100_000 {
+            continue;
+        }
+        for (variant, range) in [("established_nat_encap_hot", HOT.min(n)), ("established_nat_encap_spread", n)] {
+            let mut rng = Rng::new(0x5eed);
+            let tmpl = nodeport_ack(CLIENT, 40000);
+            let mut b = Buf::for_frame(&tmpl);
+            let mut tr = Trace::off();
+            g.bench_function(BenchmarkId::new(variant, n), |bn| {
+                let dp = dp();
+                let t = dp.tables();
+                for i in [0, n - 1] {
+                    let (src, sport) = Population::client(i);
+                    let (a, out) = run_port(dp, PortId::HOST, &nodeport_ack(src, sport));
+                    assert_encapped_tcp(a, &out, (VTEP1, sport), (Population::endpoint(i), TARGET_PORT));
+                }
+                bn.iter(|| {
+                    let (src, sport) = Population::client(rng.below(range));
+                    let mut p = b.load(black_box(&tmpl));
+                    set_source(p.data_mut(), src, sport);
+                    let a = dp.handle_port(0, &t, PortId::HOST, &mut p, NOW, &mut tr);
+                    let _ = black_box((a, p.data()));
+                })
+            });
+            if let Some(dp) = cell.get() {
+                assert_no_drops(dp);
+                assert_eq!(dp.counters.get(Counter::CtNew), 0, "every timed packet hit an existing flow");
+            }
+        }
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------
+// multithread
+
+/// Established flows per thread; thread k owns flows k*FLOWS..(k+1)*FLOWS of the population.
+const FLOWS_PER_THREAD: usize = 512;
+
+fn multithread(c: &mut Criterion) {
+    let mut g = c.benchmark_group("multithread");
+    const MAX_THREADS: usize = 2;
+    let dp = Arc::new(dataplane(vec![article::ghost()], 4 * FLOWS_PER_THREAD * MAX_THREADS, MAX_THREADS));
+    Population::fill(&dp.conntrack, FLOWS_PER_THREAD * MAX_THREADS);
+    // Each thread cycles through the ACK frames of its own flows.
+    let frames: Vec<Vec<Vec<u8>>> = (0..MAX_THREADS)
+        .map(|k| {
+            (k * FLOWS_PER_THREAD..(k + 1) * FLOWS_PER_THREAD)
+                .map(|i| {
+                    let (src, sport) = Population::client(i);
+                    let f = nodeport_ack(src, sport);
+                    if i % 97 == 0 {
+                        let (a, out) = run_port(&dp, PortId::HOST, &f);
+                        assert_encapped_tcp(a, &out, (VTEP1, sport), (Population::endpoint(i), TARGET_PORT));
+                    }
+                    f
+                })
+                .collect()
+        })
+        .collect();
+
+    for threads in 1..=MAX_THREADS {
+        // One element = one packet on each thread, so criterion's elements/s is the
+        // aggregate packet rate.
+        g.throughput(Throughput::Elements(threads as u64));
+        g.bench_function(BenchmarkId::new("established_nat_encap", format!("{threads}_threads")), |bn| {
+            bn.iter_custom(|iters| {
+                let barrier = Barrier::new(threads);
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = (0..threads)
+                        .map(|k| {
+                            let (dp, frames, barrier) = (&dp, &frames[k], &barrier);
+                            s.spawn(move || {
+                                let t = dp.tables();
+                                let mut b = Buf::for_frame(&frames[0]);
+                                let mut tr = Trace::off();
+                                barrier.wait();
+                                let start = Instant::now();
+                                for j in 0..iters as usize {
+                                    let f = &frames[j % FLOWS_PER_THREAD];
+                                    let mut p = b.load(black_box(f));
+                                    let a = dp.handle_port(k, &t, PortId::HOST, &mut p, NOW, &mut tr);
+                                    let _ = black_box((a, p.data()));
+                                }
+                                start.elapsed()
+                            })
+                        })
+                        .collect();
+                    // All threads start together at the barrier; the wall time is the slowest.
+                    handles.into_iter().map(|h| h.join().unwrap()).max().unwrap_or(Duration::ZERO)
+                })
+            })
+        });
+    }
+    assert_no_drops(&dp);
+    assert_eq!(dp.counters.get(Counter::CtNew), 0);
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------
+// gso
+
+/// A VXLAN datagram carrying a maximal TCP/IPv4 super-packet (total length 65 535) from
+/// ghost-ep1 to 10.244.0.74, as a pod with TSO hands it over, after encap.
+fn super_packet(payload_len: usize) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(article::node1().vtep_mac.0, article::peer2().vtep_mac.0)
+        .ipv4(EP1.octets(), EP2.octets(), 63)
+        .tcp(40000, 5201, 1_000_000, 64240)
+        .ack(77)
+        .psh();
+    let payload: Vec<u8> = (0..payload_len).map(|i| (i % 251) as u8).collect();
+    let mut v = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+    b.write(&mut v, &payload).unwrap();
+    v
+}
+
+fn gso(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gso");
+    let payload = 65_535 - 20 - 20;
+    // MSS for the overlay MTU of 1450 (IPv4 + TCP headers without options).
+    let mss: u16 = 1450 - 40;
+    let sp = super_packet(payload);
+    let mut out = vec![0u8; MAX_SEGMENTED];
+    let s = segment_vxlan(&sp, mss, &mut out).unwrap();
+    let hdrs = 8 + 14 + 20 + 20;
+    assert_eq!(s.segments, payload.div_ceil(usize::from(mss)));
+    assert_eq!(s.len, s.segments * hdrs + payload);
+    for k in 0..s.segments {
+        let d = &out[k * s.datagram_len..((k + 1) * s.datagram_len).min(s.len)];
+        let ip = Ipv4Packet::new_checked(&d[22..]).unwrap();
+        assert!(ip.verify_checksum() && l4::verify_checksum(&d[22..]), "segment {k} checksums");
+    }
+    g.throughput(Throughput::Bytes(payload as u64));
+    g.bench_function(format!("segment_vxlan_64k_mss{mss}_{}segs", s.segments), |bn| {
+        bn.iter(|| black_box(segment_vxlan(black_box(&sp), mss, &mut out)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, baseline, paths, services, conntrack, multithread, gso);
+criterion_main!(benches);
