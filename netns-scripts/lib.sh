@@ -38,6 +38,7 @@ LAB_REPO=$(cd "$LAB_LIB_DIR/.." && pwd)
 # LAB_UCANAL_TIMEOUT   seconds to wait for `ucanal show pods` (default 15)
 # LAB_WIRE_CSUM        full (default) or partial: see below
 # UCANAL_RUN_ARGS      extra words for `ucanal run` (e.g. "--log-level warn --metrics 127.0.0.1:9300")
+# LAB_UCANAL_DATAPLANE extra lines for the [dataplane] section of ucanal's configs (e.g. "batch = 1")
 _LAB_DEFAULT_UCANAL_BIN=$LAB_REPO/target/release/ucanal
 
 # ---------------------------------------------------------------------------------------------
@@ -498,6 +499,7 @@ socket = "$(lab_socket "$node")"
 
 [dataplane]
 offloads = $([[ $LAB_OFFLOADS == on ]] && echo true || echo false)
+${LAB_UCANAL_DATAPLANE:-}
 EOF
     for peer in "${LAB_NODES[@]}"; do
         [[ $peer != "$node" ]] || continue

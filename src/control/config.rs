@@ -142,9 +142,24 @@ pub struct DataplaneSection {
     /// Worker threads (0 = one per CPU).
     #[serde(default)]
     pub workers: usize,
-    /// TAP checksum/TSO offloads, userspace GSO/GRO, UDP GSO/GRO.
+    /// TAP checksum/TSO offloads, userspace GSO/GRO, UDP GSO/GRO: the default of the four
+    /// switches below, each of which can turn one technique off (or on) by itself.
     #[serde(default = "yes")]
     pub offloads: bool,
+    /// `IFF_VNET_HDR` + `TUNSETOFFLOAD` on the TAPs: 64 KB TSO super-packets and partial
+    /// checksums from pods, segmented in userspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap_offloads: Option<bool>,
+    /// `UDP_SEGMENT`: a run of equal-size VXLAN datagrams in one send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_gso: Option<bool>,
+    /// `UDP_GRO` on the VXLAN sockets: several datagrams of a flow in one receive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_gro: Option<bool>,
+    /// Coalescing of consecutive TCP segments of a flow toward a pod into one GSO frame
+    /// (needs `tap_offloads`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gro: Option<bool>,
     /// Size of the pool of UDP sockets the outer source port is chosen from.
     #[serde(default = "default_source_ports")]
     pub source_ports: usize,
@@ -165,7 +180,38 @@ fn default_batch() -> usize {
 
 impl Default for DataplaneSection {
     fn default() -> Self {
-        DataplaneSection { workers: 0, offloads: true, source_ports: default_source_ports(), batch: default_batch() }
+        DataplaneSection {
+            workers: 0,
+            offloads: true,
+            tap_offloads: None,
+            udp_gso: None,
+            udp_gro: None,
+            gro: None,
+            source_ports: default_source_ports(),
+            batch: default_batch(),
+        }
+    }
+}
+
+/// The fast-path techniques in effect (`offloads` with the per-technique switches applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Techniques {
+    pub tap_offloads: bool,
+    pub udp_gso: bool,
+    pub udp_gro: bool,
+    pub gro: bool,
+}
+
+impl DataplaneSection {
+    pub fn techniques(&self) -> Techniques {
+        let tap_offloads = self.tap_offloads.unwrap_or(self.offloads);
+        Techniques {
+            tap_offloads,
+            udp_gso: self.udp_gso.unwrap_or(self.offloads),
+            udp_gro: self.udp_gro.unwrap_or(self.offloads),
+            // Coalesced frames reach the pod as GSO frames, which only a TAP with offloads takes.
+            gro: self.gro.unwrap_or(self.offloads) && tap_offloads,
+        }
     }
 }
 
@@ -336,6 +382,9 @@ impl Config {
         }
         if self.dataplane.batch == 0 || self.dataplane.batch > 1024 {
             return Err(err("dataplane.batch", "must be 1..1024"));
+        }
+        if self.dataplane.gro == Some(true) && !self.dataplane.techniques().tap_offloads {
+            return Err(err("dataplane.gro", "needs tap_offloads: coalesced frames go to the pod as GSO frames"));
         }
         if self.dataplane.workers > 256 {
             return Err(err("dataplane.workers", "must be 0 (one per CPU) .. 256"));

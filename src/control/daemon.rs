@@ -257,9 +257,9 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
     preflight(&cfg).await?;
     let node = cfg.node_info();
     let n_workers = workers_for(&cfg);
-    let offloads = cfg.dataplane.offloads;
-    let underlay = Underlay::open(node.node_ip, node.vxlan_port, n_workers, cfg.dataplane.source_ports, offloads).map_err(setup)?;
-    let host_fds = tap::open(&cfg.node.host_port, n_workers, offloads).map_err(setup)?;
+    let tech = cfg.dataplane.techniques();
+    let underlay = Underlay::open(node.node_ip, node.vxlan_port, n_workers, cfg.dataplane.source_ports, tech.udp_gro).map_err(setup)?;
+    let host_fds = tap::open(&cfg.node.host_port, n_workers, tech.tap_offloads).map_err(setup)?;
 
     let mut d = Daemon {
         node: node.clone(),
@@ -287,7 +287,7 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
     }
     d.rebuild();
     let tx = Arc::new(underlay.tx);
-    let wcfg = WorkerConfig { batch: cfg.dataplane.batch, offloads, vxlan_port: node.vxlan_port };
+    let wcfg = WorkerConfig { batch: cfg.dataplane.batch, udp_gso: tech.udp_gso, gro: tech.gro, vxlan_port: node.vxlan_port };
     for (i, (rx, host_fd)) in underlay.rx.into_iter().zip(host_fds).enumerate() {
         match worker::spawn(i, d.dp.clone(), rx, tx.clone(), d.obs.clone(), d.stats.clone(), wcfg) {
             Ok(w) => {
@@ -307,7 +307,7 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
         }
     }
     tracing::info!(
-        node = %node.name, workers = n_workers, offloads, pods = d.pods.len(), services = d.cfg.services.len(),
+        node = %node.name, workers = n_workers, batch = cfg.dataplane.batch, techniques = ?tech, pods = d.pods.len(), services = d.cfg.services.len(),
         source_ports = ?d.tx_ports, "dataplane up"
     );
     Ok(d)
@@ -450,7 +450,7 @@ impl Daemon {
         }
         let (mac, mtu, ip, gw) = (spec.mac(), self.node.mtu, spec.ip, self.node.gateway);
         let queues = self.workers.len();
-        let offloads = self.cfg.dataplane.offloads;
+        let offloads = self.cfg.dataplane.techniques().tap_offloads;
         let fds: Vec<OwnedFd> = tokio::task::block_in_place(|| {
             sys::in_netns(&path, move || {
                 let fds = tap::open("eth0", queues, offloads)?;
@@ -615,6 +615,8 @@ impl Daemon {
                 "generation": t.generation,
                 "workers": self.workers.len(),
                 "offloads": self.cfg.dataplane.offloads,
+                "techniques": self.cfg.dataplane.techniques(),
+                "batch": self.cfg.dataplane.batch,
                 "vxlan_source_ports": t.vxlan_source_ports,
                 "conntrack": { "entries": self.dp.conntrack.len(), "max": self.dp.conntrack.max() },
             })),

@@ -10,6 +10,7 @@ pub mod counters;
 mod dataplane;
 pub mod fdb;
 pub mod fuzzing;
+pub mod gro;
 pub mod gso;
 pub mod nat;
 pub mod proxy_arp;

@@ -18,7 +18,7 @@ use super::clock;
 use super::observe::{Observers, Where};
 use super::stats::{self, PortStats};
 use super::sys::{self, Datagram, Epoll, EventFd, RecvBatch, Received};
-use crate::core::gso;
+use crate::core::{gro, gso};
 use crate::core::tables::Tables;
 use crate::core::{Action, Counter, Dataplane, DropReason, HEADROOM, Offload, Packet, PortId, vxlan};
 use crate::wire::vnet::{self, VnetHdr};
@@ -74,8 +74,25 @@ impl Drop for WorkerHandle {
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerConfig {
     pub batch: usize,
-    pub offloads: bool,
+    /// Send runs of equal-size VXLAN datagrams with `UDP_SEGMENT`.
+    pub udp_gso: bool,
+    /// Coalesce TCP segments toward pods into GSO frames (see `core::gro`).
+    pub gro: bool,
     pub vxlan_port: u16,
+}
+
+/// Open GRO runs per worker (flows coalesced at once within one receive batch).
+const GRO_RUNS: usize = 8;
+
+/// A GRO run toward a port: its first frame stays in its receive buffer until a second
+/// segment joins; from then on the run is built in a scratch buffer.
+struct GroRun {
+    port: PortId,
+    /// The first frame: (receive slot, start, len).
+    first: (usize, usize, usize),
+    /// The scratch buffer holding the merged frame, once a segment joined.
+    merged: Option<usize>,
+    run: gro::Run,
 }
 
 /// Where a datagram waiting for the end-of-batch flush lives.
@@ -108,6 +125,10 @@ struct Out {
     /// Scratch for userspace segmentation (GSO super-packet -> VXLAN datagrams).
     seg: Vec<Box<[u8]>>,
     seg_used: usize,
+    /// Open GRO runs of this receive batch and their scratch buffers.
+    gro: Vec<GroRun>,
+    gro_bufs: Vec<Box<[u8]>>,
+    gro_free: Vec<usize>,
 }
 
 pub fn spawn(
@@ -136,7 +157,20 @@ pub fn spawn(
             recv: RecvBatch::new(batch),
             received: Vec::with_capacity(batch),
             obs,
-            out: Out { id, dp, ports: Vec::new(), tx, pending: Vec::with_capacity(batch), cfg, stats, seg: Vec::new(), seg_used: 0 },
+            out: Out {
+                id,
+                dp,
+                ports: Vec::new(),
+                tx,
+                pending: Vec::with_capacity(batch),
+                cfg,
+                stats,
+                seg: Vec::new(),
+                seg_used: 0,
+                gro: Vec::with_capacity(GRO_RUNS),
+                gro_bufs: Vec::new(),
+                gro_free: Vec::new(),
+            },
         };
         worker.run();
     })?;
@@ -270,10 +304,17 @@ impl Worker {
                 if observing {
                     Self::observe_after_with(&self.obs, &t, obs, &a, &pkt);
                 }
-                self.out.execute(slot, a, &pkt);
+                match a {
+                    Action::ToPort(port) if self.out.cfg.gro && pkt.offload == Offload::default() => {
+                        let (start, len) = (pkt.start(), pkt.len());
+                        self.out.gro_push(&self.bufs, port, (slot, start, len));
+                    }
+                    _ => self.out.execute(slot, a, &pkt),
+                }
                 off += len;
             }
         }
+        self.out.gro_flush_all(&self.bufs);
         flush(&self.bufs, &mut self.out);
     }
 }
@@ -316,14 +357,18 @@ impl Out {
     }
 
     fn write_port(&mut self, port: PortId, pkt: &Packet) {
+        self.write_frame(port, pkt.data(), &pkt.offload);
+    }
+
+    fn write_frame(&self, port: PortId, frame: &[u8], offload: &Offload) {
         let Some(fd) = self.ports.get(port.0 as usize).and_then(|f| f.as_ref()) else {
             self.dp.counters.drop(self.id, DropReason::PortGone);
             return;
         };
         let mut hdr = [0u8; vnet::HEADER_LEN];
-        vnet_for(&pkt.offload, pkt.data()).emit(&mut hdr);
-        match sys::writev(fd.as_raw_fd(), &[&hdr, pkt.data()]) {
-            Ok(_) => self.stats.tx(self.id, stats::slot(port), pkt.len()),
+        vnet_for(offload, frame).emit(&mut hdr);
+        match sys::writev(fd.as_raw_fd(), &[&hdr, frame]) {
+            Ok(_) => self.stats.tx(self.id, stats::slot(port), frame.len()),
             Err(e) => {
                 self.dp.counters.drop(self.id, DropReason::TxError);
                 tracing::debug!(port = port.0, "TAP write: {e}");
@@ -343,7 +388,7 @@ impl Out {
                 self.seg_used += 1;
                 self.dp.counters.inc(self.id, Counter::GsoSegmented);
                 // One UDP GSO send carries at most 64 segments and 65507 bytes.
-                let per_send = (MAX_UDP_PAYLOAD / out.datagram_len).clamp(1, MAX_GSO_SEGMENTS);
+                let per_send = if self.cfg.udp_gso { (MAX_UDP_PAYLOAD / out.datagram_len).clamp(1, MAX_GSO_SEGMENTS) } else { 1 };
                 let chunk = per_send * out.datagram_len;
                 let mut start = 0;
                 while start < out.len {
@@ -354,6 +399,89 @@ impl Out {
                 }
             }
             Err(_) => self.dp.counters.drop(self.id, DropReason::GsoUnsupported),
+        }
+    }
+}
+
+impl Out {
+    /// A decapsulated frame toward `port`, at `bufs[slot][start..start + len]`: joins an
+    /// open run of its flow, or flushes that run and starts one, or (not a candidate)
+    /// goes out at once after any run of its flow.
+    fn gro_push(&mut self, bufs: &[Box<[u8]>], port: PortId, at: (usize, usize, usize)) {
+        let (slot, start, len) = at;
+        let frame = &bufs[slot][start..start + len];
+        let seg = gro::candidate(frame);
+        let open = self.gro.iter().position(|r| r.port == port && gro::same_flow(self.run_bytes(bufs, r), frame));
+        if let (Some(i), Some(s)) = (open, seg.as_ref()) {
+            let r = &self.gro[i];
+            if r.run.accepts(self.run_bytes(bufs, r), frame, s) {
+                self.gro_join(bufs, i, frame, s);
+                return;
+            }
+        }
+        if let Some(i) = open {
+            self.gro_flush(bufs, i);
+        }
+        match seg {
+            Some(s) => {
+                if self.gro.len() == GRO_RUNS {
+                    self.gro_flush(bufs, 0);
+                }
+                self.gro.push(GroRun { port, first: at, merged: None, run: gro::Run::start(&s) });
+            }
+            None => self.write_frame(port, frame, &Offload::default()),
+        }
+    }
+
+    /// The run's frame so far (its first frame until a segment joined).
+    fn run_bytes<'b>(&'b self, bufs: &'b [Box<[u8]>], r: &GroRun) -> &'b [u8] {
+        match r.merged {
+            Some(m) => &self.gro_bufs[m][..r.run.len()],
+            None => &bufs[r.first.0][r.first.1..r.first.1 + r.first.2],
+        }
+    }
+
+    fn gro_join(&mut self, bufs: &[Box<[u8]>], i: usize, frame: &[u8], s: &gro::Segment) {
+        let m = match self.gro[i].merged {
+            Some(m) => m,
+            None => {
+                let m = self.gro_free.pop().unwrap_or_else(|| {
+                    self.gro_bufs.push(vec![0u8; FRAME_MAX].into_boxed_slice());
+                    self.gro_bufs.len() - 1
+                });
+                let (slot, start, len) = self.gro[i].first;
+                self.gro_bufs[m][..len].copy_from_slice(&bufs[slot][start..start + len]);
+                self.gro[i].merged = Some(m);
+                m
+            }
+        };
+        let r = &mut self.gro[i];
+        let end = r.run.len();
+        self.gro_bufs[m][end..end + s.payload_len].copy_from_slice(&frame[s.hdr_len..]);
+        r.run.joined(s);
+        self.dp.counters.inc(self.id, Counter::GroCoalesced);
+    }
+
+    /// Writes run `i` to its port and forgets it.
+    fn gro_flush(&mut self, bufs: &[Box<[u8]>], i: usize) {
+        let r = self.gro.remove(i);
+        match r.merged {
+            Some(m) => {
+                let len = r.run.len();
+                let offload = r.run.finish(&mut self.gro_bufs[m][..len]);
+                self.write_frame(r.port, &self.gro_bufs[m][..len], &offload);
+                self.gro_free.push(m);
+            }
+            None => {
+                let (slot, start, len) = r.first;
+                self.write_frame(r.port, &bufs[slot][start..start + len], &Offload::default());
+            }
+        }
+    }
+
+    fn gro_flush_all(&mut self, bufs: &[Box<[u8]>]) {
+        while !self.gro.is_empty() {
+            self.gro_flush(bufs, 0);
         }
     }
 }
