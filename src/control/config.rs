@@ -166,6 +166,11 @@ pub struct DataplaneSection {
     /// Frames per batch at every boundary.
     #[serde(default = "default_batch")]
     pub batch: usize,
+    /// Microseconds a worker keeps polling after its last packet before it sleeps in
+    /// epoll (0 = sleep at once). Trades CPU for latency: a packet that arrives while
+    /// polling is handled without a thread wake-up.
+    #[serde(default = "default_busy_poll_us")]
+    pub busy_poll_us: u32,
 }
 
 fn yes() -> bool {
@@ -176,6 +181,9 @@ fn default_source_ports() -> usize {
 }
 fn default_batch() -> usize {
     64
+}
+fn default_busy_poll_us() -> u32 {
+    0
 }
 
 impl Default for DataplaneSection {
@@ -189,6 +197,7 @@ impl Default for DataplaneSection {
             gro: None,
             source_ports: default_source_ports(),
             batch: default_batch(),
+            busy_poll_us: default_busy_poll_us(),
         }
     }
 }
@@ -385,6 +394,9 @@ impl Config {
         }
         if self.dataplane.gro == Some(true) && !self.dataplane.techniques().tap_offloads {
             return Err(err("dataplane.gro", "needs tap_offloads: coalesced frames go to the pod as GSO frames"));
+        }
+        if self.dataplane.busy_poll_us > 10_000 {
+            return Err(err("dataplane.busy_poll_us", "must be 0 .. 10000 (10 ms)"));
         }
         if self.dataplane.workers > 256 {
             return Err(err("dataplane.workers", "must be 0 (one per CPU) .. 256"));

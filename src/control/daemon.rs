@@ -287,7 +287,7 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
     }
     d.rebuild();
     let tx = Arc::new(underlay.tx);
-    let wcfg = WorkerConfig { batch: cfg.dataplane.batch, udp_gso: tech.udp_gso, gro: tech.gro, vxlan_port: node.vxlan_port };
+    let wcfg = WorkerConfig { batch: cfg.dataplane.batch, udp_gso: tech.udp_gso, gro: tech.gro, busy_poll_us: cfg.dataplane.busy_poll_us, vxlan_port: node.vxlan_port };
     for (i, (rx, host_fd)) in underlay.rx.into_iter().zip(host_fds).enumerate() {
         match worker::spawn(i, d.dp.clone(), rx, tx.clone(), d.obs.clone(), d.stats.clone(), wcfg) {
             Ok(w) => {

@@ -49,10 +49,10 @@ pub fn routes(t: &Tables, host_port: &str) -> Vec<RouteRow> {
     }];
     let mut peers: Vec<_> = t.routes.peers.iter().collect();
     peers.sort();
-    for (net, gw) in peers {
+    for (net, peer) in peers {
         rows.push(RouteRow {
             dst: net.to_string(),
-            gateway: Some(gw),
+            gateway: Some(peer.gateway),
             dev: "flannel.1".into(),
             kind: "unicast".into(),
             scope: None,

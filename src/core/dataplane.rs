@@ -22,7 +22,7 @@ use super::nat::conntrack::{Conntrack, Dir, Hit, Insert, NAT_DNAT, NAT_SNAT, New
 use super::nat::masquerade::{self, Egress};
 use super::nat::service::Via;
 use super::nat::{Tuple, pick};
-use super::route::{Matched, RouteTarget};
+use super::route::{Hop, Matched, RouteTarget};
 use super::tables::{PodPort, Tables};
 use super::trace::{Step, Trace, tuple_str};
 use super::{Action, Ipv4Net, Now, Packet, PortId, proxy_arp, reject, vxlan};
@@ -506,7 +506,7 @@ impl<'a> Ctx<'a> {
                 self.tr.step(|| Step::Deliver { port: format!("{} (pod {})", pod.ifname, pod.name), dst_mac: pod.mac });
                 Action::ToPort(port)
             }
-            RouteTarget::Peer { gateway } => {
+            RouteTarget::Peer { gateway, hop } => {
                 if matches!(from, From::Vxlan { .. }) {
                     return self.drop(DropReason::VxlanNotLocal);
                 }
@@ -528,7 +528,7 @@ impl<'a> Ctx<'a> {
                     && let Some(a) = self.dec_ttl(pkt, original) {
                         return a;
                     }
-                self.encap_to_peer(pkt, gateway)
+                self.encap_to_peer(pkt, gateway, hop)
             }
             RouteTarget::Local => {
                 if matches!(from, From::Host) {
@@ -558,12 +558,20 @@ impl<'a> Ctx<'a> {
     }
 
     /// Neighbour -> FDB -> VXLAN header: flannel.1's transmit path.
-    fn encap_to_peer(&mut self, pkt: &mut Packet, gateway: Ipv4Addr) -> Action {
+    fn encap_to_peer(&mut self, pkt: &mut Packet, gateway: Ipv4Addr, hop: Option<Hop>) -> Action {
         let t = self.t;
         let node = &t.node;
-        let Some(mac) = t.neigh.lookup(gateway) else { return self.drop(DropReason::NoNeighbour) };
+        // The route carries the neighbour and FDB entries resolved at build time; without
+        // them, the lookups name which one is missing.
+        let (mac, remote) = match hop {
+            Some(h) => (h.mac, h.remote),
+            None => {
+                let Some(mac) = t.neigh.lookup(gateway) else { return self.drop(DropReason::NoNeighbour) };
+                let Some(remote) = t.fdb.lookup(mac) else { return self.drop(DropReason::NoFdb) };
+                (mac, remote)
+            }
+        };
         self.tr.step(|| Step::Neighbour { ip: gateway, mac, dev: "flannel.1".into() });
-        let Some(remote) = t.fdb.lookup(mac) else { return self.drop(DropReason::NoFdb) };
         self.tr.step(|| Step::Fdb { mac, dst: remote, dev: "flannel.1".into() });
         if pkt.offload.csum_partial && pkt.offload.gso_size == 0 {
             // The wire needs a finished checksum; a pod with offloads left it partial.
@@ -667,12 +675,12 @@ impl<'a> Ctx<'a> {
                 }
                 None => Action::Drop(DropReason::PortGone),
             },
-            RouteTarget::Peer { gateway } => {
+            RouteTarget::Peer { gateway, hop } => {
                 if let Ok(mut ip) = Ipv4Packet::new_checked(&mut pkt.data_mut()[ethernet::HEADER_LEN..])
                     && ip.src() == node.node_ip {
                         ip.set_src(node.vtep_ip);
                     }
-                self.encap_to_peer(pkt, gateway)
+                self.encap_to_peer(pkt, gateway, hop)
             }
             RouteTarget::Local | RouteTarget::Host => {
                 set_macs(pkt, node.host_port_mac, node.host_mac);
@@ -774,7 +782,7 @@ fn describe_route(t: &Tables, m: &Matched) -> String {
             Some(pod) => format!("{} dev {} scope link", m.prefix.addr(), pod.ifname),
             None => format!("{} dev port{} scope link", m.prefix.addr(), p.0),
         },
-        RouteTarget::Peer { gateway } => format!("{} via {} dev flannel.1 onlink", m.prefix, gateway),
+        RouteTarget::Peer { gateway, .. } => format!("{} via {} dev flannel.1 onlink", m.prefix, gateway),
         RouteTarget::Local => format!("local {} (this node, to the host stack)", m.prefix.addr()),
         RouteTarget::Host => "default: the host stack (outside the cluster)".into(),
         RouteTarget::Unreachable => format!("unreachable (inside {} but no pod or peer route)", m.prefix),

@@ -232,10 +232,12 @@ fn step_kind(s: &Step) -> &'static str {
 fn missing_neighbour_or_fdb_is_a_counted_drop_never_a_flood() {
     let mut t = article::tables1(vec![]);
     t.neigh = Default::default();
+    t.resolve_hops();
     let mut lab = Lab::with_tables(t);
     assert_eq!(lab.port(PortId(1), &ping(EP1_MAC, EP1, EP2, 64, 1)), Action::Drop(DropReason::NoNeighbour));
     let mut t = article::tables1(vec![]);
     t.fdb = Default::default();
+    t.resolve_hops();
     let mut lab = Lab::with_tables(t);
     assert_eq!(lab.port(PortId(1), &ping(EP1_MAC, EP1, EP2, 64, 1)), Action::Drop(DropReason::NoFdb));
     // Inside the cluster CIDR with no route at all.

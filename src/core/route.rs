@@ -7,20 +7,39 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use super::{Ipv4Net, PortId, mask};
+use crate::wire::MacAddr;
 
 /// Where a destination goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteTarget {
     /// A pod on this node, by its `/32` route.
     Pod(PortId),
-    /// A peer's pod subnet: next hop is the peer's VTEP address (its `.0`).
-    Peer { gateway: Ipv4Addr },
+    /// A peer's pod subnet: next hop is the peer's VTEP address (its `.0`). `hop` is
+    /// the neighbour and FDB entries for it, resolved when the tables were built (they
+    /// change only with the peer, so the per-packet path needs no further lookup);
+    /// `None` when either is missing, and the lookup at forwarding time names the miss.
+    Peer { gateway: Ipv4Addr, hop: Option<Hop> },
     /// One of this node's own addresses (node IP, VTEP address): the host stack.
     Local,
     /// Outside the cluster: the host stack routes it (via the uplink).
     Host,
     /// Inside the cluster CIDR with no pod and no peer route.
     Unreachable,
+}
+
+/// A resolved VXLAN next hop: the neighbour entry (gateway -> VTEP MAC) and the FDB
+/// entry (VTEP MAC -> the peer's public IP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Hop {
+    pub mac: MacAddr,
+    pub remote: Ipv4Addr,
+}
+
+/// The value of a peer route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PeerRoute {
+    pub gateway: Ipv4Addr,
+    pub hop: Option<Hop>,
 }
 
 /// The route that matched, for the trace and `show routes`.
@@ -70,6 +89,9 @@ impl<V: Copy> Lpm<V> {
         }
         None
     }
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> + '_ {
+        self.levels.iter_mut().flat_map(|(_, m)| m.values_mut())
+    }
     pub fn iter(&self) -> impl Iterator<Item = (Ipv4Net, V)> + '_ {
         self.levels.iter().flat_map(|(len, m)| {
             m.iter().map(move |(a, v)| (Ipv4Net::new(Ipv4Addr::from(*a), *len).unwrap(), *v))
@@ -81,7 +103,7 @@ impl<V: Copy> Lpm<V> {
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     pub(crate) pods: HashMap<Ipv4Addr, PortId, ahash::RandomState>,
-    pub(crate) peers: Lpm<Ipv4Addr>,
+    pub(crate) peers: Lpm<PeerRoute>,
     pub(crate) node_ip: Ipv4Addr,
     pub(crate) vtep_ip: Ipv4Addr,
     pub(crate) cluster_cidr: Ipv4Net,
@@ -94,8 +116,14 @@ impl RouteTable {
     pub fn add_pod(&mut self, ip: Ipv4Addr, port: PortId) {
         self.pods.insert(ip, port);
     }
-    pub fn add_peer(&mut self, subnet: Ipv4Net, gateway: Ipv4Addr) {
-        self.peers.insert(subnet, gateway);
+    pub fn add_peer(&mut self, subnet: Ipv4Net, gateway: Ipv4Addr, hop: Option<Hop>) {
+        self.peers.insert(subnet, PeerRoute { gateway, hop });
+    }
+    /// Re-resolves every peer route's next hop (after the neighbour or FDB table changed).
+    pub fn resolve_hops(&mut self, resolve: impl Fn(Ipv4Addr) -> Option<Hop>) {
+        for p in self.peers.values_mut() {
+            p.hop = resolve(p.gateway);
+        }
     }
     pub fn is_local_addr(&self, a: Ipv4Addr) -> bool {
         a == self.node_ip || a == self.vtep_ip
@@ -109,8 +137,8 @@ impl RouteTable {
         if self.is_local_addr(dst) {
             return Matched { prefix: Ipv4Net::new(dst, 32).unwrap(), target: RouteTarget::Local };
         }
-        if let Some((prefix, gateway)) = self.peers.lookup(dst) {
-            return Matched { prefix, target: RouteTarget::Peer { gateway } };
+        if let Some((prefix, PeerRoute { gateway, hop })) = self.peers.lookup(dst) {
+            return Matched { prefix, target: RouteTarget::Peer { gateway, hop } };
         }
         if self.cluster_cidr.contains(dst) {
             return Matched { prefix: self.cluster_cidr, target: RouteTarget::Unreachable };
@@ -130,7 +158,7 @@ mod tests {
             "10.244.0.0/16".parse().unwrap(),
         );
         t.add_pod(Ipv4Addr::new(10, 244, 1, 5), PortId(1));
-        t.add_peer("10.244.0.0/24".parse().unwrap(), Ipv4Addr::new(10, 244, 0, 0));
+        t.add_peer("10.244.0.0/24".parse().unwrap(), Ipv4Addr::new(10, 244, 0, 0), None);
         t
     }
 
@@ -139,7 +167,7 @@ mod tests {
         let t = centos7_1();
         assert_eq!(t.lookup(Ipv4Addr::new(10, 244, 1, 5)).target, RouteTarget::Pod(PortId(1)));
         let m = t.lookup(Ipv4Addr::new(10, 244, 0, 74));
-        assert_eq!(m.target, RouteTarget::Peer { gateway: Ipv4Addr::new(10, 244, 0, 0) });
+        assert_eq!(m.target, RouteTarget::Peer { gateway: Ipv4Addr::new(10, 244, 0, 0), hop: None });
         assert_eq!(m.prefix.to_string(), "10.244.0.0/24");
         assert_eq!(t.lookup(Ipv4Addr::new(10, 244, 1, 0)).target, RouteTarget::Local);
         assert_eq!(t.lookup(Ipv4Addr::new(172, 16, 240, 131)).target, RouteTarget::Local);

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use super::fdb::{Fdb, Neighbours};
 use super::nat::service::ServiceTable;
-use super::route::RouteTable;
+use super::route::{Hop, RouteTable};
 use super::{Ipv4Net, PortId};
 use crate::wire::MacAddr;
 
@@ -100,9 +100,11 @@ impl Tables {
         let mut neigh = Neighbours::default();
         let mut fdb = Fdb::default();
         for p in peers {
-            routes.add_peer(p.subnet, p.gateway());
             neigh.insert(p.gateway(), p.vtep_mac);
             fdb.insert(p.vtep_mac, p.public_ip, p.subnet);
+        }
+        for p in peers {
+            routes.add_peer(p.subnet, p.gateway(), None);
         }
         let slots = pods.iter().map(|p| p.port.0 as usize + 1).max().unwrap_or(1);
         let mut ports = vec![None; slots];
@@ -110,7 +112,7 @@ impl Tables {
             routes.add_pod(p.ip, p.port);
             ports[p.port.0 as usize] = Some(p.clone());
         }
-        Tables {
+        let mut t = Tables {
             generation,
             node,
             hash_seed,
@@ -121,7 +123,17 @@ impl Tables {
             peers: peers.to_vec(),
             services,
             vxlan_source_ports: Vec::new(),
-        }
+        };
+        t.resolve_hops();
+        t
+    }
+
+    /// Peer routes carry their next hop resolved through the neighbour and FDB tables:
+    /// route -> neighbour -> FDB, the kernel's walk, done once per table generation
+    /// instead of per packet. Call again after changing `neigh` or `fdb`.
+    pub fn resolve_hops(&mut self) {
+        let (neigh, fdb) = (&self.neigh, &self.fdb);
+        self.routes.resolve_hops(|gw| neigh.lookup(gw).and_then(|mac| fdb.lookup(mac).map(|remote| Hop { mac, remote })));
     }
 
     #[inline]
@@ -222,7 +234,10 @@ mod tests {
         let t = tables1(vec![]);
         assert_eq!(
             t.routes.lookup(Ipv4Addr::new(10, 244, 0, 74)).target,
-            RouteTarget::Peer { gateway: Ipv4Addr::new(10, 244, 0, 0) }
+            RouteTarget::Peer {
+                gateway: Ipv4Addr::new(10, 244, 0, 0),
+                hop: Some(Hop { mac: peer2().vtep_mac, remote: Ipv4Addr::new(172, 16, 240, 132) })
+            }
         );
         assert_eq!(t.neigh.lookup(Ipv4Addr::new(10, 244, 0, 0)), Some(peer2().vtep_mac));
         assert_eq!(t.fdb.lookup(peer2().vtep_mac), Some(Ipv4Addr::new(172, 16, 240, 132)));

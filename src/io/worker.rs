@@ -78,6 +78,9 @@ pub struct WorkerConfig {
     pub udp_gso: bool,
     /// Coalesce TCP segments toward pods into GSO frames (see `core::gro`).
     pub gro: bool,
+    /// After handling packets, poll (epoll with no timeout) for this long before
+    /// sleeping: a packet that arrives meanwhile costs no wake-up (0 = always sleep).
+    pub busy_poll_us: u32,
     pub vxlan_port: u16,
 }
 
@@ -193,14 +196,27 @@ impl Worker {
     fn run(&mut self) {
         // SAFETY: epoll_event is a plain C struct; all-zero is valid.
         let mut events = vec![unsafe { std::mem::zeroed::<libc::epoll_event>() }; 64];
+        let budget = u64::from(self.out.cfg.busy_poll_us) * 1000;
+        // When the last event was handled (monotonic ns); polling goes on until `budget` after it.
+        let mut last_busy = 0u64;
         loop {
-            let n = match self.epoll.wait(&mut events, 1000) {
+            let polling = budget > 0 && clock::now().0.saturating_sub(last_busy) < budget;
+            let n = match self.epoll.wait(&mut events, if polling { 0 } else { 1000 }) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!(worker = self.out.id, "epoll_wait: {e}");
                     return;
                 }
             };
+            if n == 0 {
+                if polling {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
+            if budget > 0 {
+                last_busy = clock::now().0;
+            }
             for ev in &events[..n] {
                 match ev.u64 {
                     TOKEN_WAKE => {
