@@ -1,0 +1,136 @@
+//! Issue "throughput": the fast-path techniques keep every byte intact, in both
+//! directions, with offloads on (TSO from the pod segmented in userspace, UDP GSO/GRO,
+//! GRO toward the pod) and with the switch that turns them off; and
+//! netns-scripts/bench.sh runs end to end (a short smoke run) and writes its table.
+
+mod common;
+
+use common::{Lab, text};
+
+/// 24 MiB of pseudo-random bytes (not compressible, not a pattern that a bug could keep).
+const BULK_MB: u32 = 24;
+
+/// Bulk TCP both ways between ghost-ep1 and ghost-ep2 and through the NodePort; the
+/// SHA-256 at the receiver must equal the sender's. Returns nothing; asserts.
+fn bulk_both_ways(lab: &Lab) {
+    let run_dir = format!("/run/ucanal-lab/{}", lab.prefix);
+    // The same file in both pods' web roots (the NodePort picks either endpoint).
+    let file = format!("{run_dir}/www/ghost-ep2/bulk.bin");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "python3 -c 'import random,sys; r=random.Random(4472); sys.stdout.buffer.write(r.randbytes({BULK_MB}<<20))' >{file} \
+             && cp {file} {run_dir}/www/ghost-ep1/bulk.bin && sha256sum {file}"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "making the bulk file: {}", text(&out.stderr));
+    let want = text(&out.stdout).split_whitespace().next().unwrap().to_string();
+
+    // Downloads: the server pod's kernel hands ucanal 64 KB TSO frames (offloads on).
+    for (who, url) in [
+        ("ghost-ep1", "http://10.244.0.74:2368/bulk.bin"),
+        ("ghost-ep2", "http://10.244.1.5:2368/bulk.bin"),
+        ("client", "http://172.16.240.131:31266/bulk.bin"),
+        ("client", "http://172.16.240.132:31266/bulk.bin"),
+    ] {
+        let out = lab.sh(who, &format!("curl -sS -m 60 {url} | sha256sum"));
+        assert!(out.status.success(), "curl {url} from {who}: {}", text(&out.stderr));
+        let got = text(&out.stdout);
+        assert!(got.starts_with(&want), "{who} <- {url}: sha256 {got} != {want}");
+    }
+
+    // Upload ghost-ep1 -> ghost-ep2: a sink that hashes what it reads.
+    let sink = "import hashlib,socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); \
+                s.bind(('0.0.0.0',7001)); s.listen(1); s.settimeout(60); c,_=s.accept(); c.settimeout(60); h=hashlib.sha256(); \
+                [h.update(b) for b in iter(lambda: c.recv(1<<20), b'')]; print(h.hexdigest(), flush=True)";
+    let server = lab.spawn("ghost-ep2", &format!("python3 -c \"{sink}\""));
+    let ready = common::wait_until(std::time::Duration::from_secs(5), || {
+        text(&lab.sh("ghost-ep2", "ss -Hltn 'sport = :7001'").stdout).contains("LISTEN")
+    });
+    assert!(ready.is_some(), "upload sink did not start");
+    let send = format!(
+        "python3 -c 'import socket,sys; s=socket.create_connection((\"10.244.0.74\",7001),timeout=60); \
+         s.sendall(open(sys.argv[1],\"rb\").read()); s.close()' {file}"
+    );
+    let out = lab.sh("ghost-ep1", &send);
+    assert!(out.status.success(), "upload: {}", text(&out.stderr));
+    let got = server.wait_with_output().unwrap();
+    assert!(text(&got.stdout).starts_with(&want), "upload sha256 {} != {want}; sink said {}", text(&got.stdout), text(&got.stderr));
+}
+
+#[test]
+fn bulk_data_intact_with_offloads_on() {
+    if !common::require_netns(&["curl", "sha256sum", "ss"]) {
+        return;
+    }
+    let lab = Lab::up("to", &[]);
+    let node = serde_json::from_str::<serde_json::Value>(&lab.ucanal_ok("centos7-1", &["show", "node", "--json"])).unwrap();
+    assert_eq!(node["techniques"], serde_json::json!({"tap_offloads": true, "udp_gso": true, "udp_gro": true, "gro": true}), "{node}");
+    bulk_both_ways(&lab);
+    // The techniques were on the path: pods handed over TSO super-packets that ucanal
+    // segmented, and segments toward pods were coalesced.
+    for node in ["centos7-1", "centos7-2"] {
+        let segmented = lab.counter(node, "decisions", "gso_segmented");
+        let coalesced = lab.counter(node, "decisions", "gro_coalesced");
+        assert!(segmented > 0 && coalesced > 0, "{node}: gso_segmented {segmented}, gro_coalesced {coalesced}");
+    }
+    let drops = lab.counters("centos7-1")["drops"].clone();
+    for d in ["gso_unsupported", "tx_error", "ipv4_bad_checksum"] {
+        assert_eq!(drops[d].as_u64(), Some(0), "centos7-1 drop {d}: {drops}");
+    }
+}
+
+#[test]
+fn bulk_data_intact_with_offloads_off() {
+    if !common::require_netns(&["curl", "sha256sum", "ss"]) {
+        return;
+    }
+    let lab = Lab::up("tf", &["--offloads", "off"]);
+    let node = serde_json::from_str::<serde_json::Value>(&lab.ucanal_ok("centos7-1", &["show", "node", "--json"])).unwrap();
+    assert_eq!(node["techniques"], serde_json::json!({"tap_offloads": false, "udp_gso": false, "udp_gro": false, "gro": false}), "{node}");
+    // Pods have no TSO: their eth0 reports it off.
+    let feats = text(&lab.exec("ghost-ep1", &["ethtool", "-k", "eth0"]).stdout);
+    assert!(feats.contains("tcp-segmentation-offload: off"), "{feats}");
+    bulk_both_ways(&lab);
+    for node in ["centos7-1", "centos7-2"] {
+        assert_eq!(lab.counter(node, "decisions", "gso_segmented"), 0, "{node}: nothing to segment with offloads off");
+        assert_eq!(lab.counter(node, "decisions", "gro_coalesced"), 0, "{node}: no coalescing with offloads off");
+    }
+}
+
+#[test]
+fn bench_script_smoke_run() {
+    if !common::require_netns(&["iperf3", "ping", "curl", "iptables"]) {
+        return;
+    }
+    let id = std::process::id() % 10000;
+    let json = std::env::temp_dir().join(format!("ucanal-bench-{id}.json"));
+    let out = std::process::Command::new(common::repo().join("netns-scripts/bench.sh"))
+        .args(["--duration", "1", "--ping-count", "20", "--variants", "all,no-gro", "--json"])
+        .arg(&json)
+        .env("BENCH_KERNEL_PREFIX", format!("tk{id}-"))
+        .env("BENCH_UCANAL_PREFIX", format!("tu{id}-"))
+        .env("UCANAL_BIN", common::ucanal_bin())
+        .output()
+        .expect("running bench.sh");
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "bench.sh failed:\n{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("ucanal/kernel") && stdout.contains("TCP client->NodePort->pod"), "{stdout}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(r["variants"].as_array().unwrap().len(), 2, "{r}");
+    for v in r["variants"].as_array().unwrap() {
+        let rows = v["rows"].as_array().unwrap();
+        let tests: Vec<&str> = rows.iter().map(|x| x["test"].as_str().unwrap()).collect();
+        assert_eq!(tests, ["tcp-pod-1", "tcp-pod-4", "tcp-nodeport", "ping"]);
+        for row in rows {
+            for k in ["kernel_median", "ucanal_median", "ratio"] {
+                assert!(row[k].as_f64().is_some_and(|x| x > 0.0), "{k} in {row}");
+            }
+        }
+    }
+    // Nothing left behind: no namespace with either prefix.
+    let ns = text(&std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout);
+    assert!(!ns.contains(&format!("tk{id}-")) && !ns.contains(&format!("tu{id}-")), "left behind:\n{ns}");
+}
