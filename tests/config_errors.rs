@@ -42,6 +42,9 @@ fn check_names_the_field() {
         ("vtep_mac = \"8a:40:90:1c:cf:7e\"", "vtep_mac = \"8a:40:90\"", "not a MAC address"),
         ("uplink = \"ens33\"", "uplink = \"ens33\"\ncolour = \"blue\"", "unknown field `colour`"),
         ("pod_cidr = \"10.244.1.0/24\"", "pod_cidr = \"10.244.1.0/33\"", "prefix length 33 is over 32"),
+        ("[api]", "[dataplane]\ntap_offloads = false\ngro = true\n\n[api]", "dataplane.gro: needs tap_offloads"),
+        ("[api]", "[dataplane]\nbusy_poll_us = 20000\n\n[api]", "dataplane.busy_poll_us: must be 0 .. 10000"),
+        ("[api]", "[dataplane]\nbatch = 0\n\n[api]", "dataplane.batch: must be 1..1024"),
     ];
     for (from, to, want) in cases {
         let cfg = GOOD.replace(from, to);

@@ -601,6 +601,19 @@ endpoints = ["10.244.0.74:2368", "10.244.1.5:2368"]
     }
 
     #[test]
+    fn techniques_follow_offloads_unless_switched_one_by_one() {
+        let d = |extra: &str| Config::parse(&CENTOS7_1.replacen("[api]", &format!("[dataplane]\n{extra}\n\n[api]"), 1)).unwrap().dataplane.techniques();
+        let all = Techniques { tap_offloads: true, udp_gso: true, udp_gro: true, gro: true };
+        assert_eq!(Config::parse(CENTOS7_1).unwrap().dataplane.techniques(), all);
+        assert_eq!(d("gro = false"), Techniques { gro: false, ..all });
+        assert_eq!(d("udp_gso = false"), Techniques { udp_gso: false, ..all });
+        assert_eq!(d("offloads = false"), Techniques { tap_offloads: false, udp_gso: false, udp_gro: false, gro: false });
+        assert_eq!(d("offloads = false\nudp_gro = true"), Techniques { tap_offloads: false, udp_gso: false, udp_gro: true, gro: false });
+        // Without TAP offloads there is no GSO frame to hand a pod: gro follows it off.
+        assert_eq!(d("tap_offloads = false"), Techniques { tap_offloads: false, gro: false, ..all });
+    }
+
+    #[test]
     fn errors_name_the_field() {
         assert!(bad("ip = \"10.244.1.5\"", "ip = \"10.245.1.5\"").starts_with("pods[0].ip: 10.245.1.5 is outside node.pod_cidr"));
         assert!(bad("ip = \"10.244.1.5\"", "ip = \"10.244.1.0\"").starts_with("pods[0].ip:"));
