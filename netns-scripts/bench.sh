@@ -10,7 +10,7 @@
 #   --rounds N        kernel/ucanal alternations per row; the figure is the median (default 1)
 #   --ping-count N    echo requests per ping run, 10 ms apart (default 100)
 #   --variants LIST   comma-separated ucanal settings to measure, each against the kernel
-#                     (default: all). 'list' prints the known variants and exits.
+#                     (default: default). 'list' prints the known variants, 'every' runs them all.
 #   --json FILE       write the results as JSON too
 #
 # Rows: TCP pod->pod across nodes 1 stream and 4 streams (ghost-ep1 -> 10.244.0.74),
@@ -29,20 +29,20 @@ usage() {
 }
 
 # The ucanal settings a variant runs with ([dataplane] lines of its config), in table order.
-# Each "no-*" variant turns one technique off; against "all" it tells what that technique buys.
-VARIANT_NAMES=(all no-gro no-udp-gso no-udp-gro no-tap-offloads no-batch one-worker offloads-off)
+# Each "no-*" variant turns one technique off; against "default" it tells what that technique buys.
+VARIANT_NAMES=(default no-gro no-udp-gso no-udp-gro no-tap-offloads no-batch one-worker offloads-off)
 declare -A VARIANT_SETTINGS=(
-    [all]=""
+    [default]=""
     [no-gro]="gro = false"
     [no-udp-gso]="udp_gso = false"
     [no-udp-gro]="udp_gro = false"
     [no-tap-offloads]="tap_offloads = false"
     [no-batch]="batch = 1"
     [one-worker]="workers = 1"
-    [offloads-off]="offloads = false"
+    [offloads-off]=$'tap_offloads = false\nudp_gso = false\nudp_gro = false\ngro = false'
 )
 declare -A VARIANT_ABOUT=(
-    [all]="every technique on (the default configuration)"
+    [default]="every technique on (the default configuration)"
     [no-gro]="no coalescing of TCP segments toward pods (one TAP write per segment)"
     [no-udp-gso]="no UDP_SEGMENT: one datagram per sendmmsg entry"
     [no-udp-gro]="no UDP_GRO on the VXLAN sockets: one datagram per recvmmsg entry"
@@ -55,7 +55,7 @@ declare -A VARIANT_ABOUT=(
 duration=3
 rounds=1
 ping_count=100
-variants=all
+variants=default
 json=
 while (($#)); do
     case $1 in
@@ -70,9 +70,10 @@ while (($#)); do
     shift
 done
 if [[ $variants == list ]]; then
-    for v in "${VARIANT_NAMES[@]}"; do printf '%-16s %-24s %s\n' "$v" "${VARIANT_SETTINGS[$v]:-(defaults)}" "${VARIANT_ABOUT[$v]}"; done
+    for v in "${VARIANT_NAMES[@]}"; do printf '%-16s %s\n' "$v" "${VARIANT_ABOUT[$v]}"; done
     exit 0
 fi
+if [[ $variants == every ]]; then variants=$(IFS=,; echo "${VARIANT_NAMES[*]}"); fi
 [[ $duration =~ ^[1-9][0-9]*$ ]] || lab_die "--duration wants whole seconds >= 1, not '$duration'"
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || lab_die "--rounds wants a count >= 1, not '$rounds'"
 [[ $ping_count =~ ^[1-9][0-9]*$ ]] || lab_die "--ping-count wants a count >= 1, not '$ping_count'"
@@ -99,10 +100,17 @@ LAB_SERVICES+=("default/iperf tcp 10.250.0.41 $IPERF_PORT 31267 10.244.0.74:$IPE
 LAB_WIRE_CSUM=${BENCH_WIRE_CSUM:-partial}
 
 WORK=$(mktemp -d /tmp/ucanal-bench.XXXXXX)
+results=$WORK/results.tsv   # variant test lab round value
+reported=0
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM HUP
     set +e
+    if ((!reported)) && [[ -s $results ]]; then
+        printf '\nbench: stopped early (exit %s); what was measured before that:\n' "$rc"
+        mapfile -t done_variants < <(cut -f1 "$results" | uniq)
+        report_py "${done_variants[@]}"
+    fi
     lab_use "$UPREFIX"; lab_down
     lab_use "$KPREFIX"; lab_down
     rm -rf -- "$WORK"
@@ -186,33 +194,9 @@ print(f"{bps / 1e9:.3f}")
 EOF
 }
 
-TESTS=(tcp-pod-1 tcp-pod-4 tcp-nodeport ping)
-results=$WORK/results.tsv   # variant test lab round value
-: >"$results"
-
-lab_use "$KPREFIX"
-log "kernel reference lab ($KPREFIX*)"
-bench_lab_up "$KPREFIX" kernel ""
-for v in "${chosen[@]}"; do
-    log "ucanal lab ($UPREFIX*), variant $v: ${VARIANT_SETTINGS[$v]:-defaults}"
-    bench_lab_up "$UPREFIX" ucanal "${VARIANT_SETTINGS[$v]}"
-    for ((r = 1; r <= rounds; r++)); do
-        for t in "${TESTS[@]}"; do
-            # Alternate which lab goes first, so neither always runs on a warmer machine.
-            if (((r % 2) == 1)); then order=("$KPREFIX" "$UPREFIX"); else order=("$UPREFIX" "$KPREFIX"); fi
-            for p in "${order[@]}"; do
-                val=$(measure "$p" "$t")
-                if [[ $p == "$KPREFIX" ]]; then lab=kernel; else lab=ucanal; fi
-                printf '%s\t%s\t%s\t%s\t%s\n' "$v" "$t" "$lab" "$r" "$val" >>"$results"
-                log "$v round $r: $t $lab $val"
-            done
-        done
-    done
-    lab_use "$UPREFIX"
-    lab_down >/dev/null 2>&1
-done
-
-python3 - "$results" "$json" "$duration" "$rounds" "$ping_count" "${chosen[@]}" <<'EOF'
+# report_py VARIANT...: the table (and JSON) from the results measured so far.
+report_py() {
+    python3 - "$results" "$json" "$duration" "$rounds" "$ping_count" "$@" <<'EOF'
 import json, os, platform, statistics, sys
 path, json_path, duration, rounds, ping_count, *variants = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
@@ -242,6 +226,8 @@ for v in variants:
     for key, name, unit, op, target in tests:
         k = [float(r[4]) for r in rows if r[0] == v and r[1] == key and r[2] == "kernel"]
         u = [float(r[4]) for r in rows if r[0] == v and r[1] == key and r[2] == "ucanal"]
+        if not k or not u:
+            continue  # a partial report after a failure
         km, um = statistics.median(k), statistics.median(u)
         ratio = um / km if km > 0 else float("inf")
         met = ratio >= target if op == ">=" else ratio <= target
@@ -260,3 +246,32 @@ if json_path:
         f.write("\n")
     print(f"written to {json_path}")
 EOF
+}
+
+TESTS=(tcp-pod-1 tcp-pod-4 tcp-nodeport ping)
+: >"$results"
+
+lab_use "$KPREFIX"
+log "kernel reference lab ($KPREFIX*)"
+bench_lab_up "$KPREFIX" kernel ""
+for v in "${chosen[@]}"; do
+    log "ucanal lab ($UPREFIX*), variant $v: ${VARIANT_SETTINGS[$v]:-defaults}"
+    bench_lab_up "$UPREFIX" ucanal "${VARIANT_SETTINGS[$v]}"
+    for ((r = 1; r <= rounds; r++)); do
+        for t in "${TESTS[@]}"; do
+            # Alternate which lab goes first, so neither always runs on a warmer machine.
+            if (((r % 2) == 1)); then order=("$KPREFIX" "$UPREFIX"); else order=("$UPREFIX" "$KPREFIX"); fi
+            for p in "${order[@]}"; do
+                val=$(measure "$p" "$t")
+                if [[ $p == "$KPREFIX" ]]; then lab=kernel; else lab=ucanal; fi
+                printf '%s\t%s\t%s\t%s\t%s\n' "$v" "$t" "$lab" "$r" "$val" >>"$results"
+                log "$v round $r: $t $lab $val"
+            done
+        done
+    done
+    lab_use "$UPREFIX"
+    lab_down >/dev/null 2>&1
+done
+
+report_py "${chosen[@]}"
+reported=1

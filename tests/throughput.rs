@@ -107,7 +107,7 @@ fn bench_script_smoke_run() {
     let id = std::process::id() % 10000;
     let json = std::env::temp_dir().join(format!("ucanal-bench-{id}.json"));
     let out = std::process::Command::new(common::repo().join("netns-scripts/bench.sh"))
-        .args(["--duration", "1", "--ping-count", "20", "--variants", "all,no-gro", "--json"])
+        .args(["--duration", "1", "--ping-count", "20", "--variants", "default,offloads-off", "--json"])
         .arg(&json)
         .env("BENCH_KERNEL_PREFIX", format!("tk{id}-"))
         .env("BENCH_UCANAL_PREFIX", format!("tu{id}-"))
