@@ -193,17 +193,21 @@ pub struct Datagram<'a> {
 const UDP_SEGMENT: libc::c_int = 103;
 
 /// Sends datagrams with one `sendmmsg` per 64; returns how many the kernel took.
-pub fn send_batch(fd: RawFd, dgrams: &[Datagram]) -> io::Result<usize> {
+/// Takes an iterator so callers need not collect the datagrams anywhere first.
+pub fn send_batch<'a>(fd: RawFd, dgrams: impl IntoIterator<Item = Datagram<'a>>) -> io::Result<usize> {
     const MAX: usize = 64;
+    let mut dgrams = dgrams.into_iter().peekable();
     let mut sent = 0;
-    for chunk in dgrams.chunks(MAX) {
+    while dgrams.peek().is_some() {
         // SAFETY: plain C structs, all-zero is valid.
         let mut hdrs: [libc::mmsghdr; MAX] = unsafe { std::mem::zeroed() };
         let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX];
         // SAFETY: as above.
         let mut addrs: [libc::sockaddr_in; MAX] = unsafe { std::mem::zeroed() };
         let mut ctrl = [[0u64; 4]; MAX];
-        for (i, d) in chunk.iter().enumerate() {
+        let mut n = 0;
+        for (i, d) in dgrams.by_ref().take(MAX).enumerate() {
+            n = i + 1;
             iovs[i] = libc::iovec { iov_base: d.data.as_ptr() as *mut _, iov_len: d.data.len() };
             addrs[i] = sockaddr_in(d.to);
             let h = &mut hdrs[i].msg_hdr;
@@ -225,11 +229,12 @@ pub fn send_batch(fd: RawFd, dgrams: &[Datagram]) -> io::Result<usize> {
                 }
             }
         }
-        // SAFETY: every header points into the arrays above and into live datagram slices.
-        let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), chunk.len() as u32, 0) };
-        let n = cvt(r)? as usize;
-        sent += n;
-        if n < chunk.len() {
+        // SAFETY: every header points into the arrays above and into live datagram slices
+        // (the iterator's items borrow buffers that outlive this call).
+        let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as u32, 0) };
+        let k = cvt(r)? as usize;
+        sent += k;
+        if k < n {
             break;
         }
     }

@@ -502,7 +502,8 @@ impl Out {
     }
 }
 
-/// Sends the batch's VXLAN datagrams: one `sendmmsg` per source socket.
+/// Sends the batch's VXLAN datagrams: one `sendmmsg` per source socket, straight from
+/// the pending list (nothing collected or allocated per batch).
 fn flush(bufs: &[Box<[u8]>], out: &mut Out) {
     if out.pending.is_empty() {
         return;
@@ -512,31 +513,32 @@ fn flush(bufs: &[Box<[u8]>], out: &mut Out) {
     while i < out.pending.len() {
         let sock = out.pending[i].sock;
         let j = i + out.pending[i..].iter().take_while(|p| p.sock == sock).count();
-        let dgrams: Vec<Datagram> = out.pending[i..j]
-            .iter()
-            .map(|p| {
+        let batch = &out.pending[i..j];
+        let seg = &out.seg;
+        let sent = sys::send_batch(
+            out.tx[sock].as_raw_fd(),
+            batch.iter().map(|p| {
                 let b: &[u8] = match p.from {
                     From::Buf(s) => &bufs[s],
-                    From::Seg(s) => &out.seg[s],
+                    From::Seg(s) => &seg[s],
                 };
                 Datagram { data: &b[p.start..p.start + p.len], to: p.to, gso_size: p.gso_size }
-            })
-            .collect();
-        let sent = sys::send_batch(out.tx[sock].as_raw_fd(), &dgrams);
+            }),
+        );
         let ok = *sent.as_ref().unwrap_or(&0);
-        for d in &dgrams[..ok] {
-            out.stats.tx(out.id, stats::VXLAN, d.data.len());
+        for p in &batch[..ok] {
+            out.stats.tx(out.id, stats::VXLAN, p.len);
         }
         match sent {
-            Ok(n) if n == dgrams.len() => {}
+            Ok(n) if n == batch.len() => {}
             Ok(n) => {
-                for _ in n..dgrams.len() {
+                for _ in n..batch.len() {
                     out.dp.counters.drop(out.id, DropReason::TxError);
                 }
             }
             Err(e) => {
                 tracing::debug!(worker = out.id, "sendmmsg: {e}");
-                for _ in 0..dgrams.len() {
+                for _ in 0..batch.len() {
                     out.dp.counters.drop(out.id, DropReason::TxError);
                 }
             }
