@@ -109,7 +109,13 @@ fn baseline(c: &mut Criterion) {
 // paths
 
 /// Times `frame` into `port` of `dp`: copy in, `handle_port`, nothing else.
-fn time_port(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, dp: &Dataplane, port: PortId, frame: &[u8]) {
+fn time_port(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    dp: &Dataplane,
+    port: PortId,
+    frame: &[u8],
+) {
     let t = dp.tables();
     let mut b = Buf::for_frame(frame);
     let mut tr = Trace::off();
@@ -136,7 +142,11 @@ fn paths(c: &mut Criterion) {
         let r = arp::ArpPacket::new_checked(&out[14..]).unwrap();
         assert_eq!((r.operation(), r.sender_mac(), r.sender_ip()), (arp::OP_REPLY, HOST_MAC, GATEWAY));
         time_port(&mut g, "proxy_arp_reply", &dp, PortId(1), &f);
-        assert_eq!(dp.counters.get(Counter::ArpProxyReply), dp.counters.get(Counter::RxPod), "every timed frame answered");
+        assert_eq!(
+            dp.counters.get(Counter::ArpProxyReply),
+            dp.counters.get(Counter::RxPod),
+            "every timed frame answered"
+        );
     }
 
     // local_switch: ping 10.244.1.5 -> 10.244.1.7 by the /32 host route, port 1 -> port 2.
@@ -150,7 +160,11 @@ fn paths(c: &mut Criterion) {
         assert_eq!((ip.src(), ip.dst(), ip.ttl()), (EP1, EP3, 63));
         assert_checksums(&ip);
         time_port(&mut g, "local_switch", &dp, PortId(1), &f);
-        assert_eq!(dp.counters.get(Counter::ForwardLocal), dp.counters.get(Counter::RxPod), "every timed frame switched");
+        assert_eq!(
+            dp.counters.get(Counter::ForwardLocal),
+            dp.counters.get(Counter::RxPod),
+            "every timed frame switched"
+        );
     }
 
     // encap: ping 10.244.1.5 -> 10.244.0.74: route -> neighbour -> FDB -> VXLAN to centos7-2.
@@ -164,7 +178,11 @@ fn paths(c: &mut Criterion) {
         assert_eq!((ip.src(), ip.dst(), ip.ttl()), (EP1, EP2, 63));
         assert_checksums(&ip);
         time_port(&mut g, "encap", &dp, PortId(1), &f);
-        assert_eq!(dp.counters.get(Counter::ForwardVxlan), dp.counters.get(Counter::RxPod), "every timed frame encapsulated");
+        assert_eq!(
+            dp.counters.get(Counter::ForwardVxlan),
+            dp.counters.get(Counter::RxPod),
+            "every timed frame encapsulated"
+        );
     }
 
     // decap: VXLAN from centos7-2 with 10.244.0.74 -> 10.244.1.5 inside, to ghost-ep1.
@@ -189,7 +207,11 @@ fn paths(c: &mut Criterion) {
             })
         });
         assert_no_drops(&dp);
-        assert_eq!(dp.counters.get(Counter::Decap), dp.counters.get(Counter::RxVxlan), "every timed datagram decapsulated");
+        assert_eq!(
+            dp.counters.get(Counter::Decap),
+            dp.counters.get(Counter::RxVxlan),
+            "every timed datagram decapsulated"
+        );
     }
 
     // new_flow_dnat: SYN 172.16.240.1:sport -> 172.16.240.131:31266 (default/ghost's
@@ -302,7 +324,10 @@ fn conntrack(c: &mut Criterion) {
                 for i in [0, 1, n / 2, n - 1] {
                     let u = Population::original(i);
                     let h = dp.conntrack.track(&u, TCP_ACK, NOW, false).expect("prefilled flow found");
-                    assert_eq!((h.dir, h.src, h.dst), (Dir::Original, (VTEP1, u.sport), (Population::endpoint(i), TARGET_PORT)));
+                    assert_eq!(
+                        (h.dir, h.src, h.dst),
+                        (Dir::Original, (VTEP1, u.sport), (Population::endpoint(i), TARGET_PORT))
+                    );
                 }
                 dp
             })

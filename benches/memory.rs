@@ -125,7 +125,8 @@ fn main() {
         .join("criterion");
     std::fs::create_dir_all(&dir).expect("create target/criterion");
     let path = dir.join("memory_per_flow.txt");
-    std::fs::write(&path, format!("memory: {per_flow:.1} bytes per flow at {flows} flows\n")).expect("write memory_per_flow.txt");
+    std::fs::write(&path, format!("memory: {per_flow:.1} bytes per flow at {flows} flows\n"))
+        .expect("write memory_per_flow.txt");
     println!("  written to {}", path.display());
     drop(ct);
 }

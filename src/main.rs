@@ -178,10 +178,8 @@ enum ProtoArg {
 }
 
 fn init_logs(level: Option<&str>) {
-    let filter = level
-        .map(str::to_string)
-        .or_else(|| std::env::var("UCANAL_LOG").ok())
-        .unwrap_or_else(|| "info".into());
+    let filter =
+        level.map(str::to_string).or_else(|| std::env::var("UCANAL_LOG").ok()).unwrap_or_else(|| "info".into());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
         eprintln!("ucanal: bad log filter '{filter}' ({e}); using info");
         tracing_subscriber::EnvFilter::new("info")
@@ -227,7 +225,14 @@ fn main() -> ExitCode {
         }
         Cmd::Check { config } => match Config::load(&config) {
             Ok(c) => {
-                println!("{}: node {} with {} peer(s), {} pod(s), {} service(s): ok", config.display(), c.node.name, c.peers.len(), c.pods.len(), c.services.len());
+                println!(
+                    "{}: node {} with {} peer(s), {} pod(s), {} service(s): ok",
+                    config.display(),
+                    c.node.name,
+                    c.peers.len(),
+                    c.pods.len(),
+                    c.services.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -278,11 +283,19 @@ fn main() -> ExitCode {
                 done(trace_probe(&socket, ingress, flags, &flow, json))
             }
         }
-        Cmd::Capture { port, write, count, filter, timeout } => done(capture(&socket, &port, &write, count, &filter, timeout)),
+        Cmd::Capture { port, write, count, filter, timeout } => {
+            done(capture(&socket, &port, &write, count, &filter, timeout))
+        }
     }
 }
 
-fn trace_probe(socket: &std::path::Path, ingress: String, flags: Option<String>, flow: &[String], json: bool) -> Result<String, String> {
+fn trace_probe(
+    socket: &std::path::Path,
+    ingress: String,
+    flags: Option<String>,
+    flow: &[String],
+    json: bool,
+) -> Result<String, String> {
     let (proto, src, dst) = probe::parse_flow(flow)?;
     let p = probe::Probe { ingress, proto, src, dst, flags, ttl: 64 };
     let data = client::request(socket, &Request::Trace { probe: p.clone() })?.data.unwrap_or_default();
@@ -353,7 +366,14 @@ fn trace_live(sockets: &[PathBuf], filter: &str, count: usize, timeout: u64, jso
     Ok(if json { String::new() } else { format!("{n} packet(s) traced") })
 }
 
-fn capture(socket: &std::path::Path, port: &str, path: &std::path::Path, count: usize, filter: &str, timeout: u64) -> Result<String, String> {
+fn capture(
+    socket: &std::path::Path,
+    port: &str,
+    path: &std::path::Path,
+    count: usize,
+    filter: &str,
+    timeout: u64,
+) -> Result<String, String> {
     use std::io::Write;
     let mut out: Box<dyn Write> = if path.as_os_str() == "-" {
         Box::new(std::io::stdout())
@@ -367,7 +387,9 @@ fn capture(socket: &std::path::Path, port: &str, path: &std::path::Path, count: 
     let req = Request::Capture { port: port.into(), filter: filter.into(), count, timeout_ms: timeout * 1000 };
     client::call(socket, &req, None, |r| {
         let Some(d) = r.data else { return true };
-        let (Some(sec), Some(usec), Some(hex)) = (d["sec"].as_u64(), d["usec"].as_u64(), d["hex"].as_str()) else { return true };
+        let (Some(sec), Some(usec), Some(hex)) = (d["sec"].as_u64(), d["usec"].as_u64(), d["hex"].as_str()) else {
+            return true;
+        };
         let Some(data) = ucanal::control::stream::unhex(hex) else { return true };
         let f = ucanal::io::observe::Frame { sec: sec as u32, usec: usec as u32, data };
         if let Err(e) = out.write_all(&ucanal::io::observe::pcap_record(&f)).and_then(|_| out.flush()) {
@@ -415,4 +437,3 @@ fn show_cmd(socket: &std::path::Path, what: Show, json: bool, all: bool) -> Resu
     };
     Ok(text.trim_end_matches('\n').to_string())
 }
-

@@ -29,7 +29,13 @@ ip = "10.244.1.5"
 fn run(cfg: &str, ns: &str) -> std::process::Output {
     let path = std::env::temp_dir().join(format!("ucanal-cfg-{}-{}.toml", std::process::id(), cfg.len()));
     std::fs::write(&path, cfg).unwrap();
-    let out = Command::new("ip").args(["netns", "exec", ns]).arg(ucanal_bin()).args(["run", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(ucanal_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let _ = std::fs::remove_file(&path);
     out
 }
@@ -87,8 +93,14 @@ fn bad_config_leaves_nothing_behind() {
         // Semantic errors found before anything is created.
         (good.replace("ip = \"10.244.1.5\"", "ip = \"10.245.1.5\""), "pods[0].ip"),
         (good.replace("uplink = \"ens33\"", "uplink = \"eth9\""), "node.uplink: interface eth9 not found"),
-        (good.replace("node_ip = \"172.16.240.131\"", "node_ip = \"172.16.240.99\""), "node.node_ip: 172.16.240.99 is not an address of ens33"),
-        (good.replace(&format!("netns = \"{pod}\""), "netns = \"no-such-netns\""), "pods[0].netns: /run/netns/no-such-netns does not exist"),
+        (
+            good.replace("node_ip = \"172.16.240.131\"", "node_ip = \"172.16.240.99\""),
+            "node.node_ip: 172.16.240.99 is not an address of ens33",
+        ),
+        (
+            good.replace(&format!("netns = \"{pod}\""), "netns = \"no-such-netns\""),
+            "pods[0].netns: /run/netns/no-such-netns does not exist",
+        ),
         // A failure after the host port and rules were created: the pod's eth0 exists.
         (good.clone(), "eth0"),
     ];

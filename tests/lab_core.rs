@@ -18,8 +18,14 @@ fn two_ucanal_nodes() {
     // Pod to pod, both directions: ping and HTTP.
     assert!(lab.ping("ghost-ep1", "10.244.0.74", 3), "ping ghost-ep1 -> 10.244.0.74");
     assert!(lab.ping("ghost-ep2", "10.244.1.5", 3), "ping ghost-ep2 -> 10.244.1.5");
-    assert!(lab.curl("ghost-ep1", "http://10.244.0.74:2368/").unwrap().contains("ghost-ep2"), "HTTP ghost-ep1 -> ghost-ep2");
-    assert!(lab.curl("ghost-ep2", "http://10.244.1.5:2368/").unwrap().contains("ghost-ep1"), "HTTP ghost-ep2 -> ghost-ep1");
+    assert!(
+        lab.curl("ghost-ep1", "http://10.244.0.74:2368/").unwrap().contains("ghost-ep2"),
+        "HTTP ghost-ep1 -> ghost-ep2"
+    );
+    assert!(
+        lab.curl("ghost-ep2", "http://10.244.1.5:2368/").unwrap().contains("ghost-ep1"),
+        "HTTP ghost-ep2 -> ghost-ep1"
+    );
 
     // The pod's view is Calico's.
     let routes = text(&lab.exec("ghost-ep1", &["ip", "route"]).stdout);
@@ -97,16 +103,22 @@ fn runtime_pods(lab: &Lab) {
     let _ = lab.exec("ghost-ep3", &["ip", "link", "set", "lo", "up"]);
     let before = std::time::Instant::now();
     lab.ucanal_ok("centos7-2", &["pod", "add", "--name", "ghost-ep3", "--netns", &ns, "--ip", "10.244.0.80"]);
-    let reachable = wait_until(Duration::from_secs(3), || lab.exec("ghost-ep1", &["ping", "-c1", "-W", "0.3", "10.244.0.80"]).status.success());
+    let reachable = wait_until(Duration::from_secs(3), || {
+        lab.exec("ghost-ep1", &["ping", "-c1", "-W", "0.3", "10.244.0.80"]).status.success()
+    });
     let took = before.elapsed();
     assert!(reachable.is_some(), "ghost-ep3 never became reachable");
     assert!(took <= Duration::from_millis(1000), "ghost-ep3 reachable only after {took:?}");
     assert!(lab.ucanal_ok("centos7-2", &["show", "pods"]).contains("ghost-ep3"));
 
     lab.ucanal_ok("centos7-2", &["pod", "del", "--name", "ghost-ep3"]);
-    let tap_gone = wait_until(Duration::from_secs(2), || !lab.exec("ghost-ep3", &["ip", "link", "show", "eth0"]).status.success());
+    let tap_gone =
+        wait_until(Duration::from_secs(2), || !lab.exec("ghost-ep3", &["ip", "link", "show", "eth0"]).status.success());
     assert!(tap_gone.is_some(), "the TAP (eth0) of ghost-ep3 is still there after pod del");
-    assert!(!lab.exec("ghost-ep1", &["ping", "-c1", "-W", "1", "10.244.0.80"]).status.success(), "ghost-ep3 still answers");
+    assert!(
+        !lab.exec("ghost-ep1", &["ping", "-c1", "-W", "1", "10.244.0.80"]).status.success(),
+        "ghost-ep3 still answers"
+    );
     assert!(!lab.ucanal_ok("centos7-2", &["show", "pods"]).contains("ghost-ep3"));
     // Errors name the fault.
     let out = lab.ucanal("centos7-2", &["pod", "del", "--name", "ghost-ep3"]);
@@ -127,7 +139,10 @@ fn garbage_vxlan(lab: &Lab) {
         assert!(out.status.success(), "sending garbage: {}", text(&out.stderr));
     };
     // From the known peer: truncated header, reserved bits, wrong VNI, truncated inner frame.
-    send("centos7-2", r"b'\x08\x00', b'\x08\x00\x00\x01\x00\x00\x01\x00'+b'x'*40, b'\x08\x00\x00\x00\x00\x00\x07\x00'+b'x'*60, b'\x08\x00\x00\x00\x00\x00\x01\x00'+b'\x8a'*10");
+    send(
+        "centos7-2",
+        r"b'\x08\x00', b'\x08\x00\x00\x01\x00\x00\x01\x00'+b'x'*40, b'\x08\x00\x00\x00\x00\x00\x07\x00'+b'x'*60, b'\x08\x00\x00\x00\x00\x00\x01\x00'+b'\x8a'*10",
+    );
     // From a stranger: well-formed header, unknown sender.
     send("client", r"b'\x08\x00\x00\x00\x00\x00\x01\x00'+b'\x00'*60");
     let after = lab.counters("centos7-1");
@@ -136,7 +151,10 @@ fn garbage_vxlan(lab: &Lab) {
         wait_until(Duration::from_secs(2), || {
             let a = lab.counters("centos7-1");
             let d = |n: &str| a["drops"][n].as_u64().unwrap() - before["drops"][n].as_u64().unwrap();
-            d("vxlan_malformed") >= 2 && d("vxlan_bad_vni") >= 1 && d("vxlan_inner_malformed") >= 1 && d("vxlan_unknown_peer") >= 1
+            d("vxlan_malformed") >= 2
+                && d("vxlan_bad_vni") >= 1
+                && d("vxlan_inner_malformed") >= 1
+                && d("vxlan_unknown_peer") >= 1
         })
         .is_some(),
         "garbage not counted: malformed {} bad_vni {} inner {} unknown_peer {}",

@@ -13,8 +13,14 @@ fn ucanal_node_with_kernel_node() {
     let lab = Lab::up("tm", &["--node2", "kernel"]);
     assert!(lab.ping("ghost-ep1", "10.244.0.74", 3), "ping ucanal pod -> kernel pod");
     assert!(lab.ping("ghost-ep2", "10.244.1.5", 3), "ping kernel pod -> ucanal pod");
-    assert!(lab.curl("ghost-ep1", "http://10.244.0.74:2368/").unwrap().contains("ghost-ep2"), "HTTP ucanal pod -> kernel pod");
-    assert!(lab.curl("ghost-ep2", "http://10.244.1.5:2368/").unwrap().contains("ghost-ep1"), "HTTP kernel pod -> ucanal pod");
+    assert!(
+        lab.curl("ghost-ep1", "http://10.244.0.74:2368/").unwrap().contains("ghost-ep2"),
+        "HTTP ucanal pod -> kernel pod"
+    );
+    assert!(
+        lab.curl("ghost-ep2", "http://10.244.1.5:2368/").unwrap().contains("ghost-ep1"),
+        "HTTP kernel pod -> ucanal pod"
+    );
 
     // NodePort on the ucanal node reaches ghost-ep2 on the kernel node (masqueraded to
     // 10.244.1.0 over VXLAN, as the article's conntrack shows).
@@ -29,7 +35,10 @@ fn ucanal_node_with_kernel_node() {
     // And the kernel node's own NodePort (iptables) reaches the ucanal node's pod.
     let mut seen = false;
     for _ in 0..20 {
-        seen |= lab.curl("client", "http://172.16.240.132:31266/").expect("NodePort on the kernel node").contains("ghost-ep1");
+        seen |= lab
+            .curl("client", "http://172.16.240.132:31266/")
+            .expect("NodePort on the kernel node")
+            .contains("ghost-ep1");
     }
     assert!(seen, "the kernel node's NodePort never reached ghost-ep1 on the ucanal node");
 }

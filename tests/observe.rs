@@ -25,9 +25,21 @@ fn show_trace_capture_metrics() {
 
     // Every listing has a stable JSON form.
     let routes = json(&lab, "centos7-1", &["show", "routes", "--json"]);
-    assert!(routes.as_array().unwrap().iter().any(|r| r["dst"] == "10.244.0.0/24" && r["gateway"] == "10.244.0.0" && r["dev"] == "flannel.1"));
+    assert!(
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "10.244.0.0/24" && r["gateway"] == "10.244.0.0" && r["dev"] == "flannel.1")
+    );
     let neigh = json(&lab, "centos7-1", &["show", "neigh", "--json"]);
-    assert!(neigh.as_array().unwrap().iter().any(|r| r["ip"] == "10.244.0.0" && r["lladdr"] == "32:a9:79:6d:0b:b1" && r["state"] == "PERMANENT"));
+    assert!(
+        neigh
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["ip"] == "10.244.0.0" && r["lladdr"] == "32:a9:79:6d:0b:b1" && r["state"] == "PERMANENT")
+    );
     let fdb = json(&lab, "centos7-1", &["show", "fdb", "--json"]);
     assert_eq!(fdb[0]["mac"], "32:a9:79:6d:0b:b1");
     assert_eq!(fdb[0]["dst"], "172.16.240.132");
@@ -36,7 +48,10 @@ fn show_trace_capture_metrics() {
     assert!(pods[0]["counts"]["rx_packets"].as_u64().unwrap() > 0);
     let svcs = json(&lab, "centos7-1", &["show", "services", "--json"]);
     let ghost = &svcs.as_array().unwrap().iter().find(|s| s["name"] == "default/ghost").unwrap().clone();
-    assert_eq!((ghost["cluster_ip"].as_str(), ghost["port"].as_u64(), ghost["node_port"].as_u64()), (Some("10.250.0.40"), Some(2368), Some(31266)));
+    assert_eq!(
+        (ghost["cluster_ip"].as_str(), ghost["port"].as_u64(), ghost["node_port"].as_u64()),
+        (Some("10.250.0.40"), Some(2368), Some(31266))
+    );
     let per_ep: u64 = ghost["endpoints"].as_array().unwrap().iter().map(|e| e["packets"].as_u64().unwrap()).sum();
     assert_eq!(per_ep, ghost["packets"].as_u64().unwrap(), "endpoint hits add up to the service's");
     let ct = json(&lab, "centos7-1", &["show", "conntrack", "--json"]);
@@ -55,7 +70,11 @@ fn show_trace_capture_metrics() {
     // neighbour, FDB, VNI 1.
     let mut steps = None;
     for sport in 40000..40100 {
-        let t = json(&lab, "centos7-1", &["trace", "--json", "--in", "host", "tcp", &format!("172.16.240.1:{sport}"), "->", "172.16.240.131:31266"]);
+        let t = json(
+            &lab,
+            "centos7-1",
+            &["trace", "--json", "--in", "host", "tcp", &format!("172.16.240.1:{sport}"), "->", "172.16.240.131:31266"],
+        );
         let s = t["steps"].as_array().unwrap().clone();
         if s.iter().any(|x| x["step"] == "endpoint" && x["endpoint"] == "10.244.0.74:2368") {
             steps = Some(s);
@@ -65,7 +84,10 @@ fn show_trace_capture_metrics() {
     let steps = steps.expect("some source port hashes to the remote endpoint");
     let kinds: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
     let order = ["service", "endpoint", "dnat", "masquerade", "route", "neighbour", "fdb", "encap"];
-    let pos: Vec<usize> = order.iter().map(|k| kinds.iter().position(|x| x == k).unwrap_or_else(|| panic!("no {k} step in {kinds:?}"))).collect();
+    let pos: Vec<usize> = order
+        .iter()
+        .map(|k| kinds.iter().position(|x| x == k).unwrap_or_else(|| panic!("no {k} step in {kinds:?}")))
+        .collect();
     assert!(pos.windows(2).all(|w| w[0] < w[1]), "steps out of order: {kinds:?}");
     let step = |k: &str| steps.iter().find(|s| s["step"] == k).unwrap();
     assert_eq!(step("service")["name"], "default/ghost");
@@ -73,17 +95,34 @@ fn show_trace_capture_metrics() {
     assert_eq!(step("dnat")["after"], "10.244.0.74:2368");
     assert!(step("masquerade")["after"].as_str().unwrap().starts_with("10.244.1.0:"));
     assert!(step("route")["route"].as_str().unwrap().starts_with("10.244.0.0/24 via 10.244.0.0"));
-    assert_eq!((step("neighbour")["ip"].as_str(), step("neighbour")["mac"].as_str()), (Some("10.244.0.0"), Some("32:a9:79:6d:0b:b1")));
+    assert_eq!(
+        (step("neighbour")["ip"].as_str(), step("neighbour")["mac"].as_str()),
+        (Some("10.244.0.0"), Some("32:a9:79:6d:0b:b1"))
+    );
     assert_eq!(step("fdb")["dst"], "172.16.240.132");
     assert_eq!(step("encap")["vni"], 1);
     assert_eq!(step("encap")["outer_dst"], "172.16.240.132");
-    assert!(lab.ucanal_ok("centos7-1", &["show", "conntrack"]).lines().count() <= ct.as_array().unwrap().len() + 1, "the synthetic trace entered no flow");
+    assert!(
+        lab.ucanal_ok("centos7-1", &["show", "conntrack"]).lines().count() <= ct.as_array().unwrap().len() + 1,
+        "the synthetic trace entered no flow"
+    );
 
     // A live trace on both nodes sees the request and the reply.
     let live = Command::new(common::ucanal_bin())
         .arg("--socket")
         .arg(lab.socket("centos7-1"))
-        .args(["trace", "--live", "--json", "--count", "2", "--timeout", "10", "--filter", "tcp port 2368 or tcp port 31266", "--node"])
+        .args([
+            "trace",
+            "--live",
+            "--json",
+            "--count",
+            "2",
+            "--timeout",
+            "10",
+            "--filter",
+            "tcp port 2368 or tcp port 31266",
+            "--node",
+        ])
         .arg(lab.socket("centos7-2"))
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -111,7 +150,10 @@ fn show_trace_capture_metrics() {
     let dump = text(&read.stdout);
     assert!(read.status.success(), "tcpdump -r: {}", text(&read.stderr));
     assert!(dump.contains("172.16.240.132.8472") && dump.contains("instance 1"), "VXLAN in the capture:\n{dump}");
-    assert!(dump.contains("10.244.1.5.") && dump.contains("10.244.0.74.2368: Flags [S]"), "inner TCP flow in the capture:\n{dump}");
+    assert!(
+        dump.contains("10.244.1.5.") && dump.contains("10.244.0.74.2368: Flags [S]"),
+        "inner TCP flow in the capture:\n{dump}"
+    );
     // Errors name the fault.
     let bad = lab.ucanal("centos7-1", &["capture", "--port", "nosuchpod", "-w", "/dev/null"]);
     assert!(!bad.status.success() && text(&bad.stderr).contains("no port 'nosuchpod'"));
@@ -125,10 +167,17 @@ fn show_trace_capture_metrics() {
         text(&o.stdout)
     };
     let value = |body: &str, series: &str| -> f64 {
-        body.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no series {series}"))
+        body.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no series {series}"))
     };
     let before = scrape();
-    assert!(before.contains("# TYPE ucanal_decisions counter") || before.contains("# TYPE ucanal_decisions_total counter"), "{before}");
+    assert!(
+        before.contains("# TYPE ucanal_decisions counter") || before.contains("# TYPE ucanal_decisions_total counter"),
+        "{before}"
+    );
     let decap = "ucanal_decisions_total{node=\"centos7-1\",decision=\"decap\"}";
     let flows = "ucanal_service_flows_total{node=\"centos7-1\",service=\"default/ghost\"";
     for _ in 0..4 {
@@ -162,6 +211,7 @@ fn demo_walks_the_article_and_leaves_nothing() {
         !text(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).contains(&prefix)
     });
     assert!(left.is_some(), "demo.sh left namespaces {prefix}* behind");
-    let procs = text(&Command::new("pgrep").args(["-af", &format!("/run/ucanal-lab/{prefix}")]).output().unwrap().stdout);
+    let procs =
+        text(&Command::new("pgrep").args(["-af", &format!("/run/ucanal-lab/{prefix}")]).output().unwrap().stdout);
     assert!(procs.trim().is_empty(), "demo.sh left processes: {procs}");
 }

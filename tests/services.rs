@@ -44,7 +44,11 @@ fn services_on_two_ucanal_nodes() {
     }
     // The article's conntrack listing, on centos7-1: reply tuple to the VTEP address.
     let ct = lab.ucanal_ok("centos7-1", &["show", "conntrack"]);
-    assert!(ct.lines().any(|l| l.contains("src=172.16.240.1 dst=172.16.240.131") && l.contains("src=10.244.0.74 dst=10.244.1.0 sport=2368")), "{ct}");
+    assert!(
+        ct.lines().any(|l| l.contains("src=172.16.240.1 dst=172.16.240.131")
+            && l.contains("src=10.244.0.74 dst=10.244.1.0 sport=2368")),
+        "{ct}"
+    );
 
     // ClusterIP from a pod and from the node itself.
     assert!(lab.curl("ghost-ep1", "http://10.250.0.40:2368/").unwrap().starts_with("ghost-ep"));
@@ -58,7 +62,8 @@ fn services_on_two_ucanal_nodes() {
     lab.curl("ghost-ep1", "http://172.16.240.1:8080/").expect("pod reaches a server outside the cluster");
     let _ = server.kill();
     let log = text(&server.wait_with_output().unwrap().stderr);
-    let seen: Vec<&str> = log.lines().filter(|l| l.contains("GET /")).map(|l| l.split_whitespace().next().unwrap_or("")).collect();
+    let seen: Vec<&str> =
+        log.lines().filter(|l| l.contains("GET /")).map(|l| l.split_whitespace().next().unwrap_or("")).collect();
     assert_eq!(seen.last(), Some(&"172.16.240.131"), "the server saw the pod's request from {seen:?}");
 
     udp_services(&lab);
@@ -69,7 +74,8 @@ fn services_on_two_ucanal_nodes() {
     for k in ["service_dnat", "service_masquerade", "egress_masquerade", "ct_hit_reply", "service_reject"] {
         assert!(c["decisions"][k].as_u64().unwrap() > 0, "counter {k} did not move: {c}");
     }
-    let svc: serde_json::Value = serde_json::from_str(&lab.ucanal_ok("centos7-1", &["show", "services", "--json"])).unwrap();
+    let svc: serde_json::Value =
+        serde_json::from_str(&lab.ucanal_ok("centos7-1", &["show", "services", "--json"])).unwrap();
     let ghost = svc.as_array().unwrap().iter().find(|s| s["name"] == "default/ghost").unwrap();
     assert!(ghost["packets"].as_u64().unwrap() >= 20, "{ghost}");
 }
@@ -80,8 +86,22 @@ fn udp_services(lab: &Lab) {
     let _e2 = lab.background("ghost-ep2", &format!("exec python3 -c '{UDP_ECHO}' ghost-ep2"));
     lab.ucanal_ok(
         "centos7-1",
-        &["service", "set", "--name", "kube-system/kube-dns", "--protocol", "udp", "--cluster-ip", "10.250.0.10", "--port", "53",
-          "--endpoint", "10.244.0.74:5353", "--endpoint", "10.244.1.5:5353"],
+        &[
+            "service",
+            "set",
+            "--name",
+            "kube-system/kube-dns",
+            "--protocol",
+            "udp",
+            "--cluster-ip",
+            "10.250.0.10",
+            "--port",
+            "53",
+            "--endpoint",
+            "10.244.0.74:5353",
+            "--endpoint",
+            "10.244.1.5:5353",
+        ],
     );
     // Both endpoints answer before the measurements start.
     let probe = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(0.5)\ns.sendto(b'x',(\"10.250.0.10\",53))\nprint(s.recvfrom(99)[0].decode())";
@@ -111,7 +131,12 @@ for i in range(50):
 print(ok)
 "#;
     let out = lab.exec("ghost-ep1", &["python3", "-c", dns]);
-    assert_eq!(text(&out.stdout).trim(), "50", "flows whose two datagrams were both answered (stderr: {})", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "50",
+        "flows whose two datagrams were both answered (stderr: {})",
+        text(&out.stderr)
+    );
 
     // A client sending steadily keeps being answered after its endpoint is removed.
     let steady = r#"
@@ -131,7 +156,8 @@ while time.time() < end:
     let client = lab.spawn("ghost-ep1", &format!("exec python3 -c '{steady}' 4"));
     std::thread::sleep(Duration::from_millis(1500));
     // The flow is pinned to one endpoint; find which from the daemon and remove it.
-    let ct: serde_json::Value = serde_json::from_str(&lab.ucanal_ok("centos7-1", &["show", "conntrack", "--json"])).unwrap();
+    let ct: serde_json::Value =
+        serde_json::from_str(&lab.ucanal_ok("centos7-1", &["show", "conntrack", "--json"])).unwrap();
     let flow = ct
         .as_array()
         .unwrap()
@@ -141,15 +167,22 @@ while time.time() < end:
         .expect("the steady UDP flow in conntrack")
         .clone();
     let ep_ip = flow["reply"]["src"].as_str().unwrap().to_string();
-    let (gone, remaining) = if ep_ip == "10.244.0.74" { ("ghost-ep2", "ghost-ep1") } else { ("ghost-ep1", "ghost-ep2") };
+    let (gone, remaining) =
+        if ep_ip == "10.244.0.74" { ("ghost-ep2", "ghost-ep1") } else { ("ghost-ep1", "ghost-ep2") };
     let removed_at = now_s();
-    lab.ucanal_ok("centos7-1", &["endpoint", "del", "--service", "kube-system/kube-dns", "--endpoint", &format!("{ep_ip}:5353")]);
+    lab.ucanal_ok(
+        "centos7-1",
+        &["endpoint", "del", "--service", "kube-system/kube-dns", "--endpoint", &format!("{ep_ip}:5353")],
+    );
     let out = client.wait_with_output().unwrap();
     let lines: Vec<(f64, String)> = text(&out.stdout)
         .lines()
         .filter_map(|l| l.split_once(' ').map(|(t, w)| (t.parse().unwrap(), w.to_string())))
         .collect();
-    assert!(lines.iter().any(|(t, w)| *t < removed_at && w == gone), "before removal the flow went to {gone}: {lines:?}");
+    assert!(
+        lines.iter().any(|(t, w)| *t < removed_at && w == gone),
+        "before removal the flow went to {gone}: {lines:?}"
+    );
     let first_moved = lines.iter().find(|(t, w)| *t >= removed_at && w == remaining).map(|(t, _)| t - removed_at);
     let moved = first_moved.unwrap_or_else(|| panic!("never answered by {remaining} after removal: {lines:?}"));
     assert!(moved < 1.0, "traffic moved to {remaining} only after {moved:.3} s");
@@ -160,7 +193,21 @@ while time.time() < end:
 
 /// A service with no endpoints: connection refused, at once.
 fn no_endpoints_refuse(lab: &Lab) {
-    lab.ucanal_ok("centos7-1", &["service", "set", "--name", "default/empty", "--cluster-ip", "10.250.0.50", "--port", "80", "--node-port", "30080"]);
+    lab.ucanal_ok(
+        "centos7-1",
+        &[
+            "service",
+            "set",
+            "--name",
+            "default/empty",
+            "--cluster-ip",
+            "10.250.0.50",
+            "--port",
+            "80",
+            "--node-port",
+            "30080",
+        ],
+    );
     let start = Instant::now();
     let err = lab.curl("ghost-ep1", "http://10.250.0.50:80/").expect_err("a service without endpoints answered");
     let took = start.elapsed();

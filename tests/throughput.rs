@@ -56,7 +56,12 @@ fn bulk_both_ways(lab: &Lab) {
     let out = lab.sh("ghost-ep1", &send);
     assert!(out.status.success(), "upload: {}", text(&out.stderr));
     let got = server.wait_with_output().unwrap();
-    assert!(text(&got.stdout).starts_with(&want), "upload sha256 {} != {want}; sink said {}", text(&got.stdout), text(&got.stderr));
+    assert!(
+        text(&got.stdout).starts_with(&want),
+        "upload sha256 {} != {want}; sink said {}",
+        text(&got.stdout),
+        text(&got.stderr)
+    );
 }
 
 #[test]
@@ -65,8 +70,13 @@ fn bulk_data_intact_with_offloads_on() {
         return;
     }
     let lab = Lab::up("to", &[]);
-    let node = serde_json::from_str::<serde_json::Value>(&lab.ucanal_ok("centos7-1", &["show", "node", "--json"])).unwrap();
-    assert_eq!(node["techniques"], serde_json::json!({"tap_offloads": true, "udp_gso": true, "udp_gro": true, "gro": true}), "{node}");
+    let node =
+        serde_json::from_str::<serde_json::Value>(&lab.ucanal_ok("centos7-1", &["show", "node", "--json"])).unwrap();
+    assert_eq!(
+        node["techniques"],
+        serde_json::json!({"tap_offloads": true, "udp_gso": true, "udp_gro": true, "gro": true}),
+        "{node}"
+    );
     bulk_both_ways(&lab);
     // The techniques were on the path: pods handed over TSO super-packets that ucanal
     // segmented, and segments toward pods were coalesced.
@@ -87,8 +97,13 @@ fn bulk_data_intact_with_offloads_off() {
         return;
     }
     let lab = Lab::up("tf", &["--offloads", "off"]);
-    let node = serde_json::from_str::<serde_json::Value>(&lab.ucanal_ok("centos7-1", &["show", "node", "--json"])).unwrap();
-    assert_eq!(node["techniques"], serde_json::json!({"tap_offloads": false, "udp_gso": false, "udp_gro": false, "gro": false}), "{node}");
+    let node =
+        serde_json::from_str::<serde_json::Value>(&lab.ucanal_ok("centos7-1", &["show", "node", "--json"])).unwrap();
+    assert_eq!(
+        node["techniques"],
+        serde_json::json!({"tap_offloads": false, "udp_gso": false, "udp_gro": false, "gro": false}),
+        "{node}"
+    );
     // Pods have no TSO: their eth0 reports it off.
     let feats = text(&lab.exec("ghost-ep1", &["ethtool", "-k", "eth0"]).stdout);
     assert!(feats.contains("tcp-segmentation-offload: off"), "{feats}");

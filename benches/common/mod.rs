@@ -85,7 +85,9 @@ pub fn arp_request(src_mac: MacAddr, src: Ipv4Addr, target: Ipv4Addr) -> Vec<u8>
 
 /// ICMP echo request with 16 bytes of data and DF, as `ping` sends it.
 pub fn ping(src_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src_mac.0, HOST_MAC.0).ipv4(src.octets(), dst.octets(), ttl).icmpv4_echo_request(0x4242, 1);
+    let b = PacketBuilder::ethernet2(src_mac.0, HOST_MAC.0)
+        .ipv4(src.octets(), dst.octets(), ttl)
+        .icmpv4_echo_request(0x4242, 1);
     let mut v = Vec::new();
     b.write(&mut v, b"0123456789abcdef").unwrap();
     set_df(&mut v[14..]);
@@ -94,7 +96,9 @@ pub fn ping(src_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> 
 
 /// A TCP segment (SYN, or ACK without data) in an Ethernet frame, DF set.
 pub fn tcp(src_mac: MacAddr, dst_mac: MacAddr, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src_mac.0, dst_mac.0).ipv4(src.0.octets(), dst.0.octets(), 64).tcp(src.1, dst.1, 1000, 64240);
+    let b = PacketBuilder::ethernet2(src_mac.0, dst_mac.0)
+        .ipv4(src.0.octets(), dst.0.octets(), 64)
+        .tcp(src.1, dst.1, 1000, 64240);
     let b = if syn { b.syn() } else { b.ack(2000) };
     let mut v = Vec::new();
     b.write(&mut v, &[]).unwrap();
@@ -219,7 +223,13 @@ pub fn assert_encapped_tcp(a: Action, out: &[u8], src: (Ipv4Addr, u16), dst: (Ip
 
 /// Source ports from `src` to `dst` whose flows hash to endpoint `want` of default/ghost
 /// (as `sport_for()` in the core's tests), in increasing order from `from`.
-pub fn sports_for(t: &Tables, src: Ipv4Addr, dst: (Ipv4Addr, u16), want: Ipv4Addr, from: u16) -> impl Iterator<Item = u16> {
+pub fn sports_for(
+    t: &Tables,
+    src: Ipv4Addr,
+    dst: (Ipv4Addr, u16),
+    want: Ipv4Addr,
+    from: u16,
+) -> impl Iterator<Item = u16> {
     let eps = article::ghost().endpoints;
     let seed = t.hash_seed;
     (from..=u16::MAX).filter(move |p| {
@@ -233,7 +243,8 @@ pub fn sports_for(t: &Tables, src: Ipv4Addr, dst: (Ipv4Addr, u16), want: Ipv4Add
 /// over VXLAN from centos7-2, ACK. Checks it ends ESTABLISHED and that the SYN was DNATed,
 /// masqueraded to flannel.1's address and encapsulated.
 pub fn establish_nodeport(dp: &Dataplane, client: Ipv4Addr, sport: u16) {
-    let (a, out) = run_port(dp, PortId::HOST, &tcp(host_port_mac(), HOST_MAC, (client, sport), (NODE1, NODE_PORT), true));
+    let (a, out) =
+        run_port(dp, PortId::HOST, &tcp(host_port_mac(), HOST_MAC, (client, sport), (NODE1, NODE_PORT), true));
     assert_encapped_tcp(a, &out, (VTEP1, sport), (EP2, TARGET_PORT));
     let synack = from_node2(&tcp_ip((EP2, TARGET_PORT), (VTEP1, sport), true, true));
     let (a, out) = run_vxlan(dp, NODE2, &synack);
@@ -396,7 +407,8 @@ pub fn run_new_flows(dp: &mut Dataplane, t: &Tables, sports: &[u16], iters: u64)
 /// Checks one new-flow iteration does what the bench says: a SYN to the NodePort
 /// becomes DNAT to 10.244.0.74:2368 + masquerade to 10.244.1.0 + VXLAN to centos7-2.
 pub fn assert_new_flow(dp: &Dataplane, sport: u16) {
-    let (a, out) = run_port(dp, PortId::HOST, &tcp(host_port_mac(), HOST_MAC, (CLIENT, sport), (NODE1, NODE_PORT), true));
+    let (a, out) =
+        run_port(dp, PortId::HOST, &tcp(host_port_mac(), HOST_MAC, (CLIENT, sport), (NODE1, NODE_PORT), true));
     assert_encapped_tcp(a, &out, (VTEP1, sport), (EP2, TARGET_PORT));
     assert_eq!(out_ip(&out, true).payload()[13] & TCP_SYN, TCP_SYN);
 }

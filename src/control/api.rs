@@ -14,19 +14,46 @@ use crate::core::nat::service::ServiceSpec;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    PodAdd { pod: PodSpec },
-    PodDel { name: String },
-    ServiceSet { service: ServiceSpec },
-    ServiceDel { name: String },
-    EndpointAdd { service: String, endpoint: SocketAddrV4 },
-    EndpointDel { service: String, endpoint: SocketAddrV4 },
-    Show { what: Show },
+    PodAdd {
+        pod: PodSpec,
+    },
+    PodDel {
+        name: String,
+    },
+    ServiceSet {
+        service: ServiceSpec,
+    },
+    ServiceDel {
+        name: String,
+    },
+    EndpointAdd {
+        service: String,
+        endpoint: SocketAddrV4,
+    },
+    EndpointDel {
+        service: String,
+        endpoint: SocketAddrV4,
+    },
+    Show {
+        what: Show,
+    },
     /// Runs a described packet through the live tables without sending it.
-    Trace { probe: super::probe::Probe },
+    Trace {
+        probe: super::probe::Probe,
+    },
     /// Streams the traces of the next `count` real packets matching `filter`.
-    TraceLive { filter: String, count: usize, timeout_ms: u64 },
+    TraceLive {
+        filter: String,
+        count: usize,
+        timeout_ms: u64,
+    },
     /// Streams frames seen on a port (pod name, `vxlan` or `host`) as pcap records.
-    Capture { port: String, filter: String, count: usize, timeout_ms: u64 },
+    Capture {
+        port: String,
+        filter: String,
+        count: usize,
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

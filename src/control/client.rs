@@ -15,7 +15,12 @@ fn connect(socket: &Path) -> Result<UnixStream, String> {
 
 /// Sends one request and calls `each` with every response line until the last one
 /// (a non-stream response, an error, or a stream's `done`). `each` returns false to stop.
-pub fn call(socket: &Path, req: &Request, timeout: Option<Duration>, mut each: impl FnMut(Response) -> bool) -> Result<(), String> {
+pub fn call(
+    socket: &Path,
+    req: &Request,
+    timeout: Option<Duration>,
+    mut each: impl FnMut(Response) -> bool,
+) -> Result<(), String> {
     let mut s = connect(socket)?;
     s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
     let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::Ipv4Net;
 use crate::core::nat::conntrack::Timeouts;
 use crate::core::nat::service::ServiceSpec;
 use crate::core::tables::{NodeInfo, Peer};
-use crate::core::Ipv4Net;
 use crate::wire::MacAddr;
 
 /// A config error: the field path and what is wrong with it.
@@ -27,7 +27,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() { write!(f, "{}", self.problem) } else { write!(f, "{}: {}", self.field, self.problem) }
+        if self.field.is_empty() {
+            write!(f, "{}", self.problem)
+        } else {
+            write!(f, "{}: {}", self.field, self.problem)
+        }
     }
 }
 
@@ -268,7 +272,9 @@ impl PodSpec {
     }
     /// Calico-style host-side name: `cali` + 11 hex digits of a hash of the pod name.
     pub fn port_name(&self) -> String {
-        let h = crate::core::nat::mix64(self.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)));
+        let h = crate::core::nat::mix64(
+            self.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)),
+        );
         format!("cali{:011x}", h & 0x0fff_ffff_ffff)
     }
 }
@@ -282,7 +288,8 @@ pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
         Config::parse(&text)
     }
 
@@ -334,13 +341,19 @@ impl Config {
         check_ifname("node.host_port", &n.host_port)?;
         check_unicast_ip("node.node_ip", n.node_ip)?;
         if !n.cluster_cidr.contains_net(&n.pod_cidr) {
-            return Err(err("node.pod_cidr", format!("{} is not inside node.cluster_cidr {}", n.pod_cidr, n.cluster_cidr)));
+            return Err(err(
+                "node.pod_cidr",
+                format!("{} is not inside node.cluster_cidr {}", n.pod_cidr, n.cluster_cidr),
+            ));
         }
         if n.pod_cidr.prefix_len() > 30 {
             return Err(err("node.pod_cidr", format!("{} is too small for pods (want /30 or larger)", n.pod_cidr)));
         }
         if n.service_cidr.overlaps(&n.cluster_cidr) {
-            return Err(err("node.service_cidr", format!("{} overlaps node.cluster_cidr {}", n.service_cidr, n.cluster_cidr)));
+            return Err(err(
+                "node.service_cidr",
+                format!("{} overlaps node.cluster_cidr {}", n.service_cidr, n.cluster_cidr),
+            ));
         }
         if n.cluster_cidr.contains(n.node_ip) || n.service_cidr.contains(n.node_ip) {
             return Err(err("node.node_ip", format!("{} is inside the cluster or service CIDR", n.node_ip)));
@@ -352,13 +365,15 @@ impl Config {
             return Err(err("node.host_mac", format!("{} is not a unicast MAC", n.host_mac)));
         }
         if let Some(m) = n.host_port_mac
-            && (!m.is_unicast() || m == n.host_mac) {
-                return Err(err("node.host_port_mac", format!("{m} must be unicast and differ from node.host_mac")));
-            }
+            && (!m.is_unicast() || m == n.host_mac)
+        {
+            return Err(err("node.host_port_mac", format!("{m} must be unicast and differ from node.host_mac")));
+        }
         if let Some(v) = n.vtep_ip
-            && !n.pod_cidr.contains(v) {
-                return Err(err("node.vtep_ip", format!("{v} is outside node.pod_cidr {}", n.pod_cidr)));
-            }
+            && !n.pod_cidr.contains(v)
+        {
+            return Err(err("node.vtep_ip", format!("{v} is outside node.pod_cidr {}", n.pod_cidr)));
+        }
         if n.vni == 0 || n.vni > 0x00ff_ffff {
             return Err(err("node.vni", format!("{} is not a 24-bit VNI (1..16777215)", n.vni)));
         }
@@ -369,16 +384,25 @@ impl Config {
             return Err(err("node.mtu", format!("{} is outside 576..9000", n.mtu)));
         }
         if n.gateway.is_unspecified() || n.cluster_cidr.contains(n.gateway) {
-            return Err(err("node.gateway", format!("{} must be an address outside the cluster (Calico uses 169.254.1.1)", n.gateway)));
+            return Err(err(
+                "node.gateway",
+                format!("{} must be an address outside the cluster (Calico uses 169.254.1.1)", n.gateway),
+            ));
         }
         let Some((lo, hi)) = parse_port_range(&n.masquerade_ports) else {
-            return Err(err("node.masquerade_ports", format!("'{}' is not a port range lo-hi (e.g. 61000-65535)", n.masquerade_ports)));
+            return Err(err(
+                "node.masquerade_ports",
+                format!("'{}' is not a port range lo-hi (e.g. 61000-65535)", n.masquerade_ports),
+            ));
         };
         if lo < 1024 || hi - lo < 255 {
             return Err(err("node.masquerade_ports", format!("{lo}-{hi}: want at least 256 ports, all >= 1024")));
         }
         if hi == u16::MAX {
-            return Err(err("node.masquerade_ports", format!("{lo}-{hi}: end at 65534 at most (the kernel's FIB rules refuse a port range ending at 65535)")));
+            return Err(err(
+                "node.masquerade_ports",
+                format!("{lo}-{hi}: end at 65534 at most (the kernel's FIB rules refuse a port range ending at 65535)"),
+            ));
         }
         if n.route_table == 0 || (253..=255).contains(&n.route_table) {
             return Err(err("node.route_table", format!("{} is a reserved routing table", n.route_table)));
@@ -415,7 +439,10 @@ impl Config {
                 return Err(err(f("name"), format!("'{}' is used twice (or is this node)", p.name)));
             }
             if !n.cluster_cidr.contains_net(&p.subnet) {
-                return Err(err(f("subnet"), format!("{} is not inside node.cluster_cidr {}", p.subnet, n.cluster_cidr)));
+                return Err(err(
+                    f("subnet"),
+                    format!("{} is not inside node.cluster_cidr {}", p.subnet, n.cluster_cidr),
+                ));
             }
             if p.subnet.overlaps(&n.pod_cidr) {
                 return Err(err(f("subnet"), format!("{} overlaps this node's pod_cidr {}", p.subnet, n.pod_cidr)));
@@ -436,7 +463,8 @@ impl Config {
         let mut pod_names = HashSet::new();
         let mut pod_ips = HashSet::new();
         for (i, p) in self.pods.iter().enumerate() {
-            check_pod(self, p).map_err(|e| ConfigError { field: format!("pods[{i}].{}", e.field), problem: e.problem })?;
+            check_pod(self, p)
+                .map_err(|e| ConfigError { field: format!("pods[{i}].{}", e.field), problem: e.problem })?;
             if !pod_names.insert(p.name.clone()) {
                 return Err(err(format!("pods[{i}].name"), format!("'{}' is used twice", p.name)));
             }
@@ -449,17 +477,25 @@ impl Config {
         let mut vips = HashSet::new();
         let mut node_ports = HashSet::new();
         for (i, s) in self.services.iter().enumerate() {
-            check_service(self, s).map_err(|e| ConfigError { field: format!("services[{i}].{}", e.field), problem: e.problem })?;
+            check_service(self, s)
+                .map_err(|e| ConfigError { field: format!("services[{i}].{}", e.field), problem: e.problem })?;
             if !svc_names.insert(s.name.clone()) {
                 return Err(err(format!("services[{i}].name"), format!("'{}' is used twice", s.name)));
             }
             if !vips.insert((s.protocol, s.cluster_ip, s.port)) {
-                return Err(err(format!("services[{i}].cluster_ip"), format!("{}:{}/{} is used twice", s.cluster_ip, s.port, s.protocol.name())));
+                return Err(err(
+                    format!("services[{i}].cluster_ip"),
+                    format!("{}:{}/{} is used twice", s.cluster_ip, s.port, s.protocol.name()),
+                ));
             }
             if let Some(np) = s.node_port
-                && !node_ports.insert((s.protocol, np)) {
-                    return Err(err(format!("services[{i}].node_port"), format!("{np}/{} is used twice", s.protocol.name())));
-                }
+                && !node_ports.insert((s.protocol, np))
+            {
+                return Err(err(
+                    format!("services[{i}].node_port"),
+                    format!("{np}/{} is used twice", s.protocol.name()),
+                ));
+            }
         }
         Ok(())
     }
@@ -483,9 +519,10 @@ pub fn check_pod(c: &Config, p: &PodSpec) -> Result<(), ConfigError> {
         return Err(err("ip", format!("{} is the VTEP, network or broadcast address of {net}", p.ip)));
     }
     if let Some(m) = p.mac
-        && (!m.is_unicast() || m == c.node.host_mac) {
-            return Err(err("mac", format!("{m} must be unicast and differ from node.host_mac")));
-        }
+        && (!m.is_unicast() || m == c.node.host_mac)
+    {
+        return Err(err("mac", format!("{m} must be unicast and differ from node.host_mac")));
+    }
     Ok(())
 }
 
@@ -495,7 +532,10 @@ pub fn check_service(c: &Config, s: &ServiceSpec) -> Result<(), ConfigError> {
         return Err(err("name", format!("'{}' is not a service name (want namespace/name)", s.name)));
     }
     if !c.node.service_cidr.contains(s.cluster_ip) {
-        return Err(err("cluster_ip", format!("{} is outside node.service_cidr {}", s.cluster_ip, c.node.service_cidr)));
+        return Err(err(
+            "cluster_ip",
+            format!("{} is outside node.service_cidr {}", s.cluster_ip, c.node.service_cidr),
+        ));
     }
     if s.port == 0 {
         return Err(err("port", "must not be 0"));
@@ -524,7 +564,12 @@ fn check_endpoint(c: &Config, e: &SocketAddrV4) -> Result<(), String> {
         return Err(format!("{e}: port 0"));
     }
     let ip = *e.ip();
-    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() || c.node.service_cidr.contains(ip) {
+    if ip.is_unspecified()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || ip.is_loopback()
+        || c.node.service_cidr.contains(ip)
+    {
         return Err(format!("{e} is not a usable endpoint address"));
     }
     Ok(())
@@ -602,28 +647,56 @@ endpoints = ["10.244.0.74:2368", "10.244.1.5:2368"]
 
     #[test]
     fn techniques_follow_offloads_unless_switched_one_by_one() {
-        let d = |extra: &str| Config::parse(&CENTOS7_1.replacen("[api]", &format!("[dataplane]\n{extra}\n\n[api]"), 1)).unwrap().dataplane.techniques();
+        let d = |extra: &str| {
+            Config::parse(&CENTOS7_1.replacen("[api]", &format!("[dataplane]\n{extra}\n\n[api]"), 1))
+                .unwrap()
+                .dataplane
+                .techniques()
+        };
         let all = Techniques { tap_offloads: true, udp_gso: true, udp_gro: true, gro: true };
         assert_eq!(Config::parse(CENTOS7_1).unwrap().dataplane.techniques(), all);
         assert_eq!(d("gro = false"), Techniques { gro: false, ..all });
         assert_eq!(d("udp_gso = false"), Techniques { udp_gso: false, ..all });
-        assert_eq!(d("offloads = false"), Techniques { tap_offloads: false, udp_gso: false, udp_gro: false, gro: false });
-        assert_eq!(d("offloads = false\nudp_gro = true"), Techniques { tap_offloads: false, udp_gso: false, udp_gro: true, gro: false });
+        assert_eq!(
+            d("offloads = false"),
+            Techniques { tap_offloads: false, udp_gso: false, udp_gro: false, gro: false }
+        );
+        assert_eq!(
+            d("offloads = false\nudp_gro = true"),
+            Techniques { tap_offloads: false, udp_gso: false, udp_gro: true, gro: false }
+        );
         // Without TAP offloads there is no GSO frame to hand a pod: gro follows it off.
         assert_eq!(d("tap_offloads = false"), Techniques { tap_offloads: false, gro: false, ..all });
     }
 
     #[test]
     fn errors_name_the_field() {
-        assert!(bad("ip = \"10.244.1.5\"", "ip = \"10.245.1.5\"").starts_with("pods[0].ip: 10.245.1.5 is outside node.pod_cidr"));
+        assert!(
+            bad("ip = \"10.244.1.5\"", "ip = \"10.245.1.5\"")
+                .starts_with("pods[0].ip: 10.245.1.5 is outside node.pod_cidr")
+        );
         assert!(bad("ip = \"10.244.1.5\"", "ip = \"10.244.1.0\"").starts_with("pods[0].ip:"));
-        assert!(bad("subnet = \"10.244.0.0/24\"", "subnet = \"10.244.1.0/24\"").starts_with("peers[0].subnet: 10.244.1.0/24 overlaps"));
-        assert!(bad("vtep_mac = \"32:a9:79:6d:0b:b1\"", "vtep_mac = \"8a:40:90:1c:cf:7e\"").starts_with("peers[0].vtep_mac"));
-        assert!(bad("cluster_ip = \"10.250.0.40\"", "cluster_ip = \"10.244.0.40\"").starts_with("services[0].cluster_ip"));
-        assert!(bad("\"10.244.0.74:2368\", ", "\"10.244.1.5:2368\", ").starts_with("services[0].endpoints[1]: 10.244.1.5:2368 is listed twice"));
+        assert!(
+            bad("subnet = \"10.244.0.0/24\"", "subnet = \"10.244.1.0/24\"")
+                .starts_with("peers[0].subnet: 10.244.1.0/24 overlaps")
+        );
+        assert!(
+            bad("vtep_mac = \"32:a9:79:6d:0b:b1\"", "vtep_mac = \"8a:40:90:1c:cf:7e\"")
+                .starts_with("peers[0].vtep_mac")
+        );
+        assert!(
+            bad("cluster_ip = \"10.250.0.40\"", "cluster_ip = \"10.244.0.40\"").starts_with("services[0].cluster_ip")
+        );
+        assert!(
+            bad("\"10.244.0.74:2368\", ", "\"10.244.1.5:2368\", ")
+                .starts_with("services[0].endpoints[1]: 10.244.1.5:2368 is listed twice")
+        );
         assert!(bad("pod_cidr = \"10.244.1.0/24\"", "pod_cidr = \"10.245.1.0/24\"").starts_with("node.pod_cidr"));
         assert!(bad("uplink = \"ens33\"", "uplink = \"a-very-long-interface-name\"").starts_with("node.uplink"));
-        assert!(bad("node_port = 31266", "node_port = 62000").starts_with("services[0].node_port: 62000 is inside node.masquerade_ports"));
+        assert!(
+            bad("node_port = 31266", "node_port = 62000")
+                .starts_with("services[0].node_port: 62000 is inside node.masquerade_ports")
+        );
         let unknown = bad("vtep_mac = \"8a:40:90:1c:cf:7e\"", "vtep_mac = \"8a:40:90:1c:cf:7e\"\nvtepmac = 1");
         assert!(unknown.contains("unknown field `vtepmac`"), "{unknown}");
         let mac = bad("vtep_mac = \"8a:40:90:1c:cf:7e\"", "vtep_mac = \"8a:40:90:1c:cf\"");

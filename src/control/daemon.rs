@@ -166,13 +166,17 @@ async fn wait_for_signal() {
 fn bind_socket(path: &std::path::Path) -> io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent()
-        && !dir.exists() {
-            std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("api.socket: another ucanal is listening on {}", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("api.socket: another ucanal is listening on {}", path.display()),
+            ));
         }
         std::fs::remove_file(path)?;
     }
@@ -205,7 +209,10 @@ async fn preflight(cfg: &Config) -> Result<(), RunError> {
     })
     .map_err(setup)?;
     let Some(idx) = uplink_idx else {
-        return Err(RunError::Config(ConfigError { field: "node.uplink".into(), problem: format!("interface {uplink} not found") }));
+        return Err(RunError::Config(ConfigError {
+            field: "node.uplink".into(),
+            problem: format!("interface {uplink} not found"),
+        }));
     };
     let addrs = netlink::with_handle(async |h| netlink::link_addrs(h, idx).await).map_err(setup)?;
     if !addrs.contains(&node_ip) {
@@ -258,7 +265,8 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
     let node = cfg.node_info();
     let n_workers = workers_for(&cfg);
     let tech = cfg.dataplane.techniques();
-    let underlay = Underlay::open(node.node_ip, node.vxlan_port, n_workers, cfg.dataplane.source_ports, tech.udp_gro).map_err(setup)?;
+    let underlay = Underlay::open(node.node_ip, node.vxlan_port, n_workers, cfg.dataplane.source_ports, tech.udp_gro)
+        .map_err(setup)?;
     let host_fds = tap::open(&cfg.node.host_port, n_workers, tech.tap_offloads).map_err(setup)?;
 
     let mut d = Daemon {
@@ -287,7 +295,13 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
     }
     d.rebuild();
     let tx = Arc::new(underlay.tx);
-    let wcfg = WorkerConfig { batch: cfg.dataplane.batch, udp_gso: tech.udp_gso, gro: tech.gro, busy_poll_us: cfg.dataplane.busy_poll_us, vxlan_port: node.vxlan_port };
+    let wcfg = WorkerConfig {
+        batch: cfg.dataplane.batch,
+        udp_gso: tech.udp_gso,
+        gro: tech.gro,
+        busy_poll_us: cfg.dataplane.busy_poll_us,
+        vxlan_port: node.vxlan_port,
+    };
     for (i, (rx, host_fd)) in underlay.rx.into_iter().zip(host_fds).enumerate() {
         match worker::spawn(i, d.dp.clone(), rx, tx.clone(), d.obs.clone(), d.stats.clone(), wcfg) {
             Ok(w) => {
@@ -336,7 +350,8 @@ impl Daemon {
             if v.len() == 2 && v[0] <= hi && lo <= v[1] {
                 tracing::warn!(
                     "net.ipv4.ip_local_port_range {}-{} overlaps node.masquerade_ports {lo}-{hi}: the node's own connections on those ports take a detour through ucanal",
-                    v[0], v[1]
+                    v[0],
+                    v[1]
                 );
             }
         }
@@ -516,7 +531,14 @@ impl Daemon {
             Some(i) => self.cfg.services[i].endpoints.iter().filter(|e| !s.endpoints.contains(e)).copied().collect(),
             None => Vec::new(),
         };
-        let msg = format!("service {} {}:{}/{} with {} endpoint(s)", s.name, s.cluster_ip, s.port, s.protocol.name(), s.endpoints.len());
+        let msg = format!(
+            "service {} {}:{}/{} with {} endpoint(s)",
+            s.name,
+            s.cluster_ip,
+            s.port,
+            s.protocol.name(),
+            s.endpoints.len()
+        );
         match old {
             Some(i) => self.cfg.services[i] = s.clone(),
             None => self.cfg.services.push(s.clone()),
@@ -538,7 +560,13 @@ impl Daemon {
     }
 
     pub async fn endpoint(&mut self, service: &str, ep: SocketAddrV4, add: bool) -> Result<String, String> {
-        let mut s = self.cfg.services.iter().find(|s| s.name == service).cloned().ok_or_else(|| format!("no service {service}"))?;
+        let mut s = self
+            .cfg
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .cloned()
+            .ok_or_else(|| format!("no service {service}"))?;
         if add {
             if s.endpoints.contains(&ep) {
                 return Err(format!("{ep} is already an endpoint of {service}"));
@@ -652,7 +680,15 @@ async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
     let allowed = stream.peer_cred().map(|c| c.uid() == 0 || c.uid() == unsafe_geteuid()).unwrap_or(false);
     let (r, mut w) = stream.into_split();
     if !allowed {
-        let _ = w.write_all(format!("{}\n", serde_json::to_string(&Response::error("permission denied: root only")).unwrap_or_default()).as_bytes()).await;
+        let _ = w
+            .write_all(
+                format!(
+                    "{}\n",
+                    serde_json::to_string(&Response::error("permission denied: root only")).unwrap_or_default()
+                )
+                .as_bytes(),
+            )
+            .await;
         return;
     }
     let mut lines = BufReader::new(r).lines();
@@ -674,10 +710,15 @@ async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
                     let g = d.lock().await;
                     (g.obs.clone(), g.dp.tables())
                 };
-                let known = matches!(port.as_str(), "host" | "vxlan" | "flannel.1") || t.pods().any(|p| p.name == port || p.ifname == port);
+                let known = matches!(port.as_str(), "host" | "vxlan" | "flannel.1")
+                    || t.pods().any(|p| p.name == port || p.ifname == port);
                 if !known {
                     let names: Vec<&str> = t.pods().map(|p| p.name.as_str()).collect();
-                    let _ = send(&mut w, &Response::error(format!("no port '{port}' (want host, vxlan or a pod: {names:?})"))).await;
+                    let _ = send(
+                        &mut w,
+                        &Response::error(format!("no port '{port}' (want host, vxlan or a pod: {names:?})")),
+                    )
+                    .await;
                     continue;
                 }
                 super::stream::capture(&obs, &port, &filter, count, timeout_ms, &mut w).await;
@@ -714,7 +755,9 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
         Request::EndpointDel { service, endpoint } => d.endpoint(&service, endpoint, false).await,
         Request::Show { what } => return Response::data(d.show(what)),
         Request::Trace { probe } => return d.trace(&probe).map(Response::data).unwrap_or_else(Response::error),
-        Request::TraceLive { .. } | Request::Capture { .. } => return Response::error("streams are served per connection"),
+        Request::TraceLive { .. } | Request::Capture { .. } => {
+            return Response::error("streams are served per connection");
+        }
     };
     match r {
         Ok(m) => Response::ok(m),

@@ -101,7 +101,11 @@ impl Probe {
                 (mac, t.node.vtep_mac)
             }
         };
-        let ip = PacketBuilder::ethernet2(src_mac.0, dst_mac.0).ipv4(self.src.ip().octets(), self.dst.ip().octets(), self.ttl);
+        let ip = PacketBuilder::ethernet2(src_mac.0, dst_mac.0).ipv4(
+            self.src.ip().octets(),
+            self.dst.ip().octets(),
+            self.ttl,
+        );
         let mut out = Vec::new();
         match self.proto.as_str() {
             "tcp" => {
@@ -124,8 +128,13 @@ impl Probe {
                 }
                 b.write(&mut out, &[]).map_err(|e| e.to_string())?;
             }
-            "udp" => ip.udp(self.src.port(), self.dst.port()).write(&mut out, b"ucanal-trace").map_err(|e| e.to_string())?,
-            _ => ip.icmpv4_echo_request(self.src.port(), 1).write(&mut out, b"ucanal-trace").map_err(|e| e.to_string())?,
+            "udp" => {
+                ip.udp(self.src.port(), self.dst.port()).write(&mut out, b"ucanal-trace").map_err(|e| e.to_string())?
+            }
+            _ => ip
+                .icmpv4_echo_request(self.src.port(), 1)
+                .write(&mut out, b"ucanal-trace")
+                .map_err(|e| e.to_string())?,
         }
         // Linux sets DF on TCP and on pings with PMTU discovery.
         out[14 + 6] |= 0x40;

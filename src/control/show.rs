@@ -130,7 +130,12 @@ pub fn neigh(t: &Tables) -> Vec<NeighRow> {
         .collect();
     let mut pods: Vec<_> = t.pods().collect();
     pods.sort_by_key(|p| p.ip);
-    rows.extend(pods.into_iter().map(|p| NeighRow { ip: p.ip, dev: p.ifname.clone(), lladdr: p.mac.to_string(), state: "PERMANENT".into() }));
+    rows.extend(pods.into_iter().map(|p| NeighRow {
+        ip: p.ip,
+        dev: p.ifname.clone(),
+        lladdr: p.mac.to_string(),
+        state: "PERMANENT".into(),
+    }));
     rows
 }
 
@@ -151,7 +156,13 @@ pub fn fdb(t: &Tables) -> Vec<FdbRow> {
     t.fdb
         .entries()
         .into_iter()
-        .map(|(mac, dst)| FdbRow { mac: mac.to_string(), dev: "flannel.1".into(), dst, flags: vec!["self".into()], state: "permanent".into() })
+        .map(|(mac, dst)| FdbRow {
+            mac: mac.to_string(),
+            dev: "flannel.1".into(),
+            dst,
+            flags: vec!["self".into()],
+            state: "permanent".into(),
+        })
         .collect()
 }
 
@@ -274,7 +285,14 @@ pub fn services_text(rows: &[ServiceRow]) -> String {
         let _ = writeln!(
             s,
             "{:>5} {:>5} {:<28} {:<4} {:<20} /* {}: cluster IP */ {} dpt:{}",
-            r.packets, human(r.bytes), format!("SVC {}", r.name), r.protocol, r.cluster_ip, r.name, r.protocol, r.port
+            r.packets,
+            human(r.bytes),
+            format!("SVC {}", r.name),
+            r.protocol,
+            r.cluster_ip,
+            r.name,
+            r.protocol,
+            r.port
         );
     }
     let nodeports: Vec<_> = rows.iter().filter(|r| r.node_port.is_some()).collect();
@@ -282,21 +300,40 @@ pub fn services_text(rows: &[ServiceRow]) -> String {
         s.push_str("\nChain KUBE-NODEPORTS\n");
         let _ = writeln!(s, "{:>5} {:>5} {:<28} {:<4} ", "pkts", "bytes", "target", "prot");
         for r in nodeports {
-            let _ = writeln!(s, "{:>5} {:>5} {:<28} {:<4} /* {}: */ {} dpt:{}", "-", "-", format!("SVC {}", r.name), r.protocol, r.name, r.protocol, r.node_port.unwrap_or(0));
+            let _ = writeln!(
+                s,
+                "{:>5} {:>5} {:<28} {:<4} /* {}: */ {} dpt:{}",
+                "-",
+                "-",
+                format!("SVC {}", r.name),
+                r.protocol,
+                r.name,
+                r.protocol,
+                r.node_port.unwrap_or(0)
+            );
         }
     }
     for r in rows {
         let _ = writeln!(s, "\nChain SVC {} ({} endpoints)", r.name, r.endpoints.len());
         let _ = writeln!(s, "{:>5} {:>5} {:<28} ", "pkts", "bytes", "target");
         if r.endpoints.is_empty() {
-            let _ = writeln!(s, "{:>5} {:>5} {:<28} /* {} has no endpoints */ reject-with tcp-reset/icmp-port-unreachable", "-", "-", "REJECT", r.name);
+            let _ = writeln!(
+                s,
+                "{:>5} {:>5} {:<28} /* {} has no endpoints */ reject-with tcp-reset/icmp-port-unreachable",
+                "-", "-", "REJECT", r.name
+            );
         }
         let n = r.endpoints.len();
         for (i, e) in r.endpoints.iter().enumerate() {
             let _ = writeln!(
                 s,
                 "{:>5} {:>5} {:<28} /* {}: */ flow hash 1/{n} ({:.5}) DNAT to:{}",
-                e.packets, human(e.bytes), format!("SEP {}", e.endpoint), r.name, 1.0 / n as f64, e.endpoint
+                e.packets,
+                human(e.bytes),
+                format!("SEP {}", e.endpoint),
+                r.name,
+                1.0 / n as f64,
+                e.endpoint
             );
             let _ = i;
         }
@@ -358,7 +395,8 @@ pub fn conntrack_text(rows: &[ConntrackRow]) -> String {
 }
 
 pub fn counters(c: &Counters) -> serde_json::Value {
-    let decisions: serde_json::Map<String, serde_json::Value> = Counter::ALL.iter().map(|k| (k.name().to_string(), json!(c.get(*k)))).collect();
+    let decisions: serde_json::Map<String, serde_json::Value> =
+        Counter::ALL.iter().map(|k| (k.name().to_string(), json!(c.get(*k)))).collect();
     let drops: serde_json::Map<String, serde_json::Value> =
         DropReason::ALL.iter().map(|k| (k.name().to_string(), json!(c.dropped(*k)))).collect();
     json!({ "decisions": decisions, "drops": drops })

@@ -11,7 +11,13 @@ use super::daemon::send;
 use crate::io::filter::Filter;
 use crate::io::observe::{Event, Observers, PortSel};
 
-async fn pump(obs: &Observers, id: u64, mut rx: tokio::sync::mpsc::Receiver<Event>, timeout_ms: u64, w: &mut OwnedWriteHalf) {
+async fn pump(
+    obs: &Observers,
+    id: u64,
+    mut rx: tokio::sync::mpsc::Receiver<Event>,
+    timeout_ms: u64,
+    w: &mut OwnedWriteHalf,
+) {
     let deadline = (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
     loop {
         let ev = match deadline {

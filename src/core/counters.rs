@@ -113,9 +113,7 @@ pub struct Counters {
 
 impl Counters {
     pub fn new(workers: usize) -> Self {
-        let blocks = (0..workers.max(1))
-            .map(|_| Block(std::array::from_fn(|_| AtomicU64::new(0))))
-            .collect();
+        let blocks = (0..workers.max(1)).map(|_| Block(std::array::from_fn(|_| AtomicU64::new(0)))).collect();
         Counters { blocks }
     }
     pub fn workers(&self) -> usize {

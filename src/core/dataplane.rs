@@ -74,7 +74,15 @@ impl Dataplane {
     }
 
     /// A frame (Ethernet) from a local port: a pod's TAP or the host port.
-    pub fn handle_port(&self, worker: usize, t: &Tables, port: PortId, pkt: &mut Packet, now: Now, tr: &mut Trace) -> Action {
+    pub fn handle_port(
+        &self,
+        worker: usize,
+        t: &Tables,
+        port: PortId,
+        pkt: &mut Packet,
+        now: Now,
+        tr: &mut Trace,
+    ) -> Action {
         let mut cx = Ctx { dp: self, t, w: worker, now, tr };
         let from = if port.is_host() {
             cx.count(Counter::RxHost);
@@ -122,7 +130,15 @@ impl Dataplane {
     }
 
     /// A UDP datagram received on the VXLAN port from `from`.
-    pub fn handle_vxlan(&self, worker: usize, t: &Tables, from: SocketAddrV4, pkt: &mut Packet, now: Now, tr: &mut Trace) -> Action {
+    pub fn handle_vxlan(
+        &self,
+        worker: usize,
+        t: &Tables,
+        from: SocketAddrV4,
+        pkt: &mut Packet,
+        now: Now,
+        tr: &mut Trace,
+    ) -> Action {
         let mut cx = Ctx { dp: self, t, w: worker, now, tr };
         cx.count(Counter::RxVxlan);
         cx.tr.step(|| Step::Ingress { port: format!("vxlan from {from}"), len: pkt.len() });
@@ -219,7 +235,13 @@ impl<'a> Ctx<'a> {
             if !ip.verify_checksum() {
                 return self.drop(DropReason::Ipv4BadChecksum);
             }
-            hdr = Hdr { src: ip.src(), dst: ip.dst(), proto: ip.protocol(), df: ip.dont_fragment(), total: ip.total_len() };
+            hdr = Hdr {
+                src: ip.src(),
+                dst: ip.dst(),
+                proto: ip.protocol(),
+                df: ip.dont_fragment(),
+                total: ip.total_len(),
+            };
             if is_martian(hdr.src, hdr.dst) {
                 return self.drop(DropReason::Ipv4Martian);
             }
@@ -244,7 +266,13 @@ impl<'a> Ctx<'a> {
                     PROTO_TCP | PROTO_UDP => match l4::ports(hdr.proto, payload) {
                         Ok(p) => {
                             tcp_flags = p.tcp_flags;
-                            tuple = Some(Tuple { proto: hdr.proto, src: hdr.src, dst: hdr.dst, sport: p.sport, dport: p.dport });
+                            tuple = Some(Tuple {
+                                proto: hdr.proto,
+                                src: hdr.src,
+                                dst: hdr.dst,
+                                sport: p.sport,
+                                dport: p.dport,
+                            });
                         }
                         Err(_) => return self.drop(DropReason::L4Malformed),
                     },
@@ -255,7 +283,13 @@ impl<'a> Ctx<'a> {
                         if icmp::is_error(payload[0]) {
                             icmp_error = true;
                         } else if let Ok(p) = l4::ports(PROTO_ICMP, payload) {
-                            tuple = Some(Tuple { proto: PROTO_ICMP, src: hdr.src, dst: hdr.dst, sport: p.sport, dport: p.dport });
+                            tuple = Some(Tuple {
+                                proto: PROTO_ICMP,
+                                src: hdr.src,
+                                dst: hdr.dst,
+                                sport: p.sport,
+                                dport: p.dport,
+                            });
                         }
                     }
                     _ => {}
@@ -304,12 +338,22 @@ impl<'a> Ctx<'a> {
             self.count(if hit.dir == Dir::Original { Counter::CtHitOriginal } else { Counter::CtHitReply });
             self.tr.step(|| {
                 let (original, reply) = match hit.dir {
-                    Dir::Original => (u, Tuple { proto: u.proto, src: hit.dst.0, dst: hit.src.0, sport: hit.dst.1, dport: hit.src.1 }),
-                    Dir::Reply => (Tuple { proto: u.proto, src: hit.dst.0, dst: hit.src.0, sport: hit.dst.1, dport: hit.src.1 }, u),
+                    Dir::Original => (
+                        u,
+                        Tuple { proto: u.proto, src: hit.dst.0, dst: hit.src.0, sport: hit.dst.1, dport: hit.src.1 },
+                    ),
+                    Dir::Reply => (
+                        Tuple { proto: u.proto, src: hit.dst.0, dst: hit.src.0, sport: hit.dst.1, dport: hit.src.1 },
+                        u,
+                    ),
                 };
                 Step::Conntrack {
                     dir: format!("{:?}", hit.dir).to_lowercase(),
-                    state: hit.state.map(|s| s.name()).unwrap_or(if u.proto == PROTO_UDP { "UDP" } else { "ICMP" }).to_string(),
+                    state: hit
+                        .state
+                        .map(|s| s.name())
+                        .unwrap_or(if u.proto == PROTO_UDP { "UDP" } else { "ICMP" })
+                        .to_string(),
                     original: tuple_str(&original),
                     reply: tuple_str(&reply),
                 }
@@ -328,11 +372,14 @@ impl<'a> Ctx<'a> {
 
         let node = &t.node;
         let service = match u.proto {
-            PROTO_TCP | PROTO_UDP => t
-                .services
-                .by_cluster_ip(u.proto, u.dst, u.dport)
-                .map(|s| (s, Via::ClusterIp))
-                .or_else(|| (u.dst == node.node_ip).then(|| t.services.by_node_port(u.proto, u.dport)).flatten().map(|s| (s, Via::NodePort))),
+            PROTO_TCP | PROTO_UDP => {
+                t.services.by_cluster_ip(u.proto, u.dst, u.dport).map(|s| (s, Via::ClusterIp)).or_else(|| {
+                    (u.dst == node.node_ip)
+                        .then(|| t.services.by_node_port(u.proto, u.dport))
+                        .flatten()
+                        .map(|s| (s, Via::NodePort))
+                })
+            }
             _ => None,
         };
 
@@ -345,7 +392,12 @@ impl<'a> Ctx<'a> {
                     Via::NodePort => "NodePort".into(),
                 },
                 rule: match via {
-                    Via::ClusterIp => format!("KUBE-SERVICES {} dst {} dpt:{}", s.spec.protocol.name(), s.spec.cluster_ip, s.spec.port),
+                    Via::ClusterIp => format!(
+                        "KUBE-SERVICES {} dst {} dpt:{}",
+                        s.spec.protocol.name(),
+                        s.spec.cluster_ip,
+                        s.spec.port
+                    ),
                     Via::NodePort => format!("KUBE-NODEPORTS {} dpt:{}", s.spec.protocol.name(), u.dport),
                 },
             });
@@ -397,9 +449,17 @@ impl<'a> Ctx<'a> {
         let ports = port_choice(u, nat, egress, node.masquerade_ports);
         let entry_hit = if self.tr.dry_run {
             // Show what would be entered, without entering it.
-            let reply = Tuple { proto: u.proto, src: reply_src.0, dst: reply_dst, sport: reply_src.1, dport: ports.keep };
+            let reply =
+                Tuple { proto: u.proto, src: reply_src.0, dst: reply_dst, sport: reply_src.1, dport: ports.keep };
             self.trace_new(u, reply, nat, "would be new");
-            Hit { dir: Dir::Original, src: (reply.dst, reply.dport), dst: (reply.src, reply.sport), nat, state: None, invalid: false }
+            Hit {
+                dir: Dir::Original,
+                src: (reply.dst, reply.dport),
+                dst: (reply.src, reply.sport),
+                nat,
+                state: None,
+                invalid: false,
+            }
         } else {
             match ct.insert(NewFlow { original: u, tcp_flags, reply_src, reply_dst, nat, ports }, self.now) {
                 Insert::New { entry, remapped } => {
@@ -411,7 +471,11 @@ impl<'a> Ctx<'a> {
                         self.count(Counter::ServiceDnat);
                     }
                     if nat & NAT_SNAT != 0 {
-                        self.count(if svc_hit.is_some() { Counter::ServiceMasquerade } else { Counter::EgressMasquerade });
+                        self.count(if svc_hit.is_some() {
+                            Counter::ServiceMasquerade
+                        } else {
+                            Counter::EgressMasquerade
+                        });
                     }
                     if let Some((s, i)) = svc_hit {
                         s.hits.hit(pkt.len() - ethernet::HEADER_LEN);
@@ -423,7 +487,11 @@ impl<'a> Ctx<'a> {
                 }
                 Insert::Joined(entry) => {
                     self.count(Counter::CtRaceJoined);
-                    self.tr.step(|| Step::ConntrackNew { original: tuple_str(&u), reply: tuple_str(&entry.reply), state: "joined (inserted by a concurrent packet)".into() });
+                    self.tr.step(|| Step::ConntrackNew {
+                        original: tuple_str(&u),
+                        reply: tuple_str(&entry.reply),
+                        state: "joined (inserted by a concurrent packet)".into(),
+                    });
                     original_hit(&entry.reply, entry.nat)
                 }
                 Insert::Full => return Nat::Done(self.drop(DropReason::CtFull)),
@@ -435,9 +503,16 @@ impl<'a> Ctx<'a> {
     }
 
     fn trace_new(&mut self, u: Tuple, reply: Tuple, nat: u8, state: &str) {
-        self.tr.step(|| Step::ConntrackNew { original: tuple_str(&u), reply: tuple_str(&reply), state: state.to_string() });
+        self.tr.step(|| Step::ConntrackNew {
+            original: tuple_str(&u),
+            reply: tuple_str(&reply),
+            state: state.to_string(),
+        });
         if nat & NAT_DNAT != 0 {
-            self.tr.step(|| Step::Dnat { before: SocketAddrV4::new(u.dst, u.dport), after: SocketAddrV4::new(reply.src, reply.sport) });
+            self.tr.step(|| Step::Dnat {
+                before: SocketAddrV4::new(u.dst, u.dport),
+                after: SocketAddrV4::new(reply.src, reply.sport),
+            });
         }
         if nat & NAT_SNAT != 0 {
             let reason = if nat & NAT_DNAT != 0 {
@@ -464,7 +539,8 @@ impl<'a> Ctx<'a> {
         let icmp_at = ethernet::HEADER_LEN + hl;
         let Ok(emb) = icmp::embedded(&pkt.data()[icmp_at..]) else { return false };
         // The tuple of a packet going the way the error goes.
-        let k = Tuple { proto: emb.protocol, src: emb.dst, dst: emb.src, sport: emb.ports.dport, dport: emb.ports.sport };
+        let k =
+            Tuple { proto: emb.protocol, src: emb.dst, dst: emb.src, sport: emb.ports.dport, dport: emb.ports.sport };
         // No flow: an error about the node's own traffic; routing takes it to the host.
         let Some(hit) = self.dp.conntrack.track(&k, 0, self.now, false) else { return false };
         {
@@ -487,7 +563,15 @@ impl<'a> Ctx<'a> {
         true
     }
 
-    fn egress(&mut self, from: From, pkt: &mut Packet, m: Matched, hdr: Hdr, tracked: bool, original: Option<Tuple>) -> Action {
+    fn egress(
+        &mut self,
+        from: From,
+        pkt: &mut Packet,
+        m: Matched,
+        hdr: Hdr,
+        tracked: bool,
+        original: Option<Tuple>,
+    ) -> Action {
         let t = self.t;
         let node = &t.node;
         // ucanal is the router between pods and VXLAN; the node's stack routes the rest.
@@ -495,10 +579,9 @@ impl<'a> Ctx<'a> {
         match m.target {
             RouteTarget::Pod(port) => {
                 let Some(pod) = t.pod(port) else { return self.drop(DropReason::PortGone) };
-                if routed_here
-                    && let Some(a) = self.dec_ttl(pkt, original) {
-                        return a;
-                    }
+                if routed_here && let Some(a) = self.dec_ttl(pkt, original) {
+                    return a;
+                }
                 set_macs(pkt, pod.mac, node.host_mac);
                 if !matches!(from, From::Vxlan { .. }) {
                     self.count(Counter::ForwardLocal);
@@ -524,10 +607,9 @@ impl<'a> Ctx<'a> {
                     }
                     return self.drop(DropReason::NeedsFragmentation);
                 }
-                if routed_here
-                    && let Some(a) = self.dec_ttl(pkt, original) {
-                        return a;
-                    }
+                if routed_here && let Some(a) = self.dec_ttl(pkt, original) {
+                    return a;
+                }
                 self.encap_to_peer(pkt, gateway, hop)
             }
             RouteTarget::Local => {
@@ -603,7 +685,14 @@ impl<'a> Ctx<'a> {
             return None;
         }
         self.count_drop(DropReason::TtlExceeded);
-        Some(self.send_error(pkt, ErrorRepr::ttl_exceeded(), None, original, Counter::IcmpTimeExceededSent, DropReason::TtlExceeded))
+        Some(self.send_error(
+            pkt,
+            ErrorRepr::ttl_exceeded(),
+            None,
+            original,
+            Counter::IcmpTimeExceededSent,
+            DropReason::TtlExceeded,
+        ))
     }
 
     /// Replaces the packet with an ICMP error about it and routes the error. The
@@ -633,7 +722,9 @@ impl<'a> Ctx<'a> {
             return Action::Drop(why);
         }
         self.count(sent);
-        let to = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..]).map(|ip| ip.dst()).unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let to = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..])
+            .map(|ip| ip.dst())
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
         self.tr.step(|| Step::Reply { what: format!("icmp type {} code {}", repr.icmp_type, repr.code), to });
         self.route_generated(pkt)
     }
@@ -677,9 +768,10 @@ impl<'a> Ctx<'a> {
             },
             RouteTarget::Peer { gateway, hop } => {
                 if let Ok(mut ip) = Ipv4Packet::new_checked(&mut pkt.data_mut()[ethernet::HEADER_LEN..])
-                    && ip.src() == node.node_ip {
-                        ip.set_src(node.vtep_ip);
-                    }
+                    && ip.src() == node.node_ip
+                {
+                    ip.set_src(node.vtep_ip);
+                }
                 self.encap_to_peer(pkt, gateway, hop)
             }
             RouteTarget::Local | RouteTarget::Host => {
@@ -727,7 +819,14 @@ fn port_choice(u: Tuple, nat: u8, egress: Egress, masq: (u16, u16)) -> PortChoic
 
 /// The rewrite of a new flow's first packet, from its reply tuple.
 fn original_hit(reply: &Tuple, nat: u8) -> Hit {
-    Hit { dir: Dir::Original, src: (reply.dst, reply.dport), dst: (reply.src, reply.sport), nat, state: None, invalid: false }
+    Hit {
+        dir: Dir::Original,
+        src: (reply.dst, reply.dport),
+        dst: (reply.src, reply.sport),
+        nat,
+        state: None,
+        invalid: false,
+    }
 }
 
 /// Applies a flow's rewrite to both ends of the packet.
@@ -762,7 +861,8 @@ fn is_martian(src: Ipv4Addr, dst: Ipv4Addr) -> bool {
 /// as Linux's `skb_get_hash` does.
 fn inner_flow_hash(ip: &[u8], seed: u64) -> u32 {
     let Ok(p) = Ipv4Packet::new_checked(ip) else { return 0 };
-    let (sport, dport) = if p.has_l4_header() && matches!(p.protocol(), PROTO_TCP | PROTO_UDP) && p.payload().len() >= 4 {
+    let (sport, dport) = if p.has_l4_header() && matches!(p.protocol(), PROTO_TCP | PROTO_UDP) && p.payload().len() >= 4
+    {
         (l4::be16(p.payload(), 0), l4::be16(p.payload(), 2))
     } else {
         (0, 0)
@@ -771,7 +871,8 @@ fn inner_flow_hash(ip: &[u8], seed: u64) -> u32 {
 }
 
 fn tcp_flag_names(f: u8) -> String {
-    let names = [(l4::TCP_SYN, "SYN"), (l4::TCP_ACK, "ACK"), (l4::TCP_FIN, "FIN"), (l4::TCP_RST, "RST"), (l4::TCP_PSH, "PSH")];
+    let names =
+        [(l4::TCP_SYN, "SYN"), (l4::TCP_ACK, "ACK"), (l4::TCP_FIN, "FIN"), (l4::TCP_RST, "RST"), (l4::TCP_PSH, "PSH")];
     names.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
 }
 

@@ -43,7 +43,12 @@ impl Lab {
     fn with_tables(t: Tables) -> Lab {
         Lab { dp: Dataplane::new(t, Conntrack::new(1024, Timeouts::default()), 1), buf: Vec::new(), start: 0, end: 0 }
     }
-    fn run(&mut self, frame: &[u8], f: impl FnOnce(&Dataplane, &Tables, &mut Packet, &mut Trace) -> Action, tr: &mut Trace) -> Action {
+    fn run(
+        &mut self,
+        frame: &[u8],
+        f: impl FnOnce(&Dataplane, &Tables, &mut Packet, &mut Trace) -> Action,
+        tr: &mut Trace,
+    ) -> Action {
         self.buf = vec![0u8; HEADROOM + frame.len() + 64];
         self.buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
         let t = self.dp.tables();
@@ -57,7 +62,11 @@ impl Lab {
         self.run(frame, |dp, t, p, tr| dp.handle_port(0, t, port, p, NOW, tr), &mut Trace::off())
     }
     fn vxlan(&mut self, from: Ipv4Addr, dgram: &[u8]) -> Action {
-        self.run(dgram, |dp, t, p, tr| dp.handle_vxlan(0, t, SocketAddrV4::new(from, 45000), p, NOW, tr), &mut Trace::off())
+        self.run(
+            dgram,
+            |dp, t, p, tr| dp.handle_vxlan(0, t, SocketAddrV4::new(from, 45000), p, NOW, tr),
+            &mut Trace::off(),
+        )
     }
     fn traced_port(&mut self, port: PortId, frame: &[u8]) -> (Action, Trace) {
         let mut tr = Trace::on();
@@ -98,7 +107,14 @@ fn set_df(ip: &mut [u8]) {
     Ipv4Packet::new_checked(ip).unwrap().fill_checksum();
 }
 
-fn tcp(src_mac: MacAddr, dst_mac: MacAddr, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), syn: bool, payload: &[u8]) -> Vec<u8> {
+fn tcp(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    syn: bool,
+    payload: &[u8],
+) -> Vec<u8> {
     let b = eth(src_mac, dst_mac).ipv4(src.0.octets(), dst.0.octets(), 64).tcp(src.1, dst.1, 1000, 64240);
     let b = if syn { b.syn() } else { b.ack(2000) };
     let mut v = Vec::new();
@@ -149,7 +165,10 @@ fn proxy_arp_for_the_gateway() {
     let out = lab.out();
     assert_eq!(&out[..6], &EP1_MAC.0);
     let a = arp::ArpPacket::new_checked(&out[14..]).unwrap();
-    assert_eq!((a.operation(), a.sender_mac(), a.sender_ip()), (arp::OP_REPLY, HOST_MAC, Ipv4Addr::new(169, 254, 1, 1)));
+    assert_eq!(
+        (a.operation(), a.sender_mac(), a.sender_ip()),
+        (arp::OP_REPLY, HOST_MAC, Ipv4Addr::new(169, 254, 1, 1))
+    );
     assert_eq!(lab.count(Counter::ArpProxyReply), 1);
     // ARP unicast to some other MAC is not ours.
     f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
@@ -241,7 +260,10 @@ fn missing_neighbour_or_fdb_is_a_counted_drop_never_a_flood() {
     let mut lab = Lab::with_tables(t);
     assert_eq!(lab.port(PortId(1), &ping(EP1_MAC, EP1, EP2, 64, 1)), Action::Drop(DropReason::NoFdb));
     // Inside the cluster CIDR with no route at all.
-    assert_eq!(lab.port(PortId(1), &ping(EP1_MAC, EP1, Ipv4Addr::new(10, 244, 9, 9), 64, 1)), Action::Drop(DropReason::NoRoute));
+    assert_eq!(
+        lab.port(PortId(1), &ping(EP1_MAC, EP1, Ipv4Addr::new(10, 244, 9, 9), 64, 1)),
+        Action::Drop(DropReason::NoRoute)
+    );
 }
 
 #[test]
@@ -381,7 +403,20 @@ fn nodeport_to_remote_endpoint_the_article_walk() {
     let kinds: Vec<&str> = tr.steps.iter().map(step_kind).collect();
     assert_eq!(
         kinds,
-        ["ingress", "packet", "miss", "service", "endpoint", "new", "dnat", "masquerade", "route", "neighbour", "fdb", "encap"]
+        [
+            "ingress",
+            "packet",
+            "miss",
+            "service",
+            "endpoint",
+            "new",
+            "dnat",
+            "masquerade",
+            "route",
+            "neighbour",
+            "fdb",
+            "encap"
+        ]
     );
     assert!(tr.steps[3].to_string().contains("KUBE-NODEPORTS tcp dpt:31266"));
     assert!(tr.steps[7].to_string().contains(&format!("-> 10.244.1.0:{sport}")));

@@ -100,8 +100,22 @@ impl Harness {
             0 => self.dp.handle_port(0, t, PortId(1), &mut pkt, now, &mut tr),
             1 => self.dp.handle_port(0, t, PortId(2), &mut pkt, now, &mut tr),
             2 => self.dp.handle_port(0, t, PortId::HOST, &mut pkt, now, &mut tr),
-            3 => self.dp.handle_vxlan(0, t, SocketAddrV4::new(Ipv4Addr::new(172, 16, 240, 132), 40000), &mut pkt, now, &mut tr),
-            _ => self.dp.handle_vxlan(0, t, SocketAddrV4::new(Ipv4Addr::new(172, 16, 240, 9), 40000), &mut pkt, now, &mut tr),
+            3 => self.dp.handle_vxlan(
+                0,
+                t,
+                SocketAddrV4::new(Ipv4Addr::new(172, 16, 240, 132), 40000),
+                &mut pkt,
+                now,
+                &mut tr,
+            ),
+            _ => self.dp.handle_vxlan(
+                0,
+                t,
+                SocketAddrV4::new(Ipv4Addr::new(172, 16, 240, 9), 40000),
+                &mut pkt,
+                now,
+                &mut tr,
+            ),
         };
         check_output(&a, pkt.data());
         if sel % 64 == 63 {
@@ -145,21 +159,44 @@ mod tests {
         let n = article::node1();
         let mut v = Vec::new();
         let mut f = Vec::new();
-        PacketBuilder::ethernet2(article::EP1_MAC.0, n.host_mac.0).ipv4([10, 244, 1, 5], [10, 244, 0, 74], 64).tcp(1, 2, 3, 4).syn().write(&mut f, b"x").unwrap();
+        PacketBuilder::ethernet2(article::EP1_MAC.0, n.host_mac.0)
+            .ipv4([10, 244, 1, 5], [10, 244, 0, 74], 64)
+            .tcp(1, 2, 3, 4)
+            .syn()
+            .write(&mut f, b"x")
+            .unwrap();
         v.push([&[0u8][..], &f].concat());
         f.clear();
-        PacketBuilder::ethernet2(n.host_port_mac.0, n.host_mac.0).ipv4([172, 16, 240, 1], [172, 16, 240, 131], 64).tcp(40003, 31266, 3, 4).ack(5).write(&mut f, b"GET /").unwrap();
+        PacketBuilder::ethernet2(n.host_port_mac.0, n.host_mac.0)
+            .ipv4([172, 16, 240, 1], [172, 16, 240, 131], 64)
+            .tcp(40003, 31266, 3, 4)
+            .ack(5)
+            .write(&mut f, b"GET /")
+            .unwrap();
         v.push([&[2u8][..], &f].concat());
         f.clear();
-        PacketBuilder::ethernet2(n.vtep_mac.0, n.vtep_mac.0).ipv4([10, 244, 0, 74], [10, 244, 1, 0], 63).tcp(2368, 40003, 3, 4).ack(5).write(&mut f, b"ok").unwrap();
+        PacketBuilder::ethernet2(n.vtep_mac.0, n.vtep_mac.0)
+            .ipv4([10, 244, 0, 74], [10, 244, 1, 0], 63)
+            .tcp(2368, 40003, 3, 4)
+            .ack(5)
+            .write(&mut f, b"ok")
+            .unwrap();
         f[..6].copy_from_slice(&n.vtep_mac.0);
         f[6..12].copy_from_slice(&article::peer2().vtep_mac.0);
         v.push([&[3u8, 0x08, 0, 0, 0, 0, 0, 1, 0][..], &f].concat());
         f.clear();
-        PacketBuilder::ethernet2(article::EP1_MAC.0, n.host_mac.0).ipv4([10, 244, 1, 5], [10, 250, 0, 10], 1).udp(40001, 53).write(&mut f, b"q").unwrap();
+        PacketBuilder::ethernet2(article::EP1_MAC.0, n.host_mac.0)
+            .ipv4([10, 244, 1, 5], [10, 250, 0, 10], 1)
+            .udp(40001, 53)
+            .write(&mut f, b"q")
+            .unwrap();
         v.push([&[0u8][..], &f].concat());
         f.clear();
-        PacketBuilder::ethernet2(article::EP1_MAC.0, n.host_mac.0).ipv4([10, 244, 1, 5], [172, 16, 240, 1], 64).icmpv4_echo_request(9, 1).write(&mut f, b"ping").unwrap();
+        PacketBuilder::ethernet2(article::EP1_MAC.0, n.host_mac.0)
+            .ipv4([10, 244, 1, 5], [172, 16, 240, 1], 64)
+            .icmpv4_echo_request(9, 1)
+            .write(&mut f, b"ping")
+            .unwrap();
         v.push([&[0u8][..], &f].concat());
         v
     }
@@ -192,7 +229,11 @@ mod tests {
         let h = Harness::new();
         let kinds: Vec<Action> = seeds().iter().map(|s| h.run(s).unwrap()).collect();
         assert!(matches!(kinds[0], Action::ToVtep { .. }), "{:?}", kinds[0]);
-        assert!(matches!(kinds[1], Action::ToVtep { .. } | Action::ToPort(PortId(1))), "NodePort flow forwarded: {:?}", kinds[1]);
+        assert!(
+            matches!(kinds[1], Action::ToVtep { .. } | Action::ToPort(PortId(1))),
+            "NodePort flow forwarded: {:?}",
+            kinds[1]
+        );
         assert!(matches!(kinds[2], Action::ToPort(PortId::HOST)), "{:?}", kinds[2]);
         assert!(matches!(kinds[3], Action::ToPort(PortId(1))), "TTL 1 answers time exceeded: {:?}", kinds[3]);
         assert!(matches!(kinds[4], Action::ToPort(PortId::HOST)), "{:?}", kinds[4]);

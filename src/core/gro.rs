@@ -55,7 +55,8 @@ pub fn candidate(frame: &[u8]) -> Option<Segment> {
     let tcp = &frame[L4..];
     let doff = usize::from(tcp[12] >> 4) * 4;
     let flags = tcp[13];
-    if doff < 20 || L4 + doff >= frame.len() || (flags != TCP_ACK && flags != TCP_ACK | TCP_PSH) || tcp[12] & 0x0f != 0 {
+    if doff < 20 || L4 + doff >= frame.len() || (flags != TCP_ACK && flags != TCP_ACK | TCP_PSH) || tcp[12] & 0x0f != 0
+    {
         return None;
     }
     if checksum::checksum(&ip[..IP_LEN]) != 0 {
@@ -207,7 +208,11 @@ mod tests {
             .ipv4(A, B, 62)
             .tcp(5201, 40000, seq, 502)
             .ack(7777)
-            .options(&[etherparse::TcpOptionElement::Noop, etherparse::TcpOptionElement::Noop, etherparse::TcpOptionElement::Timestamp(1, 2)])
+            .options(&[
+                etherparse::TcpOptionElement::Noop,
+                etherparse::TcpOptionElement::Noop,
+                etherparse::TcpOptionElement::Timestamp(1, 2),
+            ])
             .unwrap();
         if psh {
             b = b.psh();
@@ -269,7 +274,8 @@ mod tests {
     fn consecutive_segments_become_one_gso_frame() {
         let mss = 1398;
         let (p1, p2, p3) = (payload(mss, 1), payload(mss, 2), payload(700, 3));
-        let frames = vec![seg(1000, &p1, false), seg(1000 + mss as u32, &p2, false), seg(1000 + 2 * mss as u32, &p3, true)];
+        let frames =
+            vec![seg(1000, &p1, false), seg(1000 + mss as u32, &p2, false), seg(1000 + 2 * mss as u32, &p3, true)];
         let out = coalesce(&frames);
         assert_eq!(out.len(), 1);
         let (f, o) = &out[0];
@@ -291,7 +297,10 @@ mod tests {
         // (but the IP ID, which the segmenter numbers up, and so the IP checksum).
         for (k, orig) in frames.iter().enumerate() {
             let (b, o) = (&back[k][14..], &orig[14..]);
-            assert!(b.len() == o.len() && b[..4] == o[..4] && b[6..10] == o[6..10] && b[12..] == o[12..], "segment {k}");
+            assert!(
+                b.len() == o.len() && b[..4] == o[..4] && b[6..10] == o[6..10] && b[12..] == o[12..],
+                "segment {k}"
+            );
             assert_eq!(checksum::checksum(&b[..20]), 0, "segment {k} IP checksum");
         }
     }
@@ -310,7 +319,11 @@ mod tests {
         let frames = vec![seg(1, &payload(500, 1), false), seg(501, &payload(1000, 2), false)];
         assert_eq!(coalesce(&frames).len(), 2);
         // A short segment closes the run: nothing joins after it.
-        let frames = vec![seg(1, &payload(1000, 1), false), seg(1001, &payload(500, 2), false), seg(1501, &payload(500, 3), false)];
+        let frames = vec![
+            seg(1, &payload(1000, 1), false),
+            seg(1001, &payload(500, 2), false),
+            seg(1501, &payload(500, 3), false),
+        ];
         let out = coalesce(&frames);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].1.gso_size, 1000);

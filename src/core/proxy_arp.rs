@@ -23,7 +23,11 @@ pub struct Answered {
 /// Turns the ARP request in `frame` (Ethernet + ARP) into the proxy reply, in place.
 /// `sender_must_be` is the pod's own address (anti-spoofing); `None` for the host port.
 /// Returns the length of the reply frame.
-pub fn answer(frame: &mut [u8], sender_must_be: Option<Ipv4Addr>, host_mac: MacAddr) -> Result<(usize, Answered), DropReason> {
+pub fn answer(
+    frame: &mut [u8],
+    sender_must_be: Option<Ipv4Addr>,
+    host_mac: MacAddr,
+) -> Result<(usize, Answered), DropReason> {
     let arp_bytes = frame.get_mut(ethernet::HEADER_LEN..).ok_or(DropReason::ArpMalformed)?;
     let mut arp = ArpPacket::new_checked(arp_bytes).map_err(|_| DropReason::ArpMalformed)?;
     if arp.operation() != arp::OP_REQUEST {

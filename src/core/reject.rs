@@ -92,17 +92,25 @@ pub fn tcp_reset(pkt: &mut Packet) -> bool {
     let seq = u32::from_be_bytes(tcp[4..8].try_into().unwrap());
     let ack = u32::from_be_bytes(tcp[8..12].try_into().unwrap());
     let data_off = usize::from(tcp[12] >> 4) * 4;
-    let seg_len = tcp.len().saturating_sub(data_off) as u32
-        + u32::from(flags & TCP_SYN != 0)
-        + u32::from(flags & TCP_FIN != 0);
+    let seg_len =
+        tcp.len().saturating_sub(data_off) as u32 + u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0);
     // RFC 793: with an ACK, the RST takes its seq from it; otherwise seq 0 and ACK seq+len.
     let (r_seq, r_ack, r_flags) =
         if flags & TCP_ACK != 0 { (ack, 0, TCP_RST) } else { (0, seq.wrapping_add(seg_len), TCP_RST | TCP_ACK) };
 
     let buf = pkt.data_mut();
     let ipb = &mut buf[ethernet::HEADER_LEN..ethernet::HEADER_LEN + 40];
-    Ipv4Repr { src: dst, dst: src, protocol: PROTO_TCP, ttl: 64, tos: 0, ident: 0, dont_fragment: true, payload_len: 20 }
-        .emit(&mut ipb[..20]);
+    Ipv4Repr {
+        src: dst,
+        dst: src,
+        protocol: PROTO_TCP,
+        ttl: 64,
+        tos: 0,
+        ident: 0,
+        dont_fragment: true,
+        payload_len: 20,
+    }
+    .emit(&mut ipb[..20]);
     let t = &mut ipb[20..40];
     t[0..2].copy_from_slice(&dport.to_be_bytes());
     t[2..4].copy_from_slice(&sport.to_be_bytes());

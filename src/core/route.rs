@@ -93,9 +93,9 @@ impl<V: Copy> Lpm<V> {
         self.levels.iter_mut().flat_map(|(_, m)| m.values_mut())
     }
     pub fn iter(&self) -> impl Iterator<Item = (Ipv4Net, V)> + '_ {
-        self.levels.iter().flat_map(|(len, m)| {
-            m.iter().map(move |(a, v)| (Ipv4Net::new(Ipv4Addr::from(*a), *len).unwrap(), *v))
-        })
+        self.levels
+            .iter()
+            .flat_map(|(len, m)| m.iter().map(move |(a, v)| (Ipv4Net::new(Ipv4Addr::from(*a), *len).unwrap(), *v)))
     }
 }
 

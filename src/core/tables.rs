@@ -133,7 +133,8 @@ impl Tables {
     /// instead of per packet. Call again after changing `neigh` or `fdb`.
     pub fn resolve_hops(&mut self) {
         let (neigh, fdb) = (&self.neigh, &self.fdb);
-        self.routes.resolve_hops(|gw| neigh.lookup(gw).and_then(|mac| fdb.lookup(mac).map(|remote| Hop { mac, remote })));
+        self.routes
+            .resolve_hops(|gw| neigh.lookup(gw).and_then(|mac| fdb.lookup(mac).map(|remote| Hop { mac, remote })));
     }
 
     #[inline]

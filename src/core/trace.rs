@@ -16,42 +16,118 @@ use crate::wire::MacAddr;
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
     /// Where the packet came in.
-    Ingress { port: String, len: usize },
+    Ingress {
+        port: String,
+        len: usize,
+    },
     /// The IPv4 packet as parsed (the ports are the ICMP identifier for echo).
-    Packet { proto: String, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, ttl: u8, flags: String },
+    Packet {
+        proto: String,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        ttl: u8,
+        flags: String,
+    },
     /// An ARP request answered by proxy.
-    ProxyArp { who_has: Ipv4Addr, tell: Ipv4Addr, answer: MacAddr },
+    ProxyArp {
+        who_has: Ipv4Addr,
+        tell: Ipv4Addr,
+        answer: MacAddr,
+    },
     /// VXLAN accepted from a peer.
-    Decap { vni: u32, peer: Ipv4Addr, peer_subnet: String, inner_src_mac: MacAddr },
+    Decap {
+        vni: u32,
+        peer: Ipv4Addr,
+        peer_subnet: String,
+        inner_src_mac: MacAddr,
+    },
     /// A tracked flow matched.
-    Conntrack { dir: String, state: String, original: String, reply: String },
+    Conntrack {
+        dir: String,
+        state: String,
+        original: String,
+        reply: String,
+    },
     /// No flow matched.
-    ConntrackMiss { tuple: String },
+    ConntrackMiss {
+        tuple: String,
+    },
     /// A service rule matched (KUBE-SERVICES / KUBE-NODEPORTS).
-    Service { name: String, via: String, rule: String },
+    Service {
+        name: String,
+        via: String,
+        rule: String,
+    },
     /// KUBE-SVC-*: the endpoint chosen by the flow hash.
-    Endpoint { endpoint: SocketAddrV4, index: usize, of: usize },
+    Endpoint {
+        endpoint: SocketAddrV4,
+        index: usize,
+        of: usize,
+    },
     /// KUBE-SEP-*: DNAT.
-    Dnat { before: SocketAddrV4, after: SocketAddrV4 },
+    Dnat {
+        before: SocketAddrV4,
+        after: SocketAddrV4,
+    },
     /// MASQUERADE (KUBE-POSTROUTING mark, or flannel's ip-masq rule).
-    Masquerade { reason: String, before: SocketAddrV4, after: SocketAddrV4 },
+    Masquerade {
+        reason: String,
+        before: SocketAddrV4,
+        after: SocketAddrV4,
+    },
     /// A flow entered in conntrack.
-    ConntrackNew { original: String, reply: String, state: String },
+    ConntrackNew {
+        original: String,
+        reply: String,
+        state: String,
+    },
     /// A reply reverse-NATed from its flow's original tuple.
-    ReverseNat { src: SocketAddrV4, dst: SocketAddrV4 },
+    ReverseNat {
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+    },
     /// The route that matched.
-    Route { dst: Ipv4Addr, route: String },
+    Route {
+        dst: Ipv4Addr,
+        route: String,
+    },
     /// `ip neigh` entry used.
-    Neighbour { ip: Ipv4Addr, mac: MacAddr, dev: String },
+    Neighbour {
+        ip: Ipv4Addr,
+        mac: MacAddr,
+        dev: String,
+    },
     /// `bridge fdb` entry used.
-    Fdb { mac: MacAddr, dst: Ipv4Addr, dev: String },
+    Fdb {
+        mac: MacAddr,
+        dst: Ipv4Addr,
+        dev: String,
+    },
     /// The outer headers the frame leaves with.
-    Encap { vni: u32, outer_src: Ipv4Addr, outer_dst: Ipv4Addr, udp_sport: u16, udp_dport: u16, inner_src_mac: MacAddr, inner_dst_mac: MacAddr },
+    Encap {
+        vni: u32,
+        outer_src: Ipv4Addr,
+        outer_dst: Ipv4Addr,
+        udp_sport: u16,
+        udp_dport: u16,
+        inner_src_mac: MacAddr,
+        inner_dst_mac: MacAddr,
+    },
     /// Out of a local port.
-    Deliver { port: String, dst_mac: MacAddr },
+    Deliver {
+        port: String,
+        dst_mac: MacAddr,
+    },
     /// An ICMP error (or TCP RST) ucanal sent in reply.
-    Reply { what: String, to: Ipv4Addr },
-    Drop { reason: String },
+    Reply {
+        what: String,
+        to: Ipv4Addr,
+    },
+    Drop {
+        reason: String,
+    },
 }
 
 /// A trace being recorded.
@@ -115,16 +191,26 @@ impl fmt::Display for Step {
                 }
                 Ok(())
             }
-            ProxyArp { who_has, tell, answer } => write!(f, "proxy-arp   who-has {who_has} tell {tell} -> {who_has} is-at {answer}"),
+            ProxyArp { who_has, tell, answer } => {
+                write!(f, "proxy-arp   who-has {who_has} tell {tell} -> {who_has} is-at {answer}")
+            }
             Decap { vni, peer, peer_subnet, inner_src_mac } => {
-                write!(f, "vxlan-rx    vni {vni} from {peer} (fdb peer, subnet {peer_subnet}), inner src {inner_src_mac}")
+                write!(
+                    f,
+                    "vxlan-rx    vni {vni} from {peer} (fdb peer, subnet {peer_subnet}), inner src {inner_src_mac}"
+                )
             }
             Conntrack { dir, state, original, reply } => {
-                write!(f, "conntrack   hit {dir} {state}\n              original {original}\n              reply    {reply}")
+                write!(
+                    f,
+                    "conntrack   hit {dir} {state}\n              original {original}\n              reply    {reply}"
+                )
             }
             ConntrackMiss { tuple } => write!(f, "conntrack   miss {tuple}"),
             Service { name, via, rule } => write!(f, "service     {name} ({via}) matched: {rule}"),
-            Endpoint { endpoint, index, of } => write!(f, "endpoint    {endpoint} (#{} of {of}, by flow hash)", index + 1),
+            Endpoint { endpoint, index, of } => {
+                write!(f, "endpoint    {endpoint} (#{} of {of}, by flow hash)", index + 1)
+            }
             Dnat { before, after } => write!(f, "dnat        dst {before} -> {after}"),
             Masquerade { reason, before, after } => write!(f, "masquerade  src {before} -> {after} ({reason})"),
             ConntrackNew { original, reply, state } => {

@@ -211,7 +211,12 @@ mod tests {
 
     fn syn(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
         let mut v = Vec::new();
-        PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4(src, dst, 64).tcp(sport, dport, 1, 1).syn().write(&mut v, &[]).unwrap();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(src, dst, 64)
+            .tcp(sport, dport, 1, 1)
+            .syn()
+            .write(&mut v, &[])
+            .unwrap();
         v
     }
 
@@ -219,14 +224,36 @@ mod tests {
     fn tcpdump_words() {
         let f = syn([172, 16, 240, 1], 40000, [172, 16, 240, 131], 31266);
         let yes = [
-            "", "tcp", "port 31266", "dst port 31266", "src port 40000", "host 172.16.240.1", "src 172.16.240.1",
-            "net 172.16.240.0/24", "tcp and port 31266", "udp or port 31266", "not udp", "(udp or tcp) and dst host 172.16.240.131",
-            "port 2368 or port 31266", "TCP AND PORT 31266", "tcp port 31266", "tcp port 80 or tcp port 31266",
+            "",
+            "tcp",
+            "port 31266",
+            "dst port 31266",
+            "src port 40000",
+            "host 172.16.240.1",
+            "src 172.16.240.1",
+            "net 172.16.240.0/24",
+            "tcp and port 31266",
+            "udp or port 31266",
+            "not udp",
+            "(udp or tcp) and dst host 172.16.240.131",
+            "port 2368 or port 31266",
+            "TCP AND PORT 31266",
+            "tcp port 31266",
+            "tcp port 80 or tcp port 31266",
         ];
         for e in yes {
             assert!(Filter::parse(e).unwrap().matches(&f), "{e}");
         }
-        let no = ["udp", "port 80", "src port 31266", "dst host 172.16.240.1", "icmp", "arp", "not tcp", "tcp and not port 31266"];
+        let no = [
+            "udp",
+            "port 80",
+            "src port 31266",
+            "dst host 172.16.240.1",
+            "icmp",
+            "arp",
+            "not tcp",
+            "tcp and not port 31266",
+        ];
         for e in no {
             assert!(!Filter::parse(e).unwrap().matches(&f), "{e}");
         }

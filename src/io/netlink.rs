@@ -89,7 +89,14 @@ async fn add_route(h: &Handle, what: String, mut msg: netlink_packet_route::rout
 
 /// The pod's view, exactly as Calico sets it up: `eth0` with `<ip>/32`, the gateway
 /// as a link-scope route, and the default route through it.
-pub async fn configure_pod(h: &Handle, ifname: &str, mac: MacAddr, mtu: u16, ip: Ipv4Addr, gateway: Ipv4Addr) -> io::Result<()> {
+pub async fn configure_pod(
+    h: &Handle,
+    ifname: &str,
+    mac: MacAddr,
+    mtu: u16,
+    ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+) -> io::Result<()> {
     let idx = link_index(h, ifname).await?;
     set_link(h, idx, ifname, mac, mtu).await?;
     add_addr(h, idx, ifname, ip).await?;
@@ -144,7 +151,12 @@ pub async fn configure_host_port(h: &Handle, p: &HostPort) -> io::Result<()> {
             .build();
         add_route(h, format!("{net} via {} dev {} onlink src {src}", p.gateway, p.name), m).await?;
     }
-    let steer = RouteMessageBuilder::<Ipv4Addr>::new().gateway(p.gateway).output_interface(idx).onlink().table_id(p.table).build();
+    let steer = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(p.gateway)
+        .output_interface(idx)
+        .onlink()
+        .table_id(p.table)
+        .build();
     add_route(h, format!("default via {} dev {} onlink table {}", p.gateway, p.name, p.table), steer).await?;
     Ok(())
 }
@@ -222,9 +234,10 @@ pub async fn del_steers(h: &Handle, table: u32, only: Option<&[Steer]>) -> io::R
             continue;
         }
         if let Some(set) = only
-            && !rule_steer(&m).is_some_and(|s| set.contains(&s)) {
-                continue;
-            }
+            && !rule_steer(&m).is_some_and(|s| set.contains(&s))
+        {
+            continue;
+        }
         nl(|| format!("deleting rule to table {table}"), h.rule().del(m).execute().await)?;
         n += 1;
     }
@@ -236,7 +249,15 @@ pub async fn move_local_rule(h: &Handle) -> io::Result<()> {
     let local = RT_TABLE_LOCAL;
     let existing = rules(h).await?;
     if !existing.iter().any(|m| rule_table(m) == local && rule_priority(m) == LOCAL_RULE_PRIORITY) {
-        let r = h.rule().add().v4().table_id(local).action(RuleAction::ToTable).priority(LOCAL_RULE_PRIORITY).execute().await;
+        let r = h
+            .rule()
+            .add()
+            .v4()
+            .table_id(local)
+            .action(RuleAction::ToTable)
+            .priority(LOCAL_RULE_PRIORITY)
+            .execute()
+            .await;
         nl(|| format!("adding rule pref {LOCAL_RULE_PRIORITY} lookup local"), r)?;
     }
     for m in existing {

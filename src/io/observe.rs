@@ -25,7 +25,11 @@ use crate::wire::{ethernet, vxlan};
 pub enum Where {
     Port(PortId),
     /// From/to a peer VTEP; `local_port` is ucanal's UDP port on this side.
-    Vxlan { peer: SocketAddrV4, local_port: u16, inbound: bool },
+    Vxlan {
+        peer: SocketAddrV4,
+        local_port: u16,
+        inbound: bool,
+    },
 }
 
 /// Which port a capture listens on.
@@ -48,7 +52,9 @@ impl PortSel {
         match (self, w) {
             (PortSel::Vxlan, Where::Vxlan { .. }) => true,
             (PortSel::Host, Where::Port(p)) => p.is_host(),
-            (PortSel::Pod(name), Where::Port(p)) => t.pod(*p).is_some_and(|pod| &pod.name == name || &pod.ifname == name),
+            (PortSel::Pod(name), Where::Port(p)) => {
+                t.pod(*p).is_some_and(|pod| &pod.name == name || &pod.ifname == name)
+            }
             _ => false,
         }
     }
@@ -221,7 +227,12 @@ impl Observers {
         let mut done = Vec::new();
         if !obs.trace_subs.is_empty() {
             let (_, _, time) = now();
-            let ev = TraceEvent { node: self.node.clone(), time, steps: obs.trace.steps, result: crate::core::trace::describe(t, a) };
+            let ev = TraceEvent {
+                node: self.node.clone(),
+                time,
+                steps: obs.trace.steps,
+                result: crate::core::trace::describe(t, a),
+            };
             for s in subs.iter_mut().filter(|s| obs.trace_subs.contains(&s.id)) {
                 if Self::deliver(s, Event::Trace(ev.clone())) {
                     done.push(s.id);
@@ -230,9 +241,11 @@ impl Observers {
         }
         let w = match *a {
             Action::ToPort(p) => Some(Where::Port(p)),
-            Action::ToVtep { remote, .. } => {
-                Some(Where::Vxlan { peer: SocketAddrV4::new(remote, t.node.vxlan_port), local_port: src_port, inbound: false })
-            }
+            Action::ToVtep { remote, .. } => Some(Where::Vxlan {
+                peer: SocketAddrV4::new(remote, t.node.vxlan_port),
+                local_port: src_port,
+                inbound: false,
+            }),
             Action::Drop(_) => None,
         };
         if let Some(w) = w {
@@ -292,12 +305,16 @@ pub fn pcap_record(f: &Frame) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::core::tables::article;
-    use std::net::Ipv4Addr;
     use etherparse::PacketBuilder;
+    use std::net::Ipv4Addr;
 
     fn ping() -> Vec<u8> {
         let mut v = Vec::new();
-        PacketBuilder::ethernet2(article::EP1_MAC.0, [0xee; 6]).ipv4([10, 244, 1, 5], [10, 244, 0, 74], 64).icmpv4_echo_request(1, 1).write(&mut v, b"hi").unwrap();
+        PacketBuilder::ethernet2(article::EP1_MAC.0, [0xee; 6])
+            .ipv4([10, 244, 1, 5], [10, 244, 0, 74], 64)
+            .icmpv4_echo_request(1, 1)
+            .write(&mut v, b"hi")
+            .unwrap();
         v
     }
 

@@ -31,7 +31,10 @@ pub struct PortStats {
 impl PortStats {
     pub fn new(workers: usize) -> Self {
         let n = workers.max(1) * (MAX_PORTS + 1);
-        PortStats { rows: (0..n).map(|_| Row(std::array::from_fn(|_| AtomicU64::new(0)))).collect(), workers: workers.max(1) }
+        PortStats {
+            rows: (0..n).map(|_| Row(std::array::from_fn(|_| AtomicU64::new(0)))).collect(),
+            workers: workers.max(1),
+        }
     }
     #[inline]
     fn bump(&self, worker: usize, slot: usize, i: usize, bytes: usize) {

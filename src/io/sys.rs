@@ -36,7 +36,9 @@ impl Epoll {
     /// Waits for events; returns how many of `events` were filled.
     pub fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
         // SAFETY: the kernel writes at most `events.len()` entries into the slice.
-        match cvt(unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, timeout_ms) }) {
+        match cvt(unsafe {
+            libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, timeout_ms)
+        }) {
             Ok(n) => Ok(n as usize),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
             Err(e) => Err(e),
@@ -135,7 +137,13 @@ impl RecvBatch {
     }
 
     /// Receives up to `bufs.len()` datagrams, each into `bufs[i][offset..]`.
-    pub fn recv(&mut self, fd: RawFd, bufs: &mut [Box<[u8]>], offset: usize, out: &mut Vec<Received>) -> io::Result<()> {
+    pub fn recv(
+        &mut self,
+        fd: RawFd,
+        bufs: &mut [Box<[u8]>],
+        offset: usize,
+        out: &mut Vec<Received>,
+    ) -> io::Result<()> {
         out.clear();
         let n = bufs.len().min(self.hdrs.len());
         for (i, buf) in bufs.iter_mut().enumerate().take(n) {
@@ -151,7 +159,8 @@ impl RecvBatch {
             h.msg_flags = 0;
         }
         // SAFETY: every header points at live iovecs, addresses and control buffers set above.
-        let r = unsafe { libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        let r =
+            unsafe { libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
         let got = match cvt(r) {
             Ok(g) => g as usize,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),

@@ -51,13 +51,20 @@ pub fn open(name: &str, queues: usize, offloads: bool) -> io::Result<Vec<OwnedFd
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // The first queue must create the device: never attach to someone else's TAP.
         let excl = if q == 0 { IFF_TUN_EXCL } else { 0 };
-        let mut req =
-            IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE | excl, _pad: [0; 22] };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE | excl,
+            _pad: [0; 22],
+        };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which IfReq lays out.
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
             let e = io::Error::last_os_error();
-            let hint = if q == 0 && e.raw_os_error() == Some(libc::EBUSY) { " (an interface with that name already exists)" } else { "" };
+            let hint = if q == 0 && e.raw_os_error() == Some(libc::EBUSY) {
+                " (an interface with that name already exists)"
+            } else {
+                ""
+            };
             return Err(io::Error::new(e.kind(), format!("creating TAP {name} queue {q}: {e}{hint}")));
         }
         if q == 0 {

@@ -33,8 +33,7 @@ fn udp(bind: SocketAddrV4, reuse_port: bool) -> io::Result<Socket> {
     if super::sys::set_int_opt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, BUF_BYTES as i32).is_err() {
         s.set_send_buffer_size(BUF_BYTES)?;
     }
-    s.bind(&SocketAddr::V4(bind).into())
-        .map_err(|e| io::Error::new(e.kind(), format!("binding UDP {bind}: {e}")))?;
+    s.bind(&SocketAddr::V4(bind).into()).map_err(|e| io::Error::new(e.kind(), format!("binding UDP {bind}: {e}")))?;
     Ok(s)
 }
 

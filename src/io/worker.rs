@@ -17,10 +17,10 @@ use std::sync::mpsc;
 use super::clock;
 use super::observe::{Observers, Where};
 use super::stats::{self, PortStats};
-use super::sys::{self, Datagram, Epoll, EventFd, RecvBatch, Received};
-use crate::core::{gro, gso};
+use super::sys::{self, Datagram, Epoll, EventFd, Received, RecvBatch};
 use crate::core::tables::Tables;
 use crate::core::{Action, Counter, Dataplane, DropReason, HEADROOM, Offload, Packet, PortId, vxlan};
+use crate::core::{gro, gso};
 use crate::wire::vnet::{self, VnetHdr};
 
 /// Largest frame a TAP hands over with TSO (64 KB) plus headers.
@@ -38,9 +38,15 @@ const TOKEN_PORT0: u64 = 2;
 /// Messages from the control plane.
 pub enum Control {
     /// A new port: this worker's queue of its TAP.
-    AddPort { port: PortId, fd: OwnedFd },
+    AddPort {
+        port: PortId,
+        fd: OwnedFd,
+    },
     /// Forget a port; `done` is signalled once the worker no longer uses the fd.
-    RemovePort { port: PortId, done: mpsc::SyncSender<()> },
+    RemovePort {
+        port: PortId,
+        done: mpsc::SyncSender<()>,
+    },
     Stop,
 }
 
@@ -286,7 +292,8 @@ impl Worker {
                 self.out.dp.counters.drop(self.out.id, DropReason::GsoUnsupported);
                 continue;
             }
-            let mut obs = if observing { self.obs.before(&t, Where::Port(port), pkt.data()) } else { Default::default() };
+            let mut obs =
+                if observing { self.obs.before(&t, Where::Port(port), pkt.data()) } else { Default::default() };
             let a = self.out.dp.handle_port(self.out.id, &t, port, &mut pkt, now, &mut obs.trace);
             if observing {
                 Self::observe_after_with(&self.obs, &t, obs, &a, &pkt);
@@ -346,10 +353,7 @@ impl Worker {
 }
 
 fn offload_from(vh: &VnetHdr) -> Offload {
-    Offload {
-        csum_partial: vh.needs_csum(),
-        gso_size: if vh.gso_kind() != vnet::GSO_NONE { vh.gso_size } else { 0 },
-    }
+    Offload { csum_partial: vh.needs_csum(), gso_size: if vh.gso_kind() != vnet::GSO_NONE { vh.gso_size } else { 0 } }
 }
 
 impl Out {
@@ -365,7 +369,14 @@ impl Out {
                 if pkt.offload.gso_size > 0 {
                     self.segment(to, sock, pkt);
                 } else {
-                    self.pending.push(Pending { from: From::Buf(slot), start: pkt.start(), len: pkt.len(), to, sock, gso_size: 0 });
+                    self.pending.push(Pending {
+                        from: From::Buf(slot),
+                        start: pkt.start(),
+                        len: pkt.len(),
+                        to,
+                        sock,
+                        gso_size: 0,
+                    });
                 }
             }
             Action::Drop(_) => {}
@@ -404,7 +415,8 @@ impl Out {
                 self.seg_used += 1;
                 self.dp.counters.inc(self.id, Counter::GsoSegmented);
                 // One UDP GSO send carries at most 64 segments and 65507 bytes.
-                let per_send = if self.cfg.udp_gso { (MAX_UDP_PAYLOAD / out.datagram_len).clamp(1, MAX_GSO_SEGMENTS) } else { 1 };
+                let per_send =
+                    if self.cfg.udp_gso { (MAX_UDP_PAYLOAD / out.datagram_len).clamp(1, MAX_GSO_SEGMENTS) } else { 1 };
                 let chunk = per_send * out.datagram_len;
                 let mut start = 0;
                 while start < out.len {
@@ -554,17 +566,19 @@ fn flush(bufs: &[Box<[u8]>], out: &mut Out) {
 fn vnet_for(o: &Offload, frame: &[u8]) -> VnetHdr {
     let mut h = VnetHdr::default();
     if (o.csum_partial || o.gso_size > 0)
-        && let Some((ihl, proto)) = frame.get(14).map(|b| (usize::from(b & 0x0f) * 4, frame.get(14 + 9).copied().unwrap_or(0))) {
-            let l4 = 14 + ihl;
-            h.flags = vnet::F_NEEDS_CSUM;
-            h.csum_start = l4 as u16;
-            h.csum_offset = if proto == 17 { 6 } else { 16 };
-            if o.gso_size > 0 {
-                let doff = frame.get(l4 + 12).map(|b| usize::from(b >> 4) * 4).unwrap_or(20);
-                h.gso_type = vnet::GSO_TCPV4;
-                h.gso_size = o.gso_size;
-                h.hdr_len = (l4 + doff) as u16;
-            }
+        && let Some((ihl, proto)) =
+            frame.get(14).map(|b| (usize::from(b & 0x0f) * 4, frame.get(14 + 9).copied().unwrap_or(0)))
+    {
+        let l4 = 14 + ihl;
+        h.flags = vnet::F_NEEDS_CSUM;
+        h.csum_start = l4 as u16;
+        h.csum_offset = if proto == 17 { 6 } else { 16 };
+        if o.gso_size > 0 {
+            let doff = frame.get(l4 + 12).map(|b| usize::from(b >> 4) * 4).unwrap_or(20);
+            h.gso_type = vnet::GSO_TCPV4;
+            h.gso_size = o.gso_size;
+            h.hdr_len = (l4 + doff) as u16;
         }
+    }
     h
 }

@@ -94,8 +94,8 @@ mod tests {
 
     /// "who-has 169.254.1.1 tell 10.244.1.5", as the pod ghost-ep1 sends it.
     const REQUEST: [u8; 28] = [
-        0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, 0x3e, 0x0c, 0x94, 0x46, 0x7b, 0x98, 0x0a,
-        0xf4, 0x01, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xa9, 0xfe, 0x01, 0x01,
+        0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, 0x3e, 0x0c, 0x94, 0x46, 0x7b, 0x98, 0x0a, 0xf4, 0x01, 0x05,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xa9, 0xfe, 0x01, 0x01,
     ];
 
     #[test]
@@ -118,8 +118,14 @@ mod tests {
         assert_eq!(a.target_mac().to_string(), "3e:0c:94:46:7b:98");
         assert_eq!(a.target_ip(), Ipv4Addr::new(10, 244, 1, 5));
         let mut e = [0u8; 28];
-        emit(&mut e, OP_REPLY, MacAddr::CALICO_HOST, Ipv4Addr::new(169, 254, 1, 1),
-            "3e:0c:94:46:7b:98".parse().unwrap(), Ipv4Addr::new(10, 244, 1, 5));
+        emit(
+            &mut e,
+            OP_REPLY,
+            MacAddr::CALICO_HOST,
+            Ipv4Addr::new(169, 254, 1, 1),
+            "3e:0c:94:46:7b:98".parse().unwrap(),
+            Ipv4Addr::new(10, 244, 1, 5),
+        );
         assert_eq!(e, b);
     }
 

@@ -206,8 +206,10 @@ mod tests {
         assert_eq!(next_hop_mtu(ip.payload()), 1450);
         assert_eq!(checksum::fold(checksum::sum(ip.payload(), 0)), 0xffff);
         let e = embedded(ip.payload()).unwrap();
-        assert_eq!((e.src, e.dst, e.ports.sport, e.ports.dport), (
-            Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 0, 74), 40000, 2368));
+        assert_eq!(
+            (e.src, e.dst, e.ports.sport, e.ports.dport),
+            (Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 0, 74), 40000, 2368)
+        );
     }
 
     #[test]
@@ -225,8 +227,10 @@ mod tests {
         assert!(inner.is_err() || inner.unwrap());
         assert_eq!(checksum::fold(checksum::sum(&icmp[8..28], 0)), 0xffff);
         let e = embedded(icmp).unwrap();
-        assert_eq!((e.src, e.ports.sport, e.dst, e.ports.dport), (
-            Ipv4Addr::new(172, 16, 240, 1), 41000, Ipv4Addr::new(172, 16, 240, 131), 31266));
+        assert_eq!(
+            (e.src, e.ports.sport, e.dst, e.ports.dport),
+            (Ipv4Addr::new(172, 16, 240, 1), 41000, Ipv4Addr::new(172, 16, 240, 131), 31266)
+        );
     }
 
     #[test]

@@ -200,9 +200,7 @@ mod tests {
     use etherparse::PacketBuilder;
 
     fn tcp_syn() -> Vec<u8> {
-        let b = PacketBuilder::ipv4([172, 16, 240, 1], [172, 16, 240, 131], 64)
-            .tcp(40000, 31266, 1000, 64240)
-            .syn();
+        let b = PacketBuilder::ipv4([172, 16, 240, 1], [172, 16, 240, 131], 64).tcp(40000, 31266, 1000, 64240).syn();
         let mut out = Vec::new();
         b.write(&mut out, &[]).unwrap();
         out

@@ -112,7 +112,9 @@ mod tests {
         assert_eq!(m.to_string(), "8a:40:90:1c:cf:7e");
         assert!(m.is_unicast());
         assert!(MacAddr::BROADCAST.is_multicast());
-        for bad in ["8a:40:90:1c:cf", "8a:40:90:1c:cf:7e:00", "8a-40-90-1c-cf-7e", "zz:40:90:1c:cf:7e", "8a:4:90:1c:cf:7e0"] {
+        for bad in
+            ["8a:40:90:1c:cf", "8a:40:90:1c:cf:7e:00", "8a-40-90-1c-cf-7e", "zz:40:90:1c:cf:7e", "8a:4:90:1c:cf:7e0"]
+        {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

@@ -26,7 +26,12 @@ pub fn require_netns(tools: &[&str]) -> bool {
     let uid = unsafe { libc::geteuid() };
     assert_eq!(uid, 0, "this test needs root (network namespaces); run as root or set UCANAL_SKIP_NETNS=1 to skip");
     for t in ["ip", "python3"].iter().chain(tools) {
-        let found = Command::new("sh").arg("-c").arg(format!("command -v {t}")).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {t}"))
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
         assert!(found, "this test needs `{t}` (see .ci/run for the packages to install)");
     }
     true

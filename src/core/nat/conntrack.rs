@@ -305,7 +305,10 @@ pub struct NewFlow {
 #[derive(Debug, Clone)]
 pub enum Insert {
     /// A new entry; `remapped` says the source port had to change.
-    New { entry: Arc<Entry>, remapped: bool },
+    New {
+        entry: Arc<Entry>,
+        remapped: bool,
+    },
     /// A concurrent packet of the same flow inserted it first.
     Joined(Arc<Entry>),
     Full,
@@ -392,7 +395,11 @@ impl Conntrack {
                 self.timeouts.tcp(new_state)
             }
             PROTO_UDP => {
-                if e.seen_reply() || dir == Dir::Reply { self.timeouts.udp_stream } else { self.timeouts.udp }
+                if e.seen_reply() || dir == Dir::Reply {
+                    self.timeouts.udp_stream
+                } else {
+                    self.timeouts.udp
+                }
             }
             _ => self.timeouts.icmp,
         };
@@ -434,7 +441,8 @@ impl Conntrack {
             .chain((0..MAX_PORT_TRIES.min(span)).map(|i| ports.lo + ((start + i) % span) as u16));
 
         for port in candidates {
-            let reply = Tuple { proto: original.proto, src: reply_src.0, dst: reply_dst, sport: reply_src.1, dport: port };
+            let reply =
+                Tuple { proto: original.proto, src: reply_src.0, dst: reply_dst, sport: reply_src.1, dport: port };
             let entry = Arc::new(Entry {
                 original,
                 reply,
@@ -577,7 +585,17 @@ mod tests {
     const ALL: PortChoice = PortChoice { keep: 40000, lo: 1024, hi: 65535 };
 
     fn new_nodeport(ct: &Conntrack, t: Tuple, now: Now) -> Arc<Entry> {
-        match ct.insert(NewFlow { original: t, tcp_flags: TCP_SYN, reply_src: EP, reply_dst: MASQ, nat: NAT_DNAT | NAT_SNAT, ports: PortChoice { keep: t.sport, ..ALL } }, now) {
+        match ct.insert(
+            NewFlow {
+                original: t,
+                tcp_flags: TCP_SYN,
+                reply_src: EP,
+                reply_dst: MASQ,
+                nat: NAT_DNAT | NAT_SNAT,
+                ports: PortChoice { keep: t.sport, ..ALL },
+            },
+            now,
+        ) {
             Insert::New { entry, .. } => entry,
             other => panic!("{other:?}"),
         }
@@ -658,8 +676,26 @@ mod tests {
     fn udp_unreplied_then_stream() {
         let ct = Conntrack::new(16, Timeouts::default());
         let now = Now::from_secs(0);
-        let dns = Tuple { proto: PROTO_UDP, src: Ipv4Addr::new(10, 244, 1, 5), dst: Ipv4Addr::new(10, 250, 0, 10), sport: 53000, dport: 53 };
-        let Insert::New { entry: e, .. } = ct.insert(NewFlow { original: dns, tcp_flags: 0, reply_src: (Ipv4Addr::new(10, 244, 0, 74), 53), reply_dst: dns.src, nat: NAT_DNAT, ports: PortChoice { keep: 53000, ..ALL } }, now) else { panic!() };
+        let dns = Tuple {
+            proto: PROTO_UDP,
+            src: Ipv4Addr::new(10, 244, 1, 5),
+            dst: Ipv4Addr::new(10, 250, 0, 10),
+            sport: 53000,
+            dport: 53,
+        };
+        let Insert::New { entry: e, .. } = ct.insert(
+            NewFlow {
+                original: dns,
+                tcp_flags: 0,
+                reply_src: (Ipv4Addr::new(10, 244, 0, 74), 53),
+                reply_dst: dns.src,
+                nat: NAT_DNAT,
+                ports: PortChoice { keep: 53000, ..ALL },
+            },
+            now,
+        ) else {
+            panic!()
+        };
         assert_eq!(e.remaining(now), 30);
         assert!(format_entry(&e, now).contains("[UNREPLIED]"));
         ct.track(&e.reply, 0, now, true).unwrap();
@@ -676,8 +712,32 @@ mod tests {
         // the same address: the second must get another port.
         let a = client();
         let b = Tuple { src: Ipv4Addr::new(172, 16, 240, 9), ..client() };
-        let Insert::New { entry: ea, remapped: ra } = ct.insert(NewFlow { original: a, tcp_flags: TCP_SYN, reply_src: EP, reply_dst: MASQ, nat: NAT_SNAT | NAT_DNAT, ports: ALL }, now) else { panic!() };
-        let Insert::New { entry: eb, remapped: rb } = ct.insert(NewFlow { original: b, tcp_flags: TCP_SYN, reply_src: EP, reply_dst: MASQ, nat: NAT_SNAT | NAT_DNAT, ports: ALL }, now) else { panic!() };
+        let Insert::New { entry: ea, remapped: ra } = ct.insert(
+            NewFlow {
+                original: a,
+                tcp_flags: TCP_SYN,
+                reply_src: EP,
+                reply_dst: MASQ,
+                nat: NAT_SNAT | NAT_DNAT,
+                ports: ALL,
+            },
+            now,
+        ) else {
+            panic!()
+        };
+        let Insert::New { entry: eb, remapped: rb } = ct.insert(
+            NewFlow {
+                original: b,
+                tcp_flags: TCP_SYN,
+                reply_src: EP,
+                reply_dst: MASQ,
+                nat: NAT_SNAT | NAT_DNAT,
+                ports: ALL,
+            },
+            now,
+        ) else {
+            panic!()
+        };
         assert!(!ra && rb);
         assert_eq!(ea.reply.dport, 40000);
         assert_ne!(eb.reply.dport, 40000);
@@ -688,7 +748,17 @@ mod tests {
         seen.insert(eb.reply);
         for i in 10..200u8 {
             let t = Tuple { src: Ipv4Addr::new(172, 16, 241, i), ..client() };
-            match ct.insert(NewFlow { original: t, tcp_flags: TCP_SYN, reply_src: EP, reply_dst: MASQ, nat: NAT_SNAT | NAT_DNAT, ports: ALL }, now) {
+            match ct.insert(
+                NewFlow {
+                    original: t,
+                    tcp_flags: TCP_SYN,
+                    reply_src: EP,
+                    reply_dst: MASQ,
+                    nat: NAT_SNAT | NAT_DNAT,
+                    ports: ALL,
+                },
+                now,
+            ) {
                 Insert::New { entry, .. } => assert!(seen.insert(entry.reply), "duplicate reply tuple"),
                 other => panic!("{other:?}"),
             }
@@ -705,12 +775,37 @@ mod tests {
         let range = PortChoice { keep: 40000, lo: 61000, hi: 61001 };
         for i in 0..2u8 {
             let t = Tuple { src: Ipv4Addr::new(10, 244, 1, 5 + i), ..client() };
-            let Insert::New { entry, remapped } = ct.insert(NewFlow { original: t, tcp_flags: TCP_SYN, reply_src: (t.dst, t.dport), reply_dst: Ipv4Addr::new(172, 16, 240, 131), nat: NAT_SNAT, ports: range }, now) else { panic!() };
+            let Insert::New { entry, remapped } = ct.insert(
+                NewFlow {
+                    original: t,
+                    tcp_flags: TCP_SYN,
+                    reply_src: (t.dst, t.dport),
+                    reply_dst: Ipv4Addr::new(172, 16, 240, 131),
+                    nat: NAT_SNAT,
+                    ports: range,
+                },
+                now,
+            ) else {
+                panic!()
+            };
             assert!(remapped);
             assert!((61000..=61001).contains(&entry.reply.dport));
         }
         let t = Tuple { src: Ipv4Addr::new(10, 244, 1, 9), ..client() };
-        assert!(matches!(ct.insert(NewFlow { original: t, tcp_flags: TCP_SYN, reply_src: (t.dst, t.dport), reply_dst: Ipv4Addr::new(172, 16, 240, 131), nat: NAT_SNAT, ports: range }, now), Insert::Exhausted));
+        assert!(matches!(
+            ct.insert(
+                NewFlow {
+                    original: t,
+                    tcp_flags: TCP_SYN,
+                    reply_src: (t.dst, t.dport),
+                    reply_dst: Ipv4Addr::new(172, 16, 240, 131),
+                    nat: NAT_SNAT,
+                    ports: range
+                },
+                now
+            ),
+            Insert::Exhausted
+        ));
     }
 
     #[test]
@@ -719,9 +814,35 @@ mod tests {
         let now = Now::from_secs(1);
         let e = new_nodeport(&ct, client(), now);
         let other = Tuple { sport: 40001, ..client() };
-        assert!(matches!(ct.insert(NewFlow { original: other, tcp_flags: TCP_SYN, reply_src: EP, reply_dst: MASQ, nat: NAT_DNAT, ports: ALL }, now), Insert::Full));
+        assert!(matches!(
+            ct.insert(
+                NewFlow {
+                    original: other,
+                    tcp_flags: TCP_SYN,
+                    reply_src: EP,
+                    reply_dst: MASQ,
+                    nat: NAT_DNAT,
+                    ports: ALL
+                },
+                now
+            ),
+            Insert::Full
+        ));
         assert!(ct.track(&e.reply, TCP_SYN | TCP_ACK, now, true).is_some());
-        assert!(matches!(ct.insert(NewFlow { original: client(), tcp_flags: TCP_SYN, reply_src: EP, reply_dst: MASQ, nat: NAT_DNAT, ports: ALL }, now), Insert::Joined(_)));
+        assert!(matches!(
+            ct.insert(
+                NewFlow {
+                    original: client(),
+                    tcp_flags: TCP_SYN,
+                    reply_src: EP,
+                    reply_dst: MASQ,
+                    nat: NAT_DNAT,
+                    ports: ALL
+                },
+                now
+            ),
+            Insert::Joined(_)
+        ));
     }
 
     #[test]
@@ -729,7 +850,13 @@ mod tests {
         // The DNS race: many threads insert the same new UDP flow at once; all must
         // come back with the same entry and the table must hold one flow.
         let ct = Arc::new(Conntrack::new(1024, Timeouts::default()));
-        let dns = Tuple { proto: PROTO_UDP, src: Ipv4Addr::new(10, 244, 1, 5), dst: Ipv4Addr::new(10, 250, 0, 10), sport: 53000, dport: 53 };
+        let dns = Tuple {
+            proto: PROTO_UDP,
+            src: Ipv4Addr::new(10, 244, 1, 5),
+            dst: Ipv4Addr::new(10, 250, 0, 10),
+            sport: 53000,
+            dport: 53,
+        };
         for round in 0..50u16 {
             let t = Tuple { sport: 50000 + round, ..dns };
             let barrier = Arc::new(std::sync::Barrier::new(4));
@@ -738,7 +865,17 @@ mod tests {
                     let (ct, barrier) = (ct.clone(), barrier.clone());
                     std::thread::spawn(move || {
                         barrier.wait();
-                        match ct.insert(NewFlow { original: t, tcp_flags: 0, reply_src: (Ipv4Addr::new(10, 244, 0, 74), 53), reply_dst: t.src, nat: NAT_DNAT, ports: PortChoice { keep: t.sport, ..ALL } }, Now::from_secs(1)) {
+                        match ct.insert(
+                            NewFlow {
+                                original: t,
+                                tcp_flags: 0,
+                                reply_src: (Ipv4Addr::new(10, 244, 0, 74), 53),
+                                reply_dst: t.src,
+                                nat: NAT_DNAT,
+                                ports: PortChoice { keep: t.sport, ..ALL },
+                            },
+                            Now::from_secs(1),
+                        ) {
                             Insert::New { entry, .. } | Insert::Joined(entry) => entry.reply,
                             other => panic!("{other:?}"),
                         }

@@ -107,7 +107,13 @@ mod tests {
     fn pick_is_uniform() {
         let mut counts = [0u32; 3];
         for sport in 0..30000u16 {
-            let t = Tuple { proto: PROTO_TCP, src: Ipv4Addr::new(10, 0, 0, 1), dst: Ipv4Addr::new(10, 0, 0, 2), sport, dport: 80 };
+            let t = Tuple {
+                proto: PROTO_TCP,
+                src: Ipv4Addr::new(10, 0, 0, 1),
+                dst: Ipv4Addr::new(10, 0, 0, 2),
+                sport,
+                dport: 80,
+            };
             counts[pick(t.hash(42), 3)] += 1;
         }
         for c in counts {

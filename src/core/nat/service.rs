@@ -179,6 +179,9 @@ mod tests {
         .unwrap();
         assert_eq!(ok.node_port, Some(31266));
         assert!(toml::from_str::<ServiceSpec>("name='x'\nprotocol='sctp'\ncluster_ip='10.250.0.1'\nport=1").is_err());
-        assert!(toml::from_str::<ServiceSpec>("name='x'\nprotocol='tcp'\ncluster_ip='10.250.0.1'\nport=1\nnodeport=3").is_err());
+        assert!(
+            toml::from_str::<ServiceSpec>("name='x'\nprotocol='tcp'\ncluster_ip='10.250.0.1'\nport=1\nnodeport=3")
+                .is_err()
+        );
     }
 }
