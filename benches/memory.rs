@@ -39,8 +39,11 @@ fn grew(n: usize) {
     PEAK.fetch_max(now, Relaxed);
 }
 
+// SAFETY: every method forwards to the System allocator with the caller's arguments unchanged;
+// the counting around it touches only atomics and never allocates.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: the caller upholds GlobalAlloc's contract for these arguments; we pass them on.
         let p = unsafe { System.alloc(l) };
         if !p.is_null() {
             grew(l.size());
@@ -48,6 +51,7 @@ unsafe impl GlobalAlloc for Counting {
         p
     }
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        // SAFETY: the caller upholds GlobalAlloc's contract for these arguments; we pass them on.
         let p = unsafe { System.alloc_zeroed(l) };
         if !p.is_null() {
             grew(l.size());
@@ -55,10 +59,12 @@ unsafe impl GlobalAlloc for Counting {
         p
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: `p` was allocated by System with layout `l` (every allocation above goes to System).
         unsafe { System.dealloc(p, l) };
         LIVE.fetch_sub(l.size(), Relaxed);
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller upholds GlobalAlloc's contract for these arguments; we pass them on.
         let q = unsafe { System.realloc(p, l, new_size) };
         if !q.is_null() {
             LIVE.fetch_sub(l.size(), Relaxed);

@@ -131,6 +131,7 @@ impl RecvBatch {
             // SAFETY: mmsghdr, iovec and sockaddr_in are plain C structs for which all-zero is valid.
             hdrs: vec![unsafe { std::mem::zeroed() }; n],
             iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; n],
+            // SAFETY: sockaddr_in is a plain C struct for which all-zero is valid.
             addrs: vec![unsafe { std::mem::zeroed() }; n],
             ctrl: vec![[0u8; 64]; n],
         }
