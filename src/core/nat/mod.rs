@@ -3,6 +3,7 @@
 //! masquerade decisions ([`masquerade`]).
 
 pub mod conntrack;
+pub mod early_drop;
 pub mod masquerade;
 pub mod service;
 
