@@ -193,8 +193,21 @@ fn init_logs(level: Option<&str>) {
         .init();
 }
 
+/// A listing piped into `head` ends quietly when the reader goes, as `cat` and `ip`
+/// do: the default SIGPIPE action (Rust ignores it, and `println!` would panic on EPIPE).
+/// Never for `run`: the daemon must survive a closed API peer or log pipe.
+fn quiet_on_closed_stdout() {
+    // SAFETY: sets a signal disposition to its default, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Run { .. }) {
+        quiet_on_closed_stdout();
+    }
     let socket = api::socket_path(cli.socket.as_deref());
     let done = |r: Result<String, String>| match r {
         Ok(m) => {

@@ -681,3 +681,10 @@ fn a_syn_flood_against_a_full_table_cannot_keep_new_flows_out() {
     let ip = lab.out_ip();
     assert_eq!((ip.src(), ip.dst(), l4_ports(&ip)), (NODE1, CLIENT, (31266, sport)));
 }
+
+#[test]
+fn a_zero_length_datagram_is_a_counted_drop() {
+    let mut lab = Lab::new(vec![]);
+    assert_eq!(lab.vxlan(NODE2, &[]), Action::Drop(DropReason::VxlanMalformed));
+    assert_eq!(lab.dropped(DropReason::VxlanMalformed), 1);
+}
