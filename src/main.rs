@@ -34,6 +34,11 @@ enum Cmd {
         /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9300).
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// Restart/upgrade mode: SIGTERM leaves the node steered to ucanal (rules, host port,
+        /// pods' eth0) and hands runtime state and conntrack to the next `ucanal run
+        /// --keep-on-exit`; SIGINT still removes everything.
+        #[arg(long)]
+        keep_on_exit: bool,
     },
     /// Validate a config file without running anything.
     Check {
@@ -222,9 +227,9 @@ fn main() -> ExitCode {
         }
     };
     match cli.cmd {
-        Cmd::Run { config, log_level, metrics } => {
+        Cmd::Run { config, log_level, metrics, keep_on_exit } => {
             init_logs(log_level.as_deref());
-            match daemon::run(&config, RunOptions { socket: cli.socket, metrics }) {
+            match daemon::run(&config, RunOptions { socket: cli.socket, metrics, keep_on_exit }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e @ RunError::Config(_)) => {
                     eprintln!("ucanal: {e}");

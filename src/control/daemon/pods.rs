@@ -43,9 +43,10 @@ impl Daemon {
         let (mac, mtu, ip, gw) = (spec.mac(), self.node.mtu, spec.ip, self.node.gateway);
         let queues = self.workers.len();
         let offloads = self.cfg.dataplane.techniques().tap_offloads;
+        let persist = if self.keep.is_some() { tap::Persist::Keep } else { tap::Persist::No };
         let fds: Vec<OwnedFd> = tokio::task::block_in_place(|| {
             sys::in_netns(&path, move || {
-                let fds = tap::open("eth0", queues, offloads)?;
+                let fds = tap::open_with("eth0", queues, offloads, persist)?;
                 // Pods are IPv4 here; without this the kernel's IPv6 chatter is only counted drops.
                 let _ = netlink::sysctl(&["net", "ipv6", "conf", "eth0", "disable_ipv6"], "1");
                 netlink::with_handle(async |h| netlink::configure_pod(h, "eth0", mac, mtu, ip, gw).await)?;
@@ -88,8 +89,19 @@ impl Daemon {
             }
         });
         self.free_ports.push(p.port.0);
+        if self.keep.is_some() {
+            tokio::task::block_in_place(|| delete_eth0(&p.spec.netns_path()))?;
+        }
         let msg = format!("pod {name} detached; its eth0 is removed");
         tracing::info!("{msg}");
         Ok(msg)
     }
+}
+
+/// Deletes a pod's (persistent) `eth0`.
+pub(super) fn delete_eth0(netns: &std::path::Path) -> std::io::Result<()> {
+    if !netns.exists() {
+        return Ok(());
+    }
+    sys::in_netns(netns, || netlink::with_handle(async |h| netlink::delete_link(h, "eth0").await))
 }

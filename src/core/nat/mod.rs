@@ -2,6 +2,7 @@
 //! the service table ([`service`]), connection tracking ([`conntrack`]) and the
 //! masquerade decisions ([`masquerade`]).
 
+pub mod checkpoint;
 pub mod conntrack;
 pub mod early_drop;
 pub mod masquerade;
