@@ -24,6 +24,16 @@ use crate::control::api::{Request, Response};
 /// Binds the API socket: mode 0600 in a 0700 directory. A live daemon on the path
 /// is an error; a stale socket file is replaced.
 pub(super) fn bind_socket(path: &std::path::Path) -> io::Result<UnixListener> {
+    bind_socket_in(path).map_err(|e| {
+        if e.to_string().starts_with("api.socket") {
+            e
+        } else {
+            io::Error::new(e.kind(), format!("api.socket {}: {e}", path.display()))
+        }
+    })
+}
+
+fn bind_socket_in(path: &std::path::Path) -> io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent()
         && !dir.exists()
