@@ -25,7 +25,7 @@ fn a_syn_flood_cannot_keep_new_connections_out() {
     if !require_netns(&["curl"]) {
         return;
     }
-    let lab = Lab::up_env("fl", &[], &[("LAB_UCANAL_DATAPLANE", "[conntrack]\nmax = 1000")]);
+    let lab = Lab::up_env("tx", &[], &[("LAB_UCANAL_DATAPLANE", "[conntrack]\nmax = 1000")]);
     let dir = tempfile::tempdir().unwrap();
     let _ep1 = lab.background("ghost-ep1", &format!("exec python3 {} serve 7000 ghost-ep1", script("lines.py")));
     let _ep2 = lab.background("ghost-ep2", &format!("exec python3 {} serve 7000 ghost-ep2", script("lines.py")));
@@ -56,7 +56,7 @@ fn a_syn_flood_cannot_keep_new_connections_out() {
     let flood = flood.wait_with_output().unwrap();
     let sent = text(&flood.stdout);
     let after = wait_until(Duration::from_secs(5), || nodeport_answers(&lab, "1"));
-    let early = lab.counter("centos7-1", "counters", "ct_early_drop");
+    let early = lab.counter("centos7-1", "decisions", "ct_early_drop");
     println!(
         "flood: {} SYNs sent; new connections during it: {ok}/{tried}; first success after it: {after:?}; ct_early_drop {early}",
         sent.trim()
@@ -87,7 +87,7 @@ fn api_probes_leave_the_daemon_up_and_forwarding() {
     if !require_netns(&["curl", "prlimit"]) {
         return;
     }
-    let lab = Lab::up("ap", &[]);
+    let lab = Lab::up("ta", &[]);
     let pid = daemon_pid(&lab);
     let sock = lab.socket("centos7-1");
 
@@ -102,8 +102,8 @@ fn api_probes_leave_the_daemon_up_and_forwarding() {
 
     // 2. An oversized request: 2 MiB without a newline, answered with an error.
     let py = format!(
-        "import socket,json; s=socket.socket(socket.AF_UNIX); s.connect('{}'); \
-         s.sendall(b'x'*(2<<20)); print(s.makefile().readline())",
+        "import socket\ns=socket.socket(socket.AF_UNIX)\ns.connect('{}')\ntry:\n    s.sendall(b'x'*(2<<20))\n\
+         except OSError:\n    pass\nprint(s.makefile().readline())",
         sock.display()
     );
     let out = std::process::Command::new("python3").args(["-c", &py]).output().unwrap();
@@ -116,7 +116,7 @@ fn api_probes_leave_the_daemon_up_and_forwarding() {
         let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
         f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
     };
-    assert!(std::process::Command::new("prlimit").args(["--pid", &pid, "--nofile=64:64"]).status().unwrap().success());
+    assert!(std::process::Command::new("prlimit").args(["--pid", &pid, "--nofile=64:"]).status().unwrap().success());
     let log_before = std::fs::metadata(lab.run_dir().join("centos7-1.log")).unwrap().len();
     let hog = format!(
         "import socket,time\nss=[]\nfor i in range(300):\n    s=socket.socket(socket.AF_UNIX)\n    s.connect('{}')\n    ss.append(s)\ntime.sleep(5)\n",
@@ -129,12 +129,13 @@ fn api_probes_leave_the_daemon_up_and_forwarding() {
     let _ = h.wait();
     let log_growth = std::fs::metadata(lab.run_dir().join("centos7-1.log")).unwrap().len() - log_before;
     println!("open-file exhaustion: {ticks} CPU ticks in 4 s, log grew {log_growth} bytes");
+    let log = std::fs::read(lab.run_dir().join("centos7-1.log")).unwrap();
+    let new = text(&log[log_before as usize..]);
+    assert!(new.contains("api accept:"), "the limit was never reached (no accept error logged):\n{new}");
     assert!(ticks < 100, "the accept loop spins: {ticks} ticks in 4 s");
     assert!(log_growth < 20_000, "accept errors flood the log: {log_growth} bytes");
     assert!(alive(&pid) && nodeport_answers(&lab, "3"), "daemon down after open-file exhaustion");
-    assert!(
-        std::process::Command::new("prlimit").args(["--pid", &pid, "--nofile=4096:4096"]).status().unwrap().success()
-    );
+    assert!(std::process::Command::new("prlimit").args(["--pid", &pid, "--nofile=1024:"]).status().unwrap().success());
     assert!(
         wait_until(Duration::from_secs(5), || lab.ucanal("centos7-1", &["show", "pods"]).status.success()).is_some(),
         "the API does not answer once files are free again"

@@ -59,7 +59,7 @@ fn restarts_lose_no_line_and_no_flow() {
         return;
     }
     let rounds: usize = std::env::var("UCANAL_RESTART_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-    let lab = Lab::up_env("rs", &[], &[("UCANAL_RUN_ARGS", KEEP)]);
+    let lab = Lab::up_env("tr", &[], &[("UCANAL_RUN_ARGS", KEEP)]);
     let dir = tempfile::tempdir().unwrap();
     let _ep1 = lab.background("ghost-ep1", &format!("exec python3 {} serve 7000 ghost-ep1", lines_py()));
     let _ep2 = lab.background("ghost-ep2", &format!("exec python3 {} serve 7000 ghost-ep2", lines_py()));
@@ -111,7 +111,7 @@ fn a_refused_start_leaves_nothing_behind() {
     if !require_netns(&[]) {
         return;
     }
-    let lab = Lab::up("rf", &[]);
+    let lab = Lab::up("tq", &[]);
     let ns = lab.ns("centos7-1");
     // Stop centos7-1's ucanal with a full teardown (SIGINT), then start one that cannot bind its socket.
     let pid = std::fs::read_to_string(lab.run_dir().join("centos7-1.pid")).unwrap();
