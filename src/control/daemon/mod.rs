@@ -161,7 +161,7 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
                 e
             }
         };
-        let listener = match server::bind_socket(&socket) {
+        let listeners = match server::bind_socket(&socket).and_then(|f| Ok(vec![f, server::bind_abstract()?])) {
             Ok(l) => l,
             Err(e) => return Err(stop(setup(e)).await),
         };
@@ -177,7 +177,7 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
         }
         let checkpoint = daemon.lock().await.keep.as_ref().map(|k| k.conntrack.clone());
         let sweeper = maintenance::Sweeper::spawn(dp, maintenance_block, checkpoint).map_err(setup)?;
-        let server = tokio::spawn(server::serve(listener, daemon.clone()));
+        let server = tokio::spawn(server::serve(listeners, daemon.clone()));
         let sig = wait_for_signal().await;
         tracing::info!("stopping ({sig})");
         server.abort();
