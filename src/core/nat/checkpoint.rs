@@ -14,7 +14,12 @@
 
 use std::net::Ipv4Addr;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering::Relaxed};
+
 use super::Tuple;
+use super::conntrack::{ASSURED, Conntrack, Entry, SEEN_REPLY, TcpState};
+use crate::core::Now;
 
 const MAGIC: &[u8; 4] = b"UCCT";
 const VERSION: u8 = 1;
@@ -106,6 +111,52 @@ pub fn decode(b: &[u8]) -> Result<(Vec<Saved>, u64), CheckpointError> {
         })
         .collect();
     Ok((flows, written_at))
+}
+
+impl Conntrack {
+    /// Every live flow, for a checkpoint (see [`checkpoint`](super::checkpoint)).
+    pub fn snapshot(&self, now: Now) -> Vec<Saved> {
+        self.entries(now)
+            .iter()
+            .map(|e| Saved {
+                original: e.original,
+                reply: e.reply,
+                nat: e.nat,
+                state: e.state.load(Relaxed),
+                flags: e.flags.load(Relaxed),
+                remaining: e.remaining(now),
+            })
+            .collect()
+    }
+
+    /// Puts a saved flow back with its own reply tuple. False when it has no time
+    /// left, the table is full, or either tuple is already taken by a live flow.
+    pub fn restore(&self, f: &Saved, now: Now) -> bool {
+        if f.remaining == 0 || self.entries.load(Relaxed) >= self.max || f.original.proto != f.reply.proto {
+            return false;
+        }
+        let taken = |k: u128| self.map.get(&k).is_some_and(|e| e.is_live(now));
+        if taken(f.original.key()) || taken(f.reply.key()) {
+            return false;
+        }
+        let entry = Arc::new(Entry {
+            original: f.original,
+            reply: f.reply,
+            nat: f.nat,
+            state: AtomicU8::new(TcpState::from_u8(f.state) as u8),
+            flags: AtomicU8::new(f.flags & (SEEN_REPLY | ASSURED)),
+            deadline: AtomicU32::new(now.secs().saturating_add(f.remaining)),
+        });
+        if let Some(old) = self.map.insert(f.reply.key(), entry.clone()) {
+            self.forget_replaced(&old, f.reply.key());
+        }
+        if let Some(old) = self.map.insert(f.original.key(), entry) {
+            self.forget_replaced(&old, f.original.key());
+        }
+        self.entries.fetch_add(1, Relaxed);
+        self.candidates.push(f.original.key(), |_| true);
+        true
+    }
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ pub enum TcpState {
 }
 
 impl TcpState {
-    fn from_u8(v: u8) -> TcpState {
+    pub(super) fn from_u8(v: u8) -> TcpState {
         use TcpState::*;
         [None, SynSent, SynRecv, Established, FinWait, CloseWait, LastAck, TimeWait, Close, SynSent2]
             .get(usize::from(v))
@@ -219,8 +219,8 @@ impl Timeouts {
 pub const NAT_DNAT: u8 = 1;
 pub const NAT_SNAT: u8 = 2;
 
-const SEEN_REPLY: u8 = 1;
-const ASSURED: u8 = 2;
+pub(super) const SEEN_REPLY: u8 = 1;
+pub(super) const ASSURED: u8 = 2;
 
 /// One tracked flow.
 #[derive(Debug)]
@@ -228,10 +228,10 @@ pub struct Entry {
     pub original: Tuple,
     pub reply: Tuple,
     pub nat: u8,
-    state: AtomicU8,
-    flags: AtomicU8,
+    pub(super) state: AtomicU8,
+    pub(super) flags: AtomicU8,
     /// Expiry, in `Now::secs()`.
-    deadline: AtomicU32,
+    pub(super) deadline: AtomicU32,
 }
 
 impl Entry {
@@ -344,10 +344,10 @@ enum Attempt {
 const MAX_PORT_TRIES: u32 = 128;
 
 pub struct Conntrack {
-    map: DashMap<u128, Arc<Entry>, ahash::RandomState>,
-    entries: AtomicUsize,
-    max: usize,
-    candidates: early_drop::Candidates,
+    pub(super) map: DashMap<u128, Arc<Entry>, ahash::RandomState>,
+    pub(super) entries: AtomicUsize,
+    pub(super) max: usize,
+    pub(super) candidates: early_drop::Candidates,
     pub timeouts: Timeouts,
 }
 
@@ -564,36 +564,9 @@ impl Conntrack {
         Attempt::Done(Insert::New { remapped: port != ports.keep, evicted: false, entry })
     }
 
-    /// Makes room for one flow: evicts the oldest flow that may be dropped early (an
-    /// expired one found on the way counts too). False when none was found.
-    fn early_drop(&self, now: Now) -> bool {
-        for _ in 0..early_drop::EVICTION_TRIES {
-            let Some(key) = self.candidates.pop() else { return false };
-            let Some(e) = self.map.get(&key).map(|r| r.value().clone()) else { continue };
-            if e.original.key() != key {
-                continue;
-            }
-            let live = e.is_live(now);
-            if (!live || early_drop::can_early_drop(&e)) && self.remove_entry(&e) {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Removes one flow (both keys) if it is still in the table; true when this call removed it.
-    fn remove_entry(&self, e: &Arc<Entry>) -> bool {
-        let gone = self.map.remove_if(&e.original.key(), |_, m| Arc::ptr_eq(m, e)).is_some();
-        self.map.remove_if(&e.reply.key(), |_, m| Arc::ptr_eq(m, e));
-        if gone {
-            self.entries.fetch_sub(1, Relaxed);
-        }
-        gone
-    }
-
     /// Bookkeeping when an expired entry's key is overwritten: the entry count follows
     /// original keys.
-    fn forget_replaced(&self, old: &Arc<Entry>, key: u128) {
+    pub(super) fn forget_replaced(&self, old: &Arc<Entry>, key: u128) {
         if old.original.key() == key {
             self.entries.fetch_sub(1, Relaxed);
         }
@@ -633,50 +606,6 @@ impl Conntrack {
         });
         self.entries.fetch_sub(removed, Relaxed);
         removed
-    }
-
-    /// Every live flow, for a checkpoint (see [`checkpoint`](super::checkpoint)).
-    pub fn snapshot(&self, now: Now) -> Vec<super::checkpoint::Saved> {
-        self.entries(now)
-            .iter()
-            .map(|e| super::checkpoint::Saved {
-                original: e.original,
-                reply: e.reply,
-                nat: e.nat,
-                state: e.state.load(Relaxed),
-                flags: e.flags.load(Relaxed),
-                remaining: e.remaining(now),
-            })
-            .collect()
-    }
-
-    /// Puts a saved flow back with its own reply tuple. False when it has no time
-    /// left, the table is full, or either tuple is already taken by a live flow.
-    pub fn restore(&self, f: &super::checkpoint::Saved, now: Now) -> bool {
-        if f.remaining == 0 || self.entries.load(Relaxed) >= self.max || f.original.proto != f.reply.proto {
-            return false;
-        }
-        let taken = |k: u128| self.map.get(&k).is_some_and(|e| e.is_live(now));
-        if taken(f.original.key()) || taken(f.reply.key()) {
-            return false;
-        }
-        let entry = Arc::new(Entry {
-            original: f.original,
-            reply: f.reply,
-            nat: f.nat,
-            state: AtomicU8::new(TcpState::from_u8(f.state) as u8),
-            flags: AtomicU8::new(f.flags & (SEEN_REPLY | ASSURED)),
-            deadline: AtomicU32::new(now.secs().saturating_add(f.remaining)),
-        });
-        if let Some(old) = self.map.insert(f.reply.key(), entry.clone()) {
-            self.forget_replaced(&old, f.reply.key());
-        }
-        if let Some(old) = self.map.insert(f.original.key(), entry) {
-            self.forget_replaced(&old, f.original.key());
-        }
-        self.entries.fetch_add(1, Relaxed);
-        self.candidates.push(f.original.key(), |_| true);
-        true
     }
 
     /// Live entries, one per flow, ordered by original tuple for stable listings.

@@ -18,7 +18,11 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use super::conntrack::{Entry, TcpState};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::conntrack::{Conntrack, Entry, TcpState};
+use crate::core::Now;
 use crate::wire::ipv4::PROTO_TCP;
 
 /// Keys examined per eviction before the new flow is refused.
@@ -71,6 +75,35 @@ impl Candidates {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Conntrack {
+    /// Makes room for one flow: evicts the oldest flow that may be dropped early (an
+    /// expired one found on the way counts too). False when none was found.
+    pub(super) fn early_drop(&self, now: Now) -> bool {
+        for _ in 0..EVICTION_TRIES {
+            let Some(key) = self.candidates.pop() else { return false };
+            let Some(e) = self.map.get(&key).map(|r| r.value().clone()) else { continue };
+            if e.original.key() != key {
+                continue;
+            }
+            let live = e.is_live(now);
+            if (!live || can_early_drop(&e)) && self.remove_entry(&e) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Removes one flow (both keys) if it is still in the table; true when this call removed it.
+    pub(super) fn remove_entry(&self, e: &Arc<Entry>) -> bool {
+        let gone = self.map.remove_if(&e.original.key(), |_, m| Arc::ptr_eq(m, e)).is_some();
+        self.map.remove_if(&e.reply.key(), |_, m| Arc::ptr_eq(m, e));
+        if gone {
+            self.entries.fetch_sub(1, Relaxed);
+        }
+        gone
     }
 }
 
