@@ -140,6 +140,17 @@ fn api_probes_leave_the_daemon_up_and_forwarding() {
         wait_until(Duration::from_secs(5), || lab.ucanal("centos7-1", &["show", "pods"]).status.success()).is_some(),
         "the API does not answer once files are free again"
     );
+    // Zero-length datagrams to 8472 are a counted drop.
+    let before = lab.counter("centos7-1", "drops", "vxlan_malformed");
+    let send = format!(
+        "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor i in range(5):\n    s.sendto(b'', ('{NODE1}', 8472))\n"
+    );
+    assert!(lab.exec("client", &["python3", "-c", &send]).status.success());
+    assert!(
+        wait_until(Duration::from_secs(3), || lab.counter("centos7-1", "drops", "vxlan_malformed") == before + 5)
+            .is_some(),
+        "zero-length datagrams not counted"
+    );
     // `ucanal show pods | head -1` ends quietly.
     let out = std::process::Command::new("sh")
         .arg("-c")
@@ -147,4 +158,5 @@ fn api_probes_leave_the_daemon_up_and_forwarding() {
         .output()
         .unwrap();
     assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 1);
 }
