@@ -242,7 +242,9 @@ fn main() -> ExitCode {
         },
         Cmd::Pod { cmd } => {
             let req = match cmd {
-                PodCmd::Add { name, netns, ip, mac } => Request::PodAdd { pod: PodSpec { name, netns, ip, mac } },
+                PodCmd::Add { name, netns, ip, mac } => {
+                    Request::PodAdd { pod: PodSpec { name, netns, ip, mac, ifname: None } }
+                }
                 PodCmd::Del { name } => Request::PodDel { name },
             };
             done(simple(&socket, &req))

@@ -54,6 +54,60 @@ pub enum Request {
         count: usize,
         timeout_ms: u64,
     },
+    /// CNI ADD: attach a container's network namespace as a pod (answers a [`CniPod`]).
+    CniAdd {
+        attach: CniAttach,
+    },
+    /// CNI DEL: detach and release the address; succeeds when already gone.
+    CniDel {
+        container_id: String,
+        ifname: String,
+    },
+    /// CNI CHECK: the attachment as the daemon holds it (answers a [`CniPod`]).
+    CniCheck {
+        container_id: String,
+        ifname: String,
+    },
+    /// CNI GC: detach every attachment of `network` that is not in `valid` (container id, ifname).
+    CniGc {
+        network: String,
+        valid: Vec<(String, String)>,
+    },
+    /// CNI STATUS: can the daemon serve an ADD (answers `{"free": n}`)?
+    CniStatus,
+}
+
+/// What the CNI plugin asks for on ADD.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniAttach {
+    /// The CNI network (the conflist's `name`).
+    pub network: String,
+    pub container_id: String,
+    /// The interface to create in `netns` (`CNI_IFNAME`).
+    pub ifname: String,
+    /// The namespace path (`CNI_NETNS`).
+    pub netns: String,
+    /// How `show pods` names it: `namespace/name` from CNI_ARGS, else the container id.
+    pub name: String,
+    /// An address chosen by the runtime or a delegated IPAM plugin; `None`: the daemon allocates.
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub mac: Option<crate::wire::MacAddr>,
+}
+
+/// An attachment as the daemon made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CniPod {
+    pub name: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub ip: std::net::Ipv4Addr,
+    pub mac: crate::wire::MacAddr,
+    pub mtu: u16,
+    pub gateway: std::net::Ipv4Addr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -18,6 +18,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Mutex;
 
+mod cni;
+
 use super::api::{Request, Response, Show};
 use super::config::{self, Config, ConfigError, PodSpec};
 use super::{probe, show};
@@ -67,6 +69,8 @@ struct PodState {
     spec: PodSpec,
     port: PortId,
     ifname: String,
+    /// Set when a CNI plugin attached it.
+    cni: Option<cni::Attachment>,
 }
 
 pub struct Daemon {
@@ -84,6 +88,8 @@ pub struct Daemon {
     seed: u64,
     tx_ports: Vec<u16>,
     steers: BTreeSet<Steer>,
+    /// CNI attachments' addresses (ucanal's default IPAM), kept in a state file.
+    leases: super::leases::LeaseFile,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Blocks the calling thread.
@@ -263,6 +269,8 @@ fn random_seed() -> u64 {
 async fn start(cfg: Config) -> Result<Daemon, RunError> {
     preflight(&cfg).await?;
     let node = cfg.node_info();
+    let lease_path = super::leases::LeaseFile::path_for(&cfg.api.socket);
+    let leases = super::leases::LeaseFile::load(lease_path, node.pod_cidr, node.vtep_ip).map_err(setup)?;
     let n_workers = workers_for(&cfg);
     let tech = cfg.dataplane.techniques();
     let underlay = Underlay::open(node.node_ip, node.vxlan_port, n_workers, cfg.dataplane.source_ports, tech.udp_gro)
@@ -287,6 +295,7 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
         seed: random_seed(),
         tx_ports: underlay.tx_ports.clone(),
         steers: BTreeSet::new(),
+        leases,
         cfg: Config { pods: Vec::new(), ..cfg.clone() },
     };
     if let Err(e) = d.configure_node().await {
@@ -466,12 +475,20 @@ impl Daemon {
         let (mac, mtu, ip, gw) = (spec.mac(), self.node.mtu, spec.ip, self.node.gateway);
         let queues = self.workers.len();
         let offloads = self.cfg.dataplane.techniques().tap_offloads;
+        let ifname = spec.ifname().to_string();
         let fds: Vec<OwnedFd> = tokio::task::block_in_place(|| {
             sys::in_netns(&path, move || {
-                let fds = tap::open("eth0", queues, offloads)?;
+                // TUNSETIFF would attach to an existing TAP of that name: refuse instead (CNI: "MUST return an error").
+                if netlink::with_handle(async |h| netlink::link_exists(h, &ifname).await)? {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{ifname} already exists in the pod"),
+                    ));
+                }
+                let fds = tap::open(&ifname, queues, offloads)?;
                 // Pods are IPv4 here; without this the kernel's IPv6 chatter is only counted drops.
-                let _ = netlink::sysctl(&["net", "ipv6", "conf", "eth0", "disable_ipv6"], "1");
-                netlink::with_handle(async |h| netlink::configure_pod(h, "eth0", mac, mtu, ip, gw).await)?;
+                let _ = netlink::sysctl(&["net", "ipv6", "conf", &ifname, "disable_ipv6"], "1");
+                netlink::with_handle(async |h| netlink::configure_pod(h, &ifname, mac, mtu, ip, gw).await)?;
                 Ok(fds)
             })
         })
@@ -485,8 +502,9 @@ impl Daemon {
             w.send(Control::AddPort { port, fd });
         }
         let ifname = spec.port_name();
-        let msg = format!("pod {} {} attached as eth0 in {} (port {ifname})", spec.name, spec.ip, spec.netns);
-        self.pods.push(PodState { spec: spec.clone(), port, ifname });
+        let msg =
+            format!("pod {} {} attached as {} in {} (port {ifname})", spec.name, spec.ip, spec.ifname(), spec.netns);
+        self.pods.push(PodState { spec: spec.clone(), port, ifname, cni: None });
         self.cfg.pods.push(spec);
         self.rebuild();
         tracing::info!("{msg}");
@@ -511,7 +529,15 @@ impl Daemon {
             }
         });
         self.free_ports.push(p.port.0);
-        let msg = format!("pod {name} detached; its eth0 is removed");
+        // A later pod with this address must not inherit its flows.
+        let ip = p.spec.ip;
+        let n = self
+            .dp
+            .conntrack
+            .remove_where(|e| e.original.src == ip || e.original.dst == ip || e.reply.src == ip || e.reply.dst == ip);
+        let last = self.dp.counters.workers() - 1;
+        self.dp.counters.add(last, Counter::CtFlushedPod, n as u64);
+        let msg = format!("pod {name} detached; its {} is removed, {n} flow(s) flushed", p.spec.ifname());
         tracing::info!("{msg}");
         Ok(msg)
     }
@@ -755,6 +781,15 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
         Request::EndpointDel { service, endpoint } => d.endpoint(&service, endpoint, false).await,
         Request::Show { what } => return Response::data(d.show(what)),
         Request::Trace { probe } => return d.trace(&probe).map(Response::data).unwrap_or_else(Response::error),
+        Request::CniAdd { attach } => {
+            return d.cni_add(attach).await.map(Response::data).unwrap_or_else(Response::error);
+        }
+        Request::CniDel { container_id, ifname } => d.cni_del(&container_id, &ifname).await,
+        Request::CniCheck { container_id, ifname } => {
+            return d.cni_check(&container_id, &ifname).map(Response::data).unwrap_or_else(Response::error);
+        }
+        Request::CniGc { network, valid } => d.cni_gc(&network, &valid).await,
+        Request::CniStatus => return Response::data(d.cni_status()),
         Request::TraceLive { .. } | Request::Capture { .. } => {
             return Response::error("streams are served per connection");
         }
