@@ -160,15 +160,36 @@ enum EndpointCmd {
     Add {
         #[arg(long)]
         service: String,
-        #[arg(long)]
-        endpoint: SocketAddrV4,
+        #[command(flatten)]
+        target: EndpointTarget,
     },
     Del {
         #[arg(long)]
         service: String,
-        #[arg(long)]
-        endpoint: SocketAddrV4,
+        #[command(flatten)]
+        target: EndpointTarget,
     },
+}
+
+/// An endpoint by address, or by the name of a pod on the same node.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct EndpointTarget {
+    #[arg(long)]
+    endpoint: Option<SocketAddrV4>,
+    /// A pod of this node and a port: <pod name>:<port> (e.g. default/web:2368).
+    #[arg(long)]
+    pod: Option<String>,
+}
+
+impl EndpointTarget {
+    fn resolve(&self, socket: &std::path::Path) -> Result<SocketAddrV4, String> {
+        match (&self.endpoint, &self.pod) {
+            (Some(e), _) => Ok(*e),
+            (None, Some(p)) => client::pod_endpoint(socket, p),
+            (None, None) => Err("give --endpoint or --pod".into()),
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -270,10 +291,14 @@ fn main() -> ExitCode {
         }
         Cmd::Endpoint { cmd } => {
             let req = match cmd {
-                EndpointCmd::Add { service, endpoint } => Request::EndpointAdd { service, endpoint },
-                EndpointCmd::Del { service, endpoint } => Request::EndpointDel { service, endpoint },
+                EndpointCmd::Add { service, target } => {
+                    target.resolve(&socket).map(|endpoint| Request::EndpointAdd { service, endpoint })
+                }
+                EndpointCmd::Del { service, target } => {
+                    target.resolve(&socket).map(|endpoint| Request::EndpointDel { service, endpoint })
+                }
             };
-            done(simple(&socket, &req))
+            done(req.and_then(|r| simple(&socket, &r)))
         }
         Cmd::Show { what, json, all } => done(show_cmd(&socket, what, json, all)),
         Cmd::Trace { ingress, flags, live, filter, count, timeout, nodes, json, flow } => {
