@@ -2,7 +2,8 @@
 //! interface name), their address leases, DEL that succeeds when the pod is gone, CHECK's
 //! view of an attachment, GC of attachments the runtime no longer knows, and STATUS.
 
-use super::{Daemon, PodState};
+use super::pods::PodState;
+use super::{ControlError, Daemon};
 use crate::control::api::{CniAttach, CniPod};
 use crate::control::config::PodSpec;
 use crate::control::leases::Lease;
@@ -36,16 +37,12 @@ impl Daemon {
 
     /// ADD: lease an address (or record the one the runtime or its IPAM chose), then
     /// attach the namespace as a pod; the lease goes again if the attachment fails.
-    pub(super) async fn cni_add(&mut self, a: CniAttach) -> Result<serde_json::Value, String> {
+    pub(super) async fn cni_add(&mut self, a: CniAttach) -> Result<serde_json::Value, ControlError> {
         if self.attachment(&a.container_id, &a.ifname).is_some() {
-            return Err(format!("container {} already has {} attached", a.container_id, a.ifname));
+            return Err(ControlError::AlreadyAttached { container_id: a.container_id, ifname: a.ifname });
         }
-        if let Some(o) = self.pods.iter().find(|p| p.spec.name == a.name) {
-            return Err(format!(
-                "pod {} exists already (container {:?})",
-                a.name,
-                o.cni.as_ref().map(|c| &c.container_id)
-            ));
+        if self.pods.iter().any(|p| p.spec.name == a.name) {
+            return Err(ControlError::PodExists(a.name));
         }
         let pods = &self.pods;
         let lease = Lease {
@@ -56,14 +53,12 @@ impl Daemon {
             name: a.name.clone(),
             netns: a.netns.clone(),
         };
-        let ip = self
-            .leases
-            .leases
-            .allocate(lease, a.ip, |ip| pods.iter().find(|p| p.spec.ip == ip).map(|p| format!("pod {}", p.spec.name)))
-            .map_err(|e| e.to_string())?;
+        let ip = self.leases.leases.allocate(lease, a.ip, |ip| {
+            pods.iter().find(|p| p.spec.ip == ip).map(|p| format!("pod {}", p.spec.name))
+        })?;
         if let Err(e) = self.leases.save() {
             self.leases.leases.release(&a.container_id, &a.ifname);
-            return Err(e.to_string());
+            return Err(e.into());
         }
         let spec =
             PodSpec { name: a.name.clone(), netns: a.netns.clone(), ip, mac: a.mac, ifname: Some(a.ifname.clone()) };
@@ -79,13 +74,13 @@ impl Daemon {
     }
 
     /// DEL: detach and release; an attachment that is already gone is success.
-    pub(super) async fn cni_del(&mut self, container_id: &str, ifname: &str) -> Result<String, String> {
+    pub(super) async fn cni_del(&mut self, container_id: &str, ifname: &str) -> Result<String, ControlError> {
         let mut msg = Vec::new();
         if let Some(name) = self.attachment(container_id, ifname).map(|p| p.spec.name.clone()) {
             msg.push(self.del_pod(&name).await?);
         }
         if let Some(l) = self.leases.leases.release(container_id, ifname) {
-            self.leases.save().map_err(|e| e.to_string())?;
+            self.leases.save()?;
             msg.push(format!("{} released", l.ip));
         }
         if msg.is_empty() {
@@ -94,15 +89,16 @@ impl Daemon {
         Ok(msg.join("; "))
     }
 
-    pub(super) fn cni_check(&self, container_id: &str, ifname: &str) -> Result<serde_json::Value, String> {
-        let p = self
-            .attachment(container_id, ifname)
-            .ok_or_else(|| format!("container {container_id} has no {ifname} attached on this node"))?;
+    pub(super) fn cni_check(&self, container_id: &str, ifname: &str) -> Result<serde_json::Value, ControlError> {
+        let p = self.attachment(container_id, ifname).ok_or_else(|| ControlError::NotAttached {
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+        })?;
         Ok(serde_json::to_value(self.cni_pod(p)).unwrap_or_default())
     }
 
     /// GC: every attachment of `network` (and every lease) not in `valid` goes.
-    pub(super) async fn cni_gc(&mut self, network: &str, valid: &[(String, String)]) -> Result<String, String> {
+    pub(super) async fn cni_gc(&mut self, network: &str, valid: &[(String, String)]) -> Result<String, ControlError> {
         let keep = |cid: &str, ifname: &str| valid.iter().any(|(c, i)| c == cid && i == ifname);
         let mut stale: Vec<(String, String)> = self
             .pods
