@@ -8,4 +8,5 @@
 pub mod check;
 pub mod ipam;
 pub mod plugin;
+pub mod result;
 pub mod spec;
