@@ -1,6 +1,6 @@
 //! The CNI plugin's parsers: any bytes as the network configuration on stdin, and any
 //! text as `CNI_ARGS` and the other `CNI_*` variables, give a value or a CNI error with a
-//! well-known code, never a panic. The first byte picks the command.
+//! well-known code, never a panic. The first byte picks the command. Seeds: `fuzz/seeds/cni`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
