@@ -239,7 +239,52 @@ fn cni_conformance() {
     assert_eq!(invoke(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")], &gc), (0, Value::Null));
     assert!(!lab.ucanal_ok("centos7-1", &["show", "pods"]).contains("default/web"), "GC removes stale ones");
 
+    leases_survive_a_restart(&lab, &sock, &env("ADD"));
     host_local(&lab, &sock, &env("ADD"));
+}
+
+/// Stops and starts a node's ucanal (SIGTERM, then the same command line), as the lab does.
+fn restart_ucanal(lab: &Lab, node: &str) {
+    let script = format!(
+        ". {}/netns-scripts/lib.sh; lab_init; lab_ucanal_stop {node}; lab_ucanal_start {node}; lab_ucanal_wait {node}",
+        common::repo().display()
+    );
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .env("LAB_PREFIX", &lab.prefix)
+        .env("UCANAL_BIN", common::ucanal_bin())
+        .env_remove("UCANAL_RUN_ARGS")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restarting ucanal on {node}: {}", text(&out.stderr));
+}
+
+/// The default IPAM's leases outlive the daemon: after a restart a new attachment gets
+/// another address, and the old one is released by its DEL.
+fn leases_survive_a_restart(lab: &Lab, sock: &Path, add_env: &[(&str, &str)]) {
+    let (ns_a, ns_b) = (Netns::new(lab.ns("cnia")), Netns::new(lab.ns("cnib")));
+    let (pa, pb) = (ns_a.path(), ns_b.path());
+    let mut a = add_env.to_vec();
+    (a[1].1, a[2].1, a[4].1) = ("persist-a", pa.as_str(), "K8S_POD_NAME=a");
+    let mut b = add_env.to_vec();
+    (b[1].1, b[2].1, b[4].1) = ("persist-b", pb.as_str(), "K8S_POD_NAME=b");
+    let ra = invoke(&a, &conf(sock, "1.0.0"));
+    assert_result(&ra, "1.0.0");
+    restart_ucanal(lab, "centos7-1");
+    let rb = invoke(&b, &conf(sock, "1.0.0"));
+    assert_result(&rb, "1.0.0");
+    assert_ne!(ra.1["ips"][0]["address"], rb.1["ips"][0]["address"], "a live address handed out twice");
+    let leases = sock.with_file_name(format!("{}centos7-1.leases.json", lab.prefix));
+    let held = |ip: &Value| {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&leases).unwrap()).unwrap();
+        v["leases"].as_object().unwrap().contains_key(ip.as_str().unwrap().split('/').next().unwrap())
+    };
+    assert!(held(&ra.1["ips"][0]["address"]) && held(&rb.1["ips"][0]["address"]));
+    for e in [&mut a, &mut b] {
+        e[0].1 = "DEL";
+        assert_eq!(invoke(e, &conf(sock, "1.0.0")), (0, Value::Null));
+    }
+    assert!(!held(&ra.1["ips"][0]["address"]) && !held(&rb.1["ips"][0]["address"]), "DEL released both");
 }
 
 /// An `ipam` section delegates to Debian's host-local: its address, released on DEL.
