@@ -173,6 +173,13 @@ mod tests {
             serde_json::from_str(r#"{"op":"pod_add","pod":{"name":"p","netns":"uc-p","ip":"10.244.0.80"}}"#).unwrap();
         assert!(matches!(r, Request::PodAdd { .. }));
         assert!(serde_json::from_str::<Request>(r#"{"op":"pod_del","name":"x","extra":1}"#).is_err());
+        let r: Request = serde_json::from_str(r#"{"op":"cni_del","container_id":"c1","ifname":"eth0"}"#).unwrap();
+        assert!(matches!(r, Request::CniDel { container_id, ifname } if container_id == "c1" && ifname == "eth0"));
+        let r: Request = serde_json::from_str(
+            r#"{"op":"cni_add","attach":{"network":"ucanal","container_id":"c1","ifname":"eth0","netns":"/run/netns/c1","name":"default/web"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(r, Request::CniAdd { attach } if attach.ip.is_none() && attach.name == "default/web"));
         assert_eq!(serde_json::to_string(&Response::ok("done")).unwrap(), r#"{"ok":true,"message":"done"}"#);
     }
 }
