@@ -243,11 +243,16 @@ fn cni_conformance() {
     host_local(&lab, &sock, &env("ADD"));
 }
 
-/// Stops and starts a node's ucanal (SIGTERM, then the same command line), as the lab does.
+/// Stops and starts a node's ucanal (SIGTERM, then the same command line), as the lab does;
+/// the host port of the old one must be gone first (after a SIGKILL the kernel takes a moment),
+/// and the old pid file too (else the wait may judge the new daemon by the old pid).
 fn restart_ucanal(lab: &Lab, node: &str) {
     let script = format!(
-        ". {}/netns-scripts/lib.sh; lab_init; lab_ucanal_stop {node}; lab_ucanal_start {node}; lab_ucanal_wait {node}",
-        common::repo().display()
+        ". {}/netns-scripts/lib.sh; lab_init; lab_ucanal_stop {node}; \
+         for i in $(seq 100); do ip -n {ns} link show ucanal0 >/dev/null 2>&1 || break; sleep 0.1; done; \
+         rm -f \"$LAB_RUN_DIR/{node}.pid\"; lab_ucanal_start {node}; lab_ucanal_wait {node}",
+        common::repo().display(),
+        ns = lab.ns(node)
     );
     let out = Command::new("bash")
         .args(["-c", &script])
