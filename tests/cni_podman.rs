@@ -22,9 +22,15 @@ struct Podman {
     dir: tempfile::TempDir,
     conf: PathBuf,
     ulimits: Vec<String>,
-    /// /var/lib/cni did not exist before (libcni's result cache): remove it if left empty.
-    cni_cache_was_absent: bool,
+    /// What podman writes outside its private directories whatever its flags (libcni's
+    /// result cache, the image blob-info cache of containers/image, runc's state root, the
+    /// lock next to the default CNI config dir) and did not exist before: removed at the end.
+    outside: Vec<PathBuf>,
 }
+
+/// Paths podman (with our private root, runroot, tmpdir and network config dir) still uses.
+const OUTSIDE: &[&str] =
+    &["/var/lib/cni", "/var/lib/containers", "/run/runc", "/run/libpod", "/run/containers", "/etc/cni/net.d/cni.lock"];
 
 impl Podman {
     fn new(lab: &Lab) -> Podman {
@@ -55,7 +61,8 @@ impl Podman {
             ),
         )
         .unwrap();
-        let p = Podman { conf, ulimits: ulimits(), cni_cache_was_absent: !Path::new("/var/lib/cni").exists(), dir };
+        let outside = OUTSIDE.iter().map(PathBuf::from).filter(|p| !p.exists()).collect();
+        let p = Podman { conf, ulimits: ulimits(), outside, dir };
         p.import_busybox();
         p
     }
@@ -132,9 +139,8 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.run(&["rm", "-a", "-f", "-t", "0"]);
         let _ = self.run(&["rmi", "-a", "-f"]);
-        if self.cni_cache_was_absent {
-            let _ = std::fs::remove_dir("/var/lib/cni/results");
-            let _ = std::fs::remove_dir("/var/lib/cni");
+        for p in &self.outside {
+            let _ = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
         }
     }
 }
@@ -241,7 +247,10 @@ fn podman_containers_on_two_ucanal_nodes() {
 
     start_remove_loop(&lab, &pm);
 
+    let outside = pm.outside.clone();
     drop(pm);
+    let left: Vec<_> = outside.iter().filter(|p| p.exists()).collect();
+    assert!(left.is_empty(), "podman left {left:?} behind");
     let etc_cni_after = text(&Command::new("ls").args(["-la", "/etc/cni/net.d"]).output().unwrap().stdout);
     assert_eq!(etc_cni_before, etc_cni_after, "/etc/cni changed");
 }
