@@ -10,8 +10,10 @@
 //!
 //! The rooms: `node` (kernel side: checks, sysctls, host port, steering rules,
 //! teardown), `pods`, `services`, `inspect` (listings and the synthetic trace),
-//! `server` (the API socket) and `maintenance` (the conntrack sweep, on its own thread).
+//! `server` (the API socket), `maintenance` (the conntrack sweep, on its own thread) and
+//! `cni` (attachments made by the CNI plugin, with their address leases).
 
+mod cni;
 mod inspect;
 mod maintenance;
 mod node;
@@ -100,6 +102,13 @@ pub enum ControlError {
     /// A kernel call (netlink, TAP, namespace) failed.
     #[error("{0}")]
     Kernel(#[from] std::io::Error),
+    #[error("container {container_id} already has {ifname} attached")]
+    AlreadyAttached { container_id: String, ifname: String },
+    #[error("container {container_id} has no {ifname} attached on this node")]
+    NotAttached { container_id: String, ifname: String },
+    /// ucanal's IPAM: no free address, an address taken, the lease file unwritable.
+    #[error("{0}")]
+    Lease(#[from] super::leases::LeaseError),
 }
 
 pub struct Daemon {
@@ -123,6 +132,10 @@ pub struct Daemon {
     keep: Option<restart::Paths>,
     /// Started from a previous ucanal's state: its kernel objects are adopted.
     adopted: bool,
+    /// Pods of the previous ucanal's state are being attached: their TAPs exist, adopt them.
+    restoring: bool,
+    /// CNI attachments' addresses (ucanal's default IPAM), kept in a state file.
+    leases: super::leases::LeaseFile,
 }
 
 impl Daemon {
@@ -226,6 +239,8 @@ async fn start(cfg: Config, keep: Option<restart::Paths>, state: Option<restart:
     let adopted = state.is_some();
     node::preflight(&cfg, keep.is_some()).await?;
     let node = cfg.node_info();
+    let lease_path = super::leases::LeaseFile::path_for(&cfg.api.socket);
+    let leases = super::leases::LeaseFile::load(lease_path, node.pod_cidr, node.vtep_ip).map_err(setup)?;
     let n_workers = workers_for(&cfg);
     let tech = cfg.dataplane.techniques();
     let underlay = Underlay::open(node.node_ip, node.vxlan_port, n_workers, cfg.dataplane.source_ports, tech.udp_gro)
@@ -252,9 +267,11 @@ async fn start(cfg: Config, keep: Option<restart::Paths>, state: Option<restart:
         tx_ports: underlay.tx_ports.clone(),
         steers: BTreeSet::new(),
         restore_sysctls: state.as_ref().map(|s| node::sysctls_from_names(&s.restore_sysctls)).unwrap_or_default(),
+        leases,
         cfg: Config { pods: Vec::new(), ..cfg.clone() },
         keep,
         adopted,
+        restoring: false,
     };
     if let Err(e) = d.configure_node().await {
         d.teardown().await;
@@ -287,12 +304,14 @@ async fn start(cfg: Config, keep: Option<restart::Paths>, state: Option<restart:
             }
         }
     }
+    d.restoring = d.adopted;
     for (i, p) in cfg.pods.iter().enumerate() {
         if let Err(e) = d.add_pod(p.clone()).await {
             d.teardown().await;
             return Err(setup(format!("pods[{i}] ({}): {e}", p.name)));
         }
     }
+    d.restoring = false;
     d.save_state();
     tracing::info!(
         node = %node.name, adopted = d.adopted, workers = n_workers, batch = cfg.dataplane.batch, techniques = ?tech, pods = d.pods.len(), services = d.cfg.services.len(),

@@ -196,10 +196,10 @@ impl Daemon {
         }
         self.workers.clear();
         if self.keep.is_some() {
-            // Persistent TAPs outlive their queues: remove the pods' eth0 explicitly.
+            // Persistent TAPs outlive their queues: remove the pods' TAPs explicitly.
             for p in std::mem::take(&mut self.pods) {
-                if let Err(e) = super::pods::delete_eth0(&p.spec.netns_path()) {
-                    tracing::error!("cleanup: pod {} eth0: {e}", p.spec.name);
+                if let Err(e) = super::pods::delete_tap(&p.spec.netns_path(), p.spec.ifname()) {
+                    tracing::error!("cleanup: pod {} {}: {e}", p.spec.name, p.spec.ifname());
                 }
             }
         }

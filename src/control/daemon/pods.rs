@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{ControlError, Daemon};
 use crate::control::config::{self, PodSpec};
-use crate::core::PortId;
+use crate::core::{Counter, PortId};
 use crate::io::netlink;
 use crate::io::stats;
 use crate::io::worker::Control;
@@ -17,6 +17,8 @@ pub(super) struct PodState {
     pub(super) spec: PodSpec,
     pub(super) port: PortId,
     pub(super) ifname: String,
+    /// Set when the CNI plugin attached it.
+    pub(super) cni: Option<super::cni::Attachment>,
 }
 
 impl Daemon {
@@ -43,13 +45,21 @@ impl Daemon {
         let (mac, mtu, ip, gw) = (spec.mac(), self.node.mtu, spec.ip, self.node.gateway);
         let queues = self.workers.len();
         let offloads = self.cfg.dataplane.techniques().tap_offloads;
+        let ifname = spec.ifname().to_string();
+        // Pods restored from a previous ucanal's state keep their persistent TAP.
         let persist = if self.keep.is_some() { tap::Persist::Keep } else { tap::Persist::No };
+        let adopt = self.restoring;
         let fds: Vec<OwnedFd> = tokio::task::block_in_place(|| {
             sys::in_netns(&path, move || {
-                let fds = tap::open_with("eth0", queues, offloads, persist)?;
+                // TUNSETIFF would attach to an existing TAP of that name: refuse instead (CNI: "MUST return an error").
+                if !adopt && netlink::with_handle(async |h| netlink::link_exists(h, &ifname).await)? {
+                    let e = format!("an interface {ifname} already exists in the pod's namespace");
+                    return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, e));
+                }
+                let fds = tap::open_with(&ifname, queues, offloads, persist)?;
                 // Pods are IPv4 here; without this the kernel's IPv6 chatter is only counted drops.
-                let _ = netlink::sysctl(&["net", "ipv6", "conf", "eth0", "disable_ipv6"], "1");
-                netlink::with_handle(async |h| netlink::configure_pod(h, "eth0", mac, mtu, ip, gw).await)?;
+                let _ = netlink::sysctl(&["net", "ipv6", "conf", &ifname, "disable_ipv6"], "1");
+                netlink::with_handle(async |h| netlink::configure_pod(h, &ifname, mac, mtu, ip, gw).await)?;
                 Ok(fds)
             })
         })?;
@@ -62,8 +72,9 @@ impl Daemon {
             w.send(Control::AddPort { port, fd });
         }
         let ifname = spec.port_name();
-        let msg = format!("pod {} {} attached as eth0 in {} (port {ifname})", spec.name, spec.ip, spec.netns);
-        self.pods.push(PodState { spec: spec.clone(), port, ifname });
+        let msg =
+            format!("pod {} {} attached as {} in {} (port {ifname})", spec.name, spec.ip, spec.ifname(), spec.netns);
+        self.pods.push(PodState { spec: spec.clone(), port, ifname, cni: None });
         self.cfg.pods.push(spec);
         self.rebuild();
         tracing::info!("{msg}");
@@ -89,19 +100,27 @@ impl Daemon {
             }
         });
         self.free_ports.push(p.port.0);
+        // A later pod with this address must not inherit its flows.
+        let ip = p.spec.ip;
+        let n = self
+            .dp
+            .conntrack
+            .remove_where(|e| e.original.src == ip || e.original.dst == ip || e.reply.src == ip || e.reply.dst == ip);
+        self.dp.counters.add(self.api_block(), Counter::CtFlushedPod, n as u64);
+        let msg = format!("pod {name} detached; its {} is removed, {n} flow(s) flushed", p.spec.ifname());
         if self.keep.is_some() {
-            tokio::task::block_in_place(|| delete_eth0(&p.spec.netns_path()))?;
+            tokio::task::block_in_place(|| delete_tap(&p.spec.netns_path(), p.spec.ifname()))?;
         }
-        let msg = format!("pod {name} detached; its eth0 is removed");
         tracing::info!("{msg}");
         Ok(msg)
     }
 }
 
-/// Deletes a pod's (persistent) `eth0`.
-pub(super) fn delete_eth0(netns: &std::path::Path) -> std::io::Result<()> {
+/// Deletes a pod's (persistent) TAP.
+pub(super) fn delete_tap(netns: &std::path::Path, ifname: &str) -> std::io::Result<()> {
     if !netns.exists() {
         return Ok(());
     }
-    sys::in_netns(netns, || netlink::with_handle(async |h| netlink::delete_link(h, "eth0").await))
+    let ifname = ifname.to_string();
+    sys::in_netns(netns, move || netlink::with_handle(async |h| netlink::delete_link(h, &ifname).await))
 }
