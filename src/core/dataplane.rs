@@ -331,6 +331,7 @@ impl<'a> Ctx<'a> {
         pkt.truncate(ethernet::HEADER_LEN + hdr.total);
         if partial {
             pkt.offload.csum_partial = true;
+            self.count(Counter::CsumPartial);
         }
 
         let mut tracked = false;
