@@ -13,11 +13,12 @@
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use super::counters::{Counter, Counters, DropReason};
+use super::frag::reasm::{Pushed, Reassembler};
 use super::nat::conntrack::{Conntrack, Dir, Hit, Insert, NAT_DNAT, NAT_SNAT, NewFlow, PortChoice};
 use super::nat::masquerade::{self, Egress};
 use super::nat::service::Via;
@@ -25,7 +26,7 @@ use super::nat::{Tuple, pick};
 use super::route::{Hop, Matched, RouteTarget};
 use super::tables::{PodPort, Tables};
 use super::trace::{Step, Trace, tuple_str};
-use super::{Action, Ipv4Net, Now, Packet, PortId, offload, proxy_arp, reject, vxlan};
+use super::{Action, HEADROOM, Ipv4Net, Now, Offload, Packet, PortId, frag, offload, proxy_arp, reject, vxlan};
 use crate::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetFrame};
 use crate::wire::icmp::{self, ErrorRepr};
 use crate::wire::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
@@ -41,6 +42,8 @@ pub struct Dataplane {
     /// The TAPs take `NEEDS_CSUM` frames (see `offload`); otherwise partial checksums
     /// are finished before delivery.
     tap_offloads: bool,
+    /// Datagrams in reassembly (only fragments take this lock).
+    frags: Mutex<Reassembler>,
 }
 
 /// Where a frame came in.
@@ -68,6 +71,7 @@ impl Dataplane {
             conntrack,
             counters: Counters::new(workers),
             tap_offloads: true,
+            frags: Mutex::new(Reassembler::new(frag::Limits::default())),
         }
     }
 
@@ -240,6 +244,7 @@ impl<'a> Ctx<'a> {
         let mut tcp_flags = 0;
         let mut icmp_error = false;
         let mut partial = false;
+        let mut fragment = false;
         {
             let Ok(ip) = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..]) else {
                 return self.drop(match from {
@@ -268,13 +273,7 @@ impl<'a> Ctx<'a> {
                 _ => {}
             }
             if ip.is_fragment() {
-                // ucanal does not reassemble, so fragments are routed without NAT, and
-                // refused where NAT would be needed.
-                let natted = t.node.service_cidr.contains(hdr.dst)
-                    || (!matches!(from, From::Pod(_)) && t.routes.is_local_addr(hdr.dst));
-                if natted {
-                    return self.drop(DropReason::FragmentNeedsNat);
-                }
+                fragment = true;
             } else {
                 let payload = ip.payload();
                 match hdr.proto {
@@ -333,6 +332,9 @@ impl<'a> Ctx<'a> {
             pkt.offload.csum_partial = true;
             self.count(Counter::CsumPartial);
         }
+        if fragment {
+            return self.defrag(from, pkt);
+        }
 
         let mut tracked = false;
         if let Some(u) = tuple {
@@ -348,6 +350,42 @@ impl<'a> Ctx<'a> {
         let m = t.routes.lookup(dst);
         self.tr.step(|| Step::Route { dst, route: describe_route(t, &m) });
         self.egress(from, pkt, m, hdr, tracked, tuple)
+    }
+
+    /// A fragment: held until its datagram is whole; the whole datagram then takes the
+    /// walk from the start, and leaves to be fragmented again (see `frag`).
+    fn defrag(&mut self, from: From, pkt: &mut Packet) -> Action {
+        if self.tr.dry_run {
+            self.tr.step(|| Step::Defrag { what: "a fragment: would be held for reassembly".into() });
+            return Action::Held;
+        }
+        let now = self.now;
+        let outcome = {
+            let (frame, spare) = pkt.data_and_spare();
+            let Some(spare) = spare else { return self.drop(DropReason::FragmentLimit) };
+            let mut r = self.dp.frags.lock().unwrap_or_else(|e| e.into_inner());
+            r.push(frame, now, &mut spare[HEADROOM..])
+        };
+        for _ in 0..outcome.expired {
+            self.dp.counters.drop(self.w, DropReason::FragmentTimeout);
+        }
+        self.count(Counter::FragmentHeld);
+        match outcome.pushed {
+            Pushed::Held => {
+                self.tr.step(|| Step::Defrag { what: "a fragment, held until its datagram is whole".into() });
+                Action::Held
+            }
+            Pushed::Dropped(r) => self.drop(r),
+            Pushed::Complete { len, max_frag } => {
+                self.count(Counter::FragmentReassembled);
+                pkt.use_spare(len);
+                pkt.offload = Offload { frag_size: max_frag, ..Offload::default() };
+                self.tr.step(|| Step::Defrag {
+                    what: format!("the last fragment: datagram reassembled ({} bytes)", len - ethernet::HEADER_LEN),
+                });
+                self.ipv4(from, pkt)
+            }
+        }
     }
 
     /// The NAT stage for a packet with ports: conntrack first, then the service rules
@@ -607,6 +645,9 @@ impl<'a> Ctx<'a> {
                 if !self.dp.tap_offloads {
                     offload::finish(pkt);
                 }
+                if pkt.offload.frag_size > 0 {
+                    pkt.offload.frag_size = pkt.offload.frag_size.min(node.mtu);
+                }
                 set_macs(pkt, pod.mac, node.host_mac);
                 if !matches!(from, From::Vxlan { .. }) {
                     self.count(Counter::ForwardLocal);
@@ -618,8 +659,9 @@ impl<'a> Ctx<'a> {
                 if matches!(from, From::Vxlan { .. }) {
                     return self.drop(DropReason::VxlanNotLocal);
                 }
-                if pkt.offload.gso_size == 0 && hdr.total > usize::from(node.mtu) {
-                    if hdr.df {
+                let mtu = node.mtu;
+                if pkt.offload.gso_size == 0 && hdr.total > usize::from(mtu) {
+                    if hdr.df && pkt.offload.frag_size == 0 {
                         self.count_drop(DropReason::TooBig);
                         return self.send_error(
                             pkt,
@@ -630,7 +672,11 @@ impl<'a> Ctx<'a> {
                             DropReason::TooBig,
                         );
                     }
-                    return self.drop(DropReason::NeedsFragmentation);
+                    // Without DF, Linux fragments at the egress MTU (a reassembled datagram at
+                    // the largest fragment received, if smaller).
+                    offload::finish(pkt);
+                    let size = pkt.offload.frag_size;
+                    pkt.offload.frag_size = if size == 0 { mtu } else { size.min(mtu) };
                 }
                 if routed_here && let Some(a) = self.dec_ttl(pkt, original) {
                     return a;

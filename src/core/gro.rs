@@ -171,7 +171,7 @@ impl Run {
 
     /// The offload of a run that stayed one segment: the segment's own.
     pub fn single(&self) -> Offload {
-        Offload { csum_partial: self.partial, gso_size: 0 }
+        Offload { csum_partial: self.partial, gso_size: 0, frag_size: 0 }
     }
 
     /// The frame's length: headers plus every joined payload.
@@ -205,7 +205,7 @@ impl Run {
         }
         let pseudo = checksum::fold(checksum::pseudo_header_sum(src, dst, PROTO_TCP, (total - IP_LEN) as u16));
         tcp[16..18].copy_from_slice(&pseudo.to_be_bytes());
-        Offload { csum_partial: true, gso_size: self.gso_size as u16 }
+        Offload { csum_partial: true, gso_size: self.gso_size as u16, frag_size: 0 }
     }
 }
 
@@ -281,7 +281,7 @@ mod tests {
             }
             match s {
                 Some(s) => cur = Some((f.clone(), Run::start(&s))),
-                None => out.push((f.clone(), Offload { csum_partial: partial, gso_size: 0 })),
+                None => out.push((f.clone(), Offload { csum_partial: partial, gso_size: 0, frag_size: 0 })),
             }
         }
         if let Some((mut buf, run)) = cur.take() {
@@ -310,7 +310,7 @@ mod tests {
         let out = coalesce(&frames);
         assert_eq!(out.len(), 1);
         let (f, o) = &out[0];
-        assert_eq!(*o, Offload { csum_partial: true, gso_size: mss as u16 });
+        assert_eq!(*o, Offload { csum_partial: true, gso_size: mss as u16, frag_size: 0 });
         let hdr = 14 + 20 + 32;
         assert_eq!(f.len(), hdr + 2 * mss + 700);
         assert_eq!(&f[hdr..], [p1, p2, p3].concat().as_slice());
@@ -351,7 +351,7 @@ mod tests {
         let out = coalesce(&frames);
         assert_eq!(out.len(), 2);
         let (f, o) = &out[0];
-        assert_eq!(*o, Offload { csum_partial: true, gso_size: mss as u16 });
+        assert_eq!(*o, Offload { csum_partial: true, gso_size: mss as u16, frag_size: 0 });
         let hdr = 14 + 20 + 32;
         assert_eq!(f.len(), hdr + 46 * mss);
         assert_eq!(f.len() - ETH_LEN, 64_360);
@@ -367,7 +367,7 @@ mod tests {
             assert_eq!(&b[hdr..], &frames[k][hdr..]);
         }
         // The 47th: a run of one, still partial.
-        assert_eq!(out[1], (frames[46].clone(), Offload { csum_partial: true, gso_size: 0 }));
+        assert_eq!(out[1], (frames[46].clone(), Offload { csum_partial: true, gso_size: 0, frag_size: 0 }));
     }
 
     #[test]
@@ -381,7 +381,7 @@ mod tests {
         assert_eq!(out.len(), 3);
         assert_eq!(out[1], (bad.clone(), Offload::default()), "delivered as it came: the pod drops it");
         assert!(!l4::verify_checksum(&out[1].0[14..]));
-        assert_eq!(out[0].1, Offload { csum_partial: true, gso_size: 0 });
+        assert_eq!(out[0].1, Offload { csum_partial: true, gso_size: 0, frag_size: 0 });
     }
 
     #[test]
