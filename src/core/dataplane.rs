@@ -28,9 +28,10 @@ use super::tables::{PodPort, Tables};
 use super::trace::{Step, Trace, tuple_str};
 use super::{Action, HEADROOM, Ipv4Net, Now, Offload, Packet, PortId, frag, offload, proxy_arp, reject, vxlan};
 use crate::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetFrame};
-use crate::wire::icmp::{self, ErrorRepr};
+use crate::wire::icmp::{self, ErrorRepr, IcmpPacket};
 use crate::wire::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
-use crate::wire::l4::{self, End};
+use crate::wire::l4::{self, End, Ports};
+use crate::wire::tcp;
 use crate::wire::{MacAddr, vxlan as vxlan_wire};
 
 /// The dataplane: the current table snapshot, the connection table and the counters.
@@ -294,12 +295,12 @@ impl<'a> Ctx<'a> {
                         Err(_) => return self.drop(DropReason::L4Malformed),
                     },
                     PROTO_ICMP => {
-                        if payload.len() < icmp::HEADER_LEN {
+                        let Ok(message) = IcmpPacket::new_checked(payload) else {
                             return self.drop(DropReason::L4Malformed);
-                        }
-                        if icmp::is_error(payload[0]) {
+                        };
+                        if message.is_error() {
                             icmp_error = true;
-                        } else if let Ok(p) = l4::ports(PROTO_ICMP, payload) {
+                        } else if let Some(p) = message.echo_ports() {
                             tuple = Some(Tuple {
                                 proto: PROTO_ICMP,
                                 src: hdr.src,
@@ -592,11 +593,8 @@ impl<'a> Ctx<'a> {
     /// translated as a packet of that flow would be (netfilter's
     /// `nf_nat_icmp_reply_translation`). Returns whether a flow matched.
     fn translate_icmp_error(&mut self, pkt: &mut Packet, hdr: Hdr) -> bool {
-        let hl = {
-            let d = pkt.data();
-            usize::from(d[ethernet::HEADER_LEN] & 0x0f) * 4
-        };
-        let icmp_at = ethernet::HEADER_LEN + hl;
+        let Ok(ip) = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..]) else { return false };
+        let icmp_at = ethernet::HEADER_LEN + ip.header_len();
         let Ok(emb) = icmp::embedded(&pkt.data()[icmp_at..]) else { return false };
         // The tuple of a packet going the way the error goes.
         let k =
@@ -911,8 +909,8 @@ fn apply(pkt: &mut Packet, h: &Hit) {
 #[inline]
 fn set_macs(pkt: &mut Packet, dst: MacAddr, src: MacAddr) {
     let d = pkt.data_mut();
-    d[..6].copy_from_slice(&dst.0);
-    d[6..12].copy_from_slice(&src.0);
+    d[ethernet::field::DST..ethernet::field::SRC].copy_from_slice(&dst.0);
+    d[ethernet::field::SRC..ethernet::field::ETHERTYPE].copy_from_slice(&src.0);
 }
 
 fn sock(a: (Ipv4Addr, u16)) -> SocketAddrV4 {
@@ -931,18 +929,16 @@ fn is_martian(src: Ipv4Addr, dst: Ipv4Addr) -> bool {
 /// as Linux's `skb_get_hash` does.
 fn inner_flow_hash(ip: &[u8], seed: u64) -> u32 {
     let Ok(p) = Ipv4Packet::new_checked(ip) else { return 0 };
-    let (sport, dport) = if p.has_l4_header() && matches!(p.protocol(), PROTO_TCP | PROTO_UDP) && p.payload().len() >= 4
-    {
-        (l4::be16(p.payload(), 0), l4::be16(p.payload(), 2))
-    } else {
-        (0, 0)
+    let ports = Ports::new_checked(p.payload()).ok().filter(|_| p.has_l4_header());
+    let (sport, dport) = match ports {
+        Some(ports) if matches!(p.protocol(), PROTO_TCP | PROTO_UDP) => (ports.src_port(), ports.dst_port()),
+        _ => (0, 0),
     };
     Tuple { proto: p.protocol(), src: p.src(), dst: p.dst(), sport, dport }.hash(seed)
 }
 
 fn tcp_flag_names(f: u8) -> String {
-    let names =
-        [(l4::TCP_SYN, "SYN"), (l4::TCP_ACK, "ACK"), (l4::TCP_FIN, "FIN"), (l4::TCP_RST, "RST"), (l4::TCP_PSH, "PSH")];
+    let names = [(tcp::SYN, "SYN"), (tcp::ACK, "ACK"), (tcp::FIN, "FIN"), (tcp::RST, "RST"), (tcp::PSH, "PSH")];
     names.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
 }
 

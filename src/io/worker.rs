@@ -22,6 +22,10 @@ use crate::core::frag::split;
 use crate::core::tables::Tables;
 use crate::core::{Action, Counter, Dataplane, DropReason, HEADROOM, Offload, Packet, PortId, vxlan};
 use crate::core::{gro, gso};
+use crate::wire::ethernet;
+use crate::wire::ipv4::{Ipv4Packet, PROTO_UDP};
+use crate::wire::tcp::{self, TcpPacket};
+use crate::wire::udp;
 use crate::wire::vnet::{self, VnetHdr};
 
 /// Largest frame a TAP hands over with TSO (64 KB) plus headers.
@@ -626,20 +630,19 @@ fn flush(bufs: &[Box<[u8]>], out: &mut Out) {
 /// ingress TAP, or "checksum partial" for a pod that offloaded its checksum.
 fn vnet_for(o: &Offload, frame: &[u8]) -> VnetHdr {
     let mut h = VnetHdr::default();
-    if (o.csum_partial || o.gso_size > 0)
-        && let Some((ihl, proto)) =
-            frame.get(14).map(|b| (usize::from(b & 0x0f) * 4, frame.get(14 + 9).copied().unwrap_or(0)))
-    {
-        let l4 = 14 + ihl;
-        h.flags = vnet::F_NEEDS_CSUM;
-        h.csum_start = l4 as u16;
-        h.csum_offset = if proto == 17 { 6 } else { 16 };
-        if o.gso_size > 0 {
-            let doff = frame.get(l4 + 12).map(|b| usize::from(b >> 4) * 4).unwrap_or(20);
-            h.gso_type = vnet::GSO_TCPV4;
-            h.gso_size = o.gso_size;
-            h.hdr_len = (l4 + doff) as u16;
-        }
+    if !(o.csum_partial || o.gso_size > 0) {
+        return h;
+    }
+    let Some(Ok(ip)) = frame.get(ethernet::HEADER_LEN..).map(Ipv4Packet::new_checked) else { return h };
+    let l4 = ethernet::HEADER_LEN + ip.header_len();
+    h.flags = vnet::F_NEEDS_CSUM;
+    h.csum_start = l4 as u16;
+    h.csum_offset = if ip.protocol() == PROTO_UDP { udp::field::CHECKSUM } else { tcp::field::CHECKSUM } as u16;
+    if o.gso_size > 0 {
+        let doff = TcpPacket::new_checked(ip.payload()).map(|t| t.header_len()).unwrap_or(tcp::MIN_HEADER_LEN);
+        h.gso_type = vnet::GSO_TCPV4;
+        h.gso_size = o.gso_size;
+        h.hdr_len = (l4 + doff) as u16;
     }
     h
 }
