@@ -31,38 +31,27 @@
 use super::Packet;
 use crate::wire::checksum;
 use crate::wire::ethernet;
-use crate::wire::ipv4::{PROTO_TCP, PROTO_UDP};
+use crate::wire::ipv4::{Ipv4Packet, PROTO_TCP, PROTO_UDP};
 use crate::wire::l4;
-
-/// Offset of the checksum field in a TCP / UDP header.
-const TCP_CHECK: usize = 16;
-const UDP_CHECK: usize = 6;
+use crate::wire::tcp::TcpPacket;
+use crate::wire::udp::UdpPacket;
 
 /// Whether the TCP/UDP checksum of `ip` (an unfragmented IPv4 packet, exactly its
-/// total length, whose L4 header has been checked to be present) holds only the folded
-/// pseudo-header sum. UDP's "no checksum" (0) is not partial.
+/// total length) holds only the folded pseudo-header sum. UDP's "no checksum" (0) is
+/// not partial.
 #[inline]
 pub fn is_partial(ip: &[u8]) -> bool {
-    if ip.len() < 20 {
-        return false;
-    }
-    let hl = usize::from(ip[0] & 0x0f) * 4;
-    let at = match ip[9] {
-        PROTO_TCP => hl + TCP_CHECK,
-        PROTO_UDP => hl + UDP_CHECK,
+    let Ok(p) = Ipv4Packet::new_checked(ip) else { return false };
+    let field = match p.protocol() {
+        PROTO_TCP => TcpPacket::new_checked(p.payload()).map(|t| t.checksum()),
+        PROTO_UDP => UdpPacket::new_checked(p.payload()).map(|u| u.checksum()),
         _ => return false,
     };
-    if ip.len() < at + 2 || hl < 20 {
-        return false;
-    }
-    let field = l4::be16(ip, at);
-    if field == 0 {
-        return false;
-    }
-    let src: [u8; 4] = [ip[12], ip[13], ip[14], ip[15]];
-    let dst: [u8; 4] = [ip[16], ip[17], ip[18], ip[19]];
-    let l4_len = (ip.len() - hl) as u16;
-    field == checksum::fold(checksum::pseudo_header_sum(src, dst, ip[9], l4_len))
+    let Ok(field) = field else { return false };
+    let l4_len = (p.total_len() - p.header_len()) as u16;
+    field != 0
+        && field
+            == checksum::fold(checksum::pseudo_header_sum(p.src().octets(), p.dst().octets(), p.protocol(), l4_len))
 }
 
 /// Finishes a partial checksum of a single (non-GSO) frame in software; a GSO frame

@@ -5,6 +5,11 @@ use super::Limits;
 use crate::core::{DropReason, Now};
 use crate::wire::checksum;
 use crate::wire::ethernet::HEADER_LEN as ETH_LEN;
+use crate::wire::ipv4::{Ipv4Packet, field};
+
+/// The "more fragments" flag and the offset (in 8-byte units) of the flags/offset field.
+pub const FLAG_MF: u16 = 0x2000;
+pub const OFFSET_MASK: u16 = 0x1fff;
 
 /// The largest IPv4 datagram.
 const MAX_DATAGRAM: usize = 65_535;
@@ -99,30 +104,21 @@ impl Reassembler {
     }
 
     fn insert(&mut self, frame: &[u8], now: Now, out: &mut [u8]) -> Pushed {
-        let Some(ip) = frame.get(ETH_LEN..) else { return Pushed::Dropped(DropReason::FragmentMalformed) };
-        if ip.len() < 20 {
+        let Some(ip) = frame.get(ETH_LEN..).and_then(|b| Ipv4Packet::new_checked(b).ok()) else {
             return Pushed::Dropped(DropReason::FragmentMalformed);
-        }
-        let hl = usize::from(ip[0] & 0x0f) * 4;
-        let total_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-        let frag = u16::from_be_bytes([ip[6], ip[7]]);
-        let mf = frag & 0x2000 != 0;
-        let off = usize::from(frag & 0x1fff) * 8;
-        if hl < 20 || total_len > ip.len() || total_len <= hl {
-            return Pushed::Dropped(DropReason::FragmentMalformed);
-        }
-        let payload = &ip[hl..total_len];
+        };
+        let (hl, total_len) = (ip.header_len(), ip.total_len());
+        let h = ip.header();
+        let frag = u16::from_be_bytes([h[field::FLAGS_FRAG], h[field::FLAGS_FRAG + 1]]);
+        let mf = frag & FLAG_MF != 0;
+        let off = usize::from(frag & OFFSET_MASK) * 8;
+        let payload = ip.payload();
         let end = off + payload.len();
         // Every fragment but the last carries a multiple of 8 bytes; the whole fits 64 KB.
-        if (mf && payload.len() % 8 != 0) || hl + end > MAX_DATAGRAM {
+        if payload.is_empty() || (mf && payload.len() % 8 != 0) || hl + end > MAX_DATAGRAM {
             return Pushed::Dropped(DropReason::FragmentMalformed);
         }
-        let key = Key {
-            src: [ip[12], ip[13], ip[14], ip[15]],
-            dst: [ip[16], ip[17], ip[18], ip[19]],
-            proto: ip[9],
-            id: u16::from_be_bytes([ip[4], ip[5]]),
-        };
+        let key = Key { src: ip.src().octets(), dst: ip.dst().octets(), proto: ip.protocol(), id: ip.ident() };
         let i = match self.slots.iter().position(|s| s.live && s.key == key) {
             Some(i) => i,
             None => match self.start(key, now) {
@@ -165,7 +161,7 @@ impl Reassembler {
         }
         if off == 0 {
             s.eth.copy_from_slice(&frame[..ETH_LEN]);
-            s.header[..hl].copy_from_slice(&ip[..hl]);
+            s.header[..hl].copy_from_slice(h);
             s.hl = hl;
         }
         match s.total {
@@ -229,12 +225,12 @@ impl Reassembler {
         out[..ETH_LEN].copy_from_slice(&s.eth);
         let ip = &mut out[ETH_LEN..len];
         ip[..hl].copy_from_slice(&s.header[..hl]);
-        ip[2..4].copy_from_slice(&((hl + t) as u16).to_be_bytes());
-        ip[6] &= 0xc0; // keep the reserved and DF bits; MF and the offset go
-        ip[7] = 0;
-        ip[10..12].copy_from_slice(&[0, 0]);
+        ip[field::TOTAL_LEN..field::TOTAL_LEN + 2].copy_from_slice(&((hl + t) as u16).to_be_bytes());
+        ip[field::FLAGS_FRAG] &= 0xc0; // keep the reserved and DF bits; MF and the offset go
+        ip[field::FLAGS_FRAG + 1] = 0;
+        ip[field::CHECKSUM..field::CHECKSUM + 2].copy_from_slice(&[0, 0]);
         let c = checksum::checksum(&ip[..hl]);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        ip[field::CHECKSUM..field::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
         ip[hl..].copy_from_slice(&s.data[..t]);
         Pushed::Complete { len, max_frag: s.max_frag as u16 }
     }

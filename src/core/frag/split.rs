@@ -4,7 +4,9 @@
 //! end-of-options so every fragment has the same header length (and so, but the last,
 //! the same size: the VXLAN layout below can leave with one UDP GSO send).
 
+use super::reasm::{FLAG_MF, OFFSET_MASK};
 use crate::wire::checksum;
+use crate::wire::ipv4::field;
 use crate::wire::{ethernet, vxlan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -33,8 +35,8 @@ pub fn for_each_fragment(ip: &[u8], size: usize, mut f: impl FnMut(&[u8], &[u8])
         return Err(SplitError::TooSmall(size));
     }
     let payload = &ip[hl..total];
-    let frag0 = u16::from_be_bytes([ip[6], ip[7]]);
-    let (off0, mf0) = (frag0 & 0x1fff, frag0 & 0x2000 != 0);
+    let frag0 = u16::from_be_bytes([ip[field::FLAGS_FRAG], ip[field::FLAGS_FRAG + 1]]);
+    let (off0, mf0) = (frag0 & OFFSET_MASK, frag0 & FLAG_MF != 0);
     // The header of the fragments after the first: copied options only, EOL-padded.
     let mut rest = [0u8; 60];
     rest[..20].copy_from_slice(&ip[..20]);
@@ -62,13 +64,13 @@ pub fn for_each_fragment(ip: &[u8], size: usize, mut f: impl FnMut(&[u8], &[u8])
         let chunk = &payload[k * step..((k + 1) * step).min(payload.len())];
         let h = &mut hdr[..hl];
         h.copy_from_slice(if k == 0 { &ip[..hl] } else { &rest[..hl] });
-        h[2..4].copy_from_slice(&((hl + chunk.len()) as u16).to_be_bytes());
+        h[field::TOTAL_LEN..field::TOTAL_LEN + 2].copy_from_slice(&((hl + chunk.len()) as u16).to_be_bytes());
         let mf = k + 1 < count || mf0;
-        let field = (frag0 & 0xc000) | (off0 + (k * step / 8) as u16) | if mf { 0x2000 } else { 0 };
-        h[6..8].copy_from_slice(&field.to_be_bytes());
-        h[10..12].copy_from_slice(&[0, 0]);
+        let frag = (frag0 & !(FLAG_MF | OFFSET_MASK)) | (off0 + (k * step / 8) as u16) | if mf { FLAG_MF } else { 0 };
+        h[field::FLAGS_FRAG..field::FLAGS_FRAG + 2].copy_from_slice(&frag.to_be_bytes());
+        h[field::CHECKSUM..field::CHECKSUM + 2].copy_from_slice(&[0, 0]);
         let c = checksum::checksum(h);
-        h[10..12].copy_from_slice(&c.to_be_bytes());
+        h[field::CHECKSUM..field::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
         f(h, chunk);
     }
     Ok(count)
