@@ -9,8 +9,10 @@
 //!
 //! The rooms: `node` (kernel side: checks, sysctls, host port, steering rules,
 //! teardown), `pods`, `services`, `inspect` (listings and the synthetic trace),
-//! `server` (the API socket) and `maintenance` (the conntrack sweep, on its own thread).
+//! `server` (the API socket), `maintenance` (the conntrack sweep, on its own thread) and
+//! `cni` (attachments made by the CNI plugin, with their address leases).
 
+mod cni;
 mod inspect;
 mod maintenance;
 mod node;
@@ -96,6 +98,13 @@ pub enum ControlError {
     /// A kernel call (netlink, TAP, namespace) failed.
     #[error("{0}")]
     Kernel(#[from] std::io::Error),
+    #[error("container {container_id} already has {ifname} attached")]
+    AlreadyAttached { container_id: String, ifname: String },
+    #[error("container {container_id} has no {ifname} attached on this node")]
+    NotAttached { container_id: String, ifname: String },
+    /// ucanal's IPAM: no free address, an address taken, the lease file unwritable.
+    #[error("{0}")]
+    Lease(#[from] super::leases::LeaseError),
 }
 
 pub struct Daemon {
@@ -115,6 +124,8 @@ pub struct Daemon {
     steers: BTreeSet<Steer>,
     /// Node-wide sysctls changed at start, with the value to put back on exit.
     restore_sysctls: Vec<(node::SysctlKey, String)>,
+    /// CNI attachments' addresses (ucanal's default IPAM), kept in a state file.
+    leases: super::leases::LeaseFile,
 }
 
 impl Daemon {
@@ -146,7 +157,7 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
                 e
             }
         };
-        let listener = match server::bind_socket(&socket) {
+        let listeners = match server::bind_socket(&socket).and_then(|f| Ok(vec![f, server::bind_abstract()?])) {
             Ok(l) => l,
             Err(e) => return Err(stop(setup(e)).await),
         };
@@ -161,7 +172,7 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
             }
         }
         let sweeper = maintenance::Sweeper::spawn(dp, maintenance_block).map_err(setup)?;
-        let server = tokio::spawn(server::serve(listener, daemon.clone()));
+        let server = tokio::spawn(server::serve(listeners, daemon.clone()));
         wait_for_signal().await;
         tracing::info!("stopping");
         server.abort();
@@ -202,6 +213,8 @@ fn random_seed() -> u64 {
 async fn start(cfg: Config) -> Result<Daemon, RunError> {
     node::preflight(&cfg).await?;
     let node = cfg.node_info();
+    let lease_path = super::leases::LeaseFile::path_for(&cfg.api.socket);
+    let leases = super::leases::LeaseFile::load(lease_path, node.pod_cidr, node.vtep_ip).map_err(setup)?;
     let n_workers = workers_for(&cfg);
     let tech = cfg.dataplane.techniques();
     let underlay = Underlay::open(node.node_ip, node.vxlan_port, n_workers, cfg.dataplane.source_ports, tech.udp_gro)
@@ -230,6 +243,7 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
         tx_ports: underlay.tx_ports.clone(),
         steers: BTreeSet::new(),
         restore_sysctls: Vec::new(),
+        leases,
         cfg: Config { pods: Vec::new(), ..cfg.clone() },
     };
     if let Err(e) = d.configure_node().await {

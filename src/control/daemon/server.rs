@@ -10,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Mutex;
 
 use super::Daemon;
-use crate::control::api::{Request, Response};
+use crate::control::api::{self, Request, Response};
 
 /// Binds the API socket: mode 0600 in a 0700 directory. A live daemon on the path
 /// is an error; a stale socket file is replaced.
@@ -51,7 +51,8 @@ pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
             .write_all(
                 format!(
                     "{}\n",
-                    serde_json::to_string(&Response::error("permission denied: root only")).unwrap_or_default()
+                    serde_json::to_string(&Response::error("permission denied: the ucanal API is root-only"))
+                        .unwrap_or_default()
                 )
                 .as_bytes(),
             )
@@ -122,6 +123,15 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
         Request::EndpointDel { service, endpoint } => d.endpoint(&service, endpoint, false).await,
         Request::Show { what } => return Response::data(d.show(what)),
         Request::Trace { probe } => return d.trace(&probe).map(Response::data).unwrap_or_else(Response::error),
+        Request::CniAdd { attach } => {
+            return d.cni_add(attach).await.map(Response::data).unwrap_or_else(Response::error);
+        }
+        Request::CniDel { container_id, ifname } => d.cni_del(&container_id, &ifname).await,
+        Request::CniCheck { container_id, ifname } => {
+            return d.cni_check(&container_id, &ifname).map(Response::data).unwrap_or_else(Response::error);
+        }
+        Request::CniGc { network, valid } => d.cni_gc(&network, &valid).await,
+        Request::CniStatus => return Response::data(d.cni_status()),
         Request::TraceLive { .. } | Request::Capture { .. } => {
             return Response::error("streams are served per connection");
         }
@@ -132,8 +142,35 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
     }
 }
 
-/// Accepts API clients until aborted, one task each.
-pub(super) async fn serve(listener: UnixListener, d: Arc<Mutex<Daemon>>) {
+/// Binds `@ucanal`, the abstract socket of this network namespace. Abstract sockets
+/// have no file mode: `serve_client` refuses peers that are not root by their
+/// credentials, as it does on the socket file.
+pub(super) fn bind_abstract() -> io::Result<UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(api::ABSTRACT_SOCKET)?;
+    let l = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
+        let why = if e.kind() == io::ErrorKind::AddrInUse {
+            "another ucanal is running in this network namespace".to_string()
+        } else {
+            e.to_string()
+        };
+        io::Error::new(e.kind(), format!("api: abstract socket @{}: {why}", api::ABSTRACT_SOCKET))
+    })?;
+    l.set_nonblocking(true)?;
+    UnixListener::from_std(l)
+}
+
+/// Accepts API clients on every listener until aborted, one task each.
+pub(super) async fn serve(listeners: Vec<UnixListener>, d: Arc<Mutex<Daemon>>) {
+    // A JoinSet aborts its tasks when dropped, so aborting `serve` closes every listener.
+    let mut loops = tokio::task::JoinSet::new();
+    for l in listeners {
+        loops.spawn(accept_loop(l, d.clone()));
+    }
+    while loops.join_next().await.is_some() {}
+}
+
+async fn accept_loop(listener: UnixListener, d: Arc<Mutex<Daemon>>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
