@@ -37,6 +37,7 @@ named_enum!(
         ForwardVxlan => "forward_vxlan", "packets encapsulated to a remote VTEP";
         ForwardHost => "forward_host", "packets handed to the node's own stack";
         Decap => "decap", "VXLAN datagrams accepted and decapsulated";
+        CsumPartial => "csum_partial", "decapsulated TCP/UDP packets whose checksum a kernel peer left partial (CHECKSUM_PARTIAL), taken as such";
         HostPunt => "host_punt", "steered packets that matched no service or flow, returned to the host stack";
         CtHitOriginal => "ct_hit_original", "packets of a tracked flow, original direction";
         CtHitReply => "ct_hit_reply", "packets of a tracked flow, reply direction (reverse NAT)";

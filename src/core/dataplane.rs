@@ -25,7 +25,7 @@ use super::nat::{Tuple, pick};
 use super::route::{Hop, Matched, RouteTarget};
 use super::tables::{PodPort, Tables};
 use super::trace::{Step, Trace, tuple_str};
-use super::{Action, Ipv4Net, Now, Packet, PortId, proxy_arp, reject, vxlan};
+use super::{Action, Ipv4Net, Now, Packet, PortId, offload, proxy_arp, reject, vxlan};
 use crate::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetFrame};
 use crate::wire::icmp::{self, ErrorRepr};
 use crate::wire::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
@@ -38,6 +38,9 @@ pub struct Dataplane {
     tables: ArcSwap<Tables>,
     pub conntrack: Conntrack,
     pub counters: Counters,
+    /// The TAPs take `NEEDS_CSUM` frames (see `offload`); otherwise partial checksums
+    /// are finished before delivery.
+    tap_offloads: bool,
 }
 
 /// Where a frame came in.
@@ -60,7 +63,18 @@ enum Nat {
 
 impl Dataplane {
     pub fn new(tables: Tables, conntrack: Conntrack, workers: usize) -> Self {
-        Dataplane { tables: ArcSwap::from_pointee(tables), conntrack, counters: Counters::new(workers) }
+        Dataplane {
+            tables: ArcSwap::from_pointee(tables),
+            conntrack,
+            counters: Counters::new(workers),
+            tap_offloads: true,
+        }
+    }
+
+    /// Says whether the TAPs were opened with offloads (the default is yes).
+    pub fn with_tap_offloads(mut self, on: bool) -> Self {
+        self.tap_offloads = on;
+        self
     }
 
     /// The current snapshot. Workers take it once per batch.
@@ -225,6 +239,7 @@ impl<'a> Ctx<'a> {
         let mut tuple = None;
         let mut tcp_flags = 0;
         let mut icmp_error = false;
+        let mut partial = false;
         {
             let Ok(ip) = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..]) else {
                 return self.drop(match from {
@@ -265,6 +280,9 @@ impl<'a> Ctx<'a> {
                 match hdr.proto {
                     PROTO_TCP | PROTO_UDP => match l4::ports(hdr.proto, payload) {
                         Ok(p) => {
+                            // A kernel peer's veth hands its checksums on partial.
+                            partial = matches!(from, From::Vxlan { .. })
+                                && offload::is_partial(&pkt.data()[ethernet::HEADER_LEN..][..hdr.total]);
                             tcp_flags = p.tcp_flags;
                             tuple = Some(Tuple {
                                 proto: hdr.proto,
@@ -311,6 +329,10 @@ impl<'a> Ctx<'a> {
         }
         // Drop Ethernet padding: the VXLAN payload and the pod must not see it.
         pkt.truncate(ethernet::HEADER_LEN + hdr.total);
+        if partial {
+            pkt.offload.csum_partial = true;
+            self.count(Counter::CsumPartial);
+        }
 
         let mut tracked = false;
         if let Some(u) = tuple {
@@ -582,6 +604,9 @@ impl<'a> Ctx<'a> {
                 if routed_here && let Some(a) = self.dec_ttl(pkt, original) {
                     return a;
                 }
+                if !self.dp.tap_offloads {
+                    offload::finish(pkt);
+                }
                 set_macs(pkt, pod.mac, node.host_mac);
                 if !matches!(from, From::Vxlan { .. }) {
                     self.count(Counter::ForwardLocal);
@@ -620,6 +645,7 @@ impl<'a> Ctx<'a> {
                 } else {
                     self.count(Counter::ForwardHost);
                 }
+                offload::finish(pkt);
                 set_macs(pkt, node.host_port_mac, node.host_mac);
                 self.tr.step(|| Step::Deliver { port: "host port".into(), dst_mac: node.host_port_mac });
                 Action::ToPort(PortId::HOST)
@@ -631,6 +657,7 @@ impl<'a> Ctx<'a> {
                     _ => {}
                 }
                 self.count(Counter::ForwardHost);
+                offload::finish(pkt);
                 set_macs(pkt, node.host_port_mac, node.host_mac);
                 self.tr.step(|| Step::Deliver { port: "host port".into(), dst_mac: node.host_port_mac });
                 Action::ToPort(PortId::HOST)
@@ -655,11 +682,8 @@ impl<'a> Ctx<'a> {
         };
         self.tr.step(|| Step::Neighbour { ip: gateway, mac, dev: "flannel.1".into() });
         self.tr.step(|| Step::Fdb { mac, dst: remote, dev: "flannel.1".into() });
-        if pkt.offload.csum_partial && pkt.offload.gso_size == 0 {
-            // The wire needs a finished checksum; a pod with offloads left it partial.
-            l4::finish_partial_checksum(&mut pkt.data_mut()[ethernet::HEADER_LEN..]);
-            pkt.offload.csum_partial = false;
-        }
+        // The wire needs finished checksums (GSO frames get them per segment).
+        offload::finish(pkt);
         let flow_hash = inner_flow_hash(&pkt.data()[ethernet::HEADER_LEN..], t.hash_seed);
         if !vxlan::encap(pkt, node.vni, node.vtep_mac, mac) {
             return self.drop(DropReason::TxError);

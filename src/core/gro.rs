@@ -10,7 +10,10 @@
 //! payload (the run's MSS). A short segment or one with PSH ends the run after joining it.
 //! Only IPv4 without options, DF set, not a fragment, TCP with ACK or ACK|PSH and a
 //! payload, and a TCP checksum that verifies, is a candidate: a corrupt segment is never
-//! merged into a frame whose checksum the pod then trusts.
+//! merged into a frame whose checksum the pod then trusts. A segment whose checksum is
+//! partial (a kernel peer's veth hands them on so; see `offload`) is a candidate too:
+//! its field must be exactly its pseudo-header sum, as the kernel's own GRO takes a
+//! `CHECKSUM_PARTIAL` skb without verifying it.
 //!
 //! The finished frame carries the pseudo-header sum in the TCP checksum field
 //! (`CHECKSUM_PARTIAL`), as the kernel's GRO leaves it; the pod's TAP is told so through
@@ -36,10 +39,13 @@ pub struct Segment {
     pub payload_len: usize,
     pub seq: u32,
     pub psh: bool,
+    /// The checksum field holds only the pseudo-header sum.
+    pub partial: bool,
 }
 
-/// Whether `frame` (Ethernet + IPv4 + TCP, exactly its length) can be coalesced.
-pub fn candidate(frame: &[u8]) -> Option<Segment> {
+/// Whether `frame` (Ethernet + IPv4 + TCP, exactly its length) can be coalesced;
+/// `partial` says its TCP checksum is partial (`Offload::csum_partial`).
+pub fn candidate(frame: &[u8], partial: bool) -> Option<Segment> {
     if frame.len() < L4 + 20 || frame[12..14] != ETHERTYPE_IPV4.to_be_bytes() {
         return None;
     }
@@ -65,7 +71,12 @@ pub fn candidate(frame: &[u8]) -> Option<Segment> {
     let src: [u8; 4] = ip[12..16].try_into().ok()?;
     let dst: [u8; 4] = ip[16..20].try_into().ok()?;
     let acc = checksum::pseudo_header_sum(src, dst, PROTO_TCP, (total - IP_LEN) as u16);
-    if checksum::fold(checksum::sum(tcp, acc)) != 0xffff {
+    let valid = if partial {
+        u16::from_be_bytes([tcp[16], tcp[17]]) == checksum::fold(acc)
+    } else {
+        checksum::fold(checksum::sum(tcp, acc)) == 0xffff
+    };
+    if !valid {
         return None;
     }
     Some(Segment {
@@ -73,6 +84,7 @@ pub fn candidate(frame: &[u8]) -> Option<Segment> {
         payload_len: frame.len() - L4 - doff,
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
         psh: flags & TCP_PSH != 0,
+        partial,
     })
 }
 
@@ -103,6 +115,8 @@ pub struct Run {
     pub psh: bool,
     /// A short segment or PSH joined: nothing more may.
     pub closed: bool,
+    /// The first segment's checksum is partial (what a run of one leaves with).
+    pub partial: bool,
 }
 
 impl Run {
@@ -115,6 +129,7 @@ impl Run {
             segments: 1,
             psh: s.psh,
             closed: s.psh,
+            partial: s.partial,
         }
     }
 
@@ -154,6 +169,11 @@ impl Run {
         self.closed = s.psh || s.payload_len < self.gso_size;
     }
 
+    /// The offload of a run that stayed one segment: the segment's own.
+    pub fn single(&self) -> Offload {
+        Offload { csum_partial: self.partial, gso_size: 0 }
+    }
+
     /// The frame's length: headers plus every joined payload.
     pub fn len(&self) -> usize {
         self.hdr_len + self.payload_len
@@ -166,10 +186,10 @@ impl Run {
     /// Makes `frame[..self.len()]` (the first segment's headers followed by every payload)
     /// one TCP super-packet: IP total length and checksum, PSH when any segment had it,
     /// the pseudo-header sum in the TCP checksum field. Returns the offload metadata for
-    /// the TAP write. A run of one segment is left as it is (no offload).
+    /// the TAP write. A run of one segment is left as it is.
     pub fn finish(&self, frame: &mut [u8]) -> Offload {
         if self.segments < 2 {
-            return Offload::default();
+            return self.single();
         }
         let total = self.len() - ETH_LEN;
         let ip = &mut frame[ETH_LEN..L4];
@@ -231,12 +251,23 @@ mod tests {
         (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt)).collect()
     }
 
-    /// Coalesces `frames` the way the worker does; returns the finished frames and offloads.
+    /// `seg` with its checksum left partial, as a kernel peer's veth hands it on.
+    fn partial_seg(seq: u32, payload: &[u8], psh: bool) -> Vec<u8> {
+        let mut v = seg(seq, payload, psh);
+        let len = (v.len() - L4) as u16;
+        let ps = checksum::fold(checksum::pseudo_header_sum(A, B, PROTO_TCP, len));
+        v[L4 + 16..L4 + 18].copy_from_slice(&ps.to_be_bytes());
+        v
+    }
+
+    /// Coalesces `frames` the way the worker does (a frame is partial when decap found it
+    /// so); returns the finished frames and offloads.
     fn coalesce(frames: &[Vec<u8>]) -> Vec<(Vec<u8>, Offload)> {
         let mut out = Vec::new();
         let mut cur: Option<(Vec<u8>, Run)> = None;
         for f in frames {
-            let s = candidate(f);
+            let partial = crate::core::offload::is_partial(&f[ETH_LEN..]);
+            let s = candidate(f, partial);
             if let (Some(s), Some((buf, run))) = (s, cur.as_mut())
                 && run.accepts(buf, f, &s)
             {
@@ -250,7 +281,7 @@ mod tests {
             }
             match s {
                 Some(s) => cur = Some((f.clone(), Run::start(&s))),
-                None => out.push((f.clone(), Offload::default())),
+                None => out.push((f.clone(), Offload { csum_partial: partial, gso_size: 0 })),
             }
         }
         if let Some((mut buf, run)) = cur.take() {
@@ -305,6 +336,54 @@ mod tests {
         }
     }
 
+    /// 46 full segments of a kernel peer's bulk transfer, each with a partial checksum:
+    /// one 64 KB GSO frame (46 x 1398 + 52 header bytes = 64 360; a 47th would pass the
+    /// IP length limit and starts the next run), whose segments the pod's stack would see
+    /// with complete checksums.
+    #[test]
+    fn a_partial_64k_run_becomes_one_gso_frame() {
+        let mss = 1398;
+        let frames: Vec<Vec<u8>> =
+            (0..47u32).map(|k| partial_seg(1 + k * mss as u32, &payload(mss, k as u8), false)).collect();
+        assert!(frames.iter().all(|f| candidate(f, true).is_some_and(|s| s.partial)));
+        // Taken as complete checksums, the same bytes are corrupt: never candidates.
+        assert!(frames.iter().all(|f| candidate(f, false).is_none()));
+        let out = coalesce(&frames);
+        assert_eq!(out.len(), 2);
+        let (f, o) = &out[0];
+        assert_eq!(*o, Offload { csum_partial: true, gso_size: mss as u16 });
+        let hdr = 14 + 20 + 32;
+        assert_eq!(f.len(), hdr + 46 * mss);
+        assert_eq!(f.len() - ETH_LEN, 64_360);
+        let payloads: Vec<u8> = frames[..46].iter().flat_map(|s| s[hdr..].to_vec()).collect();
+        assert_eq!(&f[hdr..], payloads.as_slice());
+        let mut full = f[14..].to_vec();
+        l4::finish_partial_checksum(&mut full);
+        assert!(l4::verify_checksum(&full));
+        let back = resegment(f, *o);
+        assert_eq!(back.len(), 46);
+        for (k, b) in back.iter().enumerate() {
+            assert!(l4::verify_checksum(&b[14..]), "segment {k} leaves with a complete checksum");
+            assert_eq!(&b[hdr..], &frames[k][hdr..]);
+        }
+        // The 47th: a run of one, still partial.
+        assert_eq!(out[1], (frames[46].clone(), Offload { csum_partial: true, gso_size: 0 }));
+    }
+
+    #[test]
+    fn a_corrupt_segment_breaks_a_partial_run_and_stays_corrupt() {
+        let mss = 1000;
+        let mut bad = seg(1 + mss as u32, &payload(mss, 2), false);
+        bad[L4 + 16] ^= 0x01; // neither the pseudo-header sum nor a valid checksum
+        let frames =
+            vec![partial_seg(1, &payload(mss, 1), false), bad.clone(), partial_seg(2001, &payload(mss, 3), false)];
+        let out = coalesce(&frames);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[1], (bad.clone(), Offload::default()), "delivered as it came: the pod drops it");
+        assert!(!l4::verify_checksum(&out[1].0[14..]));
+        assert_eq!(out[0].1, Offload { csum_partial: true, gso_size: 0 });
+    }
+
     #[test]
     fn out_of_order_segment_starts_a_new_run() {
         let mss = 1000;
@@ -351,7 +430,7 @@ mod tests {
             let c = checksum::checksum(&second[14..34]);
             second[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
             l4::fill_checksum(&mut second[14..]);
-            assert!(candidate(&second).is_some(), "byte {at} still a candidate");
+            assert!(candidate(&second, false).is_some(), "byte {at} still a candidate");
             assert_eq!(coalesce(&[base.clone(), second]).len(), 2, "byte {at} differs: no merge");
         }
     }
@@ -359,37 +438,37 @@ mod tests {
     #[test]
     fn non_candidates() {
         let good = seg(1, &payload(100, 1), false);
-        assert!(candidate(&good).is_some());
+        assert!(candidate(&good, false).is_some());
         // Bad TCP checksum: never merged into a frame the pod trusts.
         let mut bad = good.clone();
         *bad.last_mut().unwrap() ^= 0xff;
-        assert_eq!(candidate(&bad), None);
+        assert_eq!(candidate(&bad, false), None);
         // SYN, FIN, no payload, no DF, a fragment, trailing bytes, truncated, UDP.
         let mut syn = good.clone();
         syn[34 + 13] = 0x12;
         l4::fill_checksum(&mut syn[14..]);
-        assert_eq!(candidate(&syn), None);
+        assert_eq!(candidate(&syn, false), None);
         let mut fin = good.clone();
         fin[34 + 13] = 0x11;
         l4::fill_checksum(&mut fin[14..]);
-        assert_eq!(candidate(&fin), None);
-        assert_eq!(candidate(&seg(1, &[], false)), None);
+        assert_eq!(candidate(&fin, false), None);
+        assert_eq!(candidate(&seg(1, &[], false), false), None);
         let mut nodf = good.clone();
         nodf[14 + 6] &= !0x40;
         nodf[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
         let c = checksum::checksum(&nodf[14..34]);
         nodf[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(candidate(&nodf), None);
+        assert_eq!(candidate(&nodf, false), None);
         let mut trailing = good.clone();
         trailing.extend_from_slice(&[0; 4]);
-        assert_eq!(candidate(&trailing), None);
+        assert_eq!(candidate(&trailing, false), None);
         for n in 0..good.len() {
-            let _ = candidate(&good[..n]);
+            let _ = candidate(&good[..n], false);
             let _ = same_flow(&good, &good[..n]);
         }
         let mut udp = Vec::new();
         PacketBuilder::ethernet2(MAC_S, MAC_D).ipv4(A, B, 62).udp(53, 53).write(&mut udp, &[1, 2, 3]).unwrap();
-        assert_eq!(candidate(&udp), None);
+        assert_eq!(candidate(&udp, false), None);
         assert!(!same_flow(&good, &udp));
     }
 

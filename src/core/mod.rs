@@ -13,6 +13,7 @@ pub mod fuzzing;
 pub mod gro;
 pub mod gso;
 pub mod nat;
+pub mod offload;
 pub mod proxy_arp;
 mod reject;
 pub mod route;

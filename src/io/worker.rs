@@ -328,9 +328,9 @@ impl Worker {
                     Self::observe_after_with(&self.obs, &t, obs, &a, &pkt);
                 }
                 match a {
-                    Action::ToPort(port) if self.out.cfg.gro && pkt.offload == Offload::default() => {
-                        let (start, len) = (pkt.start(), pkt.len());
-                        self.out.gro_push(&self.bufs, port, (slot, start, len));
+                    Action::ToPort(port) if self.out.cfg.gro && pkt.offload.gso_size == 0 => {
+                        let (start, len, partial) = (pkt.start(), pkt.len(), pkt.offload.csum_partial);
+                        self.out.gro_push(&self.bufs, port, (slot, start, len), partial);
                     }
                     _ => self.out.execute(slot, a, &pkt),
                 }
@@ -434,11 +434,11 @@ impl Out {
 impl Out {
     /// A decapsulated frame toward `port`, at `bufs[slot][start..start + len]`: joins an
     /// open run of its flow, or flushes that run and starts one, or (not a candidate)
-    /// goes out at once after any run of its flow.
-    fn gro_push(&mut self, bufs: &[Box<[u8]>], port: PortId, at: (usize, usize, usize)) {
+    /// goes out at once after any run of its flow. `partial`: its checksum is partial.
+    fn gro_push(&mut self, bufs: &[Box<[u8]>], port: PortId, at: (usize, usize, usize), partial: bool) {
         let (slot, start, len) = at;
         let frame = &bufs[slot][start..start + len];
-        let seg = gro::candidate(frame);
+        let seg = gro::candidate(frame, partial);
         let open = self.gro.iter().position(|r| r.port == port && gro::same_flow(self.run_bytes(bufs, r), frame));
         if let (Some(i), Some(s)) = (open, seg.as_ref()) {
             let r = &self.gro[i];
@@ -457,7 +457,7 @@ impl Out {
                 }
                 self.gro.push(GroRun { port, first: at, merged: None, run: gro::Run::start(&s) });
             }
-            None => self.write_frame(port, frame, &Offload::default()),
+            None => self.write_frame(port, frame, &Offload { csum_partial: partial, gso_size: 0 }),
         }
     }
 
@@ -502,7 +502,7 @@ impl Out {
             }
             None => {
                 let (slot, start, len) = r.first;
-                self.write_frame(r.port, &bufs[slot][start..start + len], &Offload::default());
+                self.write_frame(r.port, &bufs[slot][start..start + len], &r.run.single());
             }
         }
     }
