@@ -17,6 +17,9 @@ NORMALISED = {
               "partial checksum (the pseudo-header sum a veth hands on for CHECKSUM_PARTIAL) counts as "
               "correct, because the receiving device or stack completes it, and so does an outer VXLAN "
               "checksum filled by local checksum offload for such an inner one",
+    "icmp.orig.udp.csum, icmp.orig.tcp.csum": "the L4 checksum inside an ICMP error's quote is not compared: "
+                                              "a kernel host quotes a datagram whose checksum a veth left "
+                                              "partial as it is, and a NAT then adjusts that unfinished value",
     "tcp.seq, tcp.ack": "relative to the first sequence number of each direction at each point, as "
                         "Wireshark shows them: initial sequence numbers are random (RFC 6528)",
     "tcp.opts ts": "timestamp option values carry a random per-connection offset and the clock (RFC 7323); "
@@ -84,6 +87,8 @@ def _norm_fields(direction, f, info, injected_ids, isn):
     for k in list(f):
         if k.endswith("ip.id"):
             f[k] = "injected" if f[k] in injected_ids else "stack"
+        elif k.endswith("csum") and "icmp.orig." in k and not k.endswith("ip.csum"):
+            f[k] = "quoted"
         elif k.endswith("csum") and f[k] == "partial":
             f[k] = "ok"
             f["~partial"] = True  # kept as evidence, not compared
