@@ -54,27 +54,30 @@ def frag_related(infos, keep, frag_ids):
     return [i for i, (f, info) in enumerate(infos) if i in keep or (info.frag_ids & frag_ids)]
 
 
-def normalise(frames, injected_ids, sc):
-    """frames: {point: [(direction, bytes)]} -> {point: [dict]} of the scenario's frames."""
-    parsed = {pt: [(d, *parse(b)) for d, b in fr] for pt, fr in frames.items()}
+def normalise(frames, injected, sc):
+    """frames: {point: [(direction, bytes)]}, injected: (the IP IDs, the frames) the scenario
+    injected -> {point: [dict]} of the scenario's frames."""
+    injected_ids, sent = injected
+    sent = set(sent)
+    parsed = {pt: [(d, *parse(b), b in sent) for d, b in fr] for pt, fr in frames.items()}
     frag_ids = set()
     keep = {}
     for pt, lst in parsed.items():
-        infos = [(f, info) for _, f, info in lst]
-        for f, info in infos:
-            if any(f.get(k) in injected_ids for k in ("ip.id", "in.ip.id")):
+        infos = [(f, info) for _, f, info, _ in lst]
+        for (_, f, _, was_sent) in lst:
+            if was_sent:
                 f["injected"] = True
         keep[pt] = set(related(infos, sc))
         for i in keep[pt]:
             frag_ids |= infos[i][1].frag_ids
     out = {}
     for pt, lst in parsed.items():
-        infos = [(f, info) for _, f, info in lst]
+        infos = [(f, info) for _, f, info, _ in lst]
         idx = frag_related(infos, keep[pt], frag_ids) if frag_ids else sorted(keep[pt])
         isn = {}
         res = []
         for i in idx:
-            d, f, info = lst[i]
+            d, f, info, _ = lst[i]
             res.append(_norm_fields(d, f, info, injected_ids, isn))
         out[pt] = res
     return out

@@ -103,7 +103,7 @@ class Lab:
     def __init__(self, prefix, mode, ucanal_bin=None, socket=None):
         self.prefix, self.mode = prefix, mode
         self.ucanal_bin, self.socket = ucanal_bin, socket
-        self.caps, self.inj, self.closing = {}, {}, []
+        self.caps, self.inj, self.closing, self.sent = {}, {}, [], []
         self.stop = threading.Event()
 
     def ns(self, member):
@@ -171,6 +171,7 @@ class Lab:
     # -- per scenario -----------------------------------------------------------------------
 
     def drain(self):
+        self.sent = []
         for r in self.caps.values():
             r.read()
 
@@ -183,6 +184,7 @@ class Lab:
         return out
 
     def inject(self, where, frame):
+        self.sent.append(frame)
         self.inj[where].send(frame)
 
     def sock(self, member, kind, sport=None):

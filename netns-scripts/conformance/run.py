@@ -34,7 +34,7 @@ def run_lab(lab, scenarios):
             ctx = Ctx(lab, sc)
             sc.fn(ctx)
             time.sleep(sc.settle)
-            results[sc.name] = (lab.collect(), ctx.ids, ctx.app)
+            results[sc.name] = (lab.collect(), (ctx.ids, list(lab.sent)), ctx.app)
     finally:
         lab.close()
     return results
