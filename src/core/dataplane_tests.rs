@@ -29,6 +29,7 @@ fn vtep2_mac() -> MacAddr {
 
 struct Lab {
     dp: Dataplane,
+    /// The frame as it left (copied out: it may have moved to the spare buffer).
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -59,14 +60,16 @@ impl Lab {
         f: impl FnOnce(&Dataplane, &Tables, &mut Packet, &mut Trace) -> Action,
         tr: &mut Trace,
     ) -> Action {
-        self.buf = vec![0u8; HEADROOM + frame.len() + 64];
-        self.buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        let mut buf = vec![0u8; HEADROOM + frame.len() + 64];
+        buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        let mut spare = vec![0u8; HEADROOM + 14 + 65_535];
         let t = self.dp.tables();
-        let mut p = Packet::new(&mut self.buf, HEADROOM, HEADROOM + frame.len());
+        let mut p = Packet::new(&mut buf, HEADROOM, HEADROOM + frame.len()).with_spare(&mut spare);
         p.offload = std::mem::take(&mut self.offload_in);
         let a = f(&self.dp, &t, &mut p, tr);
-        self.start = p.start();
-        self.end = p.start() + p.len();
+        self.buf = p.data().to_vec();
+        self.start = 0;
+        self.end = self.buf.len();
         self.offload = p.offload;
         a
     }
@@ -255,6 +258,7 @@ fn step_kind(s: &Step) -> &'static str {
         Step::Encap { .. } => "encap",
         Step::Deliver { .. } => "deliver",
         Step::Reply { .. } => "reply",
+        Step::Defrag { .. } => "defrag",
         Step::Drop { .. } => "drop",
     }
 }
@@ -353,11 +357,12 @@ fn oversize_df_gets_frag_needed_1450() {
     // Exactly 1450 passes.
     let f = tcp(EP1_MAC, HOST_MAC, (EP1, 40000), (EP2, 2368), false, &[0u8; 1410]);
     assert!(matches!(lab.port(PortId(1), &f), Action::ToVtep { .. }));
-    // Without DF ucanal does not fragment; it says so.
+    // Without DF it leaves to be fragmented at 1450, as Linux fragments it.
     let mut f = tcp(EP1_MAC, HOST_MAC, (EP1, 40000), (EP2, 2368), false, &[0u8; 1420]);
     f[14 + 6] = 0;
     Ipv4Packet::new_checked(&mut f[14..]).unwrap().fill_checksum();
-    assert_eq!(lab.port(PortId(1), &f), Action::Drop(DropReason::NeedsFragmentation));
+    assert!(matches!(lab.port(PortId(1), &f), Action::ToVtep { .. }));
+    assert_eq!(lab.offload.frag_size, 1450);
 }
 
 #[test]
@@ -701,7 +706,7 @@ fn partial_syn_ack_from_a_kernel_peer_reaches_the_pod_as_needs_csum() {
     let synack = partial_syn_ack((EP2, 2368), (EP1, 40000));
     assert!(!l4::verify_checksum(&synack), "as a complete checksum these bytes are wrong");
     assert_eq!(lab.vxlan(NODE2, &from_node2(&synack)), Action::ToPort(PortId(1)));
-    assert_eq!(lab.offload, Offload { csum_partial: true, gso_size: 0 }, "NEEDS_CSUM to the TAP");
+    assert_eq!(lab.offload, Offload { csum_partial: true, gso_size: 0, frag_size: 0 }, "NEEDS_CSUM to the TAP");
     let ip = lab.out_ip();
     assert_eq!((ip.src(), ip.dst(), ip.ttl()), (EP2, EP1, 62));
     assert!(ip.verify_checksum());
@@ -760,7 +765,7 @@ fn partial_checksums_through_dnat_masquerade_and_back() {
     let sport = sport_for(&lab, CLIENT, (NODE1, 31266), EP2);
     let mut syn = tcp(article::node1().host_port_mac, HOST_MAC, (CLIENT, sport), (NODE1, 31266), true, &[]);
     make_partial(&mut syn[14..]);
-    lab.offload_in = Offload { csum_partial: true, gso_size: 0 };
+    lab.offload_in = Offload { csum_partial: true, gso_size: 0, frag_size: 0 };
     assert!(matches!(lab.port(PortId::HOST, &syn), Action::ToVtep { remote: NODE2, .. }));
     let ip = lab.out_ip();
     assert_eq!((ip.src(), ip.dst(), l4_ports(&ip)), (VTEP1, EP2, (sport, 2368)));
@@ -777,14 +782,14 @@ fn partial_checksums_through_dnat_masquerade_and_back() {
     let sport = sport_for(&lab, EP1, (VIP, 2368), EP2);
     let mut syn = tcp(EP1_MAC, HOST_MAC, (EP1, sport), (VIP, 2368), true, &[]);
     make_partial(&mut syn[14..]);
-    lab.offload_in = Offload { csum_partial: true, gso_size: 0 };
+    lab.offload_in = Offload { csum_partial: true, gso_size: 0, frag_size: 0 };
     assert!(matches!(lab.port(PortId(1), &syn), Action::ToVtep { .. }));
     assert_checksums(&lab.out_ip());
     let synack = partial_syn_ack((EP2, 2368), (EP1, sport));
     assert_eq!(lab.vxlan(NODE2, &from_node2(&synack)), Action::ToPort(PortId(1)));
     let ip = lab.out_ip();
     assert_eq!((ip.src(), ip.dst(), l4_ports(&ip)), (VIP, EP1, (2368, sport)));
-    assert_eq!(lab.offload, Offload { csum_partial: true, gso_size: 0 });
+    assert_eq!(lab.offload, Offload { csum_partial: true, gso_size: 0, frag_size: 0 });
     assert_finishes(&lab);
     // UDP the same way: a partial answer from the endpoint, reverse-DNATed.
     let mut dns = article::ghost();
@@ -807,3 +812,6 @@ fn partial_checksums_through_dnat_masquerade_and_back() {
     assert!(lab.offload.csum_partial);
     assert_finishes(&lab);
 }
+
+#[path = "dataplane_frag_tests.rs"]
+mod frag;

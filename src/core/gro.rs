@@ -21,11 +21,12 @@
 
 use super::Offload;
 use crate::wire::checksum;
-use crate::wire::ethernet::{ETHERTYPE_IPV4, HEADER_LEN as ETH_LEN};
-use crate::wire::ipv4::PROTO_TCP;
-use crate::wire::l4::{TCP_ACK, TCP_PSH};
+use crate::wire::ethernet::{self, ETHERTYPE_IPV4, HEADER_LEN as ETH_LEN};
+use crate::wire::ipv4::{self, Ipv4Packet, PROTO_TCP};
+use crate::wire::l4::Ports;
+use crate::wire::tcp::{self, ACK as TCP_ACK, PSH as TCP_PSH, TcpPacket};
 
-const IP_LEN: usize = 20;
+const IP_LEN: usize = ipv4::MIN_HEADER_LEN;
 /// Where the TCP header starts in a candidate frame (Ethernet + IPv4 without options).
 const L4: usize = ETH_LEN + IP_LEN;
 /// The largest IPv4 total length.
@@ -46,61 +47,63 @@ pub struct Segment {
 /// Whether `frame` (Ethernet + IPv4 + TCP, exactly its length) can be coalesced;
 /// `partial` says its TCP checksum is partial (`Offload::csum_partial`).
 pub fn candidate(frame: &[u8], partial: bool) -> Option<Segment> {
-    if frame.len() < L4 + 20 || frame[12..14] != ETHERTYPE_IPV4.to_be_bytes() {
-        return None;
-    }
-    let ip = &frame[ETH_LEN..];
-    // Version 4, no options; TCP; DF set, MF clear, offset 0.
-    if ip[0] != 0x45 || ip[9] != PROTO_TCP || ip[6] & 0x40 == 0 || ip[6] & 0xbf != 0 || ip[7] != 0 {
-        return None;
-    }
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    if total != frame.len() - ETH_LEN {
-        return None;
-    }
-    let tcp = &frame[L4..];
-    let doff = usize::from(tcp[12] >> 4) * 4;
-    let flags = tcp[13];
-    if doff < 20 || L4 + doff >= frame.len() || (flags != TCP_ACK && flags != TCP_ACK | TCP_PSH) || tcp[12] & 0x0f != 0
+    if frame.len() < L4 + tcp::MIN_HEADER_LEN
+        || frame[ethernet::field::ETHERTYPE..ETH_LEN] != ETHERTYPE_IPV4.to_be_bytes()
     {
         return None;
     }
-    if checksum::checksum(&ip[..IP_LEN]) != 0 {
+    let ip = Ipv4Packet::new_checked(&frame[ETH_LEN..]).ok()?;
+    // No options; TCP; flags exactly DF (MF and the reserved bit clear), offset 0; no
+    // trailing bytes.
+    if ip.header_len() != IP_LEN
+        || ip.protocol() != PROTO_TCP
+        || ip.header()[ipv4::field::FLAGS_FRAG..ipv4::field::TTL] != ipv4::FLAG_DF.to_be_bytes()
+        || ip.total_len() != frame.len() - ETH_LEN
+    {
         return None;
     }
-    let src: [u8; 4] = ip[12..16].try_into().ok()?;
-    let dst: [u8; 4] = ip[16..20].try_into().ok()?;
-    let acc = checksum::pseudo_header_sum(src, dst, PROTO_TCP, (total - IP_LEN) as u16);
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    let flags = tcp.flags();
+    let reserved = ip.payload()[tcp::field::DATA_OFF] & 0x0f;
+    if tcp.payload().is_empty() || (flags != TCP_ACK && flags != TCP_ACK | TCP_PSH) || reserved != 0 {
+        return None;
+    }
     let valid = if partial {
-        u16::from_be_bytes([tcp[16], tcp[17]]) == checksum::fold(acc)
+        let pseudo = checksum::pseudo_header_sum(ip.src().octets(), ip.dst().octets(), PROTO_TCP, tcp_len(&ip));
+        tcp.checksum() == checksum::fold(pseudo)
     } else {
-        checksum::fold(checksum::sum(tcp, acc)) == 0xffff
+        tcp.verify_checksum(ip.src(), ip.dst())
     };
-    if !valid {
+    if !ip.verify_checksum() || !valid {
         return None;
     }
     Some(Segment {
-        hdr_len: L4 + doff,
-        payload_len: frame.len() - L4 - doff,
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        hdr_len: L4 + tcp.header_len(),
+        payload_len: tcp.payload().len(),
+        seq: tcp.seq_number(),
         psh: flags & TCP_PSH != 0,
         partial,
     })
+}
+
+/// The TCP length of an IPv4 packet (for the pseudo header).
+fn tcp_len(ip: &Ipv4Packet<&[u8]>) -> u16 {
+    (ip.total_len() - ip.header_len()) as u16
 }
 
 /// Whether two frames belong to one TCP flow (addresses and ports), whatever else differs:
 /// a segment of a flow with an open run that cannot join it must first flush the run, so
 /// the pod sees the flow's bytes in order. `frame` need not be a candidate.
 pub fn same_flow(first: &[u8], frame: &[u8]) -> bool {
-    let ihl = |f: &[u8]| usize::from(f[ETH_LEN] & 0x0f) * 4;
-    if frame.len() < L4 + 4 || first.len() < L4 + 4 || frame[12..14] != ETHERTYPE_IPV4.to_be_bytes() {
-        return false;
-    }
-    let l4 = ETH_LEN + ihl(frame);
-    frame[ETH_LEN + 9] == PROTO_TCP
-        && frame.len() >= l4 + 4
-        && frame[ETH_LEN + 12..ETH_LEN + 20] == first[ETH_LEN + 12..ETH_LEN + 20]
-        && frame[l4..l4 + 4] == first[L4..L4 + 4]
+    let flow = |f: &[u8]| {
+        if f.get(ethernet::field::ETHERTYPE..ETH_LEN)? != ETHERTYPE_IPV4.to_be_bytes() {
+            return None;
+        }
+        let ip = Ipv4Packet::new_quoted(f.get(ETH_LEN..)?).ok()?;
+        let ports = Ports::new_checked(ip.payload()).ok()?;
+        (ip.protocol() == PROTO_TCP).then(|| (ip.src(), ip.dst(), ports.src_port(), ports.dst_port()))
+    };
+    flow(frame).is_some_and(|f| Some(f) == flow(first))
 }
 
 /// An open run: its first segment's header lives in the caller's buffer.
@@ -146,18 +149,22 @@ impl Run {
             return false;
         }
         let (a, b) = (&first[..self.hdr_len], &frame[..s.hdr_len]);
-        let ip = ETH_LEN;
-        let tcp = L4;
+        let same = |at: usize, range: std::ops::Range<usize>| {
+            a[at + range.start..at + range.end] == b[at + range.start..at + range.end]
+        };
+        let (ip, tcp) = (ETH_LEN, L4);
+        use crate::wire::{ipv4::field as i, tcp::field as t};
         // Ethernet; IP version/IHL/TOS; flags/fragment, TTL, protocol; addresses.
-        a[..ip + 2] == b[..ip + 2]
-            && a[ip + 6..ip + 10] == b[ip + 6..ip + 10]
-            && a[ip + 12..ip + 20] == b[ip + 12..ip + 20]
+        a[..ip] == b[..ip]
+            && same(ip, i::VER_IHL..i::TOTAL_LEN)
+            && same(ip, i::FLAGS_FRAG..i::CHECKSUM)
+            && same(ip, i::SRC..IP_LEN)
             // TCP ports; ACK number; data offset; flags but PSH; window; urgent pointer; options.
-            && a[tcp..tcp + 4] == b[tcp..tcp + 4]
-            && a[tcp + 8..tcp + 13] == b[tcp + 8..tcp + 13]
-            && (a[tcp + 13] | TCP_PSH) == (b[tcp + 13] | TCP_PSH)
-            && a[tcp + 14..tcp + 16] == b[tcp + 14..tcp + 16]
-            && a[tcp + 18..] == b[tcp + 18..]
+            && same(tcp, t::SRC_PORT..t::SEQ)
+            && same(tcp, t::ACK..t::FLAGS)
+            && (a[tcp + t::FLAGS] | TCP_PSH) == (b[tcp + t::FLAGS] | TCP_PSH)
+            && same(tcp, t::WINDOW..t::CHECKSUM)
+            && a[tcp + t::URGENT..] == b[tcp + t::URGENT..]
     }
 
     /// Accounts for a segment the caller appended after the run's bytes.
@@ -171,7 +178,7 @@ impl Run {
 
     /// The offload of a run that stayed one segment: the segment's own.
     pub fn single(&self) -> Offload {
-        Offload { csum_partial: self.partial, gso_size: 0 }
+        Offload { csum_partial: self.partial, gso_size: 0, frag_size: 0 }
     }
 
     /// The frame's length: headers plus every joined payload.
@@ -192,20 +199,17 @@ impl Run {
             return self.single();
         }
         let total = self.len() - ETH_LEN;
-        let ip = &mut frame[ETH_LEN..L4];
-        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        ip[10..12].copy_from_slice(&[0, 0]);
-        let c = checksum::checksum(ip);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        let src: [u8; 4] = ip[12..16].try_into().unwrap_or_default();
-        let dst: [u8; 4] = ip[16..20].try_into().unwrap_or_default();
-        let tcp = &mut frame[L4..self.hdr_len];
+        let Ok(mut ip) = Ipv4Packet::new_quoted(&mut frame[ETH_LEN..self.len()]) else { return Offload::default() };
+        ip.set_total_len(total as u16);
+        let (src, dst) = (ip.src(), ip.dst());
+        let Ok(mut tcp) = TcpPacket::new_quoted(ip.payload_mut()) else { return Offload::default() };
         if self.psh {
-            tcp[13] |= TCP_PSH;
+            tcp.set_flags(tcp.flags() | TCP_PSH);
         }
-        let pseudo = checksum::fold(checksum::pseudo_header_sum(src, dst, PROTO_TCP, (total - IP_LEN) as u16));
-        tcp[16..18].copy_from_slice(&pseudo.to_be_bytes());
-        Offload { csum_partial: true, gso_size: self.gso_size as u16 }
+        let pseudo =
+            checksum::fold(checksum::pseudo_header_sum(src.octets(), dst.octets(), PROTO_TCP, (total - IP_LEN) as u16));
+        tcp.set_checksum(pseudo);
+        Offload { csum_partial: true, gso_size: self.gso_size as u16, frag_size: 0 }
     }
 }
 
@@ -281,7 +285,7 @@ mod tests {
             }
             match s {
                 Some(s) => cur = Some((f.clone(), Run::start(&s))),
-                None => out.push((f.clone(), Offload { csum_partial: partial, gso_size: 0 })),
+                None => out.push((f.clone(), Offload { csum_partial: partial, gso_size: 0, frag_size: 0 })),
             }
         }
         if let Some((mut buf, run)) = cur.take() {
@@ -310,7 +314,7 @@ mod tests {
         let out = coalesce(&frames);
         assert_eq!(out.len(), 1);
         let (f, o) = &out[0];
-        assert_eq!(*o, Offload { csum_partial: true, gso_size: mss as u16 });
+        assert_eq!(*o, Offload { csum_partial: true, gso_size: mss as u16, frag_size: 0 });
         let hdr = 14 + 20 + 32;
         assert_eq!(f.len(), hdr + 2 * mss + 700);
         assert_eq!(&f[hdr..], [p1, p2, p3].concat().as_slice());
@@ -351,7 +355,7 @@ mod tests {
         let out = coalesce(&frames);
         assert_eq!(out.len(), 2);
         let (f, o) = &out[0];
-        assert_eq!(*o, Offload { csum_partial: true, gso_size: mss as u16 });
+        assert_eq!(*o, Offload { csum_partial: true, gso_size: mss as u16, frag_size: 0 });
         let hdr = 14 + 20 + 32;
         assert_eq!(f.len(), hdr + 46 * mss);
         assert_eq!(f.len() - ETH_LEN, 64_360);
@@ -367,7 +371,7 @@ mod tests {
             assert_eq!(&b[hdr..], &frames[k][hdr..]);
         }
         // The 47th: a run of one, still partial.
-        assert_eq!(out[1], (frames[46].clone(), Offload { csum_partial: true, gso_size: 0 }));
+        assert_eq!(out[1], (frames[46].clone(), Offload { csum_partial: true, gso_size: 0, frag_size: 0 }));
     }
 
     #[test]
@@ -381,7 +385,7 @@ mod tests {
         assert_eq!(out.len(), 3);
         assert_eq!(out[1], (bad.clone(), Offload::default()), "delivered as it came: the pod drops it");
         assert!(!l4::verify_checksum(&out[1].0[14..]));
-        assert_eq!(out[0].1, Offload { csum_partial: true, gso_size: 0 });
+        assert_eq!(out[0].1, Offload { csum_partial: true, gso_size: 0, frag_size: 0 });
     }
 
     #[test]
