@@ -16,6 +16,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export LAB_WIRE_CSUM=${LAB_WIRE_CSUM:-partial}
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
+command -v ethtool >/dev/null || lab_die "ethtool is not installed"
 kprefix=${CONF_KERNEL_PREFIX:-ck-}
 uprefix=${CONF_UCANAL_PREFIX:-cu-}
 unset LAB_RUN_DIR
@@ -50,8 +51,8 @@ pod_mac() {
 }
 
 # Makes a lab comparable: pod MACs, no ICMP rate limits (the suite's result must not depend on
-# timing), no IPv6, and Calico's anti-spoofing rule on kernel nodes (felix's rpfilter check on
-# traffic from workload interfaces).
+# timing), no IPv6, datagrams segmented before the uplinks, and Calico's anti-spoofing rule on
+# kernel nodes (felix's rpfilter check on traffic from workload interfaces).
 prepare() {
     local ns node pod
     for ns in $(lab_namespaces); do
@@ -64,6 +65,10 @@ prepare() {
     done
     for node in "${LAB_NODES[@]}"; do
         ip -n "$(lab_ns "$node")" neigh flush all
+        # UDP (and UDP tunnel) segmentation in software before the uplink: a veth hands a GSO
+        # super-frame on whole, the capture would see one frame where a wire carries several.
+        ip netns exec "$(lab_ns "$node")" ethtool -K "$LAB_UPLINK" tx-udp-segmentation off \
+            tx-udp_tnl-segmentation off >/dev/null
         [[ ${LAB_NODE_MODE[$node]} == kernel ]] || continue
         ip netns exec "$(lab_ns "$node")" iptables -t raw -A PREROUTING -i 'cali+' -m rpfilter --invert \
             -m comment --comment "calico: workload source spoofing" -j DROP

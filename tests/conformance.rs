@@ -7,11 +7,11 @@
 //! - every scenario listed in `MUST_MATCH` is identical to the kernel.
 //!
 //! The target is 95% identical; what is missing for it is reported by the suite's
-//! table (README "Conformance with the kernel"): IP fragments through NAT (not merged yet),
-//! the reject of a service without endpoints (RST instead of ICMP for TCP, the ICMP's
-//! source and TTL), egress masquerade ports from ucanal's own range, the source of an ICMP
-//! error about a DNATed flow, the MSS of the node's own connections to a service, and
-//! VXLAN accepted only from known peers (a design rule).
+//! table (README "Conformance with the kernel"), each difference with its reason: the reject
+//! of a service without endpoints (RST instead of ICMP for TCP, the ICMP's source and TTL),
+//! egress masquerade ports from ucanal's own range, the source of an ICMP error about a
+//! DNATed flow, the MSS of the node's own connections to a service, and VXLAN accepted only
+//! from known peers for their own subnet (a design rule).
 
 mod common;
 
@@ -36,6 +36,9 @@ const MUST_MATCH: &[&str] = &[
     "ttl1-pod-to-remote",
     "ttl1-vxlan-in",
     "df-oversize-nodeport",
+    "fragments-nodeport-no-df",
+    "fragments-request-clusterip",
+    "fragments-reply-clusterip",
     "nodeport-syn-remote",
     "nodeport-syn-local",
     "nodeport-udp-remote",
@@ -61,7 +64,7 @@ const MUST_MATCH: &[&str] = &[
 
 #[test]
 fn conformance_with_the_kernel() {
-    if !common::require_netns(&["iptables", "iptables-save", "conntrack"]) {
+    if !common::require_netns(&["iptables", "iptables-save", "conntrack", "ethtool"]) {
         return;
     }
     let tag = std::process::id() % 10000;

@@ -24,6 +24,9 @@ NORMALISED = {
                         "Wireshark shows them: initial sequence numbers are random (RFC 6528)",
     "tcp.opts ts": "timestamp option values carry a random per-connection offset and the clock (RFC 7323); "
                    "the option's presence and place are compared",
+    "GSO super-frames": "not compared as such: the nodes' uplinks segment UDP and UDP tunnels in software "
+                        "(ethtool tx-udp-segmentation, tx-udp_tnl-segmentation off), so the capture sees the "
+                        "datagrams a wire carries, where a veth would hand a super-frame on whole",
     "frames: IPv6": "not part of the lab (IPv4 only); the namespaces' own IPv6 housekeeping is dropped",
     "frames: ARP outside ARP scenarios": "neighbour refreshes follow each stack's NUD timers, not the "
                                           "scenario; ARP scenarios compare their ARP frames",
@@ -167,11 +170,11 @@ def compare(kn, un, kapp, uapp):
 # Differences recognised from the evidence itself (any scenario): (test on the details, reason).
 PENDING = [
     (lambda ds: any("frag id" in d for d in ds),
-     "IP fragments through NAT: ucanal neither fragments nor reassembles/translates fragments of a "
-     "NATed flow yet (issue 10 item 5, not merged)"),
+     "IP fragments: ucanal fragments, reassembles or translates them otherwise than the kernel's "
+     "nf_defrag + NAT (see the frames)"),
     (lambda ds: any("csum ok -> bad" in d or "carried a partial checksum" in d for d in ds),
      "a checksum the kernel peer left partial (CHECKSUM_PARTIAL over the veth wire) is passed on "
-     "as it is and the receiving stack drops the packet (issue 10 item 1, not merged)"),
+     "unfinished and the receiving stack drops the packet"),
 ]
 
 
