@@ -27,6 +27,7 @@
 //! packet that is not a fragment never touches it, and reassembly allocates only the
 //! first time each of its slots is used.
 
+pub mod fuzz;
 pub mod reasm;
 pub mod split;
 
