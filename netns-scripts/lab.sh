@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# lab.sh - the ucanal reference lab (the article's two CentOS nodes, a client, two ghost pods)
+# lab.sh - the ucanal reference lab (docs/lab.md: two nodes, a client, two ghost pods)
 # in network namespaces. See lib.sh for the reusable functions.
 #
 #   lab.sh up [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--force]
