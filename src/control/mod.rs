@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod metrics;
