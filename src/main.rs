@@ -434,6 +434,11 @@ fn show_cmd(socket: &std::path::Path, what: Show, json: bool, all: bool) -> Resu
         }
         Show::Counters => show::counters_text(&data, all),
         Show::Node => serde_json::to_string_pretty(&data).map_err(|e| e.to_string())?,
+        Show::Peers => {
+            let rows: Vec<ucanal::control::cluster::member::PeerRow> =
+                serde_json::from_value(data["peers"].clone()).map_err(de)?;
+            ucanal::control::cluster::member::peers_text(&rows)
+        }
     };
     Ok(text.trim_end_matches('\n').to_string())
 }

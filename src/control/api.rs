@@ -67,6 +67,8 @@ pub enum Show {
     Conntrack,
     Counters,
     Node,
+    /// Peers with where each came from (config or an etcd lease), lease age and expiry.
+    Peers,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -6,4 +6,5 @@
 pub mod etcd;
 pub mod flannel;
 pub mod gateway;
+pub mod member;
 pub mod registry;

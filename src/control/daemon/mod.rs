@@ -11,6 +11,7 @@
 //! teardown), `pods`, `services`, `inspect` (listings and the synthetic trace),
 //! `server` (the API socket) and `maintenance` (the conntrack sweep, on its own thread).
 
+mod cluster;
 mod inspect;
 mod maintenance;
 mod node;
@@ -115,6 +116,8 @@ pub struct Daemon {
     steers: BTreeSet<Steer>,
     /// Node-wide sysctls changed at start, with the value to put back on exit.
     restore_sysctls: Vec<(node::SysctlKey, String)>,
+    /// Membership of a cluster on etcd (`[cluster]`), once joined.
+    membership: Option<cluster::Membership>,
 }
 
 impl Daemon {
@@ -132,11 +135,15 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(setup)?;
     rt.block_on(async move {
-        let daemon = start(cfg).await?;
+        let prefix = cfg.cluster.as_ref().map(|c| c.prefix.clone()).unwrap_or_default();
+        let (daemon, joined) = start(cfg).await?;
         let socket = daemon.cfg.api.socket.clone();
         let dp = daemon.dp.clone();
         let maintenance_block = dp.counters.workers() - 1;
         let daemon = Arc::new(Mutex::new(daemon));
+        if let Some((member, rx)) = joined {
+            cluster::spawn(member, rx, daemon.clone(), prefix);
+        }
         let stop = |e: RunError| {
             let d = daemon.clone();
             let socket = socket.clone();
@@ -199,8 +206,12 @@ fn random_seed() -> u64 {
     u64::from_ne_bytes(b)
 }
 
-async fn start(cfg: Config) -> Result<Daemon, RunError> {
+type Joined = Option<(crate::control::cluster::member::Member, tokio::sync::watch::Receiver<cluster::PeerSet>)>;
+
+async fn start(cfg: Config) -> Result<(Daemon, Joined), RunError> {
     node::preflight(&cfg).await?;
+    // The lease first: a subnet held by another node stops us before anything exists.
+    let joined = cluster::join(&cfg, random_seed()).await?;
     let node = cfg.node_info();
     let n_workers = workers_for(&cfg);
     let tech = cfg.dataplane.techniques();
@@ -227,6 +238,7 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
         tx_ports: underlay.tx_ports.clone(),
         steers: BTreeSet::new(),
         restore_sysctls: Vec::new(),
+        membership: None,
         cfg: Config { pods: Vec::new(), ..cfg.clone() },
     };
     if let Err(e) = d.configure_node().await {
@@ -264,5 +276,5 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
         node = %node.name, workers = n_workers, batch = cfg.dataplane.batch, techniques = ?tech, pods = d.pods.len(), services = d.cfg.services.len(),
         source_ports = ?d.tx_ports, "dataplane up"
     );
-    Ok(d)
+    Ok((d, joined))
 }

@@ -32,7 +32,7 @@ impl Daemon {
         let services = ServiceTable::build(self.cfg.services.iter().cloned(), |name, ep| {
             hits.entry((name.to_string(), ep)).or_insert_with(|| Arc::new(Hits::default())).clone()
         });
-        let mut t = Tables::build(self.generation, self.node.clone(), self.seed, &pods, &self.cfg.peers, services);
+        let mut t = Tables::build(self.generation, self.node.clone(), self.seed, &pods, &self.all_peers(), services);
         t.vxlan_source_ports = self.tx_ports.clone();
         self.dp.publish(t);
     }
