@@ -63,6 +63,8 @@ pub struct Member {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often a quiet watch checks that etcd still answers.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -71,7 +73,13 @@ fn unix_secs(t: SystemTime) -> u64 {
 impl Member {
     pub fn new(registry: Registry, own: OwnLease, renew_margin: Duration) -> (Member, watch::Receiver<PeerSet>) {
         let (peers_tx, rx) = watch::channel(PeerSet::default());
-        let status = Status { connected: true, own_subnet: Some(own.subnet), ..Default::default() };
+        let exp = SystemTime::now() + own.expires.saturating_duration_since(Instant::now());
+        let status = Status {
+            connected: true,
+            own_subnet: Some(own.subnet),
+            own_expires: Some(unix_secs(exp)),
+            ..Default::default()
+        };
         let me = own.attrs.public_ip;
         let m = Member {
             registry,
@@ -99,7 +107,7 @@ impl Member {
             if let Err(e) = self.session().await {
                 if self.down_since.is_none() {
                     self.down_since = Some(Instant::now());
-                    tracing::error!("etcd: {e}; the dataplane keeps its last tables, retrying");
+                    tracing::error!("{e}; the dataplane keeps its last tables, retrying");
                     self.status(|s| {
                         s.connected = false;
                         s.outages += 1;
@@ -122,6 +130,7 @@ impl Member {
         self.status(|s| {
             s.connected = true;
             s.relists += 1;
+            s.last_error = None;
         });
         if let Some(t) = self.down_since.take() {
             tracing::info!(
@@ -143,6 +152,12 @@ impl Member {
                 m = stream.next() => m?,
                 _ = tokio::time::sleep_until(renew) => {
                     self.renew_if_due().await?;
+                    continue;
+                }
+                // A partition leaves the watch connection silent rather than closed: ask
+                // etcd something small now and then, and start over when it does not answer.
+                _ = tokio::time::sleep(HEALTH_EVERY) => {
+                    self.registry.client.get(&self.registry.config_key(), false).await?;
                     continue;
                 }
             };
