@@ -6,6 +6,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod kube;
 pub mod metrics;
 pub mod probe;
 pub mod show;
