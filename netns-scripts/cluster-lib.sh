@@ -13,7 +13,8 @@
 #   lab.sh etcdctl ARGS...                     etcdctl against the lab's etcd
 #   lab.sh pingall [TIMEOUT]                   every pod pings every other; prints "ok/total"
 #
-# Node i: 172.16.240.(130+i) on the LAN, subnet 10.244.i.0/24, VTEP MAC 0a:58:0a:f4:ii:00.
+# Node i: 172.16.240.(130+i) on the LAN, subnet 10.244.i.0/24 (node02: the article's
+# 10.244.0.0/24 with pod 10.244.0.74), VTEP MAC 0a:58:0a:f4:ii:00.
 # Every member gets permanent LAN neighbour entries for every other one: N x (N-1) dynamic
 # entries would overflow the kernel's shared neighbour table (gc_thresh3 1024) at 32 nodes,
 # and permanent entries do not count against it. No host-wide setting is changed.
@@ -35,10 +36,14 @@ lab_cluster_define() {
     LAB_NODE_IP[$node]=172.16.240.$((130 + i))
     LAB_NODE_MAC[$node]=$(printf '00:0c:29:00:01:%02x' "$i")
     LAB_NODE_SUBNET[$node]=10.244.$i.0/24
+    # node02 is the article's centos7-2 (10.244.0.0/24, its ghost pod 10.244.0.74), so the
+    # article's default/ghost manifest applies to the cluster lab as it is.
+    ((i != 2)) || LAB_NODE_SUBNET[$node]=10.244.0.0/24
     LAB_NODE_VTEP_MAC[$node]=$(printf '0a:58:0a:f4:%02x:00' "$i")
     LAB_NODE_MODE[$node]=$2
     LAB_PODS+=("$pod")
     LAB_POD_IP[$pod]=10.244.$i.5
+    ((i != 2)) || LAB_POD_IP[$pod]=10.244.0.74
     LAB_POD_NODE[$pod]=$node
 }
 
@@ -227,7 +232,7 @@ lab_cluster_up() {
         lab_lan_attach etcd eth0 "$LAB_ETCD_MAC" "$LAB_ETCD_IP/$LAB_LAN_PREFIXLEN"
         lab_etcd_start
         lab_etcdctl put "$LAB_ETCD_PREFIX/config" \
-            "{\"Network\":\"$LAB_CLUSTER_CIDR\",\"SubnetLen\":24,\"Backend\":{\"Type\":\"vxlan\",\"VNI\":$LAB_VNI,\"Port\":$LAB_VXLAN_PORT}}" >/dev/null
+            "{\"Network\":\"$LAB_CLUSTER_CIDR\",\"SubnetLen\":24,\"SubnetMin\":\"10.244.0.0\",\"Backend\":{\"Type\":\"vxlan\",\"VNI\":$LAB_VNI,\"Port\":$LAB_VXLAN_PORT}}" >/dev/null
         for ((i = 1; i <= n; i++)); do
             mode=ucanal
             [[ ,$kernel, == *",$i,"* ]] && mode=kernel

@@ -101,6 +101,24 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         timeout: u64,
     },
+    /// Apply Kubernetes manifests (Service, Endpoints, EndpointSlice; YAML or JSON):
+    /// through etcd to every node in a cluster, else to this node.
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Delete the objects a manifest names.
+    Delete {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// List applied objects: services or endpoints.
+    Get {
+        what: String,
+        /// json or yaml (default: a kubectl-style table).
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+    },
     /// List a table of the running daemon.
     Show {
         what: Show,
@@ -274,6 +292,9 @@ fn main() -> ExitCode {
             done(simple(&socket, &req))
         }
         Cmd::Show { what, json, all } => done(show_cmd(&socket, what, json, all)),
+        Cmd::Apply { file } => done(ucanal::control::kubectl::apply(&socket, &file, false)),
+        Cmd::Delete { file } => done(ucanal::control::kubectl::apply(&socket, &file, true)),
+        Cmd::Get { what, output } => done(ucanal::control::kubectl::get(&socket, &what, output.as_deref())),
         Cmd::Trace { ingress, flags, live, filter, count, timeout, nodes, json, flow } => {
             if live {
                 let mut sockets = vec![socket];

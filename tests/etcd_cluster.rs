@@ -61,7 +61,28 @@ fn etcd_mixed_cluster_joins_leaves_and_survives_an_outage() {
 
     hand_written_leases(&lab);
     join_and_leave(&lab);
+    the_articles_service(&lab);
     outage(&lab);
+}
+
+/// `ucanal apply -f` of the article's Service + Endpoints on one node reaches every node
+/// through etcd: `curl 172.16.240.131:31266` (and .132) answers from both ghost pods.
+fn the_articles_service(lab: &Lab) {
+    let manifest = common::repo().join("netns-scripts/manifests/ghost.yaml");
+    let m = lab.ucanal_ok("node02", &["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(m.contains("2 object(s) written in etcd"), "{m}");
+    wait_until(Duration::from_secs(5), || lab.ucanal_ok("node01", &["get", "services"]).contains("2368:31266/TCP"))
+        .expect("node01 has default/ghost");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..16 {
+        for ip in ["172.16.240.131", "172.16.240.132"] {
+            let body = lab.curl("client", &format!("http://{ip}:31266/")).expect("NodePort answers");
+            seen.insert(body.split_whitespace().next().unwrap_or_default().to_string());
+        }
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["pod01", "pod02"], "both endpoints answer");
+    let e = lab.ucanal_ok("node03", &["get", "endpoints"]);
+    assert!(e.contains("10.244.0.74:2368,10.244.1.5:2368"), "{e}");
 }
 
 /// A lease put by hand in flannel's format adds the peer; another backend's is ignored.
@@ -108,7 +129,7 @@ fn outage(lab: &Lab) {
     std::fs::write(&www, vec![b'x'; size as usize]).expect("writing the download");
     let mut dl = lab.background(
         "pod01",
-        "curl -sS -m 120 --limit-rate 64k -o /dev/null -w '%{size_download}' http://10.244.2.5:2368/big",
+        "curl -sS -m 120 --limit-rate 64k -o /dev/null -w '%{size_download}' http://10.244.0.74:2368/big",
     );
     // node03 goes away without a word (its lease stays), then etcd drops off the LAN.
     let pid = std::fs::read_to_string(format!("/run/ucanal-lab/{}/node03.pid", lab.prefix)).expect("node03 pid");
@@ -128,6 +149,13 @@ fn outage(lab: &Lab) {
         std::thread::sleep(Duration::from_secs(1));
     }
     assert!(routes(lab, "node01").contains("10.244.3.0/24"), "last tables kept during the outage");
+    // apply needs etcd: it fails naming it, and nothing changes.
+    let manifest = common::repo().join("netns-scripts/manifests/ghost.yaml");
+    let out = lab.ucanal("node01", &["delete", "-f", manifest.to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out.stderr).contains("etcd is unreachable"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("nothing applied"));
+    assert!(lab.ucanal_ok("node01", &["get", "services"]).contains("ghost"), "nothing changed");
+    assert!(lab.curl("client", "http://172.16.240.131:31266/").is_ok(), "NodePort during the outage");
     assert!(lab.lab_sh(&["etcd-heal"]).status.success());
     let took = wait_route_gone(lab, &["node01", "node02"], &["node04"], "10.244.3.0/24");
     println!("etcd back -> lease deleted during the outage gone everywhere: {took:?}");

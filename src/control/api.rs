@@ -34,6 +34,16 @@ pub enum Request {
         service: String,
         endpoint: SocketAddrV4,
     },
+    /// Kubernetes objects (`ucanal apply -f` / `delete -f`): through etcd in a cluster.
+    Apply {
+        objects: Vec<crate::control::kube::Object>,
+        #[serde(default)]
+        delete: bool,
+    },
+    /// `ucanal get services|endpoints`: the objects as stored.
+    Get {
+        what: String,
+    },
     Show {
         what: Show,
     },

@@ -76,6 +76,13 @@ pub struct ClusterSection {
     /// Renew this many seconds before expiry (flannel: 60 min; at most half the TTL).
     #[serde(default = "default_renew_margin")]
     pub renew_margin: u64,
+    /// Where the cluster's Kubernetes objects live (`<objects_prefix>/objects/...`).
+    #[serde(default = "default_objects_prefix")]
+    pub objects_prefix: String,
+}
+
+fn default_objects_prefix() -> String {
+    "/ucanal".into()
 }
 
 fn default_prefix() -> String {

@@ -295,6 +295,20 @@ impl Store {
         self.objects.remove(key).map(|o| o.service())
     }
 
+    /// Puts one object; the one it replaced.
+    pub fn put(&mut self, o: Object) -> Option<Object> {
+        self.objects.insert(o.key(), o)
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<Object> {
+        self.objects.remove(key)
+    }
+
+    /// Every service (`ns/name`) any object refers to.
+    pub fn services(&self) -> BTreeSet<String> {
+        self.objects.values().map(Object::service).collect()
+    }
+
     /// The specs of service `ns/name` (empty when it has no Service object).
     pub fn specs(&self, service: &str) -> Vec<ServiceSpec> {
         let Some((ns, name)) = service.split_once('/') else { return Vec::new() };
@@ -352,6 +366,11 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// The service (`ns/name`) a spec name belongs to (`ns/name:port` -> `ns/name`).
+pub fn service_of(spec_name: &str) -> &str {
+    spec_name.split_once(':').map_or(spec_name, |(s, _)| s)
 }
 
 /// Whether a spec name belongs to service `ns/name` (itself or one of its ports).

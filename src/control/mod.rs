@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod kube;
+pub mod kubectl;
 pub mod metrics;
 pub mod probe;
 pub mod show;

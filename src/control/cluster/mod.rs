@@ -7,4 +7,5 @@ pub mod etcd;
 pub mod flannel;
 pub mod gateway;
 pub mod member;
+pub mod objects;
 pub mod registry;

@@ -5,13 +5,14 @@
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, mpsc, watch};
 
 use super::{Daemon, RunError, setup};
 use crate::control::cluster::etcd::EtcdClient;
 use crate::control::cluster::flannel::LeaseAttrs;
 pub(super) use crate::control::cluster::member::PeerSet;
 use crate::control::cluster::member::{self, Member, Status};
+use crate::control::cluster::objects::ObjectStore;
 use crate::control::cluster::registry::Registry;
 use crate::control::config::{Config, ConfigError};
 
@@ -67,8 +68,22 @@ pub(super) async fn join(cfg: &Config, random: u64) -> Result<Option<(Member, wa
 pub(super) fn spawn(member: Member, mut rx: watch::Receiver<PeerSet>, d: Arc<Mutex<Daemon>>, prefix: String) {
     let status = member.status.clone();
     let d2 = d.clone();
+    let objects_prefix = d.try_lock().ok().and_then(|g| g.cfg.cluster.as_ref().map(|c| c.objects_prefix.clone()));
+    let store = ObjectStore::new(member.registry.client.clone(), &objects_prefix.unwrap_or_else(|| "/ucanal".into()));
+    let (otx, mut orx) = mpsc::channel(64);
+    tokio::spawn(store.clone().sync(otx));
+    let d3 = d.clone();
     tokio::spawn(async move {
-        d2.lock().await.membership = Some(Membership { prefix, status, peers: PeerSet::default() });
+        while let Some(u) = orx.recv().await {
+            d3.lock().await.objects_update(u).await;
+        }
+    });
+    tokio::spawn(async move {
+        {
+            let mut g = d2.lock().await;
+            g.membership = Some(Membership { prefix, status, peers: PeerSet::default() });
+            g.objects = Some(store);
+        }
         tokio::spawn(member.run());
         while rx.changed().await.is_ok() {
             let set = rx.borrow_and_update().clone();

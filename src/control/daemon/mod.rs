@@ -15,6 +15,7 @@ mod cluster;
 mod inspect;
 mod maintenance;
 mod node;
+mod objects;
 mod pods;
 mod server;
 mod services;
@@ -118,6 +119,10 @@ pub struct Daemon {
     restore_sysctls: Vec<(node::SysctlKey, String)>,
     /// Membership of a cluster on etcd (`[cluster]`), once joined.
     membership: Option<cluster::Membership>,
+    /// Kubernetes objects applied to this node (from `apply` or the etcd watch).
+    kube: crate::control::kube::Store,
+    /// Where `apply` writes when the node is in a cluster.
+    objects: Option<crate::control::cluster::objects::ObjectStore>,
 }
 
 impl Daemon {
@@ -239,6 +244,8 @@ async fn start(cfg: Config) -> Result<(Daemon, Joined), RunError> {
         steers: BTreeSet::new(),
         restore_sysctls: Vec::new(),
         membership: None,
+        kube: Default::default(),
+        objects: None,
         cfg: Config { pods: Vec::new(), ..cfg.clone() },
     };
     if let Err(e) = d.configure_node().await {

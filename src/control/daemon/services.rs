@@ -112,7 +112,7 @@ impl Daemon {
     /// UDP flows to removed endpoints are dropped from conntrack at once, so their
     /// next datagram picks a remaining endpoint (kube-proxy's `conntrack -D`, without
     /// the window in which the client black-holes). TCP flows are left to fail.
-    fn flush_endpoints(&self, s: &ServiceSpec, removed: &[SocketAddrV4]) {
+    pub(super) fn flush_endpoints(&self, s: &ServiceSpec, removed: &[SocketAddrV4]) {
         if removed.is_empty() || s.protocol.number() != PROTO_UDP {
             return;
         }
