@@ -14,6 +14,7 @@ use crate::control::kube::Object;
 
 /// etcd's default `--max-txn-ops`: the most operations one transaction may carry.
 const TXN_OPS: usize = 128;
+const TXNS_IN_FLIGHT: usize = 8;
 
 /// What the sync loop hands the daemon.
 #[derive(Debug)]
@@ -38,20 +39,32 @@ impl ObjectStore {
     /// Writes (or deletes) the objects, in transactions of at most 128 operations. The
     /// first failure stops it: with etcd unreachable nothing is written.
     pub async fn write(&self, objs: &[Object], delete: bool) -> Result<usize, EtcdError> {
-        for chunk in objs.chunks(TXN_OPS) {
-            let ops = chunk
-                .iter()
-                .map(|o| {
-                    let key = format!("{}{}", self.dir, o.key());
-                    if delete {
-                        json!({ "request_delete_range": gateway::range_request(key.as_bytes(), None) })
-                    } else {
-                        let value = serde_json::to_vec(o).unwrap_or_default();
-                        json!({ "request_put": gateway::put_request(key.as_bytes(), &value, 0) })
-                    }
-                })
-                .collect();
-            self.client.txn(ops).await?;
+        use futures::StreamExt as _;
+        let bodies: Vec<Vec<serde_json::Value>> = objs
+            .chunks(TXN_OPS)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|o| {
+                        let key = format!("{}{}", self.dir, o.key());
+                        if delete {
+                            json!({ "request_delete_range": gateway::range_request(key.as_bytes(), None) })
+                        } else {
+                            let value = serde_json::to_vec(o).unwrap_or_default();
+                            json!({ "request_put": gateway::put_request(key.as_bytes(), &value, 0) })
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let txns = bodies.into_iter().map(|ops| {
+            let c = self.client.clone();
+            async move { c.txn(ops).await }
+        });
+        // Several transactions in flight: etcd orders them, and distinct keys do not care.
+        let mut results = futures::stream::iter(txns).buffer_unordered(TXNS_IN_FLIGHT);
+        while let Some(r) = results.next().await {
+            r?;
         }
         Ok(objs.len())
     }

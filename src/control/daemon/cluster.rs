@@ -74,8 +74,19 @@ pub(super) fn spawn(member: Member, mut rx: watch::Receiver<PeerSet>, d: Arc<Mut
     tokio::spawn(store.clone().sync(otx));
     let d3 = d.clone();
     tokio::spawn(async move {
+        // A rebuild costs the whole table, so updates are batched: everything that arrives
+        // until the stream pauses for 20 ms (at most 250 ms after the first) is one batch.
         while let Some(u) = orx.recv().await {
-            d3.lock().await.objects_update(u).await;
+            let mut batch = vec![u];
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(250);
+            loop {
+                let pause = tokio::time::Instant::now() + Duration::from_millis(20);
+                match tokio::time::timeout_at(pause.min(deadline), orx.recv()).await {
+                    Ok(Some(more)) => batch.push(more),
+                    _ => break,
+                }
+            }
+            d3.lock().await.objects_update(batch).await;
         }
     });
     tokio::spawn(async move {

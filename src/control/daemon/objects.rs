@@ -134,31 +134,43 @@ impl Daemon {
 
     /// Applies what the etcd watch brought: a whole snapshot or a batch of changes.
     /// Objects that do not apply here are logged and left out, never half-applied.
-    pub(super) async fn objects_update(&mut self, u: crate::control::cluster::objects::ObjectUpdate) {
+    pub(super) async fn objects_update(&mut self, batch: Vec<crate::control::cluster::objects::ObjectUpdate>) {
         use crate::control::cluster::objects::ObjectUpdate;
+        let t = std::time::Instant::now();
+        let updates = batch.len();
         let mut touched = BTreeSet::new();
-        match u {
-            ObjectUpdate::Snapshot(objs) => {
-                touched = self.kube.services();
-                self.kube = kube::Store::default();
-                for o in objs {
-                    touched.insert(o.service());
-                    self.kube.put(o);
+        for u in batch {
+            match u {
+                ObjectUpdate::Snapshot(objs) => {
+                    touched = self.kube.services();
+                    self.kube = kube::Store::default();
+                    for o in objs {
+                        touched.insert(o.service());
+                        self.kube.put(o);
+                    }
                 }
-            }
-            ObjectUpdate::Changes { put, deleted } => {
-                for k in deleted {
-                    touched.extend(self.kube.remove_key(&k));
-                }
-                for o in put {
-                    touched.insert(o.service());
-                    self.kube.put(o);
+                ObjectUpdate::Changes { put, deleted } => {
+                    for k in deleted {
+                        touched.extend(self.kube.remove_key(&k));
+                    }
+                    for o in put {
+                        touched.insert(o.service());
+                        self.kube.put(o);
+                    }
                 }
             }
         }
+        let t1 = t.elapsed();
         if let Err(e) = self.respec(&touched).await {
             tracing::error!("objects from etcd do not apply here: {e}; keeping the previous services");
         }
+        tracing::info!(
+            updates,
+            services = touched.len(),
+            store_ms = t1.as_millis() as u64,
+            total_ms = t.elapsed().as_millis() as u64,
+            "objects from etcd applied"
+        );
     }
 
     /// `get services` / `get endpoints`: the objects as stored.
