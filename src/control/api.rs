@@ -110,6 +110,10 @@ impl Response {
     }
 }
 
+/// The abstract Unix socket every daemon also listens on. Abstract names belong to a
+/// network namespace, so each node's daemon has its own `@ucanal`.
+pub const ABSTRACT_SOCKET: &str = "ucanal";
+
 /// The socket path: `--socket`, else `$UCANAL_SOCKET`, else the default.
 pub fn socket_path(flag: Option<&Path>) -> PathBuf {
     flag.map(Path::to_path_buf)

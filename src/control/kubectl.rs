@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::api::Request;
-use super::client;
+use super::client::{self, Target};
 use super::kube::{self, Object};
 
 /// Reads and parses a manifest file (`-` is stdin).
@@ -17,19 +17,19 @@ pub fn read(file: &Path) -> Result<Vec<Object>, String> {
     kube::parse_manifest(&text).map_err(|e| format!("{}: {e}", file.display()))
 }
 
-pub fn apply(socket: &Path, file: &Path, delete: bool) -> Result<String, String> {
+pub fn apply(target: &Target, file: &Path, delete: bool) -> Result<String, String> {
     let objects = read(file)?;
-    client::request(socket, &Request::Apply { objects, delete }).map(|r| r.message.unwrap_or_default())
+    client::request(target, &Request::Apply { objects, delete }).map(|r| r.message.unwrap_or_default())
 }
 
 /// `get services|endpoints [-o wide|json|yaml]`.
-pub fn get(socket: &Path, what: &str, output: Option<&str>) -> Result<String, String> {
+pub fn get(target: &Target, what: &str, output: Option<&str>) -> Result<String, String> {
     let what = match what {
         "services" | "service" | "svc" => "services",
         "endpoints" | "ep" | "endpointslices" => "endpoints",
         other => return Err(format!("get: '{other}' is not services or endpoints")),
     };
-    let data = client::request(socket, &Request::Get { what: what.into() })?.data.unwrap_or_default();
+    let data = client::request(target, &Request::Get { what: what.into() })?.data.unwrap_or_default();
     match output {
         Some("json") => return serde_json::to_string_pretty(&data).map_err(|e| e.to_string()),
         Some("yaml") => return serde_yaml_ng::to_string(&data).map_err(|e| e.to_string()),

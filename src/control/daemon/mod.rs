@@ -158,7 +158,7 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
                 e
             }
         };
-        let listener = match server::bind_socket(&socket) {
+        let listeners = match server::bind_socket(&socket).and_then(|f| Ok(vec![f, server::bind_abstract()?])) {
             Ok(l) => l,
             Err(e) => return Err(stop(setup(e)).await),
         };
@@ -173,7 +173,7 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
             }
         }
         let sweeper = maintenance::Sweeper::spawn(dp, maintenance_block).map_err(setup)?;
-        let server = tokio::spawn(server::serve(listener, daemon.clone()));
+        let server = tokio::spawn(server::serve(listeners, daemon.clone()));
         wait_for_signal().await;
         tracing::info!("stopping");
         server.abort();

@@ -10,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Mutex;
 
 use super::Daemon;
-use crate::control::api::{Request, Response};
+use crate::control::api::{self, Request, Response};
 
 /// Binds the API socket: mode 0600 in a 0700 directory. A live daemon on the path
 /// is an error; a stale socket file is replaced.
@@ -51,7 +51,8 @@ pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
             .write_all(
                 format!(
                     "{}\n",
-                    serde_json::to_string(&Response::error("permission denied: root only")).unwrap_or_default()
+                    serde_json::to_string(&Response::error("permission denied: the ucanal API is root-only"))
+                        .unwrap_or_default()
                 )
                 .as_bytes(),
             )
@@ -155,8 +156,35 @@ async fn apply(d: &Arc<Mutex<Daemon>>, objects: Vec<crate::control::kube::Object
     }
 }
 
-/// Accepts API clients until aborted, one task each.
-pub(super) async fn serve(listener: UnixListener, d: Arc<Mutex<Daemon>>) {
+/// Binds `@ucanal`, the abstract socket of this network namespace. Abstract sockets
+/// have no file mode: `serve_client` refuses peers that are not root by their
+/// credentials, as it does on the socket file.
+pub(super) fn bind_abstract() -> io::Result<UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(api::ABSTRACT_SOCKET)?;
+    let l = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
+        let why = if e.kind() == io::ErrorKind::AddrInUse {
+            "another ucanal is running in this network namespace".to_string()
+        } else {
+            e.to_string()
+        };
+        io::Error::new(e.kind(), format!("api: abstract socket @{}: {why}", api::ABSTRACT_SOCKET))
+    })?;
+    l.set_nonblocking(true)?;
+    UnixListener::from_std(l)
+}
+
+/// Accepts API clients on every listener until aborted, one task each.
+pub(super) async fn serve(listeners: Vec<UnixListener>, d: Arc<Mutex<Daemon>>) {
+    // A JoinSet aborts its tasks when dropped, so aborting `serve` closes every listener.
+    let mut loops = tokio::task::JoinSet::new();
+    for l in listeners {
+        loops.spawn(accept_loop(l, d.clone()));
+    }
+    while loops.join_next().await.is_some() {}
+}
+
+async fn accept_loop(listener: UnixListener, d: Arc<Mutex<Daemon>>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
