@@ -186,15 +186,36 @@ enum EndpointCmd {
     Add {
         #[arg(long)]
         service: String,
-        #[arg(long)]
-        endpoint: SocketAddrV4,
+        #[command(flatten)]
+        target: EndpointTarget,
     },
     Del {
         #[arg(long)]
         service: String,
-        #[arg(long)]
-        endpoint: SocketAddrV4,
+        #[command(flatten)]
+        target: EndpointTarget,
     },
+}
+
+/// An endpoint by address, or by the name of a pod on the same node.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct EndpointTarget {
+    #[arg(long)]
+    endpoint: Option<SocketAddrV4>,
+    /// A pod of this node and a port: <pod name>:<port> (e.g. default/web:2368).
+    #[arg(long)]
+    pod: Option<String>,
+}
+
+impl EndpointTarget {
+    fn resolve(&self, target: &Target) -> Result<SocketAddrV4, String> {
+        match (&self.endpoint, &self.pod) {
+            (Some(e), _) => Ok(*e),
+            (None, Some(p)) => client::pod_endpoint(target, p),
+            (None, None) => Err("give --endpoint or --pod".into()),
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -272,7 +293,9 @@ fn main() -> ExitCode {
         },
         Cmd::Pod { cmd } => {
             let req = match cmd {
-                PodCmd::Add { name, netns, ip, mac } => Request::PodAdd { pod: PodSpec { name, netns, ip, mac } },
+                PodCmd::Add { name, netns, ip, mac } => {
+                    Request::PodAdd { pod: PodSpec { name, netns, ip, mac, ifname: None } }
+                }
                 PodCmd::Del { name } => Request::PodDel { name },
             };
             done(one().and_then(|t| simple(&t, &req)))
@@ -297,11 +320,19 @@ fn main() -> ExitCode {
             done(one().and_then(|t| simple(&t, &req)))
         }
         Cmd::Endpoint { cmd } => {
-            let req = match cmd {
-                EndpointCmd::Add { service, endpoint } => Request::EndpointAdd { service, endpoint },
-                EndpointCmd::Del { service, endpoint } => Request::EndpointDel { service, endpoint },
+            let target = match one() {
+                Ok(t) => t,
+                Err(e) => return done(Err(e)),
             };
-            done(one().and_then(|t| simple(&t, &req)))
+            let req = match cmd {
+                EndpointCmd::Add { service, target: ep } => {
+                    ep.resolve(&target).map(|endpoint| Request::EndpointAdd { service, endpoint })
+                }
+                EndpointCmd::Del { service, target: ep } => {
+                    ep.resolve(&target).map(|endpoint| Request::EndpointDel { service, endpoint })
+                }
+            };
+            done(req.and_then(|r| simple(&target, &r)))
         }
         Cmd::Show { what, json, all } => done(one().and_then(|t| show_cmd(&t, what, json, all))),
         Cmd::Apply { file } => done(one().and_then(|t| ucanal::control::kubectl::apply(&t, &file, false))),

@@ -163,6 +163,29 @@ pub fn request(target: &Target, req: &Request) -> Result<Response, String> {
     out.ok_or_else(|| "ucanal closed the connection without answering".into())
 }
 
+/// `<pod name>:<port>` (the name may be `namespace/name`).
+pub fn parse_pod_port(s: &str) -> Result<(&str, u16), String> {
+    let (name, port) = s.rsplit_once(':').ok_or_else(|| format!("--pod {s}: want <pod name>:<port>"))?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(|| format!("--pod {s}: '{port}' is not a port"))?;
+    if name.is_empty() {
+        return Err(format!("--pod {s}: the pod name is empty"));
+    }
+    Ok((name, port))
+}
+
+/// The endpoint `<pod name>:<port>` names: the pod's address, looked up in the daemon's pods.
+pub fn pod_endpoint(target: &Target, s: &str) -> Result<std::net::SocketAddrV4, String> {
+    let (name, port) = parse_pod_port(s)?;
+    let data = request(target, &Request::Show { what: super::api::Show::Pods })?.data.unwrap_or_default();
+    let rows: Vec<super::show::PodRow> =
+        serde_json::from_value(data).map_err(|e| format!("unexpected listing from ucanal: {e}"))?;
+    let pod = rows.iter().find(|r| r.name == name).ok_or_else(|| {
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        format!("no pod {name} on this node (it has {names:?})")
+    })?;
+    Ok(std::net::SocketAddrV4::new(pod.ip, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +202,14 @@ mod tests {
     fn a_missing_namespace_is_named() {
         let e = Target::Netns("/run/netns/ucanal-no-such-ns".into()).connect().unwrap_err();
         assert!(e.contains("no network namespace /run/netns/ucanal-no-such-ns"), "{e}");
+    }
+
+    #[test]
+    fn pod_port() {
+        assert_eq!(parse_pod_port("default/web:2368"), Ok(("default/web", 2368)));
+        assert_eq!(parse_pod_port("ghost-ep1:80"), Ok(("ghost-ep1", 80)));
+        assert!(parse_pod_port("default/web").is_err());
+        assert!(parse_pod_port("web:0").is_err());
+        assert!(parse_pod_port(":80").is_err());
     }
 }

@@ -293,9 +293,16 @@ pub struct PodSpec {
     /// The MAC of the pod's eth0 (default 0a:58 + pod IP, as the CNI bridge plugin does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,
+    /// The interface's name inside the pod (default `eth0`; CNI's `CNI_IFNAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
 }
 
 impl PodSpec {
+    /// The interface's name inside the pod.
+    pub fn ifname(&self) -> &str {
+        self.ifname.as_deref().unwrap_or("eth0")
+    }
     pub fn mac(&self) -> MacAddr {
         self.mac.unwrap_or_else(|| {
             let o = self.ip.octets();
@@ -556,8 +563,16 @@ impl Config {
 /// Checks a pod against the node (also used by the runtime `pod add`). Field paths
 /// are relative to the pod.
 pub fn check_pod(c: &Config, p: &PodSpec) -> Result<(), ConfigError> {
-    if p.name.is_empty() || p.name.len() > 253 || p.name.chars().any(|ch| ch.is_whitespace() || ch == '/') {
-        return Err(err("name", format!("'{}' is not a pod name", p.name)));
+    // `name` or `namespace/name`, as Kubernetes names a pod.
+    let parts: Vec<&str> = p.name.split('/').collect();
+    if p.name.len() > 253 || parts.len() > 2 || parts.iter().any(|s| s.is_empty() || s.chars().any(char::is_whitespace))
+    {
+        return Err(err("name", format!("'{}' is not a pod name (want name or namespace/name)", p.name)));
+    }
+    if let Some(i) = &p.ifname
+        && !crate::cni::spec::valid_ifname(i)
+    {
+        return Err(err("ifname", format!("'{i}' is not an interface name")));
     }
     if p.netns.is_empty() || (!p.netns.starts_with('/') && p.netns.contains('/')) {
         return Err(err("netns", format!("'{}' is neither a name under /run/netns nor an absolute path", p.netns)));

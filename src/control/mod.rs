@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod kube;
 pub mod kubectl;
+pub mod leases;
 pub mod metrics;
 pub mod probe;
 pub mod show;

@@ -9,9 +9,13 @@
 //!
 //! The rooms: `node` (kernel side: checks, sysctls, host port, steering rules,
 //! teardown), `pods`, `services`, `inspect` (listings and the synthetic trace),
-//! `server` (the API socket) and `maintenance` (the conntrack sweep, on its own thread).
+//! `server` (the API socket), `maintenance` (the conntrack sweep, on its own thread) and
+//! `cni` (attachments made by the CNI plugin, with their address leases), `cluster`
+//! (membership of a flannel cluster on etcd: subnet lease, peers) and `objects`
+//! (Kubernetes objects from `apply` or the etcd watch).
 
 mod cluster;
+mod cni;
 mod inspect;
 mod maintenance;
 mod node;
@@ -98,6 +102,13 @@ pub enum ControlError {
     /// A kernel call (netlink, TAP, namespace) failed.
     #[error("{0}")]
     Kernel(#[from] std::io::Error),
+    #[error("container {container_id} already has {ifname} attached")]
+    AlreadyAttached { container_id: String, ifname: String },
+    #[error("container {container_id} has no {ifname} attached on this node")]
+    NotAttached { container_id: String, ifname: String },
+    /// ucanal's IPAM: no free address, an address taken, the lease file unwritable.
+    #[error("{0}")]
+    Lease(#[from] super::leases::LeaseError),
 }
 
 pub struct Daemon {
@@ -123,6 +134,8 @@ pub struct Daemon {
     kube: crate::control::kube::Store,
     /// Where `apply` writes when the node is in a cluster.
     objects: Option<crate::control::cluster::objects::ObjectStore>,
+    /// CNI attachments' addresses (ucanal's default IPAM), kept in a state file.
+    leases: super::leases::LeaseFile,
 }
 
 impl Daemon {
@@ -218,6 +231,8 @@ async fn start(cfg: Config) -> Result<(Daemon, Joined), RunError> {
     // The lease first: a subnet held by another node stops us before anything exists.
     let joined = cluster::join(&cfg, random_seed()).await?;
     let node = cfg.node_info();
+    let lease_path = super::leases::LeaseFile::path_for(&cfg.api.socket);
+    let leases = super::leases::LeaseFile::load(lease_path, node.pod_cidr, node.vtep_ip).map_err(setup)?;
     let n_workers = workers_for(&cfg);
     let tech = cfg.dataplane.techniques();
     let underlay = Underlay::open(node.node_ip, node.vxlan_port, n_workers, cfg.dataplane.source_ports, tech.udp_gro)
@@ -246,6 +261,7 @@ async fn start(cfg: Config) -> Result<(Daemon, Joined), RunError> {
         membership: None,
         kube: Default::default(),
         objects: None,
+        leases,
         cfg: Config { pods: Vec::new(), ..cfg.clone() },
     };
     if let Err(e) = d.configure_node().await {

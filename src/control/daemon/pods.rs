@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{ControlError, Daemon};
 use crate::control::config::{self, PodSpec};
-use crate::core::PortId;
+use crate::core::{Counter, PortId};
 use crate::io::netlink;
 use crate::io::stats;
 use crate::io::worker::Control;
@@ -17,6 +17,8 @@ pub(super) struct PodState {
     pub(super) spec: PodSpec,
     pub(super) port: PortId,
     pub(super) ifname: String,
+    /// Set when the CNI plugin attached it.
+    pub(super) cni: Option<super::cni::Attachment>,
 }
 
 impl Daemon {
@@ -43,12 +45,18 @@ impl Daemon {
         let (mac, mtu, ip, gw) = (spec.mac(), self.node.mtu, spec.ip, self.node.gateway);
         let queues = self.workers.len();
         let offloads = self.cfg.dataplane.techniques().tap_offloads;
+        let ifname = spec.ifname().to_string();
         let fds: Vec<OwnedFd> = tokio::task::block_in_place(|| {
             sys::in_netns(&path, move || {
-                let fds = tap::open("eth0", queues, offloads)?;
+                // TUNSETIFF would attach to an existing TAP of that name: refuse instead (CNI: "MUST return an error").
+                if netlink::with_handle(async |h| netlink::link_exists(h, &ifname).await)? {
+                    let e = format!("an interface {ifname} already exists in the pod's namespace");
+                    return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, e));
+                }
+                let fds = tap::open(&ifname, queues, offloads)?;
                 // Pods are IPv4 here; without this the kernel's IPv6 chatter is only counted drops.
-                let _ = netlink::sysctl(&["net", "ipv6", "conf", "eth0", "disable_ipv6"], "1");
-                netlink::with_handle(async |h| netlink::configure_pod(h, "eth0", mac, mtu, ip, gw).await)?;
+                let _ = netlink::sysctl(&["net", "ipv6", "conf", &ifname, "disable_ipv6"], "1");
+                netlink::with_handle(async |h| netlink::configure_pod(h, &ifname, mac, mtu, ip, gw).await)?;
                 Ok(fds)
             })
         })?;
@@ -61,8 +69,9 @@ impl Daemon {
             w.send(Control::AddPort { port, fd });
         }
         let ifname = spec.port_name();
-        let msg = format!("pod {} {} attached as eth0 in {} (port {ifname})", spec.name, spec.ip, spec.netns);
-        self.pods.push(PodState { spec: spec.clone(), port, ifname });
+        let msg =
+            format!("pod {} {} attached as {} in {} (port {ifname})", spec.name, spec.ip, spec.ifname(), spec.netns);
+        self.pods.push(PodState { spec: spec.clone(), port, ifname, cni: None });
         self.cfg.pods.push(spec);
         self.rebuild();
         tracing::info!("{msg}");
@@ -88,7 +97,14 @@ impl Daemon {
             }
         });
         self.free_ports.push(p.port.0);
-        let msg = format!("pod {name} detached; its eth0 is removed");
+        // A later pod with this address must not inherit its flows.
+        let ip = p.spec.ip;
+        let n = self
+            .dp
+            .conntrack
+            .remove_where(|e| e.original.src == ip || e.original.dst == ip || e.reply.src == ip || e.reply.dst == ip);
+        self.dp.counters.add(self.api_block(), Counter::CtFlushedPod, n as u64);
+        let msg = format!("pod {name} detached; its {} is removed, {n} flow(s) flushed", p.spec.ifname());
         tracing::info!("{msg}");
         Ok(msg)
     }

@@ -131,6 +131,15 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
         Request::Get { what } => return Response::data(d.get_objects(&what)),
         Request::Apply { objects, delete } => d.apply_objects(objects, delete).await,
         Request::Trace { probe } => return d.trace(&probe).map(Response::data).unwrap_or_else(Response::error),
+        Request::CniAdd { attach } => {
+            return d.cni_add(attach).await.map(Response::data).unwrap_or_else(Response::error);
+        }
+        Request::CniDel { container_id, ifname } => d.cni_del(&container_id, &ifname).await,
+        Request::CniCheck { container_id, ifname } => {
+            return d.cni_check(&container_id, &ifname).map(Response::data).unwrap_or_else(Response::error);
+        }
+        Request::CniGc { network, valid } => d.cni_gc(&network, &valid).await,
+        Request::CniStatus => return Response::data(d.cni_status()),
         Request::TraceLive { .. } | Request::Capture { .. } => {
             return Response::error("streams are served per connection");
         }
