@@ -7,6 +7,31 @@ use super::api::Request;
 use super::client::{self, Target};
 use super::kube::{self, Object};
 
+/// `-f FILE` of `apply` and `delete`.
+#[derive(Debug, clap::Args)]
+pub struct Manifest {
+    /// A YAML or JSON manifest (`-`: stdin).
+    #[arg(short = 'f', long = "filename")]
+    pub file: std::path::PathBuf,
+}
+
+/// `get WHAT [-o json|yaml]`.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// services or endpoints.
+    pub what: String,
+    /// json or yaml (default: a kubectl-style table).
+    #[arg(short = 'o', long)]
+    pub output: Option<String>,
+}
+
+/// `show peers` as a table, from the daemon's JSON.
+pub fn peers(data: &serde_json::Value) -> Result<String, String> {
+    let rows: Vec<super::cluster::member::PeerRow> =
+        serde_json::from_value(data["peers"].clone()).map_err(|e| format!("unexpected answer: {e}"))?;
+    Ok(super::cluster::member::peers_text(&rows))
+}
+
 /// Reads and parses a manifest file (`-` is stdin).
 pub fn read(file: &Path) -> Result<Vec<Object>, String> {
     let text = if file.as_os_str() == "-" {
