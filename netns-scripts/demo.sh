@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# demo.sh - the article's walkthrough (§3.1 and §3.2), produced by ucanal itself.
+# demo.sh - the reference lab's two walks (pod to pod, client through the NodePort), produced
+# by ucanal itself.
 #
 # Builds ucanal, brings up the lab (two ucanal nodes, a client, ghost-ep1 and ghost-ep2),
-# and for each step prints what the article printed next to what ucanal shows now:
+# and for each step prints what a kernel node of the same lab prints (the reference listings
+# in docs/lab.md) next to what ucanal shows now:
 # the pod's view, the node's route/neighbour/FDB tables, the service rules with their
 # counters, a synthetic trace of the NodePort request, a live trace of the same request
 # on both nodes (reply included), the conntrack listing, a VXLAN capture read back by
 # tcpdump, and the Prometheus counters. Then it removes the lab. Exit status is non-zero
-# if any step does not show what the article describes.
+# if any step does not show what the reference shows.
 #
 # Environment: LAB_PREFIX (default ud-), UCANAL_BIN (default target/release/ucanal,
 # built if missing), DEMO_KEEP=1 to leave the lab up for exploring (then: lab.sh down).
@@ -39,10 +41,21 @@ title() {
 }
 say() { printf '%s\n' "$*"; }
 indent() { sed 's/^/    /'; }
-# article LABEL <<'EOF' ... EOF : what the article printed
-article() {
-    printf -- '--- article (%s):\n' "$1"
-    indent
+# reference ID : a kernel node's listing, from docs/lab.md (the block after <!-- reference: ID -->)
+reference() {
+    local block
+    block=$(awk -v id="$1" '
+        $0 == "<!-- reference: " id " -->" { found = 1; next }
+        found && /^```text$/ { inside = 1; next }
+        inside && /^```$/ { exit }
+        inside { print }' "$repo/docs/lab.md")
+    if [[ -z $block ]]; then
+        say "    MISSING: reference listing '$1' in docs/lab.md"
+        fail=1
+        return 0
+    fi
+    printf -- '--- kernel reference (docs/lab.md, %s):\n' "$1"
+    indent <<<"$block"
 }
 # ucanal_out LABEL CMD... : what the lab shows now
 now() {
@@ -54,7 +67,7 @@ now() {
     printf -- '--- now (%s): %s\n' "$label" "$shown"
     "$@" 2>&1 | indent
 }
-# expect TEXT PATTERN WHAT : the step shows what the article describes, or the demo fails
+# expect TEXT PATTERN WHAT : the step shows what the kernel reference shows, or the demo fails
 expect() {
     if grep -qE -- "$2" <<<"$1"; then
         say "    ok: $3"
@@ -73,18 +86,13 @@ if [[ ! -x $bin ]]; then
 fi
 say "ucanal: $bin"
 
-title "lab up: the article's two nodes, a client and the ghost pods (namespaces ${LAB_PREFIX}*)"
+title "lab up: the reference lab's two nodes, a client and the ghost pods (namespaces ${LAB_PREFIX}*)"
 export UCANAL_RUN_ARGS="--metrics 127.0.0.1:9300 ${UCANAL_RUN_ARGS:-}"
 UCANAL_BIN=$bin lab_up --node1 ucanal --node2 ucanal >/dev/null
 lab_status
 
-title "§3.1 pod to pod across nodes: ghost-ep1 (10.244.1.5, centos7-1) -> ghost-ep2 (10.244.0.74, centos7-2)"
-article "pod ghost-ep1: ip a / ip route / ip nei" <<'EOF'
-3: eth0@if8: mtu 1500 ... inet 10.244.1.5/32 scope global eth0
-default via 169.254.1.1 dev eth0
-169.254.1.1 dev eth0  scope link
-169.254.1.1 dev eth0 lladdr 56:aa:dd:0b:e9:03 STALE       (the host side of the pod's link)
-EOF
+title "1. pod to pod across nodes: ghost-ep1 (10.244.1.5, centos7-1) -> ghost-ep2 (10.244.0.74, centos7-2)"
+reference pod-view
 in_ns ghost-ep1 ping -c1 -W1 10.244.0.74 >/dev/null || true
 out=$(in_ns ghost-ep1 sh -c 'ip -4 addr show eth0; ip route; ip neigh')
 printf -- '--- now (pod ghost-ep1): ip -4 addr show eth0; ip route; ip neigh\n%s\n' "$(indent <<<"$out")"
@@ -93,19 +101,13 @@ expect "$out" "default via 169.254.1.1 dev eth0" "default route via 169.254.1.1"
 expect "$out" "169.254.1.1 dev eth0 scope link" "169.254.1.1 is on-link"
 expect "$out" "169.254.1.1 dev eth0 lladdr ee:ee:ee:ee:ee:ee" "proxy-ARP answered with the host-side MAC (Calico's ee:ee:ee:ee:ee:ee)"
 
-article "centos7-1: ip route" <<'EOF'
-10.244.0.0/24 via 10.244.0.0 dev flannel.1 onlink
-10.244.1.5 dev calif0e9df43659 scope link
-EOF
+reference node-routes
 out=$(u1 show routes)
 now "centos7-1" u1 show routes
 expect "$out" "10.244.0.0/24 via 10.244.0.0 dev flannel.1 onlink" "remote pod subnet via the peer's VTEP address"
 expect "$out" "10.244.1.5 dev cali[0-9a-f]{11} scope link" "/32 host route to the local pod"
 
-article "centos7-1: ip nei | bridge fdb (flannel.1)" <<'EOF'
-10.244.0.0 dev flannel.1 lladdr 32:a9:79:6d:0b:b1 PERMANENT
-32:a9:79:6d:0b:b1 dev flannel.1 dst 172.16.240.132 self permanent
-EOF
+reference node-vtep
 out=$(u1 show neigh; u1 show fdb)
 now "centos7-1" u1 show neigh
 now "centos7-1" u1 show fdb
@@ -131,15 +133,8 @@ expect "$out" "172.16.240.131.[0-9]+ > 172.16.240.132.8472" "outer: node to node
 expect "$out" "instance 1" "VNI 1"
 expect "$out" "10.244.1.5.[0-9]+ > 10.244.0.74.2368: Flags \[S\]" "inner: the pod's TCP flow"
 
-title "§3.2 the client through the NodePort: 172.16.240.1 -> 172.16.240.131:31266 -> ghost-ep2"
-article "kubectl get svc ghost; iptables -vnL KUBE-NODEPORTS / KUBE-SVC-TFV3VPHN2LAGKCVY -t nat" <<'EOF'
-ghost     NodePort   10.250.0.40            2368:31266/TCP
-    0     0 KUBE-MARK-MASQ  tcp  --  *      *       0.0.0.0/0            0.0.0.0/0            /* default/ghost: */ tcp dpt:31266
-    0     0 KUBE-SVC-TFV3VPHN2LAGKCVY  tcp  --  *      *       0.0.0.0/0            0.0.0.0/0            /* default/ghost: */ tcp dpt:31266
-    0     0 KUBE-SEP-UJXTJ7PNRUN6D2JD  all  --  ...  /* default/ghost: */ statistic mode random probability 0.50000000000
-    0     0 KUBE-SEP-MNOUPYFQRWSOE45J  all  --  ...  /* default/ghost: */
-    0     0 DNAT       tcp  --  ...  /* default/ghost: */ tcp to:10.244.0.74:2368
-EOF
+title "2. the client through the NodePort: 172.16.240.1 -> 172.16.240.131:31266 -> ghost-ep2"
+reference node-services
 for _ in $(seq 20); do in_ns client curl -s -m5 http://172.16.240.131:31266/; done >"$tmp/pages"
 out=$(sort "$tmp/pages" | uniq -c)
 now "client" sh -c "for i in \$(seq 20); do curl http://172.16.240.131:31266/; done | sort | uniq -c  # (run in ${LAB_PREFIX}client)"
@@ -186,13 +181,10 @@ expect "$out" -- "--- centos7-2" "seen on centos7-2"
 expect "$out" "vxlan-rx +vni 1 from 172.16.240.131" "centos7-2 decapsulates from centos7-1"
 expect "$out" "reverse-nat now 172.16.240.131:31266 -> 172.16.240.1:$sport" "the reply, reverse-NATed on centos7-1"
 
-article "conntrack -L on centos7-1 (§3.2: DNAT in PREROUTING, SNAT in POSTROUTING)" <<'EOF'
-172.16.240.1:any -> 172.16.240.131:31266   becomes   10.244.1.0:any -> 10.244.0.74:2368
-reply: 10.244.0.74:2368 -> 10.244.1.0:any          becomes   172.16.240.131:31266 -> 172.16.240.1:any
-EOF
+reference node-conntrack
 out=$(u1 show conntrack 2>&1 | grep "dport=$sport" || true)
 printf -- '--- now (centos7-1): ucanal show conntrack | grep dport=%s\n%s\n' "$sport" "$(indent <<<"$out")"
-expect "$out" "src=172.16.240.1 dst=172.16.240.131 sport=$sport dport=31266 src=10.244.0.74 dst=10.244.1.0 sport=2368 dport=$sport" "original and reply tuples as the article describes"
+expect "$out" "src=172.16.240.1 dst=172.16.240.131 sport=$sport dport=31266 src=10.244.0.74 dst=10.244.1.0 sport=2368 dport=$sport" "original and reply tuples as the kernel reference shows"
 
 say "--- now: the counters of centos7-1 (ucanal show counters; Prometheus on 127.0.0.1:9300 inside the node)"
 u1 show counters | indent
@@ -210,7 +202,7 @@ else
     say "removed every ${LAB_PREFIX}* namespace and process"
 fi
 if ((fail)); then
-    say "demo: some steps did not show what the article describes (see MISSING above)"
+    say "demo: some steps did not show what the kernel reference shows (see MISSING above)"
     exit 1
 fi
-say "demo: every step showed what the article describes"
+say "demo: every step showed what the kernel reference shows"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# lab.sh - the ucanal reference lab (the article's two CentOS nodes, a client, two ghost pods)
+# lab.sh - the ucanal reference lab (docs/lab.md: two nodes, a client, two ghost pods)
 # in network namespaces. See lib.sh for the reusable functions.
 #
 #   lab.sh up [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--force]
@@ -14,7 +14,7 @@
 # Environment: LAB_PREFIX (default uc-), UCANAL_BIN (default <repo>/target/release/ucanal,
 # built with cargo if missing and a node runs ucanal), LAB_RUN_DIR (default
 # /run/ucanal-lab/$LAB_PREFIX), LAB_SOCKET_DIR (default /run/ucanal), LAB_UCANAL_TIMEOUT (15),
-# LAB_KUBE_RANDOM_FULLY (0), LAB_WIRE_CSUM (full|partial, default full), LAB_PYTHON, UCANAL_RUN_ARGS.
+# LAB_KUBE_RANDOM_FULLY (0), LAB_WIRE_CSUM (partial|full, default partial), LAB_PYTHON, UCANAL_RUN_ARGS.
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

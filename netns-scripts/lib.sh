@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# lib.sh - helpers for the ucanal network-namespace lab (the article's reference topology).
+# lib.sh - helpers for the ucanal network-namespace lab (the reference topology of docs/lab.md).
 #
 # Source it from bash:   . netns-scripts/lib.sh
 # It turns on `set -Eeuo pipefail` (every helper is written for it) and defines only
@@ -34,15 +34,15 @@ LAB_REPO=$(cd "$LAB_LIB_DIR/.." && pwd)
 : "${UCANAL_BIN:=$LAB_REPO/target/release/ucanal}"  # built with cargo if absent and needed
 # LAB_RUN_DIR          default /run/ucanal-lab/${LAB_PREFIX} (configs, logs, pids, www roots)
 # LAB_PYTHON           python3 used for the pods' HTTP servers and for hashing
-# LAB_KUBE_RANDOM_FULLY=1  add --random-fully to KUBE-POSTROUTING's MASQUERADE (default 0: as the article)
+# LAB_KUBE_RANDOM_FULLY=1  add --random-fully to KUBE-POSTROUTING's MASQUERADE (default 0: as kube-proxy's default)
 # LAB_UCANAL_TIMEOUT   seconds to wait for `ucanal show pods` (default 15)
-# LAB_WIRE_CSUM        full (default) or partial: see below
+# LAB_WIRE_CSUM        partial (default) or full: see below
 # UCANAL_RUN_ARGS      extra words for `ucanal run` (e.g. "--log-level warn --metrics 127.0.0.1:9300")
 # LAB_UCANAL_DATAPLANE extra lines for the [dataplane] section of ucanal's configs (e.g. "batch = 1")
 _LAB_DEFAULT_UCANAL_BIN=$LAB_REPO/target/release/ucanal
 
 # ---------------------------------------------------------------------------------------------
-# The reference lab (DESIGN.md "The reference lab"; article-canal-traffic-analysis.txt).
+# The reference lab (docs/lab.md).
 # A sourcing script may change these after sourcing and before lab_up.
 LAB_UPLINK=ens33
 LAB_LAN_PREFIXLEN=24
@@ -74,9 +74,11 @@ declare -gA LAB_POD_NODE=([ghost-ep1]=centos7-1 [ghost-ep2]=centos7-2)
 LAB_SERVICES=("default/ghost tcp 10.250.0.40 2368 31266 10.244.0.74:2368,10.244.1.5:2368")
 
 LAB_OFFLOADS=on
+# partial (default): veth defaults, as any lab built with `ip link add ... type veth` has them: a
+# kernel sender's TCP/UDP checksums cross the wire CHECKSUM_PARTIAL (ucanal takes them as such).
 # full: the lab wire carries complete checksums (tx checksumming off on every node's uplink and
-# the client's eth0), as a physical NIC would put them there. partial: veth defaults.
-: "${LAB_WIRE_CSUM:=full}"
+# the client's eth0), as a physical NIC would put them there.
+: "${LAB_WIRE_CSUM:=partial}"
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
@@ -288,7 +290,7 @@ lab_node_create() {
 lab_pod_create() { lab_netns_add "$1"; }
 
 # ---------------------------------------------------------------------------------------------
-# Kernel node: flannel.1 + Calico veths + kube-proxy iptables, as on the article's nodes.
+# Kernel node: flannel.1 + Calico veths + kube-proxy iptables, as on a Canal node.
 
 # lab_kernel_flannel NODE: flannel.1 and the peer entries for every other node.
 lab_kernel_flannel() {
@@ -353,8 +355,8 @@ for line in sys.stdin:
 # lab_kube_proxy_rules [SERVICE...]: kube-proxy's iptables-mode rules (iptables-restore input,
 # nat and filter tables, meant for `iptables-restore --noflush`) for the services (default
 # LAB_SERVICES, format above). Chain names are kube-proxy's: KUBE-SVC-/KUBE-SEP- +
-# base32(sha256("ns/name:port" + proto [+ "ip:port"]))[:16]; for default/ghost this gives the
-# article's KUBE-SVC-TFV3VPHN2LAGKCVY, KUBE-SEP-UJXTJ7PNRUN6D2JD and KUBE-SEP-MNOUPYFQRWSOE45J.
+# base32(sha256("ns/name:port" + proto [+ "ip:port"]))[:16]; for default/ghost this gives
+# docs/lab.md's KUBE-SVC-TFV3VPHN2LAGKCVY, KUBE-SEP-UJXTJ7PNRUN6D2JD and KUBE-SEP-MNOUPYFQRWSOE45J.
 lab_kube_proxy_rules() {
     local svcs=("$@") s name proto vip port nport eps spn i n ep k
     local -a keys=() hashes=() nat_chains=() nat_rules=() flt_rules=() eplist=()
@@ -441,7 +443,7 @@ lab_kube_proxy_rules() {
     printf 'COMMIT\n'
 }
 
-# lab_flannel_masq_rules NODE: flannel's ip-masq rules (nat POSTROUTING), as in the article.
+# lab_flannel_masq_rules NODE: flannel's ip-masq rules (nat POSTROUTING), as flannel installs them.
 lab_flannel_masq_rules() {
     local c=$LAB_CLUSTER_CIDR
     printf '%s\n' '*nat' \

@@ -192,7 +192,7 @@ fn show_trace_capture_metrics() {
 }
 
 #[test]
-fn demo_walks_the_article_and_leaves_nothing() {
+fn demo_walks_the_reference_and_leaves_nothing() {
     if !common::require_netns(&["curl", "tcpdump"]) {
         return;
     }
@@ -205,7 +205,7 @@ fn demo_walks_the_article_and_leaves_nothing() {
         .unwrap();
     let so = text(&out.stdout);
     assert!(out.status.success(), "demo.sh failed:\n{so}\n{}", text(&out.stderr));
-    assert!(so.contains("demo: every step showed what the article describes"), "{so}");
+    assert!(so.contains("demo: every step showed what the kernel reference shows"), "{so}");
     assert!(!so.contains("MISSING"), "{so}");
     let left = wait_until(Duration::from_secs(3), || {
         !text(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).contains(&prefix)

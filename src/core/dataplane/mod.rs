@@ -1,0 +1,447 @@
+//! The packet walk: the article's §3.1 and §3.2 as one function per ingress.
+//!
+//! ```text
+//! pod TAP / host port ──► L2 (proxy-ARP, MAC check) ─┐
+//! UDP 8472 ──► VXLAN checks (VNI, FDB peer, MACs) ───┤
+//!                                                    ▼
+//!   IPv4 checks ─► anti-spoofing ─► conntrack ─hit─► NAT from the entry
+//!                                      │miss
+//!                                      ▼
+//!          KUBE-SERVICES / KUBE-NODEPORTS ─► endpoint ─► DNAT ─► MARK-MASQ / ip-masq
+//!                                      ▼
+//!   route ─► /32 pod: deliver │ peer subnet: neighbour ─► FDB ─► MTU ─► encap │ host stack
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use super::counters::{Counter, Counters, DropReason};
+use super::frag::reasm::{Pushed, Reassembler};
+use super::nat::conntrack::{Conntrack, Dir, Hit, Insert, NAT_DNAT, NAT_SNAT, NewFlow, PortChoice};
+use super::nat::masquerade::{self, Egress};
+use super::nat::service::Via;
+use super::nat::{Tuple, pick};
+use super::route::{Hop, Matched, RouteTarget};
+use super::tables::{PodPort, Tables};
+use super::trace::{Step, Trace, tuple_str};
+use super::{Action, HEADROOM, Ipv4Net, Now, Offload, Packet, PortId, frag, offload, proxy_arp, reject, vxlan};
+use crate::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetFrame};
+use crate::wire::icmp::{self, ErrorRepr, IcmpPacket};
+use crate::wire::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use crate::wire::l4::{self, End, Ports};
+use crate::wire::tcp;
+use crate::wire::{MacAddr, vxlan as vxlan_wire};
+
+/// The dataplane: the current table snapshot, the connection table and the counters.
+/// Shared by all workers; every method takes `&self`.
+pub struct Dataplane {
+    tables: ArcSwap<Tables>,
+    pub conntrack: Conntrack,
+    pub counters: Counters,
+    /// The TAPs take `NEEDS_CSUM` frames (see `offload`); otherwise partial checksums
+    /// are finished before delivery.
+    tap_offloads: bool,
+    /// Datagrams in reassembly (only fragments take this lock).
+    frags: Mutex<Reassembler>,
+}
+
+/// Where a frame came in.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum From<'t> {
+    Pod(&'t PodPort),
+    Host,
+    Vxlan { subnet: Ipv4Net },
+}
+
+impl Dataplane {
+    pub fn new(tables: Tables, conntrack: Conntrack, workers: usize) -> Self {
+        Dataplane {
+            tables: ArcSwap::from_pointee(tables),
+            conntrack,
+            counters: Counters::new(workers),
+            tap_offloads: true,
+            frags: Mutex::new(Reassembler::new(frag::Limits::default())),
+        }
+    }
+
+    /// Says whether the TAPs were opened with offloads (the default is yes).
+    pub fn with_tap_offloads(mut self, on: bool) -> Self {
+        self.tap_offloads = on;
+        self
+    }
+
+    /// The current snapshot. Workers take it once per batch.
+    pub fn tables(&self) -> Arc<Tables> {
+        self.tables.load_full()
+    }
+
+    /// Publishes a new snapshot; packets already in flight finish on the old one.
+    pub fn publish(&self, t: Tables) {
+        self.tables.store(Arc::new(t));
+    }
+
+    /// A frame (Ethernet) from a local port: a pod's TAP or the host port.
+    pub fn handle_port(
+        &self,
+        worker: usize,
+        t: &Tables,
+        port: PortId,
+        pkt: &mut Packet,
+        now: Now,
+        tr: &mut Trace,
+    ) -> Action {
+        let mut cx = Ctx { dp: self, t, w: worker, now, tr };
+        let from = if port.is_host() {
+            cx.count(Counter::RxHost);
+            From::Host
+        } else {
+            cx.count(Counter::RxPod);
+            match t.pod(port) {
+                Some(p) => From::Pod(p),
+                None => return cx.drop(DropReason::PortGone),
+            }
+        };
+        cx.tr.step(|| Step::Ingress { port: port_name(t, port), len: pkt.len() });
+        let Ok(eth) = EthernetFrame::new_checked(pkt.data()) else {
+            return cx.drop(DropReason::EthTruncated);
+        };
+        let dst_mac = eth.dst();
+        match eth.ethertype() {
+            ETHERTYPE_IPV4 => {
+                if dst_mac != t.node.host_mac {
+                    return cx.drop(DropReason::EthNotForUs);
+                }
+                cx.ipv4(from, pkt)
+            }
+            ETHERTYPE_ARP => {
+                if dst_mac != t.node.host_mac && dst_mac != MacAddr::BROADCAST {
+                    return cx.drop(DropReason::EthNotForUs);
+                }
+                let must_be = match from {
+                    From::Pod(p) => Some(p.ip),
+                    _ => None,
+                };
+                match proxy_arp::answer(pkt.data_mut(), must_be, t.node.host_mac) {
+                    Ok((len, a)) => {
+                        pkt.truncate(len);
+                        cx.count(Counter::ArpProxyReply);
+                        cx.tr.step(|| Step::ProxyArp { who_has: a.who_has, tell: a.tell, answer: t.node.host_mac });
+                        Action::ToPort(port)
+                    }
+                    Err(r) => cx.drop(r),
+                }
+            }
+            ETHERTYPE_IPV6 => cx.drop(DropReason::Ipv6Unsupported),
+            _ => cx.drop(DropReason::EthertypeUnsupported),
+        }
+    }
+
+    /// A UDP datagram received on the VXLAN port from `from`.
+    pub fn handle_vxlan(
+        &self,
+        worker: usize,
+        t: &Tables,
+        from: SocketAddrV4,
+        pkt: &mut Packet,
+        now: Now,
+        tr: &mut Trace,
+    ) -> Action {
+        let mut cx = Ctx { dp: self, t, w: worker, now, tr };
+        cx.count(Counter::RxVxlan);
+        cx.tr.step(|| Step::Ingress { port: format!("vxlan from {from}"), len: pkt.len() });
+        let vni = match vxlan_wire::parse(pkt.data()) {
+            Ok(v) => v,
+            Err(_) => return cx.drop(DropReason::VxlanMalformed),
+        };
+        if vni != t.node.vni {
+            return cx.drop(DropReason::VxlanBadVni);
+        }
+        let peer = *from.ip();
+        let Some(subnet) = t.fdb.peer_subnet(peer) else {
+            return cx.drop(DropReason::VxlanUnknownPeer);
+        };
+        pkt.pull_front(vxlan_wire::HEADER_LEN);
+        let Ok(eth) = EthernetFrame::new_checked(pkt.data()) else {
+            return cx.drop(DropReason::VxlanInnerMalformed);
+        };
+        if eth.dst() != t.node.vtep_mac {
+            return cx.drop(DropReason::VxlanInnerDmac);
+        }
+        let src_mac = eth.src();
+        if t.fdb.lookup(src_mac) != Some(peer) {
+            return cx.drop(DropReason::VxlanFdbMismatch);
+        }
+        if eth.ethertype() != ETHERTYPE_IPV4 {
+            return cx.drop(DropReason::VxlanInnerMalformed);
+        }
+        cx.count(Counter::Decap);
+        cx.tr.step(|| Step::Decap { vni, peer, peer_subnet: subnet.to_string(), inner_src_mac: src_mac });
+        cx.ipv4(From::Vxlan { subnet }, pkt)
+    }
+}
+
+fn port_name(t: &Tables, port: PortId) -> String {
+    match t.pod(port) {
+        _ if port.is_host() => "host port".to_string(),
+        Some(p) => format!("{} (pod {})", p.ifname, p.name),
+        None => format!("port {}", port.0),
+    }
+}
+
+struct Ctx<'a> {
+    dp: &'a Dataplane,
+    t: &'a Tables,
+    w: usize,
+    now: Now,
+    tr: &'a mut Trace,
+}
+
+/// What `parse` found.
+struct Parsed {
+    hdr: Hdr,
+    tuple: Option<Tuple>,
+    tcp_flags: u8,
+    icmp_error: bool,
+    /// A TCP/UDP checksum left partial by a kernel peer.
+    partial: bool,
+    fragment: bool,
+}
+
+/// Facts of the IPv4 header read once at the start of the walk.
+#[derive(Debug, Clone, Copy)]
+struct Hdr {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    df: bool,
+    total: usize,
+}
+
+impl<'a> Ctx<'a> {
+    #[inline]
+    fn count(&self, c: Counter) {
+        if !self.tr.dry_run {
+            self.dp.counters.inc(self.w, c);
+        }
+    }
+    #[inline]
+    fn count_drop(&mut self, r: DropReason) {
+        if !self.tr.dry_run {
+            self.dp.counters.drop(self.w, r);
+        }
+        self.tr.step(|| Step::Drop { reason: r.name().to_string() });
+    }
+    #[inline]
+    fn drop(&mut self, r: DropReason) -> Action {
+        self.count_drop(r);
+        Action::Drop(r)
+    }
+
+    fn ipv4(&mut self, from: From, pkt: &mut Packet) -> Action {
+        let t = self.t;
+        let Parsed { hdr, tuple, tcp_flags, icmp_error, partial, fragment } = match self.parse(from, pkt) {
+            Ok(p) => p,
+            Err(a) => return a,
+        };
+        // Drop Ethernet padding: the VXLAN payload and the pod must not see it.
+        pkt.truncate(ethernet::HEADER_LEN + hdr.total);
+        if partial {
+            pkt.offload.csum_partial = true;
+            self.count(Counter::CsumPartial);
+        }
+        if fragment {
+            return self.defrag(from, pkt);
+        }
+
+        let mut tracked = false;
+        if let Some(u) = tuple {
+            match self.nat(from, pkt, u, tcp_flags, hdr) {
+                Nat::Untracked => {}
+                Nat::Tracked => tracked = true,
+                Nat::Done(a) => return a,
+            }
+        } else if icmp_error {
+            tracked = self.translate_icmp_error(pkt, hdr);
+        }
+        let dst = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..]).map(|ip| ip.dst()).unwrap_or(hdr.dst);
+        let m = t.routes.lookup(dst);
+        self.tr.step(|| Step::Route { dst, route: describe_route(t, &m) });
+        self.egress(from, pkt, m, hdr, tracked, tuple)
+    }
+
+    /// The IPv4 checks of the walk (header, martians, anti-spoofing, the peer's subnet)
+    /// and the facts the rest of it needs; `Err` is the drop.
+    fn parse(&mut self, from: From, pkt: &Packet) -> Result<Parsed, Action> {
+        let hdr;
+        let mut tuple = None;
+        let mut tcp_flags = 0;
+        let mut icmp_error = false;
+        let mut partial = false;
+        let mut fragment = false;
+        {
+            let Ok(ip) = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..]) else {
+                return Err(self.drop(match from {
+                    From::Vxlan { .. } => DropReason::VxlanInnerMalformed,
+                    _ => DropReason::Ipv4Malformed,
+                }));
+            };
+            if !ip.verify_checksum() {
+                return Err(self.drop(DropReason::Ipv4BadChecksum));
+            }
+            hdr = Hdr {
+                src: ip.src(),
+                dst: ip.dst(),
+                proto: ip.protocol(),
+                df: ip.dont_fragment(),
+                total: ip.total_len(),
+            };
+            if is_martian(hdr.src, hdr.dst) {
+                return Err(self.drop(DropReason::Ipv4Martian));
+            }
+            match from {
+                From::Pod(p) if hdr.src != p.ip => return Err(self.drop(DropReason::SpoofedSource)),
+                From::Vxlan { subnet, .. } if !subnet.contains(hdr.src) => {
+                    return Err(self.drop(DropReason::VxlanSrcOutsideSubnet));
+                }
+                _ => {}
+            }
+            if ip.is_fragment() {
+                fragment = true;
+            } else {
+                let payload = ip.payload();
+                match hdr.proto {
+                    PROTO_TCP | PROTO_UDP => match l4::ports(hdr.proto, payload) {
+                        Ok(p) => {
+                            // A kernel peer's veth hands its checksums on partial.
+                            partial = matches!(from, From::Vxlan { .. })
+                                && offload::is_partial(&pkt.data()[ethernet::HEADER_LEN..][..hdr.total]);
+                            tcp_flags = p.tcp_flags;
+                            tuple = Some(Tuple {
+                                proto: hdr.proto,
+                                src: hdr.src,
+                                dst: hdr.dst,
+                                sport: p.sport,
+                                dport: p.dport,
+                            });
+                        }
+                        Err(_) => return Err(self.drop(DropReason::L4Malformed)),
+                    },
+                    PROTO_ICMP => {
+                        let Ok(message) = IcmpPacket::new_checked(payload) else {
+                            return Err(self.drop(DropReason::L4Malformed));
+                        };
+                        if message.is_error() {
+                            icmp_error = true;
+                        } else if let Some(p) = message.echo_ports() {
+                            tuple = Some(Tuple {
+                                proto: PROTO_ICMP,
+                                src: hdr.src,
+                                dst: hdr.dst,
+                                sport: p.sport,
+                                dport: p.dport,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let ttl = ip.ttl();
+            self.tr.step(|| {
+                let (sport, dport) = tuple.map(|u| (u.sport, u.dport)).unwrap_or((0, 0));
+                Step::Packet {
+                    proto: super::nat::proto_name(hdr.proto).to_string(),
+                    src: hdr.src,
+                    dst: hdr.dst,
+                    sport,
+                    dport,
+                    ttl,
+                    flags: tcp_flag_names(tcp_flags),
+                }
+            });
+        }
+        Ok(Parsed { hdr, tuple, tcp_flags, icmp_error, partial, fragment })
+    }
+
+    /// A fragment: held until its datagram is whole; the whole datagram then takes the
+    /// walk from the start, and leaves to be fragmented again (see `frag`).
+    fn defrag(&mut self, from: From, pkt: &mut Packet) -> Action {
+        if self.tr.dry_run {
+            self.tr.step(|| Step::Defrag { what: "a fragment: would be held for reassembly".into() });
+            return Action::Held;
+        }
+        let now = self.now;
+        let outcome = {
+            let (frame, spare) = pkt.data_and_spare();
+            let Some(spare) = spare else { return self.drop(DropReason::FragmentLimit) };
+            let mut r = self.dp.frags.lock().unwrap_or_else(|e| e.into_inner());
+            r.push(frame, now, &mut spare[HEADROOM..])
+        };
+        for _ in 0..outcome.expired {
+            self.dp.counters.drop(self.w, DropReason::FragmentTimeout);
+        }
+        self.count(Counter::FragmentHeld);
+        match outcome.pushed {
+            Pushed::Held => {
+                self.tr.step(|| Step::Defrag { what: "a fragment, held until its datagram is whole".into() });
+                Action::Held
+            }
+            Pushed::Dropped(r) => self.drop(r),
+            Pushed::Complete { len, max_frag } => {
+                self.count(Counter::FragmentReassembled);
+                pkt.use_spare(len);
+                pkt.offload = Offload { frag_size: max_frag, ..Offload::default() };
+                self.tr.step(|| Step::Defrag {
+                    what: format!("the last fragment: datagram reassembled ({} bytes)", len - ethernet::HEADER_LEN),
+                });
+                self.ipv4(from, pkt)
+            }
+        }
+    }
+}
+
+#[inline]
+fn set_macs(pkt: &mut Packet, dst: MacAddr, src: MacAddr) {
+    let d = pkt.data_mut();
+    d[ethernet::field::DST..ethernet::field::SRC].copy_from_slice(&dst.0);
+    d[ethernet::field::SRC..ethernet::field::ETHERTYPE].copy_from_slice(&src.0);
+}
+
+fn sock(a: (Ipv4Addr, u16)) -> SocketAddrV4 {
+    SocketAddrV4::new(a.0, a.1)
+}
+
+/// Addresses never routed: "this network", loopback, multicast/broadcast sources,
+/// and multicast/broadcast destinations (ucanal does not route multicast).
+fn is_martian(src: Ipv4Addr, dst: Ipv4Addr) -> bool {
+    let bad_src = src.octets()[0] == 0 || src.is_loopback() || src.is_multicast() || src.is_broadcast();
+    let bad_dst = dst.octets()[0] == 0 || dst.is_loopback() || dst.is_multicast() || dst.is_broadcast();
+    bad_src || bad_dst
+}
+
+/// The inner flow hash that picks the outer UDP source port, over the L3/L4 headers
+/// as Linux's `skb_get_hash` does.
+fn inner_flow_hash(ip: &[u8], seed: u64) -> u32 {
+    let Ok(p) = Ipv4Packet::new_checked(ip) else { return 0 };
+    let ports = Ports::new_checked(p.payload()).ok().filter(|_| p.has_l4_header());
+    let (sport, dport) = match ports {
+        Some(ports) if matches!(p.protocol(), PROTO_TCP | PROTO_UDP) => (ports.src_port(), ports.dst_port()),
+        _ => (0, 0),
+    };
+    Tuple { proto: p.protocol(), src: p.src(), dst: p.dst(), sport, dport }.hash(seed)
+}
+
+fn tcp_flag_names(f: u8) -> String {
+    let names = [(tcp::SYN, "SYN"), (tcp::ACK, "ACK"), (tcp::FIN, "FIN"), (tcp::RST, "RST"), (tcp::PSH, "PSH")];
+    names.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
+}
+
+mod egress;
+mod nat;
+
+use egress::describe_route;
+use nat::Nat;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,332 @@
+//! The NAT stage of the walk: conntrack first, then KUBE-SERVICES / KUBE-NODEPORTS,
+//! the endpoint, DNAT and the masquerade marks for a new flow; ICMP errors about a
+//! NATed flow.
+
+use super::*;
+use crate::core::nat::service::Service;
+
+/// What the NAT stage decided.
+pub(super) enum Nat {
+    /// Not a NATed flow: route as is.
+    Untracked,
+    /// A tracked flow, rewritten; `original` is the tuple before NAT.
+    Tracked,
+    /// The packet was answered or dropped here.
+    Done(Action),
+}
+
+/// What the rules decided for a new flow.
+pub(super) struct Rule<'t> {
+    reply_src: (Ipv4Addr, u16),
+    reply_dst: Ipv4Addr,
+    nat: u8,
+    egress: Egress,
+    /// The service and endpoint index, for their hit counters.
+    svc_hit: Option<(&'t Service, usize)>,
+}
+
+impl<'a> Ctx<'a> {
+    /// The NAT stage for a packet with ports: conntrack first, then the service rules
+    /// and the masquerade rules for a new flow.
+    pub(super) fn nat(&mut self, from: From, pkt: &mut Packet, u: Tuple, tcp_flags: u8, hdr: Hdr) -> Nat {
+        let ct = &self.dp.conntrack;
+        let commit = !self.tr.dry_run;
+        if let Some(hit) = ct.track(&u, tcp_flags, self.now, commit) {
+            return self.tracked(pkt, u, hit);
+        }
+        self.tr.step(|| Step::ConntrackMiss { tuple: tuple_str(&u) });
+        if matches!(from, From::Vxlan { .. }) {
+            // NAT happens where a flow enters the cluster; a peer never hands us a new one.
+            return Nat::Untracked;
+        }
+        match self.rule(from, pkt, u, hdr) {
+            Ok(rule) => self.enter(pkt, u, tcp_flags, rule),
+            Err(done) => done,
+        }
+    }
+
+    /// A packet of a tracked flow: rewritten from its entry.
+    fn tracked(&mut self, pkt: &mut Packet, u: Tuple, hit: Hit) -> Nat {
+        {
+            self.count(if hit.dir == Dir::Original { Counter::CtHitOriginal } else { Counter::CtHitReply });
+            self.tr.step(|| {
+                let (original, reply) = match hit.dir {
+                    Dir::Original => (
+                        u,
+                        Tuple { proto: u.proto, src: hit.dst.0, dst: hit.src.0, sport: hit.dst.1, dport: hit.src.1 },
+                    ),
+                    Dir::Reply => (
+                        Tuple { proto: u.proto, src: hit.dst.0, dst: hit.src.0, sport: hit.dst.1, dport: hit.src.1 },
+                        u,
+                    ),
+                };
+                Step::Conntrack {
+                    dir: format!("{:?}", hit.dir).to_lowercase(),
+                    state: hit
+                        .state
+                        .map(|s| s.name())
+                        .unwrap_or(if u.proto == PROTO_UDP { "UDP" } else { "ICMP" })
+                        .to_string(),
+                    original: tuple_str(&original),
+                    reply: tuple_str(&reply),
+                }
+            });
+            apply(pkt, &hit);
+            if hit.dir == Dir::Reply {
+                self.tr.step(|| Step::ReverseNat { src: sock(hit.src), dst: sock(hit.dst) });
+            }
+            Nat::Tracked
+        }
+    }
+
+    /// The rules for a new flow: a service (DNAT, and masquerade when marked) or
+    /// flannel's ip-masq; `Err` when the packet is answered here or needs no NAT.
+    fn rule(&mut self, from: From, pkt: &mut Packet, u: Tuple, hdr: Hdr) -> Result<Rule<'a>, Nat> {
+        let t = self.t;
+        let node = &t.node;
+        let service = match u.proto {
+            PROTO_TCP | PROTO_UDP => {
+                t.services.by_cluster_ip(u.proto, u.dst, u.dport).map(|s| (s, Via::ClusterIp)).or_else(|| {
+                    (u.dst == node.node_ip)
+                        .then(|| t.services.by_node_port(u.proto, u.dport))
+                        .flatten()
+                        .map(|s| (s, Via::NodePort))
+                })
+            }
+            _ => None,
+        };
+
+        if let Some((s, via)) = service {
+            self.tr.step(|| Step::Service {
+                name: s.spec.name.clone(),
+                via: match via {
+                    Via::ClusterIp => "cluster IP".into(),
+                    Via::NodePort => "NodePort".into(),
+                },
+                rule: match via {
+                    Via::ClusterIp => format!(
+                        "KUBE-SERVICES {} dst {} dpt:{}",
+                        s.spec.protocol.name(),
+                        s.spec.cluster_ip,
+                        s.spec.port
+                    ),
+                    Via::NodePort => format!("KUBE-NODEPORTS {} dpt:{}", s.spec.protocol.name(), u.dport),
+                },
+            });
+            let n = s.spec.endpoints.len();
+            if n == 0 {
+                return Err(Nat::Done(self.reject_no_endpoints(pkt, hdr)));
+            }
+            let i = pick(u.hash(t.hash_seed), n);
+            let ep = s.spec.endpoints[i];
+            self.tr.step(|| Step::Endpoint { endpoint: ep, index: i, of: n });
+            let eg = egress_of(t.routes.lookup(*ep.ip()).target);
+            let masq = masquerade::service_marks(via, u.src, *ep.ip(), node.cluster_cidr)
+                || masquerade::flannel_masquerades(u.src, *ep.ip(), node.cluster_cidr, node.pod_cidr);
+            return Ok(Rule {
+                reply_src: (*ep.ip(), ep.port()),
+                reply_dst: if masq { masquerade::source_for(eg, node.node_ip, node.vtep_ip) } else { u.src },
+                nat: NAT_DNAT | if masq { NAT_SNAT } else { 0 },
+                egress: eg,
+                svc_hit: Some((s, i)),
+            });
+        }
+        {
+            if matches!(u.proto, PROTO_TCP | PROTO_UDP) && node.service_cidr.contains(u.dst) {
+                self.count_drop(DropReason::NoService);
+                return Err(Nat::Done(self.send_error(
+                    pkt,
+                    ErrorRepr::port_unreachable(),
+                    Some(u.dst),
+                    None,
+                    Counter::IcmpUnreachableSent,
+                    DropReason::NoService,
+                )));
+            }
+            let eg = match t.routes.lookup(u.dst).target {
+                RouteTarget::Host if !matches!(from, From::Host) => Egress::Host,
+                RouteTarget::Peer { .. } => Egress::Vxlan,
+                _ => return Err(Nat::Untracked),
+            };
+            if !masquerade::flannel_masquerades(u.src, u.dst, node.cluster_cidr, node.pod_cidr) {
+                return Err(Nat::Untracked);
+            }
+            Ok(Rule {
+                reply_src: (u.dst, u.dport),
+                reply_dst: masquerade::source_for(eg, node.node_ip, node.vtep_ip),
+                nat: NAT_SNAT,
+                egress: eg,
+                svc_hit: None,
+            })
+        }
+    }
+
+    /// Enters a new flow in conntrack (unless dry-run) and rewrites its first packet.
+    fn enter(&mut self, pkt: &mut Packet, u: Tuple, tcp_flags: u8, rule: Rule) -> Nat {
+        let Rule { reply_src, reply_dst, nat, egress, svc_hit } = rule;
+        let ct = &self.dp.conntrack;
+        let node = &self.t.node;
+        if !ct.can_start(&u, tcp_flags) {
+            return Nat::Done(self.drop(DropReason::CtInvalid));
+        }
+        let ports = port_choice(u, nat, egress, node.masquerade_ports);
+        let entry_hit = if self.tr.dry_run {
+            // Show what would be entered, without entering it.
+            let reply =
+                Tuple { proto: u.proto, src: reply_src.0, dst: reply_dst, sport: reply_src.1, dport: ports.keep };
+            self.trace_new(u, reply, nat, "would be new");
+            Hit {
+                dir: Dir::Original,
+                src: (reply.dst, reply.dport),
+                dst: (reply.src, reply.sport),
+                nat,
+                state: None,
+                invalid: false,
+            }
+        } else {
+            match ct.insert(NewFlow { original: u, tcp_flags, reply_src, reply_dst, nat, ports }, self.now) {
+                Insert::New { entry, remapped } => {
+                    self.count(Counter::CtNew);
+                    if remapped {
+                        self.count(Counter::CtPortRemapped);
+                    }
+                    if nat & NAT_DNAT != 0 {
+                        self.count(Counter::ServiceDnat);
+                    }
+                    if nat & NAT_SNAT != 0 {
+                        self.count(if svc_hit.is_some() {
+                            Counter::ServiceMasquerade
+                        } else {
+                            Counter::EgressMasquerade
+                        });
+                    }
+                    if let Some((s, i)) = svc_hit {
+                        s.hits.hit(pkt.len() - ethernet::HEADER_LEN);
+                        s.endpoint_hits[i].hit(pkt.len() - ethernet::HEADER_LEN);
+                    }
+                    let state = entry.state_name().unwrap_or("").to_string();
+                    self.trace_new(u, entry.reply, nat, &state);
+                    original_hit(&entry.reply, nat)
+                }
+                Insert::Joined(entry) => {
+                    self.count(Counter::CtRaceJoined);
+                    self.tr.step(|| Step::ConntrackNew {
+                        original: tuple_str(&u),
+                        reply: tuple_str(&entry.reply),
+                        state: "joined (inserted by a concurrent packet)".into(),
+                    });
+                    original_hit(&entry.reply, entry.nat)
+                }
+                Insert::Full => return Nat::Done(self.drop(DropReason::CtFull)),
+                Insert::Exhausted => return Nat::Done(self.drop(DropReason::SnatExhausted)),
+            }
+        };
+        apply(pkt, &entry_hit);
+        Nat::Tracked
+    }
+
+    pub(super) fn trace_new(&mut self, u: Tuple, reply: Tuple, nat: u8, state: &str) {
+        self.tr.step(|| Step::ConntrackNew {
+            original: tuple_str(&u),
+            reply: tuple_str(&reply),
+            state: state.to_string(),
+        });
+        if nat & NAT_DNAT != 0 {
+            self.tr.step(|| Step::Dnat {
+                before: SocketAddrV4::new(u.dst, u.dport),
+                after: SocketAddrV4::new(reply.src, reply.sport),
+            });
+        }
+        if nat & NAT_SNAT != 0 {
+            let reason = if nat & NAT_DNAT != 0 {
+                "KUBE-MARK-MASQ 0x4000, KUBE-POSTROUTING MASQUERADE"
+            } else {
+                "flannel ip-masq"
+            };
+            self.tr.step(|| Step::Masquerade {
+                reason: reason.into(),
+                before: SocketAddrV4::new(u.src, u.sport),
+                after: SocketAddrV4::new(reply.dst, reply.dport),
+            });
+        }
+    }
+
+    /// ICMP errors about a NATed flow: the quoted packet and the outer addresses are
+    /// translated as a packet of that flow would be (netfilter's
+    /// `nf_nat_icmp_reply_translation`). Returns whether a flow matched.
+    pub(super) fn translate_icmp_error(&mut self, pkt: &mut Packet, hdr: Hdr) -> bool {
+        let Ok(ip) = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..]) else { return false };
+        let icmp_at = ethernet::HEADER_LEN + ip.header_len();
+        let Ok(emb) = icmp::embedded(&pkt.data()[icmp_at..]) else { return false };
+        // The tuple of a packet going the way the error goes.
+        let k =
+            Tuple { proto: emb.protocol, src: emb.dst, dst: emb.src, sport: emb.ports.dport, dport: emb.ports.sport };
+        // No flow: an error about the node's own traffic; routing takes it to the host.
+        let Some(hit) = self.dp.conntrack.track(&k, 0, self.now, false) else { return false };
+        {
+            let total = ethernet::HEADER_LEN + hdr.total;
+            let icmp_bytes = &mut pkt.data_mut()[icmp_at..total];
+            icmp::rewrite_embedded(icmp_bytes, End::Src, hit.dst.0, hit.dst.1);
+            icmp::rewrite_embedded(icmp_bytes, End::Dst, hit.src.0, hit.src.1);
+            icmp::fill_checksum(icmp_bytes);
+        }
+        if let Ok(mut ip) = Ipv4Packet::new_checked(&mut pkt.data_mut()[ethernet::HEADER_LEN..]) {
+            if hdr.dst == k.dst {
+                ip.set_dst(hit.dst.0);
+            }
+            if hdr.src == k.src {
+                ip.set_src(hit.src.0);
+            }
+        }
+        self.count(Counter::IcmpErrorTranslated);
+        self.tr.step(|| Step::ReverseNat { src: sock(hit.src), dst: sock(hit.dst) });
+        true
+    }
+}
+
+pub(super) fn egress_of(target: RouteTarget) -> Egress {
+    match target {
+        RouteTarget::Peer { .. } => Egress::Vxlan,
+        RouteTarget::Pod(_) => Egress::Pod,
+        _ => Egress::Host,
+    }
+}
+
+/// The source ports a new flow may take: the MASQUERADE range towards the uplink
+/// (replies to those are steered back to ucanal), otherwise netfilter's classes
+/// (1-511, 600-1023, 1024-65535) so a privileged port stays privileged.
+pub(super) fn port_choice(u: Tuple, nat: u8, egress: Egress, masq: (u16, u16)) -> PortChoice {
+    let keep = u.sport;
+    if u.proto == PROTO_ICMP {
+        return PortChoice { keep, lo: 0, hi: u16::MAX };
+    }
+    if nat & NAT_SNAT != 0 && egress == Egress::Host {
+        return PortChoice { keep, lo: masq.0, hi: masq.1 };
+    }
+    match keep {
+        0..=511 => PortChoice { keep, lo: 1, hi: 511 },
+        512..=1023 => PortChoice { keep, lo: 600, hi: 1023 },
+        _ => PortChoice { keep, lo: 1024, hi: u16::MAX },
+    }
+}
+
+/// The rewrite of a new flow's first packet, from its reply tuple.
+pub(super) fn original_hit(reply: &Tuple, nat: u8) -> Hit {
+    Hit {
+        dir: Dir::Original,
+        src: (reply.dst, reply.dport),
+        dst: (reply.src, reply.sport),
+        nat,
+        state: None,
+        invalid: false,
+    }
+}
+
+/// Applies a flow's rewrite to both ends of the packet.
+#[inline]
+pub(super) fn apply(pkt: &mut Packet, h: &Hit) {
+    let partial = pkt.offload.csum_partial;
+    let ip = &mut pkt.data_mut()[ethernet::HEADER_LEN..];
+    l4::rewrite(ip, End::Src, h.src.0, h.src.1, partial);
+    l4::rewrite(ip, End::Dst, h.dst.0, h.dst.1, partial);
+}
