@@ -8,7 +8,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::Source;
+use crate::core::Dataplane;
 use crate::core::counters::{Counter, DropReason};
+use crate::core::tables::Tables;
 use crate::io::stats::{self, PortCounts};
 
 pub fn render(src: &Source) -> String {
@@ -63,125 +65,139 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::
 
 impl Collector for DataplaneCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
-        let src = &self.0;
-        let dp = &src.dp;
-        let tables = dp.tables();
-
-        // Ports: the host port (slot 0), pods by port number, the VXLAN underlay.
-        let mut ports: Vec<(Vec<(&str, &str)>, PortCounts)> = Vec::new();
-        ports.push((vec![("port", "host")], src.stats.get(0)));
-        for p in tables.pods() {
-            ports.push((
-                vec![("port", p.name.as_str()), ("dev", p.ifname.as_str())],
-                src.stats.get(stats::slot(p.port)),
-            ));
-        }
-        ports.push((vec![("port", "vxlan")], src.stats.get(stats::VXLAN)));
-        let by_direction = |pick: fn(&PortCounts) -> (u64, u64)| {
-            ports.iter().flat_map(move |(labels, c)| {
-                let (rx, tx) = pick(c);
-                let with = |dir: &'static str| {
-                    let mut l = labels.clone();
-                    l.insert(1, ("direction", dir));
-                    l
-                };
-                [(with("rx"), rx), (with("tx"), tx)]
-            })
-        };
-        counter_family(
-            &mut enc,
-            "port_packets",
-            "Packets that crossed each port (host, pods by name with their cali* device, vxlan underlay), by direction as seen by ucanal",
-            by_direction(|c| (c.rx_packets, c.tx_packets)),
-        )?;
-        counter_family(
-            &mut enc,
-            "port_bytes",
-            "Bytes that crossed each port (host, pods by name with their cali* device, vxlan underlay), by direction as seen by ucanal",
-            by_direction(|c| (c.rx_bytes, c.tx_bytes)),
-        )?;
-
-        let mut help = String::from("Dataplane decisions (packets, or flows for the ct_/service_/masquerade ones):");
-        for c in Counter::ALL {
-            help.push_str(&format!(" {}: {};", c.name(), c.help()));
-        }
-        help.pop();
-        counter_family(
-            &mut enc,
-            "decisions",
-            &help,
-            Counter::ALL.iter().map(|c| ([("decision", c.name())], dp.counters.get(*c))),
-        )?;
-
-        let mut help = String::from("Packets dropped, by reason:");
-        for d in DropReason::ALL {
-            help.push_str(&format!(" {}: {};", d.name(), d.help()));
-        }
-        help.pop();
-        counter_family(
-            &mut enc,
-            "drops",
-            &help,
-            DropReason::ALL.iter().map(|d| ([("reason", d.name())], dp.counters.dropped(*d))),
-        )?;
-
-        gauge(
-            &mut enc,
-            "conntrack_entries",
-            "Entries in the connection table (live, plus expired ones not yet swept)",
-            dp.conntrack.len() as u64,
-        )?;
-        gauge(&mut enc, "conntrack_max", "Maximum entries in the connection table", dp.conntrack.max() as u64)?;
-        counter(
-            &mut enc,
-            "conntrack_expired",
-            "Connection-table evictions: flows removed by timeout (the ct_expired decision)",
-            dp.counters.get(Counter::CtExpired),
-        )?;
-        counter(
-            &mut enc,
-            "conntrack_flushed",
-            "UDP flows removed from the connection table because their endpoint was removed (the ct_flushed_endpoint decision)",
-            dp.counters.get(Counter::CtFlushedEndpoint),
-        )?;
-
-        // Services: the NAT counters count new flows and their first packet, like
-        // `iptables -vnL -t nat`.
-        let services: Vec<_> = tables
-            .services
-            .iter()
-            .map(|s| {
-                let labels = [
-                    ("service", s.spec.name.clone()),
-                    ("protocol", s.spec.protocol.name().to_string()),
-                    ("cluster_ip", s.spec.cluster_ip.to_string()),
-                    ("port", s.spec.port.to_string()),
-                ];
-                (labels, s.hits.get())
-            })
-            .collect();
-        counter_family(
-            &mut enc,
-            "service_flows",
-            "New flows matched by each service (NAT rules see a connection's first packet only, like iptables -vnL -t nat)",
-            services.iter().map(|(l, (packets, _))| (&l[..], *packets)),
-        )?;
-        counter_family(
-            &mut enc,
-            "service_first_packet_bytes",
-            "Bytes of the first packets of the new flows matched by each service",
-            services.iter().map(|(l, (_, bytes))| (&l[..], *bytes)),
-        )?;
-        let endpoints = tables.services.iter().flat_map(|s| {
-            s.spec
-                .endpoints
-                .iter()
-                .zip(&s.endpoint_hits)
-                .map(move |(ep, h)| ([("service", s.spec.name.clone()), ("endpoint", ep.to_string())], h.get().0))
-        });
-        counter_family(&mut enc, "endpoint_flows", "New flows DNATed to each service endpoint", endpoints)?;
-        Ok(())
+        let (src, tables) = (&self.0, self.0.dp.tables());
+        encode_ports(&mut enc, src, &tables)?;
+        encode_decisions(&mut enc, &src.dp)?;
+        encode_conntrack(&mut enc, &src.dp)?;
+        encode_services(&mut enc, &tables)
     }
+}
+
+/// Ports: the host port (slot 0), pods by port number, the VXLAN underlay.
+fn encode_ports(enc: &mut DescriptorEncoder, src: &Source, tables: &Tables) -> std::fmt::Result {
+    let mut ports: Vec<(Vec<(&str, &str)>, PortCounts)> = Vec::new();
+    ports.push((vec![("port", "host")], src.stats.get(0)));
+    for p in tables.pods() {
+        ports.push((vec![("port", p.name.as_str()), ("dev", p.ifname.as_str())], src.stats.get(stats::slot(p.port))));
+    }
+    ports.push((vec![("port", "vxlan")], src.stats.get(stats::VXLAN)));
+    let by_direction = |pick: fn(&PortCounts) -> (u64, u64)| {
+        ports.iter().flat_map(move |(labels, c)| {
+            let (rx, tx) = pick(c);
+            let with = |dir: &'static str| {
+                let mut l = labels.clone();
+                l.insert(1, ("direction", dir));
+                l
+            };
+            [(with("rx"), rx), (with("tx"), tx)]
+        })
+    };
+    counter_family(
+        enc,
+        "port_packets",
+        "Packets that crossed each port (host, pods by name with their cali* device, vxlan underlay), by direction as seen by ucanal",
+        by_direction(|c| (c.rx_packets, c.tx_packets)),
+    )?;
+    counter_family(
+        enc,
+        "port_bytes",
+        "Bytes that crossed each port (host, pods by name with their cali* device, vxlan underlay), by direction as seen by ucanal",
+        by_direction(|c| (c.rx_bytes, c.tx_bytes)),
+    )?;
+
+    Ok(())
+}
+
+/// Every decision counter and drop reason, zeros included.
+fn encode_decisions(enc: &mut DescriptorEncoder, dp: &Dataplane) -> std::fmt::Result {
+    let mut help = String::from("Dataplane decisions (packets, or flows for the ct_/service_/masquerade ones):");
+    for c in Counter::ALL {
+        help.push_str(&format!(" {}: {};", c.name(), c.help()));
+    }
+    help.pop();
+    counter_family(
+        enc,
+        "decisions",
+        &help,
+        Counter::ALL.iter().map(|c| ([("decision", c.name())], dp.counters.get(*c))),
+    )?;
+
+    let mut help = String::from("Packets dropped, by reason:");
+    for d in DropReason::ALL {
+        help.push_str(&format!(" {}: {};", d.name(), d.help()));
+    }
+    help.pop();
+    counter_family(
+        enc,
+        "drops",
+        &help,
+        DropReason::ALL.iter().map(|d| ([("reason", d.name())], dp.counters.dropped(*d))),
+    )?;
+
+    Ok(())
+}
+
+fn encode_conntrack(enc: &mut DescriptorEncoder, dp: &Dataplane) -> std::fmt::Result {
+    gauge(
+        enc,
+        "conntrack_entries",
+        "Entries in the connection table (live, plus expired ones not yet swept)",
+        dp.conntrack.len() as u64,
+    )?;
+    gauge(enc, "conntrack_max", "Maximum entries in the connection table", dp.conntrack.max() as u64)?;
+    counter(
+        enc,
+        "conntrack_expired",
+        "Connection-table evictions: flows removed by timeout (the ct_expired decision)",
+        dp.counters.get(Counter::CtExpired),
+    )?;
+    counter(
+        enc,
+        "conntrack_flushed",
+        "UDP flows removed from the connection table because their endpoint was removed (the ct_flushed_endpoint decision)",
+        dp.counters.get(Counter::CtFlushedEndpoint),
+    )?;
+
+    Ok(())
+}
+
+/// Services: the NAT counters count new flows and their first packet, like
+/// `iptables -vnL -t nat`.
+fn encode_services(enc: &mut DescriptorEncoder, tables: &Tables) -> std::fmt::Result {
+    let services: Vec<_> = tables
+        .services
+        .iter()
+        .map(|s| {
+            let labels = [
+                ("service", s.spec.name.clone()),
+                ("protocol", s.spec.protocol.name().to_string()),
+                ("cluster_ip", s.spec.cluster_ip.to_string()),
+                ("port", s.spec.port.to_string()),
+            ];
+            (labels, s.hits.get())
+        })
+        .collect();
+    counter_family(
+        enc,
+        "service_flows",
+        "New flows matched by each service (NAT rules see a connection's first packet only, like iptables -vnL -t nat)",
+        services.iter().map(|(l, (packets, _))| (&l[..], *packets)),
+    )?;
+    counter_family(
+        enc,
+        "service_first_packet_bytes",
+        "Bytes of the first packets of the new flows matched by each service",
+        services.iter().map(|(l, (_, bytes))| (&l[..], *bytes)),
+    )?;
+    let endpoints = tables.services.iter().flat_map(|s| {
+        s.spec
+            .endpoints
+            .iter()
+            .zip(&s.endpoint_hits)
+            .map(move |(ep, h)| ([("service", s.spec.name.clone()), ("endpoint", ep.to_string())], h.get().0))
+    });
+    counter_family(enc, "endpoint_flows", "New flows DNATed to each service endpoint", endpoints)?;
+    Ok(())
 }
 
 #[cfg(test)]
