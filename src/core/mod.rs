@@ -9,6 +9,8 @@
 pub mod counters;
 mod dataplane;
 pub mod fdb;
+/// Fixtures for fuzz targets: only with the `testkit` feature (fuzz/, benches, tests).
+#[cfg(any(test, feature = "testkit"))]
 pub mod fuzzing;
 pub mod gro;
 pub mod gso;
