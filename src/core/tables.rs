@@ -1,5 +1,6 @@
 //! The read-mostly state of the dataplane, built by the control plane and swapped
-//! as a whole: the workers read one immutable snapshot per batch, without locks.
+//! as a whole: the workers read one immutable snapshot per batch through arc-swap
+//! (lock-free: a reference-count increment, no lock).
 
 use std::net::Ipv4Addr;
 
