@@ -8,8 +8,10 @@
 //! The crate has four rooms: [`wire`] (packet views and in-place rewrites), [`core`]
 //! (the sans-IO dataplane: bytes and `now` in, an [`core::Action`] out), [`io`] (the
 //! shell: TAPs, sockets, worker threads, netlink) and [`control`] (config, the runtime
-//! API, table snapshots).
+//! API, table snapshots); [`cni`] is the CNI plugin that puts a container runtime's
+//! containers on it.
 
+pub mod cni;
 pub mod control;
 pub mod core;
 pub mod io;

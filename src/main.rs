@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ucanal::control::api::{self, Request, Show};
+use ucanal::control::api::{Request, Show};
+use ucanal::control::client::Target;
 use ucanal::control::config::{Config, PodSpec};
 use ucanal::control::daemon::{self, RunError, RunOptions};
 use ucanal::control::{client, probe, show};
@@ -15,9 +16,15 @@ use ucanal::wire::MacAddr;
 #[derive(Parser)]
 #[command(name = "ucanal", version, about = "A userspace Canal-style container-network dataplane")]
 struct Cli {
-    /// The daemon's API socket (default $UCANAL_SOCKET or /run/ucanal/ucanal.sock).
+    /// Reach the daemon at this socket file (default: $UCANAL_SOCKET; else the daemon of
+    /// this network namespace, then /run/ucanal/ucanal.sock).
     #[arg(long, global = true)]
     socket: Option<PathBuf>,
+    /// Reach the daemon of this node: a network namespace name or path, a lab node name
+    /// (namespace $LAB_PREFIX+NAME, uc-NAME by default) or a socket file. Repeat it for
+    /// `trace --live` on several nodes.
+    #[arg(long = "node", global = true)]
+    nodes: Vec<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -34,6 +41,10 @@ enum Cmd {
         /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9300).
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// Listen on this socket file (default: the config's api.socket). The daemon
+        /// also listens on @ucanal in its network namespace.
+        #[arg(long)]
+        listen: Option<PathBuf>,
     },
     /// Validate a config file without running anything.
     Check {
@@ -76,9 +87,6 @@ enum Cmd {
         /// Give up after this many seconds (--live; 0 = wait).
         #[arg(long, default_value_t = 0)]
         timeout: u64,
-        /// With --live: another node's socket to trace on as well (repeatable).
-        #[arg(long = "node")]
-        nodes: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
         /// The described packet: <tcp|udp|icmp> <src ip:port> -> <dst ip:port>.
@@ -160,15 +168,36 @@ enum EndpointCmd {
     Add {
         #[arg(long)]
         service: String,
-        #[arg(long)]
-        endpoint: SocketAddrV4,
+        #[command(flatten)]
+        target: EndpointTarget,
     },
     Del {
         #[arg(long)]
         service: String,
-        #[arg(long)]
-        endpoint: SocketAddrV4,
+        #[command(flatten)]
+        target: EndpointTarget,
     },
+}
+
+/// An endpoint by address, or by the name of a pod on the same node.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct EndpointTarget {
+    #[arg(long)]
+    endpoint: Option<SocketAddrV4>,
+    /// A pod of this node and a port: <pod name>:<port> (e.g. default/web:2368).
+    #[arg(long)]
+    pod: Option<String>,
+}
+
+impl EndpointTarget {
+    fn resolve(&self, target: &Target) -> Result<SocketAddrV4, String> {
+        match (&self.endpoint, &self.pod) {
+            (Some(e), _) => Ok(*e),
+            (None, Some(p)) => client::pod_endpoint(target, p),
+            (None, None) => Err("give --endpoint or --pod".into()),
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -195,7 +224,11 @@ fn init_logs(level: Option<&str>) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let socket = api::socket_path(cli.socket.as_deref());
+    let targets = Target::from_flags(cli.socket.as_deref(), &cli.nodes);
+    let one = || match targets.as_slice() {
+        [t] => Ok(t.clone()),
+        _ => Err(format!("name one node ({} given with --socket/--node)", targets.len())),
+    };
     let done = |r: Result<String, String>| match r {
         Ok(m) => {
             if !m.is_empty() {
@@ -209,9 +242,9 @@ fn main() -> ExitCode {
         }
     };
     match cli.cmd {
-        Cmd::Run { config, log_level, metrics } => {
+        Cmd::Run { config, log_level, metrics, listen } => {
             init_logs(log_level.as_deref());
-            match daemon::run(&config, RunOptions { socket: cli.socket, metrics }) {
+            match daemon::run(&config, RunOptions { socket: listen.or(cli.socket), metrics }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e @ RunError::Config(_)) => {
                     eprintln!("ucanal: {e}");
@@ -242,10 +275,12 @@ fn main() -> ExitCode {
         },
         Cmd::Pod { cmd } => {
             let req = match cmd {
-                PodCmd::Add { name, netns, ip, mac } => Request::PodAdd { pod: PodSpec { name, netns, ip, mac } },
+                PodCmd::Add { name, netns, ip, mac } => {
+                    Request::PodAdd { pod: PodSpec { name, netns, ip, mac, ifname: None } }
+                }
                 PodCmd::Del { name } => Request::PodDel { name },
             };
-            done(simple(&socket, &req))
+            done(one().and_then(|t| simple(&t, &req)))
         }
         Cmd::Service { cmd } => {
             let req = match cmd {
@@ -264,33 +299,39 @@ fn main() -> ExitCode {
                 },
                 ServiceCmd::Del { name } => Request::ServiceDel { name },
             };
-            done(simple(&socket, &req))
+            done(one().and_then(|t| simple(&t, &req)))
         }
         Cmd::Endpoint { cmd } => {
-            let req = match cmd {
-                EndpointCmd::Add { service, endpoint } => Request::EndpointAdd { service, endpoint },
-                EndpointCmd::Del { service, endpoint } => Request::EndpointDel { service, endpoint },
+            let target = match one() {
+                Ok(t) => t,
+                Err(e) => return done(Err(e)),
             };
-            done(simple(&socket, &req))
+            let req = match cmd {
+                EndpointCmd::Add { service, target: ep } => {
+                    ep.resolve(&target).map(|endpoint| Request::EndpointAdd { service, endpoint })
+                }
+                EndpointCmd::Del { service, target: ep } => {
+                    ep.resolve(&target).map(|endpoint| Request::EndpointDel { service, endpoint })
+                }
+            };
+            done(req.and_then(|r| simple(&target, &r)))
         }
-        Cmd::Show { what, json, all } => done(show_cmd(&socket, what, json, all)),
-        Cmd::Trace { ingress, flags, live, filter, count, timeout, nodes, json, flow } => {
+        Cmd::Show { what, json, all } => done(one().and_then(|t| show_cmd(&t, what, json, all))),
+        Cmd::Trace { ingress, flags, live, filter, count, timeout, json, flow } => {
             if live {
-                let mut sockets = vec![socket];
-                sockets.extend(nodes);
-                done(trace_live(&sockets, &filter, count, timeout, json))
+                done(trace_live(&targets, &filter, count, timeout, json))
             } else {
-                done(trace_probe(&socket, ingress, flags, &flow, json))
+                done(one().and_then(|t| trace_probe(&t, ingress, flags, &flow, json)))
             }
         }
         Cmd::Capture { port, write, count, filter, timeout } => {
-            done(capture(&socket, &port, &write, count, &filter, timeout))
+            done(one().and_then(|t| capture(&t, &port, &write, count, &filter, timeout)))
         }
     }
 }
 
 fn trace_probe(
-    socket: &std::path::Path,
+    target: &Target,
     ingress: String,
     flags: Option<String>,
     flow: &[String],
@@ -298,7 +339,7 @@ fn trace_probe(
 ) -> Result<String, String> {
     let (proto, src, dst) = probe::parse_flow(flow)?;
     let p = probe::Probe { ingress, proto, src, dst, flags, ttl: 64 };
-    let data = client::request(socket, &Request::Trace { probe: p.clone() })?.data.unwrap_or_default();
+    let data = client::request(target, &Request::Trace { probe: p.clone() })?.data.unwrap_or_default();
     if json {
         return serde_json::to_string_pretty(&data).map_err(|e| e.to_string());
     }
@@ -323,9 +364,9 @@ fn render_trace(ev: &ucanal::io::observe::TraceEvent) -> String {
 }
 
 /// Live traces from one or more nodes, printed as they arrive.
-fn trace_live(sockets: &[PathBuf], filter: &str, count: usize, timeout: u64, json: bool) -> Result<String, String> {
+fn trace_live(targets: &[Target], filter: &str, count: usize, timeout: u64, json: bool) -> Result<String, String> {
     let (tx, rx) = std::sync::mpsc::channel::<Result<Option<ucanal::io::observe::TraceEvent>, String>>();
-    for s in sockets {
+    for s in targets {
         let (tx, s, f) = (tx.clone(), s.clone(), filter.to_string());
         std::thread::spawn(move || {
             let req = Request::TraceLive { filter: f, count, timeout_ms: timeout * 1000 };
@@ -346,7 +387,7 @@ fn trace_live(sockets: &[PathBuf], filter: &str, count: usize, timeout: u64, jso
         });
     }
     drop(tx);
-    let mut open = sockets.len();
+    let mut open = targets.len();
     let mut n = 0;
     while open > 0 {
         match rx.recv() {
@@ -367,7 +408,7 @@ fn trace_live(sockets: &[PathBuf], filter: &str, count: usize, timeout: u64, jso
 }
 
 fn capture(
-    socket: &std::path::Path,
+    target: &Target,
     port: &str,
     path: &std::path::Path,
     count: usize,
@@ -385,7 +426,7 @@ fn capture(
     let mut n = 0;
     let mut werr = None;
     let req = Request::Capture { port: port.into(), filter: filter.into(), count, timeout_ms: timeout * 1000 };
-    client::call(socket, &req, None, |r| {
+    client::call(target, &req, None, |r| {
         let Some(d) = r.data else { return true };
         let (Some(sec), Some(usec), Some(hex)) = (d["sec"].as_u64(), d["usec"].as_u64(), d["hex"].as_str()) else {
             return true;
@@ -405,12 +446,12 @@ fn capture(
     Ok(if path.as_os_str() == "-" { String::new() } else { format!("{n} frame(s) written to {}", path.display()) })
 }
 
-fn simple(socket: &std::path::Path, req: &Request) -> Result<String, String> {
-    client::request(socket, req).map(|r| r.message.unwrap_or_default())
+fn simple(target: &Target, req: &Request) -> Result<String, String> {
+    client::request(target, req).map(|r| r.message.unwrap_or_default())
 }
 
-fn show_cmd(socket: &std::path::Path, what: Show, json: bool, all: bool) -> Result<String, String> {
-    let data = client::request(socket, &Request::Show { what })?.data.unwrap_or_default();
+fn show_cmd(target: &Target, what: Show, json: bool, all: bool) -> Result<String, String> {
+    let data = client::request(target, &Request::Show { what })?.data.unwrap_or_default();
     if json {
         return serde_json::to_string_pretty(&data).map_err(|e| e.to_string());
     }
@@ -420,7 +461,7 @@ fn show_cmd(socket: &std::path::Path, what: Show, json: bool, all: bool) -> Resu
         Show::Neigh => show::neigh_text(&serde_json::from_value::<Vec<show::NeighRow>>(data).map_err(de)?),
         Show::Fdb => show::fdb_text(&serde_json::from_value::<Vec<show::FdbRow>>(data).map_err(de)?),
         Show::Pods => {
-            let node = client::request(socket, &Request::Show { what: Show::Node })?
+            let node = client::request(target, &Request::Show { what: Show::Node })?
                 .data
                 .and_then(|n| n.pointer("/node/name").and_then(|v| v.as_str()).map(str::to_string))
                 .unwrap_or_default();

@@ -44,9 +44,61 @@ fn two_ucanal_nodes() {
     let f = lab.ucanal_ok("centos7-1", &["show", "fdb"]);
     assert!(f.contains("32:a9:79:6d:0b:b1 dev flannel.1 dst 172.16.240.132 self permanent"), "{f}");
 
+    reaching_the_daemon(&lab);
     vxlan_on_the_lan(&lab);
     runtime_pods(&lab);
     garbage_vxlan(&lab);
+}
+
+/// One obvious way to reach a node's daemon: from inside the node's namespace with no
+/// flag (its abstract socket), or `--node NAME` from anywhere; non-root is refused by name.
+fn reaching_the_daemon(lab: &Lab) {
+    use std::process::Command;
+    let inside = lab.exec("centos7-1", &[common::ucanal_bin().to_str().unwrap(), "show", "routes"]);
+    let r = text(&inside.stdout);
+    assert!(inside.status.success(), "ucanal show routes inside centos7-1: {}", text(&inside.stderr));
+    assert!(r.contains("10.244.0.0/24 via 10.244.0.0 dev flannel.1 onlink"), "centos7-1's routes:\n{r}");
+    let inside2 = lab.exec("centos7-2", &[common::ucanal_bin().to_str().unwrap(), "show", "routes"]);
+    assert!(text(&inside2.stdout).contains("10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink"), "centos7-2's routes");
+
+    let by_node = |arg: &str| {
+        Command::new(common::ucanal_bin())
+            .env("LAB_PREFIX", &lab.prefix)
+            .env_remove("UCANAL_SOCKET")
+            .args(["--node", arg, "show", "node", "--json"])
+            .output()
+            .unwrap()
+    };
+    for arg in ["centos7-2".to_string(), lab.ns("centos7-2"), format!("/run/netns/{}", lab.ns("centos7-2"))] {
+        let out = by_node(&arg);
+        assert!(out.status.success(), "--node {arg}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("\"centos7-2\""),
+            "--node {arg} reached another node: {}",
+            text(&out.stdout)
+        );
+    }
+    let out = by_node("no-such-node");
+    assert!(!out.status.success() && text(&out.stderr).contains("no network namespace"), "{}", text(&out.stderr));
+
+    // Not root: refused by name, on the abstract socket and on the socket file. The binary
+    // is copied where any user may run it (the checkout may sit in root's home).
+    let bin = std::env::temp_dir().join(format!("{}ucanal", lab.prefix));
+    std::fs::copy(common::ucanal_bin(), &bin).unwrap();
+    let nobody = |argv: &[&str]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &lab.ns("centos7-1"), "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]);
+        c.arg(&bin).args(argv).output().unwrap()
+    };
+    for argv in [vec!["show", "routes"], vec!["--socket", lab.socket("centos7-1").to_str().unwrap(), "show", "routes"]]
+    {
+        let out = nobody(&argv);
+        let err = text(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("permission denied: the ucanal API is root-only"),
+            "{argv:?}: {err}"
+        );
+    }
 }
 
 /// On the LAN, traffic between .131 and .132 is VXLAN on UDP 8472 with VNI 1.

@@ -54,6 +54,60 @@ pub enum Request {
         count: usize,
         timeout_ms: u64,
     },
+    /// CNI ADD: attach a container's network namespace as a pod (answers a [`CniPod`]).
+    CniAdd {
+        attach: CniAttach,
+    },
+    /// CNI DEL: detach and release the address; succeeds when already gone.
+    CniDel {
+        container_id: String,
+        ifname: String,
+    },
+    /// CNI CHECK: the attachment as the daemon holds it (answers a [`CniPod`]).
+    CniCheck {
+        container_id: String,
+        ifname: String,
+    },
+    /// CNI GC: detach every attachment of `network` that is not in `valid` (container id, ifname).
+    CniGc {
+        network: String,
+        valid: Vec<(String, String)>,
+    },
+    /// CNI STATUS: can the daemon serve an ADD (answers `{"free": n}`)?
+    CniStatus,
+}
+
+/// What the CNI plugin asks for on ADD.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniAttach {
+    /// The CNI network (the conflist's `name`).
+    pub network: String,
+    pub container_id: String,
+    /// The interface to create in `netns` (`CNI_IFNAME`).
+    pub ifname: String,
+    /// The namespace path (`CNI_NETNS`).
+    pub netns: String,
+    /// How `show pods` names it: `namespace/name` from CNI_ARGS, else the container id.
+    pub name: String,
+    /// An address chosen by the runtime or a delegated IPAM plugin; `None`: the daemon allocates.
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub mac: Option<crate::wire::MacAddr>,
+}
+
+/// An attachment as the daemon made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CniPod {
+    pub name: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub ip: std::net::Ipv4Addr,
+    pub mac: crate::wire::MacAddr,
+    pub mtu: u16,
+    pub gateway: std::net::Ipv4Addr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -98,6 +152,10 @@ impl Response {
     }
 }
 
+/// The abstract Unix socket every daemon also listens on. Abstract names belong to a
+/// network namespace, so each node's daemon has its own `@ucanal`.
+pub const ABSTRACT_SOCKET: &str = "ucanal";
+
 /// The socket path: `--socket`, else `$UCANAL_SOCKET`, else the default.
 pub fn socket_path(flag: Option<&Path>) -> PathBuf {
     flag.map(Path::to_path_buf)
@@ -119,6 +177,13 @@ mod tests {
             serde_json::from_str(r#"{"op":"pod_add","pod":{"name":"p","netns":"uc-p","ip":"10.244.0.80"}}"#).unwrap();
         assert!(matches!(r, Request::PodAdd { .. }));
         assert!(serde_json::from_str::<Request>(r#"{"op":"pod_del","name":"x","extra":1}"#).is_err());
+        let r: Request = serde_json::from_str(r#"{"op":"cni_del","container_id":"c1","ifname":"eth0"}"#).unwrap();
+        assert!(matches!(r, Request::CniDel { container_id, ifname } if container_id == "c1" && ifname == "eth0"));
+        let r: Request = serde_json::from_str(
+            r#"{"op":"cni_add","attach":{"network":"ucanal","container_id":"c1","ifname":"eth0","netns":"/run/netns/c1","name":"default/web"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(r, Request::CniAdd { attach } if attach.ip.is_none() && attach.name == "default/web"));
         assert_eq!(serde_json::to_string(&Response::ok("done")).unwrap(), r#"{"ok":true,"message":"done"}"#);
     }
 }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod leases;
 pub mod metrics;
 pub mod probe;
 pub mod show;

@@ -45,6 +45,7 @@ named_enum!(
         CtPortRemapped => "ct_port_remapped", "new flows whose source port was changed to keep the reply tuple unique";
         CtExpired => "ct_expired", "flows removed by timeout";
         CtFlushedEndpoint => "ct_flushed_endpoint", "UDP flows removed because their endpoint was removed";
+        CtFlushedPod => "ct_flushed_pod", "flows removed because a pod they involve was removed";
         ServiceDnat => "service_dnat", "new flows DNATed to a service endpoint";
         ServiceMasquerade => "service_masquerade", "new service flows masqueraded (KUBE-MARK-MASQ)";
         EgressMasquerade => "egress_masquerade", "new pod flows leaving the cluster masqueraded to the node IP";

@@ -325,3 +325,78 @@ pub fn sysctl_read(key: &[&str]) -> io::Result<String> {
     let path = format!("/proc/sys/{}", key.join("/"));
     std::fs::read_to_string(&path).map(|s| s.trim().to_string())
 }
+
+/// An interface as `ip addr` and `ip route` show it, for CNI CHECK.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkView {
+    pub index: u32,
+    pub up: bool,
+    pub mac: Option<MacAddr>,
+    pub mtu: Option<u32>,
+    /// (address, prefix length)
+    pub addrs: Vec<(Ipv4Addr, u8)>,
+    /// Main-table IPv4 routes out of this interface.
+    pub routes: Vec<RouteView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteView {
+    pub dst: Ipv4Addr,
+    pub len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub link_scope: bool,
+}
+
+/// Reads `ifname`'s flags, MAC, MTU, IPv4 addresses and main-table routes in the calling
+/// thread's namespace. `NotFound` when there is no such interface.
+pub async fn link_view(h: &Handle, ifname: &str) -> io::Result<LinkView> {
+    use netlink_packet_route::address::AddressAttribute;
+    use netlink_packet_route::link::LinkFlags;
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+    let index = link_index(h, ifname).await?;
+    let mut v = LinkView { index, ..Default::default() };
+    let mut links = h.link().get().match_index(index).execute();
+    if let Some(m) = nl(|| format!("reading {ifname}"), links.try_next().await)? {
+        v.up = m.header.flags.contains(LinkFlags::Up);
+        for a in m.attributes {
+            match a {
+                LinkAttribute::Address(b) if b.len() == 6 => v.mac = b.try_into().ok().map(MacAddr),
+                LinkAttribute::Mtu(n) => v.mtu = Some(n),
+                _ => {}
+            }
+        }
+    }
+    let mut s = h.address().get().set_link_index_filter(index).execute();
+    while let Some(m) = nl(|| "listing addresses".into(), s.try_next().await)? {
+        for a in &m.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                v.addrs.push((*ip, m.header.prefix_len));
+            }
+        }
+    }
+    let mut s = h.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+    while let Some(m) = nl(|| "listing routes".into(), s.try_next().await)? {
+        if m.header.table != netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN {
+            continue;
+        }
+        let mut r = RouteView {
+            dst: Ipv4Addr::UNSPECIFIED,
+            len: m.header.destination_prefix_length,
+            gateway: None,
+            link_scope: m.header.scope == RouteScope::Link,
+        };
+        let mut oif = None;
+        for a in m.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => r.dst = d,
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(g),
+                RouteAttribute::Oif(i) => oif = Some(i),
+                _ => {}
+            }
+        }
+        if oif == Some(index) {
+            v.routes.push(r);
+        }
+    }
+    Ok(v)
+}

@@ -252,9 +252,16 @@ pub struct PodSpec {
     /// The MAC of the pod's eth0 (default 0a:58 + pod IP, as the CNI bridge plugin does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,
+    /// The interface's name inside the pod (default `eth0`; CNI's `CNI_IFNAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
 }
 
 impl PodSpec {
+    /// The interface's name inside the pod.
+    pub fn ifname(&self) -> &str {
+        self.ifname.as_deref().unwrap_or("eth0")
+    }
     pub fn mac(&self) -> MacAddr {
         self.mac.unwrap_or_else(|| {
             let o = self.ip.octets();

@@ -206,8 +206,16 @@ impl Config {
 /// Checks a pod against the node (also used by the runtime `pod add`). Field paths
 /// are relative to the pod.
 pub fn check_pod(c: &Config, p: &PodSpec) -> Result<(), ConfigError> {
-    if p.name.is_empty() || p.name.len() > 253 || p.name.chars().any(|ch| ch.is_whitespace() || ch == '/') {
-        return Err(err("name", format!("'{}' is not a pod name", p.name)));
+    // `name` or `namespace/name`, as Kubernetes names a pod.
+    let parts: Vec<&str> = p.name.split('/').collect();
+    if p.name.len() > 253 || parts.len() > 2 || parts.iter().any(|s| s.is_empty() || s.chars().any(char::is_whitespace))
+    {
+        return Err(err("name", format!("'{}' is not a pod name (want name or namespace/name)", p.name)));
+    }
+    if let Some(i) = &p.ifname
+        && !crate::cni::spec::valid_ifname(i)
+    {
+        return Err(err("ifname", format!("'{i}' is not an interface name")));
     }
     if p.netns.is_empty() || (!p.netns.starts_with('/') && p.netns.contains('/')) {
         return Err(err("netns", format!("'{}' is neither a name under /run/netns nor an absolute path", p.netns)));

@@ -327,17 +327,21 @@ impl Conntrack {
     }
 
     /// Removes expired entries; returns how many flows were removed.
+    ///
+    /// Heads up: this never write-locks a whole shard. It finds the expired keys under
+    /// each shard's read lock (workers keep reading), then removes them one key at a
+    /// time, re-checking expiry under that key's write lock, so a flow refreshed in
+    /// between survives and a worker waits at most for one removal.
     pub fn sweep(&self, now: Now) -> usize {
+        let expired: Vec<u128> = self.map.iter().filter(|r| !r.is_live(now)).map(|r| *r.key()).collect();
         let mut removed = 0;
-        self.map.retain(|k, e| {
-            if e.is_live(now) {
-                return true;
-            }
-            if e.original.key() == *k {
+        for k in expired {
+            if let Some((k, e)) = self.map.remove_if(&k, |_, e| !e.is_live(now))
+                && e.original.key() == k
+            {
                 removed += 1;
             }
-            false
-        });
+        }
         self.entries.fetch_sub(removed, Relaxed);
         removed
     }

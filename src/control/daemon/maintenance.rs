@@ -1,0 +1,57 @@
+//! Conntrack maintenance: expired flows are swept once a second on a thread of its
+//! own, off the API's runtime, so a long sweep never delays an API answer and an API
+//! request never delays a sweep. The sweep removes one key at a time (see
+//! `Conntrack::sweep`), so workers never wait for a whole shard.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::core::{Counter, Dataplane};
+use crate::io::clock;
+
+const PERIOD: Duration = Duration::from_secs(1);
+
+/// The sweeping thread; `stop` (or drop) ends it.
+pub(super) struct Sweeper {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sweeper {
+    /// Starts sweeping `dp`'s conntrack, counting into counter block `block`, which
+    /// nothing else writes.
+    pub(super) fn spawn(dp: Arc<Dataplane>, block: usize) -> io::Result<Sweeper> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new().name("ucanal-sweep".into()).spawn(move || {
+            loop {
+                match stopped.recv_timeout(PERIOD) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                }
+                let n = dp.conntrack.sweep(clock::now());
+                dp.counters.add(block, Counter::CtExpired, n as u64);
+            }
+        })?;
+        Ok(Sweeper { stop: Some(stop), thread: Some(thread) })
+    }
+
+    pub(super) fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
