@@ -1,7 +1,10 @@
 //! The sans-IO dataplane: bytes and `now` in, an [`Action`] out.
 //!
-//! Nothing here makes a syscall, reads a clock, takes a lock or allocates on the
-//! path of an established flow. The shell ([`crate::io`]) hands a frame in a
+//! Nothing here makes a syscall, reads a clock or allocates on the path of an
+//! established flow. It is not lock-free: every packet with ports (TCP, UDP, ICMP echo)
+//! looks up conntrack, which takes the read lock of one dashmap shard (a new flow takes
+//! that shard's write lock); the tables are read through arc-swap (lock-free) and the
+//! counters are per-worker blocks (plain stores). The shell ([`crate::io`]) hands a frame in a
 //! [`Packet`] (a buffer with headroom, rewritten in place) to one of the entry
 //! points of [`Dataplane`] and executes the returned [`Action`] with one syscall.
 //! The control plane replaces the read-mostly [`tables::Tables`] as a whole.
@@ -10,6 +13,8 @@ pub mod counters;
 mod dataplane;
 pub mod fdb;
 pub mod frag;
+/// Fixtures for fuzz targets: only with the `testkit` feature (fuzz/, benches, tests).
+#[cfg(any(test, feature = "testkit"))]
 pub mod fuzzing;
 pub mod gro;
 pub mod gso;

@@ -1,5 +1,6 @@
 //! The read-mostly state of the dataplane, built by the control plane and swapped
-//! as a whole: the workers read one immutable snapshot per batch, without locks.
+//! as a whole: the workers read one immutable snapshot per batch through arc-swap
+//! (lock-free: a reference-count increment, no lock).
 
 use std::net::Ipv4Addr;
 
@@ -146,10 +147,12 @@ impl Tables {
     }
 }
 
+#[cfg(any(test, feature = "testkit"))]
 pub mod article {
     //! The article's lab as tables: centos7-1 with pods ghost-ep1 (and a second pod for
     //! same-node switching), its peer centos7-2, and the `default/ghost` service. Used
-    //! by unit tests, benches and fuzz targets.
+    //! by unit tests, benches and fuzz targets; compiled only for tests and with the
+    //! `testkit` feature, so the shipped library carries no fixture.
     use super::*;
     use crate::core::nat::service::{Protocol, ServiceSpec};
     use std::sync::Arc;

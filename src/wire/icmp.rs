@@ -14,9 +14,7 @@ use std::net::Ipv4Addr;
 
 use super::checksum;
 use super::ipv4::{self, Ipv4Packet, Ipv4Repr, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
-use super::l4::{End, EndRewrite, L4Ports, Ports};
-use super::tcp::TcpPacket;
-use super::udp::UdpPacket;
+use super::l4::{self, End, L4Ports, Ports};
 use super::{WireError, be16, need, put16};
 
 pub const HEADER_LEN: usize = 8;
@@ -236,38 +234,8 @@ pub fn rewrite_embedded(icmp: &mut [u8], end: End, addr: Ipv4Addr, port: u16) {
     if quoted(icmp).is_err() {
         return;
     }
-    let Ok(mut ip) = Ipv4Packet::new_quoted(&mut icmp[HEADER_LEN..]) else { return };
-    let old_addr = match end {
-        End::Src => ip.src(),
-        End::Dst => ip.dst(),
-    };
-    match end {
-        End::Src => ip.set_src(addr),
-        End::Dst => ip.set_dst(addr),
-    }
-    let protocol = ip.protocol();
-    let r = EndRewrite { end, old_addr, new_addr: addr, port, csum_partial: false };
-    let l4 = ip.payload_mut();
-    match protocol {
-        PROTO_TCP => match TcpPacket::new_quoted(&mut *l4) {
-            Ok(mut t) => t.nat(&r),
-            Err(_) => {
-                if let Ok(mut p) = Ports::new_checked(l4) {
-                    p.set(end, port);
-                }
-            }
-        },
-        PROTO_UDP => {
-            if let Ok(mut u) = UdpPacket::new_quoted(l4) {
-                u.nat(&r);
-            }
-        }
-        PROTO_ICMP => {
-            if let Ok(mut i) = IcmpPacket::new_checked(l4) {
-                i.nat(end, port);
-            }
-        }
-        _ => {}
+    if let Ok(mut ip) = Ipv4Packet::new_quoted(&mut icmp[HEADER_LEN..]) {
+        l4::rewrite_end(&mut ip, end, addr, port, false);
     }
 }
 

@@ -137,7 +137,22 @@ impl EndRewrite {
 /// `csum_partial` says the L4 checksum field holds only the pseudo-header sum (see
 /// `EndRewrite`).
 pub fn rewrite(packet: &mut [u8], end: End, addr: Ipv4Addr, port: u16, csum_partial: bool) {
-    let Ok(mut ip) = Ipv4Packet::new_checked(packet) else { return };
+    if let Ok(mut ip) = Ipv4Packet::new_checked(packet) {
+        rewrite_end(&mut ip, end, addr, port, csum_partial);
+    }
+}
+
+/// One end of a NAT rewrite of a parsed packet (also a packet quoted in an ICMP error):
+/// the address, with the IPv4 header checksum, and the port or echo identifier, with
+/// the L4 checksum when the L4 header holds one (a TCP header quoted short of its 20
+/// bytes has only its ports rewritten, as netfilter's `tcp_manip_pkt` does).
+pub(crate) fn rewrite_end<T: AsRef<[u8]> + AsMut<[u8]>>(
+    ip: &mut Ipv4Packet<T>,
+    end: End,
+    addr: Ipv4Addr,
+    port: u16,
+    csum_partial: bool,
+) {
     let old_addr = match end {
         End::Src => ip.src(),
         End::Dst => ip.dst(),
@@ -150,11 +165,14 @@ pub fn rewrite(packet: &mut [u8], end: End, addr: Ipv4Addr, port: u16, csum_part
     let r = EndRewrite { end, old_addr, new_addr: addr, port, csum_partial };
     let l4 = ip.payload_mut();
     match protocol {
-        PROTO_TCP => {
-            if let Ok(mut t) = TcpPacket::new_quoted(l4) {
-                t.nat(&r);
+        PROTO_TCP => match TcpPacket::new_quoted(&mut *l4) {
+            Ok(mut t) => t.nat(&r),
+            Err(_) => {
+                if let Ok(mut p) = Ports::new_checked(l4) {
+                    p.set(end, port);
+                }
             }
-        }
+        },
         PROTO_UDP => {
             if let Ok(mut u) = UdpPacket::new_quoted(l4) {
                 u.nat(&r);

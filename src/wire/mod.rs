@@ -1,7 +1,8 @@
 //! Packet views and in-place rewrites.
 //!
 //! Each type here is a view over a byte buffer: its length is checked once, in
-//! `new_checked`, so the accessors that follow cannot panic. Field offsets are
+//! `new_checked` (or, for a packet quoted in an ICMP error, `new_quoted`, which needs
+//! only the header), so the accessors that follow cannot panic. Field offsets are
 //! named constants. Setters that change a covered field fix the checksum
 //! incrementally (RFC 1624) and skip the work when the value does not change.
 //! Building whole packets for tests and for the synthetic trace uses etherparse.

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::core::counters::{Counter, DropReason};
-use crate::core::nat::conntrack::{Timeouts, format_entry};
+use crate::core::nat::conntrack::Timeouts;
 use crate::core::nat::service::ServiceSpec;
 use crate::core::tables::article::{self, EP1_MAC, EP3_MAC};
 use crate::core::{HEADROOM, Now, Offload};

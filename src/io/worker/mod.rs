@@ -1,0 +1,326 @@
+//! Worker threads: one per core, each owning one queue of every TAP and its own
+//! `SO_REUSEPORT` VXLAN socket, so no two workers share a receive path. A worker
+//! waits in epoll, drains up to a batch from a ready fd, hands each frame to the core
+//! and executes the returned action. VXLAN sends of a batch leave in one `sendmmsg`
+//! per source socket (with offloads, as UDP GSO super-datagrams).
+//!
+//! Tokio is not on this path: it would add a task wake-up per readiness event and gain
+//! nothing here; the control plane runs on tokio and talks to workers through a
+//! channel plus an eventfd.
+//!
+//! This file is the receive half and the thread's life; `tx` the egress half.
+
+use std::io;
+use std::net::UdpSocket;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use super::clock;
+use super::observe::{Observers, Where};
+use super::stats::{self, PortStats};
+use super::sys::{self, Received, RecvBatch};
+use crate::core::tables::Tables;
+use crate::core::{Action, Dataplane, DropReason, HEADROOM, Offload, Packet, PortId};
+use crate::wire::vnet::{self, VnetHdr};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+mod tx;
+
+use tx::{GRO_RUNS, Out, flush};
+
+/// Largest frame a TAP hands over with TSO (64 KB) plus headers.
+pub const FRAME_MAX: usize = 65_536 + 256;
+const BUF_LEN: usize = HEADROOM + FRAME_MAX;
+
+const TOKEN_WAKE: u64 = 0;
+const TOKEN_UDP: u64 = 1;
+const TOKEN_PORT0: u64 = 2;
+
+/// Messages from the control plane.
+pub enum Control {
+    /// A new port: this worker's queue of its TAP.
+    AddPort {
+        port: PortId,
+        fd: OwnedFd,
+    },
+    /// Forget a port; `done` is signalled once the worker no longer uses the fd.
+    RemovePort {
+        port: PortId,
+        done: mpsc::SyncSender<()>,
+    },
+    Stop,
+}
+
+pub struct WorkerHandle {
+    pub id: usize,
+    ctl: mpsc::Sender<Control>,
+    wake: Arc<EventFd>,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    pub fn send(&self, c: Control) {
+        if self.ctl.send(c).is_ok() {
+            // A full counter (EAGAIN) still wakes the worker.
+            let _ = self.wake.write(1);
+        }
+    }
+    pub fn stop(&mut self) {
+        self.send(Control::Stop);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    pub batch: usize,
+    /// Send runs of equal-size VXLAN datagrams with `UDP_SEGMENT`.
+    pub udp_gso: bool,
+    /// Coalesce TCP segments toward pods into GSO frames (see `core::gro`).
+    pub gro: bool,
+    /// After handling packets, poll (epoll with no timeout) for this long before
+    /// sleeping: a packet that arrives meanwhile costs no wake-up (0 = always sleep).
+    pub busy_poll_us: u32,
+    pub vxlan_port: u16,
+}
+pub fn spawn(
+    id: usize,
+    dp: Arc<Dataplane>,
+    rx: UdpSocket,
+    tx: Arc<Vec<UdpSocket>>,
+    obs: Arc<Observers>,
+    stats: Arc<PortStats>,
+    cfg: WorkerConfig,
+) -> io::Result<WorkerHandle> {
+    let (ctl, ctl_rx) = mpsc::channel();
+    let wake = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?);
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(&*wake, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE))?;
+    epoll.add(&rx, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_UDP))?;
+    let w = wake.clone();
+    let join = std::thread::Builder::new().name(format!("ucanal-w{id}")).spawn(move || {
+        let batch = cfg.batch.max(1);
+        let mut worker = Worker {
+            epoll,
+            wake: w,
+            ctl: ctl_rx,
+            rx,
+            bufs: (0..batch).map(|_| vec![0u8; BUF_LEN].into_boxed_slice()).collect(),
+            recv: RecvBatch::new(batch),
+            received: Vec::with_capacity(batch),
+            spare: vec![0u8; BUF_LEN].into_boxed_slice(),
+            obs,
+            out: Out {
+                id,
+                dp,
+                ports: Vec::new(),
+                tx,
+                pending: Vec::with_capacity(batch),
+                cfg,
+                stats,
+                seg: Vec::new(),
+                seg_used: 0,
+                gro: Vec::with_capacity(GRO_RUNS),
+                gro_bufs: Vec::new(),
+                gro_free: Vec::new(),
+            },
+        };
+        worker.run();
+    })?;
+    Ok(WorkerHandle { id, ctl, wake, join: Some(join) })
+}
+
+struct Worker {
+    epoll: Epoll,
+    wake: Arc<EventFd>,
+    ctl: mpsc::Receiver<Control>,
+    rx: UdpSocket,
+    bufs: Vec<Box<[u8]>>,
+    recv: RecvBatch,
+    received: Vec<Received>,
+    /// Where the core writes a reassembled datagram (`Packet::with_spare`).
+    spare: Box<[u8]>,
+    obs: Arc<Observers>,
+    out: Out,
+}
+
+impl Worker {
+    fn run(&mut self) {
+        let mut events = vec![EpollEvent::empty(); 64];
+        let budget = u64::from(self.out.cfg.busy_poll_us) * 1000;
+        // When the last event was handled (monotonic ns); polling goes on until `budget` after it.
+        let mut last_busy = 0u64;
+        loop {
+            let polling = budget > 0 && clock::now().0.saturating_sub(last_busy) < budget;
+            let timeout = if polling { EpollTimeout::ZERO } else { EpollTimeout::from(1000u16) };
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => {
+                    tracing::error!(worker = self.out.id, "epoll_wait: {e}");
+                    return;
+                }
+            };
+            if n == 0 {
+                if polling {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
+            if budget > 0 {
+                last_busy = clock::now().0;
+            }
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_WAKE => {
+                        // Non-blocking: a counter already read (EAGAIN) is fine.
+                        let _ = self.wake.read();
+                        if !self.control() {
+                            return;
+                        }
+                    }
+                    TOKEN_UDP => self.udp_rx(),
+                    t => self.tap_rx(PortId((t - TOKEN_PORT0) as u32)),
+                }
+            }
+        }
+    }
+
+    /// Applies control messages; false on Stop.
+    fn control(&mut self) -> bool {
+        while let Ok(c) = self.ctl.try_recv() {
+            match c {
+                Control::AddPort { port, fd } => {
+                    let i = port.0 as usize;
+                    let ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_PORT0 + u64::from(port.0));
+                    if let Err(e) = self.epoll.add(&fd, ev) {
+                        tracing::error!(worker = self.out.id, port = port.0, "epoll add: {e}");
+                    }
+                    if self.out.ports.len() <= i {
+                        self.out.ports.resize_with(i + 1, || None);
+                    }
+                    self.out.ports[i] = Some(fd);
+                }
+                Control::RemovePort { port, done } => {
+                    if let Some(fd) = self.out.ports.get_mut(port.0 as usize).and_then(Option::take) {
+                        let _ = self.epoll.delete(&fd);
+                    }
+                    let _ = done.send(());
+                }
+                Control::Stop => return false,
+            }
+        }
+        true
+    }
+
+    fn tap_rx(&mut self, port: PortId) {
+        let Some(fd) = self.out.ports.get(port.0 as usize).and_then(|f| f.as_ref()).map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        let t = self.out.dp.tables();
+        let now = clock::now();
+        let observing = self.obs.active();
+        for slot in 0..self.bufs.len() {
+            let buf = &mut self.bufs[slot];
+            let n = match sys::read(fd, &mut buf[HEADROOM - vnet::HEADER_LEN..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!(worker = self.out.id, port = port.0, "TAP read: {e}");
+                    break;
+                }
+            };
+            if n < vnet::HEADER_LEN {
+                continue;
+            }
+            self.out.stats.rx(self.out.id, stats::slot(port), n - vnet::HEADER_LEN);
+            let vh = VnetHdr::parse(&buf[HEADROOM - vnet::HEADER_LEN..HEADROOM]).unwrap_or_default();
+            let mut pkt = Packet::new(buf, HEADROOM, HEADROOM - vnet::HEADER_LEN + n).with_spare(&mut self.spare);
+            pkt.offload = offload_from(&vh);
+            if pkt.offload.gso_size > 0 && vh.gso_kind() != vnet::GSO_TCPV4 {
+                self.out.dp.counters.drop(self.out.id, DropReason::GsoUnsupported);
+                continue;
+            }
+            let mut obs =
+                if observing { self.obs.before(&t, Where::Port(port), pkt.data()) } else { Default::default() };
+            let a = self.out.dp.handle_port(self.out.id, &t, port, &mut pkt, now, &mut obs.trace);
+            if observing {
+                Self::observe_after_with(&self.obs, &t, obs, &a, &pkt);
+            }
+            self.out.execute(slot, a, &pkt);
+        }
+        flush(&self.bufs, &mut self.out);
+    }
+
+    fn udp_rx(&mut self) {
+        let t = self.out.dp.tables();
+        let now = clock::now();
+        if let Err(e) = self.recv.recv(self.rx.as_raw_fd(), &mut self.bufs, HEADROOM, &mut self.received) {
+            tracing::warn!(worker = self.out.id, "recvmmsg: {e}");
+            return;
+        }
+        let observing = self.obs.active();
+        for (slot, r) in self.received.iter().enumerate() {
+            self.out.stats.rx(self.out.id, stats::VXLAN, r.len);
+            let seg = if r.gro_size > 0 { usize::from(r.gro_size) } else { r.len };
+            // With UDP GRO the kernel hands several datagrams of one flow back to back;
+            // each is a VXLAN frame of its own. A zero-length datagram goes through once
+            // too, so the core counts it (vxlan_malformed) instead of it vanishing.
+            let mut off = 0;
+            loop {
+                let len = seg.min(r.len - off);
+                let buf = &mut self.bufs[slot];
+                let mut pkt = Packet::new(buf, HEADROOM + off, HEADROOM + off + len).with_spare(&mut self.spare);
+                let w = Where::Vxlan { peer: r.from, local_port: self.out.cfg.vxlan_port, inbound: true };
+                let mut obs = if observing { self.obs.before(&t, w, pkt.data()) } else { Default::default() };
+                let a = self.out.dp.handle_vxlan(self.out.id, &t, r.from, &mut pkt, now, &mut obs.trace);
+                if observing {
+                    Self::observe_after_with(&self.obs, &t, obs, &a, &pkt);
+                }
+                match a {
+                    Action::ToPort(port)
+                        if self.out.cfg.gro && pkt.offload.gso_size == 0 && pkt.offload.frag_size == 0 =>
+                    {
+                        let (start, len, partial) = (pkt.start(), pkt.len(), pkt.offload.csum_partial);
+                        self.out.gro_push(&self.bufs, port, (slot, start, len), partial);
+                    }
+                    _ => self.out.execute(slot, a, &pkt),
+                }
+                off += len;
+                if len == 0 || off >= r.len {
+                    break;
+                }
+            }
+        }
+        self.out.gro_flush_all(&self.bufs);
+        flush(&self.bufs, &mut self.out);
+    }
+}
+
+impl Worker {
+    fn observe_after_with(o: &Observers, t: &Tables, obs: super::observe::Observation, a: &Action, pkt: &Packet) {
+        let src_port = match a {
+            Action::ToVtep { flow_hash, .. } => t.vxlan_source_port(*flow_hash),
+            _ => 0,
+        };
+        o.after(t, obs, a, pkt.data(), pkt.offload.gso_size, src_port);
+    }
+}
+
+fn offload_from(vh: &VnetHdr) -> Offload {
+    Offload {
+        csum_partial: vh.needs_csum(),
+        gso_size: if vh.gso_kind() != vnet::GSO_NONE { vh.gso_size } else { 0 },
+        frag_size: 0,
+    }
+}

@@ -1,0 +1,349 @@
+//! The egress half of a worker: executing the core's actions (TAP writes, VXLAN
+//! datagrams queued for the end-of-batch `sendmmsg`, userspace segmentation), the GRO
+//! runs toward pods, and the virtio-net header of each TAP write.
+
+use std::net::{SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use super::{FRAME_MAX, WorkerConfig};
+use crate::core::frag::split;
+use crate::core::{Action, Counter, Dataplane, DropReason, Offload, Packet, PortId, gro, gso, vxlan};
+use crate::io::stats::{self, PortStats};
+use crate::io::sys::{self, Datagram};
+use crate::wire::ethernet;
+use crate::wire::ipv4::{Ipv4Packet, PROTO_UDP};
+use crate::wire::tcp::{self, TcpPacket};
+use crate::wire::udp;
+use crate::wire::vnet::{self, VnetHdr};
+
+/// Limits of one UDP GSO send (`UDP_MAX_SEGMENTS`, IPv4 payload minus the UDP header).
+const MAX_GSO_SEGMENTS: usize = 64;
+const MAX_UDP_PAYLOAD: usize = 65_507;
+
+/// Open GRO runs per worker (flows coalesced at once within one receive batch).
+pub(super) const GRO_RUNS: usize = 8;
+
+/// A GRO run toward a port: its first frame stays in its receive buffer until a second
+/// segment joins; from then on the run is built in a scratch buffer.
+pub(super) struct GroRun {
+    port: PortId,
+    /// The first frame: (receive slot, start, len).
+    first: (usize, usize, usize),
+    /// The scratch buffer holding the merged frame, once a segment joined.
+    merged: Option<usize>,
+    run: gro::Run,
+}
+
+/// Where a datagram waiting for the end-of-batch flush lives.
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    /// A receive buffer of this batch.
+    Buf(usize),
+    /// A segmentation scratch buffer.
+    Seg(usize),
+}
+
+pub(super) struct Pending {
+    from: Held,
+    start: usize,
+    len: usize,
+    to: SocketAddrV4,
+    sock: usize,
+    gso_size: u16,
+}
+
+/// Everything a worker writes to, apart from its buffers (so both can be borrowed).
+pub(super) struct Out {
+    pub(super) id: usize,
+    pub(super) dp: Arc<Dataplane>,
+    pub(super) ports: Vec<Option<OwnedFd>>,
+    pub(super) tx: Arc<Vec<UdpSocket>>,
+    pub(super) pending: Vec<Pending>,
+    pub(super) cfg: WorkerConfig,
+    pub(super) stats: Arc<PortStats>,
+    /// Scratch for userspace segmentation (GSO super-packet -> VXLAN datagrams).
+    pub(super) seg: Vec<Box<[u8]>>,
+    pub(super) seg_used: usize,
+    /// Open GRO runs of this receive batch and their scratch buffers.
+    pub(super) gro: Vec<GroRun>,
+    pub(super) gro_bufs: Vec<Box<[u8]>>,
+    pub(super) gro_free: Vec<usize>,
+}
+
+impl Out {
+    pub(super) fn execute(&mut self, slot: usize, a: Action, pkt: &Packet) {
+        // One line per packet only when asked for (--log-level trace); otherwise this is
+        // a single check of the global level.
+        tracing::trace!(worker = self.id, len = pkt.len(), action = ?a, "packet");
+        match a {
+            Action::ToPort(port) if pkt.offload.frag_size > 0 => self.write_fragments(port, pkt),
+            Action::ToPort(port) => self.write_port(port, pkt),
+            Action::ToVtep { remote, flow_hash } => {
+                let to = SocketAddrV4::new(remote, self.cfg.vxlan_port);
+                let sock = vxlan::source_index(flow_hash, self.tx.len());
+                if pkt.offload.gso_size > 0 {
+                    self.segment(to, sock, pkt);
+                } else if pkt.offload.frag_size > 0 {
+                    // Always through the scratch buffer: the frame may live in the spare.
+                    self.split(to, sock, pkt);
+                } else {
+                    self.pending.push(Pending {
+                        from: Held::Buf(slot),
+                        start: pkt.start(),
+                        len: pkt.len(),
+                        to,
+                        sock,
+                        gso_size: 0,
+                    });
+                }
+            }
+            Action::Drop(_) | Action::Held => {}
+        }
+    }
+
+    /// Writes a datagram to a TAP as fragments of `frag_size` bytes at most, each frame
+    /// gathered from its headers and a slice of the datagram (no copy).
+    fn write_fragments(&mut self, port: PortId, pkt: &Packet) {
+        let Some(fd) = self.ports.get(port.0 as usize).and_then(|f| f.as_ref()).map(|f| f.as_raw_fd()) else {
+            self.dp.counters.drop(self.id, DropReason::PortGone);
+            return;
+        };
+        let frame = pkt.data();
+        let (eth, ip) = frame.split_at(14.min(frame.len()));
+        let vh = [0u8; vnet::HEADER_LEN];
+        let mut failed = 0;
+        let r = split::for_each_fragment(ip, usize::from(pkt.offload.frag_size), |h, p| {
+            match sys::writev(fd, &[&vh, eth, h, p]) {
+                Ok(_) => self.stats.tx(self.id, stats::slot(port), eth.len() + h.len() + p.len()),
+                Err(_) => failed += 1,
+            }
+        });
+        match r {
+            Ok(_) => self.dp.counters.inc(self.id, Counter::Fragmented),
+            Err(_) => failed += 1,
+        }
+        for _ in 0..failed {
+            self.dp.counters.drop(self.id, DropReason::TxError);
+        }
+    }
+
+    fn write_port(&mut self, port: PortId, pkt: &Packet) {
+        self.write_frame(port, pkt.data(), &pkt.offload);
+    }
+
+    fn write_frame(&self, port: PortId, frame: &[u8], offload: &Offload) {
+        let Some(fd) = self.ports.get(port.0 as usize).and_then(|f| f.as_ref()) else {
+            self.dp.counters.drop(self.id, DropReason::PortGone);
+            return;
+        };
+        let mut hdr = [0u8; vnet::HEADER_LEN];
+        vnet_for(offload, frame).emit(&mut hdr);
+        match sys::writev(fd.as_raw_fd(), &[&hdr, frame]) {
+            Ok(_) => self.stats.tx(self.id, stats::slot(port), frame.len()),
+            Err(e) => {
+                self.dp.counters.drop(self.id, DropReason::TxError);
+                tracing::debug!(port = port.0, "TAP write: {e}");
+            }
+        }
+    }
+
+    /// A free segmentation scratch buffer.
+    fn scratch(&mut self) -> usize {
+        if self.seg_used == self.seg.len() {
+            self.seg.push(vec![0u8; gso::MAX_SEGMENTED].into_boxed_slice());
+        }
+        self.seg_used
+    }
+
+    /// Segments a TCP super-packet (already NATed and encapsulated) into VXLAN
+    /// datagrams of one MSS each, in a scratch buffer, queued as one UDP GSO send.
+    fn segment(&mut self, to: SocketAddrV4, sock: usize, pkt: &Packet) {
+        let i = self.scratch();
+        match gso::segment_vxlan(pkt.data(), pkt.offload.gso_size, &mut self.seg[i]) {
+            Ok(out) => {
+                self.dp.counters.inc(self.id, Counter::GsoSegmented);
+                self.queue_run(i, out.len, out.datagram_len, to, sock);
+            }
+            Err(_) => self.dp.counters.drop(self.id, DropReason::GsoUnsupported),
+        }
+    }
+
+    /// Fragments a datagram (encapsulated) into VXLAN datagrams, one fragment each.
+    fn split(&mut self, to: SocketAddrV4, sock: usize, pkt: &Packet) {
+        let i = self.scratch();
+        match split::split_vxlan(pkt.data(), usize::from(pkt.offload.frag_size), &mut self.seg[i]) {
+            Ok(out) => {
+                self.dp.counters.inc(self.id, Counter::Fragmented);
+                self.queue_run(i, out.len, out.datagram_len, to, sock);
+            }
+            Err(_) => self.dp.counters.drop(self.id, DropReason::TxError),
+        }
+    }
+
+    /// Queues scratch buffer `i` (`len` bytes of datagrams of `datagram_len` but the
+    /// last) in UDP GSO sends of at most 64 segments and 65507 bytes.
+    fn queue_run(&mut self, i: usize, len: usize, datagram_len: usize, to: SocketAddrV4, sock: usize) {
+        self.seg_used += 1;
+        let per_send = if self.cfg.udp_gso { (MAX_UDP_PAYLOAD / datagram_len).clamp(1, MAX_GSO_SEGMENTS) } else { 1 };
+        let chunk = per_send * datagram_len;
+        let mut start = 0;
+        while start < len {
+            let n = chunk.min(len - start);
+            let gso_size = if n > datagram_len { datagram_len as u16 } else { 0 };
+            self.pending.push(Pending { from: Held::Seg(i), start, len: n, to, sock, gso_size });
+            start += n;
+        }
+    }
+}
+
+impl Out {
+    /// A decapsulated frame toward `port`, at `bufs[slot][start..start + len]`: joins an
+    /// open run of its flow, or flushes that run and starts one, or (not a candidate)
+    /// goes out at once after any run of its flow. `partial`: its checksum is partial.
+    pub(super) fn gro_push(&mut self, bufs: &[Box<[u8]>], port: PortId, at: (usize, usize, usize), partial: bool) {
+        let (slot, start, len) = at;
+        let frame = &bufs[slot][start..start + len];
+        let seg = gro::candidate(frame, partial);
+        let open = self.gro.iter().position(|r| r.port == port && gro::same_flow(self.run_bytes(bufs, r), frame));
+        if let (Some(i), Some(s)) = (open, seg.as_ref()) {
+            let r = &self.gro[i];
+            if r.run.accepts(self.run_bytes(bufs, r), frame, s) {
+                self.gro_join(bufs, i, frame, s);
+                return;
+            }
+        }
+        if let Some(i) = open {
+            self.gro_flush(bufs, i);
+        }
+        match seg {
+            Some(s) => {
+                if self.gro.len() == GRO_RUNS {
+                    self.gro_flush(bufs, 0);
+                }
+                self.gro.push(GroRun { port, first: at, merged: None, run: gro::Run::start(&s) });
+            }
+            None => self.write_frame(port, frame, &Offload { csum_partial: partial, gso_size: 0, frag_size: 0 }),
+        }
+    }
+
+    /// The run's frame so far (its first frame until a segment joined).
+    fn run_bytes<'b>(&'b self, bufs: &'b [Box<[u8]>], r: &GroRun) -> &'b [u8] {
+        match r.merged {
+            Some(m) => &self.gro_bufs[m][..r.run.len()],
+            None => &bufs[r.first.0][r.first.1..r.first.1 + r.first.2],
+        }
+    }
+
+    fn gro_join(&mut self, bufs: &[Box<[u8]>], i: usize, frame: &[u8], s: &gro::Segment) {
+        let m = match self.gro[i].merged {
+            Some(m) => m,
+            None => {
+                let m = self.gro_free.pop().unwrap_or_else(|| {
+                    self.gro_bufs.push(vec![0u8; FRAME_MAX].into_boxed_slice());
+                    self.gro_bufs.len() - 1
+                });
+                let (slot, start, len) = self.gro[i].first;
+                self.gro_bufs[m][..len].copy_from_slice(&bufs[slot][start..start + len]);
+                self.gro[i].merged = Some(m);
+                m
+            }
+        };
+        let r = &mut self.gro[i];
+        let end = r.run.len();
+        self.gro_bufs[m][end..end + s.payload_len].copy_from_slice(&frame[s.hdr_len..]);
+        r.run.joined(s);
+        self.dp.counters.inc(self.id, Counter::GroCoalesced);
+    }
+
+    /// Writes run `i` to its port and forgets it.
+    fn gro_flush(&mut self, bufs: &[Box<[u8]>], i: usize) {
+        let r = self.gro.remove(i);
+        match r.merged {
+            Some(m) => {
+                let len = r.run.len();
+                let offload = r.run.finish(&mut self.gro_bufs[m][..len]);
+                self.write_frame(r.port, &self.gro_bufs[m][..len], &offload);
+                self.gro_free.push(m);
+            }
+            None => {
+                let (slot, start, len) = r.first;
+                self.write_frame(r.port, &bufs[slot][start..start + len], &r.run.single());
+            }
+        }
+    }
+
+    pub(super) fn gro_flush_all(&mut self, bufs: &[Box<[u8]>]) {
+        while !self.gro.is_empty() {
+            self.gro_flush(bufs, 0);
+        }
+    }
+}
+
+/// Sends the batch's VXLAN datagrams: one `sendmmsg` per source socket, straight from
+/// the pending list (nothing collected or allocated per batch).
+pub(super) fn flush(bufs: &[Box<[u8]>], out: &mut Out) {
+    if out.pending.is_empty() {
+        return;
+    }
+    out.pending.sort_by_key(|p| p.sock);
+    let mut i = 0;
+    while i < out.pending.len() {
+        let sock = out.pending[i].sock;
+        let j = i + out.pending[i..].iter().take_while(|p| p.sock == sock).count();
+        let batch = &out.pending[i..j];
+        let seg = &out.seg;
+        let sent = sys::send_batch(
+            out.tx[sock].as_raw_fd(),
+            batch.iter().map(|p| {
+                let b: &[u8] = match p.from {
+                    Held::Buf(s) => &bufs[s],
+                    Held::Seg(s) => &seg[s],
+                };
+                Datagram { data: &b[p.start..p.start + p.len], to: p.to, gso_size: p.gso_size }
+            }),
+        );
+        let ok = *sent.as_ref().unwrap_or(&0);
+        for p in &batch[..ok] {
+            out.stats.tx(out.id, stats::VXLAN, p.len);
+        }
+        match sent {
+            Ok(n) if n == batch.len() => {}
+            Ok(n) => {
+                for _ in n..batch.len() {
+                    out.dp.counters.drop(out.id, DropReason::TxError);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(worker = out.id, "sendmmsg: {e}");
+                for _ in 0..batch.len() {
+                    out.dp.counters.drop(out.id, DropReason::TxError);
+                }
+            }
+        }
+        i = j;
+    }
+    out.pending.clear();
+    out.seg_used = 0;
+}
+
+/// The virtio-net header for a frame written to a TAP: GSO metadata kept from the
+/// ingress TAP, or "checksum partial" for a pod that offloaded its checksum.
+fn vnet_for(o: &Offload, frame: &[u8]) -> VnetHdr {
+    let mut h = VnetHdr::default();
+    if !(o.csum_partial || o.gso_size > 0) {
+        return h;
+    }
+    let Some(Ok(ip)) = frame.get(ethernet::HEADER_LEN..).map(Ipv4Packet::new_checked) else { return h };
+    let l4 = ethernet::HEADER_LEN + ip.header_len();
+    h.flags = vnet::F_NEEDS_CSUM;
+    h.csum_start = l4 as u16;
+    h.csum_offset = if ip.protocol() == PROTO_UDP { udp::field::CHECKSUM } else { tcp::field::CHECKSUM } as u16;
+    if o.gso_size > 0 {
+        let doff = TcpPacket::new_checked(ip.payload()).map(|t| t.header_len()).unwrap_or(tcp::MIN_HEADER_LEN);
+        h.gso_type = vnet::GSO_TCPV4;
+        h.gso_size = o.gso_size;
+        h.hdr_len = (l4 + doff) as u16;
+    }
+    h
+}
