@@ -9,7 +9,8 @@ use ucanal::control::api::{Request, Show};
 use ucanal::control::client::Target;
 use ucanal::control::config::{Config, PodSpec};
 use ucanal::control::daemon::{self, RunError, RunOptions};
-use ucanal::control::{client, kubectl, probe, show};
+use ucanal::control::tracecmd::{capture, trace_live, trace_probe};
+use ucanal::control::{client, kubectl, show};
 use ucanal::core::nat::service::{Protocol, ServiceSpec};
 use ucanal::wire::MacAddr;
 
@@ -269,77 +270,11 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Run { config, log_level, metrics, listen, keep_on_exit } => {
             init_logs(log_level.as_deref());
-            match daemon::run(&config, RunOptions { socket: listen.or(cli.socket), metrics, keep_on_exit }) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e @ RunError::Config(_)) => {
-                    eprintln!("ucanal: {e}");
-                    ExitCode::from(2)
-                }
-                Err(e) => {
-                    eprintln!("ucanal: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            run(&config, RunOptions { socket: listen.or(cli.socket), metrics, keep_on_exit })
         }
-        Cmd::Check { config } => match Config::load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: node {} with {} peer(s), {} pod(s), {} service(s): ok",
-                    config.display(),
-                    c.node.name,
-                    c.peers.len(),
-                    c.pods.len(),
-                    c.services.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("ucanal: config error: {e}");
-                ExitCode::from(2)
-            }
-        },
-        Cmd::Pod { cmd } => {
-            let req = match cmd {
-                PodCmd::Add { name, netns, ip, mac } => {
-                    Request::PodAdd { pod: PodSpec { name, netns, ip, mac, ifname: None } }
-                }
-                PodCmd::Del { name } => Request::PodDel { name },
-            };
-            done(one().and_then(|t| simple(&t, &req)))
-        }
-        Cmd::Service { cmd } => {
-            let req = match cmd {
-                ServiceCmd::Set { name, protocol, cluster_ip, port, node_port, endpoints } => Request::ServiceSet {
-                    service: ServiceSpec {
-                        name,
-                        protocol: match protocol {
-                            ProtoArg::Tcp => Protocol::Tcp,
-                            ProtoArg::Udp => Protocol::Udp,
-                        },
-                        cluster_ip,
-                        port,
-                        node_port,
-                        endpoints,
-                    },
-                },
-                ServiceCmd::Del { name } => Request::ServiceDel { name },
-            };
-            done(one().and_then(|t| simple(&t, &req)))
-        }
-        Cmd::Endpoint { cmd } => {
-            let target = match one() {
-                Ok(t) => t,
-                Err(e) => return done(Err(e)),
-            };
-            let req = match cmd {
-                EndpointCmd::Add { service, target: ep } => {
-                    ep.resolve(&target).map(|endpoint| Request::EndpointAdd { service, endpoint })
-                }
-                EndpointCmd::Del { service, target: ep } => {
-                    ep.resolve(&target).map(|endpoint| Request::EndpointDel { service, endpoint })
-                }
-            };
-            done(req.and_then(|r| simple(&target, &r)))
+        Cmd::Check { config } => check(&config),
+        cmd @ (Cmd::Pod { .. } | Cmd::Service { .. } | Cmd::Endpoint { .. }) => {
+            done(one().and_then(|t| object_cmd(&t, cmd)))
         }
         Cmd::Show { what, json, all } => done(one().and_then(|t| show_cmd(&t, what, json, all))),
         Cmd::Apply(m) => done(one().and_then(|t| kubectl::apply(&t, &m.file, false))),
@@ -358,120 +293,74 @@ fn main() -> ExitCode {
     }
 }
 
-fn trace_probe(
-    target: &Target,
-    ingress: String,
-    flags: Option<String>,
-    flow: &[String],
-    json: bool,
-) -> Result<String, String> {
-    let (proto, src, dst) = probe::parse_flow(flow)?;
-    let p = probe::Probe { ingress, proto, src, dst, flags, ttl: 64 };
-    let data = client::request(target, &Request::Trace { probe: p.clone() })?.data.unwrap_or_default();
-    if json {
-        return serde_json::to_string_pretty(&data).map_err(|e| e.to_string());
+/// `ucanal run`: exit 2 for a config error, 1 for any other failure.
+fn run(config: &std::path::Path, opts: RunOptions) -> ExitCode {
+    match daemon::run(config, opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ RunError::Config(_)) => {
+            eprintln!("ucanal: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("ucanal: {e}");
+            ExitCode::FAILURE
+        }
     }
-    let ev: ucanal::io::observe::TraceEvent = serde_json::from_value(serde_json::json!({
-        "node": data["node"], "time": 0.0, "steps": data["steps"], "result": data["result"],
-    }))
-    .map_err(|e| format!("unexpected trace from ucanal: {e}"))?;
-    let head = format!(
-        "trace on {}: {} {} -> {} in {} (dry run: the live tables are read, nothing is sent or changed)",
-        ev.node, p.proto, p.src, p.dst, p.ingress
-    );
-    Ok(format!("{head}\n{}", render_trace(&ev)))
 }
 
-fn render_trace(ev: &ucanal::io::observe::TraceEvent) -> String {
-    let mut s = String::new();
-    for (i, step) in ev.steps.iter().enumerate() {
-        s.push_str(&format!("{:>3}. {step}\n", i + 1));
+/// `ucanal check`: loads and validates a config (exit 2 when it is wrong).
+fn check(config: &std::path::Path) -> ExitCode {
+    match Config::load(config) {
+        Ok(c) => {
+            println!(
+                "{}: node {} with {} peer(s), {} pod(s), {} service(s): ok",
+                config.display(),
+                c.node.name,
+                c.peers.len(),
+                c.pods.len(),
+                c.services.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ucanal: config error: {e}");
+            ExitCode::from(2)
+        }
     }
-    s.push_str(&format!("  => {}", ev.result));
-    s
 }
 
-/// Live traces from one or more nodes, printed as they arrive.
-fn trace_live(targets: &[Target], filter: &str, count: usize, timeout: u64, json: bool) -> Result<String, String> {
-    let (tx, rx) = std::sync::mpsc::channel::<Result<Option<ucanal::io::observe::TraceEvent>, String>>();
-    for s in targets {
-        let (tx, s, f) = (tx.clone(), s.clone(), filter.to_string());
-        std::thread::spawn(move || {
-            let req = Request::TraceLive { filter: f, count, timeout_ms: timeout * 1000 };
-            let r = client::call(&s, &req, None, |r| {
-                if let Some(d) = r.data {
-                    match serde_json::from_value(d) {
-                        Ok(ev) => {
-                            let _ = tx.send(Ok(Some(ev)));
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(format!("unexpected trace from ucanal: {e}")));
-                        }
-                    }
-                }
-                true
-            });
-            let _ = tx.send(r.map(|_| None));
-        });
-    }
-    drop(tx);
-    let mut open = targets.len();
-    let mut n = 0;
-    while open > 0 {
-        match rx.recv() {
-            Ok(Ok(Some(ev))) => {
-                n += 1;
-                if json {
-                    println!("{}", serde_json::to_string(&ev).unwrap_or_default());
-                } else {
-                    println!("--- {} (packet {n})\n{}", ev.node, render_trace(&ev));
-                }
+/// `ucanal pod|service|endpoint ...`: one runtime API request to one node.
+fn object_cmd(target: &Target, cmd: Cmd) -> Result<String, String> {
+    let req = match cmd {
+        Cmd::Pod { cmd: PodCmd::Add { name, netns, ip, mac } } => {
+            Request::PodAdd { pod: PodSpec { name, netns, ip, mac, ifname: None } }
+        }
+        Cmd::Pod { cmd: PodCmd::Del { name } } => Request::PodDel { name },
+        Cmd::Service { cmd: ServiceCmd::Set { name, protocol, cluster_ip, port, node_port, endpoints } } => {
+            Request::ServiceSet {
+                service: ServiceSpec {
+                    name,
+                    protocol: match protocol {
+                        ProtoArg::Tcp => Protocol::Tcp,
+                        ProtoArg::Udp => Protocol::Udp,
+                    },
+                    cluster_ip,
+                    port,
+                    node_port,
+                    endpoints,
+                },
             }
-            Ok(Ok(None)) => open -= 1,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => break,
         }
-    }
-    Ok(if json { String::new() } else { format!("{n} packet(s) traced") })
-}
-
-fn capture(
-    target: &Target,
-    port: &str,
-    path: &std::path::Path,
-    count: usize,
-    filter: &str,
-    timeout: u64,
-) -> Result<String, String> {
-    use std::io::Write;
-    let mut out: Box<dyn Write> = if path.as_os_str() == "-" {
-        Box::new(std::io::stdout())
-    } else {
-        Box::new(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?)
+        Cmd::Service { cmd: ServiceCmd::Del { name } } => Request::ServiceDel { name },
+        Cmd::Endpoint { cmd: EndpointCmd::Add { service, target: ep } } => {
+            Request::EndpointAdd { service, endpoint: ep.resolve(target)? }
+        }
+        Cmd::Endpoint { cmd: EndpointCmd::Del { service, target: ep } } => {
+            Request::EndpointDel { service, endpoint: ep.resolve(target)? }
+        }
+        _ => return Err("not a pod, service or endpoint command".into()),
     };
-    out.write_all(&ucanal::io::observe::pcap_header()).map_err(|e| e.to_string())?;
-    out.flush().map_err(|e| e.to_string())?;
-    let mut n = 0;
-    let mut werr = None;
-    let req = Request::Capture { port: port.into(), filter: filter.into(), count, timeout_ms: timeout * 1000 };
-    client::call(target, &req, None, |r| {
-        let Some(d) = r.data else { return true };
-        let (Some(sec), Some(usec), Some(hex)) = (d["sec"].as_u64(), d["usec"].as_u64(), d["hex"].as_str()) else {
-            return true;
-        };
-        let Some(data) = ucanal::control::stream::unhex(hex) else { return true };
-        let f = ucanal::io::observe::Frame { sec: sec as u32, usec: usec as u32, data };
-        if let Err(e) = out.write_all(&ucanal::io::observe::pcap_record(&f)).and_then(|_| out.flush()) {
-            werr = Some(e.to_string());
-            return false;
-        }
-        n += 1;
-        true
-    })?;
-    if let Some(e) = werr {
-        return Err(format!("{}: {e}", path.display()));
-    }
-    Ok(if path.as_os_str() == "-" { String::new() } else { format!("{n} frame(s) written to {}", path.display()) })
+    simple(target, &req)
 }
 
 fn simple(target: &Target, req: &Request) -> Result<String, String> {

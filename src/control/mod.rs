@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod probe;
 pub mod show;
 pub mod stream;
+pub mod tracecmd;
