@@ -55,7 +55,6 @@ named_enum!(
         IcmpTimeExceededSent => "icmp_time_exceeded_sent", "ICMP time exceeded sent";
         IcmpFragNeededSent => "icmp_frag_needed_sent", "ICMP fragmentation needed sent (DF packet over the VXLAN MTU)";
         IcmpUnreachableSent => "icmp_unreachable_sent", "ICMP destination/port unreachable sent";
-        TcpResetSent => "tcp_reset_sent", "TCP RSTs sent";
         GsoSegmented => "gso_segmented", "TCP super-packets segmented in userspace";
         GroCoalesced => "gro_coalesced", "TCP segments coalesced into a super-packet towards a pod";
         FragmentHeld => "fragment_held", "IP fragments held for reassembly (nf_defrag: every fragment is reassembled before NAT)";
