@@ -4,7 +4,8 @@
 //! - `baseline`: what every per-packet loop pays besides the core (restoring the frame).
 //! - `paths`: one packet of each core path, one flow, everything hot.
 //! - `services`: service lookup and new-flow DNAT with 10 .. 100 000 services.
-//! - `conntrack`: conntrack lookup and established-flow NAT with 1 000 .. 1 000 000 flows.
+//! - `conntrack`: conntrack lookup and established-flow NAT with 1 000 .. 1 000 000 flows;
+//!   a new flow into a full table of half-open flows (early drop).
 //! - `multithread`: established-flow NAT + encap on 1 and 2 threads sharing one dataplane.
 //! - `gso`: userspace TSO of a 64 KB super-packet into VXLAN datagrams.
 //!
@@ -34,13 +35,13 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use etherparse::PacketBuilder;
 use ucanal::core::gso::{MAX_SEGMENTED, segment_vxlan};
-use ucanal::core::nat::conntrack::Dir;
+use ucanal::core::nat::conntrack::{Conntrack, Dir, Insert, NAT_DNAT, NAT_SNAT, NewFlow, PortChoice, Timeouts};
 use ucanal::core::tables::Tables;
 use ucanal::core::tables::article::{self, EP1_MAC};
 use ucanal::core::trace::Trace;
 use ucanal::core::{Action, Counter, Dataplane, DropReason, PortId};
 use ucanal::wire::ipv4::{Ipv4Packet, PROTO_TCP};
-use ucanal::wire::l4::{self, TCP_ACK};
+use ucanal::wire::l4::{self, TCP_ACK, TCP_SYN};
 use ucanal::wire::{MacAddr, arp, checksum};
 
 use common::*;
@@ -423,6 +424,45 @@ fn conntrack(c: &mut Criterion) {
     g.finish();
 }
 
+/// A new SYN into a table at its maximum, full of half-open flows (a SYN flood): every
+/// insert evicts the oldest unassured flow (early drop). Flows cycle through `2n`
+/// tuples, so the one inserted is always one evicted `n` inserts ago.
+fn conntrack_full(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conntrack");
+    for real in [1_000, 100_000] {
+        let n = size(real);
+        let ct = Conntrack::new(n, Timeouts::default());
+        Population::fill(&ct, n);
+        let syn = |i: usize| {
+            let u = Population::original(i);
+            NewFlow {
+                original: u,
+                tcp_flags: TCP_SYN,
+                reply_src: (Population::endpoint(i), TARGET_PORT),
+                reply_dst: VTEP1,
+                nat: NAT_DNAT | NAT_SNAT,
+                ports: PortChoice { keep: u.sport, lo: 1024, hi: u16::MAX },
+            }
+        };
+        let mut k = 0usize;
+        let mut not_evicting = 0usize;
+        g.bench_function(BenchmarkId::new("insert_full_table_early_drop", n), |bn| {
+            bn.iter(|| {
+                let i = (n + k) % (2 * n);
+                k += 1;
+                match black_box(ct.insert(syn(i), NOW)) {
+                    Insert::New { evicted: true, .. } => {}
+                    _ => not_evicting += 1,
+                }
+            })
+        });
+        assert_eq!(not_evicting, 0, "every timed insert evicted a half-open flow");
+        assert_eq!(ct.len(), n);
+        assert!(ct.candidates_len() <= 2 * n);
+    }
+    g.finish();
+}
+
 // ---------------------------------------------------------------------------------
 // multithread
 
@@ -529,5 +569,5 @@ fn gso(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, baseline, paths, services, conntrack, multithread, gso);
+criterion_group!(benches, baseline, paths, services, conntrack, conntrack_full, multithread, gso);
 criterion_main!(benches);

@@ -8,6 +8,7 @@
 #   lab.sh socket NODE       # the ucanal API socket of NODE
 #   lab.sh exec NAME CMD...  # run CMD in ${LAB_PREFIX}NAME (lan, client, centos7-1, ghost-ep1, ...)
 #   lab.sh rules NODE        # print the iptables-restore input a kernel NODE gets
+#   lab.sh restart NODE [TERM|KILL]  # signal NODE's ucanal, start it again; prints ms until it answers
 #
 # Environment: LAB_PREFIX (default uc-), UCANAL_BIN (default <repo>/target/release/ucanal,
 # built with cargo if missing and a node runs ucanal), LAB_RUN_DIR (default
@@ -18,7 +19,7 @@
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-    sed -n '5,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '5,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 2
 }
 
@@ -29,6 +30,7 @@ up) lab_up "$@" ;;
 down) (($# == 0)) || usage; lab_down ;;
 status) (($# == 0)) || usage; lab_status ;;
 socket) (($# == 1)) || usage; lab_init; lab_socket "$1" ;;
+restart) (($# >= 1)) || usage; lab_init; lab_ucanal_restart "$@" ;;
 exec) (($# >= 2)) || usage; lab_init; lab_nsexec "$@" ;;
 rules)
     (($# == 1)) || usage

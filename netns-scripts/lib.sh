@@ -647,6 +647,26 @@ lab_ucanal_stop() {
     _lab_kill_wait 5 "$pid"
 }
 
+# lab_ucanal_restart NODE [TERM|KILL]: signal the node's ucanal, wait until it is gone
+# (SIGKILL after 5 s), start it again with the same command line (UCANAL_RUN_ARGS) and wait
+# until it answers. Prints the milliseconds from the signal to the new one answering.
+lab_ucanal_restart() {
+    local node=$1 sig=${2:-TERM} pid t0 t1
+    pid=$(lab_ucanal_pid "$node") || lab_die "ucanal on $node is not running"
+    t0=$(date +%s%N)
+    kill "-$sig" "$pid"
+    local deadline=$((SECONDS + 5))
+    while _lab_pid_alive "$pid"; do
+        if ((SECONDS >= deadline)); then kill -KILL "$pid" 2>/dev/null || true; fi
+        sleep 0.01
+    done
+    rm -f "$LAB_RUN_DIR/$node.pid"   # the old pid must not read as "the new ucanal exited"
+    lab_ucanal_start "$node"
+    lab_ucanal_wait "$node" >/dev/null
+    t1=$(date +%s%N)
+    printf '%s\n' $(((t1 - t0) / 1000000))
+}
+
 # ---------------------------------------------------------------------------------------------
 # The pods' HTTP servers (ghost stand-ins): python3 -m http.server on LAB_HTTP_PORT.
 
@@ -827,7 +847,7 @@ lab_down() {
         done
         for node in "${LAB_NODES[@]}"; do
             sock=$(lab_socket "$node")
-            rm -f "$sock"
+            rm -f "$sock" "$sock.state" "$sock.conntrack"
         done
         if [[ -f $LAB_RUN_DIR/state ]]; then
             while IFS= read -r sock; do

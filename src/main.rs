@@ -41,6 +41,11 @@ enum Cmd {
         /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9300).
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// Restart/upgrade mode: SIGTERM leaves the node steered to ucanal (rules, host port,
+        /// pods' eth0) and hands runtime state and conntrack to the next `ucanal run
+        /// --keep-on-exit`; SIGINT still removes everything.
+        #[arg(long)]
+        keep_on_exit: bool,
         /// Listen on this socket file (default: the config's api.socket). The daemon
         /// also listens on @ucanal in its network namespace.
         #[arg(long)]
@@ -222,8 +227,21 @@ fn init_logs(level: Option<&str>) {
         .init();
 }
 
+/// A listing piped into `head` ends quietly when the reader goes, as `cat` and `ip`
+/// do: the default SIGPIPE action (Rust ignores it, and `println!` would panic on EPIPE).
+/// Never for `run`: the daemon must survive a closed API peer or log pipe.
+fn quiet_on_closed_stdout() {
+    // SAFETY: sets a signal disposition to its default, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Run { .. }) {
+        quiet_on_closed_stdout();
+    }
     let targets = Target::from_flags(cli.socket.as_deref(), &cli.nodes);
     let one = || match targets.as_slice() {
         [t] => Ok(t.clone()),
@@ -242,9 +260,9 @@ fn main() -> ExitCode {
         }
     };
     match cli.cmd {
-        Cmd::Run { config, log_level, metrics, listen } => {
+        Cmd::Run { config, log_level, metrics, listen, keep_on_exit } => {
             init_logs(log_level.as_deref());
-            match daemon::run(&config, RunOptions { socket: listen.or(cli.socket), metrics }) {
+            match daemon::run(&config, RunOptions { socket: listen.or(cli.socket), metrics, keep_on_exit }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e @ RunError::Config(_)) => {
                     eprintln!("ucanal: {e}");

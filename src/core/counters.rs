@@ -44,6 +44,7 @@ named_enum!(
         CtNew => "ct_new", "flows entered in the connection table";
         CtRaceJoined => "ct_race_joined", "packets of a new flow that found it inserted by a concurrent packet";
         CtPortRemapped => "ct_port_remapped", "new flows whose source port was changed to keep the reply tuple unique";
+        CtEarlyDrop => "ct_early_drop", "flows not yet assured (or already closing) evicted to make room for a new one (the kernel's early_drop)";
         CtExpired => "ct_expired", "flows removed by timeout";
         CtFlushedEndpoint => "ct_flushed_endpoint", "UDP flows removed because their endpoint was removed";
         CtFlushedPod => "ct_flushed_pod", "flows removed because a pod they involve was removed";

@@ -32,7 +32,7 @@ pub use dataplane::Dataplane;
 pub struct Now(pub u64);
 
 impl Now {
-    pub fn from_secs(s: u64) -> Self {
+    pub const fn from_secs(s: u64) -> Self {
         Now(s * 1_000_000_000)
     }
     pub fn secs(self) -> u32 {

@@ -7,6 +7,10 @@
 //! prim := tcp | udp | icmp | arp | ip | [src|dst] host A | [src|dst] net CIDR | [src|dst] port N | A
 //! ```
 //! A filter looks at an Ethernet frame; for VXLAN it is given the inner frame.
+//!
+//! A filter arrives over the API from whoever holds the socket, so its size and nesting
+//! are bounded ([`MAX_LEN`], [`MAX_TOKENS`], [`MAX_DEPTH`]): parsing, matching and
+//! dropping the tree recurse, and an unbounded tree would overflow a thread's stack.
 
 use std::net::Ipv4Addr;
 
@@ -92,9 +96,18 @@ impl Node {
     }
 }
 
+/// Longest filter text accepted, in bytes.
+pub const MAX_LEN: usize = 4096;
+/// Most words (and parentheses) in a filter; this bounds the tree, and so the
+/// recursion of `eval` and of dropping it, whatever its shape.
+pub const MAX_TOKENS: usize = 256;
+/// Deepest nesting of `not` and `(` accepted.
+pub const MAX_DEPTH: usize = 32;
+
 struct Parser<'a> {
     toks: Vec<&'a str>,
     i: usize,
+    depth: usize,
 }
 
 impl<'a> Parser<'a> {
@@ -127,10 +140,16 @@ impl<'a> Parser<'a> {
         }
     }
     fn unary(&mut self) -> Result<Node, String> {
-        match self.peek() {
+        if matches!(self.peek(), Some("not" | "(")) {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(format!("nested deeper than {MAX_DEPTH} ('not' and '(')"));
+            }
+        }
+        let n = match self.peek() {
             Some("not") => {
                 self.i += 1;
-                Ok(Node::Not(Box::new(self.unary()?)))
+                Node::Not(Box::new(self.unary()?))
             }
             Some("(") => {
                 self.i += 1;
@@ -138,10 +157,12 @@ impl<'a> Parser<'a> {
                 if self.next() != Some(")") {
                     return Err("missing ')'".into());
                 }
-                Ok(n)
+                n
             }
-            _ => self.prim(),
-        }
+            _ => return self.prim(),
+        };
+        self.depth -= 1;
+        Ok(n)
     }
     fn prim(&mut self) -> Result<Node, String> {
         let t = self.next().ok_or("filter ends too early")?;
@@ -184,14 +205,20 @@ fn host(a: &str) -> Result<Ipv4Net, String> {
 
 impl Filter {
     pub fn parse(s: &str) -> Result<Filter, String> {
+        if s.len() > MAX_LEN {
+            return Err(format!("filter is {} bytes, more than {MAX_LEN}", s.len()));
+        }
         let spaced = s.replace('(', " ( ").replace(')', " ) ");
         let toks: Vec<&str> = spaced.split_whitespace().collect();
         if toks.is_empty() {
             return Ok(Filter { root: Node::All, text: String::new() });
         }
+        if toks.len() > MAX_TOKENS {
+            return Err(format!("filter has {} words, more than {MAX_TOKENS}", toks.len()));
+        }
         let owned: Vec<String> = toks.iter().map(|t| t.to_ascii_lowercase()).collect();
         let toks: Vec<&str> = owned.iter().map(String::as_str).collect();
-        let mut p = Parser { toks, i: 0 };
+        let mut p = Parser { toks, i: 0, depth: 0 };
         let root = p.expr().map_err(|e| format!("filter '{s}': {e}"))?;
         if let Some(t) = p.peek() {
             return Err(format!("filter '{s}': unexpected '{t}'"));
@@ -263,5 +290,29 @@ mod tests {
             assert!(Filter::parse(bad).is_err(), "{bad}");
         }
         assert!(!Filter::parse("tcp").unwrap().matches(&[1, 2, 3]));
+    }
+
+    #[test]
+    fn deep_or_huge_filters_are_refused_by_name_not_by_a_stack_overflow() {
+        let f = syn([172, 16, 240, 1], 40000, [172, 16, 240, 131], 31266);
+        // The issue's probes: ~3500 '(' and ~10000 'not'.
+        let parens = format!("{}tcp{}", "(".repeat(3500), ")".repeat(3500));
+        let e = Filter::parse(&parens).unwrap_err();
+        assert!(e.contains("more than 4096") || e.contains("words") || e.contains("nested"), "{e}");
+        let nots = "not ".repeat(10_000) + "tcp";
+        assert!(Filter::parse(&nots).unwrap_err().contains("more than 4096"));
+        let nots = "not ".repeat(40) + "tcp";
+        assert!(Filter::parse(&nots).unwrap_err().contains("nested deeper than 32"));
+        let parens = format!("{}tcp{}", "(".repeat(33), ")".repeat(33));
+        assert!(Filter::parse(&parens).unwrap_err().contains("nested deeper than 32"));
+        let long_and = vec!["tcp"; 300].join(" and ");
+        assert!(Filter::parse(&long_and).unwrap_err().contains("words, more than 256"));
+        // Right at the limits it parses and matches.
+        let ok = format!("{}{}tcp{}", "not not ".repeat(8), "(".repeat(16), ")".repeat(16));
+        assert!(Filter::parse(&ok).unwrap().matches(&f));
+        let siblings = vec!["(tcp)"; 32].join(" and ");
+        assert!(Filter::parse(&siblings).unwrap().matches(&f), "depth is nesting, not count");
+        let wide = vec!["tcp"; 100].join(" and ");
+        assert!(Filter::parse(&wide).unwrap().matches(&f));
     }
 }

@@ -78,7 +78,7 @@ async fn set_link(h: &Handle, index: u32, name: &str, mac: MacAddr, mtu: u16) ->
 }
 
 async fn add_addr(h: &Handle, index: u32, name: &str, ip: Ipv4Addr) -> io::Result<()> {
-    nl(|| format!("adding {ip}/32 to {name}"), h.address().add(index, IpAddr::V4(ip), 32).execute().await)
+    nl(|| format!("adding {ip}/32 to {name}"), h.address().add(index, IpAddr::V4(ip), 32).replace().execute().await)
 }
 
 async fn add_route(h: &Handle, what: String, mut msg: netlink_packet_route::route::RouteMessage) -> io::Result<()> {

@@ -5,13 +5,18 @@
 //! virtio-net header carrying checksum-offload and GSO metadata), `IFF_MULTI_QUEUE`
 //! (one queue per worker) and `TUNSETOFFLOAD`. A TAP is created in the network
 //! namespace the opening thread is in; it disappears when its last queue is closed,
-//! so a crashed ucanal leaves no TAP behind.
+//! so a crashed ucanal leaves no TAP behind — unless it was opened [`Persist::Keep`]
+//! (`TUNSETPERSIST`): then it outlives ucanal with its ifindex, addresses and routes,
+//! the kernel keeps routing to it (frames sent while no queue is attached are dropped,
+//! which TCP retransmits; nothing answers with a reset), and the next ucanal attaches
+//! its queues to the same device.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
@@ -32,10 +37,25 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
+/// Whether a TAP outlives its queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    /// Created here (never someone else's), gone with its last queue.
+    No,
+    /// Persistent: attached to when it exists already (left by a previous ucanal),
+    /// created otherwise; stays when the queues close.
+    Keep,
+}
+
 /// Opens `queues` queues of the TAP `name` in the calling thread's network namespace,
 /// non-blocking, with a virtio-net header on every frame. With `offloads`, the kernel
 /// may hand ucanal TCP super-packets with partial checksums (TSO) and accepts them back.
 pub fn open(name: &str, queues: usize, offloads: bool) -> io::Result<Vec<OwnedFd>> {
+    open_with(name, queues, offloads, Persist::No)
+}
+
+/// [`open`], with the persistence of the device chosen.
+pub fn open_with(name: &str, queues: usize, offloads: bool, persist: Persist) -> io::Result<Vec<OwnedFd>> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("TAP name '{name}' must be 1-15 bytes")));
     }
@@ -49,8 +69,9 @@ pub fn open(name: &str, queues: usize, offloads: bool) -> io::Result<Vec<OwnedFd
         }
         // SAFETY: fresh fd owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // The first queue must create the device: never attach to someone else's TAP.
-        let excl = if q == 0 { IFF_TUN_EXCL } else { 0 };
+        // The first queue must create the device: never attach to someone else's TAP
+        // (a persistent one is ours from a previous run, and attached to).
+        let excl = if q == 0 && persist == Persist::No { IFF_TUN_EXCL } else { 0 };
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
             flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE | excl,
@@ -74,8 +95,22 @@ pub fn open(name: &str, queues: usize, offloads: bool) -> io::Result<Vec<OwnedFd
                 let e = io::Error::last_os_error();
                 return Err(io::Error::new(e.kind(), format!("TUNSETOFFLOAD on {name}: {e}")));
             }
+            if persist == Persist::Keep {
+                set_persist(&fd, true)
+                    .map_err(|e| io::Error::new(e.kind(), format!("TUNSETPERSIST on {name}: {e}")))?;
+            }
         }
         fds.push(fd);
     }
     Ok(fds)
+}
+
+/// Makes the TAP behind `fd` persistent or not; a TAP made non-persistent goes away
+/// when its last queue closes.
+pub fn set_persist(fd: &OwnedFd, on: bool) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes an int flag by value.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST, libc::c_ulong::from(on)) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -323,9 +323,10 @@ impl Worker {
             self.out.stats.rx(self.out.id, stats::VXLAN, r.len);
             let seg = if r.gro_size > 0 { usize::from(r.gro_size) } else { r.len };
             // With UDP GRO the kernel hands several datagrams of one flow back to back;
-            // each is a VXLAN frame of its own.
+            // each is a VXLAN frame of its own. A zero-length datagram goes through once
+            // too, so the core counts it (vxlan_malformed) instead of it vanishing.
             let mut off = 0;
-            while off < r.len {
+            loop {
                 let len = seg.min(r.len - off);
                 let buf = &mut self.bufs[slot];
                 let mut pkt = Packet::new(buf, HEADROOM + off, HEADROOM + off + len).with_spare(&mut self.spare);
@@ -345,6 +346,9 @@ impl Worker {
                     _ => self.out.execute(slot, a, &pkt),
                 }
                 off += len;
+                if len == 0 || off >= r.len {
+                    break;
+                }
             }
         }
         self.out.gro_flush_all(&self.bufs);

@@ -79,6 +79,19 @@ impl Lab {
             .expect("running netns-scripts/lab.sh")
     }
 
+    /// `lab.sh restart NODE SIG` with `UCANAL_RUN_ARGS=run_args`: milliseconds from the
+    /// signal until the new ucanal answers.
+    pub fn restart(&self, node: &str, sig: &str, run_args: &str) -> u64 {
+        let out = self.script_env(&["restart", node, sig], &[("UCANAL_RUN_ARGS", run_args)]);
+        assert!(out.status.success(), "lab.sh restart {node} {sig} failed: {}", text(&out.stderr));
+        text(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("lab.sh restart printed {:?}", text(&out.stdout)))
+    }
+
+    /// The lab's run directory (configs, logs, pid files).
+    pub fn run_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/run/ucanal-lab/{}", self.prefix))
+    }
+
     pub fn ns(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }

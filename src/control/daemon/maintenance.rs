@@ -1,9 +1,12 @@
 //! Conntrack maintenance: expired flows are swept once a second on a thread of its
 //! own, off the API's runtime, so a long sweep never delays an API answer and an API
 //! request never delays a sweep. The sweep removes one key at a time (see
-//! `Conntrack::sweep`), so workers never wait for a whole shard.
+//! `Conntrack::sweep`), so workers never wait for a whole shard. With `--keep-on-exit`
+//! the same thread writes the conntrack checkpoint after each sweep, for the ucanal
+//! that follows a SIGKILL (see `restart`).
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
@@ -23,7 +26,7 @@ pub(super) struct Sweeper {
 impl Sweeper {
     /// Starts sweeping `dp`'s conntrack, counting into counter block `block`, which
     /// nothing else writes.
-    pub(super) fn spawn(dp: Arc<Dataplane>, block: usize) -> io::Result<Sweeper> {
+    pub(super) fn spawn(dp: Arc<Dataplane>, block: usize, checkpoint: Option<PathBuf>) -> io::Result<Sweeper> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new().name("ucanal-sweep".into()).spawn(move || {
             loop {
@@ -33,6 +36,11 @@ impl Sweeper {
                 }
                 let n = dp.conntrack.sweep(clock::now());
                 dp.counters.add(block, Counter::CtExpired, n as u64);
+                if let Some(path) = &checkpoint
+                    && let Err(e) = super::restart::write_checkpoint(&dp, path)
+                {
+                    tracing::warn!("conntrack checkpoint {}: {e}", path.display());
+                }
             }
         })?;
         Ok(Sweeper { stop: Some(stop), thread: Some(thread) })

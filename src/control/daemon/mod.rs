@@ -5,7 +5,8 @@
 //! routes and steering rules, and the pods; a failure at any step undoes the steps
 //! before it. Runtime changes (pods, services, endpoints) rebuild the table snapshot
 //! and publish it. SIGTERM/SIGINT remove everything ucanal created and put back the
-//! sysctls it changed.
+//! sysctls it changed — unless `--keep-on-exit` asks SIGTERM to leave the node steered
+//! for the next ucanal (see `restart`; SIGINT still removes everything).
 //!
 //! The rooms: `node` (kernel side: checks, sysctls, host port, steering rules,
 //! teardown), `pods`, `services`, `inspect` (listings and the synthetic trace),
@@ -17,6 +18,7 @@ mod inspect;
 mod maintenance;
 mod node;
 mod pods;
+mod restart;
 mod server;
 mod services;
 
@@ -51,6 +53,8 @@ const CONTROL_BLOCKS: usize = 2;
 pub struct RunOptions {
     pub socket: Option<PathBuf>,
     pub metrics: Option<std::net::SocketAddr>,
+    /// SIGTERM leaves the node steered and hands state to the next ucanal (see `restart`).
+    pub keep_on_exit: bool,
 }
 
 /// An error of startup, with the exit code it maps to.
@@ -124,6 +128,12 @@ pub struct Daemon {
     steers: BTreeSet<Steer>,
     /// Node-wide sysctls changed at start, with the value to put back on exit.
     restore_sysctls: Vec<(node::SysctlKey, String)>,
+    /// With `--keep-on-exit`: where state and conntrack are handed over.
+    keep: Option<restart::Paths>,
+    /// Started from a previous ucanal's state: its kernel objects are adopted.
+    adopted: bool,
+    /// Pods of the previous ucanal's state are being attached: their TAPs exist, adopt them.
+    restoring: bool,
     /// CNI attachments' addresses (ucanal's default IPAM), kept in a state file.
     leases: super::leases::LeaseFile,
 }
@@ -141,9 +151,16 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
     if let Some(s) = &opts.socket {
         cfg.api.socket = s.clone();
     }
+    let keep = opts.keep_on_exit.then(|| restart::Paths::for_socket(&cfg.api.socket));
+    let state = keep.as_ref().and_then(|k| restart::load_state(&k.state));
+    if let Some(st) = &state {
+        tracing::info!(pods = st.pods.len(), services = st.services.len(), "resuming from the previous ucanal's state");
+        cfg.pods = st.pods.clone();
+        cfg.services = st.services.clone();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(setup)?;
     rt.block_on(async move {
-        let daemon = start(cfg).await?;
+        let daemon = start(cfg, keep, state).await?;
         let socket = daemon.cfg.api.socket.clone();
         let dp = daemon.dp.clone();
         let maintenance_block = dp.counters.workers() - 1;
@@ -171,26 +188,34 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
                 return Err(stop(setup(format!("--metrics {addr}: {e}"))).await);
             }
         }
-        let sweeper = maintenance::Sweeper::spawn(dp, maintenance_block).map_err(setup)?;
+        let checkpoint = daemon.lock().await.keep.as_ref().map(|k| k.conntrack.clone());
+        let sweeper = maintenance::Sweeper::spawn(dp, maintenance_block, checkpoint).map_err(setup)?;
         let server = tokio::spawn(server::serve(listeners, daemon.clone()));
-        wait_for_signal().await;
-        tracing::info!("stopping");
+        let sig = wait_for_signal().await;
+        tracing::info!("stopping ({sig})");
         server.abort();
         sweeper.stop();
-        daemon.lock().await.teardown().await;
+        let mut d = daemon.lock().await;
+        if sig == "SIGTERM" && d.keep.is_some() {
+            d.hand_over();
+            let _ = std::fs::remove_file(&socket);
+            tracing::info!("stopped; the node stays steered to ucanal, state handed over for the next one");
+            return Ok(());
+        }
+        d.teardown().await;
         let _ = std::fs::remove_file(&socket);
         tracing::info!("stopped; everything ucanal created is removed");
         Ok(())
     })
 }
 
-async fn wait_for_signal() {
+async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }
 
@@ -210,8 +235,9 @@ fn random_seed() -> u64 {
     u64::from_ne_bytes(b)
 }
 
-async fn start(cfg: Config) -> Result<Daemon, RunError> {
-    node::preflight(&cfg).await?;
+async fn start(cfg: Config, keep: Option<restart::Paths>, state: Option<restart::State>) -> Result<Daemon, RunError> {
+    let adopted = state.is_some();
+    node::preflight(&cfg, keep.is_some()).await?;
     let node = cfg.node_info();
     let lease_path = super::leases::LeaseFile::path_for(&cfg.api.socket);
     let leases = super::leases::LeaseFile::load(lease_path, node.pod_cidr, node.vtep_ip).map_err(setup)?;
@@ -219,7 +245,8 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
     let tech = cfg.dataplane.techniques();
     let underlay = Underlay::open(node.node_ip, node.vxlan_port, n_workers, cfg.dataplane.source_ports, tech.udp_gro)
         .map_err(setup)?;
-    let host_fds = tap::open(&cfg.node.host_port, n_workers, tech.tap_offloads).map_err(setup)?;
+    let persist = if keep.is_some() { tap::Persist::Keep } else { tap::Persist::No };
+    let host_fds = tap::open_with(&cfg.node.host_port, n_workers, tech.tap_offloads, persist).map_err(setup)?;
 
     let mut d = Daemon {
         node: node.clone(),
@@ -239,18 +266,27 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
         next_port: 1,
         hits: HashMap::new(),
         generation: 0,
-        seed: random_seed(),
+        seed: state.as_ref().map_or_else(random_seed, |s| s.seed),
         tx_ports: underlay.tx_ports.clone(),
         steers: BTreeSet::new(),
-        restore_sysctls: Vec::new(),
+        restore_sysctls: state.as_ref().map(|s| node::sysctls_from_names(&s.restore_sysctls)).unwrap_or_default(),
         leases,
         cfg: Config { pods: Vec::new(), ..cfg.clone() },
+        keep,
+        adopted,
+        restoring: false,
     };
     if let Err(e) = d.configure_node().await {
         d.teardown().await;
         return Err(e);
     }
     d.rebuild();
+    if let Some(k) = &d.keep {
+        let (n, of) = restart::load_checkpoint(&d.dp, &k.conntrack);
+        if of > 0 {
+            tracing::info!("conntrack: {n} of {of} flows taken over from the previous ucanal");
+        }
+    }
     let tx = Arc::new(underlay.tx);
     let wcfg = WorkerConfig {
         batch: cfg.dataplane.batch,
@@ -271,14 +307,17 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
             }
         }
     }
+    d.restoring = d.adopted;
     for (i, p) in cfg.pods.iter().enumerate() {
         if let Err(e) = d.add_pod(p.clone()).await {
             d.teardown().await;
             return Err(setup(format!("pods[{i}] ({}): {e}", p.name)));
         }
     }
+    d.restoring = false;
+    d.save_state();
     tracing::info!(
-        node = %node.name, workers = n_workers, batch = cfg.dataplane.batch, techniques = ?tech, pods = d.pods.len(), services = d.cfg.services.len(),
+        node = %node.name, adopted = d.adopted, workers = n_workers, batch = cfg.dataplane.batch, techniques = ?tech, pods = d.pods.len(), services = d.cfg.services.len(),
         source_ports = ?d.tx_ports, "dataplane up"
     );
     Ok(d)

@@ -19,8 +19,23 @@ pub(super) type SysctlKey = &'static [&'static str];
 const IP_FORWARD: SysctlKey = &["net", "ipv4", "ip_forward"];
 const ALL_RP_FILTER: SysctlKey = &["net", "ipv4", "conf", "all", "rp_filter"];
 
-/// Checks the machine against the config before anything is created.
-pub(super) async fn preflight(cfg: &Config) -> Result<(), RunError> {
+/// The sysctls remembered for the final teardown, by name (for the state file).
+pub(super) fn sysctl_names(v: &[(SysctlKey, String)]) -> Vec<(String, String)> {
+    v.iter().map(|(k, val)| (k.join("."), val.clone())).collect()
+}
+
+/// The inverse of [`sysctl_names`]; unknown names are ignored.
+pub(super) fn sysctls_from_names(v: &[(String, String)]) -> Vec<(SysctlKey, String)> {
+    v.iter()
+        .filter_map(|(n, val)| {
+            [IP_FORWARD, ALL_RP_FILTER].into_iter().find(|k| k.join(".") == *n).map(|k| (k, val.clone()))
+        })
+        .collect()
+}
+
+/// Checks the machine against the config before anything is created. With `keep`
+/// (`--keep-on-exit`) an existing host port is a previous ucanal's, to be adopted.
+pub(super) async fn preflight(cfg: &Config, keep: bool) -> Result<(), RunError> {
     if !std::path::Path::new("/dev/net/tun").exists() {
         return Err(setup("/dev/net/tun is missing (is the tun module loaded?)"));
     }
@@ -49,7 +64,7 @@ pub(super) async fn preflight(cfg: &Config) -> Result<(), RunError> {
             problem: format!("{node_ip} is not an address of {uplink} (it has {addrs:?})"),
         }));
     }
-    if exists {
+    if exists && !keep {
         return Err(RunError::Config(ConfigError {
             field: "node.host_port".into(),
             problem: format!("an interface named {host_port} already exists (is another ucanal running?)"),
@@ -119,12 +134,16 @@ impl Daemon {
             table: self.cfg.node.route_table,
         };
         let table = p.table;
+        let adopted = self.adopted;
         let uplink = self.cfg.node.uplink.clone();
         netlink::with_handle(async |h| {
             let mut p = p;
             p.uplink_mtu = netlink::link_view(h, &uplink).await?.mtu;
-            // A previous ucanal that died without cleaning up may have left rules.
-            netlink::del_steers(h, table, None).await?;
+            // A previous ucanal that died without cleaning up may have left rules; one
+            // that handed over left them on purpose, and they keep steering meanwhile.
+            if !adopted {
+                netlink::del_steers(h, table, None).await?;
+            }
             netlink::configure_host_port(h, &p).await?;
             netlink::move_local_rule(h).await
         })
@@ -180,7 +199,18 @@ impl Daemon {
             w.stop();
         }
         self.workers.clear();
+        if self.keep.is_some() {
+            // Persistent TAPs outlive their queues: remove the pods' TAPs explicitly.
+            for p in std::mem::take(&mut self.pods) {
+                if let Err(e) = super::pods::delete_tap(&p.spec.netns_path(), p.spec.ifname()) {
+                    tracing::error!("cleanup: pod {} {}: {e}", p.spec.name, p.spec.ifname());
+                }
+            }
+        }
         self.pods.clear();
+        if let Some(k) = &self.keep {
+            k.remove();
+        }
         let table = self.cfg.node.route_table;
         let hp = self.cfg.node.host_port.clone();
         let r = tokio::task::block_in_place(|| {

@@ -46,14 +46,17 @@ impl Daemon {
         let queues = self.workers.len();
         let offloads = self.cfg.dataplane.techniques().tap_offloads;
         let ifname = spec.ifname().to_string();
+        // Pods restored from a previous ucanal's state keep their persistent TAP.
+        let persist = if self.keep.is_some() { tap::Persist::Keep } else { tap::Persist::No };
+        let adopt = self.restoring;
         let fds: Vec<OwnedFd> = tokio::task::block_in_place(|| {
             sys::in_netns(&path, move || {
                 // TUNSETIFF would attach to an existing TAP of that name: refuse instead (CNI: "MUST return an error").
-                if netlink::with_handle(async |h| netlink::link_exists(h, &ifname).await)? {
+                if !adopt && netlink::with_handle(async |h| netlink::link_exists(h, &ifname).await)? {
                     let e = format!("an interface {ifname} already exists in the pod's namespace");
                     return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, e));
                 }
-                let fds = tap::open(&ifname, queues, offloads)?;
+                let fds = tap::open_with(&ifname, queues, offloads, persist)?;
                 // Pods are IPv4 here; without this the kernel's IPv6 chatter is only counted drops.
                 let _ = netlink::sysctl(&["net", "ipv6", "conf", &ifname, "disable_ipv6"], "1");
                 netlink::with_handle(async |h| netlink::configure_pod(h, &ifname, mac, mtu, ip, gw).await)?;
@@ -105,7 +108,19 @@ impl Daemon {
             .remove_where(|e| e.original.src == ip || e.original.dst == ip || e.reply.src == ip || e.reply.dst == ip);
         self.dp.counters.add(self.api_block(), Counter::CtFlushedPod, n as u64);
         let msg = format!("pod {name} detached; its {} is removed, {n} flow(s) flushed", p.spec.ifname());
+        if self.keep.is_some() {
+            tokio::task::block_in_place(|| delete_tap(&p.spec.netns_path(), p.spec.ifname()))?;
+        }
         tracing::info!("{msg}");
         Ok(msg)
     }
+}
+
+/// Deletes a pod's (persistent) TAP.
+pub(super) fn delete_tap(netns: &std::path::Path, ifname: &str) -> std::io::Result<()> {
+    if !netns.exists() {
+        return Ok(());
+    }
+    let ifname = ifname.to_string();
+    sys::in_netns(netns, move || netlink::with_handle(async |h| netlink::delete_link(h, &ifname).await))
 }

@@ -1,13 +1,22 @@
 //! The API server: the Unix socket (root only), one task per client, requests
 //! dispatched to the daemon under its lock; streams (live trace, capture) are served
 //! on the client's own connection without holding it.
+//!
+//! Whoever holds the socket cannot turn it against the daemon: a request line is at
+//! most [`MAX_REQUEST`] bytes (a longer one is answered with an error and the
+//! connection closed, never buffered), at most [`MAX_CLIENTS`] connections are served
+//! at once (one more is told so and closed), accept errors (the open-file limit) back
+//! off up to a second and are logged at most once a second, and a panic in a client's
+//! task is logged and ends that connection only: the dataplane threads never see it.
 
 use std::io;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use futures::FutureExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore};
 
 use super::Daemon;
 use crate::control::api::{self, Request, Response};
@@ -15,6 +24,16 @@ use crate::control::api::{self, Request, Response};
 /// Binds the API socket: mode 0600 in a 0700 directory. A live daemon on the path
 /// is an error; a stale socket file is replaced.
 pub(super) fn bind_socket(path: &std::path::Path) -> io::Result<UnixListener> {
+    bind_socket_in(path).map_err(|e| {
+        if e.to_string().starts_with("api.socket") {
+            e
+        } else {
+            io::Error::new(e.kind(), format!("api.socket {}: {e}", path.display()))
+        }
+    })
+}
+
+fn bind_socket_in(path: &std::path::Path) -> io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent()
         && !dir.exists()
@@ -42,6 +61,30 @@ pub(super) fn bind_socket(path: &std::path::Path) -> io::Result<UnixListener> {
     Ok(l)
 }
 
+/// Longest request line, in bytes (a service with thousands of endpoints fits).
+pub const MAX_REQUEST: usize = 1 << 20;
+/// API connections served at once.
+pub const MAX_CLIENTS: usize = 64;
+
+/// Reads one request line of at most [`MAX_REQUEST`] bytes. `Ok(None)` at the end of
+/// the stream; an error names an oversized line.
+async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<Option<()>> {
+    buf.clear();
+    let n = (&mut *r).take(MAX_REQUEST as u64 + 1).read_until(b'\n', buf).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    } else if n > MAX_REQUEST {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("request longer than {MAX_REQUEST} bytes; connection closed"),
+        ));
+    }
+    Ok(Some(()))
+}
+
 pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
     // Root only, twice over: the socket is 0600 and the peer must be uid 0 (or us).
     let allowed = stream.peer_cred().map(|c| c.uid() == 0 || c.uid() == unsafe_geteuid()).unwrap_or(false);
@@ -59,8 +102,20 @@ pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
             .await;
         return;
     }
-    let mut lines = BufReader::new(r).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        match read_request(&mut r, &mut buf).await {
+            Ok(Some(())) => {}
+            Ok(None) => return,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                tracing::warn!("api: {e}");
+                let _ = send(&mut w, &Response::error(e.to_string())).await;
+                return;
+            }
+            Err(_) => return,
+        }
+        let line = String::from_utf8_lossy(&buf);
         let req: Request = match serde_json::from_str(&line) {
             Ok(r) => r,
             Err(e) => {
@@ -137,7 +192,10 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
         }
     };
     match r {
-        Ok(m) => Response::ok(m),
+        Ok(m) => {
+            d.save_state();
+            Response::ok(m)
+        }
         Err(e) => Response::error(e),
     }
 }
@@ -163,21 +221,136 @@ pub(super) fn bind_abstract() -> io::Result<UnixListener> {
 /// Accepts API clients on every listener until aborted, one task each.
 pub(super) async fn serve(listeners: Vec<UnixListener>, d: Arc<Mutex<Daemon>>) {
     // A JoinSet aborts its tasks when dropped, so aborting `serve` closes every listener.
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     let mut loops = tokio::task::JoinSet::new();
     for l in listeners {
-        loops.spawn(accept_loop(l, d.clone()));
+        loops.spawn(accept_loop(l, d.clone(), slots.clone()));
     }
     while loops.join_next().await.is_some() {}
 }
 
-async fn accept_loop(listener: UnixListener, d: Arc<Mutex<Daemon>>) {
+/// Accepts API clients on one listener until aborted, one task each; `slots` bounds
+/// the connections of every listener together to [`MAX_CLIENTS`].
+async fn accept_loop(listener: UnixListener, d: Arc<Mutex<Daemon>>, slots: Arc<Semaphore>) {
+    let mut backoff = Backoff::default();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                backoff.reset();
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tokio::spawn(refuse(stream));
+                    continue;
+                };
                 let d = d.clone();
-                tokio::spawn(async move { serve_client(stream, d).await });
+                tokio::spawn(async move {
+                    let r = std::panic::AssertUnwindSafe(serve_client(stream, d)).catch_unwind().await;
+                    if let Err(p) = r {
+                        let what = p
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned());
+                        tracing::error!(
+                            "api: a client task panicked ({}); that connection is closed, the dataplane runs on",
+                            what.unwrap_or_default()
+                        );
+                    }
+                    drop(slot);
+                });
             }
-            Err(e) => tracing::warn!("accept: {e}"),
+            Err(e) => backoff.wait(&e).await,
         }
+    }
+}
+
+/// One connection too many: told so, without waiting for it to speak.
+async fn refuse(stream: UnixStream) {
+    let (_, mut w) = stream.into_split();
+    let msg = format!("too many API connections (at most {MAX_CLIENTS}); try again");
+    let _ = tokio::time::timeout(Duration::from_secs(1), send(&mut w, &Response::error(msg))).await;
+}
+
+/// Accept errors (EMFILE past the open-file limit, ENFILE, ENOMEM) do not go away by
+/// retrying at once: wait 10 ms doubling to 1 s, and log at most once a second.
+#[derive(Default)]
+struct Backoff {
+    delay: Duration,
+    logged: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn reset(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+
+    async fn wait(&mut self, e: &io::Error) {
+        self.delay = (self.delay * 2).clamp(Self::FIRST, Self::MAX);
+        if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            tracing::warn!(
+                "api accept: {e} ({} more since the last report); retrying in {:?}",
+                self.suppressed,
+                self.delay
+            );
+            self.logged = Some(Instant::now());
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+        tokio::time::sleep(self.delay).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_oversized_request_is_refused_without_buffering_it() {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'x'; 1 << 16];
+            for _ in 0..64 {
+                if b.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut r = BufReader::new(a);
+        let mut buf = Vec::new();
+        let e = read_request(&mut r, &mut buf).await.unwrap_err();
+        assert!(e.to_string().contains("longer than 1048576 bytes"), "{e}");
+        assert!(buf.len() <= MAX_REQUEST + 1);
+        drop(r);
+        let _ = writer.await;
+    }
+
+    #[tokio::test]
+    async fn requests_are_lines() {
+        let mut r = BufReader::new(&b"{\"a\":1}\nlast"[..]);
+        let mut buf = Vec::new();
+        assert!(read_request(&mut r, &mut buf).await.unwrap().is_some());
+        assert_eq!(buf, b"{\"a\":1}");
+        assert!(read_request(&mut r, &mut buf).await.unwrap().is_some());
+        assert_eq!(buf, b"last");
+        assert!(read_request(&mut r, &mut buf).await.unwrap().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_back_off_to_a_second() {
+        let mut b = Backoff::default();
+        let e = io::Error::from_raw_os_error(libc::EMFILE);
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..10 {
+            b.wait(&e).await;
+        }
+        // 10+20+...+640 ms, then 1 s, 1 s, 1 s: never a spin.
+        assert!(t0.elapsed() >= Duration::from_millis(1270 + 3000), "{:?}", t0.elapsed());
+        assert_eq!(b.delay, Backoff::MAX);
+        b.reset();
+        b.wait(&e).await;
+        assert_eq!(b.delay, Backoff::FIRST);
     }
 }

@@ -185,8 +185,11 @@ impl<'a> Ctx<'a> {
             }
         } else {
             match ct.insert(NewFlow { original: u, tcp_flags, reply_src, reply_dst, nat, ports }, self.now) {
-                Insert::New { entry, remapped } => {
+                Insert::New { entry, remapped, evicted } => {
                     self.count(Counter::CtNew);
+                    if evicted {
+                        self.count(Counter::CtEarlyDrop);
+                    }
                     if remapped {
                         self.count(Counter::CtPortRemapped);
                     }

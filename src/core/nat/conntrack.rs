@@ -13,6 +13,13 @@
 //!   joins that entry: two datagrams of one new UDP flow racing on two workers both
 //!   pass, with the same NAT (the DNS 5 s bug).
 //!
+//! - a full table evicts a flow that may be dropped early (not ASSURED, or TCP already
+//!   closing; see [`early_drop`]) instead of refusing the new flow, and so does a reply
+//!   port space with every candidate port held; assured flows are never evicted.
+//!
+//! The reply tuple is unique per full tuple, as nf_nat's: the same masquerade port
+//! serves flows to different destinations, so the port space is per destination.
+//!
 //! Only flows that ucanal NATs are tracked (plain pod-to-pod routing needs no state).
 //!
 //! Heads up: an expired entry stays in the map until `sweep` removes it, but every
@@ -25,7 +32,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering::Relaxed};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
-use super::Tuple;
+use super::{Tuple, early_drop};
 use crate::core::Now;
 use crate::wire::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::wire::l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -47,7 +54,7 @@ pub enum TcpState {
 }
 
 impl TcpState {
-    fn from_u8(v: u8) -> TcpState {
+    pub(super) fn from_u8(v: u8) -> TcpState {
         use TcpState::*;
         [None, SynSent, SynRecv, Established, FinWait, CloseWait, LastAck, TimeWait, Close, SynSent2]
             .get(usize::from(v))
@@ -212,8 +219,8 @@ impl Timeouts {
 pub const NAT_DNAT: u8 = 1;
 pub const NAT_SNAT: u8 = 2;
 
-const SEEN_REPLY: u8 = 1;
-const ASSURED: u8 = 2;
+pub(super) const SEEN_REPLY: u8 = 1;
+pub(super) const ASSURED: u8 = 2;
 
 /// One tracked flow.
 #[derive(Debug)]
@@ -221,10 +228,10 @@ pub struct Entry {
     pub original: Tuple,
     pub reply: Tuple,
     pub nat: u8,
-    state: AtomicU8,
-    flags: AtomicU8,
+    pub(super) state: AtomicU8,
+    pub(super) flags: AtomicU8,
     /// Expiry, in `Now::secs()`.
-    deadline: AtomicU32,
+    pub(super) deadline: AtomicU32,
 }
 
 impl Entry {
@@ -304,10 +311,12 @@ pub struct NewFlow {
 /// What `insert` did.
 #[derive(Debug, Clone)]
 pub enum Insert {
-    /// A new entry; `remapped` says the source port had to change.
+    /// A new entry; `remapped` says the source port had to change, `evicted` that a
+    /// flow was dropped early to make room.
     New {
         entry: Arc<Entry>,
         remapped: bool,
+        evicted: bool,
     },
     /// A concurrent packet of the same flow inserted it first.
     Joined(Arc<Entry>),
@@ -315,19 +324,42 @@ pub enum Insert {
     Exhausted,
 }
 
+impl Insert {
+    fn evicted(self, evicted: bool) -> Insert {
+        match self {
+            Insert::New { entry, remapped, evicted: e } => Insert::New { entry, remapped, evicted: e || evicted },
+            other => other,
+        }
+    }
+}
+
+/// One reply-tuple port tried by `insert`.
+enum Attempt {
+    Done(Insert),
+    /// A live flow holds the port.
+    Taken(Arc<Entry>),
+}
+
 /// Candidate ports tried after `keep` before giving up (the kernel tries up to 128 too).
 const MAX_PORT_TRIES: u32 = 128;
 
 pub struct Conntrack {
-    map: DashMap<u128, Arc<Entry>, ahash::RandomState>,
-    entries: AtomicUsize,
-    max: usize,
+    pub(super) map: DashMap<u128, Arc<Entry>, ahash::RandomState>,
+    pub(super) entries: AtomicUsize,
+    pub(super) max: usize,
+    pub(super) candidates: early_drop::Candidates,
     pub timeouts: Timeouts,
 }
 
 impl Conntrack {
     pub fn new(max: usize, timeouts: Timeouts) -> Self {
-        Conntrack { map: DashMap::with_hasher(ahash::RandomState::new()), entries: AtomicUsize::new(0), max, timeouts }
+        Conntrack {
+            map: DashMap::with_hasher(ahash::RandomState::new()),
+            entries: AtomicUsize::new(0),
+            max,
+            candidates: early_drop::Candidates::new(max),
+            timeouts,
+        }
     }
     /// Live-or-expired entries not yet swept.
     pub fn len(&self) -> usize {
@@ -338,6 +370,10 @@ impl Conntrack {
     }
     pub fn max(&self) -> usize {
         self.max
+    }
+    /// Keys queued as early-drop candidates (bounded; see [`early_drop`]).
+    pub fn candidates_len(&self) -> usize {
+        self.candidates.len()
     }
 
     fn initial(&self, t: &Tuple, tcp_flags: u8) -> Option<(TcpState, u32)> {
@@ -389,7 +425,14 @@ impl Conntrack {
                         }
                     }
                 });
-                if commit && upd.is_ok() && new_state == TcpState::Established {
+                // ASSURED on reaching ESTABLISHED, or (a flow picked up mid-stream, which
+                // starts there) on its first valid answer, as the kernel's tcp_packet does.
+                if commit
+                    && new_state == TcpState::Established
+                    && (upd.is_ok() || dir == Dir::Reply)
+                    && !invalid
+                    && !e.assured()
+                {
                     e.flags.fetch_or(ASSURED, Relaxed);
                 }
                 self.timeouts.tcp(new_state)
@@ -419,81 +462,111 @@ impl Conntrack {
         Some(Hit::of(e, dir, invalid))
     }
 
-    /// Enters a new flow. See the module docs for the races this resolves.
+    /// Enters a new flow. See the module docs for the races this resolves. A full
+    /// table, or a reply-tuple port space with no free port, gives up a flow that may
+    /// be dropped early (see [`early_drop`]) rather than refusing the new one.
     pub fn insert(&self, flow: NewFlow, now: Now) -> Insert {
-        let NewFlow { original, tcp_flags, reply_src, reply_dst, nat, ports } = flow;
-        let Some((state, timeout)) = self.initial(&original, tcp_flags) else {
+        let Some((state, timeout)) = self.initial(&flow.original, flow.tcp_flags) else {
             return Insert::Exhausted;
         };
+        let mut evicted = false;
         if self.entries.load(Relaxed) >= self.max {
             // A live entry for this very flow (inserted a moment ago by another worker) is not "new".
-            if let Some(e) = self.map.get(&original.key()).filter(|e| e.is_live(now)) {
+            if let Some(e) = self.map.get(&flow.original.key()).filter(|e| e.is_live(now)) {
                 return Insert::Joined(e.clone());
             }
-            return Insert::Full;
+            if !self.early_drop(now) {
+                return Insert::Full;
+            }
+            evicted = true;
         }
+        let ports = flow.ports;
         let span = u32::from(ports.hi.saturating_sub(ports.lo)) + 1;
-        let start = original.hash(0x5eed) % span;
+        let start = flow.original.hash(0x5eed) % span;
         let keep_ok = (ports.lo..=ports.hi).contains(&ports.keep);
         let candidates = keep_ok
             .then_some(ports.keep)
             .into_iter()
             .chain((0..MAX_PORT_TRIES.min(span)).map(|i| ports.lo + ((start + i) % span) as u16));
-
+        let mut victim: Option<Arc<Entry>> = None;
         for port in candidates {
-            let reply =
-                Tuple { proto: original.proto, src: reply_src.0, dst: reply_dst, sport: reply_src.1, dport: port };
-            let entry = Arc::new(Entry {
-                original,
-                reply,
-                nat,
-                state: AtomicU8::new(state as u8),
-                flags: AtomicU8::new(0),
-                deadline: AtomicU32::new(now.secs().saturating_add(timeout)),
-            });
-            // 1. Claim the reply tuple.
-            match self.map.entry(reply.key()) {
-                MapEntry::Occupied(mut o) => {
-                    let cur = o.get();
-                    if cur.is_live(now) {
-                        if cur.original == original {
-                            return Insert::Joined(cur.clone());
-                        }
-                        continue; // taken by another live flow: next port
+            match self.try_port(&flow, port, state, timeout, now) {
+                Attempt::Done(r) => return r.evicted(evicted),
+                Attempt::Taken(holder) => {
+                    if victim.is_none() && early_drop::can_early_drop(&holder) {
+                        victim = Some(holder);
                     }
-                    self.forget_replaced(cur, reply.key());
-                    o.insert(entry.clone());
-                }
-                MapEntry::Vacant(v) => {
-                    v.insert(entry.clone());
                 }
             }
-            // 2. Publish the original tuple (the reply claim's lock is released).
-            let reply_taken_is_ours = |m: &Arc<Entry>| Arc::ptr_eq(m, &entry);
-            match self.map.entry(original.key()) {
-                MapEntry::Occupied(mut o) => {
-                    let cur = o.get().clone();
-                    if cur.is_live(now) && !Arc::ptr_eq(&cur, &entry) {
-                        drop(o);
-                        self.map.remove_if(&reply.key(), |_, m| reply_taken_is_ours(m));
-                        return Insert::Joined(cur);
-                    }
-                    self.forget_replaced(&cur, original.key());
-                    o.insert(entry.clone());
-                }
-                MapEntry::Vacant(v) => {
-                    v.insert(entry.clone());
-                }
+        }
+        // Every candidate port is held by a live flow: give up one that may go.
+        if let Some(v) = victim {
+            let port = v.reply.dport;
+            if self.remove_entry(&v)
+                && let Attempt::Done(r) = self.try_port(&flow, port, state, timeout, now)
+            {
+                return r.evicted(true);
             }
-            self.entries.fetch_add(1, Relaxed);
-            return Insert::New { remapped: port != ports.keep, entry };
         }
         Insert::Exhausted
     }
 
+    /// Claims the reply tuple with destination port `port`, then publishes the original.
+    fn try_port(&self, flow: &NewFlow, port: u16, state: TcpState, timeout: u32, now: Now) -> Attempt {
+        let NewFlow { original, reply_src, reply_dst, nat, ports, .. } = *flow;
+        let reply = Tuple { proto: original.proto, src: reply_src.0, dst: reply_dst, sport: reply_src.1, dport: port };
+        let entry = Arc::new(Entry {
+            original,
+            reply,
+            nat,
+            state: AtomicU8::new(state as u8),
+            flags: AtomicU8::new(0),
+            deadline: AtomicU32::new(now.secs().saturating_add(timeout)),
+        });
+        // 1. Claim the reply tuple.
+        match self.map.entry(reply.key()) {
+            MapEntry::Occupied(mut o) => {
+                let cur = o.get();
+                if cur.is_live(now) {
+                    if cur.original == original {
+                        return Attempt::Done(Insert::Joined(cur.clone()));
+                    }
+                    return Attempt::Taken(cur.clone()); // taken by another live flow: next port
+                }
+                self.forget_replaced(cur, reply.key());
+                o.insert(entry.clone());
+            }
+            MapEntry::Vacant(v) => {
+                v.insert(entry.clone());
+            }
+        }
+        // 2. Publish the original tuple (the reply claim's lock is released).
+        let reply_taken_is_ours = |m: &Arc<Entry>| Arc::ptr_eq(m, &entry);
+        match self.map.entry(original.key()) {
+            MapEntry::Occupied(mut o) => {
+                let cur = o.get().clone();
+                if cur.is_live(now) && !Arc::ptr_eq(&cur, &entry) {
+                    drop(o);
+                    self.map.remove_if(&reply.key(), |_, m| reply_taken_is_ours(m));
+                    return Attempt::Done(Insert::Joined(cur));
+                }
+                self.forget_replaced(&cur, original.key());
+                o.insert(entry.clone());
+            }
+            MapEntry::Vacant(v) => {
+                v.insert(entry.clone());
+            }
+        }
+        self.entries.fetch_add(1, Relaxed);
+        self.candidates.push(original.key(), |k| {
+            self.map.get(&k).is_some_and(|e| e.original.key() == k && e.is_live(now) && early_drop::can_early_drop(&e))
+        });
+        Attempt::Done(Insert::New { remapped: port != ports.keep, evicted: false, entry })
+    }
+
     /// Bookkeeping when an expired entry's key is overwritten: the entry count follows
     /// original keys.
-    fn forget_replaced(&self, old: &Arc<Entry>, key: u128) {
+    pub(super) fn forget_replaced(&self, old: &Arc<Entry>, key: u128) {
         if old.original.key() == key {
             self.entries.fetch_sub(1, Relaxed);
         }
@@ -716,7 +789,7 @@ mod tests {
         // the same address: the second must get another port.
         let a = client();
         let b = Tuple { src: Ipv4Addr::new(172, 16, 240, 9), ..client() };
-        let Insert::New { entry: ea, remapped: ra } = ct.insert(
+        let Insert::New { entry: ea, remapped: ra, .. } = ct.insert(
             NewFlow {
                 original: a,
                 tcp_flags: TCP_SYN,
@@ -729,7 +802,7 @@ mod tests {
         ) else {
             panic!()
         };
-        let Insert::New { entry: eb, remapped: rb } = ct.insert(
+        let Insert::New { entry: eb, remapped: rb, .. } = ct.insert(
             NewFlow {
                 original: b,
                 tcp_flags: TCP_SYN,
@@ -779,7 +852,7 @@ mod tests {
         let range = PortChoice { keep: 40000, lo: 61000, hi: 61001 };
         for i in 0..2u8 {
             let t = Tuple { src: Ipv4Addr::new(10, 244, 1, 5 + i), ..client() };
-            let Insert::New { entry, remapped } = ct.insert(
+            let Insert::New { entry, remapped, .. } = ct.insert(
                 NewFlow {
                     original: t,
                     tcp_flags: TCP_SYN,
@@ -794,6 +867,9 @@ mod tests {
             };
             assert!(remapped);
             assert!((61000..=61001).contains(&entry.reply.dport));
+            // Established and assured: never given up for a new flow.
+            ct.track(&entry.reply, TCP_SYN | TCP_ACK, now, true).unwrap();
+            ct.track(&t, TCP_ACK, now, true).unwrap();
         }
         let t = Tuple { src: Ipv4Addr::new(10, 244, 1, 9), ..client() };
         assert!(matches!(
@@ -813,10 +889,12 @@ mod tests {
     }
 
     #[test]
-    fn full_table_refuses_new_flows_only() {
+    fn full_table_of_assured_flows_refuses_new_flows_only() {
         let ct = Conntrack::new(1, Timeouts::default());
         let now = Now::from_secs(1);
         let e = new_nodeport(&ct, client(), now);
+        ct.track(&e.reply, TCP_SYN | TCP_ACK, now, true).unwrap();
+        ct.track(&client(), TCP_ACK, now, true).unwrap();
         let other = Tuple { sport: 40001, ..client() };
         assert!(matches!(
             ct.insert(

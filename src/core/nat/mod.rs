@@ -2,7 +2,9 @@
 //! the service table ([`service`]), connection tracking ([`conntrack`]) and the
 //! masquerade decisions ([`masquerade`]).
 
+pub mod checkpoint;
 pub mod conntrack;
+pub mod early_drop;
 pub mod masquerade;
 pub mod service;
 

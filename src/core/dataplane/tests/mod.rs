@@ -404,6 +404,13 @@ fn sport_for(lab: &Lab, src: Ipv4Addr, dst: (Ipv4Addr, u16), want: Ipv4Addr) -> 
         .unwrap()
 }
 
+#[test]
+fn a_zero_length_datagram_is_a_counted_drop() {
+    let mut lab = Lab::new(vec![]);
+    assert_eq!(lab.vxlan(NODE2, &[]), Action::Drop(DropReason::VxlanMalformed));
+    assert_eq!(lab.dropped(DropReason::VxlanMalformed), 1);
+}
+
 mod frag;
 mod nat;
 mod partial;

@@ -321,3 +321,39 @@ fn two_datagrams_of_a_new_udp_flow_both_pass() {
     assert_eq!(lab.out_ip().dst(), first_dst, "same endpoint");
     assert_eq!(lab.dp.conntrack.len(), 1);
 }
+
+#[test]
+fn a_syn_flood_against_a_full_table_cannot_keep_new_flows_out() {
+    let t = article::tables1(vec![article::ghost()]);
+    let mut lab = Lab { dp: Dataplane::new(t, Conntrack::new(8, Timeouts::default()), 1), ..Lab::new(vec![]) };
+    let host_mac = article::node1().host_port_mac;
+    // An established NodePort flow to the local endpoint.
+    let sport = sport_for(&lab, CLIENT, (NODE1, 31266), EP1);
+    let syn = tcp(host_mac, HOST_MAC, (CLIENT, sport), (NODE1, 31266), true, &[]);
+    assert_eq!(lab.port(PortId::HOST, &syn), Action::ToPort(PortId(1)));
+    let synack = {
+        let b = eth(EP1_MAC, HOST_MAC).ipv4(EP1.octets(), NODE1.octets(), 64).tcp(2368, sport, 5000, 64240);
+        let mut v = Vec::new();
+        b.syn().ack(1001).write(&mut v, &[]).unwrap();
+        v
+    };
+    assert_eq!(lab.port(PortId(1), &synack), Action::ToPort(PortId::HOST));
+    let ack = tcp(host_mac, HOST_MAC, (CLIENT, sport), (NODE1, 31266), false, b"line 1\n");
+    assert_eq!(lab.port(PortId::HOST, &ack), Action::ToPort(PortId(1)));
+    let data_back = tcp(EP1_MAC, HOST_MAC, (EP1, 2368), (NODE1, sport), false, b"echo\n");
+    assert_eq!(lab.port(PortId::HOST, &ack), Action::ToPort(PortId(1)));
+    // A flood of SYNs from spoofed sources: every one enters, evicting older half-open ones.
+    for i in 0..100u32 {
+        let src = Ipv4Addr::from(0xc612_0000 + i);
+        let a = lab.port(PortId::HOST, &tcp(host_mac, HOST_MAC, (src, 1024 + i as u16), (NODE1, 31266), true, &[]));
+        assert!(!matches!(a, Action::Drop(_)), "flood SYN {i}: {a:?}");
+        assert_eq!(lab.port(PortId::HOST, &ack), Action::ToPort(PortId(1)), "established flow untouched");
+    }
+    assert_eq!(lab.dp.conntrack.len(), 8);
+    assert_eq!(lab.dropped(DropReason::CtFull), 0);
+    assert_eq!(lab.count(Counter::CtEarlyDrop), 100 - 7);
+    // The established flow still answers its client.
+    assert_eq!(lab.port(PortId(1), &data_back), Action::ToPort(PortId::HOST));
+    let ip = lab.out_ip();
+    assert_eq!((ip.src(), ip.dst(), l4_ports(&ip)), (NODE1, CLIENT, (31266, sport)));
+}

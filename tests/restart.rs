@@ -1,0 +1,146 @@
+//! Restarts without a reset (issue 11): a NodePort connection carrying a line every
+//! 50 ms through centos7-1 survives SIGTERM and SIGKILL restarts of that node's ucanal
+//! (`run --keep-on-exit`) with no reset and no lost line, each flow stays on its
+//! endpoint, a service added at runtime answers afterwards, and a refused start leaves
+//! nothing behind.
+//!
+//! Rounds: UCANAL_RESTART_ROUNDS of each signal (default 2; the issue's figure is 5).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const KEEP: &str = "--keep-on-exit";
+const NODE1: &str = "172.16.240.131";
+
+fn lines_py() -> String {
+    repo().join("netns-scripts/lines.py").display().to_string()
+}
+
+fn add_lines_service(lab: &Lab) {
+    lab.ucanal_ok(
+        "centos7-1",
+        &[
+            "service",
+            "set",
+            "--name",
+            "default/lines",
+            "--cluster-ip",
+            "10.250.0.50",
+            "--port",
+            "7000",
+            "--node-port",
+            "31700",
+            "--endpoint",
+            "10.244.1.5:7000",
+            "--endpoint",
+            "10.244.0.74:7000",
+        ],
+    );
+}
+
+/// One short line stream through the NodePort: connects and echoes.
+fn lines_answer(lab: &Lab, dir: &std::path::Path, tag: &str) -> bool {
+    let out = dir.join(format!("probe-{tag}.json"));
+    let o = lab.sh("client", &format!("python3 {} client {NODE1} 31700 1 0.3 {}", lines_py(), out.display()));
+    if !o.status.success() {
+        return false;
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap_or_default()).unwrap_or_default();
+    v[0]["reset"].is_null() && v[0]["echoed"].as_u64().is_some_and(|n| n > 0)
+}
+
+#[test]
+fn restarts_lose_no_line_and_no_flow() {
+    if !require_netns(&[]) {
+        return;
+    }
+    let rounds: usize = std::env::var("UCANAL_RESTART_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let lab = Lab::up_env("tr", &[], &[("UCANAL_RUN_ARGS", KEEP)]);
+    let dir = tempfile::tempdir().unwrap();
+    let _ep1 = lab.background("ghost-ep1", &format!("exec python3 {} serve 7000 ghost-ep1", lines_py()));
+    let _ep2 = lab.background("ghost-ep2", &format!("exec python3 {} serve 7000 ghost-ep2", lines_py()));
+    add_lines_service(&lab);
+    assert!(wait_until(Duration::from_secs(10), || lines_answer(&lab, dir.path(), "first")).is_some());
+
+    // Six connections (so both endpoints carry some), for the whole run.
+    let secs = 6 + rounds * 2 * 3;
+    let out = dir.path().join("lines.json");
+    let mut client =
+        lab.spawn("client", &format!("exec python3 {} client {NODE1} 31700 6 {secs} {}", lines_py(), out.display()));
+    std::thread::sleep(Duration::from_secs(2));
+    let mut took = Vec::new();
+    for sig in ["TERM", "KILL"] {
+        for _ in 0..rounds {
+            took.push((sig, lab.restart("centos7-1", sig, KEEP)));
+            std::thread::sleep(Duration::from_millis(2500));
+        }
+    }
+    // The service added over the API came back with the state file.
+    let svc = lab.ucanal_ok("centos7-1", &["show", "services"]);
+    assert!(svc.contains("default/lines"), "runtime service lost:\n{svc}");
+    assert!(
+        lines_answer(&lab, dir.path(), "after"),
+        "a new connection to the runtime service failed after the restarts"
+    );
+
+    let status = client.wait().expect("line client");
+    assert!(status.success(), "line client failed");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let conns = v.as_array().unwrap();
+    let mut worst = 0.0f64;
+    let mut eps = std::collections::BTreeSet::new();
+    for (i, c) in conns.iter().enumerate() {
+        println!("connection {i}: {c}");
+        assert!(c["reset"].is_null(), "connection {i} was reset: {c}");
+        assert_eq!(c["lost_or_reordered"], 0, "connection {i} lost lines: {c}");
+        assert_eq!(c["sent"], c["echoed"], "connection {i}: not every line came back: {c}");
+        assert_eq!(c["endpoints"].as_array().unwrap().len(), 1, "connection {i} changed endpoint: {c}");
+        eps.insert(c["endpoints"][0].as_str().unwrap().to_string());
+        worst = worst.max(c["max_gap_ms"].as_f64().unwrap());
+    }
+    println!("restarts (signal, ms until the new ucanal answered): {took:?}");
+    println!("longest stall of any connection: {worst:.0} ms; endpoints used: {eps:?}");
+}
+
+#[test]
+fn a_refused_start_leaves_nothing_behind() {
+    if !require_netns(&[]) {
+        return;
+    }
+    let lab = Lab::up("tq", &[]);
+    let ns = lab.ns("centos7-1");
+    // Stop centos7-1's ucanal with a full teardown (SIGINT), then start one that cannot bind its socket.
+    let pid = std::fs::read_to_string(lab.run_dir().join("centos7-1.pid")).unwrap();
+    let pid = pid.trim();
+    assert!(std::process::Command::new("kill").args(["-INT", pid]).status().unwrap().success());
+    assert!(wait_until(Duration::from_secs(10), || !std::path::Path::new(&format!("/proc/{pid}")).exists()).is_some());
+    let clean = |what: &str| {
+        let rules = text(&lab.exec("centos7-1", &["ip", "rule"]).stdout);
+        let links = text(&lab.exec("centos7-1", &["ip", "-o", "link"]).stdout);
+        assert_eq!(rules.lines().count(), 3, "{what}: rules left:\n{rules}");
+        assert!(rules.starts_with("0:\tfrom all lookup local"), "{what}: local rule not at 0:\n{rules}");
+        assert!(!links.contains("ucanal0"), "{what}: host port left:\n{links}");
+    };
+    clean("after SIGINT");
+    for keep in [false, true] {
+        let conf = lab.run_dir().join("centos7-1.toml");
+        let mut argv = vec!["run", "--config", conf.to_str().unwrap(), "--socket", "/proc/ucanal-refused/x.sock"];
+        if keep {
+            argv.push(KEEP);
+        }
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(ucanal_bin())
+            .args(&argv)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "start with an unbindable socket succeeded");
+        let err = text(&out.stderr);
+        assert!(err.contains("api.socket"), "the error names the socket: {err}");
+        clean(if keep { "refused start --keep-on-exit" } else { "refused start" });
+    }
+}
