@@ -1,5 +1,6 @@
 //! The way out: the route's target (a pod, a peer by VXLAN, the host stack), TTL,
-//! MTU, and the packets ucanal answers with (ICMP errors, RSTs).
+//! MTU, and the packets ucanal answers with (ICMP errors, among them the reject of a service
+//! without endpoints).
 
 use super::*;
 
