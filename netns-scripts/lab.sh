@@ -9,6 +9,8 @@
 #   lab.sh exec NAME CMD...  # run CMD in ${LAB_PREFIX}NAME (lan, client, centos7-1, ghost-ep1, ...)
 #   lab.sh rules NODE        # print the iptables-restore input a kernel NODE gets
 #   lab.sh restart NODE [TERM|KILL]  # signal NODE's ucanal, start it again; prints ms until it answers
+#   lab.sh up --nodes N --etcd [--kernel LIST]  # a cluster formed through etcd (cluster-lib.sh:
+#       add-node [--kernel], remove-node NODE, etcd-stop, etcd-start, etcdctl ARGS, pingall)
 #
 # Environment: LAB_PREFIX (default uc-), UCANAL_BIN (default <repo>/target/release/ucanal,
 # built with cargo if missing and a node runs ucanal), LAB_RUN_DIR (default
@@ -17,21 +19,38 @@
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=cluster-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/cluster-lib.sh"
 
 usage() {
-    sed -n '5,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '5,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 2
 }
 
 cmd=${1:-}
 (($#)) && shift
 case $cmd in
-up) lab_up "$@" ;;
-down) (($# == 0)) || usage; lab_down ;;
+up)
+    if [[ " $* " == *" --nodes"* ]]; then lab_cluster_up "$@"; else lab_up "$@"; fi
+    ;;
+down)
+    (($# == 0)) || usage
+    lab_init
+    lab_cluster_load || true
+    lab_down
+    ;;
+add-node) lab_init; lab_cluster_add_node "$@" ;;
+remove-node) (($# == 1)) || usage; lab_init; lab_cluster_remove_node "$1" ;;
+etcd-stop) lab_init; lab_etcd_stop ;;
+etcd-start) lab_init; lab_etcd_start ;;
+etcd-cut) lab_init; lab_etcd_cut ;;
+etcd-heal) lab_init; lab_etcd_heal ;;
+etcdctl) lab_init; lab_etcdctl "$@" ;;
+pingall) lab_init; lab_cluster_pingall "$@" ;;
 status) (($# == 0)) || usage; lab_status ;;
 socket) (($# == 1)) || usage; lab_init; lab_socket "$1" ;;
 restart) (($# >= 1)) || usage; lab_init; lab_ucanal_restart "$@" ;;
-exec) (($# >= 2)) || usage; lab_init; lab_nsexec "$@" ;;
+exec) (($# >= 2)) || usage; lab_init; lab_cluster_load || true; lab_nsexec "$@" ;;
 rules)
     (($# == 1)) || usage
     lab_init

@@ -9,7 +9,7 @@ use ucanal::control::api::{Request, Show};
 use ucanal::control::client::Target;
 use ucanal::control::config::{Config, PodSpec};
 use ucanal::control::daemon::{self, RunError, RunOptions};
-use ucanal::control::{client, probe, show};
+use ucanal::control::{client, kubectl, probe, show};
 use ucanal::core::nat::service::{Protocol, ServiceSpec};
 use ucanal::wire::MacAddr;
 
@@ -114,6 +114,13 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         timeout: u64,
     },
+    /// Apply Kubernetes manifests (Service, Endpoints, EndpointSlice; YAML or JSON):
+    /// through etcd to every node in a cluster, else to this node.
+    Apply(kubectl::Manifest),
+    /// Delete the objects a manifest names.
+    Delete(kubectl::Manifest),
+    /// List applied objects: services or endpoints.
+    Get(kubectl::GetArgs),
     /// List a table of the running daemon.
     Show {
         what: Show,
@@ -335,6 +342,9 @@ fn main() -> ExitCode {
             done(req.and_then(|r| simple(&target, &r)))
         }
         Cmd::Show { what, json, all } => done(one().and_then(|t| show_cmd(&t, what, json, all))),
+        Cmd::Apply(m) => done(one().and_then(|t| kubectl::apply(&t, &m.file, false))),
+        Cmd::Delete(m) => done(one().and_then(|t| kubectl::apply(&t, &m.file, true))),
+        Cmd::Get(g) => done(one().and_then(|t| kubectl::get(&t, &g.what, g.output.as_deref()))),
         Cmd::Trace { ingress, flags, live, filter, count, timeout, json, flow } => {
             if live {
                 done(trace_live(&targets, &filter, count, timeout, json))
@@ -493,6 +503,7 @@ fn show_cmd(target: &Target, what: Show, json: bool, all: bool) -> Result<String
         }
         Show::Counters => show::counters_text(&data, all),
         Show::Node => serde_json::to_string_pretty(&data).map_err(|e| e.to_string())?,
+        Show::Peers => kubectl::peers(&data)?,
     };
     Ok(text.trim_end_matches('\n').to_string())
 }

@@ -34,6 +34,16 @@ pub enum Request {
         service: String,
         endpoint: SocketAddrV4,
     },
+    /// Kubernetes objects (`ucanal apply -f` / `delete -f`): through etcd in a cluster.
+    Apply {
+        objects: Vec<crate::control::kube::Object>,
+        #[serde(default)]
+        delete: bool,
+    },
+    /// `ucanal get services|endpoints`: the objects as stored.
+    Get {
+        what: String,
+    },
     Show {
         what: Show,
     },
@@ -121,6 +131,8 @@ pub enum Show {
     Conntrack,
     Counters,
     Node,
+    /// Peers with where each came from (config or an etcd lease), lease age and expiry.
+    Peers,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

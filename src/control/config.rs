@@ -57,6 +57,42 @@ pub struct Config {
     pub pods: Vec<PodSpec>,
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+    /// Membership of a flannel cluster on etcd (peers then come from the leases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: where the flannel registry lives (flanneld's `--etcd-endpoints`,
+/// `--etcd-prefix`) and the lifetime of this node's lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    pub etcd_endpoints: Vec<String>,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Seconds (flannel: 24 h).
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: u64,
+    /// Renew this many seconds before expiry (flannel: 60 min; at most half the TTL).
+    #[serde(default = "default_renew_margin")]
+    pub renew_margin: u64,
+    /// Where the cluster's Kubernetes objects live (`<objects_prefix>/objects/...`).
+    #[serde(default = "default_objects_prefix")]
+    pub objects_prefix: String,
+}
+
+fn default_objects_prefix() -> String {
+    "/ucanal".into()
+}
+
+fn default_prefix() -> String {
+    "/coreos.com/network".into()
+}
+fn default_lease_ttl() -> u64 {
+    24 * 3600
+}
+fn default_renew_margin() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -434,6 +470,22 @@ impl Config {
         }
         if self.conntrack.max == 0 {
             return Err(err("conntrack.max", "must be positive"));
+        }
+        if let Some(c) = &self.cluster {
+            if c.etcd_endpoints.is_empty() {
+                return Err(err("cluster.etcd_endpoints", "must name at least one etcd (http://host:port)"));
+            }
+            if let Some(e) = c.etcd_endpoints.iter().find(|e| {
+                e.strip_prefix("http://").is_none_or(|hp| hp.trim_end_matches('/').parse::<SocketAddrV4>().is_err())
+            }) {
+                return Err(err("cluster.etcd_endpoints", format!("'{e}' is not http://a.b.c.d:port")));
+            }
+            if !c.prefix.starts_with('/') || c.prefix.len() < 2 {
+                return Err(err("cluster.prefix", format!("'{}' is not an absolute key prefix", c.prefix)));
+            }
+            if c.lease_ttl < 10 {
+                return Err(err("cluster.lease_ttl", "must be at least 10 seconds"));
+            }
         }
 
         let mut names = HashSet::new();

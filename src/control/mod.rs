@@ -3,8 +3,11 @@
 
 pub mod api;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod kube;
+pub mod kubectl;
 pub mod leases;
 pub mod metrics;
 pub mod probe;

@@ -68,6 +68,11 @@ impl Lab {
         self.script_env(args, &[])
     }
 
+    /// Runs another lab.sh command against this lab (`add-node`, `etcdctl`, ...).
+    pub fn lab_sh(&self, args: &[&str]) -> Output {
+        self.script(args)
+    }
+
     fn script_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(repo().join("netns-scripts/lab.sh"))
             .args(args)

@@ -26,6 +26,7 @@ impl Daemon {
                 serde_json::to_value(show::conntrack(&self.dp.conntrack.entries(now), now))
             }
             Show::Counters => Ok(show::counters(&self.dp.counters)),
+            Show::Peers => Ok(self.show_peers()),
             Show::Node => serde_json::to_value(serde_json::json!({
                 "node": t.node,
                 "generation": t.generation,
@@ -35,6 +36,7 @@ impl Daemon {
                 "batch": self.cfg.dataplane.batch,
                 "vxlan_source_ports": t.vxlan_source_ports,
                 "conntrack": { "entries": self.dp.conntrack.len(), "max": self.dp.conntrack.max() },
+                "peers": self.show_peers(),
             })),
         }
         .unwrap_or(serde_json::Value::Null)

@@ -11,12 +11,16 @@
 //! The rooms: `node` (kernel side: checks, sysctls, host port, steering rules,
 //! teardown), `pods`, `services`, `inspect` (listings and the synthetic trace),
 //! `server` (the API socket), `maintenance` (the conntrack sweep, on its own thread) and
-//! `cni` (attachments made by the CNI plugin, with their address leases).
+//! `cni` (attachments made by the CNI plugin, with their address leases), `cluster`
+//! (membership of a flannel cluster on etcd: subnet lease, peers) and `objects`
+//! (Kubernetes objects from `apply` or the etcd watch).
 
+mod cluster;
 mod cni;
 mod inspect;
 mod maintenance;
 mod node;
+mod objects;
 mod pods;
 mod restart;
 mod server;
@@ -134,6 +138,12 @@ pub struct Daemon {
     adopted: bool,
     /// Pods of the previous ucanal's state are being attached: their TAPs exist, adopt them.
     restoring: bool,
+    /// Membership of a cluster on etcd (`[cluster]`), once joined.
+    membership: Option<cluster::Membership>,
+    /// Kubernetes objects applied to this node (from `apply` or the etcd watch).
+    kube: crate::control::kube::Store,
+    /// Where `apply` writes when the node is in a cluster.
+    objects: Option<crate::control::cluster::objects::ObjectStore>,
     /// CNI attachments' addresses (ucanal's default IPAM), kept in a state file.
     leases: super::leases::LeaseFile,
 }
@@ -160,11 +170,15 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(setup)?;
     rt.block_on(async move {
-        let daemon = start(cfg, keep, state).await?;
+        let prefix = cfg.cluster.as_ref().map(|c| c.prefix.clone()).unwrap_or_default();
+        let (daemon, joined) = start(cfg, keep, state).await?;
         let socket = daemon.cfg.api.socket.clone();
         let dp = daemon.dp.clone();
         let maintenance_block = dp.counters.workers() - 1;
         let daemon = Arc::new(Mutex::new(daemon));
+        if let Some((member, rx)) = joined {
+            cluster::spawn(member, rx, daemon.clone(), prefix);
+        }
         let stop = |e: RunError| {
             let d = daemon.clone();
             let socket = socket.clone();
@@ -235,9 +249,17 @@ fn random_seed() -> u64 {
     u64::from_ne_bytes(b)
 }
 
-async fn start(cfg: Config, keep: Option<restart::Paths>, state: Option<restart::State>) -> Result<Daemon, RunError> {
+type Joined = Option<(crate::control::cluster::member::Member, tokio::sync::watch::Receiver<cluster::PeerSet>)>;
+
+async fn start(
+    cfg: Config,
+    keep: Option<restart::Paths>,
+    state: Option<restart::State>,
+) -> Result<(Daemon, Joined), RunError> {
     let adopted = state.is_some();
     node::preflight(&cfg, keep.is_some()).await?;
+    // The lease first: a subnet held by another node stops us before anything exists.
+    let joined = cluster::join(&cfg, random_seed()).await?;
     let node = cfg.node_info();
     let lease_path = super::leases::LeaseFile::path_for(&cfg.api.socket);
     let leases = super::leases::LeaseFile::load(lease_path, node.pod_cidr, node.vtep_ip).map_err(setup)?;
@@ -270,6 +292,9 @@ async fn start(cfg: Config, keep: Option<restart::Paths>, state: Option<restart:
         tx_ports: underlay.tx_ports.clone(),
         steers: BTreeSet::new(),
         restore_sysctls: state.as_ref().map(|s| node::sysctls_from_names(&s.restore_sysctls)).unwrap_or_default(),
+        membership: None,
+        kube: Default::default(),
+        objects: None,
         leases,
         cfg: Config { pods: Vec::new(), ..cfg.clone() },
         keep,
@@ -320,5 +345,5 @@ async fn start(cfg: Config, keep: Option<restart::Paths>, state: Option<restart:
         node = %node.name, adopted = d.adopted, workers = n_workers, batch = cfg.dataplane.batch, techniques = ?tech, pods = d.pods.len(), services = d.cfg.services.len(),
         source_ports = ?d.tx_ports, "dataplane up"
     );
-    Ok(d)
+    Ok((d, joined))
 }

@@ -146,6 +146,12 @@ pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
                 }
                 crate::control::stream::capture(&obs, &port, &filter, count, timeout_ms, &mut w).await;
             }
+            Request::Apply { objects, delete } => {
+                let resp = apply(&d, objects, delete).await;
+                if send(&mut w, &resp).await.is_err() {
+                    return;
+                }
+            }
             req => {
                 let resp = handle(&d, req).await;
                 if send(&mut w, &resp).await.is_err() {
@@ -177,6 +183,8 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
         Request::EndpointAdd { service, endpoint } => d.endpoint(&service, endpoint, true).await,
         Request::EndpointDel { service, endpoint } => d.endpoint(&service, endpoint, false).await,
         Request::Show { what } => return Response::data(d.show(what)),
+        Request::Get { what } => return Response::data(d.get_objects(&what)),
+        Request::Apply { objects, delete } => d.apply_objects(objects, delete).await,
         Request::Trace { probe } => return d.trace(&probe).map(Response::data).unwrap_or_else(Response::error),
         Request::CniAdd { attach } => {
             return d.cni_add(attach).await.map(Response::data).unwrap_or_else(Response::error);
@@ -197,6 +205,21 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
             Response::ok(m)
         }
         Err(e) => Response::error(e),
+    }
+}
+
+/// `apply`: in a cluster the objects are checked here, then written to etcd without
+/// holding the daemon lock (every node, this one included, applies them from its watch);
+/// with etcd unreachable the request fails naming etcd and nothing changes.
+async fn apply(d: &Arc<Mutex<Daemon>>, objects: Vec<crate::control::kube::Object>, delete: bool) -> Response {
+    let store = d.lock().await.objects.clone();
+    let Some(store) = store else { return handle(d, Request::Apply { objects, delete }).await };
+    if let Err(e) = d.lock().await.check_objects(&objects, delete) {
+        return Response::error(e);
+    }
+    match store.write(&objects, delete).await {
+        Ok(n) => Response::ok(format!("{n} object(s) {} in etcd", if delete { "deleted" } else { "written" })),
+        Err(e) => Response::error(format!("{e}; nothing applied")),
     }
 }
 

@@ -32,7 +32,7 @@ impl Daemon {
         let services = ServiceTable::build(self.cfg.services.iter().cloned(), |name, ep| {
             hits.entry((name.to_string(), ep)).or_insert_with(|| Arc::new(Hits::default())).clone()
         });
-        let mut t = Tables::build(self.generation, self.node.clone(), self.seed, &pods, &self.cfg.peers, services);
+        let mut t = Tables::build(self.generation, self.node.clone(), self.seed, &pods, &self.all_peers(), services);
         t.vxlan_source_ports = self.tx_ports.clone();
         self.dp.publish(t);
     }
@@ -112,7 +112,7 @@ impl Daemon {
     /// UDP flows to removed endpoints are dropped from conntrack at once, so their
     /// next datagram picks a remaining endpoint (kube-proxy's `conntrack -D`, without
     /// the window in which the client black-holes). TCP flows are left to fail.
-    fn flush_endpoints(&self, s: &ServiceSpec, removed: &[SocketAddrV4]) {
+    pub(super) fn flush_endpoints(&self, s: &ServiceSpec, removed: &[SocketAddrV4]) {
         if removed.is_empty() || s.protocol.number() != PROTO_UDP {
             return;
         }

@@ -1,0 +1,139 @@
+//! The daemon's side of cluster membership: joining at start (network config checked
+//! against the node's, lease taken before anything is created), applying the peer set
+//! the member publishes, and the `show peers` listing.
+
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use tokio::sync::{Mutex, mpsc, watch};
+
+use super::{Daemon, RunError, setup};
+use crate::control::cluster::etcd::EtcdClient;
+use crate::control::cluster::flannel::LeaseAttrs;
+pub(super) use crate::control::cluster::member::PeerSet;
+use crate::control::cluster::member::{self, Member, Status};
+use crate::control::cluster::objects::ObjectStore;
+use crate::control::cluster::registry::Registry;
+use crate::control::config::{Config, ConfigError};
+
+/// What the daemon keeps of its membership.
+pub(super) struct Membership {
+    pub prefix: String,
+    pub status: Arc<StdMutex<Status>>,
+    pub peers: PeerSet,
+}
+
+fn conflict(field: &str, problem: String) -> RunError {
+    RunError::Config(ConfigError { field: field.into(), problem })
+}
+
+/// Joins the cluster named by `[cluster]`: reads `<prefix>/config`, checks it against
+/// `[node]`, takes the node's lease for `node.pod_cidr`. `None` without `[cluster]`.
+pub(super) async fn join(cfg: &Config, random: u64) -> Result<Option<(Member, watch::Receiver<PeerSet>)>, RunError> {
+    let Some(c) = &cfg.cluster else { return Ok(None) };
+    let client = EtcdClient::new(&c.etcd_endpoints).map_err(setup)?;
+    let registry = Registry::new(client, &c.prefix, Duration::from_secs(c.lease_ttl));
+    let net = registry.network_config().await.map_err(|e| setup(format!("joining the cluster: {e}")))?;
+    let n = &cfg.node;
+    if net.network != n.cluster_cidr {
+        return Err(conflict(
+            "node.cluster_cidr",
+            format!("{} differs from Network {} in {}", n.cluster_cidr, net.network, registry.config_key()),
+        ));
+    }
+    if (net.vni, net.port) != (n.vni, n.vxlan_port) {
+        return Err(conflict(
+            "node.vni",
+            format!(
+                "VNI {} port {} differ from Backend VNI {} Port {} in {}",
+                n.vni,
+                n.vxlan_port,
+                net.vni,
+                net.port,
+                registry.config_key()
+            ),
+        ));
+    }
+    let attrs = LeaseAttrs::vxlan(n.node_ip, n.vni, n.vtep_mac);
+    let own = registry
+        .acquire(&net, &attrs, Some(n.pod_cidr), random)
+        .await
+        .map_err(|e| setup(format!("joining the cluster: {e}")))?;
+    tracing::info!(subnet = %own.subnet, key = %registry.lease_key(own.subnet), "cluster lease held");
+    Ok(Some(Member::new(registry, own, Duration::from_secs(c.renew_margin))))
+}
+
+/// Runs the member and applies each peer set it publishes (one table rebuild per set,
+/// however many leases changed in between).
+pub(super) fn spawn(member: Member, mut rx: watch::Receiver<PeerSet>, d: Arc<Mutex<Daemon>>, prefix: String) {
+    let status = member.status.clone();
+    let d2 = d.clone();
+    let objects_prefix = d.try_lock().ok().and_then(|g| g.cfg.cluster.as_ref().map(|c| c.objects_prefix.clone()));
+    let store = ObjectStore::new(member.registry.client.clone(), &objects_prefix.unwrap_or_else(|| "/ucanal".into()));
+    let (otx, mut orx) = mpsc::channel(64);
+    tokio::spawn(store.clone().sync(otx));
+    let d3 = d.clone();
+    tokio::spawn(async move {
+        // A rebuild costs the whole table, so updates are batched: everything that arrives
+        // until the stream pauses for 20 ms (at most 250 ms after the first) is one batch.
+        while let Some(u) = orx.recv().await {
+            let mut batch = vec![u];
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(250);
+            loop {
+                let pause = tokio::time::Instant::now() + Duration::from_millis(20);
+                match tokio::time::timeout_at(pause.min(deadline), orx.recv()).await {
+                    Ok(Some(more)) => batch.push(more),
+                    _ => break,
+                }
+            }
+            d3.lock().await.objects_update(batch).await;
+        }
+    });
+    tokio::spawn(async move {
+        {
+            let mut g = d2.lock().await;
+            g.membership = Some(Membership { prefix, status, peers: PeerSet::default() });
+            g.objects = Some(store);
+        }
+        tokio::spawn(member.run());
+        while rx.changed().await.is_ok() {
+            let set = rx.borrow_and_update().clone();
+            d2.lock().await.set_lease_peers(set);
+        }
+    });
+}
+
+impl Daemon {
+    fn set_lease_peers(&mut self, set: PeerSet) {
+        if let Some(m) = &mut self.membership {
+            m.peers = set;
+        }
+        self.rebuild();
+    }
+
+    /// The peers the tables are built from: the config's, then the leases' that do not
+    /// clash with one of them (the config wins; a clash is logged).
+    pub(super) fn all_peers(&self) -> Vec<crate::core::tables::Peer> {
+        let mut out = self.cfg.peers.clone();
+        if let Some(m) = &self.membership {
+            for l in m.peers.values() {
+                if let Some(p) = self.cfg.peers.iter().find(|p| p.subnet.overlaps(&l.peer.subnet)) {
+                    tracing::warn!(subnet = %l.peer.subnet, "lease ignored: overlaps config peer {}", p.name);
+                    continue;
+                }
+                out.push(l.peer.clone());
+            }
+        }
+        out
+    }
+
+    pub(super) fn show_peers(&self) -> serde_json::Value {
+        let (rows, status) = match &self.membership {
+            Some(m) => {
+                (member::peer_rows(&m.peers, &m.prefix, &self.cfg.peers), m.status.lock().map(|s| s.clone()).ok())
+            }
+            None => (member::peer_rows(&PeerSet::default(), "", &self.cfg.peers), None),
+        };
+        serde_json::json!({ "peers": rows, "cluster": status })
+    }
+}

@@ -1,0 +1,84 @@
+use super::*;
+use crate::core::tables::article;
+
+const GHOST: &str = include_str!("../../netns-scripts/manifests/ghost.yaml");
+
+#[test]
+fn the_articles_ghost_manifest_makes_the_articles_service() {
+    let objs = parse_manifest(GHOST).unwrap();
+    assert_eq!(objs.iter().map(Object::kind).collect::<Vec<_>>(), ["Service", "Endpoints"]);
+    let mut st = Store::default();
+    let touched = st.apply(objs, false);
+    assert_eq!(touched.into_iter().collect::<Vec<_>>(), ["default/ghost"]);
+    assert_eq!(st.specs("default/ghost"), vec![article::ghost()]);
+}
+
+#[test]
+fn json_multi_port_and_slices() {
+    let svc = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"dns","namespace":"kube-system"},
+      "spec":{"clusterIP":"10.250.0.10","ports":[{"name":"dns","port":53,"protocol":"UDP"},{"name":"dns-tcp","port":53,"protocol":"TCP"}]}}"#;
+    let slice = r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dns-abcde
+  namespace: kube-system
+  labels: {kubernetes.io/service-name: dns}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.1.9]
+  conditions: {ready: true}
+- addresses: [10.244.2.9]
+  conditions: {ready: false}
+ports:
+- {name: dns, port: 53, protocol: UDP}
+- {name: dns-tcp, port: 53, protocol: TCP}
+"#;
+    let mut st = Store::default();
+    st.apply(parse_manifest(svc).unwrap(), false);
+    st.apply(parse_manifest(slice).unwrap(), false);
+    let specs = st.specs("kube-system/dns");
+    assert_eq!(specs.len(), 2);
+    assert_eq!(specs[0].name, "kube-system/dns:dns");
+    assert_eq!(
+        (specs[0].protocol, specs[0].endpoints.clone()),
+        (Protocol::Udp, vec!["10.244.1.9:53".parse().unwrap()])
+    );
+    assert_eq!(specs[1].protocol, Protocol::Tcp);
+    assert!(spec_of("kube-system/dns:dns-tcp", "kube-system/dns") && !spec_of("kube-system/dnsx", "kube-system/dns"));
+    // Deleting the Service leaves no spec, whatever endpoints remain.
+    st.apply(parse_manifest(svc).unwrap(), true);
+    assert!(st.specs("kube-system/dns").is_empty());
+}
+
+#[test]
+fn bad_manifests_name_the_fault() {
+    let e = |s: &str| parse_manifest(s).unwrap_err().to_string();
+    assert!(e("kind: Pod\nmetadata: {name: x}").contains("kind 'Pod'"));
+    assert!(
+        e("kind: Service\nmetadata: {name: x}\nspec: {type: LoadBalancer, clusterIP: 10.0.0.1, ports: [{port: 1}]}")
+            .contains("Service default/x: spec.type LoadBalancer")
+    );
+    assert!(e("kind: Service\nmetadata: {name: x}\nspec: {clusterIP: None, ports: [{port: 1}]}").contains("clusterIP"));
+    assert!(
+        e("kind: Service\nmetadata: {name: x}\nspec: {clusterIP: 10.0.0.1, ports: [{port: 1, protocol: SCTP}]}")
+            .contains("SCTP")
+    );
+    assert!(
+        e("kind: Service\nmetadata: {name: x}\nspec: {clusterIP: 10.0.0.1, ports: [{port: 1, nodePort: 30000}]}")
+            .contains("nodePort on a ClusterIP")
+    );
+    assert!(
+        e("kind: Service\nmetadata: {name: 'a b'}\nspec: {clusterIP: 10.0.0.1, ports: [{port: 1}]}").contains("DNS")
+    );
+    assert!(e("{").starts_with("manifest:"));
+    assert!(e("a: [").starts_with("manifest:"));
+}
+
+#[test]
+fn stored_form_round_trips() {
+    for o in parse_manifest(GHOST).unwrap() {
+        let j = serde_json::to_string(&o).unwrap();
+        assert_eq!(parse_manifest(&j).unwrap(), vec![o]);
+    }
+}
