@@ -7,11 +7,9 @@
 //! - every scenario listed in `MUST_MATCH` is identical to the kernel.
 //!
 //! The target is 95% identical; what is missing for it is reported by the suite's
-//! table (README "Conformance with the kernel"), each difference with its reason: the reject
-//! of a service without endpoints (RST instead of ICMP for TCP, the ICMP's source and TTL),
-//! egress masquerade ports from ucanal's own range, the source of an ICMP error about a
-//! DNATed flow, the MSS of the node's own connections to a service, and VXLAN accepted only
-//! from known peers for their own subnet (a design rule).
+//! table (README "Conformance with the kernel"), each difference with its reason: egress
+//! masquerade ports from ucanal's own range (the node's stack shares the node IP) and VXLAN
+//! accepted only from known peers for their own subnet (a design rule).
 
 mod common;
 
@@ -46,11 +44,17 @@ const MUST_MATCH: &[&str] = &[
     "clusterip-tcp-from-pod",
     "clusterip-tcp-same-node",
     "clusterip-udp-from-pod",
+    "clusterip-tcp-from-node",
     "clusterip-udp-from-node",
     "hairpin-tcp",
     "hairpin-udp",
+    "no-endpoints-tcp-clusterip",
+    "no-endpoints-udp-clusterip",
+    "no-endpoints-tcp-nodeport",
+    "no-endpoints-udp-nodeport",
     "egress-masq-icmp",
     "nodeport-icmp-error",
+    "clusterip-icmp-error-ttl",
     "vxlan-unknown-vni",
     "spoofed-pod-source",
     "vxlan-partial-csum-udp",

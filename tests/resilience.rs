@@ -37,6 +37,9 @@ fn a_syn_flood_cannot_keep_new_connections_out() {
             .collect::<Vec<_>>(),
     );
     assert!(wait_until(Duration::from_secs(10), || nodeport_answers(&lab, "2")).is_some());
+    // Both echo servers listening before the established connections start (either may be chosen).
+    lab.wait_listening("ghost-ep1", 7000);
+    lab.wait_listening("ghost-ep2", 7000);
     let out = dir.path().join("lines.json");
     let mut established = lab
         .spawn("client", &format!("exec python3 {} client {NODE1} 31700 2 16 {}", script("lines.py"), out.display()));

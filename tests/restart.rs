@@ -64,6 +64,8 @@ fn restarts_lose_no_line_and_no_flow() {
     let _ep1 = lab.background("ghost-ep1", &format!("exec python3 {} serve 7000 ghost-ep1", lines_py()));
     let _ep2 = lab.background("ghost-ep2", &format!("exec python3 {} serve 7000 ghost-ep2", lines_py()));
     add_lines_service(&lab);
+    lab.wait_listening("ghost-ep1", 7000);
+    lab.wait_listening("ghost-ep2", 7000);
     assert!(wait_until(Duration::from_secs(10), || lines_answer(&lab, dir.path(), "first")).is_some());
 
     // Six connections (so both endpoints carry some), for the whole run.

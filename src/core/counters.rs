@@ -51,12 +51,11 @@ named_enum!(
         ServiceDnat => "service_dnat", "new flows DNATed to a service endpoint";
         ServiceMasquerade => "service_masquerade", "new service flows masqueraded (KUBE-MARK-MASQ)";
         EgressMasquerade => "egress_masquerade", "new pod flows leaving the cluster masqueraded to the node IP";
-        ServiceReject => "service_reject", "new flows to a service without endpoints, refused (TCP RST / ICMP port unreachable)";
+        ServiceReject => "service_reject", "new flows to a service without endpoints, refused (ICMP port unreachable, as kube-proxy's REJECT)";
         IcmpErrorTranslated => "icmp_error_translated", "ICMP errors about a NATed flow, translated";
         IcmpTimeExceededSent => "icmp_time_exceeded_sent", "ICMP time exceeded sent";
         IcmpFragNeededSent => "icmp_frag_needed_sent", "ICMP fragmentation needed sent (DF packet over the VXLAN MTU)";
         IcmpUnreachableSent => "icmp_unreachable_sent", "ICMP destination/port unreachable sent";
-        TcpResetSent => "tcp_reset_sent", "TCP RSTs sent";
         GsoSegmented => "gso_segmented", "TCP super-packets segmented in userspace";
         GroCoalesced => "gro_coalesced", "TCP segments coalesced into a super-packet towards a pod";
         FragmentHeld => "fragment_held", "IP fragments held for reassembly (nf_defrag: every fragment is reassembled before NAT)";

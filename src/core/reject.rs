@@ -1,7 +1,8 @@
 //! Packets ucanal answers with instead of forwarding: ICMP errors (RFC 792,
-//! RFC 1812 §4.3.2) and the TCP RST of a refused connection (RFC 793 §3.4).
+//! RFC 1812 §4.3.2), among them the port unreachable with which a service without
+//! endpoints refuses TCP and UDP alike, as kube-proxy's REJECT.
 //!
-//! Both are built in place. An ICMP error quotes the offending IP packet, which is
+//! Errors are built in place. An ICMP error quotes the offending IP packet, which is
 //! already in the buffer right after its Ethernet header; the new Ethernet + IPv4 +
 //! ICMP headers (42 bytes) are written into the 28 bytes of headroom before the old
 //! Ethernet header plus the old header itself, so the quote is never copied.
@@ -12,8 +13,7 @@ use super::Packet;
 use crate::wire::MacAddr;
 use crate::wire::ethernet::{self, ETHERTYPE_IPV4};
 use crate::wire::icmp::{self, ErrorRepr};
-use crate::wire::ipv4::{self, Ipv4Repr, PROTO_TCP};
-use crate::wire::tcp::{self, ACK as TCP_ACK, FIN as TCP_FIN, RST as TCP_RST, SYN as TCP_SYN, TcpPacket, TcpRepr};
+use crate::wire::ipv4::{self, Ipv4Repr};
 
 const NEW_HEADERS: usize = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + icmp::HEADER_LEN;
 const GROWTH: usize = NEW_HEADERS - ethernet::HEADER_LEN;
@@ -39,6 +39,12 @@ pub fn may_send_error_about(ip: &[u8]) -> bool {
 /// from `src` to the offending packet's source. MACs are left for the caller's route.
 /// Returns false (packet untouched) when there is not enough headroom.
 pub fn icmp_error(pkt: &mut Packet, src: Ipv4Addr, repr: ErrorRepr) -> bool {
+    icmp_error_ttl(pkt, src, repr, 64)
+}
+
+/// As [`icmp_error`], with the error's own TTL (64 is Linux's default; one more for an
+/// error the node's stack forwards once before it leaves, so that it leaves with 64).
+pub fn icmp_error_ttl(pkt: &mut Packet, src: Ipv4Addr, repr: ErrorRepr, ttl: u8) -> bool {
     if pkt.headroom() < GROWTH || pkt.len() < ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN {
         return false;
     }
@@ -54,7 +60,7 @@ pub fn icmp_error(pkt: &mut Packet, src: Ipv4Addr, repr: ErrorRepr) -> bool {
         src,
         dst: orig_src,
         protocol: ipv4::PROTO_ICMP,
-        ttl: 64,
+        ttl,
         tos: 0xc0,
         ident: 0,
         dont_fragment: false,
@@ -69,45 +75,14 @@ pub fn icmp_error(pkt: &mut Packet, src: Ipv4Addr, repr: ErrorRepr) -> bool {
     true
 }
 
-/// Replaces a TCP segment (Ethernet + IPv4 + TCP) with the RST that refuses it, sent
-/// from the segment's destination. Returns false if the segment is not TCP or is a RST.
-pub fn tcp_reset(pkt: &mut Packet) -> bool {
-    let data = pkt.data();
-    let Ok(ip) = ipv4::Ipv4Packet::new_checked(&data[ethernet::HEADER_LEN..]) else { return false };
-    if ip.protocol() != PROTO_TCP {
-        return false;
-    }
-    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else { return false };
-    let flags = tcp.flags();
-    if flags & TCP_RST != 0 {
-        return false;
-    }
-    let (src, dst) = (ip.src(), ip.dst());
-    let seg_len = tcp.payload().len() as u32 + u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0);
-    // RFC 793: with an ACK, the RST takes its seq from it; otherwise seq 0 and ACK seq+len.
-    let (seq_number, ack_number, flags) = if flags & TCP_ACK != 0 {
-        (tcp.ack_number(), 0, TCP_RST)
-    } else {
-        (0, tcp.seq_number().wrapping_add(seg_len), TCP_RST | TCP_ACK)
-    };
-    let rst = TcpRepr { src_port: tcp.dst_port(), dst_port: tcp.src_port(), seq_number, ack_number, flags, window: 0 };
-
-    let len = ipv4::MIN_HEADER_LEN + tcp::MIN_HEADER_LEN;
-    let ipb = &mut pkt.data_mut()[ethernet::HEADER_LEN..ethernet::HEADER_LEN + len];
-    Ipv4Repr {
-        src: dst,
-        dst: src,
-        protocol: PROTO_TCP,
-        ttl: 64,
-        tos: 0,
-        ident: 0,
-        dont_fragment: true,
-        payload_len: tcp::MIN_HEADER_LEN,
-    }
-    .emit(&mut ipb[..ipv4::MIN_HEADER_LEN]);
-    rst.emit(&mut ipb[ipv4::MIN_HEADER_LEN..], dst, src);
-    pkt.truncate(ethernet::HEADER_LEN + len);
-    pkt.offload = Default::default();
+/// Puts back the hop the node's stack spent forwarding a packet into ucanal0 (its TTL
+/// one higher, the header checksum updated): a packet addressed to the node itself that
+/// the kernel's INPUT would have seen as it arrived. Returns false (packet untouched)
+/// for a malformed header or a TTL that cannot go higher.
+pub fn undo_host_hop(ip: &mut [u8]) -> bool {
+    let Ok(mut p) = ipv4::Ipv4Packet::new_checked(ip) else { return false };
+    let Some(ttl) = p.ttl().checked_add(1) else { return false };
+    p.set_ttl(ttl);
     true
 }
 
@@ -129,24 +104,53 @@ mod tests {
     }
 
     #[test]
-    fn rst_for_a_syn() {
+    fn port_unreachable_for_a_syn_as_kube_proxys_reject() {
+        // kube-proxy's REJECT answers a SYN with ICMP port unreachable (not a RST): the
+        // whole SYN quoted, from the address given, TTL 64, TOS 0xc0.
+        let mut v = syn_frame();
+        let end = HEADROOM + 14 + 40;
+        let syn = v[HEADROOM + 14..end].to_vec();
+        let mut p = Packet::new(&mut v, HEADROOM, end);
+        assert!(icmp_error(&mut p, Ipv4Addr::new(172, 16, 240, 131), ErrorRepr::port_unreachable()));
+        let d = p.data();
+        assert_eq!(d.len(), 14 + 20 + 8 + 40);
+        assert_eq!(&d[12..14], &[0x08, 0x00]);
+        // IPv4: TOS 0xc0, length 68, ID 0, no DF, TTL 64, ICMP.
+        assert_eq!(&d[14..24], &[0x45, 0xc0, 0x00, 0x44, 0x00, 0x00, 0x00, 0x00, 0x40, 0x01]);
+        let ip = ipv4::Ipv4Packet::new_checked(&d[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.src(), ip.dst()), (Ipv4Addr::new(172, 16, 240, 131), Ipv4Addr::new(10, 244, 1, 5)));
+        // ICMP 3/3, unused word zero, then the SYN byte for byte.
+        assert_eq!(&d[34..36], &[3, 3]);
+        assert_eq!(&d[38..42], &[0, 0, 0, 0]);
+        assert_eq!(&d[42..], &syn[..]);
+        assert!(icmp::IcmpPacket::new_checked(ip.payload()).unwrap().verify_checksum());
+    }
+
+    #[test]
+    fn error_ttl_and_the_host_hop_undone() {
         let mut v = syn_frame();
         let end = HEADROOM + 14 + 40;
         let mut p = Packet::new(&mut v, HEADROOM, end);
-        assert!(tcp_reset(&mut p));
+        // The SYN as the node's stack forwarded it (TTL 63): the quote shows it as it arrived.
+        {
+            let ip = &mut p.data_mut()[14..];
+            let mut h = ipv4::Ipv4Packet::new_checked(&mut *ip).unwrap();
+            h.dec_ttl();
+            assert!(undo_host_hop(ip));
+            let h = ipv4::Ipv4Packet::new_checked(&*ip).unwrap();
+            assert_eq!(h.ttl(), 64);
+            assert!(h.verify_checksum());
+        }
+        assert!(icmp_error_ttl(&mut p, Ipv4Addr::new(172, 16, 240, 131), ErrorRepr::port_unreachable(), 65));
         let d = p.data();
-        assert_eq!(d.len(), 54);
-        let ip = ipv4::Ipv4Packet::new_checked(&d[14..]).unwrap();
-        assert!(ip.verify_checksum());
-        assert_eq!(ip.src(), Ipv4Addr::new(10, 250, 0, 40));
-        assert_eq!(ip.dst(), Ipv4Addr::new(10, 244, 1, 5));
-        let t = TcpPacket::new_checked(ip.payload()).unwrap();
-        assert!(t.verify_checksum(ip.src(), ip.dst()));
-        assert_eq!((t.src_port(), t.dst_port()), (2368, 40000));
-        assert_eq!(t.flags(), TCP_RST | TCP_ACK);
-        assert_eq!((t.seq_number(), t.ack_number()), (0, 7778));
-        // A RST is never answered.
-        assert!(!tcp_reset(&mut p));
+        assert_eq!(d[14 + 8], 65);
+        assert!(ipv4::Ipv4Packet::new_checked(&d[14..]).unwrap().verify_checksum());
+        assert_eq!(d[42 + 8], 64, "quoted TTL");
+        let mut top = [0x45u8, 0, 0, 20, 0, 0, 0, 0, 255, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        assert!(!undo_host_hop(&mut top), "TTL 255 cannot go higher");
+        assert_eq!(top[8], 255);
+        assert!(!undo_host_hop(&mut [0x45, 0, 0]));
     }
 
     #[test]

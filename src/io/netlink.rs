@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures::TryStreamExt;
 use netlink_packet_route::IpProtocol;
 use netlink_packet_route::link::LinkAttribute;
-use netlink_packet_route::route::{RouteProtocol, RouteScope};
+use netlink_packet_route::route::{RouteAttribute, RouteMetric, RouteProtocol, RouteScope};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage, RulePortRange};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 
@@ -124,6 +124,9 @@ pub struct HostPort {
     pub cluster_cidr: Ipv4Net,
     pub pod_cidr: Ipv4Net,
     pub service_cidr: Ipv4Net,
+    /// The uplink's MTU: the kernel reaches a service IP by the default route on the
+    /// uplink, so the node's own connections to a service offer the MSS of that MTU.
+    pub uplink_mtu: Option<u32>,
     pub table: u32,
 }
 
@@ -142,14 +145,24 @@ pub async fn configure_host_port(h: &Handle, p: &HostPort) -> io::Result<()> {
     // remote pods from the VTEP address (as flannel.1 would), node -> services.
     let routes = [(p.cluster_cidr, p.vtep_ip), (p.pod_cidr, p.node_ip), (p.service_cidr, p.node_ip)];
     for (net, src) in routes {
-        let m = RouteMessageBuilder::<Ipv4Addr>::new()
+        let mut m = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(net.addr(), net.prefix_len())
             .gateway(p.gateway)
             .pref_source(src)
             .output_interface(idx)
             .onlink()
             .build();
-        add_route(h, format!("{net} via {} dev {} onlink src {src}", p.gateway, p.name), m).await?;
+        let mut what = format!("{net} via {} dev {} onlink src {src}", p.gateway, p.name);
+        // The node's connections to a service advertise the MSS the kernel's route (the
+        // uplink's) gives them; the node still sends at the host port's MTU, and every
+        // endpoint sends at most its own (the pod MTU), so nothing larger comes back.
+        if net == p.service_cidr
+            && let Some(mss) = p.uplink_mtu.and_then(|m| m.checked_sub(40)).filter(|m| *m > 0)
+        {
+            m.attributes.push(RouteAttribute::Metrics(vec![RouteMetric::Advmss(mss)]));
+            what.push_str(&format!(" advmss {mss}"));
+        }
+        add_route(h, what, m).await?;
     }
     let steer = RouteMessageBuilder::<Ipv4Addr>::new()
         .gateway(p.gateway)
@@ -352,7 +365,7 @@ pub struct RouteView {
 pub async fn link_view(h: &Handle, ifname: &str) -> io::Result<LinkView> {
     use netlink_packet_route::address::AddressAttribute;
     use netlink_packet_route::link::LinkFlags;
-    use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+    use netlink_packet_route::route::RouteAddress;
     let index = link_index(h, ifname).await?;
     let mut v = LinkView { index, ..Default::default() };
     let mut links = h.link().get().match_index(index).execute();

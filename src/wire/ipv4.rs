@@ -185,6 +185,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.buf.as_mut()[TTL] = (new >> 8) as u8;
         self.set_check(c);
     }
+    pub fn set_ttl(&mut self, ttl: u8) {
+        let b = self.buf.as_ref();
+        let old = u16::from_be_bytes([b[TTL], b[PROTOCOL]]);
+        let new = u16::from_be_bytes([ttl, b[PROTOCOL]]);
+        let c = checksum::update16(self.checksum(), old, new);
+        self.buf.as_mut()[TTL] = ttl;
+        self.set_check(c);
+    }
     /// Recomputes the header checksum from scratch.
     pub fn fill_checksum(&mut self) {
         self.set_check(0);
@@ -285,6 +293,9 @@ mod tests {
         ip.set_ident(0xbeef);
         ip.set_total_len(24);
         assert_eq!((ip.ttl(), ip.ident(), ip.total_len()), (63, 0xbeef, 24));
+        assert!(ip.verify_checksum());
+        ip.set_ttl(65);
+        assert_eq!(ip.ttl(), 65);
         assert!(ip.verify_checksum());
     }
 

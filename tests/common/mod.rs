@@ -110,6 +110,13 @@ impl Lab {
         Command::new("ip").args(["netns", "exec", &self.ns(name)]).args(argv).output().expect("ip netns exec")
     }
 
+    /// Waits (up to 10 s) until something listens on TCP `port` in namespace `name`.
+    pub fn wait_listening(&self, name: &str, port: u16) {
+        let filter = format!("sport = :{port}");
+        let listening = || !text(&self.exec(name, &["ss", "-ltnH", &filter]).stdout).trim().is_empty();
+        assert!(wait_until(Duration::from_secs(10), listening).is_some(), "nothing listens on {name}:{port}");
+    }
+
     /// Runs a shell line in namespace `name`.
     pub fn sh(&self, name: &str, line: &str) -> Output {
         self.exec(name, &["sh", "-c", line])

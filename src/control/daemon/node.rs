@@ -130,11 +130,15 @@ impl Daemon {
             cluster_cidr: n.cluster_cidr,
             pod_cidr: n.pod_cidr,
             service_cidr: n.service_cidr,
+            uplink_mtu: None,
             table: self.cfg.node.route_table,
         };
         let table = p.table;
         let adopted = self.adopted;
+        let uplink = self.cfg.node.uplink.clone();
         netlink::with_handle(async |h| {
+            let mut p = p;
+            p.uplink_mtu = netlink::link_view(h, &uplink).await?.mtu;
             // A previous ucanal that died without cleaning up may have left rules; one
             // that handed over left them on purpose, and they keep steering meanwhile.
             if !adopted {

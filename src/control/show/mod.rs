@@ -320,7 +320,7 @@ pub fn services_text(rows: &[ServiceRow]) -> String {
         if r.endpoints.is_empty() {
             let _ = writeln!(
                 s,
-                "{:>5} {:>5} {:<28} /* {} has no endpoints */ reject-with tcp-reset/icmp-port-unreachable",
+                "{:>5} {:>5} {:<28} /* {} has no endpoints */ reject-with icmp-port-unreachable",
                 "-", "-", "REJECT", r.name
             );
         }

@@ -1,5 +1,6 @@
 //! The way out: the route's target (a pod, a peer by VXLAN, the host stack), TTL,
-//! MTU, and the packets ucanal answers with (ICMP errors, RSTs).
+//! MTU, and the packets ucanal answers with (ICMP errors, among them the reject of a service
+//! without endpoints).
 
 use super::*;
 
@@ -180,26 +181,43 @@ impl Ctx<'_> {
         self.route_generated(pkt)
     }
 
-    /// A service without endpoints refuses at once: TCP RST, else ICMP port unreachable.
-    pub(super) fn reject_no_endpoints(&mut self, pkt: &mut Packet, hdr: Hdr) -> Action {
+    /// A service without endpoints refuses at once with ICMP port unreachable, TCP and
+    /// UDP alike, as kube-proxy's `REJECT` does, and as from where that rule runs: a
+    /// ClusterIP in FORWARD (after routing: the quoted TTL one lower, sent from the node
+    /// address), a NodePort in INPUT (the quote as the datagram arrived, sent from the
+    /// address it reached). When the node's stack forwarded the packet into ucanal0, that
+    /// hop is one the kernel's REJECT never sees: the error leaves with TTL 65, so that
+    /// it reaches the wire with 64.
+    pub(super) fn reject_no_endpoints(&mut self, from: From, pkt: &mut Packet, hdr: Hdr, via: Via) -> Action {
+        let node = &self.t.node;
+        let host_hop = matches!(from, From::Host) && hdr.src != node.node_ip && hdr.src != node.vtep_ip;
+        let src = match via {
+            Via::ClusterIp => {
+                if !matches!(from, From::Host)
+                    && let Some(a) = self.dec_ttl(pkt, None)
+                {
+                    return a;
+                }
+                node.node_ip
+            }
+            Via::NodePort => {
+                if host_hop {
+                    reject::undo_host_hop(&mut pkt.data_mut()[ethernet::HEADER_LEN..]);
+                }
+                hdr.dst
+            }
+        };
         self.count_drop(DropReason::ServiceNoEndpoints);
         self.count(Counter::ServiceReject);
-        if hdr.proto == PROTO_TCP {
-            if reject::tcp_reset(pkt) {
-                self.count(Counter::TcpResetSent);
-                self.tr.step(|| Step::Reply { what: "tcp rst".into(), to: hdr.src });
-                return self.route_generated(pkt);
-            }
+        let ttl = if host_hop { 65 } else { 64 };
+        if !reject::may_send_error_about(&pkt.data()[ethernet::HEADER_LEN..])
+            || !reject::icmp_error_ttl(pkt, src, ErrorRepr::port_unreachable(), ttl)
+        {
             return Action::Drop(DropReason::ServiceNoEndpoints);
         }
-        self.send_error(
-            pkt,
-            ErrorRepr::port_unreachable(),
-            Some(hdr.dst),
-            None,
-            Counter::IcmpUnreachableSent,
-            DropReason::ServiceNoEndpoints,
-        )
+        self.count(Counter::IcmpUnreachableSent);
+        self.tr.step(|| Step::Reply { what: "icmp type 3 code 3".into(), to: hdr.src });
+        self.route_generated(pkt)
     }
 
     /// Routes a packet ucanal built itself (no NAT, no TTL, no further errors).

@@ -115,7 +115,7 @@ impl<'a> Ctx<'a> {
             });
             let n = s.spec.endpoints.len();
             if n == 0 {
-                return Err(Nat::Done(self.reject_no_endpoints(pkt, hdr)));
+                return Err(Nat::Done(self.reject_no_endpoints(from, pkt, hdr, via)));
             }
             let i = pick(u.hash(t.hash_seed), n);
             let ep = s.spec.endpoints[i];
@@ -273,11 +273,20 @@ impl<'a> Ctx<'a> {
             icmp::rewrite_embedded(icmp_bytes, End::Dst, hit.src.0, hit.src.1);
             icmp::fill_checksum(icmp_bytes);
         }
+        // The outer header is changed as a packet of the flow going this way would be,
+        // whoever sent the error: in the reply direction a DNATed flow's error comes from
+        // the address the client reached (the service IP, even when a router on the way
+        // sent it) and a SNATed flow's error goes to the client; in the original direction
+        // the other way round (`nf_nat_icmp_reply_translation`'s "change outer").
+        let (src_nat, dst_nat) = match hit.dir {
+            Dir::Reply => (NAT_DNAT, NAT_SNAT),
+            Dir::Original => (NAT_SNAT, NAT_DNAT),
+        };
         if let Ok(mut ip) = Ipv4Packet::new_checked(&mut pkt.data_mut()[ethernet::HEADER_LEN..]) {
-            if hdr.dst == k.dst {
+            if hit.nat & dst_nat != 0 || hdr.dst == k.dst {
                 ip.set_dst(hit.dst.0);
             }
-            if hdr.src == k.src {
+            if hit.nat & src_nat != 0 || hdr.src == k.src {
                 ip.set_src(hit.src.0);
             }
         }

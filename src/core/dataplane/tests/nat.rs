@@ -113,15 +113,22 @@ fn service_without_endpoints_refuses_at_once() {
     let mut svc = article::ghost();
     svc.endpoints.clear();
     let mut lab = Lab::new(vec![svc]);
+    // kube-proxy's REJECT answers TCP with ICMP port unreachable too (not a RST), from the
+    // node address, quoting the SYN as routed (FORWARD): TTL 63.
     let syn = tcp(EP1_MAC, HOST_MAC, (EP1, 40000), (VIP, 2368), true, &[]);
     assert_eq!(lab.port(PortId(1), &syn), Action::ToPort(PortId(1)));
+    let out = lab.out();
     let ip = lab.out_ip();
-    assert_eq!((ip.src(), ip.dst()), (VIP, EP1));
-    assert_eq!(ip.payload()[13], l4::TCP_RST | l4::TCP_ACK);
+    assert_eq!((ip.src(), ip.dst(), ip.ttl()), (NODE1, EP1, 64));
+    assert_eq!(icmp::type_code(&out[14..]), Some((3, 3)));
+    let quoted = &out[14 + 28..];
+    assert_eq!(quoted[8], 63, "the quote as routed");
+    assert_eq!((&quoted[..8], &quoted[9..10], &quoted[12..]), (&syn[14..22], &syn[23..24], &syn[26..]));
+    assert_eq!(icmp::embedded(ip.payload()).unwrap().dst, VIP);
     assert_checksums(&ip);
-    assert_eq!(lab.count(Counter::TcpResetSent), 1);
+    assert_eq!(lab.count(Counter::IcmpUnreachableSent), 1);
     assert_eq!(lab.dropped(DropReason::ServiceNoEndpoints), 1);
-    // UDP gets ICMP port unreachable from the VIP.
+    // UDP gets ICMP port unreachable from the node address as well.
     let mut dns = article::ghost();
     dns.name = "kube-system/kube-dns".into();
     dns.protocol = crate::core::nat::service::Protocol::Udp;
@@ -133,7 +140,37 @@ fn service_without_endpoints_refuses_at_once() {
     let q = udp(EP1_MAC, (EP1, 53000), (Ipv4Addr::new(10, 250, 0, 10), 53), b"query");
     assert_eq!(lab.port(PortId(1), &q), Action::ToPort(PortId(1)));
     assert_eq!(icmp::type_code(&lab.out()[14..]), Some((3, 3)));
+    assert_eq!(lab.out_ip().src(), NODE1);
     assert_checksums(&lab.out_ip());
+}
+
+#[test]
+fn nodeport_without_endpoints_rejects_as_input_would() {
+    // The client's SYN, forwarded into ucanal0 by the node's stack (TTL 63): the error
+    // quotes it as it arrived (TTL 64), from the node IP, and leaves ucanal with TTL 65 so
+    // that the node's stack forwards it out with 64, as the kernel's REJECT in INPUT.
+    let mut svc = article::ghost();
+    svc.endpoints.clear();
+    let mut lab = Lab::new(vec![svc]);
+    let mut syn = tcp(article::node1().host_port_mac, HOST_MAC, (CLIENT, 40000), (NODE1, 31266), true, &[]);
+    Ipv4Packet::new_checked(&mut syn[14..]).unwrap().dec_ttl();
+    assert_eq!(lab.port(PortId::HOST, &syn), Action::ToPort(PortId::HOST));
+    let out = lab.out().to_vec();
+    let ip = lab.out_ip();
+    assert_eq!((ip.src(), ip.dst(), ip.ttl()), (NODE1, CLIENT, 65));
+    assert_eq!(icmp::type_code(&out[14..]), Some((3, 3)));
+    let quoted = Ipv4Packet::new_checked(&out[14 + 28..]).unwrap();
+    assert_eq!(quoted.ttl(), 64);
+    assert!(quoted.verify_checksum());
+    assert_eq!(&out[14 + 28 + 20..], &syn[34..]);
+    assert_checksums(&ip);
+    // From a pod (no host hop): the quote untouched, TTL 64.
+    let syn = tcp(EP1_MAC, HOST_MAC, (EP1, 40001), (NODE1, 31266), true, &[]);
+    assert_eq!(lab.port(PortId(1), &syn), Action::ToPort(PortId(1)));
+    let out = lab.out().to_vec();
+    assert_eq!((out[14 + 8], out[14 + 28 + 8]), (64, 64));
+    assert_eq!(&out[14 + 28..], &syn[14..]);
+    assert_eq!(lab.dropped(DropReason::ServiceNoEndpoints), 2);
 }
 
 #[test]
@@ -225,6 +262,29 @@ fn icmp_error_about_a_natted_flow_is_translated() {
     let e = icmp::embedded(ip.payload()).unwrap();
     assert_eq!((e.src, e.ports.sport, e.dst, e.ports.dport), (CLIENT, sport, NODE1, 31266), "quote translated");
     assert_eq!(lab.count(Counter::IcmpErrorTranslated), 1);
+}
+
+#[test]
+fn icmp_error_from_a_router_about_a_dnated_flow_comes_from_the_service() {
+    // ghost-ep1 -> the VIP, DNATed to ghost-ep2 (no masquerade); a router on the way (the
+    // peer's VTEP 10.244.0.0) sends time exceeded about the DNATed packet. The kernel's
+    // nf_nat_icmp_reply_translation changes the outer source too: it comes from the VIP.
+    let mut lab = Lab::new(vec![article::ghost()]);
+    let sport = sport_for(&lab, EP1, (VIP, 2368), EP2);
+    let syn = tcp(EP1_MAC, HOST_MAC, (EP1, sport), (VIP, 2368), true, &[]);
+    assert!(matches!(lab.port(PortId(1), &syn), Action::ToVtep { .. }));
+    let natted = lab.out()[8 + 14..].to_vec();
+    assert_eq!(ipv4::addrs(&natted[..20]), (EP1, EP2));
+    let mut err = vec![0u8; 600];
+    let n = icmp::emit_error(&mut err, Ipv4Addr::new(10, 244, 0, 0), ErrorRepr::ttl_exceeded(), &natted);
+    err.truncate(n);
+    assert_eq!(lab.vxlan(NODE2, &from_node2(&err)), Action::ToPort(PortId(1)));
+    let ip = lab.out_ip();
+    assert_eq!((ip.src(), ip.dst()), (VIP, EP1), "outer source: the service IP");
+    assert_checksums(&ip);
+    let e = icmp::embedded(ip.payload()).unwrap();
+    assert_eq!((e.src, e.ports.sport, e.dst, e.ports.dport), (EP1, sport, VIP, 2368));
+    assert_eq!(icmp::type_code(&lab.out()[14..]), Some((11, 0)));
 }
 
 #[test]
