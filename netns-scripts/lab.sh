@@ -12,7 +12,7 @@
 # Environment: LAB_PREFIX (default uc-), UCANAL_BIN (default <repo>/target/release/ucanal,
 # built with cargo if missing and a node runs ucanal), LAB_RUN_DIR (default
 # /run/ucanal-lab/$LAB_PREFIX), LAB_SOCKET_DIR (default /run/ucanal), LAB_UCANAL_TIMEOUT (15),
-# LAB_KUBE_RANDOM_FULLY (0), LAB_WIRE_CSUM (full|partial, default full), LAB_PYTHON, UCANAL_RUN_ARGS.
+# LAB_KUBE_RANDOM_FULLY (0), LAB_WIRE_CSUM (partial|full, default partial), LAB_PYTHON, UCANAL_RUN_ARGS.
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

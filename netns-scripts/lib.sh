@@ -36,7 +36,7 @@ LAB_REPO=$(cd "$LAB_LIB_DIR/.." && pwd)
 # LAB_PYTHON           python3 used for the pods' HTTP servers and for hashing
 # LAB_KUBE_RANDOM_FULLY=1  add --random-fully to KUBE-POSTROUTING's MASQUERADE (default 0: as the article)
 # LAB_UCANAL_TIMEOUT   seconds to wait for `ucanal show pods` (default 15)
-# LAB_WIRE_CSUM        full (default) or partial: see below
+# LAB_WIRE_CSUM        partial (default) or full: see below
 # UCANAL_RUN_ARGS      extra words for `ucanal run` (e.g. "--log-level warn --metrics 127.0.0.1:9300")
 # LAB_UCANAL_DATAPLANE extra lines for the [dataplane] section of ucanal's configs (e.g. "batch = 1")
 _LAB_DEFAULT_UCANAL_BIN=$LAB_REPO/target/release/ucanal
@@ -74,9 +74,11 @@ declare -gA LAB_POD_NODE=([ghost-ep1]=centos7-1 [ghost-ep2]=centos7-2)
 LAB_SERVICES=("default/ghost tcp 10.250.0.40 2368 31266 10.244.0.74:2368,10.244.1.5:2368")
 
 LAB_OFFLOADS=on
+# partial (default): veth defaults, as any lab built with `ip link add ... type veth` has them: a
+# kernel sender's TCP/UDP checksums cross the wire CHECKSUM_PARTIAL (ucanal takes them as such).
 # full: the lab wire carries complete checksums (tx checksumming off on every node's uplink and
-# the client's eth0), as a physical NIC would put them there. partial: veth defaults.
-: "${LAB_WIRE_CSUM:=full}"
+# the client's eth0), as a physical NIC would put them there.
+: "${LAB_WIRE_CSUM:=partial}"
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers

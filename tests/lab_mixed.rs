@@ -1,44 +1,122 @@
 //! A ucanal node and a kernel node (flannel.1, cali veth with proxy_arp, kube-proxy
-//! iptables) talk to each other: ucanal's VXLAN is byte-compatible with flannel.1.
+//! iptables) talk to each other: ucanal's VXLAN is byte-compatible with flannel.1, and
+//! whatever the kernel node's uplink does with checksums and segments (veth defaults:
+//! its TCP/UDP checksums cross the wire partial), every check holds. The kernel node's
+//! uplink runs through every setting of tx checksumming, TSO and GRO that ethtool allows
+//! (TSO needs tx checksumming: 6 of the 8).
 
 mod common;
 
-use common::Lab;
+use std::collections::BTreeSet;
+
+use common::{Lab, text};
+
+/// 3 MB of pseudo-random bytes, in both pods' web roots.
+const BULK_BYTES: u32 = 3 << 20;
+
+/// (tx checksumming, TSO, GRO) of centos7-2's ens33; the first is the veth default.
+const MATRIX: [(bool, bool, bool); 6] = [
+    (true, true, false),
+    (true, true, true),
+    (true, false, false),
+    (true, false, true),
+    (false, false, false),
+    (false, false, true),
+];
+
+fn onoff(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
+/// Sets the kernel node's uplink features and checks that they took.
+fn set_uplink(lab: &Lab, (tx, tso, gro): (bool, bool, bool)) {
+    let out = lab.exec("centos7-2", &["ethtool", "-K", "ens33", "tx", onoff(tx), "tso", onoff(tso), "gro", onoff(gro)]);
+    assert!(out.status.success(), "ethtool -K: {}", text(&out.stderr));
+    let k = text(&lab.exec("centos7-2", &["ethtool", "-k", "ens33"]).stdout);
+    for (name, want) in [("tx-checksumming", tx), ("tcp-segmentation-offload", tso), ("generic-receive-offload", gro)] {
+        let line = format!("{name}: {}", onoff(want));
+        assert!(k.lines().any(|l| l.starts_with(&line)), "ens33 on centos7-2 should show '{line}':\n{k}");
+    }
+}
+
+/// The first word of the pages `url` serves to `from`, over `tries` connections (stops
+/// early once every name in `want` was seen).
+fn pages(lab: &Lab, from: &str, url: &str, want: &[&str], tries: usize, case: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..tries {
+        let page = lab.curl(from, url).unwrap_or_else(|e| panic!("[{case}] {from} -> {url}: {e}"));
+        seen.insert(page.split_whitespace().next().unwrap_or("").to_string());
+        if want.iter().all(|w| seen.contains(*w)) {
+            break;
+        }
+    }
+    seen
+}
+
+/// Every check of the issue, under one uplink setting.
+fn check_all(lab: &Lab, want_sha: &str, case: &str) {
+    // TCP both ways, and 3 MB each way compared by SHA-256.
+    for (from, to, page) in [("ghost-ep1", "10.244.0.74", "ghost-ep2"), ("ghost-ep2", "10.244.1.5", "ghost-ep1")] {
+        let got =
+            lab.curl(from, &format!("http://{to}:2368/")).unwrap_or_else(|e| panic!("[{case}] {from} -> {to}: {e}"));
+        assert!(got.contains(page), "[{case}] {from} -> {to} served {got:?}");
+        let out = lab.sh(from, &format!("curl -sS -m 30 http://{to}:2368/bulk.bin | sha256sum"));
+        let sum = text(&out.stdout);
+        assert!(
+            sum.starts_with(want_sha),
+            "[{case}] 3 MB {to} -> {from}: sha256 {sum} != {want_sha} {}",
+            text(&out.stderr)
+        );
+    }
+    let both = ["ghost-ep1", "ghost-ep2"];
+    // NodePort on both nodes reaches both endpoints; ClusterIP from both pods.
+    for node_ip in ["172.16.240.131", "172.16.240.132"] {
+        let seen = pages(lab, "client", &format!("http://{node_ip}:31266/"), &both, 40, case);
+        assert!(both.iter().all(|p| seen.contains(*p)), "[{case}] NodePort on {node_ip} reached only {seen:?}");
+    }
+    for pod in both {
+        let seen = pages(lab, pod, "http://10.250.0.40:2368/", &both, 40, case);
+        assert!(both.iter().all(|p| seen.contains(*p)), "[{case}] ClusterIP from {pod} reached only {seen:?}");
+    }
+}
 
 #[test]
-fn ucanal_node_with_kernel_node() {
-    if !common::require_netns(&["ping", "curl", "iptables"]) {
+fn ucanal_node_with_kernel_node_across_the_uplink_offload_matrix() {
+    if !common::require_netns(&["ping", "curl", "iptables", "ethtool", "sha256sum"]) {
         return;
     }
     let lab = Lab::up("tm", &["--node2", "kernel"]);
     assert!(lab.ping("ghost-ep1", "10.244.0.74", 3), "ping ucanal pod -> kernel pod");
     assert!(lab.ping("ghost-ep2", "10.244.1.5", 3), "ping kernel pod -> ucanal pod");
-    assert!(
-        lab.curl("ghost-ep1", "http://10.244.0.74:2368/").unwrap().contains("ghost-ep2"),
-        "HTTP ucanal pod -> kernel pod"
-    );
-    assert!(
-        lab.curl("ghost-ep2", "http://10.244.1.5:2368/").unwrap().contains("ghost-ep1"),
-        "HTTP kernel pod -> ucanal pod"
-    );
 
-    // NodePort on the ucanal node reaches ghost-ep2 on the kernel node (masqueraded to
-    // 10.244.1.0 over VXLAN, as the article's conntrack shows).
-    let mut pages = std::collections::BTreeMap::new();
-    for _ in 0..20 {
-        let page = lab.curl("client", "http://172.16.240.131:31266/").expect("NodePort on centos7-1");
-        *pages.entry(page.split_whitespace().next().unwrap_or("").to_string()).or_insert(0) += 1;
+    let run_dir = format!("/run/ucanal-lab/{}", lab.prefix);
+    let file = format!("{run_dir}/www/ghost-ep2/bulk.bin");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "python3 -c 'import random,sys; sys.stdout.buffer.write(random.Random(10).randbytes({BULK_BYTES}))' >{file} \
+             && cp {file} {run_dir}/www/ghost-ep1/bulk.bin && sha256sum {file}"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "making the bulk file: {}", text(&out.stderr));
+    let want = text(&out.stdout).split_whitespace().next().unwrap().to_string();
+
+    for m in MATRIX {
+        set_uplink(&lab, m);
+        let case = format!("centos7-2 ens33 tx {} tso {} gro {}", onoff(m.0), onoff(m.1), onoff(m.2));
+        let partial_before = lab.counter("centos7-1", "decisions", "csum_partial");
+        check_all(&lab, &want, &case);
+        // With tx checksumming on, the kernel node's checksums reach ucanal partial.
+        let partial = lab.counter("centos7-1", "decisions", "csum_partial") - partial_before;
+        assert_eq!(partial > 0, m.0, "[{case}] {partial} partial checksums arrived");
+        println!(
+            "{case}: TCP both ways, 3 MB each way, NodePort x2 -> both endpoints, ClusterIP x2: ok ({partial} partial)"
+        );
     }
-    assert!(pages.contains_key("ghost-ep2") && pages.contains_key("ghost-ep1"), "NodePort pages {pages:?}");
+
+    // The article's conntrack listing on the ucanal node: the NodePort flow to ghost-ep2
+    // was masqueraded to 10.244.1.0 over VXLAN.
     let ct = lab.ucanal_ok("centos7-1", &["show", "conntrack"]);
     assert!(ct.contains("src=10.244.0.74 dst=10.244.1.0 sport=2368"), "{ct}");
-    // And the kernel node's own NodePort (iptables) reaches the ucanal node's pod.
-    let mut seen = false;
-    for _ in 0..20 {
-        seen |= lab
-            .curl("client", "http://172.16.240.132:31266/")
-            .expect("NodePort on the kernel node")
-            .contains("ghost-ep1");
-    }
-    assert!(seen, "the kernel node's NodePort never reached ghost-ep1 on the ucanal node");
 }

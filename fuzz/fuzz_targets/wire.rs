@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use libfuzzer_sys::fuzz_target;
-use ucanal::wire::{arp, icmp, ipv4, l4, vnet, vxlan};
+use ucanal::wire::{arp, icmp, ipv4, l4, tcp, udp, vnet, vxlan};
 
 fuzz_target!(|data: &[u8]| {
     let _ = vxlan::parse(data);
@@ -14,6 +14,20 @@ fuzz_target!(|data: &[u8]| {
     let _ = icmp::embedded(data);
     for proto in [1u8, 6, 17] {
         let _ = l4::ports(proto, data);
+    }
+    let (a, b) = (Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 0, 74));
+    for t in [tcp::TcpPacket::new_checked(data), tcp::TcpPacket::new_quoted(data)].into_iter().flatten() {
+        let _ = (t.src_port(), t.dst_port(), t.seq_number(), t.ack_number(), t.flags(), t.window(), t.payload());
+        let _ = t.verify_checksum(a, b);
+    }
+    for u in [udp::UdpPacket::new_checked(data), udp::UdpPacket::new_quoted(data)].into_iter().flatten() {
+        let _ = (u.src_port(), u.dst_port(), u.len(), u.payload(), u.verify_checksum(a, b));
+    }
+    if let Ok(i) = icmp::IcmpPacket::new_checked(data) {
+        let _ = (i.echo_ports(), i.next_hop_mtu(), i.data(), i.verify_checksum());
+    }
+    if let Ok(q) = ipv4::Ipv4Packet::new_quoted(data) {
+        let _ = (q.payload(), q.header());
     }
     let mut buf = data.to_vec();
     if let Ok(ip) = ipv4::Ipv4Packet::new_checked(&buf[..]) {

@@ -37,6 +37,7 @@ named_enum!(
         ForwardVxlan => "forward_vxlan", "packets encapsulated to a remote VTEP";
         ForwardHost => "forward_host", "packets handed to the node's own stack";
         Decap => "decap", "VXLAN datagrams accepted and decapsulated";
+        CsumPartial => "csum_partial", "decapsulated TCP/UDP packets whose checksum a kernel peer left partial (CHECKSUM_PARTIAL), taken as such";
         HostPunt => "host_punt", "steered packets that matched no service or flow, returned to the host stack";
         CtHitOriginal => "ct_hit_original", "packets of a tracked flow, original direction";
         CtHitReply => "ct_hit_reply", "packets of a tracked flow, reply direction (reverse NAT)";
@@ -56,6 +57,9 @@ named_enum!(
         TcpResetSent => "tcp_reset_sent", "TCP RSTs sent";
         GsoSegmented => "gso_segmented", "TCP super-packets segmented in userspace";
         GroCoalesced => "gro_coalesced", "TCP segments coalesced into a super-packet towards a pod";
+        FragmentHeld => "fragment_held", "IP fragments held for reassembly (nf_defrag: every fragment is reassembled before NAT)";
+        FragmentReassembled => "fragment_reassembled", "IP datagrams reassembled from their fragments, then NATed and routed whole";
+        Fragmented => "fragmented", "IP datagrams fragmented on the way out (at the egress MTU or the largest fragment received)";
     }
 );
 
@@ -79,7 +83,6 @@ named_enum!(
         NoNeighbour => "no_neighbour", "peer route without a neighbour entry (never flooded)";
         NoFdb => "no_fdb", "neighbour MAC without an FDB entry (never flooded)";
         TooBig => "too_big", "DF packet over the VXLAN MTU (ICMP fragmentation needed sent)";
-        NeedsFragmentation => "needs_fragmentation", "non-DF packet over the VXLAN MTU (ucanal does not fragment)";
         VxlanMalformed => "vxlan_malformed", "datagram too short for a VXLAN header, or flags/reserved bits wrong";
         VxlanBadVni => "vxlan_bad_vni", "VNI is not this node's";
         VxlanUnknownPeer => "vxlan_unknown_peer", "datagram from an address with no FDB entry";
@@ -88,7 +91,10 @@ named_enum!(
         VxlanFdbMismatch => "vxlan_fdb_mismatch", "inner source MAC does not belong to the sending peer";
         VxlanSrcOutsideSubnet => "vxlan_src_outside_subnet", "inner source outside the sending peer's pod subnet";
         VxlanNotLocal => "vxlan_not_local", "inner destination is not on this node (no transit)";
-        FragmentNeedsNat => "fragment_needs_nat", "IP fragment of a flow that needs NAT (ucanal does not reassemble)";
+        FragmentOverlap => "fragment_overlap", "fragment overlapping one held, or disagreeing about the length (an exact duplicate is dropped alone, else its whole datagram)";
+        FragmentTimeout => "fragment_timeout", "datagrams whose fragments did not all arrive within 30 s (ipfrag_time), dropped";
+        FragmentLimit => "fragment_limit", "fragment refused: reassembly datagram, memory or fragment-count limit reached";
+        FragmentMalformed => "fragment_malformed", "fragment that cannot be reassembled (past 65 535 bytes, or not a multiple of 8 bytes before the last)";
         CtInvalid => "ct_invalid", "TCP packet that cannot start a tracked flow (conntrack INVALID)";
         CtFull => "ct_full", "new flow refused: the connection table is at its maximum";
         SnatExhausted => "snat_exhausted", "no free source port for masquerade";

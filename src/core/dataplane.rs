@@ -13,11 +13,12 @@
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use super::counters::{Counter, Counters, DropReason};
+use super::frag::reasm::{Pushed, Reassembler};
 use super::nat::conntrack::{Conntrack, Dir, Hit, Insert, NAT_DNAT, NAT_SNAT, NewFlow, PortChoice};
 use super::nat::masquerade::{self, Egress};
 use super::nat::service::Via;
@@ -25,11 +26,12 @@ use super::nat::{Tuple, pick};
 use super::route::{Hop, Matched, RouteTarget};
 use super::tables::{PodPort, Tables};
 use super::trace::{Step, Trace, tuple_str};
-use super::{Action, Ipv4Net, Now, Packet, PortId, proxy_arp, reject, vxlan};
+use super::{Action, HEADROOM, Ipv4Net, Now, Offload, Packet, PortId, frag, offload, proxy_arp, reject, vxlan};
 use crate::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetFrame};
-use crate::wire::icmp::{self, ErrorRepr};
+use crate::wire::icmp::{self, ErrorRepr, IcmpPacket};
 use crate::wire::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
-use crate::wire::l4::{self, End};
+use crate::wire::l4::{self, End, Ports};
+use crate::wire::tcp;
 use crate::wire::{MacAddr, vxlan as vxlan_wire};
 
 /// The dataplane: the current table snapshot, the connection table and the counters.
@@ -38,6 +40,11 @@ pub struct Dataplane {
     tables: ArcSwap<Tables>,
     pub conntrack: Conntrack,
     pub counters: Counters,
+    /// The TAPs take `NEEDS_CSUM` frames (see `offload`); otherwise partial checksums
+    /// are finished before delivery.
+    tap_offloads: bool,
+    /// Datagrams in reassembly (only fragments take this lock).
+    frags: Mutex<Reassembler>,
 }
 
 /// Where a frame came in.
@@ -60,7 +67,19 @@ enum Nat {
 
 impl Dataplane {
     pub fn new(tables: Tables, conntrack: Conntrack, workers: usize) -> Self {
-        Dataplane { tables: ArcSwap::from_pointee(tables), conntrack, counters: Counters::new(workers) }
+        Dataplane {
+            tables: ArcSwap::from_pointee(tables),
+            conntrack,
+            counters: Counters::new(workers),
+            tap_offloads: true,
+            frags: Mutex::new(Reassembler::new(frag::Limits::default())),
+        }
+    }
+
+    /// Says whether the TAPs were opened with offloads (the default is yes).
+    pub fn with_tap_offloads(mut self, on: bool) -> Self {
+        self.tap_offloads = on;
+        self
     }
 
     /// The current snapshot. Workers take it once per batch.
@@ -225,6 +244,8 @@ impl<'a> Ctx<'a> {
         let mut tuple = None;
         let mut tcp_flags = 0;
         let mut icmp_error = false;
+        let mut partial = false;
+        let mut fragment = false;
         {
             let Ok(ip) = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..]) else {
                 return self.drop(match from {
@@ -253,18 +274,15 @@ impl<'a> Ctx<'a> {
                 _ => {}
             }
             if ip.is_fragment() {
-                // ucanal does not reassemble, so fragments are routed without NAT, and
-                // refused where NAT would be needed.
-                let natted = t.node.service_cidr.contains(hdr.dst)
-                    || (!matches!(from, From::Pod(_)) && t.routes.is_local_addr(hdr.dst));
-                if natted {
-                    return self.drop(DropReason::FragmentNeedsNat);
-                }
+                fragment = true;
             } else {
                 let payload = ip.payload();
                 match hdr.proto {
                     PROTO_TCP | PROTO_UDP => match l4::ports(hdr.proto, payload) {
                         Ok(p) => {
+                            // A kernel peer's veth hands its checksums on partial.
+                            partial = matches!(from, From::Vxlan { .. })
+                                && offload::is_partial(&pkt.data()[ethernet::HEADER_LEN..][..hdr.total]);
                             tcp_flags = p.tcp_flags;
                             tuple = Some(Tuple {
                                 proto: hdr.proto,
@@ -277,12 +295,12 @@ impl<'a> Ctx<'a> {
                         Err(_) => return self.drop(DropReason::L4Malformed),
                     },
                     PROTO_ICMP => {
-                        if payload.len() < icmp::HEADER_LEN {
+                        let Ok(message) = IcmpPacket::new_checked(payload) else {
                             return self.drop(DropReason::L4Malformed);
-                        }
-                        if icmp::is_error(payload[0]) {
+                        };
+                        if message.is_error() {
                             icmp_error = true;
-                        } else if let Ok(p) = l4::ports(PROTO_ICMP, payload) {
+                        } else if let Some(p) = message.echo_ports() {
                             tuple = Some(Tuple {
                                 proto: PROTO_ICMP,
                                 src: hdr.src,
@@ -311,6 +329,13 @@ impl<'a> Ctx<'a> {
         }
         // Drop Ethernet padding: the VXLAN payload and the pod must not see it.
         pkt.truncate(ethernet::HEADER_LEN + hdr.total);
+        if partial {
+            pkt.offload.csum_partial = true;
+            self.count(Counter::CsumPartial);
+        }
+        if fragment {
+            return self.defrag(from, pkt);
+        }
 
         let mut tracked = false;
         if let Some(u) = tuple {
@@ -326,6 +351,42 @@ impl<'a> Ctx<'a> {
         let m = t.routes.lookup(dst);
         self.tr.step(|| Step::Route { dst, route: describe_route(t, &m) });
         self.egress(from, pkt, m, hdr, tracked, tuple)
+    }
+
+    /// A fragment: held until its datagram is whole; the whole datagram then takes the
+    /// walk from the start, and leaves to be fragmented again (see `frag`).
+    fn defrag(&mut self, from: From, pkt: &mut Packet) -> Action {
+        if self.tr.dry_run {
+            self.tr.step(|| Step::Defrag { what: "a fragment: would be held for reassembly".into() });
+            return Action::Held;
+        }
+        let now = self.now;
+        let outcome = {
+            let (frame, spare) = pkt.data_and_spare();
+            let Some(spare) = spare else { return self.drop(DropReason::FragmentLimit) };
+            let mut r = self.dp.frags.lock().unwrap_or_else(|e| e.into_inner());
+            r.push(frame, now, &mut spare[HEADROOM..])
+        };
+        for _ in 0..outcome.expired {
+            self.dp.counters.drop(self.w, DropReason::FragmentTimeout);
+        }
+        self.count(Counter::FragmentHeld);
+        match outcome.pushed {
+            Pushed::Held => {
+                self.tr.step(|| Step::Defrag { what: "a fragment, held until its datagram is whole".into() });
+                Action::Held
+            }
+            Pushed::Dropped(r) => self.drop(r),
+            Pushed::Complete { len, max_frag } => {
+                self.count(Counter::FragmentReassembled);
+                pkt.use_spare(len);
+                pkt.offload = Offload { frag_size: max_frag, ..Offload::default() };
+                self.tr.step(|| Step::Defrag {
+                    what: format!("the last fragment: datagram reassembled ({} bytes)", len - ethernet::HEADER_LEN),
+                });
+                self.ipv4(from, pkt)
+            }
+        }
     }
 
     /// The NAT stage for a packet with ports: conntrack first, then the service rules
@@ -532,11 +593,8 @@ impl<'a> Ctx<'a> {
     /// translated as a packet of that flow would be (netfilter's
     /// `nf_nat_icmp_reply_translation`). Returns whether a flow matched.
     fn translate_icmp_error(&mut self, pkt: &mut Packet, hdr: Hdr) -> bool {
-        let hl = {
-            let d = pkt.data();
-            usize::from(d[ethernet::HEADER_LEN] & 0x0f) * 4
-        };
-        let icmp_at = ethernet::HEADER_LEN + hl;
+        let Ok(ip) = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..]) else { return false };
+        let icmp_at = ethernet::HEADER_LEN + ip.header_len();
         let Ok(emb) = icmp::embedded(&pkt.data()[icmp_at..]) else { return false };
         // The tuple of a packet going the way the error goes.
         let k =
@@ -582,6 +640,12 @@ impl<'a> Ctx<'a> {
                 if routed_here && let Some(a) = self.dec_ttl(pkt, original) {
                     return a;
                 }
+                if !self.dp.tap_offloads {
+                    offload::finish(pkt);
+                }
+                if pkt.offload.frag_size > 0 {
+                    pkt.offload.frag_size = pkt.offload.frag_size.min(node.mtu);
+                }
                 set_macs(pkt, pod.mac, node.host_mac);
                 if !matches!(from, From::Vxlan { .. }) {
                     self.count(Counter::ForwardLocal);
@@ -593,8 +657,9 @@ impl<'a> Ctx<'a> {
                 if matches!(from, From::Vxlan { .. }) {
                     return self.drop(DropReason::VxlanNotLocal);
                 }
-                if pkt.offload.gso_size == 0 && hdr.total > usize::from(node.mtu) {
-                    if hdr.df {
+                let mtu = node.mtu;
+                if pkt.offload.gso_size == 0 && hdr.total > usize::from(mtu) {
+                    if hdr.df && pkt.offload.frag_size == 0 {
                         self.count_drop(DropReason::TooBig);
                         return self.send_error(
                             pkt,
@@ -605,7 +670,11 @@ impl<'a> Ctx<'a> {
                             DropReason::TooBig,
                         );
                     }
-                    return self.drop(DropReason::NeedsFragmentation);
+                    // Without DF, Linux fragments at the egress MTU (a reassembled datagram at
+                    // the largest fragment received, if smaller).
+                    offload::finish(pkt);
+                    let size = pkt.offload.frag_size;
+                    pkt.offload.frag_size = if size == 0 { mtu } else { size.min(mtu) };
                 }
                 if routed_here && let Some(a) = self.dec_ttl(pkt, original) {
                     return a;
@@ -620,6 +689,7 @@ impl<'a> Ctx<'a> {
                 } else {
                     self.count(Counter::ForwardHost);
                 }
+                offload::finish(pkt);
                 set_macs(pkt, node.host_port_mac, node.host_mac);
                 self.tr.step(|| Step::Deliver { port: "host port".into(), dst_mac: node.host_port_mac });
                 Action::ToPort(PortId::HOST)
@@ -631,6 +701,7 @@ impl<'a> Ctx<'a> {
                     _ => {}
                 }
                 self.count(Counter::ForwardHost);
+                offload::finish(pkt);
                 set_macs(pkt, node.host_port_mac, node.host_mac);
                 self.tr.step(|| Step::Deliver { port: "host port".into(), dst_mac: node.host_port_mac });
                 Action::ToPort(PortId::HOST)
@@ -655,11 +726,8 @@ impl<'a> Ctx<'a> {
         };
         self.tr.step(|| Step::Neighbour { ip: gateway, mac, dev: "flannel.1".into() });
         self.tr.step(|| Step::Fdb { mac, dst: remote, dev: "flannel.1".into() });
-        if pkt.offload.csum_partial && pkt.offload.gso_size == 0 {
-            // The wire needs a finished checksum; a pod with offloads left it partial.
-            l4::finish_partial_checksum(&mut pkt.data_mut()[ethernet::HEADER_LEN..]);
-            pkt.offload.csum_partial = false;
-        }
+        // The wire needs finished checksums (GSO frames get them per segment).
+        offload::finish(pkt);
         let flow_hash = inner_flow_hash(&pkt.data()[ethernet::HEADER_LEN..], t.hash_seed);
         if !vxlan::encap(pkt, node.vni, node.vtep_mac, mac) {
             return self.drop(DropReason::TxError);
@@ -841,8 +909,8 @@ fn apply(pkt: &mut Packet, h: &Hit) {
 #[inline]
 fn set_macs(pkt: &mut Packet, dst: MacAddr, src: MacAddr) {
     let d = pkt.data_mut();
-    d[..6].copy_from_slice(&dst.0);
-    d[6..12].copy_from_slice(&src.0);
+    d[ethernet::field::DST..ethernet::field::SRC].copy_from_slice(&dst.0);
+    d[ethernet::field::SRC..ethernet::field::ETHERTYPE].copy_from_slice(&src.0);
 }
 
 fn sock(a: (Ipv4Addr, u16)) -> SocketAddrV4 {
@@ -861,18 +929,16 @@ fn is_martian(src: Ipv4Addr, dst: Ipv4Addr) -> bool {
 /// as Linux's `skb_get_hash` does.
 fn inner_flow_hash(ip: &[u8], seed: u64) -> u32 {
     let Ok(p) = Ipv4Packet::new_checked(ip) else { return 0 };
-    let (sport, dport) = if p.has_l4_header() && matches!(p.protocol(), PROTO_TCP | PROTO_UDP) && p.payload().len() >= 4
-    {
-        (l4::be16(p.payload(), 0), l4::be16(p.payload(), 2))
-    } else {
-        (0, 0)
+    let ports = Ports::new_checked(p.payload()).ok().filter(|_| p.has_l4_header());
+    let (sport, dport) = match ports {
+        Some(ports) if matches!(p.protocol(), PROTO_TCP | PROTO_UDP) => (ports.src_port(), ports.dst_port()),
+        _ => (0, 0),
     };
     Tuple { proto: p.protocol(), src: p.src(), dst: p.dst(), sport, dport }.hash(seed)
 }
 
 fn tcp_flag_names(f: u8) -> String {
-    let names =
-        [(l4::TCP_SYN, "SYN"), (l4::TCP_ACK, "ACK"), (l4::TCP_FIN, "FIN"), (l4::TCP_RST, "RST"), (l4::TCP_PSH, "PSH")];
+    let names = [(tcp::SYN, "SYN"), (tcp::ACK, "ACK"), (tcp::FIN, "FIN"), (tcp::RST, "RST"), (tcp::PSH, "PSH")];
     names.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
 }
 

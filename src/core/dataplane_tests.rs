@@ -5,7 +5,7 @@ use crate::core::counters::{Counter, DropReason};
 use crate::core::nat::conntrack::{Timeouts, format_entry};
 use crate::core::nat::service::ServiceSpec;
 use crate::core::tables::article::{self, EP1_MAC, EP3_MAC};
-use crate::core::{HEADROOM, Now};
+use crate::core::{HEADROOM, Now, Offload};
 use crate::wire::{arp, checksum, icmp, ipv4};
 use etherparse::PacketBuilder;
 
@@ -29,9 +29,13 @@ fn vtep2_mac() -> MacAddr {
 
 struct Lab {
     dp: Dataplane,
+    /// The frame as it left (copied out: it may have moved to the spare buffer).
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The offload the frame leaves with; `offload_in` the one it arrives with.
+    offload: Offload,
+    offload_in: Offload,
 }
 
 impl Lab {
@@ -41,7 +45,14 @@ impl Lab {
         Lab::with_tables(t)
     }
     fn with_tables(t: Tables) -> Lab {
-        Lab { dp: Dataplane::new(t, Conntrack::new(1024, Timeouts::default()), 1), buf: Vec::new(), start: 0, end: 0 }
+        Lab {
+            dp: Dataplane::new(t, Conntrack::new(1024, Timeouts::default()), 1),
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            offload: Offload::default(),
+            offload_in: Offload::default(),
+        }
     }
     fn run(
         &mut self,
@@ -49,13 +60,17 @@ impl Lab {
         f: impl FnOnce(&Dataplane, &Tables, &mut Packet, &mut Trace) -> Action,
         tr: &mut Trace,
     ) -> Action {
-        self.buf = vec![0u8; HEADROOM + frame.len() + 64];
-        self.buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        let mut buf = vec![0u8; HEADROOM + frame.len() + 64];
+        buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        let mut spare = vec![0u8; HEADROOM + 14 + 65_535];
         let t = self.dp.tables();
-        let mut p = Packet::new(&mut self.buf, HEADROOM, HEADROOM + frame.len());
+        let mut p = Packet::new(&mut buf, HEADROOM, HEADROOM + frame.len()).with_spare(&mut spare);
+        p.offload = std::mem::take(&mut self.offload_in);
         let a = f(&self.dp, &t, &mut p, tr);
-        self.start = p.start();
-        self.end = p.start() + p.len();
+        self.buf = p.data().to_vec();
+        self.start = 0;
+        self.end = self.buf.len();
+        self.offload = p.offload;
         a
     }
     fn port(&mut self, port: PortId, frame: &[u8]) -> Action {
@@ -243,6 +258,7 @@ fn step_kind(s: &Step) -> &'static str {
         Step::Encap { .. } => "encap",
         Step::Deliver { .. } => "deliver",
         Step::Reply { .. } => "reply",
+        Step::Defrag { .. } => "defrag",
         Step::Drop { .. } => "drop",
     }
 }
@@ -341,11 +357,12 @@ fn oversize_df_gets_frag_needed_1450() {
     // Exactly 1450 passes.
     let f = tcp(EP1_MAC, HOST_MAC, (EP1, 40000), (EP2, 2368), false, &[0u8; 1410]);
     assert!(matches!(lab.port(PortId(1), &f), Action::ToVtep { .. }));
-    // Without DF ucanal does not fragment; it says so.
+    // Without DF it leaves to be fragmented at 1450, as Linux fragments it.
     let mut f = tcp(EP1_MAC, HOST_MAC, (EP1, 40000), (EP2, 2368), false, &[0u8; 1420]);
     f[14 + 6] = 0;
     Ipv4Packet::new_checked(&mut f[14..]).unwrap().fill_checksum();
-    assert_eq!(lab.port(PortId(1), &f), Action::Drop(DropReason::NeedsFragmentation));
+    assert!(matches!(lab.port(PortId(1), &f), Action::ToVtep { .. }));
+    assert_eq!(lab.offload.frag_size, 1450);
 }
 
 #[test]
@@ -645,3 +662,156 @@ fn two_datagrams_of_a_new_udp_flow_both_pass() {
     assert_eq!(lab.out_ip().dst(), first_dst, "same endpoint");
     assert_eq!(lab.dp.conntrack.len(), 1);
 }
+
+// ---------------------------------------------------------------------------------
+// Partial checksums from a kernel peer (veth default offloads) and from pods.
+
+/// Writes the folded pseudo-header sum into the TCP/UDP checksum field of `ip`: the
+/// bytes a kernel with tx checksumming leaves for the device (CHECKSUM_PARTIAL).
+fn make_partial(ip: &mut [u8]) {
+    let hl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let at = hl + if ip[9] == PROTO_TCP { 16 } else { 6 };
+    let (s, d) = (ip[12..16].try_into().unwrap(), ip[16..20].try_into().unwrap());
+    let ps = checksum::fold(checksum::pseudo_header_sum(s, d, ip[9], (total - hl) as u16));
+    ip[at..at + 2].copy_from_slice(&ps.to_be_bytes());
+}
+
+/// A SYN-ACK from `src` to `dst`, as IPv4 bytes, with a partial checksum.
+fn partial_syn_ack(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(src.0.octets(), dst.0.octets(), 63)
+        .tcp(src.1, dst.1, 5000, 64240)
+        .syn()
+        .ack(1001)
+        .write(&mut v, &[])
+        .unwrap();
+    set_df(&mut v);
+    make_partial(&mut v);
+    v
+}
+
+/// The L4 checksum of the frame as it left, finished the way the pod's TAP (NEEDS_CSUM,
+/// csum_start at L4) or the device would finish it; asserts it then verifies.
+fn assert_finishes(lab: &Lab) {
+    let ip = lab.out_ip();
+    let mut whole: Vec<u8> = ip.header().iter().chain(ip.payload()).copied().collect();
+    l4::finish_partial_checksum(&mut whole);
+    assert!(l4::verify_checksum(&whole), "the partial field finishes to a valid checksum");
+}
+
+#[test]
+fn partial_syn_ack_from_a_kernel_peer_reaches_the_pod_as_needs_csum() {
+    let mut lab = Lab::new(vec![]);
+    let synack = partial_syn_ack((EP2, 2368), (EP1, 40000));
+    assert!(!l4::verify_checksum(&synack), "as a complete checksum these bytes are wrong");
+    assert_eq!(lab.vxlan(NODE2, &from_node2(&synack)), Action::ToPort(PortId(1)));
+    assert_eq!(lab.offload, Offload { csum_partial: true, gso_size: 0, frag_size: 0 }, "NEEDS_CSUM to the TAP");
+    let ip = lab.out_ip();
+    assert_eq!((ip.src(), ip.dst(), ip.ttl()), (EP2, EP1, 62));
+    assert!(ip.verify_checksum());
+    assert_eq!(&ip.payload()[16..18], &synack[36..38], "the partial field is passed on as it came");
+    assert_finishes(&lab);
+
+    // A TAP without offloads takes no NEEDS_CSUM: ucanal finishes the checksum itself.
+    let mut lab = Lab::new(vec![]);
+    lab.dp =
+        Dataplane::new(article::tables1(vec![]), Conntrack::new(16, Timeouts::default()), 1).with_tap_offloads(false);
+    assert_eq!(lab.vxlan(NODE2, &from_node2(&synack)), Action::ToPort(PortId(1)));
+    assert_eq!(lab.offload, Offload::default());
+    assert_checksums(&lab.out_ip());
+}
+
+#[test]
+fn a_corrupt_complete_checksum_is_never_delivered_as_valid() {
+    let mut lab = Lab::new(vec![]);
+    let mut synack = partial_syn_ack((EP2, 2368), (EP1, 40000));
+    l4::finish_partial_checksum(&mut synack);
+    synack[20 + 16] ^= 0x08; // a bit flipped in the checksum: neither complete nor partial
+    let mut data = synack.clone();
+    data[20 + 14] ^= 0x01; // or in the data (the window) under a once-valid checksum
+    data[20 + 16] ^= 0x08;
+    for bad in [synack, data] {
+        assert!(!l4::verify_checksum(&bad));
+        assert_eq!(lab.vxlan(NODE2, &from_node2(&bad)), Action::ToPort(PortId(1)));
+        assert_eq!(lab.offload, Offload::default(), "an ordinary frame: the pod verifies it");
+        let ip = lab.out_ip();
+        let whole: Vec<u8> = ip.header().iter().chain(ip.payload()).copied().collect();
+        assert!(!l4::verify_checksum(&whole), "still wrong: the pod drops it");
+    }
+    // Through reverse NAT as well: the incremental update keeps a wrong sum wrong.
+    let mut lab = Lab::new(vec![article::ghost()]);
+    let sport = sport_for(&lab, EP1, (VIP, 2368), EP2);
+    let syn = tcp(EP1_MAC, HOST_MAC, (EP1, sport), (VIP, 2368), true, &[]);
+    assert!(matches!(lab.port(PortId(1), &syn), Action::ToVtep { .. }));
+    let mut bad = partial_syn_ack((EP2, 2368), (EP1, sport));
+    l4::finish_partial_checksum(&mut bad);
+    bad[20 + 17] ^= 0x10;
+    assert_eq!(lab.vxlan(NODE2, &from_node2(&bad)), Action::ToPort(PortId(1)));
+    let ip = lab.out_ip();
+    assert_eq!((ip.src(), lab.offload), (VIP, Offload::default()));
+    let whole: Vec<u8> = ip.header().iter().chain(ip.payload()).copied().collect();
+    assert!(!l4::verify_checksum(&whole));
+}
+
+/// NodePort: the client's SYN arrives partial from the host port (the node's kernel
+/// forwards the client veth's CHECKSUM_PARTIAL skb), is DNATed + masqueraded and leaves
+/// by VXLAN complete; the kernel peer's partial SYN-ACK is reverse-NATed and reaches the
+/// host port complete. ClusterIP: a pod's partial SYN out, the peer's partial SYN-ACK in,
+/// reverse-DNATed to the VIP, to the pod as NEEDS_CSUM that finishes valid.
+#[test]
+fn partial_checksums_through_dnat_masquerade_and_back() {
+    let mut lab = Lab::new(vec![article::ghost()]);
+    let sport = sport_for(&lab, CLIENT, (NODE1, 31266), EP2);
+    let mut syn = tcp(article::node1().host_port_mac, HOST_MAC, (CLIENT, sport), (NODE1, 31266), true, &[]);
+    make_partial(&mut syn[14..]);
+    lab.offload_in = Offload { csum_partial: true, gso_size: 0, frag_size: 0 };
+    assert!(matches!(lab.port(PortId::HOST, &syn), Action::ToVtep { remote: NODE2, .. }));
+    let ip = lab.out_ip();
+    assert_eq!((ip.src(), ip.dst(), l4_ports(&ip)), (VTEP1, EP2, (sport, 2368)));
+    assert_checksums(&ip);
+    assert_eq!(lab.offload, Offload::default());
+
+    let synack = partial_syn_ack((EP2, 2368), (VTEP1, sport));
+    assert_eq!(lab.vxlan(NODE2, &from_node2(&synack)), Action::ToPort(PortId::HOST));
+    let ip = lab.out_ip();
+    assert_eq!((ip.src(), ip.dst(), l4_ports(&ip)), (NODE1, CLIENT, (31266, sport)));
+    assert_checksums(&ip);
+    assert_eq!(lab.offload, Offload::default(), "finished for the host port");
+
+    let sport = sport_for(&lab, EP1, (VIP, 2368), EP2);
+    let mut syn = tcp(EP1_MAC, HOST_MAC, (EP1, sport), (VIP, 2368), true, &[]);
+    make_partial(&mut syn[14..]);
+    lab.offload_in = Offload { csum_partial: true, gso_size: 0, frag_size: 0 };
+    assert!(matches!(lab.port(PortId(1), &syn), Action::ToVtep { .. }));
+    assert_checksums(&lab.out_ip());
+    let synack = partial_syn_ack((EP2, 2368), (EP1, sport));
+    assert_eq!(lab.vxlan(NODE2, &from_node2(&synack)), Action::ToPort(PortId(1)));
+    let ip = lab.out_ip();
+    assert_eq!((ip.src(), ip.dst(), l4_ports(&ip)), (VIP, EP1, (2368, sport)));
+    assert_eq!(lab.offload, Offload { csum_partial: true, gso_size: 0, frag_size: 0 });
+    assert_finishes(&lab);
+    // UDP the same way: a partial answer from the endpoint, reverse-DNATed.
+    let mut dns = article::ghost();
+    dns.protocol = crate::core::nat::service::Protocol::Udp;
+    let mut lab = Lab::new(vec![dns]);
+    let t = lab.dp.tables();
+    let sport = (40000..41000u16)
+        .find(|p| {
+            let u = Tuple { proto: PROTO_UDP, src: EP1, dst: VIP, sport: *p, dport: 2368 };
+            *article::ghost().endpoints[pick(u.hash(t.hash_seed), 2)].ip() == EP2
+        })
+        .unwrap();
+    let q = udp(EP1_MAC, (EP1, sport), (VIP, 2368), b"query");
+    assert!(matches!(lab.port(PortId(1), &q), Action::ToVtep { .. }));
+    let mut a = udp(MacAddr::ZERO, (EP2, 2368), (EP1, sport), b"answer")[14..].to_vec();
+    make_partial(&mut a);
+    assert_eq!(lab.vxlan(NODE2, &from_node2(&a)), Action::ToPort(PortId(1)));
+    let ip = lab.out_ip();
+    assert_eq!((ip.src(), l4_ports(&ip)), (VIP, (2368, sport)));
+    assert!(lab.offload.csum_partial);
+    assert_finishes(&lab);
+}
+
+#[path = "dataplane_frag_tests.rs"]
+mod frag;

@@ -91,7 +91,10 @@ impl Harness {
     fn run_on(&self, sel: u8, frame: &[u8]) -> Action {
         let mut buf = vec![0u8; HEADROOM + frame.len() + 16];
         buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-        let mut pkt = Packet::new(&mut buf, HEADROOM, HEADROOM + frame.len());
+        // A spare buffer, so fragments reach the reassembler (and reassembled datagrams
+        // the rest of the walk).
+        let mut spare = vec![0u8; HEADROOM + ethernet::HEADER_LEN + 65_535];
+        let mut pkt = Packet::new(&mut buf, HEADROOM, HEADROOM + frame.len()).with_spare(&mut spare);
         // Time moves on a little with every input, so expiry paths are reached as well.
         let now = Now(self.now.fetch_add(50_000_000, std::sync::atomic::Ordering::Relaxed));
         let mut tr = Trace::off();
@@ -128,7 +131,7 @@ impl Harness {
 /// The oracle: an emitted frame is well formed.
 fn check_output(a: &Action, out: &[u8]) {
     let frame = match a {
-        Action::Drop(_) => return,
+        Action::Drop(_) | Action::Held => return,
         Action::ToPort(_) => out,
         Action::ToVtep { .. } => {
             assert!(vxlan::parse(out).is_ok(), "emitted VXLAN header does not parse");

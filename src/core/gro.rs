@@ -10,7 +10,10 @@
 //! payload (the run's MSS). A short segment or one with PSH ends the run after joining it.
 //! Only IPv4 without options, DF set, not a fragment, TCP with ACK or ACK|PSH and a
 //! payload, and a TCP checksum that verifies, is a candidate: a corrupt segment is never
-//! merged into a frame whose checksum the pod then trusts.
+//! merged into a frame whose checksum the pod then trusts. A segment whose checksum is
+//! partial (a kernel peer's veth hands them on so; see `offload`) is a candidate too:
+//! its field must be exactly its pseudo-header sum, as the kernel's own GRO takes a
+//! `CHECKSUM_PARTIAL` skb without verifying it.
 //!
 //! The finished frame carries the pseudo-header sum in the TCP checksum field
 //! (`CHECKSUM_PARTIAL`), as the kernel's GRO leaves it; the pod's TAP is told so through
@@ -18,11 +21,12 @@
 
 use super::Offload;
 use crate::wire::checksum;
-use crate::wire::ethernet::{ETHERTYPE_IPV4, HEADER_LEN as ETH_LEN};
-use crate::wire::ipv4::PROTO_TCP;
-use crate::wire::l4::{TCP_ACK, TCP_PSH};
+use crate::wire::ethernet::{self, ETHERTYPE_IPV4, HEADER_LEN as ETH_LEN};
+use crate::wire::ipv4::{self, Ipv4Packet, PROTO_TCP};
+use crate::wire::l4::Ports;
+use crate::wire::tcp::{self, ACK as TCP_ACK, PSH as TCP_PSH, TcpPacket};
 
-const IP_LEN: usize = 20;
+const IP_LEN: usize = ipv4::MIN_HEADER_LEN;
 /// Where the TCP header starts in a candidate frame (Ethernet + IPv4 without options).
 const L4: usize = ETH_LEN + IP_LEN;
 /// The largest IPv4 total length.
@@ -36,59 +40,70 @@ pub struct Segment {
     pub payload_len: usize,
     pub seq: u32,
     pub psh: bool,
+    /// The checksum field holds only the pseudo-header sum.
+    pub partial: bool,
 }
 
-/// Whether `frame` (Ethernet + IPv4 + TCP, exactly its length) can be coalesced.
-pub fn candidate(frame: &[u8]) -> Option<Segment> {
-    if frame.len() < L4 + 20 || frame[12..14] != ETHERTYPE_IPV4.to_be_bytes() {
-        return None;
-    }
-    let ip = &frame[ETH_LEN..];
-    // Version 4, no options; TCP; DF set, MF clear, offset 0.
-    if ip[0] != 0x45 || ip[9] != PROTO_TCP || ip[6] & 0x40 == 0 || ip[6] & 0xbf != 0 || ip[7] != 0 {
-        return None;
-    }
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    if total != frame.len() - ETH_LEN {
-        return None;
-    }
-    let tcp = &frame[L4..];
-    let doff = usize::from(tcp[12] >> 4) * 4;
-    let flags = tcp[13];
-    if doff < 20 || L4 + doff >= frame.len() || (flags != TCP_ACK && flags != TCP_ACK | TCP_PSH) || tcp[12] & 0x0f != 0
+/// Whether `frame` (Ethernet + IPv4 + TCP, exactly its length) can be coalesced;
+/// `partial` says its TCP checksum is partial (`Offload::csum_partial`).
+pub fn candidate(frame: &[u8], partial: bool) -> Option<Segment> {
+    if frame.len() < L4 + tcp::MIN_HEADER_LEN
+        || frame[ethernet::field::ETHERTYPE..ETH_LEN] != ETHERTYPE_IPV4.to_be_bytes()
     {
         return None;
     }
-    if checksum::checksum(&ip[..IP_LEN]) != 0 {
+    let ip = Ipv4Packet::new_checked(&frame[ETH_LEN..]).ok()?;
+    // No options; TCP; flags exactly DF (MF and the reserved bit clear), offset 0; no
+    // trailing bytes.
+    if ip.header_len() != IP_LEN
+        || ip.protocol() != PROTO_TCP
+        || ip.header()[ipv4::field::FLAGS_FRAG..ipv4::field::TTL] != ipv4::FLAG_DF.to_be_bytes()
+        || ip.total_len() != frame.len() - ETH_LEN
+    {
         return None;
     }
-    let src: [u8; 4] = ip[12..16].try_into().ok()?;
-    let dst: [u8; 4] = ip[16..20].try_into().ok()?;
-    let acc = checksum::pseudo_header_sum(src, dst, PROTO_TCP, (total - IP_LEN) as u16);
-    if checksum::fold(checksum::sum(tcp, acc)) != 0xffff {
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    let flags = tcp.flags();
+    let reserved = ip.payload()[tcp::field::DATA_OFF] & 0x0f;
+    if tcp.payload().is_empty() || (flags != TCP_ACK && flags != TCP_ACK | TCP_PSH) || reserved != 0 {
+        return None;
+    }
+    let valid = if partial {
+        let pseudo = checksum::pseudo_header_sum(ip.src().octets(), ip.dst().octets(), PROTO_TCP, tcp_len(&ip));
+        tcp.checksum() == checksum::fold(pseudo)
+    } else {
+        tcp.verify_checksum(ip.src(), ip.dst())
+    };
+    if !ip.verify_checksum() || !valid {
         return None;
     }
     Some(Segment {
-        hdr_len: L4 + doff,
-        payload_len: frame.len() - L4 - doff,
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        hdr_len: L4 + tcp.header_len(),
+        payload_len: tcp.payload().len(),
+        seq: tcp.seq_number(),
         psh: flags & TCP_PSH != 0,
+        partial,
     })
+}
+
+/// The TCP length of an IPv4 packet (for the pseudo header).
+fn tcp_len(ip: &Ipv4Packet<&[u8]>) -> u16 {
+    (ip.total_len() - ip.header_len()) as u16
 }
 
 /// Whether two frames belong to one TCP flow (addresses and ports), whatever else differs:
 /// a segment of a flow with an open run that cannot join it must first flush the run, so
 /// the pod sees the flow's bytes in order. `frame` need not be a candidate.
 pub fn same_flow(first: &[u8], frame: &[u8]) -> bool {
-    let ihl = |f: &[u8]| usize::from(f[ETH_LEN] & 0x0f) * 4;
-    if frame.len() < L4 + 4 || first.len() < L4 + 4 || frame[12..14] != ETHERTYPE_IPV4.to_be_bytes() {
-        return false;
-    }
-    let l4 = ETH_LEN + ihl(frame);
-    frame[ETH_LEN + 9] == PROTO_TCP
-        && frame.len() >= l4 + 4
-        && frame[ETH_LEN + 12..ETH_LEN + 20] == first[ETH_LEN + 12..ETH_LEN + 20]
-        && frame[l4..l4 + 4] == first[L4..L4 + 4]
+    let flow = |f: &[u8]| {
+        if f.get(ethernet::field::ETHERTYPE..ETH_LEN)? != ETHERTYPE_IPV4.to_be_bytes() {
+            return None;
+        }
+        let ip = Ipv4Packet::new_quoted(f.get(ETH_LEN..)?).ok()?;
+        let ports = Ports::new_checked(ip.payload()).ok()?;
+        (ip.protocol() == PROTO_TCP).then(|| (ip.src(), ip.dst(), ports.src_port(), ports.dst_port()))
+    };
+    flow(frame).is_some_and(|f| Some(f) == flow(first))
 }
 
 /// An open run: its first segment's header lives in the caller's buffer.
@@ -103,6 +118,8 @@ pub struct Run {
     pub psh: bool,
     /// A short segment or PSH joined: nothing more may.
     pub closed: bool,
+    /// The first segment's checksum is partial (what a run of one leaves with).
+    pub partial: bool,
 }
 
 impl Run {
@@ -115,6 +132,7 @@ impl Run {
             segments: 1,
             psh: s.psh,
             closed: s.psh,
+            partial: s.partial,
         }
     }
 
@@ -131,18 +149,22 @@ impl Run {
             return false;
         }
         let (a, b) = (&first[..self.hdr_len], &frame[..s.hdr_len]);
-        let ip = ETH_LEN;
-        let tcp = L4;
+        let same = |at: usize, range: std::ops::Range<usize>| {
+            a[at + range.start..at + range.end] == b[at + range.start..at + range.end]
+        };
+        let (ip, tcp) = (ETH_LEN, L4);
+        use crate::wire::{ipv4::field as i, tcp::field as t};
         // Ethernet; IP version/IHL/TOS; flags/fragment, TTL, protocol; addresses.
-        a[..ip + 2] == b[..ip + 2]
-            && a[ip + 6..ip + 10] == b[ip + 6..ip + 10]
-            && a[ip + 12..ip + 20] == b[ip + 12..ip + 20]
+        a[..ip] == b[..ip]
+            && same(ip, i::VER_IHL..i::TOTAL_LEN)
+            && same(ip, i::FLAGS_FRAG..i::CHECKSUM)
+            && same(ip, i::SRC..IP_LEN)
             // TCP ports; ACK number; data offset; flags but PSH; window; urgent pointer; options.
-            && a[tcp..tcp + 4] == b[tcp..tcp + 4]
-            && a[tcp + 8..tcp + 13] == b[tcp + 8..tcp + 13]
-            && (a[tcp + 13] | TCP_PSH) == (b[tcp + 13] | TCP_PSH)
-            && a[tcp + 14..tcp + 16] == b[tcp + 14..tcp + 16]
-            && a[tcp + 18..] == b[tcp + 18..]
+            && same(tcp, t::SRC_PORT..t::SEQ)
+            && same(tcp, t::ACK..t::FLAGS)
+            && (a[tcp + t::FLAGS] | TCP_PSH) == (b[tcp + t::FLAGS] | TCP_PSH)
+            && same(tcp, t::WINDOW..t::CHECKSUM)
+            && a[tcp + t::URGENT..] == b[tcp + t::URGENT..]
     }
 
     /// Accounts for a segment the caller appended after the run's bytes.
@@ -152,6 +174,11 @@ impl Run {
         self.segments += 1;
         self.psh |= s.psh;
         self.closed = s.psh || s.payload_len < self.gso_size;
+    }
+
+    /// The offload of a run that stayed one segment: the segment's own.
+    pub fn single(&self) -> Offload {
+        Offload { csum_partial: self.partial, gso_size: 0, frag_size: 0 }
     }
 
     /// The frame's length: headers plus every joined payload.
@@ -166,26 +193,23 @@ impl Run {
     /// Makes `frame[..self.len()]` (the first segment's headers followed by every payload)
     /// one TCP super-packet: IP total length and checksum, PSH when any segment had it,
     /// the pseudo-header sum in the TCP checksum field. Returns the offload metadata for
-    /// the TAP write. A run of one segment is left as it is (no offload).
+    /// the TAP write. A run of one segment is left as it is.
     pub fn finish(&self, frame: &mut [u8]) -> Offload {
         if self.segments < 2 {
-            return Offload::default();
+            return self.single();
         }
         let total = self.len() - ETH_LEN;
-        let ip = &mut frame[ETH_LEN..L4];
-        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        ip[10..12].copy_from_slice(&[0, 0]);
-        let c = checksum::checksum(ip);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        let src: [u8; 4] = ip[12..16].try_into().unwrap_or_default();
-        let dst: [u8; 4] = ip[16..20].try_into().unwrap_or_default();
-        let tcp = &mut frame[L4..self.hdr_len];
+        let Ok(mut ip) = Ipv4Packet::new_quoted(&mut frame[ETH_LEN..self.len()]) else { return Offload::default() };
+        ip.set_total_len(total as u16);
+        let (src, dst) = (ip.src(), ip.dst());
+        let Ok(mut tcp) = TcpPacket::new_quoted(ip.payload_mut()) else { return Offload::default() };
         if self.psh {
-            tcp[13] |= TCP_PSH;
+            tcp.set_flags(tcp.flags() | TCP_PSH);
         }
-        let pseudo = checksum::fold(checksum::pseudo_header_sum(src, dst, PROTO_TCP, (total - IP_LEN) as u16));
-        tcp[16..18].copy_from_slice(&pseudo.to_be_bytes());
-        Offload { csum_partial: true, gso_size: self.gso_size as u16 }
+        let pseudo =
+            checksum::fold(checksum::pseudo_header_sum(src.octets(), dst.octets(), PROTO_TCP, (total - IP_LEN) as u16));
+        tcp.set_checksum(pseudo);
+        Offload { csum_partial: true, gso_size: self.gso_size as u16, frag_size: 0 }
     }
 }
 
@@ -231,12 +255,23 @@ mod tests {
         (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt)).collect()
     }
 
-    /// Coalesces `frames` the way the worker does; returns the finished frames and offloads.
+    /// `seg` with its checksum left partial, as a kernel peer's veth hands it on.
+    fn partial_seg(seq: u32, payload: &[u8], psh: bool) -> Vec<u8> {
+        let mut v = seg(seq, payload, psh);
+        let len = (v.len() - L4) as u16;
+        let ps = checksum::fold(checksum::pseudo_header_sum(A, B, PROTO_TCP, len));
+        v[L4 + 16..L4 + 18].copy_from_slice(&ps.to_be_bytes());
+        v
+    }
+
+    /// Coalesces `frames` the way the worker does (a frame is partial when decap found it
+    /// so); returns the finished frames and offloads.
     fn coalesce(frames: &[Vec<u8>]) -> Vec<(Vec<u8>, Offload)> {
         let mut out = Vec::new();
         let mut cur: Option<(Vec<u8>, Run)> = None;
         for f in frames {
-            let s = candidate(f);
+            let partial = crate::core::offload::is_partial(&f[ETH_LEN..]);
+            let s = candidate(f, partial);
             if let (Some(s), Some((buf, run))) = (s, cur.as_mut())
                 && run.accepts(buf, f, &s)
             {
@@ -250,7 +285,7 @@ mod tests {
             }
             match s {
                 Some(s) => cur = Some((f.clone(), Run::start(&s))),
-                None => out.push((f.clone(), Offload::default())),
+                None => out.push((f.clone(), Offload { csum_partial: partial, gso_size: 0, frag_size: 0 })),
             }
         }
         if let Some((mut buf, run)) = cur.take() {
@@ -279,7 +314,7 @@ mod tests {
         let out = coalesce(&frames);
         assert_eq!(out.len(), 1);
         let (f, o) = &out[0];
-        assert_eq!(*o, Offload { csum_partial: true, gso_size: mss as u16 });
+        assert_eq!(*o, Offload { csum_partial: true, gso_size: mss as u16, frag_size: 0 });
         let hdr = 14 + 20 + 32;
         assert_eq!(f.len(), hdr + 2 * mss + 700);
         assert_eq!(&f[hdr..], [p1, p2, p3].concat().as_slice());
@@ -303,6 +338,54 @@ mod tests {
             );
             assert_eq!(checksum::checksum(&b[..20]), 0, "segment {k} IP checksum");
         }
+    }
+
+    /// 46 full segments of a kernel peer's bulk transfer, each with a partial checksum:
+    /// one 64 KB GSO frame (46 x 1398 + 52 header bytes = 64 360; a 47th would pass the
+    /// IP length limit and starts the next run), whose segments the pod's stack would see
+    /// with complete checksums.
+    #[test]
+    fn a_partial_64k_run_becomes_one_gso_frame() {
+        let mss = 1398;
+        let frames: Vec<Vec<u8>> =
+            (0..47u32).map(|k| partial_seg(1 + k * mss as u32, &payload(mss, k as u8), false)).collect();
+        assert!(frames.iter().all(|f| candidate(f, true).is_some_and(|s| s.partial)));
+        // Taken as complete checksums, the same bytes are corrupt: never candidates.
+        assert!(frames.iter().all(|f| candidate(f, false).is_none()));
+        let out = coalesce(&frames);
+        assert_eq!(out.len(), 2);
+        let (f, o) = &out[0];
+        assert_eq!(*o, Offload { csum_partial: true, gso_size: mss as u16, frag_size: 0 });
+        let hdr = 14 + 20 + 32;
+        assert_eq!(f.len(), hdr + 46 * mss);
+        assert_eq!(f.len() - ETH_LEN, 64_360);
+        let payloads: Vec<u8> = frames[..46].iter().flat_map(|s| s[hdr..].to_vec()).collect();
+        assert_eq!(&f[hdr..], payloads.as_slice());
+        let mut full = f[14..].to_vec();
+        l4::finish_partial_checksum(&mut full);
+        assert!(l4::verify_checksum(&full));
+        let back = resegment(f, *o);
+        assert_eq!(back.len(), 46);
+        for (k, b) in back.iter().enumerate() {
+            assert!(l4::verify_checksum(&b[14..]), "segment {k} leaves with a complete checksum");
+            assert_eq!(&b[hdr..], &frames[k][hdr..]);
+        }
+        // The 47th: a run of one, still partial.
+        assert_eq!(out[1], (frames[46].clone(), Offload { csum_partial: true, gso_size: 0, frag_size: 0 }));
+    }
+
+    #[test]
+    fn a_corrupt_segment_breaks_a_partial_run_and_stays_corrupt() {
+        let mss = 1000;
+        let mut bad = seg(1 + mss as u32, &payload(mss, 2), false);
+        bad[L4 + 16] ^= 0x01; // neither the pseudo-header sum nor a valid checksum
+        let frames =
+            vec![partial_seg(1, &payload(mss, 1), false), bad.clone(), partial_seg(2001, &payload(mss, 3), false)];
+        let out = coalesce(&frames);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[1], (bad.clone(), Offload::default()), "delivered as it came: the pod drops it");
+        assert!(!l4::verify_checksum(&out[1].0[14..]));
+        assert_eq!(out[0].1, Offload { csum_partial: true, gso_size: 0, frag_size: 0 });
     }
 
     #[test]
@@ -351,7 +434,7 @@ mod tests {
             let c = checksum::checksum(&second[14..34]);
             second[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
             l4::fill_checksum(&mut second[14..]);
-            assert!(candidate(&second).is_some(), "byte {at} still a candidate");
+            assert!(candidate(&second, false).is_some(), "byte {at} still a candidate");
             assert_eq!(coalesce(&[base.clone(), second]).len(), 2, "byte {at} differs: no merge");
         }
     }
@@ -359,37 +442,37 @@ mod tests {
     #[test]
     fn non_candidates() {
         let good = seg(1, &payload(100, 1), false);
-        assert!(candidate(&good).is_some());
+        assert!(candidate(&good, false).is_some());
         // Bad TCP checksum: never merged into a frame the pod trusts.
         let mut bad = good.clone();
         *bad.last_mut().unwrap() ^= 0xff;
-        assert_eq!(candidate(&bad), None);
+        assert_eq!(candidate(&bad, false), None);
         // SYN, FIN, no payload, no DF, a fragment, trailing bytes, truncated, UDP.
         let mut syn = good.clone();
         syn[34 + 13] = 0x12;
         l4::fill_checksum(&mut syn[14..]);
-        assert_eq!(candidate(&syn), None);
+        assert_eq!(candidate(&syn, false), None);
         let mut fin = good.clone();
         fin[34 + 13] = 0x11;
         l4::fill_checksum(&mut fin[14..]);
-        assert_eq!(candidate(&fin), None);
-        assert_eq!(candidate(&seg(1, &[], false)), None);
+        assert_eq!(candidate(&fin, false), None);
+        assert_eq!(candidate(&seg(1, &[], false), false), None);
         let mut nodf = good.clone();
         nodf[14 + 6] &= !0x40;
         nodf[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
         let c = checksum::checksum(&nodf[14..34]);
         nodf[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(candidate(&nodf), None);
+        assert_eq!(candidate(&nodf, false), None);
         let mut trailing = good.clone();
         trailing.extend_from_slice(&[0; 4]);
-        assert_eq!(candidate(&trailing), None);
+        assert_eq!(candidate(&trailing, false), None);
         for n in 0..good.len() {
-            let _ = candidate(&good[..n]);
+            let _ = candidate(&good[..n], false);
             let _ = same_flow(&good, &good[..n]);
         }
         let mut udp = Vec::new();
         PacketBuilder::ethernet2(MAC_S, MAC_D).ipv4(A, B, 62).udp(53, 53).write(&mut udp, &[1, 2, 3]).unwrap();
-        assert_eq!(candidate(&udp), None);
+        assert_eq!(candidate(&udp, false), None);
         assert!(!same_flow(&good, &udp));
     }
 

@@ -9,12 +9,11 @@
 //! only on the last segment, CWR only on the first, and full IP and TCP checksums.
 
 use crate::wire::ipv4::{Ipv4Packet, PROTO_TCP};
-use crate::wire::l4::{self, TCP_FIN, TCP_PSH};
+use crate::wire::tcp::{CWR as TCP_CWR, FIN as TCP_FIN, PSH as TCP_PSH, TcpPacket};
 use crate::wire::{ethernet, vxlan};
 
 /// Room for 64 KB of payload plus per-segment headers at the smallest sane MSS.
 pub const MAX_SEGMENTED: usize = 96 * 1024;
-const TCP_CWR: u8 = 0x80;
 const MIN_MSS: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,14 +48,8 @@ pub fn segment_vxlan(dgram: &[u8], mss: u16, out: &mut [u8]) -> Result<Segmented
     }
     let ihl = ip.header_len();
     let total = ip.total_len();
-    let tcp = ip.payload();
-    if tcp.len() < l4::TCP_MIN_HEADER_LEN {
-        return Err(GsoError::NotTcp);
-    }
-    let doff = usize::from(tcp[12] >> 4) * 4;
-    if doff < l4::TCP_MIN_HEADER_LEN || doff > tcp.len() {
-        return Err(GsoError::NotTcp);
-    }
+    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else { return Err(GsoError::NotTcp) };
+    let doff = tcp.header_len();
     let hdrs = ip_at + ihl + doff;
     let payload = &dgram[hdrs..ip_at + total];
     let segments = payload.len().div_ceil(mss_n).max(1);
@@ -65,22 +58,20 @@ pub fn segment_vxlan(dgram: &[u8], mss: u16, out: &mut [u8]) -> Result<Segmented
     if len > out.len() {
         return Err(GsoError::TooBig);
     }
-    let seq0 = u32::from_be_bytes(tcp[4..8].try_into().unwrap());
-    let id0 = ip.ident();
-    let flags0 = tcp[13];
+    let (seq0, id0, flags0) = (tcp.seq_number(), ip.ident(), tcp.flags());
     let mut at = 0;
     for k in 0..segments {
         let chunk = &payload[(k * mss_n).min(payload.len())..((k + 1) * mss_n).min(payload.len())];
         let seg = &mut out[at..at + hdrs + chunk.len()];
         seg[..hdrs].copy_from_slice(&dgram[..hdrs]);
         seg[hdrs..].copy_from_slice(chunk);
-        let ipb = &mut seg[ip_at..];
-        let tot = (ihl + doff + chunk.len()) as u16;
-        ipb[2..4].copy_from_slice(&tot.to_be_bytes());
-        ipb[4..6].copy_from_slice(&id0.wrapping_add(k as u16).to_be_bytes());
-        Ipv4Packet::new_checked(&mut ipb[..]).map_err(|_| GsoError::NotTcp)?.fill_checksum();
-        let t = &mut ipb[ihl..];
-        t[4..8].copy_from_slice(&seq0.wrapping_add((k * mss_n) as u32).to_be_bytes());
+        let mut ip = Ipv4Packet::new_quoted(&mut seg[ip_at..]).map_err(|_| GsoError::NotTcp)?;
+        ip.set_total_len((ihl + doff + chunk.len()) as u16);
+        ip.set_ident(id0.wrapping_add(k as u16));
+        ip.fill_checksum();
+        let (src, dst) = (ip.src(), ip.dst());
+        let mut t = TcpPacket::new_checked(ip.payload_mut()).map_err(|_| GsoError::NotTcp)?;
+        t.set_seq_number(seq0.wrapping_add((k * mss_n) as u32));
         let mut f = flags0;
         if k + 1 < segments {
             f &= !(TCP_FIN | TCP_PSH);
@@ -88,8 +79,8 @@ pub fn segment_vxlan(dgram: &[u8], mss: u16, out: &mut [u8]) -> Result<Segmented
         if k > 0 {
             f &= !TCP_CWR;
         }
-        t[13] = f;
-        l4::fill_checksum(ipb);
+        t.set_flags(f);
+        t.fill_checksum(src, dst);
         at += hdrs + chunk.len();
     }
     Ok(Segmented { len, segments, datagram_len })
@@ -130,14 +121,14 @@ mod tests {
             assert_eq!(&d[..22], &sp[..22], "VXLAN and inner Ethernet headers copied");
             let ip = Ipv4Packet::new_checked(&d[22..]).unwrap();
             assert!(ip.verify_checksum());
-            assert!(l4::verify_checksum(&d[22..]));
-            let t = ip.payload();
-            assert_eq!(u32::from_be_bytes(t[4..8].try_into().unwrap()), 1_000_000 + (k * 1398) as u32);
+            let t = TcpPacket::new_checked(ip.payload()).unwrap();
+            assert!(t.verify_checksum(ip.src(), ip.dst()));
+            assert_eq!(t.seq_number(), 1_000_000 + (k * 1398) as u32);
             let last = k == 3;
-            assert_eq!(t[13] & TCP_FIN != 0, last);
-            assert_eq!(t[13] & TCP_PSH != 0, last);
+            assert_eq!(t.flags() & TCP_FIN != 0, last);
+            assert_eq!(t.flags() & TCP_PSH != 0, last);
             assert_eq!(ip.ident(), Ipv4Packet::new_checked(&sp[22..]).unwrap().ident().wrapping_add(k as u16));
-            reassembled.extend_from_slice(&t[20..]);
+            reassembled.extend_from_slice(t.payload());
         }
         assert_eq!(reassembled, sp[hdrs..]);
     }

@@ -9,10 +9,12 @@
 pub mod counters;
 mod dataplane;
 pub mod fdb;
+pub mod frag;
 pub mod fuzzing;
 pub mod gro;
 pub mod gso;
 pub mod nat;
+pub mod offload;
 pub mod proxy_arp;
 mod reject;
 pub mod route;
@@ -61,6 +63,8 @@ pub enum Action {
     ToVtep { remote: Ipv4Addr, flow_hash: u32 },
     /// Count and forget.
     Drop(DropReason),
+    /// Kept by the core: a fragment waiting for the rest of its datagram (`frag`).
+    Held,
 }
 
 /// Room in front of a frame for the VXLAN header and for building an ICMP error in
@@ -74,6 +78,9 @@ pub struct Offload {
     pub csum_partial: bool,
     /// A TCP super-packet to be segmented at this MSS (0 = a single packet).
     pub gso_size: u16,
+    /// An IPv4 datagram to be fragmented at this total length on the way out (0 = as
+    /// it is): a reassembled datagram (`frag`), or one over the VXLAN MTU without DF.
+    pub frag_size: u16,
 }
 
 /// A frame in a caller-owned buffer with headroom: `buf[start..end]`.
@@ -82,13 +89,34 @@ pub struct Packet<'a> {
     start: usize,
     end: usize,
     pub offload: Offload,
+    /// A second buffer (at least `HEADROOM` + 14 + 65 535 bytes) that the core may move
+    /// the frame to: where a reassembled datagram is written.
+    spare: Option<&'a mut [u8]>,
 }
 
 impl<'a> Packet<'a> {
     /// The frame is `buf[start..end]`; `start` bytes are headroom.
     pub fn new(buf: &'a mut [u8], start: usize, end: usize) -> Self {
         assert!(start <= end && end <= buf.len(), "packet range outside its buffer");
-        Packet { buf, start, end, offload: Offload::default() }
+        Packet { buf, start, end, offload: Offload::default(), spare: None }
+    }
+    /// Lends the packet a spare buffer (see `frag`); without one, fragments are dropped.
+    pub fn with_spare(mut self, spare: &'a mut [u8]) -> Self {
+        self.spare = Some(spare);
+        self
+    }
+    /// The frame, and the spare buffer to write into.
+    pub(crate) fn data_and_spare(&mut self) -> (&[u8], Option<&mut [u8]>) {
+        (&self.buf[self.start..self.end], self.spare.as_deref_mut())
+    }
+    /// Makes the frame written to the spare buffer at `HEADROOM` (`len` bytes) the packet;
+    /// the old buffer becomes the spare.
+    pub(crate) fn use_spare(&mut self, len: usize) {
+        if let Some(spare) = self.spare.as_mut() {
+            std::mem::swap(&mut self.buf, spare);
+            self.start = HEADROOM;
+            self.end = HEADROOM + len;
+        }
     }
     pub fn data(&self) -> &[u8] {
         &self.buf[self.start..self.end]

@@ -9,11 +9,11 @@
 use std::net::Ipv4Addr;
 
 use super::Packet;
+use crate::wire::MacAddr;
 use crate::wire::ethernet::{self, ETHERTYPE_IPV4};
 use crate::wire::icmp::{self, ErrorRepr};
 use crate::wire::ipv4::{self, Ipv4Repr, PROTO_TCP};
-use crate::wire::l4::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
-use crate::wire::{MacAddr, checksum};
+use crate::wire::tcp::{self, ACK as TCP_ACK, FIN as TCP_FIN, RST as TCP_RST, SYN as TCP_SYN, TcpPacket, TcpRepr};
 
 const NEW_HEADERS: usize = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + icmp::HEADER_LEN;
 const GROWTH: usize = NEW_HEADERS - ethernet::HEADER_LEN;
@@ -62,12 +62,7 @@ pub fn icmp_error(pkt: &mut Packet, src: Ipv4Addr, repr: ErrorRepr) -> bool {
     }
     .emit(&mut buf[ip_at..ip_at + ipv4::MIN_HEADER_LEN]);
     let ic = ip_at + ipv4::MIN_HEADER_LEN;
-    buf[ic] = repr.icmp_type;
-    buf[ic + 1] = repr.code;
-    buf[ic + 2..ic + 4].copy_from_slice(&[0, 0]);
-    buf[ic + 4..ic + 8].copy_from_slice(&repr.rest.to_be_bytes());
-    let c = checksum::checksum(&buf[ic..ic + icmp_len]);
-    buf[ic + 2..ic + 4].copy_from_slice(&c.to_be_bytes());
+    repr.emit(&mut buf[ic..ic + icmp_len]);
     ethernet::emit_header(&mut buf[new_start..], MacAddr::ZERO, MacAddr::ZERO, ETHERTYPE_IPV4);
     pkt.set_range(new_start, NEW_HEADERS + quote);
     pkt.offload = Default::default();
@@ -79,27 +74,26 @@ pub fn icmp_error(pkt: &mut Packet, src: Ipv4Addr, repr: ErrorRepr) -> bool {
 pub fn tcp_reset(pkt: &mut Packet) -> bool {
     let data = pkt.data();
     let Ok(ip) = ipv4::Ipv4Packet::new_checked(&data[ethernet::HEADER_LEN..]) else { return false };
-    if ip.protocol() != PROTO_TCP || ip.payload().len() < l4::TCP_MIN_HEADER_LEN {
+    if ip.protocol() != PROTO_TCP {
         return false;
     }
-    let tcp = ip.payload();
-    let flags = tcp[13];
+    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else { return false };
+    let flags = tcp.flags();
     if flags & TCP_RST != 0 {
         return false;
     }
     let (src, dst) = (ip.src(), ip.dst());
-    let (sport, dport) = (l4::be16(tcp, 0), l4::be16(tcp, 2));
-    let seq = u32::from_be_bytes(tcp[4..8].try_into().unwrap());
-    let ack = u32::from_be_bytes(tcp[8..12].try_into().unwrap());
-    let data_off = usize::from(tcp[12] >> 4) * 4;
-    let seg_len =
-        tcp.len().saturating_sub(data_off) as u32 + u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0);
+    let seg_len = tcp.payload().len() as u32 + u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0);
     // RFC 793: with an ACK, the RST takes its seq from it; otherwise seq 0 and ACK seq+len.
-    let (r_seq, r_ack, r_flags) =
-        if flags & TCP_ACK != 0 { (ack, 0, TCP_RST) } else { (0, seq.wrapping_add(seg_len), TCP_RST | TCP_ACK) };
+    let (seq_number, ack_number, flags) = if flags & TCP_ACK != 0 {
+        (tcp.ack_number(), 0, TCP_RST)
+    } else {
+        (0, tcp.seq_number().wrapping_add(seg_len), TCP_RST | TCP_ACK)
+    };
+    let rst = TcpRepr { src_port: tcp.dst_port(), dst_port: tcp.src_port(), seq_number, ack_number, flags, window: 0 };
 
-    let buf = pkt.data_mut();
-    let ipb = &mut buf[ethernet::HEADER_LEN..ethernet::HEADER_LEN + 40];
+    let len = ipv4::MIN_HEADER_LEN + tcp::MIN_HEADER_LEN;
+    let ipb = &mut pkt.data_mut()[ethernet::HEADER_LEN..ethernet::HEADER_LEN + len];
     Ipv4Repr {
         src: dst,
         dst: src,
@@ -108,19 +102,11 @@ pub fn tcp_reset(pkt: &mut Packet) -> bool {
         tos: 0,
         ident: 0,
         dont_fragment: true,
-        payload_len: 20,
+        payload_len: tcp::MIN_HEADER_LEN,
     }
-    .emit(&mut ipb[..20]);
-    let t = &mut ipb[20..40];
-    t[0..2].copy_from_slice(&dport.to_be_bytes());
-    t[2..4].copy_from_slice(&sport.to_be_bytes());
-    t[4..8].copy_from_slice(&r_seq.to_be_bytes());
-    t[8..12].copy_from_slice(&r_ack.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = r_flags;
-    t[14..20].copy_from_slice(&[0; 6]);
-    l4::fill_checksum(ipb);
-    pkt.truncate(ethernet::HEADER_LEN + 40);
+    .emit(&mut ipb[..ipv4::MIN_HEADER_LEN]);
+    rst.emit(&mut ipb[ipv4::MIN_HEADER_LEN..], dst, src);
+    pkt.truncate(ethernet::HEADER_LEN + len);
     pkt.offload = Default::default();
     true
 }
@@ -154,11 +140,11 @@ mod tests {
         assert!(ip.verify_checksum());
         assert_eq!(ip.src(), Ipv4Addr::new(10, 250, 0, 40));
         assert_eq!(ip.dst(), Ipv4Addr::new(10, 244, 1, 5));
-        assert!(l4::verify_checksum(&d[14..]));
-        let t = ip.payload();
-        assert_eq!((l4::be16(t, 0), l4::be16(t, 2)), (2368, 40000));
-        assert_eq!(t[13], TCP_RST | TCP_ACK);
-        assert_eq!(u32::from_be_bytes(t[8..12].try_into().unwrap()), 7778);
+        let t = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(t.verify_checksum(ip.src(), ip.dst()));
+        assert_eq!((t.src_port(), t.dst_port()), (2368, 40000));
+        assert_eq!(t.flags(), TCP_RST | TCP_ACK);
+        assert_eq!((t.seq_number(), t.ack_number()), (0, 7778));
         // A RST is never answered.
         assert!(!tcp_reset(&mut p));
     }
@@ -176,7 +162,7 @@ mod tests {
         assert!(ip.verify_checksum());
         assert_eq!(ip.dst(), Ipv4Addr::new(10, 244, 1, 5));
         assert_eq!(icmp::type_code(&d[14..]), Some((11, 0)));
-        assert_eq!(checksum::fold(checksum::sum(ip.payload(), 0)), 0xffff);
+        assert!(icmp::IcmpPacket::new_checked(ip.payload()).unwrap().verify_checksum());
         let e = icmp::embedded(ip.payload()).unwrap();
         assert_eq!((e.dst, e.ports.dport), (Ipv4Addr::new(10, 250, 0, 40), 2368));
         // Never an error about an error.

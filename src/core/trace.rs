@@ -125,6 +125,10 @@ pub enum Step {
         what: String,
         to: Ipv4Addr,
     },
+    /// IP fragment reassembly (nf_defrag).
+    Defrag {
+        what: String,
+    },
     Drop {
         reason: String,
     },
@@ -172,6 +176,7 @@ pub fn describe(t: &super::tables::Tables, a: &super::Action) -> String {
             format!("VXLAN to {remote}:{} from udp port {}", t.node.vxlan_port, t.vxlan_source_port(*flow_hash))
         }
         Action::Drop(r) => format!("drop: {} ({})", r.name(), r.help()),
+        Action::Held => "held: a fragment waiting for the rest of its datagram".into(),
     }
 }
 
@@ -226,6 +231,7 @@ impl fmt::Display for Step {
             ),
             Deliver { port, dst_mac } => write!(f, "deliver     {port} (dst mac {dst_mac})"),
             Reply { what, to } => write!(f, "reply       {what} to {to}"),
+            Defrag { what } => write!(f, "defrag      {what}"),
             Drop { reason } => write!(f, "drop        {reason}"),
         }
     }

@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 use crate::core::Ipv4Net;
 use crate::wire::ethernet::{ETHERTYPE_ARP, ETHERTYPE_IPV4, EthernetFrame};
 use crate::wire::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use crate::wire::l4::Ports;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dir {
@@ -55,9 +56,10 @@ fn facts(frame: &[u8]) -> Facts {
         ETHERTYPE_ARP => Facts { arp: true, ip: None },
         ETHERTYPE_IPV4 => {
             let ip = Ipv4Packet::new_checked(eth.payload()).ok().map(|p| {
-                let l4 = p.payload();
-                let ports = (matches!(p.protocol(), PROTO_TCP | PROTO_UDP) && p.has_l4_header() && l4.len() >= 4)
-                    .then(|| (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])));
+                let ports = Ports::new_checked(p.payload())
+                    .ok()
+                    .filter(|_| matches!(p.protocol(), PROTO_TCP | PROTO_UDP) && p.has_l4_header())
+                    .map(|l4| (l4.src_port(), l4.dst_port()));
                 (p.protocol(), p.src(), p.dst(), ports)
             });
             Facts { arp: false, ip }

@@ -246,7 +246,7 @@ impl Observers {
                 local_port: src_port,
                 inbound: false,
             }),
-            Action::Drop(_) => None,
+            Action::Drop(_) | Action::Held => None,
         };
         if let Some(w) = w {
             // A super-packet leaves as MSS-sized datagrams; capture what the wire carries.

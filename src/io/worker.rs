@@ -18,9 +18,14 @@ use super::clock;
 use super::observe::{Observers, Where};
 use super::stats::{self, PortStats};
 use super::sys::{self, Datagram, Epoll, EventFd, Received, RecvBatch};
+use crate::core::frag::split;
 use crate::core::tables::Tables;
 use crate::core::{Action, Counter, Dataplane, DropReason, HEADROOM, Offload, Packet, PortId, vxlan};
 use crate::core::{gro, gso};
+use crate::wire::ethernet;
+use crate::wire::ipv4::{Ipv4Packet, PROTO_UDP};
+use crate::wire::tcp::{self, TcpPacket};
+use crate::wire::udp;
 use crate::wire::vnet::{self, VnetHdr};
 
 /// Largest frame a TAP hands over with TSO (64 KB) plus headers.
@@ -165,6 +170,7 @@ pub fn spawn(
             bufs: (0..batch).map(|_| vec![0u8; BUF_LEN].into_boxed_slice()).collect(),
             recv: RecvBatch::new(batch),
             received: Vec::with_capacity(batch),
+            spare: vec![0u8; BUF_LEN].into_boxed_slice(),
             obs,
             out: Out {
                 id,
@@ -194,6 +200,8 @@ struct Worker {
     bufs: Vec<Box<[u8]>>,
     recv: RecvBatch,
     received: Vec<Received>,
+    /// Where the core writes a reassembled datagram (`Packet::with_spare`).
+    spare: Box<[u8]>,
     obs: Arc<Observers>,
     out: Out,
 }
@@ -286,7 +294,7 @@ impl Worker {
             }
             self.out.stats.rx(self.out.id, stats::slot(port), n - vnet::HEADER_LEN);
             let vh = VnetHdr::parse(&buf[HEADROOM - vnet::HEADER_LEN..HEADROOM]).unwrap_or_default();
-            let mut pkt = Packet::new(buf, HEADROOM, HEADROOM - vnet::HEADER_LEN + n);
+            let mut pkt = Packet::new(buf, HEADROOM, HEADROOM - vnet::HEADER_LEN + n).with_spare(&mut self.spare);
             pkt.offload = offload_from(&vh);
             if pkt.offload.gso_size > 0 && vh.gso_kind() != vnet::GSO_TCPV4 {
                 self.out.dp.counters.drop(self.out.id, DropReason::GsoUnsupported);
@@ -320,7 +328,7 @@ impl Worker {
             while off < r.len {
                 let len = seg.min(r.len - off);
                 let buf = &mut self.bufs[slot];
-                let mut pkt = Packet::new(buf, HEADROOM + off, HEADROOM + off + len);
+                let mut pkt = Packet::new(buf, HEADROOM + off, HEADROOM + off + len).with_spare(&mut self.spare);
                 let w = Where::Vxlan { peer: r.from, local_port: self.out.cfg.vxlan_port, inbound: true };
                 let mut obs = if observing { self.obs.before(&t, w, pkt.data()) } else { Default::default() };
                 let a = self.out.dp.handle_vxlan(self.out.id, &t, r.from, &mut pkt, now, &mut obs.trace);
@@ -328,9 +336,11 @@ impl Worker {
                     Self::observe_after_with(&self.obs, &t, obs, &a, &pkt);
                 }
                 match a {
-                    Action::ToPort(port) if self.out.cfg.gro && pkt.offload == Offload::default() => {
-                        let (start, len) = (pkt.start(), pkt.len());
-                        self.out.gro_push(&self.bufs, port, (slot, start, len));
+                    Action::ToPort(port)
+                        if self.out.cfg.gro && pkt.offload.gso_size == 0 && pkt.offload.frag_size == 0 =>
+                    {
+                        let (start, len, partial) = (pkt.start(), pkt.len(), pkt.offload.csum_partial);
+                        self.out.gro_push(&self.bufs, port, (slot, start, len), partial);
                     }
                     _ => self.out.execute(slot, a, &pkt),
                 }
@@ -353,7 +363,11 @@ impl Worker {
 }
 
 fn offload_from(vh: &VnetHdr) -> Offload {
-    Offload { csum_partial: vh.needs_csum(), gso_size: if vh.gso_kind() != vnet::GSO_NONE { vh.gso_size } else { 0 } }
+    Offload {
+        csum_partial: vh.needs_csum(),
+        gso_size: if vh.gso_kind() != vnet::GSO_NONE { vh.gso_size } else { 0 },
+        frag_size: 0,
+    }
 }
 
 impl Out {
@@ -362,12 +376,16 @@ impl Out {
         // a single check of the global level.
         tracing::trace!(worker = self.id, len = pkt.len(), action = ?a, "packet");
         match a {
+            Action::ToPort(port) if pkt.offload.frag_size > 0 => self.write_fragments(port, pkt),
             Action::ToPort(port) => self.write_port(port, pkt),
             Action::ToVtep { remote, flow_hash } => {
                 let to = SocketAddrV4::new(remote, self.cfg.vxlan_port);
                 let sock = vxlan::source_index(flow_hash, self.tx.len());
                 if pkt.offload.gso_size > 0 {
                     self.segment(to, sock, pkt);
+                } else if pkt.offload.frag_size > 0 {
+                    // Always through the scratch buffer: the frame may live in the spare.
+                    self.split(to, sock, pkt);
                 } else {
                     self.pending.push(Pending {
                         from: From::Buf(slot),
@@ -379,7 +397,33 @@ impl Out {
                     });
                 }
             }
-            Action::Drop(_) => {}
+            Action::Drop(_) | Action::Held => {}
+        }
+    }
+
+    /// Writes a datagram to a TAP as fragments of `frag_size` bytes at most, each frame
+    /// gathered from its headers and a slice of the datagram (no copy).
+    fn write_fragments(&mut self, port: PortId, pkt: &Packet) {
+        let Some(fd) = self.ports.get(port.0 as usize).and_then(|f| f.as_ref()).map(|f| f.as_raw_fd()) else {
+            self.dp.counters.drop(self.id, DropReason::PortGone);
+            return;
+        };
+        let frame = pkt.data();
+        let (eth, ip) = frame.split_at(14.min(frame.len()));
+        let vh = [0u8; vnet::HEADER_LEN];
+        let mut failed = 0;
+        let r = split::for_each_fragment(ip, usize::from(pkt.offload.frag_size), |h, p| {
+            match sys::writev(fd, &[&vh, eth, h, p]) {
+                Ok(_) => self.stats.tx(self.id, stats::slot(port), eth.len() + h.len() + p.len()),
+                Err(_) => failed += 1,
+            }
+        });
+        match r {
+            Ok(_) => self.dp.counters.inc(self.id, Counter::Fragmented),
+            Err(_) => failed += 1,
+        }
+        for _ in 0..failed {
+            self.dp.counters.drop(self.id, DropReason::TxError);
         }
     }
 
@@ -403,30 +447,51 @@ impl Out {
         }
     }
 
-    /// Segments a TCP super-packet (already NATed and encapsulated) into VXLAN
-    /// datagrams of one MSS each, in a scratch buffer, queued as one UDP GSO send.
-    fn segment(&mut self, to: SocketAddrV4, sock: usize, pkt: &Packet) {
+    /// A free segmentation scratch buffer.
+    fn scratch(&mut self) -> usize {
         if self.seg_used == self.seg.len() {
             self.seg.push(vec![0u8; gso::MAX_SEGMENTED].into_boxed_slice());
         }
-        let i = self.seg_used;
+        self.seg_used
+    }
+
+    /// Segments a TCP super-packet (already NATed and encapsulated) into VXLAN
+    /// datagrams of one MSS each, in a scratch buffer, queued as one UDP GSO send.
+    fn segment(&mut self, to: SocketAddrV4, sock: usize, pkt: &Packet) {
+        let i = self.scratch();
         match gso::segment_vxlan(pkt.data(), pkt.offload.gso_size, &mut self.seg[i]) {
             Ok(out) => {
-                self.seg_used += 1;
                 self.dp.counters.inc(self.id, Counter::GsoSegmented);
-                // One UDP GSO send carries at most 64 segments and 65507 bytes.
-                let per_send =
-                    if self.cfg.udp_gso { (MAX_UDP_PAYLOAD / out.datagram_len).clamp(1, MAX_GSO_SEGMENTS) } else { 1 };
-                let chunk = per_send * out.datagram_len;
-                let mut start = 0;
-                while start < out.len {
-                    let len = chunk.min(out.len - start);
-                    let gso_size = if len > out.datagram_len { out.datagram_len as u16 } else { 0 };
-                    self.pending.push(Pending { from: From::Seg(i), start, len, to, sock, gso_size });
-                    start += len;
-                }
+                self.queue_run(i, out.len, out.datagram_len, to, sock);
             }
             Err(_) => self.dp.counters.drop(self.id, DropReason::GsoUnsupported),
+        }
+    }
+
+    /// Fragments a datagram (encapsulated) into VXLAN datagrams, one fragment each.
+    fn split(&mut self, to: SocketAddrV4, sock: usize, pkt: &Packet) {
+        let i = self.scratch();
+        match split::split_vxlan(pkt.data(), usize::from(pkt.offload.frag_size), &mut self.seg[i]) {
+            Ok(out) => {
+                self.dp.counters.inc(self.id, Counter::Fragmented);
+                self.queue_run(i, out.len, out.datagram_len, to, sock);
+            }
+            Err(_) => self.dp.counters.drop(self.id, DropReason::TxError),
+        }
+    }
+
+    /// Queues scratch buffer `i` (`len` bytes of datagrams of `datagram_len` but the
+    /// last) in UDP GSO sends of at most 64 segments and 65507 bytes.
+    fn queue_run(&mut self, i: usize, len: usize, datagram_len: usize, to: SocketAddrV4, sock: usize) {
+        self.seg_used += 1;
+        let per_send = if self.cfg.udp_gso { (MAX_UDP_PAYLOAD / datagram_len).clamp(1, MAX_GSO_SEGMENTS) } else { 1 };
+        let chunk = per_send * datagram_len;
+        let mut start = 0;
+        while start < len {
+            let n = chunk.min(len - start);
+            let gso_size = if n > datagram_len { datagram_len as u16 } else { 0 };
+            self.pending.push(Pending { from: From::Seg(i), start, len: n, to, sock, gso_size });
+            start += n;
         }
     }
 }
@@ -434,11 +499,11 @@ impl Out {
 impl Out {
     /// A decapsulated frame toward `port`, at `bufs[slot][start..start + len]`: joins an
     /// open run of its flow, or flushes that run and starts one, or (not a candidate)
-    /// goes out at once after any run of its flow.
-    fn gro_push(&mut self, bufs: &[Box<[u8]>], port: PortId, at: (usize, usize, usize)) {
+    /// goes out at once after any run of its flow. `partial`: its checksum is partial.
+    fn gro_push(&mut self, bufs: &[Box<[u8]>], port: PortId, at: (usize, usize, usize), partial: bool) {
         let (slot, start, len) = at;
         let frame = &bufs[slot][start..start + len];
-        let seg = gro::candidate(frame);
+        let seg = gro::candidate(frame, partial);
         let open = self.gro.iter().position(|r| r.port == port && gro::same_flow(self.run_bytes(bufs, r), frame));
         if let (Some(i), Some(s)) = (open, seg.as_ref()) {
             let r = &self.gro[i];
@@ -457,7 +522,7 @@ impl Out {
                 }
                 self.gro.push(GroRun { port, first: at, merged: None, run: gro::Run::start(&s) });
             }
-            None => self.write_frame(port, frame, &Offload::default()),
+            None => self.write_frame(port, frame, &Offload { csum_partial: partial, gso_size: 0, frag_size: 0 }),
         }
     }
 
@@ -502,7 +567,7 @@ impl Out {
             }
             None => {
                 let (slot, start, len) = r.first;
-                self.write_frame(r.port, &bufs[slot][start..start + len], &Offload::default());
+                self.write_frame(r.port, &bufs[slot][start..start + len], &r.run.single());
             }
         }
     }
@@ -565,20 +630,19 @@ fn flush(bufs: &[Box<[u8]>], out: &mut Out) {
 /// ingress TAP, or "checksum partial" for a pod that offloaded its checksum.
 fn vnet_for(o: &Offload, frame: &[u8]) -> VnetHdr {
     let mut h = VnetHdr::default();
-    if (o.csum_partial || o.gso_size > 0)
-        && let Some((ihl, proto)) =
-            frame.get(14).map(|b| (usize::from(b & 0x0f) * 4, frame.get(14 + 9).copied().unwrap_or(0)))
-    {
-        let l4 = 14 + ihl;
-        h.flags = vnet::F_NEEDS_CSUM;
-        h.csum_start = l4 as u16;
-        h.csum_offset = if proto == 17 { 6 } else { 16 };
-        if o.gso_size > 0 {
-            let doff = frame.get(l4 + 12).map(|b| usize::from(b >> 4) * 4).unwrap_or(20);
-            h.gso_type = vnet::GSO_TCPV4;
-            h.gso_size = o.gso_size;
-            h.hdr_len = (l4 + doff) as u16;
-        }
+    if !(o.csum_partial || o.gso_size > 0) {
+        return h;
+    }
+    let Some(Ok(ip)) = frame.get(ethernet::HEADER_LEN..).map(Ipv4Packet::new_checked) else { return h };
+    let l4 = ethernet::HEADER_LEN + ip.header_len();
+    h.flags = vnet::F_NEEDS_CSUM;
+    h.csum_start = l4 as u16;
+    h.csum_offset = if ip.protocol() == PROTO_UDP { udp::field::CHECKSUM } else { tcp::field::CHECKSUM } as u16;
+    if o.gso_size > 0 {
+        let doff = TcpPacket::new_checked(ip.payload()).map(|t| t.header_len()).unwrap_or(tcp::MIN_HEADER_LEN);
+        h.gso_type = vnet::GSO_TCPV4;
+        h.gso_size = o.gso_size;
+        h.hdr_len = (l4 + doff) as u16;
     }
     h
 }

@@ -3,9 +3,13 @@
 use super::{MacAddr, WireError, need};
 
 pub const HEADER_LEN: usize = 14;
-const DST: usize = 0;
-const SRC: usize = 6;
-const ETHERTYPE: usize = 12;
+/// Byte offsets of the header fields.
+pub mod field {
+    pub const DST: usize = 0;
+    pub const SRC: usize = 6;
+    pub const ETHERTYPE: usize = 12;
+}
+use field::*;
 
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;

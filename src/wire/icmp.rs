@@ -1,18 +1,38 @@
 //! ICMP messages (RFC 792): echo identifiers for NAT, the errors ucanal emits
 //! (time exceeded, fragmentation needed, port unreachable), and the embedded
 //! ("quoted") packet of an error, which NAT must translate along with the outer one.
+//!
+//! ```text
+//!  0                   1                   2                   3
+//!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//! |     Type      |     Code      |          Checksum             |
+//! |  Identifier (echo) / unused   | Sequence (echo) / next-hop MTU |
+//! |     Data (echo) / the offending IP header + 8 bytes (errors) ...
+//! ```
 
 use std::net::Ipv4Addr;
 
 use super::checksum;
 use super::ipv4::{self, Ipv4Packet, Ipv4Repr, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
-use super::l4::{self, End, L4Ports};
-use super::{WireError, need};
+use super::l4::{End, EndRewrite, L4Ports, Ports};
+use super::tcp::TcpPacket;
+use super::udp::UdpPacket;
+use super::{WireError, be16, need, put16};
 
 pub const HEADER_LEN: usize = 8;
-pub(crate) const CHECKSUM: usize = 2;
-pub(crate) const IDENT: usize = 4;
-const NEXT_HOP_MTU: usize = 6;
+
+/// Byte offsets of the header fields.
+pub mod field {
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CHECKSUM: usize = 2;
+    /// Echo: the identifier; errors: the first half of the "rest of header" word.
+    pub const IDENT: usize = 4;
+    /// Echo: the sequence number; "fragmentation needed": the next-hop MTU.
+    pub const SEQ_NO: usize = 6;
+    pub const REST: usize = 4;
+    pub const NEXT_HOP_MTU: usize = 6;
+}
 
 pub const TYPE_ECHO_REPLY: u8 = 0;
 pub const TYPE_DEST_UNREACH: u8 = 3;
@@ -30,6 +50,88 @@ pub const MAX_ERROR_LEN: usize = 576;
 /// True for the ICMP types that quote another packet.
 pub fn is_error(icmp_type: u8) -> bool {
     matches!(icmp_type, TYPE_DEST_UNREACH | TYPE_TIME_EXCEEDED | TYPE_PARAM_PROBLEM | 4 | 5)
+}
+
+/// A view over an ICMP message; `new_checked` guarantees the 8-byte header, so no
+/// accessor can panic.
+#[derive(Debug)]
+pub struct IcmpPacket<T> {
+    buf: T,
+}
+
+impl<T: AsRef<[u8]>> IcmpPacket<T> {
+    pub fn new_checked(buf: T) -> Result<Self, WireError> {
+        need("icmp", HEADER_LEN, buf.as_ref().len())?;
+        Ok(IcmpPacket { buf })
+    }
+    pub fn into_inner(self) -> T {
+        self.buf
+    }
+    pub fn msg_type(&self) -> u8 {
+        self.buf.as_ref()[field::TYPE]
+    }
+    pub fn code(&self) -> u8 {
+        self.buf.as_ref()[field::CODE]
+    }
+    pub fn checksum(&self) -> u16 {
+        be16(self.buf.as_ref(), field::CHECKSUM)
+    }
+    pub fn echo_ident(&self) -> u16 {
+        be16(self.buf.as_ref(), field::IDENT)
+    }
+    pub fn echo_seq_no(&self) -> u16 {
+        be16(self.buf.as_ref(), field::SEQ_NO)
+    }
+    /// The next-hop MTU of a "fragmentation needed" message.
+    pub fn next_hop_mtu(&self) -> u16 {
+        be16(self.buf.as_ref(), field::NEXT_HOP_MTU)
+    }
+    /// What follows the header: echo data, or the packet an error quotes.
+    pub fn data(&self) -> &[u8] {
+        &self.buf.as_ref()[HEADER_LEN..]
+    }
+    pub fn is_error(&self) -> bool {
+        is_error(self.msg_type())
+    }
+    /// The flow ports of an echo message (see `l4`): the identifier is the source port
+    /// of a request and the destination port of a reply. None for anything else.
+    pub fn echo_ports(&self) -> Option<L4Ports> {
+        let id = self.echo_ident();
+        match self.msg_type() {
+            TYPE_ECHO_REQUEST => Some(L4Ports { sport: id, dport: 0, tcp_flags: 0 }),
+            TYPE_ECHO_REPLY => Some(L4Ports { sport: 0, dport: id, tcp_flags: 0 }),
+            _ => None,
+        }
+    }
+    pub fn verify_checksum(&self) -> bool {
+        checksum::fold(checksum::sum(self.buf.as_ref(), 0)) == 0xffff
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
+    /// Sets the echo identifier, fixing the checksum; an unchanged value is not touched.
+    pub fn set_echo_ident(&mut self, id: u16) {
+        let old = self.echo_ident();
+        if old != id {
+            let c = checksum::update16(self.checksum(), old, id);
+            put16(self.buf.as_mut(), field::CHECKSUM, c);
+            put16(self.buf.as_mut(), field::IDENT, id);
+        }
+    }
+    /// NAT of one end: only an echo message's identifier is a "port", and only at the
+    /// end it identifies (the source of a request, the destination of a reply).
+    pub fn nat(&mut self, end: End, port: u16) {
+        let id_end = if self.msg_type() == TYPE_ECHO_REQUEST { End::Src } else { End::Dst };
+        if end == id_end {
+            self.set_echo_ident(port);
+        }
+    }
+    /// Recomputes the checksum of the whole message.
+    pub fn fill_checksum(&mut self) {
+        put16(self.buf.as_mut(), field::CHECKSUM, 0);
+        let c = checksum::checksum(self.buf.as_ref());
+        put16(self.buf.as_mut(), field::CHECKSUM, c);
+    }
 }
 
 /// An ICMP error to emit.
@@ -50,6 +152,15 @@ impl ErrorRepr {
     }
     pub fn port_unreachable() -> Self {
         ErrorRepr { icmp_type: TYPE_DEST_UNREACH, code: CODE_PORT_UNREACH, rest: 0 }
+    }
+
+    /// Writes the header into `message[..8]` and the checksum over the whole `message`
+    /// (the quote already follows the header).
+    pub fn emit(&self, message: &mut [u8]) {
+        message[field::TYPE] = self.icmp_type;
+        message[field::CODE] = self.code;
+        message[field::REST..field::REST + 4].copy_from_slice(&self.rest.to_be_bytes());
+        IcmpPacket { buf: message }.fill_checksum();
     }
 }
 
@@ -73,13 +184,8 @@ pub fn emit_error(out: &mut [u8], src: Ipv4Addr, repr: ErrorRepr, offending: &[u
     }
     .emit(out);
     let icmp = &mut out[ipv4::MIN_HEADER_LEN..ipv4::MIN_HEADER_LEN + icmp_len];
-    icmp[0] = repr.icmp_type;
-    icmp[1] = repr.code;
-    icmp[CHECKSUM..CHECKSUM + 2].copy_from_slice(&[0, 0]);
-    icmp[IDENT..IDENT + 4].copy_from_slice(&repr.rest.to_be_bytes());
     icmp[HEADER_LEN..].copy_from_slice(&offending[..quote]);
-    let c = checksum::checksum(icmp);
-    icmp[CHECKSUM..CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
+    repr.emit(icmp);
     ipv4::MIN_HEADER_LEN + icmp_len
 }
 
@@ -92,82 +198,89 @@ pub struct Embedded {
     pub ports: L4Ports,
 }
 
+/// Checks the quote of an error message (`icmp` starts at the ICMP header): an IPv4
+/// header and the 8 bytes of its L4 header that RFC 792 guarantees. Returns the view
+/// of the quoted packet.
+fn quoted(icmp: &[u8]) -> Result<Ipv4Packet<&[u8]>, WireError> {
+    need("icmp error", HEADER_LEN + ipv4::MIN_HEADER_LEN + 8, icmp.len())?;
+    let ip = Ipv4Packet::new_quoted(&icmp[HEADER_LEN..])?;
+    need("icmp error quote", ip.header_len() + 8, icmp.len() - HEADER_LEN)?;
+    Ok(ip)
+}
+
 /// Parses the embedded packet of an ICMP error message (`icmp` starts at the ICMP header).
 /// Only 8 bytes of the embedded L4 header are guaranteed (RFC 792).
 pub fn embedded(icmp: &[u8]) -> Result<Embedded, WireError> {
-    need("icmp error", HEADER_LEN + ipv4::MIN_HEADER_LEN + 8, icmp.len())?;
-    let inner = &icmp[HEADER_LEN..];
-    if inner[0] >> 4 != 4 {
-        return Err(WireError::Malformed { what: "icmp error", why: "quoted packet is not IPv4" });
-    }
-    let hl = usize::from(inner[0] & 0x0f) * 4;
-    if hl < ipv4::MIN_HEADER_LEN {
-        return Err(WireError::Malformed { what: "icmp error", why: "quoted IHL below 5" });
-    }
-    need("icmp error quote", hl + 8, inner.len())?;
-    let (src, dst) = ipv4::addrs(&inner[..hl]);
-    let protocol = inner[9];
-    let l4b = &inner[hl..hl + 8];
+    let ip = quoted(icmp)?;
+    let protocol = ip.protocol();
+    let l4 = ip.payload();
     let ports = match protocol {
-        PROTO_TCP | PROTO_UDP => L4Ports { sport: l4::be16(l4b, 0), dport: l4::be16(l4b, 2), tcp_flags: 0 },
-        PROTO_ICMP => l4::ports(PROTO_ICMP, l4b)?,
+        PROTO_TCP | PROTO_UDP => {
+            let p = Ports::new_checked(l4)?;
+            L4Ports { sport: p.src_port(), dport: p.dst_port(), tcp_flags: 0 }
+        }
+        PROTO_ICMP => IcmpPacket::new_checked(l4)?
+            .echo_ports()
+            .ok_or(WireError::Malformed { what: "icmp", why: "not an echo message" })?,
         _ => return Err(WireError::Malformed { what: "icmp error", why: "quoted protocol without ports" }),
     };
-    Ok(Embedded { protocol, src, dst, ports })
+    Ok(Embedded { protocol, src: ip.src(), dst: ip.dst(), ports })
 }
 
 /// Rewrites one end of the packet quoted in an ICMP error (`icmp` starts at the ICMP
 /// header), keeping the quoted IPv4 header checksum valid. The quoted L4 checksum is
-/// fixed when it was quoted. The ICMP checksum is left stale: call `fill_checksum` once
-/// after all rewrites.
+/// fixed when it was quoted (TCP: the whole 20-byte header, as netfilter's
+/// `tcp_manip_pkt`). The ICMP checksum is left stale: call `fill_checksum` once after
+/// all rewrites. A quote that does not parse (see `embedded`) is left as it is.
 pub fn rewrite_embedded(icmp: &mut [u8], end: End, addr: Ipv4Addr, port: u16) {
-    let inner = &mut icmp[HEADER_LEN..];
-    let hl = usize::from(inner[0] & 0x0f) * 4;
-    let protocol = inner[9];
-    let (aoff, poff) = match end {
-        End::Src => (ipv4::SRC_OFFSET, 0),
-        End::Dst => (ipv4::DST_OFFSET, 2),
+    if quoted(icmp).is_err() {
+        return;
+    }
+    let Ok(mut ip) = Ipv4Packet::new_quoted(&mut icmp[HEADER_LEN..]) else { return };
+    let old_addr = match end {
+        End::Src => ip.src(),
+        End::Dst => ip.dst(),
     };
-    let old_addr: [u8; 4] = inner[aoff..aoff + 4].try_into().unwrap();
-    let new = addr.octets();
-    let c = checksum::update32(l4::be16(inner, ipv4::CHECKSUM_OFFSET), old_addr, new);
-    inner[ipv4::CHECKSUM_OFFSET..ipv4::CHECKSUM_OFFSET + 2].copy_from_slice(&c.to_be_bytes());
-    inner[aoff..aoff + 4].copy_from_slice(&new);
-    let l4b = &mut inner[hl..];
+    match end {
+        End::Src => ip.set_src(addr),
+        End::Dst => ip.set_dst(addr),
+    }
+    let protocol = ip.protocol();
+    let r = EndRewrite { end, old_addr, new_addr: addr, port, csum_partial: false };
+    let l4 = ip.payload_mut();
     match protocol {
-        PROTO_TCP | PROTO_UDP => {
-            let old_port = l4::be16(l4b, poff);
-            let coff = if protocol == PROTO_TCP { 16 } else { 6 };
-            if l4b.len() >= coff + 2 && !(protocol == PROTO_UDP && l4::be16(l4b, coff) == 0) {
-                let mut c = checksum::update32(l4::be16(l4b, coff), old_addr, new);
-                c = checksum::update16(c, old_port, port);
-                l4b[coff..coff + 2].copy_from_slice(&c.to_be_bytes());
+        PROTO_TCP => match TcpPacket::new_quoted(&mut *l4) {
+            Ok(mut t) => t.nat(&r),
+            Err(_) => {
+                if let Ok(mut p) = Ports::new_checked(l4) {
+                    p.set(end, port);
+                }
             }
-            l4b[poff..poff + 2].copy_from_slice(&port.to_be_bytes());
+        },
+        PROTO_UDP => {
+            if let Ok(mut u) = UdpPacket::new_quoted(l4) {
+                u.nat(&r);
+            }
         }
         PROTO_ICMP => {
-            let id_end = if l4b[0] == TYPE_ECHO_REQUEST { End::Src } else { End::Dst };
-            if end == id_end {
-                let old = l4::be16(l4b, IDENT);
-                let c = checksum::update16(l4::be16(l4b, CHECKSUM), old, port);
-                l4b[CHECKSUM..CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
-                l4b[IDENT..IDENT + 2].copy_from_slice(&port.to_be_bytes());
+            if let Ok(mut i) = IcmpPacket::new_checked(l4) {
+                i.nat(end, port);
             }
         }
         _ => {}
     }
 }
 
-/// Recomputes the checksum of a whole ICMP message.
+/// Recomputes the checksum of a whole ICMP message (at least its 8-byte header).
 pub fn fill_checksum(icmp: &mut [u8]) {
-    icmp[CHECKSUM..CHECKSUM + 2].copy_from_slice(&[0, 0]);
-    let c = checksum::checksum(icmp);
-    icmp[CHECKSUM..CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
+    if let Ok(mut i) = IcmpPacket::new_checked(icmp) {
+        i.fill_checksum();
+    }
 }
 
-/// The next-hop MTU of a "fragmentation needed" message.
+/// The next-hop MTU of a "fragmentation needed" message (0 if `icmp` is too short).
 pub fn next_hop_mtu(icmp: &[u8]) -> u16 {
-    l4::be16(icmp, NEXT_HOP_MTU)
+    IcmpPacket::new_checked(icmp).map(|i| i.next_hop_mtu()).unwrap_or(0)
 }
 
 /// Convenience for tests and the trace: the ICMP type and code of an IPv4 packet.
@@ -191,6 +304,55 @@ mod tests {
         out[6] = 0x40; // DF
         Ipv4Packet::new_checked(&mut out[..]).unwrap().fill_checksum();
         out
+    }
+
+    /// An echo request: identifier 0x1234, sequence 1, data "abcdefgh"; the checksum by hand (RFC 1071): 0800+1234+0001+6162+6364+6566+6768
+    /// = 0x1abc9, folded 0xabca, complemented 0x5435.
+    const ECHO: [u8; 16] = [8, 0, 0x54, 0x35, 0x12, 0x34, 0x00, 0x01, b'a', b'b', b'c', b'd', b'e', b'f', b'g', b'h'];
+
+    #[test]
+    fn echo_view() {
+        let i = IcmpPacket::new_checked(&ECHO[..]).unwrap();
+        assert_eq!((i.msg_type(), i.code(), i.checksum()), (TYPE_ECHO_REQUEST, 0, 0x5435));
+        assert_eq!((i.echo_ident(), i.echo_seq_no(), i.data()), (0x1234, 1, &b"abcdefgh"[..]));
+        assert!(i.verify_checksum());
+        assert!(!i.is_error());
+        assert_eq!(i.echo_ports(), Some(L4Ports { sport: 0x1234, dport: 0, tcp_flags: 0 }));
+        assert!(IcmpPacket::new_checked(&ECHO[..7]).is_err());
+    }
+
+    #[test]
+    fn echo_setters_keep_the_checksum_valid() {
+        let mut e = ECHO;
+        let mut i = IcmpPacket::new_checked(&mut e[..]).unwrap();
+        i.set_echo_ident(0x4321);
+        assert_eq!(i.echo_ident(), 0x4321);
+        assert!(i.verify_checksum());
+        // NAT of the destination end leaves a request's identifier alone.
+        i.nat(End::Dst, 7);
+        assert_eq!(i.echo_ident(), 0x4321);
+        i.nat(End::Src, 7);
+        assert_eq!(i.echo_ident(), 7);
+        assert!(i.verify_checksum());
+        // A reply's identifier is its destination port.
+        e[0] = TYPE_ECHO_REPLY;
+        let mut i = IcmpPacket::new_checked(&mut e[..]).unwrap();
+        i.fill_checksum();
+        assert_eq!(i.echo_ports().map(|p| p.dport), Some(7));
+        i.nat(End::Dst, 9);
+        assert!(i.verify_checksum() && i.echo_ident() == 9);
+    }
+
+    #[test]
+    fn error_emit_matches_hand_built_bytes() {
+        let mut m = [0u8; 12];
+        m[8..].copy_from_slice(&[0x45, 0, 0, 0x1c]);
+        ErrorRepr::frag_needed(1450).emit(&mut m);
+        // 0304 + 0000 + 05aa + 4500 + 001c = 0x4dca -> checksum 0xb235.
+        assert_eq!(m, [3, 4, 0xb2, 0x35, 0, 0, 0x05, 0xaa, 0x45, 0, 0, 0x1c]);
+        let i = IcmpPacket::new_checked(&m[..]).unwrap();
+        assert!(i.is_error() && i.verify_checksum());
+        assert_eq!((i.next_hop_mtu(), i.data().len()), (1450, 4));
     }
 
     #[test]

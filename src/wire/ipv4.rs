@@ -6,18 +6,25 @@ use super::checksum;
 use super::{WireError, need};
 
 pub const MIN_HEADER_LEN: usize = 20;
-const VER_IHL: usize = 0;
-const TOS: usize = 1;
-const TOTAL_LEN: usize = 2;
-const IDENT: usize = 4;
-const FLAGS_FRAG: usize = 6;
-const TTL: usize = 8;
-const PROTOCOL: usize = 9;
-const CHECKSUM: usize = 10;
-const SRC: usize = 12;
-const DST: usize = 16;
 
-const FLAG_DF: u16 = 0x4000;
+/// Byte offsets of the header fields.
+pub mod field {
+    /// Version (high nibble) and IHL, the header length in 32-bit words (low nibble).
+    pub const VER_IHL: usize = 0;
+    pub const TOS: usize = 1;
+    pub const TOTAL_LEN: usize = 2;
+    pub const IDENT: usize = 4;
+    /// Flags (3 bits) and fragment offset (13 bits).
+    pub const FLAGS_FRAG: usize = 6;
+    pub const TTL: usize = 8;
+    pub const PROTOCOL: usize = 9;
+    pub const CHECKSUM: usize = 10;
+    pub const SRC: usize = 12;
+    pub const DST: usize = 16;
+}
+use field::*;
+
+pub const FLAG_DF: u16 = 0x4000;
 const FLAG_MF: u16 = 0x2000;
 const FRAG_OFFSET_MASK: u16 = 0x1fff;
 
@@ -27,13 +34,28 @@ pub const PROTO_UDP: u8 = 17;
 
 /// A view over an IPv4 packet. `new_checked` guarantees that the header fits, that
 /// IHL and total length are consistent, and that the buffer holds `total_len` bytes;
-/// bytes after `total_len` (Ethernet padding) are ignored by `payload`.
+/// bytes after `total_len` (Ethernet padding) are ignored by `payload`. `new_quoted`
+/// guarantees only the header (a packet quoted in an ICMP error, cut off after a few
+/// bytes of its payload): `payload` is then what there is, up to `total_len`. Either
+/// way no accessor can panic.
+#[derive(Debug)]
 pub struct Ipv4Packet<T> {
     buf: T,
 }
 
 impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
+        let p = Self::new_quoted(buf)?;
+        let (hl, total) = (p.header_len(), p.total_len());
+        if total < hl {
+            return Err(WireError::Malformed { what: "ipv4", why: "total length shorter than header" });
+        }
+        need("ipv4 total length", total, p.buf.as_ref().len())?;
+        Ok(p)
+    }
+
+    /// A view that needs only a whole IPv4 header (version 4, IHL at least 5).
+    pub fn new_quoted(buf: T) -> Result<Self, WireError> {
         let b = buf.as_ref();
         need("ipv4", MIN_HEADER_LEN, b.len())?;
         if b[VER_IHL] >> 4 != 4 {
@@ -44,12 +66,12 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
             return Err(WireError::Malformed { what: "ipv4", why: "IHL below 5" });
         }
         need("ipv4 header", hl, b.len())?;
-        let total = usize::from(u16::from_be_bytes([b[TOTAL_LEN], b[TOTAL_LEN + 1]]));
-        if total < hl {
-            return Err(WireError::Malformed { what: "ipv4", why: "total length shorter than header" });
-        }
-        need("ipv4 total length", total, b.len())?;
         Ok(Ipv4Packet { buf })
+    }
+
+    /// Where the payload ends: `total_len`, or the buffer's end in a quote.
+    fn payload_end(&self) -> usize {
+        self.total_len().clamp(self.header_len(), self.buf.as_ref().len())
     }
 
     pub fn into_inner(self) -> T {
@@ -111,7 +133,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
     /// The L4 bytes, up to `total_len`.
     pub fn payload(&self) -> &[u8] {
-        &self.buf.as_ref()[self.header_len()..self.total_len()]
+        &self.buf.as_ref()[self.header_len()..self.payload_end()]
     }
 }
 
@@ -137,6 +159,23 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
             self.set_check(c);
         }
     }
+    fn set16(&mut self, at: usize, v: u16) {
+        let b = self.buf.as_ref();
+        let old = u16::from_be_bytes([b[at], b[at + 1]]);
+        if old != v {
+            let c = checksum::update16(self.checksum(), old, v);
+            self.buf.as_mut()[at..at + 2].copy_from_slice(&v.to_be_bytes());
+            self.set_check(c);
+        }
+    }
+    /// Sets the total length (a segment cut from a larger packet), fixing the checksum.
+    pub fn set_total_len(&mut self, len: u16) {
+        self.set16(TOTAL_LEN, len);
+    }
+    /// Sets the identification, fixing the checksum.
+    pub fn set_ident(&mut self, ident: u16) {
+        self.set16(IDENT, ident);
+    }
     /// Decrements the TTL by one (callers check `ttl() > 1` first).
     pub fn dec_ttl(&mut self) {
         let b = self.buf.as_ref();
@@ -154,12 +193,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.set_check(c);
     }
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        let (hl, tl) = (self.header_len(), self.total_len());
+        let (hl, tl) = (self.header_len(), self.payload_end());
         &mut self.buf.as_mut()[hl..tl]
     }
     /// The header and the payload, split, for rewrites that touch both (L4 pseudo header).
     pub fn split_mut(&mut self) -> (&mut [u8], &mut [u8]) {
-        let (hl, tl) = (self.header_len(), self.total_len());
+        let (hl, tl) = (self.header_len(), self.payload_end());
         let (h, rest) = self.buf.as_mut()[..tl].split_at_mut(hl);
         (h, rest)
     }
@@ -206,11 +245,6 @@ pub fn addrs(header: &[u8]) -> (Ipv4Addr, Ipv4Addr) {
     )
 }
 
-/// Offsets of the address fields, for rewrites of an embedded header (ICMP errors).
-pub const SRC_OFFSET: usize = SRC;
-pub const DST_OFFSET: usize = DST;
-pub const CHECKSUM_OFFSET: usize = CHECKSUM;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,7 +282,9 @@ mod tests {
         ip.dec_ttl();
         ip.set_src(Ipv4Addr::new(10, 244, 1, 0));
         ip.set_dst(Ipv4Addr::new(172, 16, 240, 1));
-        assert_eq!(ip.ttl(), 63);
+        ip.set_ident(0xbeef);
+        ip.set_total_len(24);
+        assert_eq!((ip.ttl(), ip.ident(), ip.total_len()), (63, 0xbeef, 24));
         assert!(ip.verify_checksum());
     }
 
@@ -285,6 +321,15 @@ mod tests {
         bad[3] = 0x10; // total length shorter than the header
         assert!(Ipv4Packet::new_checked(&bad[..]).is_err());
         assert!(Ipv4Packet::new_checked(&p[..19]).is_err());
+        // A quote needs only the header; its payload is what there is.
+        let q = Ipv4Packet::new_quoted(&p[..24]).unwrap();
+        assert_eq!((q.header_len(), q.total_len(), q.payload().len()), (20, 28, 4));
+        assert!(Ipv4Packet::new_checked(&p[..24]).is_err());
+        bad = p;
+        bad[3] = 0x10;
+        assert!(Ipv4Packet::new_quoted(&bad[..]).unwrap().payload().is_empty());
+        bad[0] = 0x46;
+        assert!(Ipv4Packet::new_quoted(&bad[..20]).is_err(), "options beyond the buffer");
         // Trailing Ethernet padding is fine and ignored.
         let mut padded = [0u8; 46];
         padded[..28].copy_from_slice(&p);

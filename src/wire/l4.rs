@@ -1,5 +1,6 @@
-//! TCP (RFC 793), UDP (RFC 768) and ICMP echo (RFC 792) as NAT sees them: ports,
-//! flags, and rewrites of an address or port that keep every checksum valid.
+//! TCP (RFC 793), UDP (RFC 768) and ICMP echo (RFC 792) as NAT sees them: the ports
+//! of a flow, and rewrites of an address and port that keep every checksum valid. The
+//! headers themselves are the views of `tcp`, `udp` and `icmp`.
 //!
 //! Heads up: ICMP echo has one identifier, not two ports. ucanal's flow tuple puts the
 //! identifier in the source-port slot of a request and the destination-port slot of a
@@ -9,25 +10,16 @@
 use std::net::Ipv4Addr;
 
 use super::checksum;
-use super::icmp;
-use super::ipv4::{self, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
-use super::{WireError, need};
+use super::icmp::IcmpPacket;
+use super::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use super::tcp::{self, TcpPacket};
+use super::udp::{self, UdpPacket};
+use super::{WireError, need, put16};
 
-pub const TCP_MIN_HEADER_LEN: usize = 20;
-pub const UDP_HEADER_LEN: usize = 8;
-
-const SPORT: usize = 0;
-const DPORT: usize = 2;
-const TCP_FLAGS: usize = 13;
-const TCP_CHECKSUM: usize = 16;
-const UDP_LEN: usize = 4;
-const UDP_CHECKSUM: usize = 6;
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_PSH: u8 = 0x08;
-pub const TCP_ACK: u8 = 0x10;
+pub(crate) use super::be16;
+pub use super::tcp::MIN_HEADER_LEN as TCP_MIN_HEADER_LEN;
+pub use super::tcp::{ACK as TCP_ACK, FIN as TCP_FIN, PSH as TCP_PSH, RST as TCP_RST, SYN as TCP_SYN};
+pub use super::udp::HEADER_LEN as UDP_HEADER_LEN;
 
 /// The flow-identifying part of an L4 header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,36 +31,53 @@ pub struct L4Ports {
 }
 
 /// Reads ports (or the echo identifier) of an unfragmented or first-fragment payload.
-/// ICMP errors are not flows and are reported as `Malformed` here; `icmp::ErrorView`
+/// ICMP errors are not flows and are reported as `Malformed` here; `icmp::embedded`
 /// handles them.
 pub fn ports(protocol: u8, l4: &[u8]) -> Result<L4Ports, WireError> {
     match protocol {
         PROTO_TCP => {
-            need("tcp", TCP_MIN_HEADER_LEN, l4.len())?;
-            let off = usize::from(l4[12] >> 4) * 4;
-            if off < TCP_MIN_HEADER_LEN || off > l4.len() {
-                return Err(WireError::Malformed { what: "tcp", why: "bad data offset" });
-            }
-            Ok(L4Ports { sport: be16(l4, SPORT), dport: be16(l4, DPORT), tcp_flags: l4[TCP_FLAGS] })
+            let t = TcpPacket::new_checked(l4)?;
+            Ok(L4Ports { sport: t.src_port(), dport: t.dst_port(), tcp_flags: t.flags() })
         }
         PROTO_UDP => {
-            need("udp", UDP_HEADER_LEN, l4.len())?;
-            let len = usize::from(be16(l4, UDP_LEN));
-            if len < UDP_HEADER_LEN || len > l4.len() {
-                return Err(WireError::Malformed { what: "udp", why: "length field disagrees with IP" });
-            }
-            Ok(L4Ports { sport: be16(l4, SPORT), dport: be16(l4, DPORT), tcp_flags: 0 })
+            let u = UdpPacket::new_checked(l4)?;
+            Ok(L4Ports { sport: u.src_port(), dport: u.dst_port(), tcp_flags: 0 })
         }
-        PROTO_ICMP => {
-            need("icmp", icmp::HEADER_LEN, l4.len())?;
-            let id = be16(l4, icmp::IDENT);
-            match l4[0] {
-                icmp::TYPE_ECHO_REQUEST => Ok(L4Ports { sport: id, dport: 0, tcp_flags: 0 }),
-                icmp::TYPE_ECHO_REPLY => Ok(L4Ports { sport: 0, dport: id, tcp_flags: 0 }),
-                _ => Err(WireError::Malformed { what: "icmp", why: "not an echo message" }),
-            }
-        }
+        PROTO_ICMP => IcmpPacket::new_checked(l4)?
+            .echo_ports()
+            .ok_or(WireError::Malformed { what: "icmp", why: "not an echo message" }),
         _ => Err(WireError::Malformed { what: "ipv4", why: "protocol without ports" }),
+    }
+}
+
+/// The two ports every TCP and UDP header starts with: all that an ICMP error must
+/// quote of one (RFC 792 guarantees 8 bytes), and all a flow hash needs.
+#[derive(Debug)]
+pub struct Ports<T> {
+    buf: T,
+}
+
+impl<T: AsRef<[u8]>> Ports<T> {
+    pub fn new_checked(buf: T) -> Result<Self, WireError> {
+        need("l4 ports", 4, buf.as_ref().len())?;
+        Ok(Ports { buf })
+    }
+    pub fn src_port(&self) -> u16 {
+        be16(self.buf.as_ref(), tcp::field::SRC_PORT)
+    }
+    pub fn dst_port(&self) -> u16 {
+        be16(self.buf.as_ref(), tcp::field::DST_PORT)
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Ports<T> {
+    /// Writes one port; a checksum, if the buffer holds one, is the caller's.
+    pub fn set(&mut self, end: End, port: u16) {
+        let at = match end {
+            End::Src => tcp::field::SRC_PORT,
+            End::Dst => tcp::field::DST_PORT,
+        };
+        put16(self.buf.as_mut(), at, port);
     }
 }
 
@@ -79,58 +88,82 @@ pub enum End {
     Dst,
 }
 
-/// Rewrites one end (address and port) of an IPv4 packet whose L4 header is present,
-/// fixing the IPv4 header checksum and the L4 checksum incrementally.
-///
-/// `csum_partial` says the L4 checksum field holds only the pseudo-header sum (a pod
-/// sent with checksum offload): then the pseudo-header part is updated the way the
-/// kernel updates a CHECKSUM_PARTIAL field, and port changes need no update.
-pub fn rewrite(packet: &mut [u8], end: End, addr: Ipv4Addr, port: u16, csum_partial: bool) {
-    let hl = usize::from(packet[0] & 0x0f) * 4;
-    let protocol = packet[9];
-    let (aoff, poff) = match end {
-        End::Src => (ipv4::SRC_OFFSET, SPORT),
-        End::Dst => (ipv4::DST_OFFSET, DPORT),
-    };
-    let old_addr: [u8; 4] = packet[aoff..aoff + 4].try_into().unwrap();
-    let new_addr = addr.octets();
-    let (hdr, l4) = packet.split_at_mut(hl);
-    if old_addr != new_addr {
-        let c = checksum::update32(be16(hdr, ipv4::CHECKSUM_OFFSET), old_addr, new_addr);
-        hdr[ipv4::CHECKSUM_OFFSET..ipv4::CHECKSUM_OFFSET + 2].copy_from_slice(&c.to_be_bytes());
-        hdr[aoff..aoff + 4].copy_from_slice(&new_addr);
-    }
-    match protocol {
-        PROTO_TCP | PROTO_UDP => {
-            let coff = if protocol == PROTO_TCP { TCP_CHECKSUM } else { UDP_CHECKSUM };
-            let old_port = be16(l4, poff);
-            let udp_no_checksum = protocol == PROTO_UDP && be16(l4, coff) == 0;
-            if !udp_no_checksum {
-                let mut c = be16(l4, coff);
-                if csum_partial {
-                    c = !checksum::update32(!c, old_addr, new_addr);
-                } else {
-                    c = checksum::update32(c, old_addr, new_addr);
-                    c = checksum::update16(c, old_port, port);
-                    if protocol == PROTO_UDP && c == 0 {
-                        c = 0xffff;
-                    }
+/// What NAT changes at one end of a TCP or UDP flow: the address (which the checksum
+/// covers through the pseudo header) and the port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndRewrite {
+    pub end: End,
+    pub old_addr: Ipv4Addr,
+    pub new_addr: Ipv4Addr,
+    pub port: u16,
+    /// The checksum field holds only the pseudo-header sum (a pod sent with checksum
+    /// offload): it is updated the way the kernel updates a CHECKSUM_PARTIAL field, and
+    /// port changes need no update.
+    pub csum_partial: bool,
+}
+
+impl EndRewrite {
+    /// Applies the rewrite to the fixed header `l4` of a TCP or UDP packet (the callers'
+    /// views checked its length) whose checksum is at `csum_at`. `zero_is_none`: UDP,
+    /// where a checksum of 0 means "none" and a computed 0 is sent as 0xffff.
+    pub(crate) fn apply(&self, l4: &mut [u8], csum_at: usize, zero_is_none: bool) {
+        let port_at = match self.end {
+            End::Src => tcp::field::SRC_PORT,
+            End::Dst => tcp::field::DST_PORT,
+        };
+        let (old_addr, new_addr) = (self.old_addr.octets(), self.new_addr.octets());
+        let old_port = be16(l4, port_at);
+        let mut c = be16(l4, csum_at);
+        if !(zero_is_none && c == 0) {
+            if self.csum_partial {
+                c = !checksum::update32(!c, old_addr, new_addr);
+            } else {
+                c = checksum::update32(c, old_addr, new_addr);
+                c = checksum::update16(c, old_port, self.port);
+                if zero_is_none && c == 0 {
+                    c = 0xffff;
                 }
-                l4[coff..coff + 2].copy_from_slice(&c.to_be_bytes());
             }
-            l4[poff..poff + 2].copy_from_slice(&port.to_be_bytes());
+            put16(l4, csum_at, c);
+        }
+        put16(l4, port_at, self.port);
+    }
+}
+
+/// Rewrites one end (address and port) of an IPv4 packet whose L4 header is present,
+/// fixing the IPv4 header checksum and the L4 checksum incrementally. A packet that
+/// does not parse is left as it is.
+///
+/// `csum_partial` says the L4 checksum field holds only the pseudo-header sum (see
+/// `EndRewrite`).
+pub fn rewrite(packet: &mut [u8], end: End, addr: Ipv4Addr, port: u16, csum_partial: bool) {
+    let Ok(mut ip) = Ipv4Packet::new_checked(packet) else { return };
+    let old_addr = match end {
+        End::Src => ip.src(),
+        End::Dst => ip.dst(),
+    };
+    match end {
+        End::Src => ip.set_src(addr),
+        End::Dst => ip.set_dst(addr),
+    }
+    let protocol = ip.protocol();
+    let r = EndRewrite { end, old_addr, new_addr: addr, port, csum_partial };
+    let l4 = ip.payload_mut();
+    match protocol {
+        PROTO_TCP => {
+            if let Ok(mut t) = TcpPacket::new_quoted(l4) {
+                t.nat(&r);
+            }
+        }
+        PROTO_UDP => {
+            if let Ok(mut u) = UdpPacket::new_quoted(l4) {
+                u.nat(&r);
+            }
         }
         PROTO_ICMP => {
             // Only the identifier is a "port"; the ICMP checksum has no pseudo header.
-            let is_request = l4[0] == icmp::TYPE_ECHO_REQUEST;
-            let id_end = if is_request { End::Src } else { End::Dst };
-            if end == id_end {
-                let old = be16(l4, icmp::IDENT);
-                if old != port {
-                    let c = checksum::update16(be16(l4, icmp::CHECKSUM), old, port);
-                    l4[icmp::CHECKSUM..icmp::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
-                    l4[icmp::IDENT..icmp::IDENT + 2].copy_from_slice(&port.to_be_bytes());
-                }
+            if let Ok(mut i) = IcmpPacket::new_checked(l4) {
+                i.nat(end, port);
             }
         }
         _ => {}
@@ -140,63 +173,59 @@ pub fn rewrite(packet: &mut [u8], end: End, addr: Ipv4Addr, port: u16, csum_part
 /// Completes a partial TCP/UDP checksum (offload `NEEDS_CSUM`): the field holds the
 /// pseudo-header sum; the result covers the whole L4 segment.
 pub fn finish_partial_checksum(packet: &mut [u8]) {
-    let hl = usize::from(packet[0] & 0x0f) * 4;
-    let total = usize::from(be16(packet, 2)).min(packet.len());
-    let protocol = packet[9];
-    let coff = match protocol {
-        PROTO_TCP => TCP_CHECKSUM,
-        PROTO_UDP => UDP_CHECKSUM,
+    let Ok(mut ip) = Ipv4Packet::new_checked(packet) else { return };
+    let protocol = ip.protocol();
+    let l4 = ip.payload_mut();
+    let (coff, zero_is_none) = match protocol {
+        PROTO_TCP => (tcp::field::CHECKSUM, false),
+        PROTO_UDP => (udp::field::CHECKSUM, true),
         _ => return,
     };
-    let l4 = &mut packet[hl..total];
     if l4.len() < coff + 2 {
         return;
     }
     let mut c = !checksum::fold(checksum::sum(l4, 0));
-    if protocol == PROTO_UDP && c == 0 {
+    if zero_is_none && c == 0 {
         c = 0xffff;
     }
-    l4[coff..coff + 2].copy_from_slice(&c.to_be_bytes());
+    put16(l4, coff, c);
 }
 
 /// Computes and writes the full TCP/UDP checksum of a packet built by ucanal.
 pub fn fill_checksum(packet: &mut [u8]) {
-    let hl = usize::from(packet[0] & 0x0f) * 4;
-    let total = usize::from(be16(packet, 2));
-    let protocol = packet[9];
-    let (src, dst) = ipv4::addrs(&packet[..hl]);
-    let coff = if protocol == PROTO_TCP { TCP_CHECKSUM } else { UDP_CHECKSUM };
-    let l4 = &mut packet[hl..total];
-    l4[coff..coff + 2].copy_from_slice(&[0, 0]);
-    let acc = checksum::pseudo_header_sum(src.octets(), dst.octets(), protocol, l4.len() as u16);
-    let mut c = !checksum::fold(checksum::sum(l4, acc));
-    if protocol == PROTO_UDP && c == 0 {
-        c = 0xffff;
+    let Ok(mut ip) = Ipv4Packet::new_checked(packet) else { return };
+    let (src, dst, protocol) = (ip.src(), ip.dst(), ip.protocol());
+    let l4 = ip.payload_mut();
+    match protocol {
+        PROTO_TCP => {
+            if let Ok(mut t) = TcpPacket::new_quoted(l4) {
+                t.fill_checksum(src, dst);
+            }
+        }
+        PROTO_UDP => {
+            if let Ok(mut u) = UdpPacket::new_quoted(l4) {
+                u.fill_checksum(src, dst);
+            }
+        }
+        _ => {}
     }
-    l4[coff..coff + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Verifies a TCP/UDP checksum (UDP checksum 0 means "none" and passes).
 pub fn verify_checksum(packet: &[u8]) -> bool {
-    let hl = usize::from(packet[0] & 0x0f) * 4;
-    let total = usize::from(be16(packet, 2));
-    let protocol = packet[9];
-    let (src, dst) = ipv4::addrs(&packet[..hl]);
-    let l4 = &packet[hl..total];
-    if protocol == PROTO_UDP && l4.len() >= 8 && be16(l4, UDP_CHECKSUM) == 0 {
-        return true;
+    let Ok(ip) = Ipv4Packet::new_checked(packet) else { return false };
+    let (src, dst, l4) = (ip.src(), ip.dst(), ip.payload());
+    match ip.protocol() {
+        PROTO_TCP => TcpPacket::new_quoted(l4).is_ok_and(|t| t.verify_checksum(src, dst)),
+        PROTO_UDP => UdpPacket::new_quoted(l4).is_ok_and(|u| u.verify_checksum(src, dst)),
+        _ => false,
     }
-    let acc = checksum::pseudo_header_sum(src.octets(), dst.octets(), protocol, l4.len() as u16);
-    checksum::fold(checksum::sum(l4, acc)) == 0xffff
-}
-
-pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ipv4;
     use etherparse::PacketBuilder;
 
     fn tcp_syn() -> Vec<u8> {
@@ -277,6 +306,30 @@ mod tests {
         assert_eq!(p[36..38], expect[36..38]);
         finish_partial_checksum(&mut p);
         assert!(verify_checksum(&p));
+    }
+
+    #[test]
+    fn ports_view_reads_and_writes_the_first_four_bytes() {
+        let mut q = [0x9c, 0x40, 0x7a, 0x22, 0, 0, 0x03, 0xe8];
+        let mut p = Ports::new_checked(&mut q[..]).unwrap();
+        assert_eq!((p.src_port(), p.dst_port()), (40000, 31266));
+        p.set(End::Dst, 2368);
+        p.set(End::Src, 61000);
+        assert_eq!(q, [0xee, 0x48, 0x09, 0x40, 0, 0, 0x03, 0xe8]);
+        assert!(Ports::new_checked(&q[..3]).is_err());
+    }
+
+    #[test]
+    fn short_or_malformed_packets_are_left_alone() {
+        let p = tcp_syn();
+        for n in 0..p.len() {
+            let mut cut = p[..n].to_vec();
+            rewrite(&mut cut, End::Src, Ipv4Addr::new(10, 244, 1, 0), 1, false);
+            finish_partial_checksum(&mut cut);
+            fill_checksum(&mut cut);
+            assert!(!verify_checksum(&cut));
+            assert_eq!(cut, p[..n], "length {n}");
+        }
     }
 
     #[test]

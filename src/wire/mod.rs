@@ -12,6 +12,8 @@ pub mod ethernet;
 pub mod icmp;
 pub mod ipv4;
 pub mod l4;
+pub mod tcp;
+pub mod udp;
 pub mod vnet;
 pub mod vxlan;
 
@@ -28,6 +30,18 @@ pub enum WireError {
     Malformed { what: &'static str, why: &'static str },
     #[error("{what}: bad checksum")]
     BadChecksum { what: &'static str },
+}
+
+/// Reads a big-endian 16-bit field (callers' views have checked the length).
+#[inline]
+pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Writes a big-endian 16-bit field (callers' views have checked the length).
+#[inline]
+pub(crate) fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
 
 pub(crate) fn need(what: &'static str, need: usize, have: usize) -> Result<(), WireError> {

@@ -210,11 +210,14 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
 
     let mut d = Daemon {
         node: node.clone(),
-        dp: Arc::new(Dataplane::new(
-            Tables::build(0, node.clone(), 0, &[], &[], ServiceTable::default()),
-            Conntrack::new(cfg.conntrack.max, cfg.conntrack.timeouts),
-            n_workers + CONTROL_BLOCKS,
-        )),
+        dp: Arc::new(
+            Dataplane::new(
+                Tables::build(0, node.clone(), 0, &[], &[], ServiceTable::default()),
+                Conntrack::new(cfg.conntrack.max, cfg.conntrack.timeouts),
+                n_workers + CONTROL_BLOCKS,
+            )
+            .with_tap_offloads(tech.tap_offloads),
+        ),
         obs: Arc::new(Observers::new(node.name.clone())),
         stats: Arc::new(PortStats::new(n_workers)),
         workers: Vec::new(),
