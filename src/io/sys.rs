@@ -1,9 +1,12 @@
-//! Thin, safe wrappers over the few syscalls the shell needs that std and socket2
-//! do not offer: epoll, eventfd, readv/writev on TAP fds, recvmmsg/sendmmsg, setns.
+//! Thin, safe wrappers over the few syscalls the shell needs that std, socket2 and nix
+//! do not offer in the shape the fast path wants: read/writev on TAP fds, recvmmsg and
+//! sendmmsg with UDP GRO/GSO control messages, and socket options. (epoll, eventfd and
+//! setns are nix's.)
 
+use libc::{UDP_GRO, UDP_SEGMENT};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
@@ -11,66 +14,6 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 
 fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
-}
-
-pub struct Epoll {
-    fd: OwnedFd,
-}
-
-impl Epoll {
-    pub fn new() -> io::Result<Epoll> {
-        // SAFETY: epoll_create1 has no pointer arguments; a valid fd is owned below.
-        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: fd was just returned by the kernel and is owned by nobody else.
-        Ok(Epoll { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
-    }
-    pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
-        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
-        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
-    }
-    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
-        // SAFETY: EPOLL_CTL_DEL ignores the event pointer; null is allowed since 2.6.9.
-        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) }).map(drop)
-    }
-    /// Waits for events; returns how many of `events` were filled.
-    pub fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
-        // SAFETY: the kernel writes at most `events.len()` entries into the slice.
-        match cvt(unsafe {
-            libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, timeout_ms)
-        }) {
-            Ok(n) => Ok(n as usize),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// An eventfd used to wake a worker blocked in epoll.
-pub struct EventFd {
-    fd: OwnedFd,
-}
-
-impl EventFd {
-    pub fn new() -> io::Result<EventFd> {
-        // SAFETY: no pointer arguments.
-        let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
-        // SAFETY: fresh fd owned by nobody else.
-        Ok(EventFd { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
-    }
-    pub fn raw(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-    pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64. A full counter (EAGAIN) still wakes.
-        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-    }
-    pub fn drain(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a valid u64.
-        unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-    }
 }
 
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
@@ -122,8 +65,6 @@ pub struct Received {
     /// UDP GRO segment size, when the kernel coalesced datagrams (0 otherwise).
     pub gro_size: u16,
 }
-
-const UDP_GRO: libc::c_int = 104;
 
 impl RecvBatch {
     pub fn new(n: usize) -> RecvBatch {
@@ -200,8 +141,6 @@ pub struct Datagram<'a> {
     pub gso_size: u16,
 }
 
-const UDP_SEGMENT: libc::c_int = 103;
-
 /// Sends datagrams with one `sendmmsg` per 64; returns how many the kernel took.
 /// Takes an iterator so callers need not collect the datagrams anywhere first.
 pub fn send_batch<'a>(fd: RawFd, dgrams: impl IntoIterator<Item = Datagram<'a>>) -> io::Result<usize> {
@@ -264,8 +203,7 @@ pub fn enable_udp_gro(fd: RawFd) -> io::Result<()> {
 
 /// Moves the calling thread into the network namespace of `ns`.
 pub fn setns_net(ns: &std::fs::File) -> io::Result<()> {
-    // SAFETY: `ns` is an open namespace file; setns only affects the calling thread.
-    cvt(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }).map(drop)
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
 }
 
 /// Runs `f` on a new thread inside the network namespace at `path`.

@@ -10,20 +10,15 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+use libc::{IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, TUNSETIFF, TUNSETOFFLOAD};
+use libc::{TUN_F_CSUM, TUN_F_TSO_ECN, TUN_F_TSO4, TUN_F_TSO6};
 
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// `ifr_flags` is a C `short`; libc declares the `IFF_*` flags as `int`.
+const fn ifr_flag(f: libc::c_int) -> libc::c_short {
+    f as u16 as libc::c_short
+}
 /// Fail instead of attaching when the device already exists.
-const IFF_TUN_EXCL: libc::c_short = 0x8000u16 as libc::c_short;
-
-const TUN_F_CSUM: libc::c_uint = 0x01;
-const TUN_F_TSO4: libc::c_uint = 0x02;
-const TUN_F_TSO6: libc::c_uint = 0x04;
-const TUN_F_TSO_ECN: libc::c_uint = 0x08;
+const IFF_TUN_EXCL: libc::c_short = ifr_flag(libc::IFF_TUN_EXCL);
 
 #[repr(C)]
 struct IfReq {
@@ -53,7 +48,7 @@ pub fn open(name: &str, queues: usize, offloads: bool) -> io::Result<Vec<OwnedFd
         let excl = if q == 0 { IFF_TUN_EXCL } else { 0 };
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE | excl,
+            flags: ifr_flag(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE) | excl,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());

@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use super::clock;
 use super::observe::{Observers, Where};
 use super::stats::{self, PortStats};
-use super::sys::{self, Datagram, Epoll, EventFd, Received, RecvBatch};
+use super::sys::{self, Datagram, Received, RecvBatch};
 use crate::core::frag::split;
 use crate::core::tables::Tables;
 use crate::core::{Action, Counter, Dataplane, DropReason, HEADROOM, Offload, Packet, PortId, vxlan};
@@ -27,6 +27,8 @@ use crate::wire::ipv4::{Ipv4Packet, PROTO_UDP};
 use crate::wire::tcp::{self, TcpPacket};
 use crate::wire::udp;
 use crate::wire::vnet::{self, VnetHdr};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 /// Largest frame a TAP hands over with TSO (64 KB) plus headers.
 pub const FRAME_MAX: usize = 65_536 + 256;
@@ -65,7 +67,8 @@ pub struct WorkerHandle {
 impl WorkerHandle {
     pub fn send(&self, c: Control) {
         if self.ctl.send(c).is_ok() {
-            self.wake.wake();
+            // A full counter (EAGAIN) still wakes the worker.
+            let _ = self.wake.write(1);
         }
     }
     pub fn stop(&mut self) {
@@ -155,10 +158,10 @@ pub fn spawn(
     cfg: WorkerConfig,
 ) -> io::Result<WorkerHandle> {
     let (ctl, ctl_rx) = mpsc::channel();
-    let wake = Arc::new(EventFd::new()?);
-    let epoll = Epoll::new()?;
-    epoll.add(wake.raw(), TOKEN_WAKE)?;
-    epoll.add(rx.as_raw_fd(), TOKEN_UDP)?;
+    let wake = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?);
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(&*wake, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE))?;
+    epoll.add(&rx, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_UDP))?;
     let w = wake.clone();
     let join = std::thread::Builder::new().name(format!("ucanal-w{id}")).spawn(move || {
         let batch = cfg.batch.max(1);
@@ -208,15 +211,16 @@ struct Worker {
 
 impl Worker {
     fn run(&mut self) {
-        // SAFETY: epoll_event is a plain C struct; all-zero is valid.
-        let mut events = vec![unsafe { std::mem::zeroed::<libc::epoll_event>() }; 64];
+        let mut events = vec![EpollEvent::empty(); 64];
         let budget = u64::from(self.out.cfg.busy_poll_us) * 1000;
         // When the last event was handled (monotonic ns); polling goes on until `budget` after it.
         let mut last_busy = 0u64;
         loop {
             let polling = budget > 0 && clock::now().0.saturating_sub(last_busy) < budget;
-            let n = match self.epoll.wait(&mut events, if polling { 0 } else { 1000 }) {
+            let timeout = if polling { EpollTimeout::ZERO } else { EpollTimeout::from(1000u16) };
+            let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
                 Err(e) => {
                     tracing::error!(worker = self.out.id, "epoll_wait: {e}");
                     return;
@@ -232,9 +236,10 @@ impl Worker {
                 last_busy = clock::now().0;
             }
             for ev in &events[..n] {
-                match ev.u64 {
+                match ev.data() {
                     TOKEN_WAKE => {
-                        self.wake.drain();
+                        // Non-blocking: a counter already read (EAGAIN) is fine.
+                        let _ = self.wake.read();
                         if !self.control() {
                             return;
                         }
@@ -252,7 +257,8 @@ impl Worker {
             match c {
                 Control::AddPort { port, fd } => {
                     let i = port.0 as usize;
-                    if let Err(e) = self.epoll.add(fd.as_raw_fd(), TOKEN_PORT0 + u64::from(port.0)) {
+                    let ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_PORT0 + u64::from(port.0));
+                    if let Err(e) = self.epoll.add(&fd, ev) {
                         tracing::error!(worker = self.out.id, port = port.0, "epoll add: {e}");
                     }
                     if self.out.ports.len() <= i {
@@ -262,7 +268,7 @@ impl Worker {
                 }
                 Control::RemovePort { port, done } => {
                     if let Some(fd) = self.out.ports.get_mut(port.0 as usize).and_then(Option::take) {
-                        let _ = self.epoll.delete(fd.as_raw_fd());
+                        let _ = self.epoll.delete(&fd);
                     }
                     let _ = done.send(());
                 }

@@ -144,6 +144,57 @@ mod tests {
         assert_eq!(fold(sum(&h, 0)), 0xffff);
     }
 
+    /// The differential tests below check `sum`/`checksum`, the pseudo-header sum and the
+    /// RFC 1624 updates against an independent implementation (etherparse's
+    /// `Sum16BitWords`) over random buffers of 0..4 KB starting at byte offsets 0..15 of
+    /// their allocation (so every alignment of the wide loop is hit).
+    /// (etherparse sums native-endian words: its result is the field in native byte order.)
+    fn etherparse_checksum(d: &[u8], pseudo: [u8; 12]) -> u16 {
+        etherparse::checksum::Sum16BitWords::new().add_slice(&pseudo).add_slice(d).ones_complement().to_be()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn agrees_with_etherparse(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            skip in 0usize..16,
+            src in proptest::prelude::any::<[u8; 4]>(),
+            dst in proptest::prelude::any::<[u8; 4]>(),
+            protocol in proptest::prelude::any::<u8>(),
+        ) {
+            let d = &data[skip.min(data.len())..];
+            proptest::prop_assert_eq!(checksum(d), etherparse_checksum(d, [0; 12]));
+            let len = d.len() as u16;
+            let pseudo = [
+                src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3], 0, protocol, (len >> 8) as u8, len as u8,
+            ];
+            let ours = !fold(sum(d, pseudo_header_sum(src, dst, protocol, len)));
+            proptest::prop_assert_eq!(ours, etherparse_checksum(d, pseudo));
+        }
+
+        #[test]
+        fn incremental_update_agrees_with_etherparse(
+            mut data in proptest::collection::vec(proptest::prelude::any::<u8>(), 8..1500),
+            at in 0usize..1500,
+            word in proptest::prelude::any::<u16>(),
+            addr in proptest::prelude::any::<[u8; 4]>(),
+        ) {
+            let at = (at % (data.len() - 4)) & !1;
+            let before = checksum(&data);
+            let old16 = u16::from_be_bytes([data[at], data[at + 1]]);
+            data[at..at + 2].copy_from_slice(&word.to_be_bytes());
+            let after16 = update16(before, old16, word);
+            let old32: [u8; 4] = data[at..at + 4].try_into().unwrap();
+            data[at..at + 4].copy_from_slice(&addr);
+            let after32 = update32(after16, old32, addr);
+            let full = etherparse_checksum(&data, [0; 12]);
+            // RFC 1624 keeps the one's-complement value: 0x0000 and 0xffff are the same number.
+            proptest::prop_assert!(after32 == full || (after32, full) == (0, 0xffff) || (after32, full) == (0xffff, 0));
+        }
+    }
+
     #[test]
     fn incremental_matches_full_recompute() {
         let mut h = [

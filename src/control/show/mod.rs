@@ -11,11 +11,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::core::nat::conntrack::{self, Entry};
-use crate::core::nat::proto_name;
 use crate::core::route::RouteTarget;
 use crate::core::tables::Tables;
-use crate::core::{Counter, Counters, DropReason, Now};
+use crate::core::{Counter, Counters, DropReason};
+
+mod conntrack;
+pub use conntrack::*;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteRow {
@@ -339,59 +340,6 @@ pub fn services_text(rows: &[ServiceRow]) -> String {
         }
     }
     s
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TupleJson {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub sport: u16,
-    pub dport: u16,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConntrackRow {
-    pub proto: String,
-    pub protonum: u8,
-    /// Seconds to expiry.
-    pub timeout: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
-    pub original: TupleJson,
-    pub reply: TupleJson,
-    pub unreplied: bool,
-    pub assured: bool,
-    pub dnat: bool,
-    pub snat: bool,
-    /// The line as `conntrack -L` prints it.
-    pub line: String,
-}
-
-fn tuple_json(t: &crate::core::nat::Tuple) -> TupleJson {
-    TupleJson { src: t.src, dst: t.dst, sport: t.sport, dport: t.dport }
-}
-
-pub fn conntrack(entries: &[std::sync::Arc<Entry>], now: Now) -> Vec<ConntrackRow> {
-    entries
-        .iter()
-        .map(|e| ConntrackRow {
-            proto: proto_name(e.original.proto).into(),
-            protonum: e.original.proto,
-            timeout: e.remaining(now),
-            state: e.state_name().map(str::to_string),
-            original: tuple_json(&e.original),
-            reply: tuple_json(&e.reply),
-            unreplied: !e.seen_reply(),
-            assured: e.assured(),
-            dnat: e.nat & conntrack::NAT_DNAT != 0,
-            snat: e.nat & conntrack::NAT_SNAT != 0,
-            line: conntrack::format_entry(e, now),
-        })
-        .collect()
-}
-
-pub fn conntrack_text(rows: &[ConntrackRow]) -> String {
-    rows.iter().map(|r| format!("{}\n", r.line)).collect()
 }
 
 pub fn counters(c: &Counters) -> serde_json::Value {

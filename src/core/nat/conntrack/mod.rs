@@ -1,0 +1,376 @@
+//! Connection tracking for NATed flows, as netfilter's conntrack keeps it: each entry
+//! holds the original and the reply tuple, and both tuples index the same entry, so a
+//! reply is reverse-NATed from its entry without re-running any rule.
+//!
+//! Concurrency: the index is a sharded concurrent map (dashmap) from packed tuple to
+//! `Arc<Entry>`; a lookup takes one shard's read lock, never a global one, and the
+//! per-packet state update is atomics on the entry (no allocation, no write lock).
+//! Insertion is where the anchors' bugs lived, so it is careful:
+//! - the reply tuple is claimed first, with the shard's entry lock: a live entry with
+//!   another original tuple means the port is taken and the next candidate is tried,
+//!   so two live flows never share a tuple (the SNAT collision bug);
+//! - a claim that finds the *same* original tuple, or an original key already inserted,
+//!   joins that entry: two datagrams of one new UDP flow racing on two workers both
+//!   pass, with the same NAT (the DNS 5 s bug).
+//!
+//! Only flows that ucanal NATs are tracked (plain pod-to-pod routing needs no state).
+//!
+//! Heads up: an expired entry stays in the map until `sweep` removes it, but every
+//! lookup and insert treats it as absent, so expiry is exact to the second.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering::Relaxed};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry as MapEntry;
+
+use super::Tuple;
+use crate::core::Now;
+use crate::wire::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+
+mod state;
+#[cfg(test)]
+mod tests;
+
+pub use state::{Dir, TcpState, Timeouts, Transition, tcp_transition};
+
+/// NAT applied to a flow.
+pub const NAT_DNAT: u8 = 1;
+pub const NAT_SNAT: u8 = 2;
+
+const SEEN_REPLY: u8 = 1;
+const ASSURED: u8 = 2;
+
+/// One tracked flow.
+#[derive(Debug)]
+pub struct Entry {
+    pub original: Tuple,
+    pub reply: Tuple,
+    pub nat: u8,
+    state: AtomicU8,
+    flags: AtomicU8,
+    /// Expiry, in `Now::secs()`.
+    deadline: AtomicU32,
+}
+
+impl Entry {
+    pub fn tcp_state(&self) -> TcpState {
+        TcpState::from_u8(self.state.load(Relaxed))
+    }
+    pub fn seen_reply(&self) -> bool {
+        self.flags.load(Relaxed) & SEEN_REPLY != 0
+    }
+    pub fn assured(&self) -> bool {
+        self.flags.load(Relaxed) & ASSURED != 0
+    }
+    pub fn deadline(&self) -> u32 {
+        self.deadline.load(Relaxed)
+    }
+    pub fn is_live(&self, now: Now) -> bool {
+        self.deadline.load(Relaxed) > now.secs()
+    }
+    /// The state name `conntrack -L` prints (TCP only).
+    pub fn state_name(&self) -> Option<&'static str> {
+        (self.original.proto == PROTO_TCP).then(|| self.tcp_state().name())
+    }
+    /// Seconds left before expiry.
+    pub fn remaining(&self, now: Now) -> u32 {
+        self.deadline().saturating_sub(now.secs())
+    }
+    /// DNAT target of the flow, if any.
+    pub fn dnat_target(&self) -> Option<SocketAddrV4> {
+        (self.nat & NAT_DNAT != 0).then(|| SocketAddrV4::new(self.reply.src, self.reply.sport))
+    }
+}
+
+/// What a packet of a tracked flow becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    pub dir: Dir,
+    /// The packet's new source and destination.
+    pub src: (Ipv4Addr, u16),
+    pub dst: (Ipv4Addr, u16),
+    pub nat: u8,
+    pub state: Option<TcpState>,
+    pub invalid: bool,
+}
+
+impl Hit {
+    fn of(e: &Entry, dir: Dir, invalid: bool) -> Hit {
+        let (src, dst) = match dir {
+            Dir::Original => ((e.reply.dst, e.reply.dport), (e.reply.src, e.reply.sport)),
+            Dir::Reply => ((e.original.dst, e.original.dport), (e.original.src, e.original.sport)),
+        };
+        Hit { dir, src, dst, nat: e.nat, state: e.state_name().map(|_| e.tcp_state()), invalid }
+    }
+}
+
+/// How to choose the source port of the reply tuple's destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortChoice {
+    /// Try this port first (the original source port).
+    pub keep: u16,
+    /// Ports to search (inclusive); `keep` is used only inside it.
+    pub lo: u16,
+    pub hi: u16,
+}
+
+/// A new flow to enter: its original tuple, the packet's TCP flags, and its reply
+/// tuple `reply_src -> (reply_dst, port)` with the port chosen by `ports`.
+#[derive(Debug, Clone, Copy)]
+pub struct NewFlow {
+    pub original: Tuple,
+    pub tcp_flags: u8,
+    pub reply_src: (Ipv4Addr, u16),
+    pub reply_dst: Ipv4Addr,
+    pub nat: u8,
+    pub ports: PortChoice,
+}
+
+/// What `insert` did.
+#[derive(Debug, Clone)]
+pub enum Insert {
+    /// A new entry; `remapped` says the source port had to change.
+    New {
+        entry: Arc<Entry>,
+        remapped: bool,
+    },
+    /// A concurrent packet of the same flow inserted it first.
+    Joined(Arc<Entry>),
+    Full,
+    Exhausted,
+}
+
+/// Candidate ports tried after `keep` before giving up (the kernel tries up to 128 too).
+const MAX_PORT_TRIES: u32 = 128;
+
+pub struct Conntrack {
+    map: DashMap<u128, Arc<Entry>, ahash::RandomState>,
+    entries: AtomicUsize,
+    max: usize,
+    pub timeouts: Timeouts,
+}
+
+impl Conntrack {
+    pub fn new(max: usize, timeouts: Timeouts) -> Self {
+        Conntrack { map: DashMap::with_hasher(ahash::RandomState::new()), entries: AtomicUsize::new(0), max, timeouts }
+    }
+    /// Live-or-expired entries not yet swept.
+    pub fn len(&self) -> usize {
+        self.entries.load(Relaxed)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    fn initial(&self, t: &Tuple, tcp_flags: u8) -> Option<(TcpState, u32)> {
+        match t.proto {
+            PROTO_TCP => match tcp_transition(TcpState::None, Dir::Original, tcp_flags) {
+                Transition::To(s) => Some((s, self.timeouts.tcp(s))),
+                _ => None,
+            },
+            PROTO_UDP => Some((TcpState::None, self.timeouts.udp)),
+            PROTO_ICMP => Some((TcpState::None, self.timeouts.icmp)),
+            _ => None,
+        }
+    }
+
+    /// True when a packet with these TCP flags may start a tracked flow (a SYN, or an
+    /// ACK picked up mid-stream as the kernel's `nf_conntrack_tcp_loose` allows).
+    pub fn can_start(&self, t: &Tuple, tcp_flags: u8) -> bool {
+        self.initial(t, tcp_flags).is_some()
+    }
+
+    /// Looks a packet up and, when `commit`, advances its flow's state and timeout.
+    /// No allocation, no write lock: one shard read lock and a few atomics.
+    #[inline]
+    pub fn track(&self, t: &Tuple, tcp_flags: u8, now: Now, commit: bool) -> Option<Hit> {
+        let r = self.map.get(&t.key())?;
+        let e: &Entry = &r;
+        if !e.is_live(now) {
+            return None;
+        }
+        let dir = if e.original == *t { Dir::Original } else { Dir::Reply };
+        let mut invalid = false;
+        let timeout = match t.proto {
+            PROTO_TCP => {
+                let mut new_state = e.tcp_state();
+                let upd = e.state.fetch_update(Relaxed, Relaxed, |cur| {
+                    match tcp_transition(TcpState::from_u8(cur), dir, tcp_flags) {
+                        Transition::To(s) => {
+                            new_state = s;
+                            (s as u8 != cur && commit).then_some(s as u8)
+                        }
+                        Transition::Ignore => {
+                            new_state = TcpState::from_u8(cur);
+                            None
+                        }
+                        Transition::Invalid => {
+                            invalid = true;
+                            new_state = TcpState::from_u8(cur);
+                            None
+                        }
+                    }
+                });
+                if commit && upd.is_ok() && new_state == TcpState::Established {
+                    e.flags.fetch_or(ASSURED, Relaxed);
+                }
+                self.timeouts.tcp(new_state)
+            }
+            PROTO_UDP => {
+                if e.seen_reply() || dir == Dir::Reply {
+                    self.timeouts.udp_stream
+                } else {
+                    self.timeouts.udp
+                }
+            }
+            _ => self.timeouts.icmp,
+        };
+        if commit {
+            if dir == Dir::Reply && !e.seen_reply() {
+                let extra = if t.proto == PROTO_UDP { ASSURED } else { 0 };
+                e.flags.fetch_or(SEEN_REPLY | extra, Relaxed);
+            }
+            if !invalid {
+                let d = now.secs().saturating_add(timeout);
+                // Store only when it moves, so a busy flow does not dirty the line every packet.
+                if e.deadline.load(Relaxed) != d {
+                    e.deadline.store(d, Relaxed);
+                }
+            }
+        }
+        Some(Hit::of(e, dir, invalid))
+    }
+
+    /// Enters a new flow. See the module docs for the races this resolves.
+    pub fn insert(&self, flow: NewFlow, now: Now) -> Insert {
+        let NewFlow { original, tcp_flags, reply_src, reply_dst, nat, ports } = flow;
+        let Some((state, timeout)) = self.initial(&original, tcp_flags) else {
+            return Insert::Exhausted;
+        };
+        if self.entries.load(Relaxed) >= self.max {
+            // A live entry for this very flow (inserted a moment ago by another worker) is not "new".
+            if let Some(e) = self.map.get(&original.key()).filter(|e| e.is_live(now)) {
+                return Insert::Joined(e.clone());
+            }
+            return Insert::Full;
+        }
+        let span = u32::from(ports.hi.saturating_sub(ports.lo)) + 1;
+        let start = original.hash(0x5eed) % span;
+        let keep_ok = (ports.lo..=ports.hi).contains(&ports.keep);
+        let candidates = keep_ok
+            .then_some(ports.keep)
+            .into_iter()
+            .chain((0..MAX_PORT_TRIES.min(span)).map(|i| ports.lo + ((start + i) % span) as u16));
+
+        for port in candidates {
+            let reply =
+                Tuple { proto: original.proto, src: reply_src.0, dst: reply_dst, sport: reply_src.1, dport: port };
+            let entry = Arc::new(Entry {
+                original,
+                reply,
+                nat,
+                state: AtomicU8::new(state as u8),
+                flags: AtomicU8::new(0),
+                deadline: AtomicU32::new(now.secs().saturating_add(timeout)),
+            });
+            // 1. Claim the reply tuple.
+            match self.map.entry(reply.key()) {
+                MapEntry::Occupied(mut o) => {
+                    let cur = o.get();
+                    if cur.is_live(now) {
+                        if cur.original == original {
+                            return Insert::Joined(cur.clone());
+                        }
+                        continue; // taken by another live flow: next port
+                    }
+                    self.forget_replaced(cur, reply.key());
+                    o.insert(entry.clone());
+                }
+                MapEntry::Vacant(v) => {
+                    v.insert(entry.clone());
+                }
+            }
+            // 2. Publish the original tuple (the reply claim's lock is released).
+            let reply_taken_is_ours = |m: &Arc<Entry>| Arc::ptr_eq(m, &entry);
+            match self.map.entry(original.key()) {
+                MapEntry::Occupied(mut o) => {
+                    let cur = o.get().clone();
+                    if cur.is_live(now) && !Arc::ptr_eq(&cur, &entry) {
+                        drop(o);
+                        self.map.remove_if(&reply.key(), |_, m| reply_taken_is_ours(m));
+                        return Insert::Joined(cur);
+                    }
+                    self.forget_replaced(&cur, original.key());
+                    o.insert(entry.clone());
+                }
+                MapEntry::Vacant(v) => {
+                    v.insert(entry.clone());
+                }
+            }
+            self.entries.fetch_add(1, Relaxed);
+            return Insert::New { remapped: port != ports.keep, entry };
+        }
+        Insert::Exhausted
+    }
+
+    /// Bookkeeping when an expired entry's key is overwritten: the entry count follows
+    /// original keys.
+    fn forget_replaced(&self, old: &Arc<Entry>, key: u128) {
+        if old.original.key() == key {
+            self.entries.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Removes expired entries; returns how many flows were removed.
+    ///
+    /// Heads up: this never write-locks a whole shard. It finds the expired keys under
+    /// each shard's read lock (workers keep reading), then removes them one key at a
+    /// time, re-checking expiry under that key's write lock, so a flow refreshed in
+    /// between survives and a worker waits at most for one removal.
+    pub fn sweep(&self, now: Now) -> usize {
+        let expired: Vec<u128> = self.map.iter().filter(|r| !r.is_live(now)).map(|r| *r.key()).collect();
+        let mut removed = 0;
+        for k in expired {
+            if let Some((k, e)) = self.map.remove_if(&k, |_, e| !e.is_live(now))
+                && e.original.key() == k
+            {
+                removed += 1;
+            }
+        }
+        self.entries.fetch_sub(removed, Relaxed);
+        removed
+    }
+
+    /// Removes the flows matching `pred` (both keys); returns how many.
+    pub fn remove_where(&self, pred: impl Fn(&Entry) -> bool) -> usize {
+        let mut removed = 0;
+        self.map.retain(|k, e| {
+            if !pred(e) {
+                return true;
+            }
+            if e.original.key() == *k {
+                removed += 1;
+            }
+            false
+        });
+        self.entries.fetch_sub(removed, Relaxed);
+        removed
+    }
+
+    /// Live entries, one per flow, ordered by original tuple for stable listings.
+    pub fn entries(&self, now: Now) -> Vec<Arc<Entry>> {
+        let mut v: Vec<Arc<Entry>> = self
+            .map
+            .iter()
+            .filter(|r| r.original.key() == *r.key() && r.is_live(now))
+            .map(|r| r.value().clone())
+            .collect();
+        v.sort_by_key(|e| (e.original.proto, e.original.src, e.original.dst, e.original.sport, e.original.dport));
+        v
+    }
+}

@@ -1,0 +1,332 @@
+//! Conntrack with real tuples from the article's flows: NAT, state, expiry, races.
+
+use super::*;
+use crate::wire::l4::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
+
+fn client() -> Tuple {
+    Tuple {
+        proto: PROTO_TCP,
+        src: Ipv4Addr::new(172, 16, 240, 1),
+        dst: Ipv4Addr::new(172, 16, 240, 131),
+        sport: 40000,
+        dport: 31266,
+    }
+}
+const EP: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 0, 74), 2368);
+const MASQ: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 0);
+const ALL: PortChoice = PortChoice { keep: 40000, lo: 1024, hi: 65535 };
+
+fn new_nodeport(ct: &Conntrack, t: Tuple, now: Now) -> Arc<Entry> {
+    match ct.insert(
+        NewFlow {
+            original: t,
+            tcp_flags: TCP_SYN,
+            reply_src: EP,
+            reply_dst: MASQ,
+            nat: NAT_DNAT | NAT_SNAT,
+            ports: PortChoice { keep: t.sport, ..ALL },
+        },
+        now,
+    ) {
+        Insert::New { entry, .. } => entry,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn article_nodeport_flow_and_its_listing() {
+    let ct = Conntrack::new(16, Timeouts::default());
+    let now = Now::from_secs(100);
+    let e = new_nodeport(&ct, client(), now);
+    assert_eq!(e.reply.to_string(), "src=10.244.0.74 dst=10.244.1.0 sport=2368 dport=40000");
+    assert_eq!(e.tcp_state(), TcpState::SynSent);
+    // Original direction: DNAT + SNAT.
+    let h = ct.track(&client(), TCP_SYN, now, true).unwrap();
+    assert_eq!((h.dir, h.src, h.dst), (Dir::Original, (MASQ, 40000), EP));
+    // SYN-ACK from the endpoint to the masquerade address: reverse NAT.
+    let h = ct.track(&e.reply, TCP_SYN | TCP_ACK, now, true).unwrap();
+    assert_eq!(h.dir, Dir::Reply);
+    assert_eq!(h.src, (Ipv4Addr::new(172, 16, 240, 131), 31266));
+    assert_eq!(h.dst, (Ipv4Addr::new(172, 16, 240, 1), 40000));
+    assert_eq!(e.tcp_state(), TcpState::SynRecv);
+    ct.track(&client(), TCP_ACK, now, true).unwrap();
+    assert_eq!(e.tcp_state(), TcpState::Established);
+    assert!(e.assured());
+    assert_eq!(e.remaining(now), 86400);
+    assert_eq!(e.original.to_string(), "src=172.16.240.1 dst=172.16.240.131 sport=40000 dport=31266");
+}
+
+#[test]
+fn tcp_close_sequence_and_timeouts() {
+    let ct = Conntrack::new(16, Timeouts::default());
+    let now = Now::from_secs(10);
+    let e = new_nodeport(&ct, client(), now);
+    ct.track(&e.reply, TCP_SYN | TCP_ACK, now, true);
+    ct.track(&client(), TCP_ACK, now, true);
+    ct.track(&client(), TCP_ACK | TCP_PSH, now, true);
+    assert_eq!(e.tcp_state(), TcpState::Established);
+    ct.track(&client(), TCP_FIN | TCP_ACK, now, true);
+    assert_eq!(e.tcp_state(), TcpState::FinWait);
+    ct.track(&e.reply, TCP_ACK, now, true);
+    assert_eq!(e.tcp_state(), TcpState::CloseWait);
+    assert_eq!(e.remaining(now), 3600);
+    ct.track(&e.reply, TCP_FIN | TCP_ACK, now, true);
+    assert_eq!(e.tcp_state(), TcpState::LastAck);
+    ct.track(&client(), TCP_ACK, now, true);
+    assert_eq!(e.tcp_state(), TcpState::TimeWait);
+    assert_eq!(e.remaining(now), 120);
+    // After TIME_WAIT expires the flow is gone and a new SYN starts afresh.
+    let later = Now::from_secs(10 + 121);
+    assert!(ct.track(&client(), TCP_SYN, later, true).is_none());
+    assert_eq!(ct.sweep(later), 1);
+    assert!(ct.is_empty());
+}
+
+#[test]
+fn rst_closes_and_invalid_does_not_move_state() {
+    let ct = Conntrack::new(16, Timeouts::default());
+    let now = Now::from_secs(10);
+    let e = new_nodeport(&ct, client(), now);
+    // A SYN-ACK in the original direction is invalid: state unchanged.
+    let h = ct.track(&client(), TCP_SYN | TCP_ACK, now, true).unwrap();
+    assert!(h.invalid);
+    assert_eq!(e.tcp_state(), TcpState::SynSent);
+    ct.track(&e.reply, TCP_RST, now, true);
+    assert_eq!(e.tcp_state(), TcpState::Close);
+    assert_eq!(e.remaining(now), 10);
+    // A FIN cannot start a flow; an ACK can (loose pickup), a SYN can.
+    assert!(!ct.can_start(&client(), TCP_FIN));
+    assert!(ct.can_start(&client(), TCP_ACK));
+    assert!(ct.can_start(&client(), TCP_SYN));
+}
+
+#[test]
+fn udp_unreplied_then_stream() {
+    let ct = Conntrack::new(16, Timeouts::default());
+    let now = Now::from_secs(0);
+    let dns = Tuple {
+        proto: PROTO_UDP,
+        src: Ipv4Addr::new(10, 244, 1, 5),
+        dst: Ipv4Addr::new(10, 250, 0, 10),
+        sport: 53000,
+        dport: 53,
+    };
+    let Insert::New { entry: e, .. } = ct.insert(
+        NewFlow {
+            original: dns,
+            tcp_flags: 0,
+            reply_src: (Ipv4Addr::new(10, 244, 0, 74), 53),
+            reply_dst: dns.src,
+            nat: NAT_DNAT,
+            ports: PortChoice { keep: 53000, ..ALL },
+        },
+        now,
+    ) else {
+        panic!()
+    };
+    assert_eq!(e.remaining(now), 30);
+    assert!(!e.seen_reply());
+    ct.track(&e.reply, 0, now, true).unwrap();
+    assert!(e.seen_reply() && e.assured());
+    assert_eq!(e.remaining(now), 120);
+}
+
+#[test]
+fn snat_keeps_port_when_free_and_never_shares_a_tuple() {
+    let ct = Conntrack::new(1024, Timeouts::default());
+    let now = Now::from_secs(1);
+    // Two clients with the same source port to the same endpoint, masqueraded to
+    // the same address: the second must get another port.
+    let a = client();
+    let b = Tuple { src: Ipv4Addr::new(172, 16, 240, 9), ..client() };
+    let Insert::New { entry: ea, remapped: ra } = ct.insert(
+        NewFlow {
+            original: a,
+            tcp_flags: TCP_SYN,
+            reply_src: EP,
+            reply_dst: MASQ,
+            nat: NAT_SNAT | NAT_DNAT,
+            ports: ALL,
+        },
+        now,
+    ) else {
+        panic!()
+    };
+    let Insert::New { entry: eb, remapped: rb } = ct.insert(
+        NewFlow {
+            original: b,
+            tcp_flags: TCP_SYN,
+            reply_src: EP,
+            reply_dst: MASQ,
+            nat: NAT_SNAT | NAT_DNAT,
+            ports: ALL,
+        },
+        now,
+    ) else {
+        panic!()
+    };
+    assert!(!ra && rb);
+    assert_eq!(ea.reply.dport, 40000);
+    assert_ne!(eb.reply.dport, 40000);
+    assert_ne!(ea.reply, eb.reply);
+    // Many more flows colliding on the same port all stay unique.
+    let mut seen = std::collections::HashSet::new();
+    seen.insert(ea.reply);
+    seen.insert(eb.reply);
+    for i in 10..200u8 {
+        let t = Tuple { src: Ipv4Addr::new(172, 16, 241, i), ..client() };
+        match ct.insert(
+            NewFlow {
+                original: t,
+                tcp_flags: TCP_SYN,
+                reply_src: EP,
+                reply_dst: MASQ,
+                nat: NAT_SNAT | NAT_DNAT,
+                ports: ALL,
+            },
+            now,
+        ) {
+            Insert::New { entry, .. } => assert!(seen.insert(entry.reply), "duplicate reply tuple"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Each reply tuple maps back to its own flow.
+    let h = ct.track(&eb.reply, TCP_SYN | TCP_ACK, now, true).unwrap();
+    assert_eq!(h.dst, (b.src, b.sport));
+}
+
+#[test]
+fn restricted_range_is_respected() {
+    let ct = Conntrack::new(16, Timeouts::default());
+    let now = Now::from_secs(1);
+    let range = PortChoice { keep: 40000, lo: 61000, hi: 61001 };
+    for i in 0..2u8 {
+        let t = Tuple { src: Ipv4Addr::new(10, 244, 1, 5 + i), ..client() };
+        let Insert::New { entry, remapped } = ct.insert(
+            NewFlow {
+                original: t,
+                tcp_flags: TCP_SYN,
+                reply_src: (t.dst, t.dport),
+                reply_dst: Ipv4Addr::new(172, 16, 240, 131),
+                nat: NAT_SNAT,
+                ports: range,
+            },
+            now,
+        ) else {
+            panic!()
+        };
+        assert!(remapped);
+        assert!((61000..=61001).contains(&entry.reply.dport));
+    }
+    let t = Tuple { src: Ipv4Addr::new(10, 244, 1, 9), ..client() };
+    assert!(matches!(
+        ct.insert(
+            NewFlow {
+                original: t,
+                tcp_flags: TCP_SYN,
+                reply_src: (t.dst, t.dport),
+                reply_dst: Ipv4Addr::new(172, 16, 240, 131),
+                nat: NAT_SNAT,
+                ports: range
+            },
+            now
+        ),
+        Insert::Exhausted
+    ));
+}
+
+#[test]
+fn full_table_refuses_new_flows_only() {
+    let ct = Conntrack::new(1, Timeouts::default());
+    let now = Now::from_secs(1);
+    let e = new_nodeport(&ct, client(), now);
+    let other = Tuple { sport: 40001, ..client() };
+    assert!(matches!(
+        ct.insert(
+            NewFlow { original: other, tcp_flags: TCP_SYN, reply_src: EP, reply_dst: MASQ, nat: NAT_DNAT, ports: ALL },
+            now
+        ),
+        Insert::Full
+    ));
+    assert!(ct.track(&e.reply, TCP_SYN | TCP_ACK, now, true).is_some());
+    assert!(matches!(
+        ct.insert(
+            NewFlow {
+                original: client(),
+                tcp_flags: TCP_SYN,
+                reply_src: EP,
+                reply_dst: MASQ,
+                nat: NAT_DNAT,
+                ports: ALL
+            },
+            now
+        ),
+        Insert::Joined(_)
+    ));
+}
+
+#[test]
+fn concurrent_inserts_of_one_flow_join() {
+    // The DNS race: many threads insert the same new UDP flow at once; all must
+    // come back with the same entry and the table must hold one flow.
+    let ct = Arc::new(Conntrack::new(1024, Timeouts::default()));
+    let dns = Tuple {
+        proto: PROTO_UDP,
+        src: Ipv4Addr::new(10, 244, 1, 5),
+        dst: Ipv4Addr::new(10, 250, 0, 10),
+        sport: 53000,
+        dport: 53,
+    };
+    for round in 0..50u16 {
+        let t = Tuple { sport: 50000 + round, ..dns };
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (ct, barrier) = (ct.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    match ct.insert(
+                        NewFlow {
+                            original: t,
+                            tcp_flags: 0,
+                            reply_src: (Ipv4Addr::new(10, 244, 0, 74), 53),
+                            reply_dst: t.src,
+                            nat: NAT_DNAT,
+                            ports: PortChoice { keep: t.sport, ..ALL },
+                        },
+                        Now::from_secs(1),
+                    ) {
+                        Insert::New { entry, .. } | Insert::Joined(entry) => entry.reply,
+                        other => panic!("{other:?}"),
+                    }
+                })
+            })
+            .collect();
+        let replies: Vec<Tuple> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(replies.windows(2).all(|w| w[0] == w[1]), "{replies:?}");
+    }
+    assert_eq!(ct.len(), 50);
+    assert_eq!(ct.entries(Now::from_secs(1)).len(), 50);
+}
+
+#[test]
+fn remove_where_flushes_both_keys() {
+    let ct = Conntrack::new(16, Timeouts::default());
+    let now = Now::from_secs(1);
+    let e = new_nodeport(&ct, client(), now);
+    assert_eq!(ct.remove_where(|x| x.dnat_target() == Some(SocketAddrV4::new(EP.0, EP.1))), 1);
+    assert!(ct.track(&client(), TCP_ACK, now, true).is_none());
+    assert!(ct.track(&e.reply, TCP_ACK, now, true).is_none());
+    assert_eq!(ct.len(), 0);
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let ct = Conntrack::new(16, Timeouts::default());
+    let now = Now::from_secs(1);
+    let e = new_nodeport(&ct, client(), now);
+    ct.track(&e.reply, TCP_SYN | TCP_ACK, Now::from_secs(50), false).unwrap();
+    assert_eq!(e.tcp_state(), TcpState::SynSent);
+    assert!(!e.seen_reply());
+    assert_eq!(e.deadline(), 121);
+}
