@@ -175,6 +175,10 @@ pub struct DataplaneSection {
     /// polling is handled without a thread wake-up.
     #[serde(default = "default_busy_poll_us")]
     pub busy_poll_us: u32,
+    /// For measuring only: the pass-through relay (`core::relay`) instead of the
+    /// dataplane's decisions: the ceiling of the TAP + UDP design (one pod, one peer).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relay: bool,
 }
 
 fn yes() -> bool {
@@ -202,6 +206,7 @@ impl Default for DataplaneSection {
             source_ports: default_source_ports(),
             batch: default_batch(),
             busy_poll_us: default_busy_poll_us(),
+            relay: false,
         }
     }
 }

@@ -19,6 +19,7 @@ use super::observe::{Observers, Where};
 use super::stats::{self, PortStats};
 use super::sys::{self, Datagram, Received, RecvBatch};
 use crate::core::frag::split;
+use crate::core::relay::{Relay, Relayed};
 use crate::core::tables::Tables;
 use crate::core::{Action, Counter, Dataplane, DropReason, HEADROOM, Offload, Packet, PortId, vxlan};
 use crate::core::{gro, gso};
@@ -95,6 +96,8 @@ pub struct WorkerConfig {
     /// After handling packets, poll (epoll with no timeout) for this long before
     /// sleeping: a packet that arrives meanwhile costs no wake-up (0 = always sleep).
     pub busy_poll_us: u32,
+    /// The pass-through relay instead of the dataplane (`core::relay`), for measuring.
+    pub relay: bool,
     pub vxlan_port: u16,
 }
 
@@ -174,6 +177,7 @@ pub fn spawn(
             recv: RecvBatch::new(batch),
             received: Vec::with_capacity(batch),
             spare: vec![0u8; BUF_LEN].into_boxed_slice(),
+            relay: None,
             obs,
             out: Out {
                 id,
@@ -205,6 +209,8 @@ struct Worker {
     received: Vec<Received>,
     /// Where the core writes a reassembled datagram (`Packet::with_spare`).
     spare: Box<[u8]>,
+    /// The relay of the current tables and their generation (`WorkerConfig::relay`).
+    relay: Option<(u64, Option<Relay>)>,
     obs: Arc<Observers>,
     out: Out,
 }
@@ -285,6 +291,7 @@ impl Worker {
         let t = self.out.dp.tables();
         let now = clock::now();
         let observing = self.obs.active();
+        let relay = self.relay(&t);
         for slot in 0..self.bufs.len() {
             let buf = &mut self.bufs[slot];
             let n = match sys::read(fd, &mut buf[HEADROOM - vnet::HEADER_LEN..]) {
@@ -306,6 +313,10 @@ impl Worker {
                 self.out.dp.counters.drop(self.out.id, DropReason::GsoUnsupported);
                 continue;
             }
+            if let Some(Relayed::Done(a)) = relay.map(|r| r.from_pod(&mut pkt)) {
+                self.out.execute(slot, a, &pkt);
+                continue;
+            }
             let mut obs =
                 if observing { self.obs.before(&t, Where::Port(port), pkt.data()) } else { Default::default() };
             let a = self.out.dp.handle_port(self.out.id, &t, port, &mut pkt, now, &mut obs.trace);
@@ -325,6 +336,7 @@ impl Worker {
             return;
         }
         let observing = self.obs.active();
+        let relay = self.relay(&t);
         for (slot, r) in self.received.iter().enumerate() {
             self.out.stats.rx(self.out.id, stats::VXLAN, r.len);
             let seg = if r.gro_size > 0 { usize::from(r.gro_size) } else { r.len };
@@ -335,12 +347,18 @@ impl Worker {
                 let len = seg.min(r.len - off);
                 let buf = &mut self.bufs[slot];
                 let mut pkt = Packet::new(buf, HEADROOM + off, HEADROOM + off + len).with_spare(&mut self.spare);
-                let w = Where::Vxlan { peer: r.from, local_port: self.out.cfg.vxlan_port, inbound: true };
-                let mut obs = if observing { self.obs.before(&t, w, pkt.data()) } else { Default::default() };
-                let a = self.out.dp.handle_vxlan(self.out.id, &t, r.from, &mut pkt, now, &mut obs.trace);
-                if observing {
-                    Self::observe_after_with(&self.obs, &t, obs, &a, &pkt);
-                }
+                let a = match relay.map(|r| r.from_vxlan(&mut pkt)) {
+                    Some(Relayed::Done(a)) => a,
+                    _ => {
+                        let w = Where::Vxlan { peer: r.from, local_port: self.out.cfg.vxlan_port, inbound: true };
+                        let mut obs = if observing { self.obs.before(&t, w, pkt.data()) } else { Default::default() };
+                        let a = self.out.dp.handle_vxlan(self.out.id, &t, r.from, &mut pkt, now, &mut obs.trace);
+                        if observing {
+                            Self::observe_after_with(&self.obs, &t, obs, &a, &pkt);
+                        }
+                        a
+                    }
+                };
                 match a {
                     Action::ToPort(port)
                         if self.out.cfg.gro && pkt.offload.gso_size == 0 && pkt.offload.frag_size == 0 =>
@@ -359,6 +377,23 @@ impl Worker {
 }
 
 impl Worker {
+    /// The relay for these tables when the worker runs as one (built once per snapshot).
+    fn relay(&mut self, t: &Tables) -> Option<Relay> {
+        if !self.out.cfg.relay {
+            return None;
+        }
+        match self.relay {
+            Some((g, r)) if g == t.generation => r,
+            _ => {
+                let r = Relay::from_tables(t)
+                    .inspect_err(|e| tracing::warn!(worker = self.out.id, "relay off for this snapshot: {e}"))
+                    .ok();
+                self.relay = Some((t.generation, r));
+                r
+            }
+        }
+    }
+
     fn observe_after_with(o: &Observers, t: &Tables, obs: super::observe::Observation, a: &Action, pkt: &Packet) {
         let src_port = match a {
             Action::ToVtep { flow_hash, .. } => t.vxlan_source_port(*flow_hash),

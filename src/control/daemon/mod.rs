@@ -243,6 +243,7 @@ async fn start(cfg: Config) -> Result<Daemon, RunError> {
         udp_gso: tech.udp_gso,
         gro: tech.gro,
         busy_poll_us: cfg.dataplane.busy_poll_us,
+        relay: cfg.dataplane.relay,
         vxlan_port: node.vxlan_port,
     };
     for (i, (rx, host_fd)) in underlay.rx.into_iter().zip(host_fds).enumerate() {
