@@ -37,25 +37,31 @@ usage() {
 
 # The ucanal settings a variant runs with ([dataplane] lines of its config), in table order.
 # Each "no-*" variant turns one technique off; against "default" it tells what that technique buys.
-VARIANT_NAMES=(default no-gro no-udp-gso no-udp-gro no-tap-offloads no-batch one-worker offloads-off)
+VARIANT_NAMES=(default no-sg-gso no-gro no-udp-gso no-udp-gro no-tap-offloads no-batch one-worker offloads-off zerocopy busy-poll)
 declare -A VARIANT_SETTINGS=(
     [default]=""
+    [no-sg-gso]="sg_gso = false"
     [no-gro]="gro = false"
     [no-udp-gso]="udp_gso = false"
     [no-udp-gro]="udp_gro = false"
     [no-tap-offloads]="tap_offloads = false"
     [no-batch]="batch = 1"
     [one-worker]="workers = 1"
+    [zerocopy]="zerocopy = true"
+    [busy-poll]="busy_poll_us = 50"
     [offloads-off]=$'tap_offloads = false\nudp_gso = false\nudp_gro = false\ngro = false'
 )
 declare -A VARIANT_ABOUT=(
     [default]="every technique on (the default configuration)"
+    [no-sg-gso]="userspace TSO copies every segment into scratch (no scatter-gather UDP GSO send)"
     [no-gro]="no coalescing of TCP segments toward pods (one TAP write per segment)"
     [no-udp-gso]="no UDP_SEGMENT: one datagram per sendmmsg entry"
     [no-udp-gro]="no UDP_GRO on the VXLAN sockets: one datagram per recvmmsg entry"
     [no-tap-offloads]="no IFF_VNET_HDR offloads: pods hand over MTU-sized frames, checksummed"
     [no-batch]="batch of 1: one frame per read, one datagram per recvmmsg/sendmmsg"
     [one-worker]="one worker thread instead of one per core"
+    [zerocopy]="spike: MSG_ZEROCOPY on the VXLAN sends, each flush waits for its completions"
+    [busy-poll]="workers poll 50 us after their last packet before sleeping (latency)"
     [offloads-off]="all offloads off (TAP, UDP GSO/GRO, GRO), batching kept"
 )
 

@@ -175,6 +175,14 @@ pub struct DataplaneSection {
     /// polling is handled without a thread wake-up.
     #[serde(default = "default_busy_poll_us")]
     pub busy_poll_us: u32,
+    /// Userspace TSO scatter-gather: each VXLAN datagram leaves as its headers (built in
+    /// scratch) plus its slice of the pod's super-packet in place; false copies every
+    /// segment into scratch first.
+    #[serde(default = "yes")]
+    pub sg_gso: bool,
+    /// A spike, off by default: `MSG_ZEROCOPY` on the VXLAN sends (`io::zerocopy`).
+    #[serde(default)]
+    pub zerocopy: bool,
     /// For measuring only: the pass-through relay (`core::relay`) instead of the
     /// dataplane's decisions: the ceiling of the TAP + UDP design (one pod, one peer).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -206,6 +214,8 @@ impl Default for DataplaneSection {
             source_ports: default_source_ports(),
             batch: default_batch(),
             busy_poll_us: default_busy_poll_us(),
+            sg_gso: true,
+            zerocopy: false,
             relay: false,
         }
     }

@@ -17,7 +17,8 @@ use std::sync::mpsc;
 use super::clock;
 use super::observe::{Observers, Where};
 use super::stats::{self, PortStats};
-use super::sys::{self, Datagram, Received, RecvBatch};
+use super::sys::{self, Datagram, Parts, Received, RecvBatch};
+use super::zerocopy::Completions;
 use crate::core::frag::split;
 use crate::core::relay::{Relay, Relayed};
 use crate::core::tables::Tables;
@@ -42,6 +43,14 @@ const MAX_UDP_PAYLOAD: usize = 65_507;
 const TOKEN_WAKE: u64 = 0;
 const TOKEN_UDP: u64 = 1;
 const TOKEN_PORT0: u64 = 2;
+
+/// The VXLAN source sockets, shared by the workers.
+#[derive(Clone)]
+pub struct TxPool {
+    pub sockets: Arc<Vec<UdpSocket>>,
+    /// Completions of zero-copy sends (`WorkerConfig::zerocopy`).
+    pub zc: Option<Arc<Completions>>,
+}
 
 /// Messages from the control plane.
 pub enum Control {
@@ -96,6 +105,11 @@ pub struct WorkerConfig {
     /// After handling packets, poll (epoll with no timeout) for this long before
     /// sleeping: a packet that arrives meanwhile costs no wake-up (0 = always sleep).
     pub busy_poll_us: u32,
+    /// Segment TCP super-packets scatter-gather (headers in scratch, payload in place)
+    /// rather than copying each segment into scratch.
+    pub sg_gso: bool,
+    /// `MSG_ZEROCOPY` on the VXLAN sends (the sockets have `SO_ZEROCOPY`; see `zerocopy`).
+    pub zerocopy: bool,
     /// The pass-through relay instead of the dataplane (`core::relay`), for measuring.
     pub relay: bool,
     pub vxlan_port: u16,
@@ -122,6 +136,9 @@ enum From {
     Buf(usize),
     /// A segmentation scratch buffer.
     Seg(usize),
+    /// A scatter-gather UDP GSO run: segment headers in scratch buffer `seg` from
+    /// `hdr_at`, payload in place in receive buffer `slot` (`start..start + len`).
+    Sg { seg: usize, hdr_at: usize, hdr_len: usize, mss: usize, slot: usize },
 }
 
 struct Pending {
@@ -139,6 +156,8 @@ struct Out {
     dp: Arc<Dataplane>,
     ports: Vec<Option<OwnedFd>>,
     tx: Arc<Vec<UdpSocket>>,
+    /// Completions of zero-copy sends, shared by the workers (`WorkerConfig::zerocopy`).
+    zc: Option<Arc<Completions>>,
     pending: Vec<Pending>,
     cfg: WorkerConfig,
     stats: Arc<PortStats>,
@@ -155,7 +174,7 @@ pub fn spawn(
     id: usize,
     dp: Arc<Dataplane>,
     rx: UdpSocket,
-    tx: Arc<Vec<UdpSocket>>,
+    tx: TxPool,
     obs: Arc<Observers>,
     stats: Arc<PortStats>,
     cfg: WorkerConfig,
@@ -183,7 +202,8 @@ pub fn spawn(
                 id,
                 dp,
                 ports: Vec::new(),
-                tx,
+                tx: tx.sockets,
+                zc: tx.zc,
                 pending: Vec::with_capacity(batch),
                 cfg,
                 stats,
@@ -422,7 +442,9 @@ impl Out {
             Action::ToVtep { remote, flow_hash } => {
                 let to = SocketAddrV4::new(remote, self.cfg.vxlan_port);
                 let sock = vxlan::source_index(flow_hash, self.tx.len());
-                if pkt.offload.gso_size > 0 {
+                if pkt.offload.gso_size > 0 && self.cfg.sg_gso {
+                    self.segment_sg(to, sock, slot, pkt);
+                } else if pkt.offload.gso_size > 0 {
                     self.segment(to, sock, pkt);
                 } else if pkt.offload.frag_size > 0 {
                     // Always through the scratch buffer: the frame may live in the spare.
@@ -509,6 +531,48 @@ impl Out {
         }
     }
 
+    /// Segments a TCP super-packet scatter-gather: only the segments' headers are
+    /// written (to a scratch buffer); each datagram is sent as its header plus its slice
+    /// of the super-packet where it lies, in UDP GSO runs.
+    fn segment_sg(&mut self, to: SocketAddrV4, sock: usize, slot: usize, pkt: &Packet) {
+        let i = self.scratch();
+        let h = match gso::segment_headers(pkt.data(), pkt.offload.gso_size, &mut self.seg[i]) {
+            Ok(h) => h,
+            Err(_) => return self.dp.counters.drop(self.id, DropReason::GsoUnsupported),
+        };
+        self.dp.counters.inc(self.id, Counter::GsoSegmented);
+        self.seg_used += 1;
+        let per_send = self.per_send(h.datagram_len());
+        let base = pkt.start();
+        let mut k = 0;
+        while k < h.segments {
+            let n = per_send.min(h.segments - k);
+            let (first, last) = (h.payload(k), h.payload(k + n - 1));
+            let gso_size = if n > 1 { h.datagram_len() as u16 } else { 0 };
+            self.pending.push(Pending {
+                from: From::Sg { seg: i, hdr_at: k * h.hdr_len, hdr_len: h.hdr_len, mss: h.mss, slot },
+                start: base + first.start,
+                len: last.end - first.start,
+                to,
+                sock,
+                gso_size,
+            });
+            k += n;
+        }
+    }
+
+    /// Datagrams per UDP GSO send. A zero-copy send pins each piece of user memory as
+    /// a page fragment of one skb, at most `MAX_SKB_FRAGS` (17) of them, or the send
+    /// fails with EMSGSIZE: a scatter-gather segment is up to 3 fragments (its header
+    /// and a payload slice across a page boundary), so zero-copy runs are 4 datagrams.
+    fn per_send(&self, datagram_len: usize) -> usize {
+        match (self.cfg.udp_gso, self.zc.is_some()) {
+            (false, _) => 1,
+            (true, true) => 4,
+            (true, false) => (MAX_UDP_PAYLOAD / datagram_len).clamp(1, MAX_GSO_SEGMENTS),
+        }
+    }
+
     /// Fragments a datagram (encapsulated) into VXLAN datagrams, one fragment each.
     fn split(&mut self, to: SocketAddrV4, sock: usize, pkt: &Packet) {
         let i = self.scratch();
@@ -525,7 +589,7 @@ impl Out {
     /// last) in UDP GSO sends of at most 64 segments and 65507 bytes.
     fn queue_run(&mut self, i: usize, len: usize, datagram_len: usize, to: SocketAddrV4, sock: usize) {
         self.seg_used += 1;
-        let per_send = if self.cfg.udp_gso { (MAX_UDP_PAYLOAD / datagram_len).clamp(1, MAX_GSO_SEGMENTS) } else { 1 };
+        let per_send = self.per_send(datagram_len);
         let chunk = per_send * datagram_len;
         let mut start = 0;
         while start < len {
@@ -633,19 +697,35 @@ fn flush(bufs: &[Box<[u8]>], out: &mut Out) {
         let j = i + out.pending[i..].iter().take_while(|p| p.sock == sock).count();
         let batch = &out.pending[i..j];
         let seg = &out.seg;
-        let sent = sys::send_batch(
-            out.tx[sock].as_raw_fd(),
-            batch.iter().map(|p| {
-                let b: &[u8] = match p.from {
-                    From::Buf(s) => &bufs[s],
-                    From::Seg(s) => &seg[s],
-                };
-                Datagram { data: &b[p.start..p.start + p.len], to: p.to, gso_size: p.gso_size }
-            }),
+        let parts = |p: &Pending| match p.from {
+            From::Buf(s) => Parts::One(&bufs[s][p.start..p.start + p.len]),
+            From::Seg(s) => Parts::One(&seg[s][p.start..p.start + p.len]),
+            From::Sg { seg: s, hdr_at, hdr_len, mss, slot } => Parts::Interleaved {
+                headers: &seg[s][hdr_at..],
+                hdr_len,
+                payload: &bufs[slot][p.start..p.start + p.len],
+                mss,
+            },
+        };
+        let fd = out.tx[sock].as_raw_fd();
+        let flags = if out.zc.is_some() { libc::MSG_ZEROCOPY } else { 0 };
+        let sent = sys::send_batch_flags(
+            fd,
+            batch.iter().map(|p| Datagram { data: parts(p), to: p.to, gso_size: p.gso_size }),
+            flags,
         );
         let ok = *sent.as_ref().unwrap_or(&0);
+        if let Some(zc) = &out.zc {
+            // The buffers are the kernel's until it says it is done with them.
+            let d = zc.wait(fd, sock, zc.issued(sock, ok));
+            out.dp.counters.add(out.id, Counter::ZerocopyDone, d.done);
+            out.dp.counters.add(out.id, Counter::ZerocopyCopied, d.copied);
+            if d.timed_out {
+                out.dp.counters.inc(out.id, Counter::ZerocopyTimeout);
+            }
+        }
         for p in &batch[..ok] {
-            out.stats.tx(out.id, stats::VXLAN, p.len);
+            out.stats.tx(out.id, stats::VXLAN, parts(p).bytes());
         }
         match sent {
             Ok(n) if n == batch.len() => {}
