@@ -2,7 +2,8 @@
 //!
 //! Groups:
 //! - `baseline`: what every per-packet loop pays besides the core (restoring the frame).
-//! - `paths`: one packet of each core path, one flow, everything hot.
+//! - `paths`: one packet of each core path, one flow, everything hot (and the same
+//!   encapsulation through the pass-through relay, `core::relay`, for scale).
 //! - `services`: service lookup and new-flow DNAT with 10 .. 100 000 services.
 //! - `conntrack`: conntrack lookup and established-flow NAT with 1 000 .. 1 000 000 flows;
 //!   a new flow into a full table of half-open flows (early drop).
@@ -34,8 +35,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use etherparse::PacketBuilder;
-use ucanal::core::gso::{MAX_SEGMENTED, segment_vxlan};
+use ucanal::core::gso::{MAX_SEGMENTED, segment_headers, segment_vxlan};
 use ucanal::core::nat::conntrack::{Conntrack, Dir, Insert, NAT_DNAT, NAT_SNAT, NewFlow, PortChoice, Timeouts};
+use ucanal::core::relay::{Relay, Relayed};
 use ucanal::core::tables::Tables;
 use ucanal::core::tables::article::{self, EP1_MAC};
 use ucanal::core::trace::Trace;
@@ -166,6 +168,25 @@ fn paths(c: &mut Criterion) {
             dp.counters.get(Counter::RxPod),
             "every timed frame switched"
         );
+    }
+
+    // relay_encap: the same ping through the pass-through relay (fixed headers, no
+    // decisions): what `encap` costs above it is the dataplane's walk.
+    {
+        let t = Tables::build(1, article::node1(), 1, &article::pods1()[..1], &[article::peer2()], Default::default());
+        let relay = Relay::from_tables(&t).unwrap();
+        let f = ping(EP1_MAC, EP1, EP2, 64);
+        let mut b = Buf::for_frame(&f);
+        let mut p = b.load(&f);
+        assert!(matches!(relay.from_pod(&mut p), Relayed::Done(Action::ToVtep { remote, .. }) if remote == NODE2));
+        assert_eq!(&p.data()[..8], &[0x08, 0, 0, 0, 0, 0, 1, 0]);
+        g.bench_function("relay_encap", |bn| {
+            bn.iter(|| {
+                let mut p = b.load(black_box(&f));
+                let r = relay.from_pod(&mut p);
+                let _ = black_box((r, p.data()));
+            })
+        });
     }
 
     // encap: ping 10.244.1.5 -> 10.244.0.74: route -> neighbour -> FDB -> VXLAN to centos7-2.
@@ -565,6 +586,13 @@ fn gso(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(payload as u64));
     g.bench_function(format!("segment_vxlan_64k_mss{mss}_{}segs", s.segments), |bn| {
         bn.iter(|| black_box(segment_vxlan(black_box(&sp), mss, &mut out)))
+    });
+    // The scatter-gather form: headers only, checksums over the payload where it lies.
+    let mut hdrs_out = vec![0u8; 8192];
+    let h = segment_headers(&sp, mss, &mut hdrs_out).unwrap();
+    assert_eq!(h.segments, s.segments);
+    g.bench_function(format!("segment_headers_64k_mss{mss}_{}segs", h.segments), |bn| {
+        bn.iter(|| black_box(segment_headers(black_box(&sp), mss, &mut hdrs_out)))
     });
     g.finish();
 }

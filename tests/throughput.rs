@@ -126,12 +126,14 @@ fn bench_script_smoke_run() {
         .arg(&json)
         .env("BENCH_KERNEL_PREFIX", format!("tk{id}-"))
         .env("BENCH_UCANAL_PREFIX", format!("tu{id}-"))
+        .env("BENCH_RELAY_PREFIX", format!("tr{id}-"))
         .env("UCANAL_BIN", common::ucanal_bin())
         .output()
         .expect("running bench.sh");
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "bench.sh failed:\n{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("ucanal/kernel") && stdout.contains("TCP client->NodePort->pod"), "{stdout}");
+    assert!(stdout.contains("ucanal/ceiling") && stdout.contains("CPU seconds per GB"), "{stdout}");
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let _ = std::fs::remove_file(&json);
     assert_eq!(r["variants"].as_array().unwrap().len(), 2, "{r}");
@@ -143,9 +145,20 @@ fn bench_script_smoke_run() {
             for k in ["kernel_median", "ucanal_median", "ratio"] {
                 assert!(row[k].as_f64().is_some_and(|x| x > 0.0), "{k} in {row}");
             }
+            // The ceiling (the relay) has every row but NodePort, which needs NAT.
+            let nodeport = row["test"] == "tcp-nodeport";
+            assert_eq!(row["ceiling_median"].as_f64().is_some_and(|x| x > 0.0), !nodeport, "ceiling in {row}");
+            if row["unit"] == "Gbit/s" {
+                for lab in ["kernel", "ucanal"] {
+                    let cpu = row["cpu_s_per_gb"][lab].as_f64();
+                    assert!(cpu.is_some_and(|x| x > 0.0), "CPU s/GB of {lab} in {row}");
+                }
+            }
         }
     }
     // Nothing left behind: no namespace with either prefix.
     let ns = text(&std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout);
-    assert!(!ns.contains(&format!("tk{id}-")) && !ns.contains(&format!("tu{id}-")), "left behind:\n{ns}");
+    for p in ["tk", "tu", "tr"] {
+        assert!(!ns.contains(&format!("{p}{id}-")), "left behind:\n{ns}");
+    }
 }

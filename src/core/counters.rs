@@ -61,6 +61,9 @@ named_enum!(
         FragmentHeld => "fragment_held", "IP fragments held for reassembly (nf_defrag: every fragment is reassembled before NAT)";
         FragmentReassembled => "fragment_reassembled", "IP datagrams reassembled from their fragments, then NATed and routed whole";
         Fragmented => "fragmented", "IP datagrams fragmented on the way out (at the egress MTU or the largest fragment received)";
+        ZerocopyDone => "zerocopy_done", "VXLAN sends with MSG_ZEROCOPY whose buffers the kernel released (zerocopy = true)";
+        ZerocopyCopied => "zerocopy_copied", "MSG_ZEROCOPY sends the kernel copied anyway (SO_EE_CODE_ZEROCOPY_COPIED)";
+        ZerocopyTimeout => "zerocopy_timeout", "flushes that stopped waiting for MSG_ZEROCOPY completions after 100 ms";
     }
 );
 

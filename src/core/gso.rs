@@ -9,8 +9,9 @@
 //! only on the last segment, CWR only on the first, and full IP and TCP checksums.
 
 use crate::wire::ipv4::{Ipv4Packet, PROTO_TCP};
+use crate::wire::tcp::field as tcp_field;
 use crate::wire::tcp::{CWR as TCP_CWR, FIN as TCP_FIN, PSH as TCP_PSH, TcpPacket};
-use crate::wire::{ethernet, vxlan};
+use crate::wire::{checksum, ethernet, vxlan};
 
 /// Room for 64 KB of payload plus per-segment headers at the smallest sane MSS.
 pub const MAX_SEGMENTED: usize = 96 * 1024;
@@ -86,6 +87,88 @@ pub fn segment_vxlan(dgram: &[u8], mss: u16, out: &mut [u8]) -> Result<Segmented
     Ok(Segmented { len, segments, datagram_len })
 }
 
+/// Per-segment headers for a scatter-gather send: segment `k` is `headers[k * hdr_len..]`
+/// (`hdr_len` bytes) followed by the payload slice `payload(k)` of the super-packet
+/// itself, so the payload is never copied in userspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headers {
+    /// Bytes of one segment's headers (VXLAN + Ethernet + IPv4 + TCP).
+    pub hdr_len: usize,
+    pub segments: usize,
+    pub mss: usize,
+    /// Where the payload starts and ends in the super-packet.
+    pub payload_at: usize,
+    pub payload_end: usize,
+}
+
+impl Headers {
+    /// Segment `k`'s payload range in the super-packet.
+    pub fn payload(&self, k: usize) -> std::ops::Range<usize> {
+        let start = (self.payload_at + k * self.mss).min(self.payload_end);
+        start..(start + self.mss).min(self.payload_end)
+    }
+    /// Size of every datagram but the last.
+    pub fn datagram_len(&self) -> usize {
+        self.hdr_len + self.mss
+    }
+}
+
+/// Like [`segment_vxlan`], but writes only the headers of every segment to `out`
+/// (checksums computed over the payload where it lies): the scatter-gather form.
+pub fn segment_headers(dgram: &[u8], mss: u16, out: &mut [u8]) -> Result<Headers, GsoError> {
+    let mss_n = usize::from(mss);
+    if mss_n < MIN_MSS {
+        return Err(GsoError::BadMss(mss));
+    }
+    let ip_at = vxlan::HEADER_LEN + ethernet::HEADER_LEN;
+    let ip = Ipv4Packet::new_checked(dgram.get(ip_at..).ok_or(GsoError::NotTcp)?).map_err(|_| GsoError::NotTcp)?;
+    if ip.protocol() != PROTO_TCP || ip.is_fragment() {
+        return Err(GsoError::NotTcp);
+    }
+    let ihl = ip.header_len();
+    let total = ip.total_len();
+    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else { return Err(GsoError::NotTcp) };
+    let doff = tcp.header_len();
+    let hdrs = ip_at + ihl + doff;
+    let h = Headers {
+        hdr_len: hdrs,
+        segments: (total - ihl - doff).div_ceil(mss_n).max(1),
+        mss: mss_n,
+        payload_at: hdrs,
+        payload_end: ip_at + total,
+    };
+    if hdrs * h.segments > out.len() {
+        return Err(GsoError::TooBig);
+    }
+    let (seq0, id0, flags0) = (tcp.seq_number(), ip.ident(), tcp.flags());
+    for k in 0..h.segments {
+        let chunk = &dgram[h.payload(k)];
+        let seg = &mut out[k * hdrs..(k + 1) * hdrs];
+        seg.copy_from_slice(&dgram[..hdrs]);
+        let mut ip = Ipv4Packet::new_quoted(&mut seg[ip_at..]).map_err(|_| GsoError::NotTcp)?;
+        ip.set_total_len((ihl + doff + chunk.len()) as u16);
+        ip.set_ident(id0.wrapping_add(k as u16));
+        ip.fill_checksum();
+        let (src, dst) = (ip.src().octets(), ip.dst().octets());
+        let t = &mut seg[ip_at + ihl..];
+        t[tcp_field::SEQ..tcp_field::SEQ + 4].copy_from_slice(&seq0.wrapping_add((k * mss_n) as u32).to_be_bytes());
+        let mut f = flags0;
+        if k + 1 < h.segments {
+            f &= !(TCP_FIN | TCP_PSH);
+        }
+        if k > 0 {
+            f &= !TCP_CWR;
+        }
+        t[tcp_field::FLAGS] = f;
+        t[tcp_field::CHECKSUM..tcp_field::CHECKSUM + 2].copy_from_slice(&[0, 0]);
+        let acc = checksum::pseudo_header_sum(src, dst, PROTO_TCP, (doff + chunk.len()) as u16);
+        // The header is an even number of bytes, so the payload's words line up.
+        let c = !checksum::fold(checksum::sum(chunk, checksum::sum(&t[..doff], acc)));
+        t[tcp_field::CHECKSUM..tcp_field::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    Ok(h)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +214,24 @@ mod tests {
             reassembled.extend_from_slice(t.payload());
         }
         assert_eq!(reassembled, sp[hdrs..]);
+    }
+
+    #[test]
+    fn scatter_gather_headers_give_the_same_datagrams() {
+        for (len, fin) in [(5000, true), (1398 * 3, false), (10, false), (65_000, false)] {
+            let sp = super_packet(len, fin);
+            let mut whole = vec![0u8; MAX_SEGMENTED];
+            let s = segment_vxlan(&sp, 1398, &mut whole).unwrap();
+            let mut hdrs = vec![0u8; 8192];
+            let h = segment_headers(&sp, 1398, &mut hdrs).unwrap();
+            assert_eq!((h.segments, h.datagram_len()), (s.segments, s.datagram_len));
+            let mut joined = Vec::new();
+            for k in 0..h.segments {
+                joined.extend_from_slice(&hdrs[k * h.hdr_len..(k + 1) * h.hdr_len]);
+                joined.extend_from_slice(&sp[h.payload(k)]);
+            }
+            assert_eq!(joined, whole[..s.len], "{len} bytes: the same bytes as the copying segmentation");
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod nat;
 pub mod offload;
 pub mod proxy_arp;
 mod reject;
+pub mod relay;
 pub mod route;
 pub mod tables;
 pub mod trace;

@@ -11,3 +11,4 @@ pub mod sys;
 pub mod tap;
 pub mod underlay;
 pub mod worker;
+pub mod zerocopy;

@@ -135,35 +135,93 @@ fn gro_size(h: &libc::msghdr) -> u16 {
 
 /// One datagram to send.
 pub struct Datagram<'a> {
-    pub data: &'a [u8],
+    pub data: Parts<'a>,
     pub to: SocketAddrV4,
     /// UDP GSO segment size (0 = a single datagram).
     pub gso_size: u16,
 }
 
+/// The bytes of a datagram (or of a UDP GSO run of datagrams).
+#[derive(Debug, Clone, Copy)]
+pub enum Parts<'a> {
+    One(&'a [u8]),
+    /// Segment `k` is `headers[k * hdr_len..][..hdr_len]` then `payload[k * mss..][..mss]`
+    /// (the last one shorter): sent with two iovecs per segment, nothing copied.
+    Interleaved {
+        headers: &'a [u8],
+        hdr_len: usize,
+        payload: &'a [u8],
+        mss: usize,
+    },
+}
+
+impl Parts<'_> {
+    fn iovecs(&self) -> usize {
+        match self {
+            Parts::One(_) => 1,
+            Parts::Interleaved { payload, mss, .. } => 2 * payload.len().div_ceil(*mss).max(1),
+        }
+    }
+    pub fn bytes(&self) -> usize {
+        match self {
+            Parts::One(d) => d.len(),
+            Parts::Interleaved { payload, mss, hdr_len, .. } => {
+                payload.len() + hdr_len * payload.len().div_ceil(*mss).max(1)
+            }
+        }
+    }
+}
+
 /// Sends datagrams with one `sendmmsg` per 64; returns how many the kernel took.
 /// Takes an iterator so callers need not collect the datagrams anywhere first.
 pub fn send_batch<'a>(fd: RawFd, dgrams: impl IntoIterator<Item = Datagram<'a>>) -> io::Result<usize> {
+    send_batch_flags(fd, dgrams, 0)
+}
+
+/// [`send_batch`] with `sendmmsg` flags (`MSG_ZEROCOPY`).
+pub fn send_batch_flags<'a>(
+    fd: RawFd,
+    dgrams: impl IntoIterator<Item = Datagram<'a>>,
+    flags: libc::c_int,
+) -> io::Result<usize> {
     const MAX: usize = 64;
+    /// iovecs of one `sendmmsg` (two per segment of an interleaved run).
+    const IOVS: usize = 1024;
     let mut dgrams = dgrams.into_iter().peekable();
     let mut sent = 0;
     while dgrams.peek().is_some() {
         // SAFETY: plain C structs, all-zero is valid.
         let mut hdrs: [libc::mmsghdr; MAX] = unsafe { std::mem::zeroed() };
-        let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX];
+        let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOVS];
+        let mut used = 0;
         // SAFETY: as above.
         let mut addrs: [libc::sockaddr_in; MAX] = unsafe { std::mem::zeroed() };
         let mut ctrl = [[0u64; 4]; MAX];
         let mut n = 0;
-        for (i, d) in dgrams.by_ref().take(MAX).enumerate() {
-            n = i + 1;
-            iovs[i] = libc::iovec { iov_base: d.data.as_ptr() as *mut _, iov_len: d.data.len() };
+        while n < MAX {
+            let Some(d) = dgrams.next_if(|d| used + d.data.iovecs() <= IOVS || n == 0) else { break };
+            let i = n;
+            n += 1;
+            let first = used;
+            match d.data {
+                Parts::One(b) => {
+                    iovs[used] = iov(b);
+                    used += 1;
+                }
+                Parts::Interleaved { headers, hdr_len, payload, mss } => {
+                    for (k, p) in payload.chunks(mss).take((IOVS - used) / 2).enumerate() {
+                        iovs[used] = iov(&headers[k * hdr_len..(k + 1) * hdr_len]);
+                        iovs[used + 1] = iov(p);
+                        used += 2;
+                    }
+                }
+            }
             addrs[i] = sockaddr_in(d.to);
             let h = &mut hdrs[i].msg_hdr;
             h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-            h.msg_iov = &mut iovs[i];
-            h.msg_iovlen = 1;
+            h.msg_iov = &mut iovs[first];
+            h.msg_iovlen = used - first;
             if d.gso_size > 0 {
                 h.msg_control = ctrl[i].as_mut_ptr().cast();
                 // SAFETY: CMSG_SPACE/CMSG_FIRSTHDR/CMSG_DATA address the 32-byte control
@@ -180,7 +238,7 @@ pub fn send_batch<'a>(fd: RawFd, dgrams: impl IntoIterator<Item = Datagram<'a>>)
         }
         // SAFETY: every header points into the arrays above and into live datagram slices
         // (the iterator's items borrow buffers that outlive this call).
-        let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as u32, 0) };
+        let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as u32, flags) };
         let k = cvt(r)? as usize;
         sent += k;
         if k < n {
@@ -188,6 +246,10 @@ pub fn send_batch<'a>(fd: RawFd, dgrams: impl IntoIterator<Item = Datagram<'a>>)
         }
     }
     Ok(sent)
+}
+
+fn iov(b: &[u8]) -> libc::iovec {
+    libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() }
 }
 
 /// Sets an integer socket option.

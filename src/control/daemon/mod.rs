@@ -318,10 +318,25 @@ async fn start(
         udp_gso: tech.udp_gso,
         gro: tech.gro,
         busy_poll_us: cfg.dataplane.busy_poll_us,
+        sg_gso: cfg.dataplane.sg_gso,
+        zerocopy: cfg.dataplane.zerocopy,
+        relay: cfg.dataplane.relay,
         vxlan_port: node.vxlan_port,
     };
+    let zc = if cfg.dataplane.zerocopy {
+        for s in tx.iter() {
+            if let Err(e) = crate::io::zerocopy::enable(std::os::fd::AsRawFd::as_raw_fd(s)) {
+                d.teardown().await;
+                return Err(setup(format!("SO_ZEROCOPY on a VXLAN socket: {e}")));
+            }
+        }
+        Some(Arc::new(crate::io::zerocopy::Completions::new(tx.len())))
+    } else {
+        None
+    };
+    let pool = worker::TxPool { sockets: tx, zc };
     for (i, (rx, host_fd)) in underlay.rx.into_iter().zip(host_fds).enumerate() {
-        match worker::spawn(i, d.dp.clone(), rx, tx.clone(), d.obs.clone(), d.stats.clone(), wcfg) {
+        match worker::spawn(i, d.dp.clone(), rx, pool.clone(), d.obs.clone(), d.stats.clone(), wcfg) {
             Ok(w) => {
                 w.send(Control::AddPort { port: PortId::HOST, fd: host_fd });
                 d.workers.push(w);

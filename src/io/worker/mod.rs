@@ -20,6 +20,8 @@ use super::clock;
 use super::observe::{Observers, Where};
 use super::stats::{self, PortStats};
 use super::sys::{self, Received, RecvBatch};
+use super::zerocopy::Completions;
+use crate::core::relay::{Relay, Relayed};
 use crate::core::tables::Tables;
 use crate::core::{Action, Dataplane, DropReason, HEADROOM, Offload, Packet, PortId};
 use crate::wire::vnet::{self, VnetHdr};
@@ -37,6 +39,14 @@ const BUF_LEN: usize = HEADROOM + FRAME_MAX;
 const TOKEN_WAKE: u64 = 0;
 const TOKEN_UDP: u64 = 1;
 const TOKEN_PORT0: u64 = 2;
+
+/// The VXLAN source sockets, shared by the workers.
+#[derive(Clone)]
+pub struct TxPool {
+    pub sockets: Arc<Vec<UdpSocket>>,
+    /// Completions of zero-copy sends (`WorkerConfig::zerocopy`).
+    pub zc: Option<Arc<Completions>>,
+}
 
 /// Messages from the control plane.
 pub enum Control {
@@ -91,13 +101,20 @@ pub struct WorkerConfig {
     /// After handling packets, poll (epoll with no timeout) for this long before
     /// sleeping: a packet that arrives meanwhile costs no wake-up (0 = always sleep).
     pub busy_poll_us: u32,
+    /// Segment TCP super-packets scatter-gather (headers in scratch, payload in place)
+    /// rather than copying each segment into scratch.
+    pub sg_gso: bool,
+    /// `MSG_ZEROCOPY` on the VXLAN sends (the sockets have `SO_ZEROCOPY`; see `zerocopy`).
+    pub zerocopy: bool,
+    /// The pass-through relay instead of the dataplane (`core::relay`), for measuring.
+    pub relay: bool,
     pub vxlan_port: u16,
 }
 pub fn spawn(
     id: usize,
     dp: Arc<Dataplane>,
     rx: UdpSocket,
-    tx: Arc<Vec<UdpSocket>>,
+    tx: TxPool,
     obs: Arc<Observers>,
     stats: Arc<PortStats>,
     cfg: WorkerConfig,
@@ -119,12 +136,14 @@ pub fn spawn(
             recv: RecvBatch::new(batch),
             received: Vec::with_capacity(batch),
             spare: vec![0u8; BUF_LEN].into_boxed_slice(),
+            relay: None,
             obs,
             out: Out {
                 id,
                 dp,
                 ports: Vec::new(),
-                tx,
+                tx: tx.sockets,
+                zc: tx.zc,
                 pending: Vec::with_capacity(batch),
                 cfg,
                 stats,
@@ -150,6 +169,8 @@ struct Worker {
     received: Vec<Received>,
     /// Where the core writes a reassembled datagram (`Packet::with_spare`).
     spare: Box<[u8]>,
+    /// The relay of the current tables and their generation (`WorkerConfig::relay`).
+    relay: Option<(u64, Option<Relay>)>,
     obs: Arc<Observers>,
     out: Out,
 }
@@ -230,6 +251,7 @@ impl Worker {
         let t = self.out.dp.tables();
         let now = clock::now();
         let observing = self.obs.active();
+        let relay = self.relay(&t);
         for slot in 0..self.bufs.len() {
             let buf = &mut self.bufs[slot];
             let n = match sys::read(fd, &mut buf[HEADROOM - vnet::HEADER_LEN..]) {
@@ -251,6 +273,10 @@ impl Worker {
                 self.out.dp.counters.drop(self.out.id, DropReason::GsoUnsupported);
                 continue;
             }
+            if let Some(Relayed::Done(a)) = relay.map(|r| r.from_pod(&mut pkt)) {
+                self.out.execute(slot, a, &pkt);
+                continue;
+            }
             let mut obs =
                 if observing { self.obs.before(&t, Where::Port(port), pkt.data()) } else { Default::default() };
             let a = self.out.dp.handle_port(self.out.id, &t, port, &mut pkt, now, &mut obs.trace);
@@ -270,6 +296,7 @@ impl Worker {
             return;
         }
         let observing = self.obs.active();
+        let relay = self.relay(&t);
         for (slot, r) in self.received.iter().enumerate() {
             self.out.stats.rx(self.out.id, stats::VXLAN, r.len);
             let seg = if r.gro_size > 0 { usize::from(r.gro_size) } else { r.len };
@@ -281,12 +308,18 @@ impl Worker {
                 let len = seg.min(r.len - off);
                 let buf = &mut self.bufs[slot];
                 let mut pkt = Packet::new(buf, HEADROOM + off, HEADROOM + off + len).with_spare(&mut self.spare);
-                let w = Where::Vxlan { peer: r.from, local_port: self.out.cfg.vxlan_port, inbound: true };
-                let mut obs = if observing { self.obs.before(&t, w, pkt.data()) } else { Default::default() };
-                let a = self.out.dp.handle_vxlan(self.out.id, &t, r.from, &mut pkt, now, &mut obs.trace);
-                if observing {
-                    Self::observe_after_with(&self.obs, &t, obs, &a, &pkt);
-                }
+                let a = match relay.map(|r| r.from_vxlan(&mut pkt)) {
+                    Some(Relayed::Done(a)) => a,
+                    _ => {
+                        let w = Where::Vxlan { peer: r.from, local_port: self.out.cfg.vxlan_port, inbound: true };
+                        let mut obs = if observing { self.obs.before(&t, w, pkt.data()) } else { Default::default() };
+                        let a = self.out.dp.handle_vxlan(self.out.id, &t, r.from, &mut pkt, now, &mut obs.trace);
+                        if observing {
+                            Self::observe_after_with(&self.obs, &t, obs, &a, &pkt);
+                        }
+                        a
+                    }
+                };
                 match a {
                     Action::ToPort(port)
                         if self.out.cfg.gro && pkt.offload.gso_size == 0 && pkt.offload.frag_size == 0 =>
@@ -308,6 +341,23 @@ impl Worker {
 }
 
 impl Worker {
+    /// The relay for these tables when the worker runs as one (built once per snapshot).
+    fn relay(&mut self, t: &Tables) -> Option<Relay> {
+        if !self.out.cfg.relay {
+            return None;
+        }
+        match self.relay {
+            Some((g, r)) if g == t.generation => r,
+            _ => {
+                let r = Relay::from_tables(t)
+                    .inspect_err(|e| tracing::warn!(worker = self.out.id, "relay off for this snapshot: {e}"))
+                    .ok();
+                self.relay = Some((t.generation, r));
+                r
+            }
+        }
+    }
+
     fn observe_after_with(o: &Observers, t: &Tables, obs: super::observe::Observation, a: &Action, pkt: &Packet) {
         let src_port = match a {
             Action::ToVtep { flow_hash, .. } => t.vxlan_source_port(*flow_hash),

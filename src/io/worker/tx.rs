@@ -10,7 +10,8 @@ use super::{FRAME_MAX, WorkerConfig};
 use crate::core::frag::split;
 use crate::core::{Action, Counter, Dataplane, DropReason, Offload, Packet, PortId, gro, gso, vxlan};
 use crate::io::stats::{self, PortStats};
-use crate::io::sys::{self, Datagram};
+use crate::io::sys::{self, Datagram, Parts};
+use crate::io::zerocopy::Completions;
 use crate::wire::ethernet;
 use crate::wire::ipv4::{Ipv4Packet, PROTO_UDP};
 use crate::wire::tcp::{self, TcpPacket};
@@ -42,6 +43,9 @@ enum Held {
     Buf(usize),
     /// A segmentation scratch buffer.
     Seg(usize),
+    /// A scatter-gather UDP GSO run: segment headers in scratch buffer `seg` from
+    /// `hdr_at`, payload in place in receive buffer `slot` (`start..start + len`).
+    Sg { seg: usize, hdr_at: usize, hdr_len: usize, mss: usize, slot: usize },
 }
 
 pub(super) struct Pending {
@@ -59,6 +63,8 @@ pub(super) struct Out {
     pub(super) dp: Arc<Dataplane>,
     pub(super) ports: Vec<Option<OwnedFd>>,
     pub(super) tx: Arc<Vec<UdpSocket>>,
+    /// Completions of zero-copy sends, shared by the workers (`WorkerConfig::zerocopy`).
+    pub(super) zc: Option<Arc<Completions>>,
     pub(super) pending: Vec<Pending>,
     pub(super) cfg: WorkerConfig,
     pub(super) stats: Arc<PortStats>,
@@ -82,7 +88,9 @@ impl Out {
             Action::ToVtep { remote, flow_hash } => {
                 let to = SocketAddrV4::new(remote, self.cfg.vxlan_port);
                 let sock = vxlan::source_index(flow_hash, self.tx.len());
-                if pkt.offload.gso_size > 0 {
+                if pkt.offload.gso_size > 0 && self.cfg.sg_gso {
+                    self.segment_sg(to, sock, slot, pkt);
+                } else if pkt.offload.gso_size > 0 {
                     self.segment(to, sock, pkt);
                 } else if pkt.offload.frag_size > 0 {
                     // Always through the scratch buffer: the frame may live in the spare.
@@ -169,6 +177,48 @@ impl Out {
         }
     }
 
+    /// Segments a TCP super-packet scatter-gather: only the segments' headers are
+    /// written (to a scratch buffer); each datagram is sent as its header plus its slice
+    /// of the super-packet where it lies, in UDP GSO runs.
+    fn segment_sg(&mut self, to: SocketAddrV4, sock: usize, slot: usize, pkt: &Packet) {
+        let i = self.scratch();
+        let h = match gso::segment_headers(pkt.data(), pkt.offload.gso_size, &mut self.seg[i]) {
+            Ok(h) => h,
+            Err(_) => return self.dp.counters.drop(self.id, DropReason::GsoUnsupported),
+        };
+        self.dp.counters.inc(self.id, Counter::GsoSegmented);
+        self.seg_used += 1;
+        let per_send = self.per_send(h.datagram_len());
+        let base = pkt.start();
+        let mut k = 0;
+        while k < h.segments {
+            let n = per_send.min(h.segments - k);
+            let (first, last) = (h.payload(k), h.payload(k + n - 1));
+            let gso_size = if n > 1 { h.datagram_len() as u16 } else { 0 };
+            self.pending.push(Pending {
+                from: Held::Sg { seg: i, hdr_at: k * h.hdr_len, hdr_len: h.hdr_len, mss: h.mss, slot },
+                start: base + first.start,
+                len: last.end - first.start,
+                to,
+                sock,
+                gso_size,
+            });
+            k += n;
+        }
+    }
+
+    /// Datagrams per UDP GSO send. A zero-copy send pins each piece of user memory as
+    /// a page fragment of one skb, at most `MAX_SKB_FRAGS` (17) of them, or the send
+    /// fails with EMSGSIZE: a scatter-gather segment is up to 3 fragments (its header
+    /// and a payload slice across a page boundary), so zero-copy runs are 4 datagrams.
+    fn per_send(&self, datagram_len: usize) -> usize {
+        match (self.cfg.udp_gso, self.zc.is_some()) {
+            (false, _) => 1,
+            (true, true) => 4,
+            (true, false) => (MAX_UDP_PAYLOAD / datagram_len).clamp(1, MAX_GSO_SEGMENTS),
+        }
+    }
+
     /// Fragments a datagram (encapsulated) into VXLAN datagrams, one fragment each.
     fn split(&mut self, to: SocketAddrV4, sock: usize, pkt: &Packet) {
         let i = self.scratch();
@@ -185,7 +235,7 @@ impl Out {
     /// last) in UDP GSO sends of at most 64 segments and 65507 bytes.
     fn queue_run(&mut self, i: usize, len: usize, datagram_len: usize, to: SocketAddrV4, sock: usize) {
         self.seg_used += 1;
-        let per_send = if self.cfg.udp_gso { (MAX_UDP_PAYLOAD / datagram_len).clamp(1, MAX_GSO_SEGMENTS) } else { 1 };
+        let per_send = self.per_send(datagram_len);
         let chunk = per_send * datagram_len;
         let mut start = 0;
         while start < len {
@@ -293,19 +343,35 @@ pub(super) fn flush(bufs: &[Box<[u8]>], out: &mut Out) {
         let j = i + out.pending[i..].iter().take_while(|p| p.sock == sock).count();
         let batch = &out.pending[i..j];
         let seg = &out.seg;
-        let sent = sys::send_batch(
-            out.tx[sock].as_raw_fd(),
-            batch.iter().map(|p| {
-                let b: &[u8] = match p.from {
-                    Held::Buf(s) => &bufs[s],
-                    Held::Seg(s) => &seg[s],
-                };
-                Datagram { data: &b[p.start..p.start + p.len], to: p.to, gso_size: p.gso_size }
-            }),
+        let parts = |p: &Pending| match p.from {
+            Held::Buf(s) => Parts::One(&bufs[s][p.start..p.start + p.len]),
+            Held::Seg(s) => Parts::One(&seg[s][p.start..p.start + p.len]),
+            Held::Sg { seg: s, hdr_at, hdr_len, mss, slot } => Parts::Interleaved {
+                headers: &seg[s][hdr_at..],
+                hdr_len,
+                payload: &bufs[slot][p.start..p.start + p.len],
+                mss,
+            },
+        };
+        let fd = out.tx[sock].as_raw_fd();
+        let flags = if out.zc.is_some() { libc::MSG_ZEROCOPY } else { 0 };
+        let sent = sys::send_batch_flags(
+            fd,
+            batch.iter().map(|p| Datagram { data: parts(p), to: p.to, gso_size: p.gso_size }),
+            flags,
         );
         let ok = *sent.as_ref().unwrap_or(&0);
+        if let Some(zc) = &out.zc {
+            // The buffers are the kernel's until it says it is done with them.
+            let d = zc.wait(fd, sock, zc.issued(sock, ok));
+            out.dp.counters.add(out.id, Counter::ZerocopyDone, d.done);
+            out.dp.counters.add(out.id, Counter::ZerocopyCopied, d.copied);
+            if d.timed_out {
+                out.dp.counters.inc(out.id, Counter::ZerocopyTimeout);
+            }
+        }
         for p in &batch[..ok] {
-            out.stats.tx(out.id, stats::VXLAN, p.len);
+            out.stats.tx(out.id, stats::VXLAN, parts(p).bytes());
         }
         match sent {
             Ok(n) if n == batch.len() => {}
