@@ -36,30 +36,66 @@ pub enum GsoError {
     TooBig,
 }
 
-/// Segments `dgram` (VXLAN header + Ethernet + IPv4 + TCP + payload) at `mss` into `out`.
-pub fn segment_vxlan(dgram: &[u8], mss: u16, out: &mut [u8]) -> Result<Segmented, GsoError> {
+/// Where the inner IPv4 header starts in a VXLAN datagram.
+const IP_AT: usize = vxlan::HEADER_LEN + ethernet::HEADER_LEN;
+
+/// A super-packet's layout and the header fields every segment derives from.
+struct Super {
+    h: Headers,
+    ihl: usize,
+    doff: usize,
+    seq0: u32,
+    id0: u16,
+    flags0: u8,
+}
+
+/// Checks that `dgram` is TCP over IPv4 in VXLAN and lays out its segments at `mss`.
+fn parse(dgram: &[u8], mss: u16) -> Result<Super, GsoError> {
     let mss_n = usize::from(mss);
     if mss_n < MIN_MSS {
         return Err(GsoError::BadMss(mss));
     }
-    let ip_at = vxlan::HEADER_LEN + ethernet::HEADER_LEN;
-    let ip = Ipv4Packet::new_checked(dgram.get(ip_at..).ok_or(GsoError::NotTcp)?).map_err(|_| GsoError::NotTcp)?;
+    let ip = Ipv4Packet::new_checked(dgram.get(IP_AT..).ok_or(GsoError::NotTcp)?).map_err(|_| GsoError::NotTcp)?;
     if ip.protocol() != PROTO_TCP || ip.is_fragment() {
         return Err(GsoError::NotTcp);
     }
-    let ihl = ip.header_len();
-    let total = ip.total_len();
+    let (ihl, total) = (ip.header_len(), ip.total_len());
     let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else { return Err(GsoError::NotTcp) };
     let doff = tcp.header_len();
-    let hdrs = ip_at + ihl + doff;
-    let payload = &dgram[hdrs..ip_at + total];
-    let segments = payload.len().div_ceil(mss_n).max(1);
+    let hdr_len = IP_AT + ihl + doff;
+    let h = Headers {
+        hdr_len,
+        segments: (total - ihl - doff).div_ceil(mss_n).max(1),
+        mss: mss_n,
+        payload_at: hdr_len,
+        payload_end: IP_AT + total,
+    };
+    Ok(Super { h, ihl, doff, seq0: tcp.seq_number(), id0: ip.ident(), flags0: tcp.flags() })
+}
+
+/// Segment `k` of `segments` keeps FIN and PSH only if last, CWR only if first (as Linux's GSO).
+fn segment_flags(flags0: u8, k: usize, segments: usize) -> u8 {
+    let mut f = flags0;
+    if k + 1 < segments {
+        f &= !(TCP_FIN | TCP_PSH);
+    }
+    if k > 0 {
+        f &= !TCP_CWR;
+    }
+    f
+}
+
+/// Segments `dgram` (VXLAN header + Ethernet + IPv4 + TCP + payload) at `mss` into `out`.
+pub fn segment_vxlan(dgram: &[u8], mss: u16, out: &mut [u8]) -> Result<Segmented, GsoError> {
+    let Super { h, ihl, doff, seq0, id0, flags0 } = parse(dgram, mss)?;
+    let (ip_at, hdrs, mss_n) = (IP_AT, h.hdr_len, h.mss);
+    let payload = &dgram[h.payload_at..h.payload_end];
+    let segments = h.segments;
     let datagram_len = hdrs + mss_n;
     let len = hdrs * segments + payload.len();
     if len > out.len() {
         return Err(GsoError::TooBig);
     }
-    let (seq0, id0, flags0) = (tcp.seq_number(), ip.ident(), tcp.flags());
     let mut at = 0;
     for k in 0..segments {
         let chunk = &payload[(k * mss_n).min(payload.len())..((k + 1) * mss_n).min(payload.len())];
@@ -73,14 +109,7 @@ pub fn segment_vxlan(dgram: &[u8], mss: u16, out: &mut [u8]) -> Result<Segmented
         let (src, dst) = (ip.src(), ip.dst());
         let mut t = TcpPacket::new_checked(ip.payload_mut()).map_err(|_| GsoError::NotTcp)?;
         t.set_seq_number(seq0.wrapping_add((k * mss_n) as u32));
-        let mut f = flags0;
-        if k + 1 < segments {
-            f &= !(TCP_FIN | TCP_PSH);
-        }
-        if k > 0 {
-            f &= !TCP_CWR;
-        }
-        t.set_flags(f);
+        t.set_flags(segment_flags(flags0, k, segments));
         t.fill_checksum(src, dst);
         at += hdrs + chunk.len();
     }
@@ -116,31 +145,11 @@ impl Headers {
 /// Like [`segment_vxlan`], but writes only the headers of every segment to `out`
 /// (checksums computed over the payload where it lies): the scatter-gather form.
 pub fn segment_headers(dgram: &[u8], mss: u16, out: &mut [u8]) -> Result<Headers, GsoError> {
-    let mss_n = usize::from(mss);
-    if mss_n < MIN_MSS {
-        return Err(GsoError::BadMss(mss));
-    }
-    let ip_at = vxlan::HEADER_LEN + ethernet::HEADER_LEN;
-    let ip = Ipv4Packet::new_checked(dgram.get(ip_at..).ok_or(GsoError::NotTcp)?).map_err(|_| GsoError::NotTcp)?;
-    if ip.protocol() != PROTO_TCP || ip.is_fragment() {
-        return Err(GsoError::NotTcp);
-    }
-    let ihl = ip.header_len();
-    let total = ip.total_len();
-    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else { return Err(GsoError::NotTcp) };
-    let doff = tcp.header_len();
-    let hdrs = ip_at + ihl + doff;
-    let h = Headers {
-        hdr_len: hdrs,
-        segments: (total - ihl - doff).div_ceil(mss_n).max(1),
-        mss: mss_n,
-        payload_at: hdrs,
-        payload_end: ip_at + total,
-    };
+    let Super { h, ihl, doff, seq0, id0, flags0 } = parse(dgram, mss)?;
+    let (ip_at, hdrs, mss_n) = (IP_AT, h.hdr_len, h.mss);
     if hdrs * h.segments > out.len() {
         return Err(GsoError::TooBig);
     }
-    let (seq0, id0, flags0) = (tcp.seq_number(), ip.ident(), tcp.flags());
     for k in 0..h.segments {
         let chunk = &dgram[h.payload(k)];
         let seg = &mut out[k * hdrs..(k + 1) * hdrs];
@@ -152,14 +161,7 @@ pub fn segment_headers(dgram: &[u8], mss: u16, out: &mut [u8]) -> Result<Headers
         let (src, dst) = (ip.src().octets(), ip.dst().octets());
         let t = &mut seg[ip_at + ihl..];
         t[tcp_field::SEQ..tcp_field::SEQ + 4].copy_from_slice(&seq0.wrapping_add((k * mss_n) as u32).to_be_bytes());
-        let mut f = flags0;
-        if k + 1 < h.segments {
-            f &= !(TCP_FIN | TCP_PSH);
-        }
-        if k > 0 {
-            f &= !TCP_CWR;
-        }
-        t[tcp_field::FLAGS] = f;
+        t[tcp_field::FLAGS] = segment_flags(flags0, k, h.segments);
         t[tcp_field::CHECKSUM..tcp_field::CHECKSUM + 2].copy_from_slice(&[0, 0]);
         let acc = checksum::pseudo_header_sum(src, dst, PROTO_TCP, (doff + chunk.len()) as u16);
         // The header is an even number of bytes, so the payload's words line up.
