@@ -107,9 +107,16 @@ fn ucanal_node_with_kernel_node_across_the_uplink_offload_matrix() {
         let case = format!("centos7-2 ens33 tx {} tso {} gro {}", onoff(m.0), onoff(m.1), onoff(m.2));
         let partial_before = lab.counter("centos7-1", "decisions", "csum_partial");
         check_all(&lab, &want, &case);
-        // With tx checksumming on, the kernel node's checksums reach ucanal partial.
+        // With tx checksumming on, the kernel node's checksums reach ucanal partial. With it off they
+        // are complete, but a complete checksum equals the folded pseudo-header sum (and so counts as
+        // partial) once in 65536 frames: a round moves a few thousand, so CI saw 1 now and then. Treating
+        // such a frame as partial is harmless: the pod's stack recomputes the same value.
         let partial = lab.counter("centos7-1", "decisions", "csum_partial") - partial_before;
-        assert_eq!(partial > 0, m.0, "[{case}] {partial} partial checksums arrived");
+        if m.0 {
+            assert!(partial >= 50, "[{case}] only {partial} partial checksums arrived with tx on");
+        } else {
+            assert!(partial <= 3, "[{case}] {partial} partial checksums arrived with tx off");
+        }
         println!(
             "{case}: TCP both ways, 3 MB each way, NodePort x2 -> both endpoints, ClusterIP x2: ok ({partial} partial)"
         );
