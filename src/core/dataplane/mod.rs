@@ -256,7 +256,8 @@ impl<'a> Ctx<'a> {
         }
 
         let mut tracked = false;
-        if let Some(u) = tuple {
+        // By reference: a copy of the tuple `parse` just wrote stalls on store forwarding.
+        if let Some(u) = &tuple {
             match self.nat(from, pkt, u, tcp_flags, hdr) {
                 Nat::Untracked => {}
                 Nat::Tracked => tracked = true,
