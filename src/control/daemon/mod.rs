@@ -230,7 +230,7 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
                 return Err(stop(setup(format!("--metrics {addr}: {e}"))).await);
             }
         }
-        let mut svc = handover::Services::start(listeners, daemon.clone(), maintenance_block).map_err(setup)?;
+        let svc = handover::Services::start(listeners, daemon.clone(), maintenance_block).map_err(setup)?;
         tracing::info!(socket = %socket.display(), "ready");
         let mut signals = Signals::new();
         let sig = loop {

@@ -289,6 +289,22 @@ mod tests {
     }
 
     #[test]
+    fn the_seed_corpus_decodes_as_named() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/handover");
+        let read = |n: &str| std::fs::read(dir.join(n)).unwrap();
+        let (h, e) = decode(&read("lab-centos7-1")).unwrap();
+        assert_eq!((h.fds, h.fd_messages()), (2 + 16 + 2 * 4, 1));
+        assert!(e.contains(&Entry::PodQueue(1, "ghost-ep1".into())));
+        let (h, e) = decode(&read("cni-pods-300-fds")).unwrap();
+        assert_eq!((h.fds, h.fd_messages()), (302, 2));
+        assert_eq!(encode(&e, h.state_len as usize, h.conntrack_len as usize), read("cni-pods-300-fds"));
+        assert!(decode(&read("one-worker-no-pods")).is_ok());
+        assert_eq!(decode(&read("bad-version")), Err(WireError::Version(2)));
+        assert_eq!(decode(&read("unknown-kind")), Err(WireError::Kind { index: 1, kind: 9 }));
+        assert!(matches!(decode(&read("cut-short")), Err(WireError::Truncated { .. })));
+    }
+
+    #[test]
     fn the_ask_is_a_strict_json_object() {
         let a = Ask { version: VERSION, workers: 2, source_ports: 8, tap_offloads: true, udp_gro: false };
         let s = serde_json::to_string(&a).unwrap();
