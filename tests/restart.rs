@@ -138,6 +138,74 @@ fn restarts_lose_no_line_and_no_flow() {
     assert!(stall["KILL"] < 1000.0, "a SIGKILL restart stalled a connection {:.0} ms", stall["KILL"]);
 }
 
+/// One API line to a socket, answered with one line.
+fn ask_line(socket: &std::path::Path, line: &str) -> String {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connecting to the old ucanal");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(s).read_line(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn a_refused_hand_over_changes_nothing() {
+    if !require_netns(&[]) {
+        return;
+    }
+    let lab = Lab::up_env("th", &[], &[("UCANAL_RUN_ARGS", KEEP)]);
+    let dir = tempfile::tempdir().unwrap();
+    let _ep1 = lab.background("ghost-ep1", &format!("exec python3 {} serve 7000 ghost-ep1", lines_py()));
+    let _ep2 = lab.background("ghost-ep2", &format!("exec python3 {} serve 7000 ghost-ep2", lines_py()));
+    add_lines_service(&lab);
+    lab.wait_listening("ghost-ep1", 7000);
+    lab.wait_listening("ghost-ep2", 7000);
+    assert!(wait_until(Duration::from_secs(10), || lines_answer(&lab, dir.path(), "first")).is_some());
+    let socket = lab.socket("centos7-1");
+    let conf = lab.run_dir().join("centos7-1.toml");
+    let pid = || std::fs::read_to_string(lab.run_dir().join("centos7-1.pid")).unwrap().trim().to_string();
+
+    // A second ucanal while the first is not stopping: refused, the first untouched.
+    let out = lab.exec("centos7-1", &[ucanal_bin().to_str().unwrap(), "run", "--config", conf.to_str().unwrap(), KEEP]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("is not stopping (send it SIGTERM first)"), "{err}");
+    assert!(lines_answer(&lab, dir.path(), "second-refused"), "the running ucanal was disturbed");
+
+    // A successor of another shape (one worker, the old one runs two): refused by name; it
+    // waits for the old one's window to end, then starts cold; the flows live on.
+    let out = dir.path().join("lines.json");
+    let mut client =
+        lab.spawn("client", &format!("exec python3 {} client {NODE1} 31700 4 12 {}", lines_py(), out.display()));
+    std::thread::sleep(Duration::from_secs(2));
+    let ms =
+        lab.restart_env("centos7-1", "TERM", &[("UCANAL_RUN_ARGS", KEEP), ("LAB_UCANAL_DATAPLANE", "workers = 1")]);
+    let log = std::fs::read_to_string(lab.run_dir().join("centos7-1.log")).unwrap_or_default();
+    assert!(log.contains("hand-over refused: the successor runs 1 workers, this ucanal 2"), "{log}");
+    assert!(log.contains("waiting for the old ucanal to exit, then starting cold"), "{log}");
+    assert!(log.contains("handed_over=false"), "{log}");
+    println!("refused hand-over, cold start: {ms} ms until the new ucanal answered");
+    assert!(client.wait().unwrap().success());
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    for c in v.as_array().unwrap() {
+        assert!(c["reset"].is_null() && c["lost_or_reordered"] == 0 && c["sent"] == c["echoed"], "{c}");
+        assert_eq!(c["endpoints"].as_array().unwrap().len(), 1, "{c}");
+    }
+
+    // Garbled asks to a stopping ucanal: refused by name, and it serves on meanwhile.
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid()]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let a =
+        r#"{"op":"handover","ask":{"version":99,"workers":1,"source_ports":16,"tap_offloads":true,"udp_gro":true}}"#;
+    let answer = ask_line(&socket, a);
+    assert!(answer.contains("version 99, this ucanal speaks version 1"), "{answer}");
+    let answer = ask_line(&socket, r#"{"op":"handover","ask":{"version":"one"}}"#);
+    assert!(answer.contains("bad request"), "{answer}");
+    let svc = lab.ucanal_ok("centos7-1", &["show", "services"]);
+    assert!(svc.contains("default/lines"), "{svc}");
+    assert!(lines_answer(&lab, dir.path(), "window"), "a stopping ucanal stopped forwarding");
+}
+
 #[test]
 fn a_refused_start_leaves_nothing_behind() {
     if !require_netns(&[]) {
