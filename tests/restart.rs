@@ -204,6 +204,43 @@ fn a_refused_hand_over_changes_nothing() {
     let svc = lab.ucanal_ok("centos7-1", &["show", "services"]);
     assert!(svc.contains("default/lines"), "{svc}");
     assert!(lines_answer(&lab, dir.path(), "window"), "a stopping ucanal stopped forwarding");
+
+    // A successor that vanishes after `go` (it took the offer, never said running): the
+    // old one starts its workers and API server again on the fds it kept.
+    assert!(vanishing_successor(&socket), "no ask of the successor's shape was accepted");
+    let log = || std::fs::read_to_string(lab.run_dir().join("centos7-1.log")).unwrap_or_default();
+    let failed = wait_until(Duration::from_secs(5), || log().contains("hand-over failed after go"));
+    assert!(failed.is_some(), "the old ucanal did not see its successor vanish:\n{}", log());
+    assert!(lines_answer(&lab, dir.path(), "resumed"), "the old ucanal did not forward again");
+    let svc = lab.ucanal_ok("centos7-1", &["show", "services"]);
+    assert!(svc.contains("default/lines"), "{svc}");
+}
+
+/// Asks for a hand-over (trying each offload combination until one fits), says go,
+/// reads the start of the offer and hangs up. True if an ask was accepted.
+fn vanishing_successor(socket: &std::path::Path) -> bool {
+    use std::io::{BufRead, Read, Write};
+    for (tso, gro) in [(true, true), (true, false), (false, true), (false, false)] {
+        let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let ask = format!(
+            r#"{{"op":"handover","ask":{{"version":1,"workers":1,"source_ports":16,"tap_offloads":{tso},"udp_gro":{gro}}}}}"#
+        );
+        s.write_all(format!("{ask}\n").as_bytes()).unwrap();
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut answer = String::new();
+        r.read_line(&mut answer).unwrap();
+        if !answer.contains(r#""ok":true"#) {
+            assert!(answer.contains("offloads differ"), "{answer}");
+            continue;
+        }
+        s.write_all(b"go\n").unwrap();
+        let mut head = [0u8; 28];
+        r.read_exact(&mut head).unwrap();
+        assert_eq!(&head[..8], b"UCANALHO");
+        return true;
+    }
+    false
 }
 
 #[test]
