@@ -565,10 +565,9 @@ lab_ucanal_start() {
         chmod 0700 "$LAB_SOCKET_DIR"   # as ucanal itself would create it
     fi
     # LAB_KEEP_SOCKET: a predecessor still serves on the socket (and writes the log).
-    if [[ -z ${LAB_KEEP_SOCKET:-} ]]; then
-        rm -f "$(lab_socket "$node")"
-        : >"$log"
-    fi
+    # LAB_KEEP_LOG: a restart appends to the node's log.
+    [[ -n ${LAB_KEEP_SOCKET:-} ]] || rm -f "$(lab_socket "$node")"
+    [[ -n ${LAB_KEEP_SOCKET:-}${LAB_KEEP_LOG:-} ]] || : >"$log"
     local -a extra=()
     read -r -a extra <<<"${UCANAL_RUN_ARGS:-}"
     _lab_state "socket=$(lab_socket "$node")"
@@ -676,7 +675,7 @@ lab_ucanal_restart() {
     done
     if [[ -z $handover ]]; then
         rm -f "$LAB_RUN_DIR/$node.pid"   # the old pid must not read as "the new ucanal exited"
-        lab_ucanal_start "$node"
+        LAB_KEEP_LOG=1 lab_ucanal_start "$node"
     fi
     lab_ucanal_wait "$node" >/dev/null
     t1=$(date +%s%N)

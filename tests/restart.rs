@@ -129,9 +129,17 @@ fn restarts_lose_no_line_and_no_flow() {
     }
     let ms: Vec<(&str, u64)> = took.iter().map(|(s, _, ms)| (*s, *ms)).collect();
     println!("restarts (signal, ms until the new ucanal answered): {ms:?}");
+    let at: Vec<String> = took.iter().map(|(s, at, _)| format!("{s}@{at:.3}")).collect();
+    println!("signalled at (Unix time): {at:?}");
+    if let Ok(dump) = std::env::var("UCANAL_RESTART_LOG_COPY") {
+        let _ = std::fs::copy(lab.run_dir().join("centos7-1.log"), dump);
+    }
+    // Lines leave every 50 ms; gaps up to 80 ms are not recorded (0 reads "at most 80").
+    let shown = |ms: f64| if ms == 0.0 { "<= 80".to_string() } else { format!("{ms:.0}") };
     println!(
-        "longest stall: SIGTERM {:.0} ms, SIGKILL {:.0} ms (any gap, restarts or not: {worst:.0} ms); endpoints used: {eps:?}",
-        stall["TERM"], stall["KILL"]
+        "longest stall: SIGTERM {} ms, SIGKILL {} ms (any gap, restarts or not: {worst:.0} ms); endpoints used: {eps:?}",
+        shown(stall["TERM"]),
+        shown(stall["KILL"])
     );
     assert!(eps.len() == 2, "the connections used one endpoint only: {eps:?}");
     assert!(stall["TERM"] < 200.0, "a SIGTERM restart (hand-over) stalled a connection {:.0} ms", stall["TERM"]);

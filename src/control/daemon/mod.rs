@@ -36,9 +36,9 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use super::config::{Config, ConfigError};
-use crate::core::Dataplane;
 use crate::core::nat::service::Hits;
 use crate::core::tables::NodeInfo;
+use crate::core::{Dataplane, PortId};
 use crate::io::clock;
 use crate::io::netlink::Steer;
 use crate::io::observe::Observers;
@@ -156,6 +156,8 @@ pub struct Daemon {
     handing: bool,
     /// Pods' TAP queues handed over by the predecessor, by pod name.
     handed_pods: HashMap<String, Vec<std::os::fd::OwnedFd>>,
+    /// Pods attached before the workers start, with one queue per worker.
+    unstarted: Vec<(PortId, Vec<std::os::fd::OwnedFd>)>,
     /// Where the API server passes a successor's hand-over ask.
     successors: Option<tokio::sync::mpsc::Sender<handover::Successor>>,
 }

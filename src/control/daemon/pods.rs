@@ -43,7 +43,7 @@ impl Daemon {
             return Err(ControlError::NoNetns(path));
         }
         let (mac, mtu, ip, gw) = (spec.mac(), self.node.mtu, spec.ip, self.node.gateway);
-        let queues = self.workers.len();
+        let queues = super::workers_for(&self.cfg);
         let offloads = self.cfg.dataplane.techniques().tap_offloads;
         let ifname = spec.ifname().to_string();
         // Pods restored from a previous ucanal's state keep their persistent TAP.
@@ -74,8 +74,13 @@ impl Daemon {
         }
         let port = self.alloc_port();
         self.stats.reset(stats::slot(port));
-        for (w, fd) in self.workers.iter().zip(fds) {
-            w.send(Control::AddPort { port, fd });
+        if self.workers.is_empty() {
+            // Attached before the workers start (a hand-over): they start with it.
+            self.unstarted.push((port, fds));
+        } else {
+            for (w, fd) in self.workers.iter().zip(fds) {
+                w.send(Control::AddPort { port, fd });
+            }
         }
         let ifname = spec.port_name();
         let msg =

@@ -133,6 +133,7 @@ fn new_daemon(
         wio: None,
         handing: false,
         handed_pods: HashMap::new(),
+        unstarted: Vec::new(),
         successors: None,
     }
 }
@@ -168,16 +169,16 @@ pub(super) async fn start(
     };
     d.tx_ports = fds.tx_ports.clone();
     d.rebuild();
-    if let Err(e) = run_workers(&mut d, &cfg, fds) {
+    d.restoring = d.adopted;
+    // Handed-over pods are in the tables before the first worker reads a frame.
+    let mut r = if handed.is_some() { add_pods(&mut d, &pods).await } else { Ok(()) };
+    r = r.and_then(|()| run_workers(&mut d, &cfg, fds));
+    if r.is_ok() && handed.is_none() {
+        r = add_pods(&mut d, &pods).await;
+    }
+    if let Err(e) = r {
         d.teardown().await;
         return Err(e);
-    }
-    d.restoring = d.adopted;
-    for (i, p) in pods.iter().enumerate() {
-        if let Err(e) = d.add_pod(p.clone()).await {
-            d.teardown().await;
-            return Err(setup(format!("pods[{i}] ({}): {e}", p.name)));
-        }
     }
     d.restoring = false;
     d.handed_pods.clear();
@@ -188,6 +189,13 @@ pub(super) async fn start(
         source_ports = ?d.tx_ports, "dataplane up"
     );
     Ok((d, joined, handed))
+}
+
+async fn add_pods(d: &mut Daemon, pods: &[PodSpec]) -> Result<(), RunError> {
+    for (i, p) in pods.iter().enumerate() {
+        d.add_pod(p.clone()).await.map_err(|e| setup(format!("pods[{i}] ({}): {e}", p.name)))?;
+    }
+    Ok(())
 }
 
 /// The fds, pods and conntrack to start with: fresh ones and the checkpoint file, or
@@ -265,6 +273,11 @@ fn run_workers(d: &mut Daemon, cfg: &Config, fds: WorkerFds) -> Result<(), RunEr
         None
     };
     d.wio = Some((wcfg, worker::TxPool { sockets: tx, zc }));
-    let ports = fds.host.into_iter().map(|fd| vec![(PortId::HOST, fd)]).collect();
+    let mut ports: Vec<Vec<(PortId, OwnedFd)>> = fds.host.into_iter().map(|fd| vec![(PortId::HOST, fd)]).collect();
+    for (port, queues) in std::mem::take(&mut d.unstarted) {
+        for (w, fd) in ports.iter_mut().zip(queues) {
+            w.push((port, fd));
+        }
+    }
     d.spawn_workers(fds.rx, ports).map_err(setup)
 }
