@@ -228,7 +228,7 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
                 let g = daemon.lock().await;
                 super::metrics::Source { node: g.node.name.clone(), dp: g.dp.clone(), stats: g.stats.clone() }
             };
-            if let Err(e) = super::metrics::serve(addr, src).await {
+            if let Err(e) = serve_metrics(addr, src).await {
                 return Err(stop(setup(format!("--metrics {addr}: {e}"))).await);
             }
         }
@@ -291,6 +291,21 @@ async fn stop_after(
     let _ = std::fs::remove_file(socket);
     tracing::info!("stopped; everything ucanal created is removed");
     Ok(())
+}
+
+/// Serves metrics on `addr`; a predecessor that just handed over may hold the port
+/// for a moment longer, while it exits: retried for up to 2 s.
+async fn serve_metrics(addr: std::net::SocketAddr, src: super::metrics::Source) -> std::io::Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let s = super::metrics::Source { node: src.node.clone(), dp: src.dp.clone(), stats: src.stats.clone() };
+        match super::metrics::serve(addr, s).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            r => return r,
+        }
+    }
 }
 
 /// SIGTERM and SIGINT, registered once, so none is missed between two waits.

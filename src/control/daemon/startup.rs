@@ -215,6 +215,7 @@ async fn take_over(
                 let (n, of) = restart::load_checkpoint_bytes(&d.dp, &offer.conntrack, "hand-over");
                 tracing::info!("conntrack: {n} of {of} flows handed over by the previous ucanal");
                 d.seed = offer.state.seed;
+                d.restore_sysctls = node::sysctls_from_names(&offer.state.restore_sysctls);
                 d.cfg.services = offer.state.services;
                 d.handed_pods = offer.pods;
                 // CNI leases may have changed after our first read.
@@ -232,6 +233,7 @@ async fn take_over(
                 d.handing = false;
                 if let Some(st) = d.keep.as_ref().and_then(|k| restart::load_state(&k.state)) {
                     d.seed = st.seed;
+                    d.restore_sysctls = node::sysctls_from_names(&st.restore_sysctls);
                     d.cfg.services = st.services;
                     pods = st.pods;
                 }
