@@ -35,8 +35,10 @@ impl<'a> Ctx<'a> {
             return self.tracked(pkt, u, hit);
         }
         self.tr.step(|| Step::ConntrackMiss { tuple: tuple_str(&u) });
-        if matches!(from, From::Vxlan { .. }) {
+        if matches!(from, From::Vxlan { strict: true, .. }) {
             // NAT happens where a flow enters the cluster; a peer never hands us a new one.
+            // As the kernel, `vxlan_accept = any` applies the rules to what flannel.1
+            // decapsulates too (kube-proxy's PREROUTING, flannel's ip-masq).
             return Nat::Untracked;
         }
         match self.rule(from, pkt, u, hdr) {
