@@ -41,9 +41,11 @@ PODS = {"ghost-ep3": ("10.244.1.6", "centos7-1")}
 
 # Why a scenario may differ (see `known`).
 WHY_MASQ_PORT = (
-    "ucanal masquerades pod egress to the node IP with a port of its own range (masquerade_ports "
-    "61000-65534, steered back to it by a policy rule) because the node's stack shares that IP; the "
-    "kernel keeps the source port when it is free"
+    "ucanal masquerades pod egress to a port of its own range (masquerade_ports 61000-65534, sent back "
+    "to it by one static ip rule): without netfilter the node's stack, whose ephemeral ports "
+    "(32768-60999) overlap the pods', cannot tell a reply to a pod's kept port from one to its own "
+    "socket, and steering per flow would cost a syscall per new flow; nf_nat keeps the pod's port "
+    "when it is free"
 )
 
 
