@@ -167,3 +167,29 @@ fn peers_refuses_everything_else() {
     assert_eq!(lab.vxlan(NODE2, &good), Action::ToPort(PortId(1)));
     assert_eq!(lab.count(Counter::RxVxlan), 11);
 }
+
+#[test]
+fn any_applies_the_service_rules_to_what_it_decapsulates() {
+    for mode in [VxlanAccept::Any, VxlanAccept::Peers] {
+        let mut t = article::tables1(vec![article::ghost()]);
+        t.vxlan_source_ports = vec![40001];
+        t.node.vxlan_accept = mode;
+        let mut lab = Lab::with_tables(t);
+        let syn = tcp(MacAddr::ZERO, MacAddr::ZERO, (EP2, 40123), (VIP, 2368), true, b"");
+        let a = lab.vxlan(NODE2, &from_node2(&syn[14..]));
+        if mode == VxlanAccept::Peers {
+            // A peer never hands a new flow over; 10.250.0.40 is not on this node.
+            assert_eq!(a, Action::Drop(DropReason::VxlanNotLocal));
+            continue;
+        }
+        // kube-proxy's DNAT, as in the kernel's PREROUTING for flannel.1 (no masquerade:
+        // the source is in the cluster).
+        assert!(matches!(a, Action::ToPort(PortId(1)) | Action::ToVtep { remote: NODE2, .. }), "{a:?}");
+        let ip = lab.out_ip();
+        let (_, dport) = l4_ports(&ip);
+        assert_eq!((ip.src(), dport), (EP2, 2368));
+        assert!([EP1, EP2].contains(&ip.dst()), "{}", ip.dst());
+        assert_checksums(&ip);
+        assert_eq!(lab.count(Counter::ServiceDnat), 1);
+    }
+}
