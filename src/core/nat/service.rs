@@ -87,8 +87,9 @@ pub enum Via {
 }
 
 /// Shards of the cluster-IP map (a power of two). A change copies one shard (about
-/// `len / VIP_SHARDS` entries) and the shard list, never the table.
-const VIP_SHARDS: usize = 256;
+/// `len / VIP_SHARDS` entries: 24 at 100 000 services) and the shard list (32 KiB),
+/// never the table; a batch of k changes copies at most k shards.
+const VIP_SHARDS: usize = 4096;
 /// Shards of the NodePort map (at most 2 x 65 536 keys, usually a few).
 const NODE_PORT_SHARDS: usize = 16;
 
@@ -105,7 +106,8 @@ struct Sharded<K> {
 impl<K: Copy + Eq + std::hash::Hash + Into<u64>> Sharded<K> {
     fn new(n: usize) -> Self {
         debug_assert!(n.is_power_of_two());
-        Sharded { shards: (0..n).map(|_| Arc::default()).collect() }
+        // One empty map shared by every shard until its first write.
+        Sharded { shards: vec![Arc::default(); n] }
     }
     /// Fibonacci hashing of the key: one multiply picks the shard.
     #[inline]
@@ -231,7 +233,7 @@ impl ServiceTable {
     pub fn remove(&mut self, spec: &ServiceSpec) -> Option<Arc<Service>> {
         let proto = spec.protocol.number();
         let vip = vip_key(proto, spec.cluster_ip, spec.port);
-        if !self.by_vip.get(vip).is_some_and(|s| s.spec.name == spec.name) {
+        if self.by_vip.get(vip).is_none_or(|s| s.spec.name != spec.name) {
             return None;
         }
         let old = self.by_vip.remove(vip)?;
