@@ -6,9 +6,9 @@
 #            is when `apply` returned (manifest read + check + etcd writes)
 #   fill1    100,000 in one manifest -> in node01's table (s), through etcd (a 1-node
 #            cluster) and without (the article lab's centos7-1, `local`)
-#   plus1    one more service on top of those 100,000 -> in that table (ms), as `show
-#            node` sees it (`services` count), polled back to back (each poll is a
-#            `ucanal` process: a few ms of the figure are the polling's own)
+#   plus1    one more service on top of those 100,000 -> in that table (ms): from the
+#            `apply` request to the first `show node` answer counting it, both on one API
+#            connection (apply-latency.py), so no process start is in the figure
 # Runs as root; leaves nothing behind (lab.sh down on exit).
 set -Eeuo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -38,14 +38,9 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 python3 "$HERE/gen-services.py" 10000 >"/tmp/scale-bench.10k.json"
 python3 "$HERE/gen-services.py" 100000 >"/tmp/scale-bench.100k.json"
 python3 "$HERE/gen-services.py" 1 100000 >"/tmp/scale-bench.plus1.json"
-plus1() { # plus1 SOCKET WANT: ms from `apply` of one more service until the table holds WANT
-    local t p=timeout i
-    t=$(now)
-    "$BIN" --socket "$1" apply -f /tmp/scale-bench.plus1.json >/dev/null
-    for ((i = 0; i < 5000; i++)); do
-        [[ $(count_sock "$1") == "$2" ]] && { p=$(echo "($(now) - $t) * 1000" | bc | awk '{printf "%.0f", $1}'); break; }
-    done
-    echo "$p"
+plus1() { # plus1 SOCKET WANT: ms from the `apply` request of one more service until the
+    # table holds WANT, over one API connection (apply-latency.py: no process start in it)
+    python3 "$HERE/apply-latency.py" "$1" "$2" /tmp/scale-bench.plus1.json
 }
 count_sock() { "$BIN" --socket "$1" show node --json 2>/dev/null | sed -n "s/.*\"services\": *\([0-9]*\).*/\1/p"; }
 fill() { # fill SOCKET WANT SECONDS: s from `apply` of the 100,000 until the table holds WANT
