@@ -26,7 +26,7 @@ mod restart;
 mod server;
 mod services;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ use tokio::sync::Mutex;
 
 use super::config::{Config, ConfigError};
 use crate::core::nat::conntrack::Conntrack;
-use crate::core::nat::service::{Hits, ServiceTable};
+use crate::core::nat::service::ServiceTable;
 use crate::core::tables::{NodeInfo, Tables};
 use crate::core::{Dataplane, PortId};
 use crate::io::netlink::Steer;
@@ -125,7 +125,10 @@ pub struct Daemon {
     pods: Vec<pods::PodState>,
     free_ports: Vec<u32>,
     next_port: u32,
-    hits: HashMap<(String, Option<SocketAddrV4>), Arc<Hits>>,
+    /// The service table the daemon changes and publishes clones of (copy-on-write
+    /// shards), and where each service sits in it, by name.
+    services: ServiceTable,
+    service_names: std::collections::BTreeMap<String, services::Portal>,
     generation: u64,
     seed: u64,
     tx_ports: Vec<u16>,
@@ -286,7 +289,8 @@ async fn start(
         pods: Vec::new(),
         free_ports: Vec::new(),
         next_port: 1,
-        hits: HashMap::new(),
+        services: ServiceTable::default(),
+        service_names: Default::default(),
         generation: 0,
         seed: state.as_ref().map_or_else(random_seed, |s| s.seed),
         tx_ports: underlay.tx_ports.clone(),
@@ -301,6 +305,11 @@ async fn start(
         adopted,
         restoring: false,
     };
+    for s in std::mem::take(&mut d.cfg.services) {
+        // Checked by the config (or written by the ucanal before us): no clashes.
+        d.service_names.insert(s.name.clone(), (s.protocol, s.cluster_ip, s.port));
+        d.services.insert(crate::core::nat::service::Service::carrying(s, None));
+    }
     if let Err(e) = d.configure_node().await {
         d.teardown().await;
         return Err(e);
@@ -357,7 +366,7 @@ async fn start(
     d.restoring = false;
     d.save_state();
     tracing::info!(
-        node = %node.name, adopted = d.adopted, workers = n_workers, batch = cfg.dataplane.batch, techniques = ?tech, pods = d.pods.len(), services = d.cfg.services.len(),
+        node = %node.name, adopted = d.adopted, workers = n_workers, batch = cfg.dataplane.batch, techniques = ?tech, pods = d.pods.len(), services = d.services.len(),
         source_ports = ?d.tx_ports, "dataplane up"
     );
     Ok((d, joined))

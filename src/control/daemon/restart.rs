@@ -131,7 +131,7 @@ impl super::Daemon {
         let s = State {
             seed: self.seed,
             pods: self.cfg.pods.clone(),
-            services: self.cfg.services.clone(),
+            services: self.specs(),
             restore_sysctls: super::node::sysctl_names(&self.restore_sysctls),
         };
         save_state(&k.state, &s);
