@@ -9,7 +9,7 @@ impl Ctx<'_> {
         &mut self,
         from: From,
         pkt: &mut Packet,
-        m: Matched,
+        m: &Matched,
         hdr: Hdr,
         tracked: bool,
         original: Option<Tuple>,
