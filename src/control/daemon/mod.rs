@@ -36,7 +36,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use super::config::{Config, ConfigError};
-use crate::core::nat::service::Hits;
+use crate::core::nat::service::ServiceTable;
 use crate::core::tables::NodeInfo;
 use crate::core::{Dataplane, PortId};
 use crate::io::clock;
@@ -128,7 +128,10 @@ pub struct Daemon {
     pods: Vec<pods::PodState>,
     free_ports: Vec<u32>,
     next_port: u32,
-    hits: HashMap<(String, Option<SocketAddrV4>), Arc<Hits>>,
+    /// The service table the daemon changes and publishes clones of (copy-on-write
+    /// shards), and where each service sits in it, by name.
+    services: ServiceTable,
+    service_names: std::collections::BTreeMap<String, services::Portal>,
     generation: u64,
     seed: u64,
     tx_ports: Vec<u16>,

@@ -161,7 +161,7 @@ impl Daemon {
             Steer { proto: PROTO_UDP, ports: Some((lo, hi)) },
             Steer { proto: PROTO_ICMP, ports: None },
         ]);
-        for svc in &self.cfg.services {
+        for svc in self.services.with_node_ports().map(|s| &s.spec) {
             if let Some(np) = svc.node_port {
                 s.insert(Steer { proto: svc.protocol.number(), ports: Some((np, np)) });
             }

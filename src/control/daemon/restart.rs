@@ -141,7 +141,7 @@ impl super::Daemon {
         State {
             seed: self.seed,
             pods: self.cfg.pods.clone(),
-            services: self.cfg.services.clone(),
+            services: self.specs(),
             restore_sysctls: super::node::sysctl_names(&self.restore_sysctls),
         }
     }

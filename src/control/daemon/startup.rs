@@ -116,7 +116,8 @@ fn new_daemon(
         pods: Vec::new(),
         free_ports: Vec::new(),
         next_port: 1,
-        hits: HashMap::new(),
+        services: ServiceTable::default(),
+        service_names: Default::default(),
         generation: 0,
         seed: state.map_or_else(random_seed, |s| s.seed),
         tx_ports: Vec::new(),
@@ -154,6 +155,8 @@ pub(super) async fn start(
     // Taking over, the predecessor's sockets and queues come later, at `go`.
     let fresh = if pending.is_none() { Some(open_fds(&cfg, &node, n_workers, keep.is_some())?) } else { None };
     let mut d = new_daemon(&cfg, keep, state.as_ref(), leases, n_workers);
+    let specs = std::mem::take(&mut d.cfg.services);
+    set_services(&mut d, specs);
     d.adopted |= pending.is_some();
     d.handing = pending.is_some();
     if let Err(e) = d.configure_node().await {
@@ -185,10 +188,21 @@ pub(super) async fn start(
     d.save_state();
     let tech = cfg.dataplane.techniques();
     tracing::info!(
-        node = %node.name, adopted = d.adopted, handed_over = handed.is_some(), workers = n_workers, batch = cfg.dataplane.batch, techniques = ?tech, pods = d.pods.len(), services = d.cfg.services.len(),
+        node = %node.name, adopted = d.adopted, handed_over = handed.is_some(), workers = n_workers, batch = cfg.dataplane.batch, techniques = ?tech, pods = d.pods.len(), services = d.services.len(),
         source_ports = ?d.tx_ports, "dataplane up"
     );
     Ok((d, joined, handed))
+}
+
+/// The services to start with (checked by the config, or written by the ucanal
+/// before us: no clashes).
+fn set_services(d: &mut Daemon, specs: Vec<crate::core::nat::service::ServiceSpec>) {
+    d.services = ServiceTable::default();
+    d.service_names.clear();
+    for s in specs {
+        d.service_names.insert(s.name.clone(), (s.protocol, s.cluster_ip, s.port));
+        d.services.insert(crate::core::nat::service::Service::carrying(s, None));
+    }
 }
 
 async fn add_pods(d: &mut Daemon, pods: &[PodSpec]) -> Result<(), RunError> {
@@ -216,7 +230,7 @@ async fn take_over(
                 tracing::info!("conntrack: {n} of {of} flows handed over by the previous ucanal");
                 d.seed = offer.state.seed;
                 d.restore_sysctls = node::sysctls_from_names(&offer.state.restore_sysctls);
-                d.cfg.services = offer.state.services;
+                set_services(d, offer.state.services);
                 d.handed_pods = offer.pods;
                 // CNI leases may have changed after our first read.
                 let lease_path = crate::control::leases::LeaseFile::path_for(&cfg.api.socket);
@@ -234,7 +248,7 @@ async fn take_over(
                 if let Some(st) = d.keep.as_ref().and_then(|k| restart::load_state(&k.state)) {
                     d.seed = st.seed;
                     d.restore_sysctls = node::sysctls_from_names(&st.restore_sysctls);
-                    d.cfg.services = st.services;
+                    set_services(d, st.services);
                     pods = st.pods;
                 }
                 open_fds(cfg, &d.node, workers_for(cfg), d.keep.is_some())?
