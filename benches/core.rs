@@ -4,7 +4,8 @@
 //! - `baseline`: what every per-packet loop pays besides the core (restoring the frame).
 //! - `paths`: one packet of each core path, one flow, everything hot (and the same
 //!   encapsulation through the pass-through relay, `core::relay`, for scale).
-//! - `services`: service lookup and new-flow DNAT with 10 .. 100 000 services.
+//! - `services`: service lookup and new-flow DNAT with 10 .. 100 000 services, and one
+//!   service changed and published on a 100 000-service table.
 //! - `conntrack`: conntrack lookup and established-flow NAT with 1 000 .. 1 000 000 flows;
 //!   a new flow into a full table of half-open flows (early drop).
 //! - `multithread`: established-flow NAT + encap on 1 and 2 threads sharing one dataplane.
@@ -37,6 +38,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use etherparse::PacketBuilder;
 use ucanal::core::gso::{MAX_SEGMENTED, segment_headers, segment_vxlan};
 use ucanal::core::nat::conntrack::{Conntrack, Dir, Insert, NAT_DNAT, NAT_SNAT, NewFlow, PortChoice, Timeouts};
+use ucanal::core::nat::service::Service;
 use ucanal::core::relay::{Relay, Relayed};
 use ucanal::core::tables::Tables;
 use ucanal::core::tables::article::{self, EP1_MAC};
@@ -347,6 +349,26 @@ fn services(c: &mut Criterion) {
             });
         }
     }
+    // One service added or removed on a 100 000-service table, then published: the
+    // control plane's copy changes (copy-on-write: one shard copied) and the clone the
+    // workers get replaces the previous one (dropped here, as the last worker drops it).
+    let n = size(100_000);
+    g.bench_function(BenchmarkId::new("update_one_publish", n), |bn| {
+        let mut master = filler_table(n);
+        let mut published = master.clone();
+        let extra = filler(n);
+        let mut present = false;
+        bn.iter(|| {
+            if present {
+                assert!(master.remove(&extra).is_some());
+            } else {
+                assert!(master.insert(Service::carrying(extra.clone(), None)).is_empty());
+            }
+            present = !present;
+            published = master.clone();
+            black_box(published.len())
+        })
+    });
     // New-flow DNAT (as `paths/new_flow_dnat`) with the ghost among 10 / 100 000 services.
     for real in [10, 100_000] {
         let n = size(real);

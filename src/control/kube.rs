@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -257,18 +258,23 @@ fn push_doc(d: serde_json::Value, out: &mut Vec<Object>, depth: u8) -> Result<()
     Ok(())
 }
 
-/// Every object applied, and the specs they make.
+/// Every object applied, and the specs they make. Objects are shared (`Arc`), so a
+/// listing takes a snapshot in one pass of reference counts and is built elsewhere.
 #[derive(Debug, Clone, Default)]
 pub struct Store {
-    objects: BTreeMap<String, Object>,
+    objects: BTreeMap<String, Arc<Object>>,
 }
 
 impl Store {
     pub fn get(&self, key: &str) -> Option<&Object> {
-        self.objects.get(key)
+        self.objects.get(key).map(|o| &**o)
     }
     pub fn iter(&self) -> impl Iterator<Item = &Object> {
-        self.objects.values()
+        self.objects.values().map(|o| &**o)
+    }
+    /// Every object, in key order, shared with the store.
+    pub fn snapshot(&self) -> Vec<Arc<Object>> {
+        self.objects.values().cloned().collect()
     }
     pub fn len(&self) -> usize {
         self.objects.len()
@@ -285,7 +291,7 @@ impl Store {
             if delete {
                 self.objects.remove(&o.key());
             } else {
-                self.objects.insert(o.key(), o);
+                self.objects.insert(o.key(), Arc::new(o));
             }
         }
         touched
@@ -297,34 +303,40 @@ impl Store {
 
     /// Puts one object; the one it replaced.
     pub fn put(&mut self, o: Object) -> Option<Object> {
-        self.objects.insert(o.key(), o)
+        self.objects.insert(o.key(), Arc::new(o)).map(Arc::unwrap_or_clone)
     }
 
     pub fn remove(&mut self, key: &str) -> Option<Object> {
-        self.objects.remove(key)
+        self.objects.remove(key).map(Arc::unwrap_or_clone)
     }
 
     /// Every service (`ns/name`) any object refers to.
     pub fn services(&self) -> BTreeSet<String> {
-        self.objects.values().map(Object::service).collect()
+        self.iter().map(Object::service).collect()
+    }
+
+    /// The EndpointSlices of service `ns/name` (a walk of its namespace's slices).
+    pub fn slices_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Object> + 'a {
+        let ns = service.split_once('/').map_or("", |(ns, _)| ns);
+        let dir = format!("endpointslices/{ns}/");
+        self.objects
+            .range(dir.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&dir))
+            .map(|(_, o)| &**o)
+            .filter(move |o| o.service() == service)
     }
 
     /// The specs of service `ns/name` (empty when it has no Service object).
     pub fn specs(&self, service: &str) -> Vec<ServiceSpec> {
         let Some((ns, name)) = service.split_once('/') else { return Vec::new() };
-        let Some(Object::Service { spec, .. }) = self.objects.get(&format!("services/{service}")) else {
+        let Some(Object::Service { spec, .. }) = self.get(&format!("services/{service}")) else {
             return Vec::new();
         };
         let Some(cluster_ip) = spec.cluster_ip.as_deref().and_then(|s| s.parse().ok()) else { return Vec::new() };
         let single = spec.ports.len() == 1;
-        let slices = self
-            .objects
-            .range(format!("endpointslices/{ns}/")..)
-            .take_while(|(k, _)| k.starts_with(&format!("endpointslices/{ns}/")))
-            .map(|(_, o)| o)
-            .filter(|o| o.service() == service);
+        let slices = self.slices_of(service);
         let mut eps: Vec<(Option<&str>, &str, SocketAddrV4)> = Vec::new();
-        if let Some(Object::Endpoints { subsets, .. }) = self.objects.get(&format!("endpoints/{service}")) {
+        if let Some(Object::Endpoints { subsets, .. }) = self.get(&format!("endpoints/{service}")) {
             for s in subsets {
                 for p in &s.ports {
                     for a in &s.addresses {

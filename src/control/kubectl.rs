@@ -42,9 +42,50 @@ pub fn read(file: &Path) -> Result<Vec<Object>, String> {
     kube::parse_manifest(&text).map_err(|e| format!("{}: {e}", file.display()))
 }
 
+/// The most bytes of objects one `apply` request carries: below the daemon's request
+/// limit (1 MiB), with room for the request around them.
+const PART_BYTES: usize = 768 << 10;
+
+/// Splits a manifest's objects into requests of at most [`PART_BYTES`] of JSON each,
+/// never between two objects of the same service (its Service and Endpoints are
+/// checked together).
+pub fn parts(objects: Vec<Object>) -> Vec<Vec<Object>> {
+    let mut out: Vec<Vec<Object>> = Vec::new();
+    let (mut part, mut bytes, mut last) = (Vec::new(), 0usize, String::new());
+    for o in objects {
+        let n = serde_json::to_vec(&o).map_or(0, |v| v.len()) + 1;
+        let svc = o.service();
+        if !part.is_empty() && bytes + n > PART_BYTES && svc != last {
+            out.push(std::mem::take(&mut part));
+            bytes = 0;
+        }
+        bytes += n;
+        last = svc;
+        part.push(o);
+    }
+    if !part.is_empty() || out.is_empty() {
+        out.push(part);
+    }
+    out
+}
+
+/// `apply -f` / `delete -f`. A manifest too big for one request (10,000 services) goes
+/// in parts, in order; each part applies whole or not at all, and an error names the
+/// part (the parts before it are applied).
 pub fn apply(target: &Target, file: &Path, delete: bool) -> Result<String, String> {
-    let objects = read(file)?;
-    client::request(target, &Request::Apply { objects, delete }).map(|r| r.message.unwrap_or_default())
+    let all = parts(read(file)?);
+    let k = all.len();
+    let mut msgs = Vec::with_capacity(k);
+    for (i, objects) in all.into_iter().enumerate() {
+        let r = client::request(target, &Request::Apply { objects, delete });
+        match r {
+            Ok(r) if k == 1 => return Ok(r.message.unwrap_or_default()),
+            Ok(r) => msgs.push(format!("part {}/{k}: {}", i + 1, r.message.unwrap_or_default())),
+            Err(e) if k == 1 => return Err(e),
+            Err(e) => return Err(format!("part {}/{k}: {e} (parts 1..{} are applied)", i + 1, i)),
+        }
+    }
+    Ok(msgs.join("\n"))
 }
 
 /// `get services|endpoints [-o wide|json|yaml]`.
@@ -129,6 +170,31 @@ pub fn endpoints_table(items: &[Object]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn big_manifests_go_in_parts_that_keep_a_service_together() {
+        let mut objs = Vec::new();
+        for i in 0..5000 {
+            let m = format!(
+                r#"{{"kind":"List","items":[{{"kind":"Service","metadata":{{"name":"svc-{i}","namespace":"bench"}},"spec":{{"clusterIP":"10.250.{}.{}","ports":[{{"port":80}}]}}}},{{"kind":"Endpoints","metadata":{{"name":"svc-{i}","namespace":"bench"}},"subsets":[{{"addresses":[{{"ip":"10.244.1.5"}}],"ports":[{{"port":2368}}]}}]}}]}}"#,
+                i >> 8,
+                i & 255
+            );
+            objs.extend(kube::parse_manifest(&m).unwrap());
+        }
+        let n = objs.len();
+        let p = parts(objs);
+        assert!(p.len() > 1, "{} parts", p.len());
+        assert_eq!(p.iter().map(Vec::len).sum::<usize>(), n);
+        for part in &p {
+            // At most one service's objects over the mark, well below the 1 MiB request limit.
+            assert!(serde_json::to_vec(part).unwrap().len() <= PART_BYTES + 1024);
+        }
+        for w in p.windows(2) {
+            assert_ne!(w[0].last().unwrap().service(), w[1][0].service(), "a service split across parts");
+        }
+        assert_eq!(parts(vec![]).len(), 1, "an empty manifest is one (empty) request");
+    }
 
     #[test]
     fn tables_read_like_kubectl() {

@@ -63,7 +63,7 @@ pub(super) async fn join(cfg: &Config, random: u64) -> Result<Option<(Member, wa
     Ok(Some(Member::new(registry, own, Duration::from_secs(c.renew_margin))))
 }
 
-/// Runs the member and applies each peer set it publishes (one table rebuild per set,
+/// Runs the member and applies each peer set it publishes (one snapshot per set,
 /// however many leases changed in between).
 pub(super) fn spawn(member: Member, mut rx: watch::Receiver<PeerSet>, d: Arc<Mutex<Daemon>>, prefix: String) {
     let status = member.status.clone();
@@ -74,17 +74,12 @@ pub(super) fn spawn(member: Member, mut rx: watch::Receiver<PeerSet>, d: Arc<Mut
     tokio::spawn(store.clone().sync(otx));
     let d3 = d.clone();
     tokio::spawn(async move {
-        // A rebuild costs the whole table, so updates are batched: everything that arrives
-        // until the stream pauses for 20 ms (at most 250 ms after the first) is one batch.
+        // An update costs what it changes, so nothing waits to batch: whatever the watch
+        // has queued meanwhile goes with it (one publish, one steering sync).
         while let Some(u) = orx.recv().await {
             let mut batch = vec![u];
-            let deadline = tokio::time::Instant::now() + Duration::from_millis(250);
-            loop {
-                let pause = tokio::time::Instant::now() + Duration::from_millis(20);
-                match tokio::time::timeout_at(pause.min(deadline), orx.recv()).await {
-                    Ok(Some(more)) => batch.push(more),
-                    _ => break,
-                }
+            while let Ok(more) = orx.try_recv() {
+                batch.push(more);
             }
             d3.lock().await.objects_update(batch).await;
         }

@@ -35,6 +35,7 @@ impl Daemon {
                 "techniques": self.cfg.dataplane.techniques(),
                 "batch": self.cfg.dataplane.batch,
                 "vxlan_source_ports": t.vxlan_source_ports,
+                "services": t.services.len(),
                 "conntrack": { "entries": self.dp.conntrack.len(), "max": self.dp.conntrack.max() },
                 "peers": self.show_peers(),
             })),

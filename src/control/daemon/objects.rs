@@ -1,14 +1,12 @@
 //! Kubernetes objects on this node: `apply`/`delete` of manifests (locally, or through
 //! etcd when the node is in a cluster) and the updates the etcd watch brings. A batch of
-//! objects costs one table rebuild, however many services it touches.
+//! objects is one delta of the service table: it costs the services it touches.
 
-use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddrV4;
+use std::collections::BTreeSet;
 
+use super::services::Delta;
 use super::{ControlError, Daemon};
-use crate::control::config;
 use crate::control::kube::{self, Object};
-use crate::core::nat::service::ServiceSpec;
 
 impl Daemon {
     /// Applies (or deletes) objects on this node only; nothing changes on an error.
@@ -40,7 +38,7 @@ impl Daemon {
 
     /// Checks that objects would apply here (the same checks as `apply_objects`) without
     /// changing anything: a node writing to etcd refuses bad objects before every node
-    /// sees them.
+    /// sees them. Costs what the objects touch, not the table.
     pub fn check_objects(&self, objs: &[Object], delete: bool) -> Result<(), ControlError> {
         let mut st = kube::Store::default();
         let mut touched = BTreeSet::new();
@@ -53,11 +51,9 @@ impl Daemon {
                     st.put(o.clone());
                 }
             }
-        }
-        for o in
-            self.kube.iter().filter(|o| matches!(o, Object::EndpointSlice { .. }) && touched.contains(&o.service()))
-        {
-            st.put(o.clone());
+            for o in self.kube.slices_of(t) {
+                st.put(o.clone());
+            }
         }
         for o in objs {
             if delete {
@@ -66,70 +62,29 @@ impl Daemon {
                 st.put(o.clone());
             }
         }
-        self.new_services(&st, &touched).map(|_| ())
+        self.check_delta(&self.delta(&st, &touched))
     }
 
-    /// The services after replacing those of `touched` with what `st` makes of them.
-    fn new_services(&self, st: &kube::Store, touched: &BTreeSet<String>) -> Result<Vec<ServiceSpec>, ControlError> {
-        let mut new: Vec<ServiceSpec> =
-            self.cfg.services.iter().filter(|s| !touched.contains(kube::service_of(&s.name))).cloned().collect();
-        let mut vips: HashMap<(u8, std::net::Ipv4Addr, u16), usize> = HashMap::with_capacity(new.len());
-        let mut nps: HashMap<(u8, u16), usize> = HashMap::new();
-        for (i, s) in new.iter().enumerate() {
-            vips.insert((s.protocol.number(), s.cluster_ip, s.port), i);
-            if let Some(np) = s.node_port {
-                nps.insert((s.protocol.number(), np), i);
-            }
-        }
+    /// The change of the service table that makes the specs of `touched` services what
+    /// `st` says: their present specs out, `st`'s in.
+    fn delta(&self, st: &kube::Store, touched: &BTreeSet<String>) -> Delta {
+        let mut d = Delta::default();
         for t in touched {
-            for s in st.specs(t) {
-                config::check_service(&self.cfg, &s)
-                    .map_err(|error| ControlError::Invalid { what: "service", error })?;
-                let i = new.len();
-                let p = s.protocol.number();
-                if let Some(j) = vips.insert((p, s.cluster_ip, s.port), i) {
-                    return Err(ControlError::ServiceClash(new[j].name.clone()));
-                }
-                if let Some(np) = s.node_port
-                    && let Some(j) = nps.insert((p, np), i)
-                {
-                    return Err(ControlError::ServiceClash(new[j].name.clone()));
-                }
-                new.push(s);
+            if self.service_names.contains_key(t.as_str()) {
+                d.remove.insert(t.clone());
             }
+            let ports = format!("{t}:");
+            let named = self.service_names.range(ports.clone()..).take_while(|(n, _)| n.starts_with(&ports));
+            d.remove.extend(named.map(|(n, _)| n.clone()));
+            d.put.extend(st.specs(t));
         }
-        Ok(new)
+        d
     }
 
     /// Recomputes the specs of `touched` services from the node's objects and publishes.
     async fn respec(&mut self, touched: &BTreeSet<String>) -> Result<(), ControlError> {
-        let new = self.new_services(&self.kube, touched)?;
-        let now: HashMap<&str, &ServiceSpec> =
-            new.iter().filter(|s| touched.contains(kube::service_of(&s.name))).map(|s| (s.name.as_str(), s)).collect();
-        let removed: Vec<(ServiceSpec, Vec<SocketAddrV4>)> = self
-            .cfg
-            .services
-            .iter()
-            .filter(|s| touched.contains(kube::service_of(&s.name)))
-            .map(|old| {
-                let n = now.get(old.name.as_str());
-                let gone = old.endpoints.iter().filter(|e| n.is_none_or(|n| !n.endpoints.contains(e))).copied();
-                (old.clone(), gone.collect())
-            })
-            .filter(|(_, gone): &(ServiceSpec, Vec<SocketAddrV4>)| !gone.is_empty())
-            .collect();
-        // Counters of services and endpoints that are gone go with them.
-        self.hits.retain(|(n, ep), _| {
-            !touched.contains(kube::service_of(n))
-                || now.get(n.as_str()).is_some_and(|s| ep.is_none_or(|e| s.endpoints.contains(&e)))
-        });
-        self.cfg.services = new;
-        self.rebuild();
-        for (s, gone) in &removed {
-            self.flush_endpoints(s, gone);
-        }
-        self.sync_steers().await?;
-        Ok(())
+        let d = self.delta(&self.kube, touched);
+        self.change_services(d).await
     }
 
     /// Applies what the etcd watch brought: a whole snapshot or a batch of changes.
@@ -167,22 +122,24 @@ impl Daemon {
         tracing::info!(
             updates,
             services = touched.len(),
-            store_ms = t1.as_millis() as u64,
-            total_ms = t.elapsed().as_millis() as u64,
+            table = self.services.len(),
+            store_us = t1.as_micros() as u64,
+            total_us = t.elapsed().as_micros() as u64,
             "objects from etcd applied"
         );
     }
+}
 
-    /// `get services` / `get endpoints`: the objects as stored.
-    pub(super) fn get_objects(&self, kind: &str) -> serde_json::Value {
-        let items: Vec<&Object> = self
-            .kube
-            .iter()
-            .filter(|o| match kind {
-                "services" => matches!(o, Object::Service { .. }),
-                _ => matches!(o, Object::Endpoints { .. } | Object::EndpointSlice { .. }),
-            })
-            .collect();
-        serde_json::json!({ "kind": "List", "items": items })
-    }
+/// `get services` / `get endpoints`: the objects as stored, from a snapshot of the
+/// store (built without the daemon's lock).
+pub(super) fn listing(objs: &[std::sync::Arc<Object>], kind: &str) -> serde_json::Value {
+    let items: Vec<&Object> = objs
+        .iter()
+        .map(|o| &**o)
+        .filter(|o| match kind {
+            "services" => matches!(o, Object::Service { .. }),
+            _ => matches!(o, Object::Endpoints { .. } | Object::EndpointSlice { .. }),
+        })
+        .collect();
+    serde_json::json!({ "kind": "List", "items": items })
 }

@@ -146,6 +146,10 @@ pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
                 }
                 crate::control::stream::capture(&obs, &port, &filter, count, timeout_ms, &mut w).await;
             }
+            Request::Handover { ask } => {
+                pass_successor(r, w, ask, &d).await;
+                return;
+            }
             Request::Apply { objects, delete } => {
                 let resp = apply(&d, objects, delete).await;
                 if send(&mut w, &resp).await.is_err() {
@@ -162,6 +166,31 @@ pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
     }
 }
 
+/// A successor's hand-over ask: the connection goes to `run`, which answers it.
+async fn pass_successor(
+    r: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut w: tokio::net::unix::OwnedWriteHalf,
+    ask: super::handover::Ask,
+    d: &Arc<Mutex<Daemon>>,
+) {
+    let to = d.lock().await.successors.clone();
+    let Some(to) = to else {
+        let _ = send(&mut w, &Response::error("hand-over: this ucanal takes no successor")).await;
+        return;
+    };
+    let stream = r.into_inner().reunite(w).map_err(io::Error::other).and_then(|s| s.into_std());
+    let stream = match stream.and_then(|s| s.set_nonblocking(false).map(|()| s)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("hand-over: {e}");
+            return;
+        }
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    let _ = to.send(super::handover::Successor { stream, ask }).await;
+}
+
 fn unsafe_geteuid() -> u32 {
     // SAFETY: geteuid has no arguments and cannot fail.
     unsafe { libc::geteuid() }
@@ -174,6 +203,25 @@ pub(crate) async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response)
 }
 
 async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
+    // The big listings read a snapshot taken under the lock and are built without it,
+    // so 100 000 services or a full conntrack table never hold up an update.
+    match &req {
+        Request::Show { what: crate::control::api::Show::Services } => {
+            let t = d.lock().await.dp.tables();
+            return Response::data(serde_json::to_value(crate::control::show::services(&t)).unwrap_or_default());
+        }
+        Request::Show { what: crate::control::api::Show::Conntrack } => {
+            let dp = d.lock().await.dp.clone();
+            let now = crate::io::clock::now();
+            let rows = crate::control::show::conntrack(&dp.conntrack.entries(now), now);
+            return Response::data(serde_json::to_value(rows).unwrap_or_default());
+        }
+        Request::Get { what } => {
+            let objs = d.lock().await.kube.snapshot();
+            return Response::data(super::objects::listing(&objs, what));
+        }
+        _ => {}
+    }
     let mut d = d.lock().await;
     let r = match req {
         Request::PodAdd { pod } => d.add_pod(pod).await,
@@ -183,7 +231,7 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
         Request::EndpointAdd { service, endpoint } => d.endpoint(&service, endpoint, true).await,
         Request::EndpointDel { service, endpoint } => d.endpoint(&service, endpoint, false).await,
         Request::Show { what } => return Response::data(d.show(what)),
-        Request::Get { what } => return Response::data(d.get_objects(&what)),
+        Request::Get { what } => return Response::data(super::objects::listing(&d.kube.snapshot(), &what)),
         Request::Apply { objects, delete } => d.apply_objects(objects, delete).await,
         Request::Trace { probe } => return d.trace(&probe).map(Response::data).unwrap_or_else(Response::error),
         Request::CniAdd { attach } => {
@@ -195,7 +243,7 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
         }
         Request::CniGc { network, valid } => d.cni_gc(&network, &valid).await,
         Request::CniStatus => return Response::data(d.cni_status()),
-        Request::TraceLive { .. } | Request::Capture { .. } => {
+        Request::TraceLive { .. } | Request::Capture { .. } | Request::Handover { .. } => {
             return Response::error("streams are served per connection");
         }
     };
@@ -214,10 +262,19 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
 async fn apply(d: &Arc<Mutex<Daemon>>, objects: Vec<crate::control::kube::Object>, delete: bool) -> Response {
     let store = d.lock().await.objects.clone();
     let Some(store) = store else { return handle(d, Request::Apply { objects, delete }).await };
+    let t = std::time::Instant::now();
     if let Err(e) = d.lock().await.check_objects(&objects, delete) {
         return Response::error(e);
     }
-    match store.write(&objects, delete).await {
+    let checked = t.elapsed();
+    let r = store.write(&objects, delete).await;
+    tracing::info!(
+        objects = objects.len(),
+        check_ms = checked.as_millis() as u64,
+        write_ms = (t.elapsed() - checked).as_millis() as u64,
+        "apply through etcd"
+    );
+    match r {
         Ok(n) => Response::ok(format!("{n} object(s) {} in etcd", if delete { "deleted" } else { "written" })),
         Err(e) => Response::error(format!("{e}; nothing applied")),
     }

@@ -1,19 +1,38 @@
-//! Services and endpoints: the kube-proxy side of the control plane. Every change
-//! publishes a new table snapshot, flushes UDP flows of removed endpoints and syncs
-//! the NodePort steering rules.
+//! Services and endpoints: the kube-proxy side of the control plane. The daemon keeps
+//! its own copy of the service table (copy-on-write shards, see
+//! [`crate::core::nat::service`]); a change is a delta — the services it replaces and
+//! the specs it puts — checked in full before anything changes, applied to that copy
+//! (touching only those services' entries) and published as a new snapshot. Then the
+//! UDP flows of removed endpoints are flushed and the NodePort steering rules synced.
 
-use std::net::SocketAddrV4;
+use std::collections::{BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use super::{ControlError, Daemon};
 use crate::control::config;
 use crate::core::Counter;
-use crate::core::nat::service::{Hits, ServiceSpec, ServiceTable};
+use crate::core::nat::service::{Protocol, Service, ServiceSpec};
 use crate::core::tables::{PodPort, Tables};
 use crate::wire::ipv4::PROTO_UDP;
 
+/// Where a service sits in the table: its cluster IP:port.
+pub(super) type Portal = (Protocol, Ipv4Addr, u16);
+
+fn portal(s: &ServiceSpec) -> Portal {
+    (s.protocol, s.cluster_ip, s.port)
+}
+
+/// A checked change of the service table: the specs it removes (by name) and puts.
+#[derive(Debug, Default)]
+pub(super) struct Delta {
+    pub remove: BTreeSet<String>,
+    pub put: Vec<ServiceSpec>,
+}
+
 impl Daemon {
-    /// Builds and publishes a new snapshot from the current pods, peers and services.
+    /// Publishes a new snapshot: the current pods and peers, and a clone of the
+    /// daemon's service table (a reference per shard, not a copy of the services).
     pub(super) fn rebuild(&mut self) {
         self.generation += 1;
         let pods: Vec<PodPort> = self
@@ -28,30 +47,101 @@ impl Daemon {
                 ifname: p.ifname.clone(),
             })
             .collect();
-        let hits = &mut self.hits;
-        let services = ServiceTable::build(self.cfg.services.iter().cloned(), |name, ep| {
-            hits.entry((name.to_string(), ep)).or_insert_with(|| Arc::new(Hits::default())).clone()
-        });
+        let services = self.services.clone();
         let mut t = Tables::build(self.generation, self.node.clone(), self.seed, &pods, &self.all_peers(), services);
         t.vxlan_source_ports = self.tx_ports.clone();
         self.dp.publish(t);
     }
 
-    pub async fn set_service(&mut self, s: ServiceSpec) -> Result<String, ControlError> {
-        config::check_service(&self.cfg, &s).map_err(|error| ControlError::Invalid { what: "service", error })?;
-        let clash = self.cfg.services.iter().find(|o| {
-            o.name != s.name
-                && ((o.protocol, o.cluster_ip, o.port) == (s.protocol, s.cluster_ip, s.port)
-                    || (s.node_port.is_some() && (o.protocol, o.node_port) == (s.protocol, s.node_port)))
-        });
-        if let Some(o) = clash {
-            return Err(ControlError::ServiceClash(o.name.clone()));
+    /// The spec named `name`, as the table holds it.
+    pub(super) fn spec(&self, name: &str) -> Option<&ServiceSpec> {
+        let (proto, ip, port) = *self.service_names.get(name)?;
+        self.services.by_cluster_ip(proto.number(), ip, port).map(|s| &s.spec)
+    }
+
+    /// Every service spec, by name (the restart state).
+    pub(super) fn specs(&self) -> Vec<ServiceSpec> {
+        self.service_names.keys().filter_map(|n| self.spec(n)).cloned().collect()
+    }
+
+    /// Checks a delta without changing anything: each spec valid, no two specs of the
+    /// result sharing a cluster IP:port or a NodePort. Costs what the delta holds.
+    pub(super) fn check_delta(&self, d: &Delta) -> Result<(), ControlError> {
+        let mut portals: HashMap<Portal, &str> = HashMap::with_capacity(d.put.len());
+        let mut node_ports: HashMap<(Protocol, u16), &str> = HashMap::new();
+        let put: std::collections::HashSet<&str> = d.put.iter().map(|s| s.name.as_str()).collect();
+        let stays = |name: &str| !d.remove.contains(name) && !put.contains(name);
+        for s in &d.put {
+            config::check_service(&self.cfg, s).map_err(|error| ControlError::Invalid { what: "service", error })?;
+            if let Some(o) = portals.insert(portal(s), &s.name) {
+                return Err(ControlError::ServiceClash(o.to_string()));
+            }
+            let p = s.protocol.number();
+            if let Some(o) = self.services.by_cluster_ip(p, s.cluster_ip, s.port)
+                && o.spec.name != s.name
+                && stays(&o.spec.name)
+            {
+                return Err(ControlError::ServiceClash(o.spec.name.clone()));
+            }
+            if let Some(np) = s.node_port {
+                if let Some(o) = node_ports.insert((s.protocol, np), &s.name) {
+                    return Err(ControlError::ServiceClash(o.to_string()));
+                }
+                if let Some(o) = self.services.by_node_port(p, np)
+                    && o.spec.name != s.name
+                    && stays(&o.spec.name)
+                {
+                    return Err(ControlError::ServiceClash(o.spec.name.clone()));
+                }
+            }
         }
-        let old = self.cfg.services.iter().position(|o| o.name == s.name);
-        let removed: Vec<SocketAddrV4> = match old {
-            Some(i) => self.cfg.services[i].endpoints.iter().filter(|e| !s.endpoints.contains(e)).copied().collect(),
-            None => Vec::new(),
-        };
+        Ok(())
+    }
+
+    /// Checks and applies a delta, publishes, flushes the UDP flows of endpoints that
+    /// went away and syncs the NodePort steering rules. Nothing changes on a refused
+    /// delta.
+    pub(super) async fn change_services(&mut self, d: Delta) -> Result<(), ControlError> {
+        self.check_delta(&d)?;
+        let mut old: HashMap<String, Arc<Service>> = HashMap::with_capacity(d.remove.len() + d.put.len());
+        let names = d.remove.iter().map(String::as_str).chain(d.put.iter().map(|s| s.name.as_str()));
+        for name in names.collect::<Vec<_>>() {
+            if old.contains_key(name) {
+                continue;
+            }
+            if let Some(s) = self.spec(name).cloned()
+                && let Some(o) = self.services.remove(&s)
+            {
+                self.service_names.remove(name);
+                old.insert(name.to_string(), o);
+            }
+        }
+        let mut steers_changed = old.values().any(|o| o.spec.node_port.is_some());
+        for s in d.put {
+            steers_changed |= s.node_port.is_some();
+            self.service_names.insert(s.name.clone(), portal(&s));
+            let prev = old.get(s.name.as_str()).cloned();
+            let svc = Service::carrying(s, prev.as_deref());
+            for gone in self.services.insert(svc) {
+                // check_delta allows no displacement of a service that stays.
+                tracing::error!(service = %gone.spec.name, "displaced from the service table");
+                self.service_names.remove(&gone.spec.name);
+            }
+        }
+        self.rebuild();
+        for o in old.values() {
+            let now = self.spec(&o.spec.name);
+            let gone: Vec<SocketAddrV4> =
+                o.spec.endpoints.iter().filter(|e| now.is_none_or(|n| !n.endpoints.contains(e))).copied().collect();
+            self.flush_endpoints(&o.spec, &gone);
+        }
+        if steers_changed {
+            self.sync_steers().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn set_service(&mut self, s: ServiceSpec) -> Result<String, ControlError> {
         let msg = format!(
             "service {} {}:{}/{} with {} endpoint(s)",
             s.name,
@@ -60,39 +150,20 @@ impl Daemon {
             s.protocol.name(),
             s.endpoints.len()
         );
-        match old {
-            Some(i) => self.cfg.services[i] = s.clone(),
-            None => self.cfg.services.push(s.clone()),
-        }
-        self.rebuild();
-        self.flush_endpoints(&s, &removed);
-        self.sync_steers().await?;
+        self.change_services(Delta { remove: BTreeSet::new(), put: vec![s] }).await?;
         Ok(msg)
     }
 
     pub async fn del_service(&mut self, name: &str) -> Result<String, ControlError> {
-        let i = self
-            .cfg
-            .services
-            .iter()
-            .position(|s| s.name == name)
-            .ok_or_else(|| ControlError::NoService(name.to_string()))?;
-        let s = self.cfg.services.remove(i);
-        self.hits.retain(|(n, _), _| n != name);
-        self.rebuild();
-        self.flush_endpoints(&s, &s.endpoints);
-        self.sync_steers().await?;
+        if self.spec(name).is_none() {
+            return Err(ControlError::NoService(name.to_string()));
+        }
+        self.change_services(Delta { remove: BTreeSet::from([name.to_string()]), put: vec![] }).await?;
         Ok(format!("service {name} removed"))
     }
 
     pub async fn endpoint(&mut self, service: &str, ep: SocketAddrV4, add: bool) -> Result<String, ControlError> {
-        let mut s = self
-            .cfg
-            .services
-            .iter()
-            .find(|s| s.name == service)
-            .cloned()
-            .ok_or_else(|| ControlError::NoService(service.to_string()))?;
+        let mut s = self.spec(service).cloned().ok_or_else(|| ControlError::NoService(service.to_string()))?;
         if add {
             if s.endpoints.contains(&ep) {
                 return Err(ControlError::EndpointExists { service: service.to_string(), endpoint: ep });
@@ -104,7 +175,6 @@ impl Daemon {
             if s.endpoints.len() == before {
                 return Err(ControlError::NotAnEndpoint { service: service.to_string(), endpoint: ep });
             }
-            self.hits.remove(&(service.to_string(), Some(ep)));
         }
         self.set_service(s).await
     }

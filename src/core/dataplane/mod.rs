@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! pod TAP / host port ──► L2 (proxy-ARP, MAC check) ─┐
-//! UDP 8472 ──► VXLAN checks (VNI, FDB peer, MACs) ───┤
+//! UDP 8472 ──► VXLAN checks (VNI, inner MACs) ───────┤
 //!                                                    ▼
 //!   IPv4 checks ─► anti-spoofing ─► conntrack ─hit─► NAT from the entry
 //!                                      │miss
@@ -24,7 +24,7 @@ use super::nat::masquerade::{self, Egress};
 use super::nat::service::Via;
 use super::nat::{Tuple, pick};
 use super::route::{Hop, Matched, RouteTarget};
-use super::tables::{PodPort, Tables};
+use super::tables::{PodPort, Tables, VxlanAccept};
 use super::trace::{Step, Trace, tuple_str};
 use super::{Action, HEADROOM, Ipv4Net, Now, Offload, Packet, PortId, frag, offload, proxy_arp, reject, vxlan};
 use crate::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetFrame};
@@ -52,7 +52,12 @@ pub struct Dataplane {
 pub(super) enum From<'t> {
     Pod(&'t PodPort),
     Host,
-    Vxlan { subnet: Ipv4Net },
+    /// Decapsulated: `subnet` is the sending peer's pod subnet (`None` for a sender with no
+    /// FDB entry); `strict` when `vxlan_accept = peers`.
+    Vxlan {
+        subnet: Option<Ipv4Net>,
+        strict: bool,
+    },
 }
 
 impl Dataplane {
@@ -159,26 +164,36 @@ impl Dataplane {
             return cx.drop(DropReason::VxlanBadVni);
         }
         let peer = *from.ip();
-        let Some(subnet) = t.fdb.peer_subnet(peer) else {
-            return cx.drop(DropReason::VxlanUnknownPeer);
-        };
+        let strict = t.node.vxlan_accept == VxlanAccept::Peers;
+        let subnet = t.fdb.peer_subnet(peer);
+        if subnet.is_none() {
+            if strict {
+                return cx.drop(DropReason::VxlanUnknownPeer);
+            }
+            cx.count(Counter::VxlanFromUnknownPeer);
+        }
         pkt.pull_front(vxlan_wire::HEADER_LEN);
         let Ok(eth) = EthernetFrame::new_checked(pkt.data()) else {
             return cx.drop(DropReason::VxlanInnerMalformed);
         };
+        // flannel.1 hands on only frames to its own MAC (anything else is PACKET_OTHERHOST,
+        // which ip_rcv drops) and drops its own source MAC as a loop.
         if eth.dst() != t.node.vtep_mac {
             return cx.drop(DropReason::VxlanInnerDmac);
         }
         let src_mac = eth.src();
-        if t.fdb.lookup(src_mac) != Some(peer) {
+        if src_mac == t.node.vtep_mac {
+            return cx.drop(DropReason::VxlanLoop);
+        }
+        if strict && t.fdb.lookup(src_mac) != Some(peer) {
             return cx.drop(DropReason::VxlanFdbMismatch);
         }
         if eth.ethertype() != ETHERTYPE_IPV4 {
             return cx.drop(DropReason::VxlanInnerMalformed);
         }
         cx.count(Counter::Decap);
-        cx.tr.step(|| Step::Decap { vni, peer, peer_subnet: subnet.to_string(), inner_src_mac: src_mac });
-        cx.ipv4(From::Vxlan { subnet }, pkt)
+        cx.tr.step(|| Step::Decap { vni, peer, peer_subnet: subnet.map(|s| s.to_string()), inner_src_mac: src_mac });
+        cx.ipv4(From::Vxlan { subnet, strict }, pkt)
     }
 }
 
@@ -308,8 +323,11 @@ impl<'a> Ctx<'a> {
             }
             match from {
                 From::Pod(p) if hdr.src != p.ip => return Err(self.drop(DropReason::SpoofedSource)),
-                From::Vxlan { subnet, .. } if !subnet.contains(hdr.src) => {
-                    return Err(self.drop(DropReason::VxlanSrcOutsideSubnet));
+                From::Vxlan { subnet: Some(subnet), strict } if !subnet.contains(hdr.src) => {
+                    if strict {
+                        return Err(self.drop(DropReason::VxlanSrcOutsideSubnet));
+                    }
+                    self.count(Counter::VxlanForeignSource);
                 }
                 _ => {}
             }

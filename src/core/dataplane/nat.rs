@@ -36,9 +36,15 @@ impl<'a> Ctx<'a> {
         }
         let u = *u;
         self.tr.step(|| Step::ConntrackMiss { tuple: tuple_str(&u) });
-        if matches!(from, From::Vxlan { .. }) {
+        match from {
             // NAT happens where a flow enters the cluster; a peer never hands us a new one.
-            return Nat::Untracked;
+            From::Vxlan { strict: true, .. } => return Nat::Untracked,
+            // As the kernel, `vxlan_accept = any` applies the rules to what flannel.1
+            // decapsulates too (kube-proxy's PREROUTING, flannel's ip-masq); to this node's
+            // pod subnet (the usual case) no rule applies: it holds no service IP, no node IP,
+            // and no masquerade rule matches a local destination.
+            From::Vxlan { .. } if self.t.node.pod_cidr.contains(u.dst) => return Nat::Untracked,
+            _ => {}
         }
         match self.rule(from, pkt, u, hdr) {
             Ok(rule) => self.enter(pkt, u, tcp_flags, rule),

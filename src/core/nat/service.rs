@@ -1,6 +1,9 @@
 //! The service table: what KUBE-SERVICES and KUBE-NODEPORTS match, as two hash
 //! maps instead of a rule walk, so a lookup costs the same with 10 or 100 000
-//! services. The table is part of the immutable snapshot the control plane swaps.
+//! services. The table is part of the immutable snapshot the control plane swaps;
+//! its maps are split into copy-on-write shards, so the control plane keeps its own
+//! copy, changes one service in it (copying one shard of a few hundred entries) and
+//! publishes a clone that shares every other shard with the snapshot before it.
 //!
 //! Hit counters live outside the snapshot (`Arc`s the control plane carries from one
 //! snapshot to the next), and count like `iptables -vnL -t nat`: nat rules only see the
@@ -83,11 +86,69 @@ pub enum Via {
     NodePort,
 }
 
-#[derive(Debug, Clone, Default)]
+/// Shards of the cluster-IP map (a power of two). A change copies one shard (about
+/// `len / VIP_SHARDS` entries: 24 at 100 000 services) and the shard list (32 KiB),
+/// never the table; a batch of k changes copies at most k shards.
+const VIP_SHARDS: usize = 4096;
+/// Shards of the NodePort map (at most 2 x 65 536 keys, usually a few).
+const NODE_PORT_SHARDS: usize = 16;
+
+type Map<K> = HashMap<K, Arc<Service>, ahash::RandomState>;
+
+/// A map split into copy-on-write shards: a clone shares every shard, a change copies
+/// the one it touches (`Arc::make_mut`), so a snapshot taken by the workers never
+/// changes and the next one costs what changed.
+#[derive(Debug, Clone)]
+struct Sharded<K> {
+    shards: Vec<Arc<Map<K>>>,
+}
+
+impl<K: Copy + Eq + std::hash::Hash + Into<u64>> Sharded<K> {
+    fn new(n: usize) -> Self {
+        debug_assert!(n.is_power_of_two());
+        // One empty map shared by every shard until its first write.
+        Sharded { shards: vec![Arc::default(); n] }
+    }
+    /// Fibonacci hashing of the key: one multiply picks the shard.
+    #[inline]
+    fn shard(&self, k: K) -> usize {
+        let bits = self.shards.len().trailing_zeros();
+        (k.into().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
+    }
+    #[inline]
+    fn get(&self, k: K) -> Option<&Arc<Service>> {
+        self.shards[self.shard(k)].get(&k)
+    }
+    fn insert(&mut self, k: K, v: Arc<Service>) -> Option<Arc<Service>> {
+        let i = self.shard(k);
+        Arc::make_mut(&mut self.shards[i]).insert(k, v)
+    }
+    fn remove(&mut self, k: K) -> Option<Arc<Service>> {
+        let i = self.shard(k);
+        // Look first: a miss must not copy a shared shard.
+        if !self.shards[i].contains_key(&k) {
+            return None;
+        }
+        Arc::make_mut(&mut self.shards[i]).remove(&k)
+    }
+    fn values(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.shards.iter().flat_map(|s| s.values())
+    }
+}
+
+/// KUBE-SERVICES and KUBE-NODEPORTS as two sharded hash maps. Cloning it is cheap
+/// (one reference per shard); `insert` and `remove` change one service's entries.
+#[derive(Debug, Clone)]
 pub struct ServiceTable {
-    services: Vec<Service>,
-    by_vip: HashMap<u64, u32, ahash::RandomState>,
-    by_node_port: HashMap<u32, u32, ahash::RandomState>,
+    by_vip: Sharded<u64>,
+    by_node_port: Sharded<u32>,
+    len: usize,
+}
+
+impl Default for ServiceTable {
+    fn default() -> Self {
+        ServiceTable { by_vip: Sharded::new(VIP_SHARDS), by_node_port: Sharded::new(NODE_PORT_SHARDS), len: 0 }
+    }
 }
 
 #[inline]
@@ -100,6 +161,23 @@ fn node_port_key(proto: u8, port: u16) -> u32 {
     (u32::from(proto) << 16) | u32::from(port)
 }
 
+impl Service {
+    /// A service for `spec`, keeping the counters of `old` (the service it replaces,
+    /// same name) for itself and for the endpoints both have; fresh ones otherwise.
+    pub fn carrying(spec: ServiceSpec, old: Option<&Service>) -> Service {
+        let hits = old.map(|o| o.hits.clone()).unwrap_or_default();
+        let endpoint_hits = spec
+            .endpoints
+            .iter()
+            .map(|e| {
+                old.and_then(|o| o.spec.endpoints.iter().position(|x| x == e).map(|i| o.endpoint_hits[i].clone()))
+                    .unwrap_or_default()
+            })
+            .collect();
+        Service { spec, hits, endpoint_hits }
+    }
+}
+
 impl ServiceTable {
     /// Builds the table. `hits_for` returns the counters to carry over for a service
     /// name / endpoint (fresh ones for new entries). Callers have validated that no two
@@ -110,37 +188,88 @@ impl ServiceTable {
     ) -> Self {
         let mut t = ServiceTable::default();
         for spec in specs {
-            let i = t.services.len() as u32;
-            let proto = spec.protocol.number();
-            t.by_vip.insert(vip_key(proto, spec.cluster_ip, spec.port), i);
-            if let Some(np) = spec.node_port {
-                t.by_node_port.insert(node_port_key(proto, np), i);
-            }
             let hits = hits_for(&spec.name, None);
             let endpoint_hits = spec.endpoints.iter().map(|e| hits_for(&spec.name, Some(*e))).collect();
-            t.services.push(Service { spec, hits, endpoint_hits });
+            t.insert(Service { spec, hits, endpoint_hits });
         }
         t
+    }
+
+    /// Puts one service in (its cluster IP:port and NodePort entries); the services it
+    /// displaced from either key, which the caller has checked are the ones it replaces.
+    pub fn insert(&mut self, s: Service) -> Vec<Arc<Service>> {
+        let proto = s.spec.protocol.number();
+        let (vip, np) = (vip_key(proto, s.spec.cluster_ip, s.spec.port), s.spec.node_port);
+        let s = Arc::new(s);
+        let mut out = Vec::new();
+        if let Some(old) = self.by_vip.insert(vip, s.clone()) {
+            self.unlink_node_port(&old, &s);
+            out.push(old);
+        } else {
+            self.len += 1;
+        }
+        if let Some(np) = np
+            && let Some(old) = self.by_node_port.insert(node_port_key(proto, np), s.clone())
+            && !out.iter().any(|o| Arc::ptr_eq(o, &old))
+        {
+            // Another service held that NodePort: it leaves the table altogether.
+            self.remove(&old.spec);
+            out.push(old);
+        }
+        out
+    }
+
+    /// Drops `old`'s NodePort entry unless `new` took it over.
+    fn unlink_node_port(&mut self, old: &Arc<Service>, new: &Arc<Service>) {
+        if let Some(np) = old.spec.node_port {
+            let k = node_port_key(old.spec.protocol.number(), np);
+            if self.by_node_port.get(k).is_some_and(|s| Arc::ptr_eq(s, old)) && new.spec.node_port != Some(np) {
+                self.by_node_port.remove(k);
+            }
+        }
+    }
+
+    /// Takes out the service `spec` describes (matched by cluster IP:port and name).
+    pub fn remove(&mut self, spec: &ServiceSpec) -> Option<Arc<Service>> {
+        let proto = spec.protocol.number();
+        let vip = vip_key(proto, spec.cluster_ip, spec.port);
+        if self.by_vip.get(vip).is_none_or(|s| s.spec.name != spec.name) {
+            return None;
+        }
+        let old = self.by_vip.remove(vip)?;
+        self.len -= 1;
+        if let Some(np) = old.spec.node_port {
+            let k = node_port_key(proto, np);
+            if self.by_node_port.get(k).is_some_and(|s| Arc::ptr_eq(s, &old)) {
+                self.by_node_port.remove(k);
+            }
+        }
+        Some(old)
     }
 
     /// KUBE-SERVICES: `-d <vip> -p <proto> --dport <port>`.
     #[inline]
     pub fn by_cluster_ip(&self, proto: u8, ip: Ipv4Addr, port: u16) -> Option<&Service> {
-        self.by_vip.get(&vip_key(proto, ip, port)).map(|i| &self.services[*i as usize])
+        self.by_vip.get(vip_key(proto, ip, port)).map(|s| &**s)
     }
     /// KUBE-NODEPORTS: `-p <proto> --dport <nodePort>` on a local address.
     #[inline]
     pub fn by_node_port(&self, proto: u8, port: u16) -> Option<&Service> {
-        self.by_node_port.get(&node_port_key(proto, port)).map(|i| &self.services[*i as usize])
+        self.by_node_port.get(node_port_key(proto, port)).map(|s| &**s)
     }
+    /// Every service, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Service> {
-        self.services.iter()
+        self.by_vip.values().map(|s| &**s)
+    }
+    /// The services that have a NodePort (a walk of the small NodePort map only).
+    pub fn with_node_ports(&self) -> impl Iterator<Item = &Service> {
+        self.by_node_port.values().map(|s| &**s)
     }
     pub fn len(&self) -> usize {
-        self.services.len()
+        self.len
     }
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
+        self.len == 0
     }
 }
 
@@ -169,6 +298,101 @@ mod tests {
         assert!(t.by_cluster_ip(PROTO_TCP, Ipv4Addr::new(10, 250, 0, 40), 80).is_none());
         assert!(t.by_node_port(PROTO_TCP, 31266).is_some());
         assert!(t.by_node_port(PROTO_UDP, 31266).is_none());
+    }
+
+    fn svc(name: &str, ip: [u8; 4], port: u16, node_port: Option<u16>) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            protocol: Protocol::Tcp,
+            cluster_ip: Ipv4Addr::from(ip),
+            port,
+            node_port,
+            endpoints: vec!["10.244.1.5:2368".parse().unwrap()],
+        }
+    }
+
+    fn filled(n: u32) -> ServiceTable {
+        let specs = (0..n).map(|i| svc(&format!("bench/svc-{i}"), [10, 250, (i >> 8) as u8, i as u8], 80, None));
+        ServiceTable::build(specs, |_, _| Arc::default())
+    }
+
+    #[test]
+    fn insert_replace_remove_one_service() {
+        let mut t = filled(1000);
+        assert_eq!(t.len(), 1000);
+        assert!(t.insert(Service::carrying(ghost(), None)).is_empty());
+        assert_eq!(t.len(), 1001);
+        assert_eq!(t.by_node_port(PROTO_TCP, 31266).unwrap().spec.name, "default/ghost");
+        // Same cluster IP:port, another NodePort: the old NodePort entry goes.
+        let mut g2 = ghost();
+        g2.node_port = Some(31267);
+        let old = t.insert(Service::carrying(g2.clone(), None));
+        assert_eq!(old.len(), 1);
+        assert_eq!(t.len(), 1001);
+        assert!(t.by_node_port(PROTO_TCP, 31266).is_none());
+        assert_eq!(t.by_node_port(PROTO_TCP, 31267).unwrap().spec, g2);
+        // Removing by a spec of another name leaves it; by its own spec takes it out.
+        let mut other = g2.clone();
+        other.name = "default/other".into();
+        assert!(t.remove(&other).is_none());
+        assert_eq!(t.remove(&g2).unwrap().spec, g2);
+        assert!(t.by_cluster_ip(PROTO_TCP, Ipv4Addr::new(10, 250, 0, 40), 2368).is_none());
+        assert!(t.by_node_port(PROTO_TCP, 31267).is_none());
+        assert_eq!(t.len(), 1000);
+        assert_eq!(t.iter().count(), 1000);
+        assert!(t.remove(&g2).is_none());
+    }
+
+    #[test]
+    fn a_nodeport_taken_over_evicts_its_holder() {
+        let mut t = ServiceTable::default();
+        t.insert(Service::carrying(ghost(), None));
+        let thief = svc("default/thief", [10, 250, 0, 41], 80, Some(31266));
+        let out = t.insert(Service::carrying(thief, None));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].spec.name, "default/ghost");
+        assert_eq!(t.len(), 1);
+        assert!(t.by_cluster_ip(PROTO_TCP, Ipv4Addr::new(10, 250, 0, 40), 2368).is_none());
+        assert_eq!(t.by_node_port(PROTO_TCP, 31266).unwrap().spec.name, "default/thief");
+        assert_eq!(t.with_node_ports().count(), 1);
+    }
+
+    #[test]
+    fn a_published_snapshot_never_changes_and_shares_untouched_shards() {
+        let mut master = filled(20_000);
+        let published = master.clone();
+        let added = svc("bench/svc-new", [10, 250, 200, 1], 8080, Some(30000));
+        master.insert(Service::carrying(added.clone(), None));
+        master.remove(&svc("bench/svc-7", [10, 250, 0, 7], 80, None)).unwrap();
+        // The snapshot still answers as it did.
+        assert_eq!(published.len(), 20_000);
+        assert!(published.by_cluster_ip(PROTO_TCP, Ipv4Addr::new(10, 250, 200, 1), 8080).is_none());
+        assert!(published.by_cluster_ip(PROTO_TCP, Ipv4Addr::new(10, 250, 0, 7), 80).is_some());
+        assert!(published.by_node_port(PROTO_TCP, 30000).is_none());
+        assert_eq!(master.by_node_port(PROTO_TCP, 30000).unwrap().spec, added);
+        // Only the shards the two changes touched were copied.
+        let copied = master.by_vip.shards.iter().zip(&published.by_vip.shards).filter(|(a, b)| !Arc::ptr_eq(a, b));
+        assert!(copied.count() <= 2);
+        let np_copied =
+            master.by_node_port.shards.iter().zip(&published.by_node_port.shards).filter(|(a, b)| !Arc::ptr_eq(a, b));
+        assert_eq!(np_copied.count(), 1);
+        // A miss copies nothing.
+        let again = master.clone();
+        assert!(master.remove(&svc("bench/none", [10, 250, 255, 255], 1, None)).is_none());
+        assert!(master.by_vip.shards.iter().zip(&again.by_vip.shards).all(|(a, b)| Arc::ptr_eq(a, b)));
+    }
+
+    #[test]
+    fn counters_carry_over_for_what_stays() {
+        let old = Service::carrying(ghost(), None);
+        old.hits.hit(60);
+        old.endpoint_hits[1].hit(60);
+        let mut spec = ghost();
+        spec.endpoints = vec!["10.244.1.5:2368".parse().unwrap(), "10.244.1.9:2368".parse().unwrap()];
+        let new = Service::carrying(spec, Some(&old));
+        assert_eq!(new.hits.get(), (1, 60));
+        assert_eq!(new.endpoint_hits[0].get(), (1, 60), "10.244.1.5 kept its count");
+        assert_eq!(new.endpoint_hits[1].get(), (0, 0), "10.244.1.9 is new");
     }
 
     #[test]
