@@ -41,9 +41,11 @@ PODS = {"ghost-ep3": ("10.244.1.6", "centos7-1")}
 
 # Why a scenario may differ (see `known`).
 WHY_MASQ_PORT = (
-    "ucanal masquerades pod egress to the node IP with a port of its own range (masquerade_ports "
-    "61000-65534, steered back to it by a policy rule) because the node's stack shares that IP; the "
-    "kernel keeps the source port when it is free"
+    "ucanal masquerades pod egress to a port of its own range (masquerade_ports 61000-65534, sent back "
+    "to it by one static ip rule): without netfilter the node's stack, whose ephemeral ports "
+    "(32768-60999) overlap the pods', cannot tell a reply to a pod's kept port from one to its own "
+    "socket, and steering per flow would cost a syscall per new flow; nf_nat keeps the pod's port "
+    "when it is free"
 )
 
 
@@ -92,8 +94,8 @@ class Ctx:
     def client(self, l3):
         self.lab.inject("client", ether(N_MAC, CLIENT_MAC, ETH_IP, l3))
 
-    def vx(self, inner_l3, vni=1, where="peer", src=P, src_mac=P_MAC):
-        inner = ether(N_VTEP_MAC, P_VTEP_MAC, ETH_IP, inner_l3)
+    def vx(self, inner_l3, vni=1, where="peer", src=P, src_mac=P_MAC, inner_dst=N_VTEP_MAC, inner_src=P_VTEP_MAC):
+        inner = ether(inner_dst, inner_src, ETH_IP, inner_l3)
         self.lab.inject(where, vxlan(src_mac, N_MAC, src, N, 40000 + self.tag % 1000, vni, inner, self.ident()))
 
     def arp_req(self, where, sha, spa, tpa):
@@ -355,7 +357,7 @@ def _(s):
 # ------------------------------------------------------------------------------------------
 # What the node refuses
 
-ROW_VXSEC = "VXLAN accepted only from known peers, for their pod subnet"
+ROW_VXSEC = "flannel.1's receive path: the VNI, the inner MACs, any sender, the inner packet routed"
 
 
 @scenario("vxlan-unknown-vni", ROW_VXSEC, "VXLAN from the peer with VNI 2: ghost-ep2 -> ghost-ep1 echo")
@@ -363,19 +365,45 @@ def _(s):
     s.vx(s.echo(B, A), vni=2)
 
 
-@scenario("vxlan-unknown-peer", ROW_VXSEC, "VXLAN VNI 1 from the client 172.16.240.1: ghost-ep2 -> ghost-ep1 echo",
-          known=({"frames"}, "ucanal accepts VXLAN only from an FDB peer (a design rule); flannel.1 with "
-                             "nolearning decapsulates from any source"))
+@scenario("vxlan-unknown-peer", ROW_VXSEC, "VXLAN VNI 1 from the client 172.16.240.1: ghost-ep2 -> ghost-ep1 echo")
 def _(s):
     s.vx(s.echo(B, A), where="client", src=CLIENT, src_mac=CLIENT_MAC)
 
 
 @scenario("vxlan-foreign-subnet", ROW_VXSEC,
-          "VXLAN from the peer carrying 10.244.7.7 -> ghost-ep1 (not the peer's subnet)",
-          known=({"frames"}, "ucanal accepts from a peer only its own pod subnet (a design rule); the kernel "
-                             "forwards whatever flannel.1 decapsulates"))
+          "VXLAN from the peer carrying 10.244.7.7 -> ghost-ep1 (not the peer's subnet)")
 def _(s):
     s.vx(s.echo("10.244.7.7", A))
+
+
+@scenario("vxlan-inner-dmac-other", ROW_VXSEC,
+          "VXLAN from the peer: ghost-ep2 -> ghost-ep1 echo in a frame to another MAC (not flannel.1's)")
+def _(s):
+    s.vx(s.echo(B, A), inner_dst="02:00:00:00:00:01")
+
+
+@scenario("vxlan-inner-smac-own", ROW_VXSEC,
+          "VXLAN from the peer: ghost-ep2 -> ghost-ep1 echo in a frame from flannel.1's own MAC (a loop)")
+def _(s):
+    s.vx(s.echo(B, A), inner_src=N_VTEP_MAC)
+
+
+@scenario("vxlan-transit-to-peer", ROW_VXSEC,
+          "VXLAN from the client carrying 10.244.7.7 -> ghost-ep2: routed back out by VXLAN to the peer")
+def _(s):
+    s.vx(s.echo("10.244.7.7", B), where="client", src=CLIENT, src_mac=CLIENT_MAC)
+
+
+@scenario("vxlan-transit-to-outside", ROW_VXSEC,
+          "VXLAN from the peer carrying ghost-ep2 -> the client 172.16.240.1 echo: routed out, masqueraded")
+def _(s):
+    s.vx(s.echo(B, CLIENT))
+
+
+@scenario("vxlan-to-clusterip", ROW_VXSEC,
+          "VXLAN from the client carrying ghost-ep2 SYN -> 10.250.1.2:80: kube-proxy's DNAT applies to it too")
+def _(s):
+    s.vx(s.syn(B, "10.250.1.2", 80), where="client", src=CLIENT, src_mac=CLIENT_MAC)
 
 
 @scenario("spoofed-pod-source", "Calico: a pod may only send from its own IP",

@@ -37,6 +37,8 @@ named_enum!(
         ForwardVxlan => "forward_vxlan", "packets encapsulated to a remote VTEP";
         ForwardHost => "forward_host", "packets handed to the node's own stack";
         Decap => "decap", "VXLAN datagrams accepted and decapsulated";
+        VxlanFromUnknownPeer => "vxlan_from_unknown_peer", "VXLAN datagrams from an address with no FDB entry, decapsulated as flannel.1 does (vxlan_accept = any; with peers they are the drop vxlan_unknown_peer)";
+        VxlanForeignSource => "vxlan_foreign_source", "decapsulated packets whose inner source is outside the sending peer's pod subnet, routed as flannel.1 does (vxlan_accept = any; with peers they are the drop vxlan_src_outside_subnet)";
         CsumPartial => "csum_partial", "decapsulated TCP/UDP packets whose checksum a kernel peer left partial (CHECKSUM_PARTIAL), taken as such";
         HostPunt => "host_punt", "steered packets that matched no service or flow, returned to the host stack";
         CtHitOriginal => "ct_hit_original", "packets of a tracked flow, original direction";
@@ -89,12 +91,13 @@ named_enum!(
         TooBig => "too_big", "DF packet over the VXLAN MTU (ICMP fragmentation needed sent)";
         VxlanMalformed => "vxlan_malformed", "datagram too short for a VXLAN header, or flags/reserved bits wrong";
         VxlanBadVni => "vxlan_bad_vni", "VNI is not this node's";
-        VxlanUnknownPeer => "vxlan_unknown_peer", "datagram from an address with no FDB entry";
+        VxlanUnknownPeer => "vxlan_unknown_peer", "datagram from an address with no FDB entry (vxlan_accept = peers)";
         VxlanInnerMalformed => "vxlan_inner_malformed", "inner frame truncated or not IPv4";
-        VxlanInnerDmac => "vxlan_inner_dmac", "inner destination MAC is not this VTEP's";
-        VxlanFdbMismatch => "vxlan_fdb_mismatch", "inner source MAC does not belong to the sending peer";
-        VxlanSrcOutsideSubnet => "vxlan_src_outside_subnet", "inner source outside the sending peer's pod subnet";
-        VxlanNotLocal => "vxlan_not_local", "inner destination is not on this node (no transit)";
+        VxlanInnerDmac => "vxlan_inner_dmac", "inner destination MAC is not this VTEP's (the kernel drops it as PACKET_OTHERHOST)";
+        VxlanLoop => "vxlan_loop", "inner source MAC is this VTEP's own (the kernel's vxlan driver drops it as a loop)";
+        VxlanFdbMismatch => "vxlan_fdb_mismatch", "inner source MAC does not belong to the sending peer (vxlan_accept = peers)";
+        VxlanSrcOutsideSubnet => "vxlan_src_outside_subnet", "inner source outside the sending peer's pod subnet (vxlan_accept = peers)";
+        VxlanNotLocal => "vxlan_not_local", "inner destination is not on this node (vxlan_accept = peers: no transit)";
         FragmentOverlap => "fragment_overlap", "fragment overlapping one held, or disagreeing about the length (an exact duplicate is dropped alone, else its whole datagram)";
         FragmentTimeout => "fragment_timeout", "datagrams whose fragments did not all arrive within 30 s (ipfrag_time), dropped";
         FragmentLimit => "fragment_limit", "fragment refused: reassembly datagram, memory or fragment-count limit reached";

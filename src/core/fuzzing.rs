@@ -2,7 +2,8 @@
 //! shared by the cargo-fuzz targets (`fuzz/`) and the property tests that run in CI.
 //!
 //! The first input byte picks the entry point (a pod port, another pod's port, the
-//! host port, VXLAN from the known peer, VXLAN from a stranger); the rest is the frame.
+//! host port, VXLAN from the known peer, VXLAN from a stranger) and, with its top bit,
+//! `vxlan_accept = peers` instead of the default `any`; the rest is the frame.
 //! The tables hold the article's lab with its NodePort service, a UDP service and a
 //! service without endpoints, and conntrack holds established flows, so the reply,
 //! NAT and reject paths are reachable too. Besides "never panics", the oracle checks
@@ -24,6 +25,8 @@ use crate::wire::vxlan;
 pub struct Harness {
     dp: Dataplane,
     t: Arc<Tables>,
+    /// The same tables with `vxlan_accept = peers`.
+    strict: Arc<Tables>,
     now: std::sync::atomic::AtomicU64,
 }
 
@@ -53,7 +56,14 @@ impl Harness {
         let mut t = Tables::build(1, article::node1(), 7, &article::pods1(), &[article::peer2()], svc);
         t.vxlan_source_ports = vec![40000, 40001];
         let dp = Dataplane::new(t, Conntrack::new(4096, Timeouts::default()), 1);
-        let h = Harness { t: dp.tables(), dp, now: std::sync::atomic::AtomicU64::new(1_000_000_000_000) };
+        let mut strict = (*dp.tables()).clone();
+        strict.node.vxlan_accept = super::tables::VxlanAccept::Peers;
+        let h = Harness {
+            t: dp.tables(),
+            strict: Arc::new(strict),
+            dp,
+            now: std::sync::atomic::AtomicU64::new(1_000_000_000_000),
+        };
         h.warm_up();
         h
     }
@@ -98,8 +108,8 @@ impl Harness {
         // Time moves on a little with every input, so expiry paths are reached as well.
         let now = Now(self.now.fetch_add(50_000_000, std::sync::atomic::Ordering::Relaxed));
         let mut tr = Trace::off();
-        let t = &self.t;
-        let a = match sel % 5 {
+        let t = if sel & 0x80 != 0 { &self.strict } else { &self.t };
+        let a = match (sel & 0x7f) % 5 {
             0 => self.dp.handle_port(0, t, PortId(1), &mut pkt, now, &mut tr),
             1 => self.dp.handle_port(0, t, PortId(2), &mut pkt, now, &mut tr),
             2 => self.dp.handle_port(0, t, PortId::HOST, &mut pkt, now, &mut tr),
@@ -201,6 +211,15 @@ mod tests {
             .write(&mut f, b"ping")
             .unwrap();
         v.push([&[0u8][..], &f].concat());
+        f.clear();
+        // VXLAN from a stranger (no FDB entry), a source outside every pod subnet, to a pod
+        // on the peer: flannel.1 routes it back out by VXLAN (vxlan_accept = any).
+        PacketBuilder::ethernet2(article::peer2().vtep_mac.0, n.vtep_mac.0)
+            .ipv4([10, 244, 7, 7], [10, 244, 0, 74], 64)
+            .icmpv4_echo_request(9, 1)
+            .write(&mut f, b"transit")
+            .unwrap();
+        v.push([&[4u8, 0x08, 0, 0, 0, 0, 0, 1, 0][..], &f].concat());
         v
     }
 
@@ -215,7 +234,7 @@ mod tests {
 
         /// Valid frames with a few bytes changed reach the deep paths.
         #[test]
-        fn mutated_frames(seed in 0usize..5, edits in proptest::collection::vec((any::<u16>(), any::<u8>()), 1..6), cut in any::<u16>()) {
+        fn mutated_frames(seed in 0usize..6, edits in proptest::collection::vec((any::<u16>(), any::<u8>()), 1..6), cut in any::<u16>()) {
             let mut f = seeds()[seed].clone();
             for (at, b) in edits {
                 let i = 1 + usize::from(at) % (f.len() - 1);
@@ -240,5 +259,9 @@ mod tests {
         assert!(matches!(kinds[2], Action::ToPort(PortId::HOST)), "{:?}", kinds[2]);
         assert!(matches!(kinds[3], Action::ToPort(PortId(1))), "TTL 1 answers time exceeded: {:?}", kinds[3]);
         assert!(matches!(kinds[4], Action::ToPort(PortId::HOST)), "{:?}", kinds[4]);
+        assert!(matches!(kinds[5], Action::ToVtep { .. }), "transit from a stranger: {:?}", kinds[5]);
+        let mut strict = seeds()[5].clone();
+        strict[0] |= 0x80;
+        assert_eq!(h.run(&strict), Some(Action::Drop(crate::core::DropReason::VxlanUnknownPeer)));
     }
 }

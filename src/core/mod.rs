@@ -90,10 +90,19 @@ pub struct Offload {
 }
 
 /// A frame in a caller-owned buffer with headroom: `buf[start..end]`.
+///
+/// The core writes only inside `buf[floor..]`: with UDP GRO several frames share one
+/// receive buffer, and the bytes in front of a later frame are the earlier frame, which
+/// the caller may still hold (a GRO run, a pending send). A reply that does not fit in
+/// the headroom above the floor is built in the spare buffer instead (`relocate`).
 pub struct Packet<'a> {
     buf: &'a mut [u8],
     start: usize,
     end: usize,
+    /// The lowest index of `buf` the core may write.
+    floor: usize,
+    /// The frame lives in the spare buffer (reassembled, or a reply relocated there).
+    in_spare: bool,
     pub offload: Offload,
     /// A second buffer (at least `HEADROOM` + 14 + 65 535 bytes) that the core may move
     /// the frame to: where a reassembled datagram is written.
@@ -104,7 +113,18 @@ impl<'a> Packet<'a> {
     /// The frame is `buf[start..end]`; `start` bytes are headroom.
     pub fn new(buf: &'a mut [u8], start: usize, end: usize) -> Self {
         assert!(start <= end && end <= buf.len(), "packet range outside its buffer");
-        Packet { buf, start, end, offload: Offload::default(), spare: None }
+        Packet { buf, start, end, floor: 0, in_spare: false, offload: Offload::default(), spare: None }
+    }
+    /// Forbids writes below `buf[floor]` (the end of a frame the caller still holds).
+    pub fn with_floor(mut self, floor: usize) -> Self {
+        assert!(floor <= self.start, "floor above the frame");
+        self.floor = floor;
+        self
+    }
+    /// The frame is in the spare buffer, not in the buffer it came in: the caller may not
+    /// refer to it by its place in its receive buffer, and the next packet reuses the spare.
+    pub fn in_spare(&self) -> bool {
+        self.in_spare
     }
     /// Lends the packet a spare buffer (see `frag`); without one, fragments are dropped.
     pub fn with_spare(mut self, spare: &'a mut [u8]) -> Self {
@@ -122,7 +142,22 @@ impl<'a> Packet<'a> {
             std::mem::swap(&mut self.buf, spare);
             self.start = HEADROOM;
             self.end = HEADROOM + len;
+            self.floor = 0;
+            self.in_spare = true;
         }
+    }
+    /// Moves the first `keep` bytes of the frame to the spare buffer at `HEADROOM` (for a
+    /// reply that needs more room in front than the floor leaves); false without a spare
+    /// or when the frame is there already. A copy, but only of what a reply keeps.
+    pub(crate) fn relocate(&mut self, keep: usize) -> bool {
+        let keep = keep.min(self.len());
+        let Some(spare) = self.spare.as_deref_mut() else { return false };
+        if self.in_spare || spare.len() < HEADROOM + keep {
+            return false;
+        }
+        spare[HEADROOM..HEADROOM + keep].copy_from_slice(&self.buf[self.start..self.start + keep]);
+        self.use_spare(keep);
+        true
     }
     pub fn data(&self) -> &[u8] {
         &self.buf[self.start..self.end]
@@ -136,15 +171,16 @@ impl<'a> Packet<'a> {
     pub fn is_empty(&self) -> bool {
         self.start == self.end
     }
+    /// Bytes the frame may grow at the front (down to the floor).
     pub fn headroom(&self) -> usize {
-        self.start
+        self.start - self.floor
     }
     pub fn start(&self) -> usize {
         self.start
     }
     /// Grows the frame at the front by `n` bytes; false when the headroom is too small.
     pub fn push_front(&mut self, n: usize) -> bool {
-        if self.start < n {
+        if self.headroom() < n {
             return false;
         }
         self.start -= n;
@@ -165,7 +201,8 @@ impl<'a> Packet<'a> {
         self.start = start;
         self.end = start + len;
     }
-    /// The whole buffer, for building a frame in front of the current one.
+    /// The whole buffer, for building a frame in front of the current one: writes stay
+    /// within `start() - headroom()..` (the floor).
     pub fn buffer_mut(&mut self) -> &mut [u8] {
         self.buf
     }

@@ -10,10 +10,10 @@
 use std::net::Ipv4Addr;
 
 use super::Packet;
-use crate::wire::MacAddr;
 use crate::wire::ethernet::{self, ETHERTYPE_IPV4};
 use crate::wire::icmp::{self, ErrorRepr};
 use crate::wire::ipv4::{self, Ipv4Repr};
+use crate::wire::{MacAddr, vxlan};
 
 const NEW_HEADERS: usize = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + icmp::HEADER_LEN;
 const GROWTH: usize = NEW_HEADERS - ethernet::HEADER_LEN;
@@ -45,12 +45,20 @@ pub fn icmp_error(pkt: &mut Packet, src: Ipv4Addr, repr: ErrorRepr) -> bool {
 /// As [`icmp_error`], with the error's own TTL (64 is Linux's default; one more for an
 /// error the node's stack forwards once before it leaves, so that it leaves with 64).
 pub fn icmp_error_ttl(pkt: &mut Packet, src: Ipv4Addr, repr: ErrorRepr, ttl: u8) -> bool {
-    if pkt.headroom() < GROWTH || pkt.len() < ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN {
+    if pkt.len() < ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN {
+        return false;
+    }
+    let ip_len = pkt.len() - ethernet::HEADER_LEN;
+    let quote = ip_len.min(icmp::MAX_ERROR_LEN - ipv4::MIN_HEADER_LEN - icmp::HEADER_LEN);
+    // In place when the error and a VXLAN header fit above the floor; otherwise (a later
+    // frame of a UDP GRO read, whose front is the frame before it) in the spare buffer.
+    if pkt.headroom() < GROWTH + vxlan::HEADER_LEN {
+        pkt.relocate(ethernet::HEADER_LEN + quote);
+    }
+    if pkt.headroom() < GROWTH {
         return false;
     }
     let ip_start = pkt.start() + ethernet::HEADER_LEN;
-    let ip_len = pkt.len() - ethernet::HEADER_LEN;
-    let quote = ip_len.min(icmp::MAX_ERROR_LEN - ipv4::MIN_HEADER_LEN - icmp::HEADER_LEN);
     let new_start = ip_start - NEW_HEADERS;
     let buf = pkt.buffer_mut();
     let (orig_src, _) = ipv4::addrs(&buf[ip_start..ip_start + ipv4::MIN_HEADER_LEN]);
@@ -125,6 +133,37 @@ mod tests {
         assert_eq!(&d[38..42], &[0, 0, 0, 0]);
         assert_eq!(&d[42..], &syn[..]);
         assert!(icmp::IcmpPacket::new_checked(ip.payload()).unwrap().verify_checksum());
+    }
+
+    #[test]
+    fn an_error_about_a_frame_behind_another_is_built_in_the_spare() {
+        // Two frames back to back (as UDP GRO hands them, 8 bytes of VXLAN header in
+        // front of the second): the error about the second may not touch the first.
+        let syn = syn_frame();
+        let frame = &syn[HEADROOM..HEADROOM + 14 + 40];
+        let first: Vec<u8> = (0..200u32).map(|i| i as u8).collect();
+        let mut v = vec![0u8; HEADROOM];
+        v.extend_from_slice(&first);
+        v.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, 1, 0]);
+        v.extend_from_slice(frame);
+        let second = HEADROOM + first.len();
+        let mut spare = vec![0u8; HEADROOM + 14 + 65_535];
+        let mut p = Packet::new(&mut v, second + 8, second + 8 + frame.len()).with_floor(second).with_spare(&mut spare);
+        assert_eq!(p.headroom(), 8);
+        assert!(icmp_error(&mut p, Ipv4Addr::new(10, 244, 1, 0), ErrorRepr::ttl_exceeded()));
+        assert!(p.in_spare());
+        let d = p.data();
+        assert_eq!(d.len(), 14 + 20 + 8 + 40);
+        assert_eq!(icmp::type_code(&d[14..]), Some((11, 0)));
+        assert!(ipv4::Ipv4Packet::new_checked(&d[14..]).unwrap().verify_checksum());
+        assert_eq!(&d[42..], &frame[14..], "the quote");
+        // Room for the VXLAN header in front of it, and the first frame untouched.
+        assert!(p.push_front(8));
+        assert_eq!(&v[HEADROOM..second], &first[..]);
+        // Without a spare buffer there is nowhere to build it: no error, nothing written.
+        let mut p = Packet::new(&mut v, second + 8, second + 8 + frame.len()).with_floor(second);
+        assert!(!icmp_error(&mut p, Ipv4Addr::new(10, 244, 1, 0), ErrorRepr::ttl_exceeded()));
+        assert_eq!(&v[HEADROOM..second], &first[..]);
     }
 
     #[test]

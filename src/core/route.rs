@@ -103,6 +103,9 @@ impl<V: Copy> Lpm<V> {
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     pub(crate) pods: HashMap<Ipv4Addr, PortId, ahash::RandomState>,
+    /// The lowest and highest pod address: a destination outside skips the hash lookup
+    /// (the established path to a remote pod pays for `peers` only).
+    pod_range: (u32, u32),
     pub(crate) peers: Lpm<PeerRoute>,
     pub(crate) node_ip: Ipv4Addr,
     pub(crate) vtep_ip: Ipv4Addr,
@@ -111,10 +114,19 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn new(node_ip: Ipv4Addr, vtep_ip: Ipv4Addr, cluster_cidr: Ipv4Net) -> Self {
-        RouteTable { pods: HashMap::default(), peers: Lpm::default(), node_ip, vtep_ip, cluster_cidr }
+        RouteTable {
+            pods: HashMap::default(),
+            pod_range: (u32::MAX, 0),
+            peers: Lpm::default(),
+            node_ip,
+            vtep_ip,
+            cluster_cidr,
+        }
     }
     pub fn add_pod(&mut self, ip: Ipv4Addr, port: PortId) {
         self.pods.insert(ip, port);
+        let a = u32::from(ip);
+        self.pod_range = (self.pod_range.0.min(a), self.pod_range.1.max(a));
     }
     pub fn add_peer(&mut self, subnet: Ipv4Net, gateway: Ipv4Addr, hop: Option<Hop>) {
         self.peers.insert(subnet, PeerRoute { gateway, hop });
@@ -131,7 +143,10 @@ impl RouteTable {
 
     #[inline]
     pub fn lookup(&self, dst: Ipv4Addr) -> Matched {
-        if let Some(p) = self.pods.get(&dst) {
+        let a = u32::from(dst);
+        if (self.pod_range.0..=self.pod_range.1).contains(&a)
+            && let Some(p) = self.pods.get(&dst)
+        {
             return Matched { prefix: Ipv4Net::new(dst, 32).unwrap(), target: RouteTarget::Pod(*p) };
         }
         if self.is_local_addr(dst) {

@@ -37,6 +37,35 @@ pub struct NodeInfo {
     /// Source ports for masquerading to the node IP towards the uplink (replies to these
     /// are steered to ucanal; keep the node's own ip_local_port_range outside them).
     pub masquerade_ports: (u16, u16),
+    /// Which VXLAN senders are decapsulated.
+    pub vxlan_accept: VxlanAccept,
+}
+
+/// Which VXLAN datagrams (right VNI, right port) are decapsulated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VxlanAccept {
+    /// As the kernel's `flannel.1` (learning off): from any sender, the inner packet then
+    /// routed as any other (to a pod, back out by VXLAN, to the node's stack). Frames from
+    /// an address with no FDB entry, or from a peer with an inner source outside its pod
+    /// subnet, are counted (`vxlan_from_unknown_peer`, `vxlan_foreign_source`).
+    #[default]
+    Any,
+    /// Stricter than the kernel: only from an FDB peer, whose inner source MAC is its VTEP
+    /// MAC and inner source address is in its pod subnet, to a destination on this node;
+    /// everything else is a counted drop.
+    Peers,
+}
+
+impl VxlanAccept {
+    /// The config spelling (`any`, `peers`).
+    pub fn parse(s: &str) -> Option<VxlanAccept> {
+        match s {
+            "any" => Some(VxlanAccept::Any),
+            "peers" => Some(VxlanAccept::Peers),
+            _ => None,
+        }
+    }
 }
 
 /// A pod attached to this node.
@@ -174,6 +203,7 @@ pub mod article {
             host_port_mac: "02:00:ac:10:f0:83".parse().unwrap(),
             gateway: Ipv4Addr::new(169, 254, 1, 1),
             masquerade_ports: (61000, 65534),
+            vxlan_accept: VxlanAccept::Any,
         }
     }
 

@@ -36,11 +36,11 @@ pub enum Step {
         tell: Ipv4Addr,
         answer: MacAddr,
     },
-    /// VXLAN accepted from a peer.
+    /// VXLAN accepted (`peer_subnet`: the sender's pod subnet, if it is an FDB peer).
     Decap {
         vni: u32,
         peer: Ipv4Addr,
-        peer_subnet: String,
+        peer_subnet: Option<String>,
         inner_src_mac: MacAddr,
     },
     /// A tracked flow matched.
@@ -199,11 +199,11 @@ impl fmt::Display for Step {
             ProxyArp { who_has, tell, answer } => {
                 write!(f, "proxy-arp   who-has {who_has} tell {tell} -> {who_has} is-at {answer}")
             }
-            Decap { vni, peer, peer_subnet, inner_src_mac } => {
-                write!(
-                    f,
-                    "vxlan-rx    vni {vni} from {peer} (fdb peer, subnet {peer_subnet}), inner src {inner_src_mac}"
-                )
+            Decap { vni, peer, peer_subnet: Some(subnet), inner_src_mac } => {
+                write!(f, "vxlan-rx    vni {vni} from {peer} (fdb peer, subnet {subnet}), inner src {inner_src_mac}")
+            }
+            Decap { vni, peer, peer_subnet: None, inner_src_mac } => {
+                write!(f, "vxlan-rx    vni {vni} from {peer} (no fdb entry), inner src {inner_src_mac}")
             }
             Conntrack { dir, state, original, reply } => {
                 write!(

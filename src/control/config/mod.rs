@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::Ipv4Net;
 use crate::core::nat::conntrack::Timeouts;
 use crate::core::nat::service::ServiceSpec;
-use crate::core::tables::{NodeInfo, Peer};
+use crate::core::tables::{NodeInfo, Peer, VxlanAccept};
 use crate::wire::MacAddr;
 
 mod validate;
@@ -108,6 +108,10 @@ pub struct NodeSection {
     pub vni: u32,
     #[serde(default = "default_vxlan_port")]
     pub vxlan_port: u16,
+    /// Which VXLAN senders are decapsulated: `any` (as the kernel's flannel.1, the
+    /// default) or `peers` (only FDB peers, for their own pod subnet, to this node).
+    #[serde(default = "default_vxlan_accept")]
+    pub vxlan_accept: String,
     #[serde(default = "default_mtu")]
     pub mtu: u16,
     #[serde(default = "default_host_mac")]
@@ -133,6 +137,9 @@ fn default_vni() -> u32 {
 }
 fn default_vxlan_port() -> u16 {
     8472
+}
+fn default_vxlan_accept() -> String {
+    "any".into()
 }
 fn default_mtu() -> u16 {
     1450
@@ -382,6 +389,7 @@ impl Config {
             host_port_mac: n.host_port_mac.unwrap_or(MacAddr([0x02, 0x00, o[0], o[1], o[2], o[3]])),
             gateway: n.gateway,
             masquerade_ports: self.masquerade_ports(),
+            vxlan_accept: VxlanAccept::parse(&n.vxlan_accept).unwrap_or_default(),
         }
     }
 }

@@ -109,3 +109,17 @@ fn errors_name_the_field() {
     let proto = bad("protocol = \"tcp\"", "protocol = \"sctp\"");
     assert!(proto.contains("sctp"), "{proto}");
 }
+
+#[test]
+fn vxlan_accept_defaults_to_the_kernels_any_and_names_a_bad_value() {
+    use crate::core::tables::VxlanAccept;
+    assert_eq!(Config::parse(CENTOS7_1).unwrap().node_info().vxlan_accept, VxlanAccept::Any);
+    let with =
+        |v: &str| CENTOS7_1.replacen("vtep_mac = \"8a:40", &format!("vxlan_accept = \"{v}\"\nvtep_mac = \"8a:40"), 1);
+    assert_eq!(Config::parse(&with("peers")).unwrap().node_info().vxlan_accept, VxlanAccept::Peers);
+    assert_eq!(Config::parse(&with("any")).unwrap().node_info().vxlan_accept, VxlanAccept::Any);
+    assert_eq!(
+        Config::parse(&with("fdb")).unwrap_err().to_string(),
+        "node.vxlan_accept: 'fdb' is neither 'any' nor 'peers'"
+    );
+}

@@ -8,6 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use super::{Config, ConfigError, PodSpec, err, parse_port_range};
 use crate::core::Ipv4Net;
 use crate::core::nat::service::ServiceSpec;
+use crate::core::tables::VxlanAccept;
 
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -66,6 +67,9 @@ impl Config {
         }
         if n.vxlan_port == 0 {
             return Err(err("node.vxlan_port", "must not be 0"));
+        }
+        if VxlanAccept::parse(&n.vxlan_accept).is_none() {
+            return Err(err("node.vxlan_accept", format!("'{}' is neither 'any' nor 'peers'", n.vxlan_accept)));
         }
         if !(576..=9000).contains(&n.mtu) {
             return Err(err("node.mtu", format!("{} is outside 576..9000", n.mtu)));

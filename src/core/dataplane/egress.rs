@@ -9,7 +9,7 @@ impl Ctx<'_> {
         &mut self,
         from: From,
         pkt: &mut Packet,
-        m: Matched,
+        m: &Matched,
         hdr: Hdr,
         tracked: bool,
         original: Option<Tuple>,
@@ -38,7 +38,9 @@ impl Ctx<'_> {
                 Action::ToPort(port)
             }
             RouteTarget::Peer { gateway, hop } => {
-                if matches!(from, From::Vxlan { .. }) {
+                // The kernel forwards a decapsulated packet back out of flannel.1 when its
+                // route says so; `vxlan_accept = peers` refuses transit.
+                if matches!(from, From::Vxlan { strict: true, .. }) {
                     return self.drop(DropReason::VxlanNotLocal);
                 }
                 let mtu = node.mtu;
@@ -81,7 +83,7 @@ impl Ctx<'_> {
             RouteTarget::Host => {
                 match from {
                     From::Host => return self.drop(DropReason::HostLoop),
-                    From::Vxlan { .. } if !tracked => return self.drop(DropReason::VxlanNotLocal),
+                    From::Vxlan { strict: true, .. } if !tracked => return self.drop(DropReason::VxlanNotLocal),
                     _ => {}
                 }
                 self.count(Counter::ForwardHost);

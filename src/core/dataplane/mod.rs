@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! pod TAP / host port ──► L2 (proxy-ARP, MAC check) ─┐
-//! UDP 8472 ──► VXLAN checks (VNI, FDB peer, MACs) ───┤
+//! UDP 8472 ──► VXLAN checks (VNI, inner MACs) ───────┤
 //!                                                    ▼
 //!   IPv4 checks ─► anti-spoofing ─► conntrack ─hit─► NAT from the entry
 //!                                      │miss
@@ -24,13 +24,13 @@ use super::nat::masquerade::{self, Egress};
 use super::nat::service::Via;
 use super::nat::{Tuple, pick};
 use super::route::{Hop, Matched, RouteTarget};
-use super::tables::{PodPort, Tables};
+use super::tables::{PodPort, Tables, VxlanAccept};
 use super::trace::{Step, Trace, tuple_str};
 use super::{Action, HEADROOM, Ipv4Net, Now, Offload, Packet, PortId, frag, offload, proxy_arp, reject, vxlan};
 use crate::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetFrame};
 use crate::wire::icmp::{self, ErrorRepr, IcmpPacket};
-use crate::wire::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
-use crate::wire::l4::{self, End, Ports};
+use crate::wire::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use crate::wire::l4::{self, End};
 use crate::wire::tcp;
 use crate::wire::{MacAddr, vxlan as vxlan_wire};
 
@@ -52,7 +52,12 @@ pub struct Dataplane {
 pub(super) enum From<'t> {
     Pod(&'t PodPort),
     Host,
-    Vxlan { subnet: Ipv4Net },
+    /// Decapsulated: `subnet` is the sending peer's pod subnet (`None` for a sender with no
+    /// FDB entry); `strict` when `vxlan_accept = peers`.
+    Vxlan {
+        subnet: Option<Ipv4Net>,
+        strict: bool,
+    },
 }
 
 impl Dataplane {
@@ -159,26 +164,36 @@ impl Dataplane {
             return cx.drop(DropReason::VxlanBadVni);
         }
         let peer = *from.ip();
-        let Some(subnet) = t.fdb.peer_subnet(peer) else {
-            return cx.drop(DropReason::VxlanUnknownPeer);
-        };
+        let strict = t.node.vxlan_accept == VxlanAccept::Peers;
+        let subnet = t.fdb.peer_subnet(peer);
+        if subnet.is_none() {
+            if strict {
+                return cx.drop(DropReason::VxlanUnknownPeer);
+            }
+            cx.count(Counter::VxlanFromUnknownPeer);
+        }
         pkt.pull_front(vxlan_wire::HEADER_LEN);
         let Ok(eth) = EthernetFrame::new_checked(pkt.data()) else {
             return cx.drop(DropReason::VxlanInnerMalformed);
         };
+        // flannel.1 hands on only frames to its own MAC (anything else is PACKET_OTHERHOST,
+        // which ip_rcv drops) and drops its own source MAC as a loop.
         if eth.dst() != t.node.vtep_mac {
             return cx.drop(DropReason::VxlanInnerDmac);
         }
         let src_mac = eth.src();
-        if t.fdb.lookup(src_mac) != Some(peer) {
+        if src_mac == t.node.vtep_mac {
+            return cx.drop(DropReason::VxlanLoop);
+        }
+        if strict && t.fdb.lookup(src_mac) != Some(peer) {
             return cx.drop(DropReason::VxlanFdbMismatch);
         }
         if eth.ethertype() != ETHERTYPE_IPV4 {
             return cx.drop(DropReason::VxlanInnerMalformed);
         }
         cx.count(Counter::Decap);
-        cx.tr.step(|| Step::Decap { vni, peer, peer_subnet: subnet.to_string(), inner_src_mac: src_mac });
-        cx.ipv4(From::Vxlan { subnet }, pkt)
+        cx.tr.step(|| Step::Decap { vni, peer, peer_subnet: subnet.map(|s| s.to_string()), inner_src_mac: src_mac });
+        cx.ipv4(From::Vxlan { subnet, strict }, pkt)
     }
 }
 
@@ -256,7 +271,8 @@ impl<'a> Ctx<'a> {
         }
 
         let mut tracked = false;
-        if let Some(u) = tuple {
+        // By reference: a copy of the tuple `parse` just wrote stalls on store forwarding.
+        if let Some(u) = &tuple {
             match self.nat(from, pkt, u, tcp_flags, hdr) {
                 Nat::Untracked => {}
                 Nat::Tracked => tracked = true,
@@ -265,10 +281,15 @@ impl<'a> Ctx<'a> {
         } else if icmp_error {
             tracked = self.translate_icmp_error(pkt, hdr);
         }
-        let dst = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..]).map(|ip| ip.dst()).unwrap_or(hdr.dst);
+        // The destination after NAT, read where `parse` found a whole header (not through
+        // `new_checked`: its result goes through memory, a store-forwarding stall here).
+        let dst = pkt
+            .data()
+            .get(ethernet::HEADER_LEN..ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN)
+            .map_or(hdr.dst, |h| ipv4::addrs(h).1);
         let m = t.routes.lookup(dst);
         self.tr.step(|| Step::Route { dst, route: describe_route(t, &m) });
-        self.egress(from, pkt, m, hdr, tracked, tuple)
+        self.egress(from, pkt, &m, hdr, tracked, tuple)
     }
 
     /// The IPv4 checks of the walk (header, martians, anti-spoofing, the peer's subnet)
@@ -302,8 +323,11 @@ impl<'a> Ctx<'a> {
             }
             match from {
                 From::Pod(p) if hdr.src != p.ip => return Err(self.drop(DropReason::SpoofedSource)),
-                From::Vxlan { subnet, .. } if !subnet.contains(hdr.src) => {
-                    return Err(self.drop(DropReason::VxlanSrcOutsideSubnet));
+                From::Vxlan { subnet: Some(subnet), strict } if !subnet.contains(hdr.src) => {
+                    if strict {
+                        return Err(self.drop(DropReason::VxlanSrcOutsideSubnet));
+                    }
+                    self.count(Counter::VxlanForeignSource);
                 }
                 _ => {}
             }
@@ -422,14 +446,25 @@ fn is_martian(src: Ipv4Addr, dst: Ipv4Addr) -> bool {
 
 /// The inner flow hash that picks the outer UDP source port, over the L3/L4 headers
 /// as Linux's `skb_get_hash` does.
+///
+/// Read from the bytes at their fixed offsets (the walk has checked the header): this
+/// runs for every encapsulated packet, and parsed views cost a copy through memory.
 fn inner_flow_hash(ip: &[u8], seed: u64) -> u32 {
-    let Ok(p) = Ipv4Packet::new_checked(ip) else { return 0 };
-    let ports = Ports::new_checked(p.payload()).ok().filter(|_| p.has_l4_header());
-    let (sport, dport) = match ports {
-        Some(ports) if matches!(p.protocol(), PROTO_TCP | PROTO_UDP) => (ports.src_port(), ports.dst_port()),
+    if ip.len() < ipv4::MIN_HEADER_LEN {
+        return 0;
+    }
+    let (src, dst) = ipv4::addrs(ip);
+    let proto = ip[9];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    // Ports only when the packet carries its L4 header (not a non-first fragment).
+    let first = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0;
+    let (sport, dport) = match ip.get(ihl..ihl + 4) {
+        Some(p) if first && matches!(proto, PROTO_TCP | PROTO_UDP) => {
+            (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]))
+        }
         _ => (0, 0),
     };
-    Tuple { proto: p.protocol(), src: p.src(), dst: p.dst(), sport, dport }.hash(seed)
+    Tuple { proto, src, dst, sport, dport }.hash(seed)
 }
 
 fn tcp_flag_names(f: u8) -> String {

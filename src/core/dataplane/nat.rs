@@ -28,16 +28,23 @@ pub(super) struct Rule<'t> {
 impl<'a> Ctx<'a> {
     /// The NAT stage for a packet with ports: conntrack first, then the service rules
     /// and the masquerade rules for a new flow.
-    pub(super) fn nat(&mut self, from: From, pkt: &mut Packet, u: Tuple, tcp_flags: u8, hdr: Hdr) -> Nat {
+    pub(super) fn nat(&mut self, from: From, pkt: &mut Packet, u: &Tuple, tcp_flags: u8, hdr: Hdr) -> Nat {
         let ct = &self.dp.conntrack;
         let commit = !self.tr.dry_run;
-        if let Some(hit) = ct.track(&u, tcp_flags, self.now, commit) {
+        if let Some(hit) = ct.track(u, tcp_flags, self.now, commit) {
             return self.tracked(pkt, u, hit);
         }
+        let u = *u;
         self.tr.step(|| Step::ConntrackMiss { tuple: tuple_str(&u) });
-        if matches!(from, From::Vxlan { .. }) {
+        match from {
             // NAT happens where a flow enters the cluster; a peer never hands us a new one.
-            return Nat::Untracked;
+            From::Vxlan { strict: true, .. } => return Nat::Untracked,
+            // As the kernel, `vxlan_accept = any` applies the rules to what flannel.1
+            // decapsulates too (kube-proxy's PREROUTING, flannel's ip-masq); to this node's
+            // pod subnet (the usual case) no rule applies: it holds no service IP, no node IP,
+            // and no masquerade rule matches a local destination.
+            From::Vxlan { .. } if self.t.node.pod_cidr.contains(u.dst) => return Nat::Untracked,
+            _ => {}
         }
         match self.rule(from, pkt, u, hdr) {
             Ok(rule) => self.enter(pkt, u, tcp_flags, rule),
@@ -46,18 +53,18 @@ impl<'a> Ctx<'a> {
     }
 
     /// A packet of a tracked flow: rewritten from its entry.
-    fn tracked(&mut self, pkt: &mut Packet, u: Tuple, hit: Hit) -> Nat {
+    fn tracked(&mut self, pkt: &mut Packet, u: &Tuple, hit: Hit) -> Nat {
         {
             self.count(if hit.dir == Dir::Original { Counter::CtHitOriginal } else { Counter::CtHitReply });
             self.tr.step(|| {
                 let (original, reply) = match hit.dir {
                     Dir::Original => (
-                        u,
+                        *u,
                         Tuple { proto: u.proto, src: hit.dst.0, dst: hit.src.0, sport: hit.dst.1, dport: hit.src.1 },
                     ),
                     Dir::Reply => (
                         Tuple { proto: u.proto, src: hit.dst.0, dst: hit.src.0, sport: hit.dst.1, dport: hit.src.1 },
-                        u,
+                        *u,
                     ),
                 };
                 Step::Conntrack {

@@ -147,11 +147,13 @@ impl Conntrack {
             flags: AtomicU8::new(f.flags & (SEEN_REPLY | ASSURED)),
             deadline: AtomicU32::new(now.secs().saturating_add(f.remaining)),
         });
-        if let Some(old) = self.map.insert(f.reply.key(), entry.clone()) {
-            self.forget_replaced(&old, f.reply.key());
-        }
-        if let Some(old) = self.map.insert(f.original.key(), entry) {
-            self.forget_replaced(&old, f.original.key());
+        for (key, e) in [(f.reply.key(), entry.clone()), (f.original.key(), entry)] {
+            self.filter.add(key);
+            if let Some(old) = self.map.insert(key, e) {
+                // A replaced key was counted already.
+                self.filter.sub(key);
+                self.forget_replaced(&old, key);
+            }
         }
         self.entries.fetch_add(1, Relaxed);
         self.candidates.push(f.original.key(), |_| true);

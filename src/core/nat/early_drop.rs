@@ -99,7 +99,12 @@ impl Conntrack {
     /// Removes one flow (both keys) if it is still in the table; true when this call removed it.
     pub(super) fn remove_entry(&self, e: &Arc<Entry>) -> bool {
         let gone = self.map.remove_if(&e.original.key(), |_, m| Arc::ptr_eq(m, e)).is_some();
-        self.map.remove_if(&e.reply.key(), |_, m| Arc::ptr_eq(m, e));
+        if gone {
+            self.filter.sub(e.original.key());
+        }
+        if self.map.remove_if(&e.reply.key(), |_, m| Arc::ptr_eq(m, e)).is_some() {
+            self.filter.sub(e.reply.key());
+        }
         if gone {
             self.entries.fetch_sub(1, Relaxed);
         }

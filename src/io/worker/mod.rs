@@ -126,12 +126,52 @@ pub fn spawn(
     epoll.add(&rx, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_UDP))?;
     let w = wake.clone();
     let join = std::thread::Builder::new().name(format!("ucanal-w{id}")).spawn(move || {
+        let mut worker = Worker::new(Shell { epoll, wake: w, ctl: ctl_rx, rx }, id, dp, tx, obs, stats, cfg);
+        worker.run();
+    })?;
+    Ok(WorkerHandle { id, ctl, wake, join: Some(join) })
+}
+
+/// The worker's own fds and control channel.
+struct Shell {
+    epoll: Epoll,
+    wake: Arc<EventFd>,
+    ctl: mpsc::Receiver<Control>,
+    rx: UdpSocket,
+}
+
+struct Worker {
+    epoll: Epoll,
+    wake: Arc<EventFd>,
+    ctl: mpsc::Receiver<Control>,
+    rx: UdpSocket,
+    bufs: Vec<Box<[u8]>>,
+    recv: RecvBatch,
+    received: Vec<Received>,
+    /// Where the core writes a reassembled datagram (`Packet::with_spare`).
+    spare: Box<[u8]>,
+    /// The relay of the current tables and their generation (`WorkerConfig::relay`).
+    relay: Option<(u64, Option<Relay>)>,
+    obs: Arc<Observers>,
+    out: Out,
+}
+
+impl Worker {
+    fn new(
+        sh: Shell,
+        id: usize,
+        dp: Arc<Dataplane>,
+        tx: TxPool,
+        obs: Arc<Observers>,
+        stats: Arc<PortStats>,
+        cfg: WorkerConfig,
+    ) -> Worker {
         let batch = cfg.batch.max(1);
-        let mut worker = Worker {
-            epoll,
-            wake: w,
-            ctl: ctl_rx,
-            rx,
+        Worker {
+            epoll: sh.epoll,
+            wake: sh.wake,
+            ctl: sh.ctl,
+            rx: sh.rx,
             bufs: (0..batch).map(|_| vec![0u8; BUF_LEN].into_boxed_slice()).collect(),
             recv: RecvBatch::new(batch),
             received: Vec::with_capacity(batch),
@@ -153,29 +193,9 @@ pub fn spawn(
                 gro_bufs: Vec::new(),
                 gro_free: Vec::new(),
             },
-        };
-        worker.run();
-    })?;
-    Ok(WorkerHandle { id, ctl, wake, join: Some(join) })
-}
+        }
+    }
 
-struct Worker {
-    epoll: Epoll,
-    wake: Arc<EventFd>,
-    ctl: mpsc::Receiver<Control>,
-    rx: UdpSocket,
-    bufs: Vec<Box<[u8]>>,
-    recv: RecvBatch,
-    received: Vec<Received>,
-    /// Where the core writes a reassembled datagram (`Packet::with_spare`).
-    spare: Box<[u8]>,
-    /// The relay of the current tables and their generation (`WorkerConfig::relay`).
-    relay: Option<(u64, Option<Relay>)>,
-    obs: Arc<Observers>,
-    out: Out,
-}
-
-impl Worker {
     fn run(&mut self) {
         let mut events = vec![EpollEvent::empty(); 64];
         let budget = u64::from(self.out.cfg.busy_poll_us) * 1000;
@@ -295,8 +315,15 @@ impl Worker {
             tracing::warn!(worker = self.out.id, "recvmmsg: {e}");
             return;
         }
+        self.handle_received(&t, now);
+        flush(&self.bufs, &mut self.out);
+    }
+
+    /// The datagrams of `received` (in `bufs`) through the core; GRO runs written out,
+    /// VXLAN sends left pending for `flush`.
+    fn handle_received(&mut self, t: &Tables, now: crate::core::Now) {
         let observing = self.obs.active();
-        let relay = self.relay(&t);
+        let relay = self.relay(t);
         for (slot, r) in self.received.iter().enumerate() {
             self.out.stats.rx(self.out.id, stats::VXLAN, r.len);
             let seg = if r.gro_size > 0 { usize::from(r.gro_size) } else { r.len };
@@ -307,22 +334,29 @@ impl Worker {
             loop {
                 let len = seg.min(r.len - off);
                 let buf = &mut self.bufs[slot];
-                let mut pkt = Packet::new(buf, HEADROOM + off, HEADROOM + off + len).with_spare(&mut self.spare);
+                // The frames before this one may still be held (GRO run, pending send).
+                let floor = if off == 0 { 0 } else { HEADROOM + off };
+                let mut pkt = Packet::new(buf, HEADROOM + off, HEADROOM + off + len)
+                    .with_floor(floor)
+                    .with_spare(&mut self.spare);
                 let a = match relay.map(|r| r.from_vxlan(&mut pkt)) {
                     Some(Relayed::Done(a)) => a,
                     _ => {
                         let w = Where::Vxlan { peer: r.from, local_port: self.out.cfg.vxlan_port, inbound: true };
-                        let mut obs = if observing { self.obs.before(&t, w, pkt.data()) } else { Default::default() };
-                        let a = self.out.dp.handle_vxlan(self.out.id, &t, r.from, &mut pkt, now, &mut obs.trace);
+                        let mut obs = if observing { self.obs.before(t, w, pkt.data()) } else { Default::default() };
+                        let a = self.out.dp.handle_vxlan(self.out.id, t, r.from, &mut pkt, now, &mut obs.trace);
                         if observing {
-                            Self::observe_after_with(&self.obs, &t, obs, &a, &pkt);
+                            Self::observe_after_with(&self.obs, t, obs, &a, &pkt);
                         }
                         a
                     }
                 };
                 match a {
                     Action::ToPort(port)
-                        if self.out.cfg.gro && pkt.offload.gso_size == 0 && pkt.offload.frag_size == 0 =>
+                        if self.out.cfg.gro
+                            && pkt.offload.gso_size == 0
+                            && pkt.offload.frag_size == 0
+                            && !pkt.in_spare() =>
                     {
                         let (start, len, partial) = (pkt.start(), pkt.len(), pkt.offload.csum_partial);
                         self.out.gro_push(&self.bufs, port, (slot, start, len), partial);
@@ -336,7 +370,6 @@ impl Worker {
             }
         }
         self.out.gro_flush_all(&self.bufs);
-        flush(&self.bufs, &mut self.out);
     }
 }
 
@@ -374,3 +407,6 @@ fn offload_from(vh: &VnetHdr) -> Offload {
         frag_size: 0,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -88,13 +88,19 @@ impl Out {
             Action::ToVtep { remote, flow_hash } => {
                 let to = SocketAddrV4::new(remote, self.cfg.vxlan_port);
                 let sock = vxlan::source_index(flow_hash, self.tx.len());
-                if pkt.offload.gso_size > 0 && self.cfg.sg_gso {
+                if pkt.offload.gso_size > 0 && self.cfg.sg_gso && !pkt.in_spare() {
                     self.segment_sg(to, sock, slot, pkt);
                 } else if pkt.offload.gso_size > 0 {
                     self.segment(to, sock, pkt);
                 } else if pkt.offload.frag_size > 0 {
                     // Always through the scratch buffer: the frame may live in the spare.
                     self.split(to, sock, pkt);
+                } else if pkt.in_spare() {
+                    // The spare is the next packet's: keep a copy (only replies and
+                    // reassembled datagrams live there).
+                    let i = self.scratch();
+                    self.seg[i][..pkt.len()].copy_from_slice(pkt.data());
+                    self.queue_run(i, pkt.len(), pkt.len(), to, sock);
                 } else {
                     self.pending.push(Pending {
                         from: Held::Buf(slot),
@@ -343,16 +349,7 @@ pub(super) fn flush(bufs: &[Box<[u8]>], out: &mut Out) {
         let j = i + out.pending[i..].iter().take_while(|p| p.sock == sock).count();
         let batch = &out.pending[i..j];
         let seg = &out.seg;
-        let parts = |p: &Pending| match p.from {
-            Held::Buf(s) => Parts::One(&bufs[s][p.start..p.start + p.len]),
-            Held::Seg(s) => Parts::One(&seg[s][p.start..p.start + p.len]),
-            Held::Sg { seg: s, hdr_at, hdr_len, mss, slot } => Parts::Interleaved {
-                headers: &seg[s][hdr_at..],
-                hdr_len,
-                payload: &bufs[slot][p.start..p.start + p.len],
-                mss,
-            },
-        };
+        let parts = |p: &Pending| parts(bufs, seg, p);
         let fd = out.tx[sock].as_raw_fd();
         let flags = if out.zc.is_some() { libc::MSG_ZEROCOPY } else { 0 };
         let sent = sys::send_batch_flags(
@@ -391,6 +388,20 @@ pub(super) fn flush(bufs: &[Box<[u8]>], out: &mut Out) {
     }
     out.pending.clear();
     out.seg_used = 0;
+}
+
+/// Where a pending datagram's bytes are.
+pub(super) fn parts<'b>(bufs: &'b [Box<[u8]>], seg: &'b [Box<[u8]>], p: &Pending) -> Parts<'b> {
+    match p.from {
+        Held::Buf(s) => Parts::One(&bufs[s][p.start..p.start + p.len]),
+        Held::Seg(s) => Parts::One(&seg[s][p.start..p.start + p.len]),
+        Held::Sg { seg: s, hdr_at, hdr_len, mss, slot } => Parts::Interleaved {
+            headers: &seg[s][hdr_at..],
+            hdr_len,
+            payload: &bufs[slot][p.start..p.start + p.len],
+            mss,
+        },
+    }
 }
 
 /// The virtio-net header for a frame written to a TAP: GSO metadata kept from the

@@ -297,38 +297,6 @@ fn decap_from_known_peer_to_local_pod() {
 }
 
 #[test]
-fn decap_refuses_everything_else() {
-    let mut lab = Lab::new(vec![]);
-    let inner = ping(MacAddr::ZERO, EP2, EP1, 63, 1)[14..].to_vec();
-    let good = from_node2(&inner);
-    assert_eq!(lab.vxlan(CLIENT, &good), Action::Drop(DropReason::VxlanUnknownPeer));
-    let mut bad_vni = good.clone();
-    bad_vni[6] = 2;
-    assert_eq!(lab.vxlan(NODE2, &bad_vni), Action::Drop(DropReason::VxlanBadVni));
-    let mut no_i = good.clone();
-    no_i[0] = 0;
-    assert_eq!(lab.vxlan(NODE2, &no_i), Action::Drop(DropReason::VxlanMalformed));
-    assert_eq!(lab.vxlan(NODE2, &good[..5]), Action::Drop(DropReason::VxlanMalformed));
-    assert_eq!(lab.vxlan(NODE2, &good[..8 + 10]), Action::Drop(DropReason::VxlanInnerMalformed));
-    assert_eq!(lab.vxlan(NODE2, &good[..8 + 14 + 10]), Action::Drop(DropReason::VxlanInnerMalformed));
-    let mut dmac = good.clone();
-    dmac[8] ^= 0x02;
-    assert_eq!(lab.vxlan(NODE2, &dmac), Action::Drop(DropReason::VxlanInnerDmac));
-    let mut smac = good.clone();
-    smac[14 + 5] ^= 0x01;
-    assert_eq!(lab.vxlan(NODE2, &smac), Action::Drop(DropReason::VxlanFdbMismatch));
-    let outside = from_node2(&ping(MacAddr::ZERO, Ipv4Addr::new(10, 244, 7, 1), EP1, 63, 1)[14..]);
-    assert_eq!(lab.vxlan(NODE2, &outside), Action::Drop(DropReason::VxlanSrcOutsideSubnet));
-    let transit = from_node2(&ping(MacAddr::ZERO, EP2, Ipv4Addr::new(10, 244, 0, 9), 63, 1)[14..]);
-    assert_eq!(lab.vxlan(NODE2, &transit), Action::Drop(DropReason::VxlanNotLocal));
-    let world = from_node2(&ping(MacAddr::ZERO, EP2, Ipv4Addr::new(8, 8, 8, 8), 63, 1)[14..]);
-    assert_eq!(lab.vxlan(NODE2, &world), Action::Drop(DropReason::VxlanNotLocal));
-    // Still flowing after all that.
-    assert_eq!(lab.vxlan(NODE2, &good), Action::ToPort(PortId(1)));
-    assert_eq!(lab.count(Counter::RxVxlan), 12);
-}
-
-#[test]
 fn ttl_expiry_answers_time_exceeded() {
     let mut lab = Lab::new(vec![]);
     let f = ping(EP1_MAC, EP1, EP2, 1, 1);
@@ -414,3 +382,4 @@ fn a_zero_length_datagram_is_a_counted_drop() {
 mod frag;
 mod nat;
 mod partial;
+mod vxlan;

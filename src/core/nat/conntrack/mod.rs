@@ -36,6 +36,7 @@ use super::{Tuple, early_drop};
 use crate::core::Now;
 use crate::wire::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
+pub(super) mod filter;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -172,6 +173,8 @@ const MAX_PORT_TRIES: u32 = 128;
 
 pub struct Conntrack {
     pub(super) map: DashMap<u128, Arc<Entry>, ahash::RandomState>,
+    /// Keys per bucket of the map, for lock-free misses (`filter`).
+    pub(super) filter: filter::Filter,
     pub(super) entries: AtomicUsize,
     pub(super) max: usize,
     pub(super) candidates: early_drop::Candidates,
@@ -182,6 +185,7 @@ impl Conntrack {
     pub fn new(max: usize, timeouts: Timeouts) -> Self {
         Conntrack {
             map: DashMap::with_hasher(ahash::RandomState::new()),
+            filter: filter::Filter::new(),
             entries: AtomicUsize::new(0),
             max,
             candidates: early_drop::Candidates::new(max),
@@ -225,7 +229,11 @@ impl Conntrack {
     /// No allocation, no write lock: one shard read lock and a few atomics.
     #[inline]
     pub fn track(&self, t: &Tuple, tcp_flags: u8, now: Now, commit: bool) -> Option<Hit> {
-        let r = self.map.get(&t.key())?;
+        let key = t.key();
+        if !self.filter.may_contain(key) {
+            return None;
+        }
+        let r = self.map.get(&key)?;
         let e: &Entry = &r;
         if !e.is_live(now) {
             return None;
@@ -364,6 +372,7 @@ impl Conntrack {
                 o.insert(entry.clone());
             }
             MapEntry::Vacant(v) => {
+                self.filter.add(reply.key());
                 v.insert(entry.clone());
             }
         }
@@ -374,13 +383,16 @@ impl Conntrack {
                 let cur = o.get().clone();
                 if cur.is_live(now) && !Arc::ptr_eq(&cur, &entry) {
                     drop(o);
-                    self.map.remove_if(&reply.key(), |_, m| reply_taken_is_ours(m));
+                    if self.map.remove_if(&reply.key(), |_, m| reply_taken_is_ours(m)).is_some() {
+                        self.filter.sub(reply.key());
+                    }
                     return Attempt::Done(Insert::Joined(cur));
                 }
                 self.forget_replaced(&cur, original.key());
                 o.insert(entry.clone());
             }
             MapEntry::Vacant(v) => {
+                self.filter.add(original.key());
                 v.insert(entry.clone());
             }
         }
@@ -409,10 +421,11 @@ impl Conntrack {
         let expired: Vec<u128> = self.map.iter().filter(|r| !r.is_live(now)).map(|r| *r.key()).collect();
         let mut removed = 0;
         for k in expired {
-            if let Some((k, e)) = self.map.remove_if(&k, |_, e| !e.is_live(now))
-                && e.original.key() == k
-            {
-                removed += 1;
+            if let Some((k, e)) = self.map.remove_if(&k, |_, e| !e.is_live(now)) {
+                self.filter.sub(k);
+                if e.original.key() == k {
+                    removed += 1;
+                }
             }
         }
         self.entries.fetch_sub(removed, Relaxed);
@@ -426,6 +439,7 @@ impl Conntrack {
             if !pred(e) {
                 return true;
             }
+            self.filter.sub(*k);
             if e.original.key() == *k {
                 removed += 1;
             }

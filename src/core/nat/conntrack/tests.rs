@@ -335,3 +335,41 @@ fn dry_run_changes_nothing() {
     assert!(!e.seen_reply());
     assert_eq!(e.deadline(), 121);
 }
+
+/// The map empty and every bucket of the filter back at zero.
+fn filter_empty(ct: &Conntrack) -> bool {
+    ct.filter.counts_all_zero() && ct.map.iter().next().is_none()
+}
+
+#[test]
+fn the_lockless_miss_filter_follows_inserts_and_removals() {
+    let ct = Conntrack::new(64, Timeouts::default());
+    let now = Now::from_secs(100);
+    // Nothing tracked: a miss without touching the map.
+    assert!(!ct.filter.may_contain(client().key()));
+    assert!(ct.track(&client(), TCP_SYN, now, true).is_none());
+    // Both keys of a new flow are counted before they are published: both directions hit.
+    let e = new_nodeport(&ct, client(), now);
+    assert!(ct.filter.may_contain(e.original.key()) && ct.filter.may_contain(e.reply.key()));
+    assert!(ct.track(&e.reply, TCP_SYN | TCP_ACK, now, true).is_some());
+    // Swept when expired: the counts go back down.
+    assert_eq!(ct.sweep(Now::from_secs(100 + 1000)), 1);
+    assert!(filter_empty(&ct));
+    assert!(!ct.filter.may_contain(e.reply.key()));
+    // remove_where and early drop (a full table evicting an unassured flow) as well.
+    let e = new_nodeport(&ct, client(), now);
+    assert_eq!(ct.remove_where(|_| true), 1);
+    assert!(!ct.filter.may_contain(e.original.key()) && !ct.filter.may_contain(e.reply.key()));
+    let e = new_nodeport(&ct, client(), now);
+    assert!(ct.remove_entry(&e));
+    assert!(filter_empty(&ct));
+    // A thousand flows in and out: every count returns to zero.
+    let flows: Vec<Tuple> = (0..1000u16).map(|i| Tuple { sport: 20000 + i, ..client() }).collect();
+    let ct = Conntrack::new(4096, Timeouts::default());
+    for t in &flows {
+        new_nodeport(&ct, *t, now);
+    }
+    assert!(flows.iter().all(|t| ct.track(t, TCP_ACK, now, false).is_some()));
+    assert_eq!(ct.sweep(Now::from_secs(100 + 1000)), 1000);
+    assert!(ct.filter.counts_all_zero());
+}
