@@ -564,14 +564,17 @@ lab_ucanal_start() {
         mkdir -p "$LAB_SOCKET_DIR"
         chmod 0700 "$LAB_SOCKET_DIR"   # as ucanal itself would create it
     fi
-    rm -f "$(lab_socket "$node")"
+    # LAB_KEEP_SOCKET: a predecessor still serves on the socket (and writes the log).
+    # LAB_KEEP_LOG: a restart appends to the node's log.
+    [[ -n ${LAB_KEEP_SOCKET:-} ]] || rm -f "$(lab_socket "$node")"
+    [[ -n ${LAB_KEEP_SOCKET:-}${LAB_KEEP_LOG:-} ]] || : >"$log"
     local -a extra=()
     read -r -a extra <<<"${UCANAL_RUN_ARGS:-}"
     _lab_state "socket=$(lab_socket "$node")"
     # sh writes its own pid, then execs ucanal: the pid file holds ucanal's pid.
     # shellcheck disable=SC2016
     setsid ip netns exec "$ns" sh -c 'p=$1; shift; echo $$ >"$p"; exec "$@"' \
-        ucanal-lab "$pidf" "$UCANAL_BIN" run --config "$conf" "${extra[@]}" </dev/null >"$log" 2>&1 &
+        ucanal-lab "$pidf" "$UCANAL_BIN" run --config "$conf" "${extra[@]}" </dev/null >>"$log" 2>&1 &
     lab_log "started ucanal for $node in $ns (config $conf, log $log)"
 }
 
@@ -649,19 +652,31 @@ lab_ucanal_stop() {
 
 # lab_ucanal_restart NODE [TERM|KILL]: signal the node's ucanal, wait until it is gone
 # (SIGKILL after 5 s), start it again with the same command line (UCANAL_RUN_ARGS) and wait
-# until it answers. Prints the milliseconds from the signal to the new one answering.
+# until it answers. With TERM and --keep-on-exit the new one starts right after the signal
+# and takes the old one's fds over (hand-over). Prints the milliseconds from the signal to
+# the new one answering.
 lab_ucanal_restart() {
     local node=$1 sig=${2:-TERM} pid t0 t1
     pid=$(lab_ucanal_pid "$node") || lab_die "ucanal on $node is not running"
     t0=$(date +%s%N)
     kill "-$sig" "$pid"
-    local deadline=$((SECONDS + 5))
+    local deadline=$((SECONDS + 5)) handover=
+    # SIGTERM with --keep-on-exit: the old ucanal forwards on and hands its fds to a
+    # successor started at once (which finds it on the socket, so the socket stays).
+    if [[ $sig == TERM && " ${UCANAL_RUN_ARGS:-} " == *" --keep-on-exit "* ]]; then
+        handover=1
+        rm -f "$LAB_RUN_DIR/$node.pid"
+        LAB_KEEP_SOCKET=1 lab_ucanal_start "$node"
+        deadline=$((SECONDS + 15))
+    fi
     while _lab_pid_alive "$pid"; do
         if ((SECONDS >= deadline)); then kill -KILL "$pid" 2>/dev/null || true; fi
         sleep 0.01
     done
-    rm -f "$LAB_RUN_DIR/$node.pid"   # the old pid must not read as "the new ucanal exited"
-    lab_ucanal_start "$node"
+    if [[ -z $handover ]]; then
+        rm -f "$LAB_RUN_DIR/$node.pid"   # the old pid must not read as "the new ucanal exited"
+        LAB_KEEP_LOG=1 lab_ucanal_start "$node"
+    fi
     lab_ucanal_wait "$node" >/dev/null
     t1=$(date +%s%N)
     printf '%s\n' $(((t1 - t0) / 1000000))

@@ -4,8 +4,9 @@
   lines.py serve PORT NAME              echo every line back as "NAME LINE" (one thread per connection)
   lines.py client HOST PORT CONNS SECONDS OUT.json
       CONNS connections, each sending its sequence number every 50 ms for SECONDS; the
-      summary counts resets, lines lost or out of order, endpoint changes, and the longest
-      gap between two echoes (the stall a restart causes).
+      summary counts resets, lines lost or out of order, endpoint changes, the longest
+      gap between two echoes (the stall a restart causes), and every gap over 80 ms as
+      [Unix time of the echo that ended it, gap in ms] (to tell which restart caused it).
 """
 import json
 import socket
@@ -39,7 +40,7 @@ def client(host, port, conns, seconds, out):
     results = [None] * conns
 
     def run(i):
-        r = {"sent": 0, "echoed": 0, "lost_or_reordered": 0, "reset": None, "endpoints": [], "max_gap_ms": 0.0}
+        r = {"sent": 0, "echoed": 0, "lost_or_reordered": 0, "reset": None, "endpoints": [], "max_gap_ms": 0.0, "gaps": []}
         try:
             s = socket.create_connection((host, port), timeout=5)
         except OSError as e:
@@ -85,6 +86,8 @@ def client(host, port, conns, seconds, out):
                 line, buf = buf.split(b"\n", 1)
                 now = time.monotonic()
                 r["max_gap_ms"] = max(r["max_gap_ms"], (now - last) * 1000)
+                if (now - last) * 1000 > 80:
+                    r["gaps"].append([time.time(), round((now - last) * 1000, 1)])
                 last = now
                 ep, seq = line.split()
                 ep = ep.decode()

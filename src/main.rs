@@ -47,6 +47,11 @@ enum Cmd {
         /// --keep-on-exit`; SIGINT still removes everything.
         #[arg(long)]
         keep_on_exit: bool,
+        /// With --keep-on-exit: after SIGTERM, forward on for this many milliseconds
+        /// while waiting for the next `ucanal run --keep-on-exit` to take the live TAP
+        /// queues and sockets over (no frame dropped); 0 exits at once.
+        #[arg(long = "handover-wait", value_name = "MS", default_value_t = 3000)]
+        handover_wait_ms: u64,
         /// Listen on this socket file (default: the config's api.socket). The daemon
         /// also listens on @ucanal in its network namespace.
         #[arg(long)]
@@ -268,9 +273,17 @@ fn main() -> ExitCode {
         }
     };
     match cli.cmd {
-        Cmd::Run { config, log_level, metrics, listen, keep_on_exit } => {
+        Cmd::Run { config, log_level, metrics, listen, keep_on_exit, handover_wait_ms } => {
             init_logs(log_level.as_deref());
-            run(&config, RunOptions { socket: listen.or(cli.socket), metrics, keep_on_exit })
+            run(
+                &config,
+                RunOptions {
+                    socket: listen.or(cli.socket),
+                    metrics,
+                    keep_on_exit,
+                    handover_wait: std::time::Duration::from_millis(handover_wait_ms),
+                },
+            )
         }
         Cmd::Check { config } => check(&config),
         cmd @ (Cmd::Pod { .. } | Cmd::Service { .. } | Cmd::Endpoint { .. }) => {

@@ -2,7 +2,9 @@
 //! 50 ms through centos7-1 survives SIGTERM and SIGKILL restarts of that node's ucanal
 //! (`run --keep-on-exit`) with no reset and no lost line, each flow stays on its
 //! endpoint, a service added at runtime answers afterwards, and a refused start leaves
-//! nothing behind.
+//! nothing behind. A SIGTERM restart is a hand-over of the live fds (the successor starts
+//! at once): its stall stays under 200 ms; a SIGKILL's (checkpoint, the TCP RTO pays for
+//! the frames dropped meanwhile) under 1 s.
 //!
 //! Rounds: UCANAL_RESTART_ROUNDS of each signal (default 2; the issue's figure is 5).
 
@@ -53,6 +55,10 @@ fn lines_answer(lab: &Lab, dir: &std::path::Path, tag: &str) -> bool {
     v[0]["reset"].is_null() && v[0]["echoed"].as_u64().is_some_and(|n| n > 0)
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
 #[test]
 fn restarts_lose_no_line_and_no_flow() {
     if !require_netns(&[]) {
@@ -74,11 +80,19 @@ fn restarts_lose_no_line_and_no_flow() {
     let mut client =
         lab.spawn("client", &format!("exec python3 {} client {NODE1} 31700 6 {secs} {}", lines_py(), out.display()));
     std::thread::sleep(Duration::from_secs(2));
-    let mut took = Vec::new();
+    // (signal, Unix time it was sent, ms until the new ucanal answered)
+    let mut took: Vec<(&str, f64, u64)> = Vec::new();
     for sig in ["TERM", "KILL"] {
         for _ in 0..rounds {
-            took.push((sig, lab.restart("centos7-1", sig, KEEP)));
+            let at = unix_now();
+            took.push((sig, at, lab.restart("centos7-1", sig, KEEP)));
             std::thread::sleep(Duration::from_millis(2500));
+        }
+        if sig == "TERM" {
+            // The successors append to the log (a SIGKILL restart starts a new one).
+            let log = std::fs::read_to_string(lab.run_dir().join("centos7-1.log")).unwrap_or_default();
+            let handed = log.matches("hand-over done").count();
+            assert_eq!(handed, rounds, "each SIGTERM restart is a hand-over (the log says {handed} of {rounds})");
         }
     }
     // The service added over the API came back with the state file.
@@ -94,6 +108,8 @@ fn restarts_lose_no_line_and_no_flow() {
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let conns = v.as_array().unwrap();
     let mut worst = 0.0f64;
+    // The longest stall per signal: a gap is the restart's that was signalled last before it ended.
+    let mut stall = std::collections::BTreeMap::from([("TERM", 0.0f64), ("KILL", 0.0f64)]);
     let mut eps = std::collections::BTreeSet::new();
     for (i, c) in conns.iter().enumerate() {
         println!("connection {i}: {c}");
@@ -103,9 +119,136 @@ fn restarts_lose_no_line_and_no_flow() {
         assert_eq!(c["endpoints"].as_array().unwrap().len(), 1, "connection {i} changed endpoint: {c}");
         eps.insert(c["endpoints"][0].as_str().unwrap().to_string());
         worst = worst.max(c["max_gap_ms"].as_f64().unwrap());
+        for g in c["gaps"].as_array().unwrap() {
+            let (end, ms) = (g[0].as_f64().unwrap(), g[1].as_f64().unwrap());
+            if let Some((sig, ..)) = took.iter().rev().find(|(_, at, _)| *at <= end) {
+                let s = stall.get_mut(sig).unwrap();
+                *s = s.max(ms);
+            }
+        }
     }
-    println!("restarts (signal, ms until the new ucanal answered): {took:?}");
-    println!("longest stall of any connection: {worst:.0} ms; endpoints used: {eps:?}");
+    let ms: Vec<(&str, u64)> = took.iter().map(|(s, _, ms)| (*s, *ms)).collect();
+    println!("restarts (signal, ms until the new ucanal answered): {ms:?}");
+    let at: Vec<String> = took.iter().map(|(s, at, _)| format!("{s}@{at:.3}")).collect();
+    println!("signalled at (Unix time): {at:?}");
+    if let Ok(dump) = std::env::var("UCANAL_RESTART_LOG_COPY") {
+        let _ = std::fs::copy(lab.run_dir().join("centos7-1.log"), dump);
+    }
+    // Lines leave every 50 ms; gaps up to 80 ms are not recorded (0 reads "at most 80").
+    let shown = |ms: f64| if ms == 0.0 { "<= 80".to_string() } else { format!("{ms:.0}") };
+    println!(
+        "longest stall: SIGTERM {} ms, SIGKILL {} ms (any gap, restarts or not: {worst:.0} ms); endpoints used: {eps:?}",
+        shown(stall["TERM"]),
+        shown(stall["KILL"])
+    );
+    assert!(eps.len() == 2, "the connections used one endpoint only: {eps:?}");
+    assert!(stall["TERM"] < 200.0, "a SIGTERM restart (hand-over) stalled a connection {:.0} ms", stall["TERM"]);
+    assert!(stall["KILL"] < 1000.0, "a SIGKILL restart stalled a connection {:.0} ms", stall["KILL"]);
+}
+
+/// One API line to a socket, answered with one line.
+fn ask_line(socket: &std::path::Path, line: &str) -> String {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connecting to the old ucanal");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(s).read_line(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn a_refused_hand_over_changes_nothing() {
+    if !require_netns(&[]) {
+        return;
+    }
+    let lab = Lab::up_env("th", &[], &[("UCANAL_RUN_ARGS", KEEP)]);
+    let dir = tempfile::tempdir().unwrap();
+    let _ep1 = lab.background("ghost-ep1", &format!("exec python3 {} serve 7000 ghost-ep1", lines_py()));
+    let _ep2 = lab.background("ghost-ep2", &format!("exec python3 {} serve 7000 ghost-ep2", lines_py()));
+    add_lines_service(&lab);
+    lab.wait_listening("ghost-ep1", 7000);
+    lab.wait_listening("ghost-ep2", 7000);
+    assert!(wait_until(Duration::from_secs(10), || lines_answer(&lab, dir.path(), "first")).is_some());
+    let socket = lab.socket("centos7-1");
+    let conf = lab.run_dir().join("centos7-1.toml");
+    let pid = || std::fs::read_to_string(lab.run_dir().join("centos7-1.pid")).unwrap().trim().to_string();
+
+    // A second ucanal while the first is not stopping: refused, the first untouched.
+    let out = lab.exec("centos7-1", &[ucanal_bin().to_str().unwrap(), "run", "--config", conf.to_str().unwrap(), KEEP]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("is not stopping (send it SIGTERM first)"), "{err}");
+    assert!(lines_answer(&lab, dir.path(), "second-refused"), "the running ucanal was disturbed");
+
+    // A successor of another shape (one worker, the old one runs two): refused by name; it
+    // waits for the old one's window to end, then starts cold; the flows live on.
+    let out = dir.path().join("lines.json");
+    let mut client =
+        lab.spawn("client", &format!("exec python3 {} client {NODE1} 31700 4 12 {}", lines_py(), out.display()));
+    std::thread::sleep(Duration::from_secs(2));
+    let ms =
+        lab.restart_env("centos7-1", "TERM", &[("UCANAL_RUN_ARGS", KEEP), ("LAB_UCANAL_DATAPLANE", "workers = 1")]);
+    let log = std::fs::read_to_string(lab.run_dir().join("centos7-1.log")).unwrap_or_default();
+    assert!(log.contains("hand-over refused: the successor runs 1 workers, this ucanal 2"), "{log}");
+    assert!(log.contains("waiting for the old ucanal to exit, then starting cold"), "{log}");
+    assert!(log.contains("handed_over=false"), "{log}");
+    println!("refused hand-over, cold start: {ms} ms until the new ucanal answered");
+    assert!(client.wait().unwrap().success());
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    for c in v.as_array().unwrap() {
+        assert!(c["reset"].is_null() && c["lost_or_reordered"] == 0 && c["sent"] == c["echoed"], "{c}");
+        assert_eq!(c["endpoints"].as_array().unwrap().len(), 1, "{c}");
+    }
+
+    // Garbled asks to a stopping ucanal: refused by name, and it serves on meanwhile.
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid()]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let a =
+        r#"{"op":"handover","ask":{"version":99,"workers":1,"source_ports":16,"tap_offloads":true,"udp_gro":true}}"#;
+    let answer = ask_line(&socket, a);
+    assert!(answer.contains("version 99, this ucanal speaks version 1"), "{answer}");
+    let answer = ask_line(&socket, r#"{"op":"handover","ask":{"version":"one"}}"#);
+    assert!(answer.contains("bad request"), "{answer}");
+    let svc = lab.ucanal_ok("centos7-1", &["show", "services"]);
+    assert!(svc.contains("default/lines"), "{svc}");
+    assert!(lines_answer(&lab, dir.path(), "window"), "a stopping ucanal stopped forwarding");
+
+    // A successor that vanishes after `go` (it took the offer, never said running): the
+    // old one starts its workers and API server again on the fds it kept.
+    assert!(vanishing_successor(&socket), "no ask of the successor's shape was accepted");
+    let log = || std::fs::read_to_string(lab.run_dir().join("centos7-1.log")).unwrap_or_default();
+    let failed = wait_until(Duration::from_secs(5), || log().contains("hand-over failed after go"));
+    assert!(failed.is_some(), "the old ucanal did not see its successor vanish:\n{}", log());
+    assert!(lines_answer(&lab, dir.path(), "resumed"), "the old ucanal did not forward again");
+    let svc = lab.ucanal_ok("centos7-1", &["show", "services"]);
+    assert!(svc.contains("default/lines"), "{svc}");
+}
+
+/// Asks for a hand-over (trying each offload combination until one fits), says go,
+/// reads the start of the offer and hangs up. True if an ask was accepted.
+fn vanishing_successor(socket: &std::path::Path) -> bool {
+    use std::io::{BufRead, Read, Write};
+    for (tso, gro) in [(true, true), (true, false), (false, true), (false, false)] {
+        let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let ask = format!(
+            r#"{{"op":"handover","ask":{{"version":1,"workers":1,"source_ports":16,"tap_offloads":{tso},"udp_gro":{gro}}}}}"#
+        );
+        s.write_all(format!("{ask}\n").as_bytes()).unwrap();
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut answer = String::new();
+        r.read_line(&mut answer).unwrap();
+        if !answer.contains(r#""ok":true"#) {
+            assert!(answer.contains("offloads differ"), "{answer}");
+            continue;
+        }
+        s.write_all(b"go\n").unwrap();
+        let mut head = [0u8; 28];
+        r.read_exact(&mut head).unwrap();
+        assert_eq!(&head[..8], b"UCANALHO");
+        return true;
+    }
+    false
 }
 
 #[test]

@@ -64,6 +64,11 @@ pub enum Request {
         count: usize,
         timeout_ms: u64,
     },
+    /// A successor ucanal asks this one to hand its fds over (`run --keep-on-exit`
+    /// after SIGTERM); the rest of the exchange is on the same connection.
+    Handover {
+        ask: super::daemon::handover::Ask,
+    },
     /// CNI ADD: attach a container's network namespace as a pod (answers a [`CniPod`]).
     CniAdd {
         attach: CniAttach,

@@ -73,6 +73,18 @@ pub async fn link_addrs(h: &Handle, index: u32) -> io::Result<Vec<Ipv4Addr>> {
 }
 
 async fn set_link(h: &Handle, index: u32, name: &str, mac: MacAddr, mtu: u16) -> io::Result<()> {
+    // Setting even the same MAC is a NETDEV_CHANGEADDR: the kernel flushes the link's
+    // neighbours (the permanent gateway entry too) and blackholes frames on their way
+    // out. A link adopted from a running ucanal already matches: leave it alone.
+    let mut links = h.link().get().match_index(index).execute();
+    if let Some(m) = nl(|| format!("reading {name}"), links.try_next().await)? {
+        let up = m.header.flags.contains(netlink_packet_route::link::LinkFlags::Up);
+        let same_mac = m.attributes.iter().any(|a| matches!(a, LinkAttribute::Address(b) if b[..] == mac.0[..]));
+        let same_mtu = m.attributes.iter().any(|a| matches!(a, LinkAttribute::Mtu(n) if *n == u32::from(mtu)));
+        if up && same_mac && same_mtu {
+            return Ok(());
+        }
+    }
     let msg = LinkUnspec::new_with_index(index).address(mac.0.to_vec()).mtu(u32::from(mtu)).up().build();
     nl(|| format!("setting {name} mac {mac} mtu {mtu} up"), h.link().set(msg).execute().await)
 }

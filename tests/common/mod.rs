@@ -87,7 +87,12 @@ impl Lab {
     /// `lab.sh restart NODE SIG` with `UCANAL_RUN_ARGS=run_args`: milliseconds from the
     /// signal until the new ucanal answers.
     pub fn restart(&self, node: &str, sig: &str, run_args: &str) -> u64 {
-        let out = self.script_env(&["restart", node, sig], &[("UCANAL_RUN_ARGS", run_args)]);
+        self.restart_env(node, sig, &[("UCANAL_RUN_ARGS", run_args)])
+    }
+
+    /// `restart` with extra environment for lab.sh (UCANAL_RUN_ARGS, LAB_UCANAL_DATAPLANE).
+    pub fn restart_env(&self, node: &str, sig: &str, env: &[(&str, &str)]) -> u64 {
+        let out = self.script_env(&["restart", node, sig], env);
         assert!(out.status.success(), "lab.sh restart {node} {sig} failed: {}", text(&out.stderr));
         text(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("lab.sh restart printed {:?}", text(&out.stdout)))
     }

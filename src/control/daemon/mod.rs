@@ -17,6 +17,7 @@
 
 mod cluster;
 mod cni;
+pub mod handover;
 mod inspect;
 mod maintenance;
 mod node;
@@ -25,8 +26,9 @@ mod pods;
 mod restart;
 mod server;
 mod services;
+mod startup;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,16 +36,14 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use super::config::{Config, ConfigError};
-use crate::core::nat::conntrack::Conntrack;
 use crate::core::nat::service::ServiceTable;
-use crate::core::tables::{NodeInfo, Tables};
+use crate::core::tables::NodeInfo;
 use crate::core::{Dataplane, PortId};
+use crate::io::clock;
 use crate::io::netlink::Steer;
 use crate::io::observe::Observers;
 use crate::io::stats::PortStats;
-use crate::io::underlay::Underlay;
-use crate::io::worker::{self, Control, WorkerConfig, WorkerHandle};
-use crate::io::{clock, tap};
+use crate::io::worker::{self, WorkerConfig, WorkerHandle};
 
 pub(crate) use server::send;
 
@@ -59,6 +59,9 @@ pub struct RunOptions {
     pub metrics: Option<std::net::SocketAddr>,
     /// SIGTERM leaves the node steered and hands state to the next ucanal (see `restart`).
     pub keep_on_exit: bool,
+    /// With `keep_on_exit`: how long SIGTERM keeps forwarding while waiting for a
+    /// successor to take the fds over (see `handover`); zero exits at once.
+    pub handover_wait: std::time::Duration,
 }
 
 /// An error of startup, with the exit code it maps to.
@@ -152,6 +155,17 @@ pub struct Daemon {
     objects: Option<crate::control::cluster::objects::ObjectStore>,
     /// CNI attachments' addresses (ucanal's default IPAM), kept in a state file.
     leases: super::leases::LeaseFile,
+    /// The workers' configuration and VXLAN source sockets, once started.
+    wio: Option<(WorkerConfig, worker::TxPool)>,
+    /// Taking over from a predecessor that still owns the node: a failed start must
+    /// not remove its rules, TAPs or files.
+    handing: bool,
+    /// Pods' TAP queues handed over by the predecessor, by pod name.
+    handed_pods: HashMap<String, Vec<std::os::fd::OwnedFd>>,
+    /// Pods attached before the workers start, with one queue per worker.
+    unstarted: Vec<(PortId, Vec<std::os::fd::OwnedFd>)>,
+    /// Where the API server passes a successor's hand-over ask.
+    successors: Option<tokio::sync::mpsc::Sender<handover::Successor>>,
 }
 
 impl Daemon {
@@ -168,19 +182,22 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
         cfg.api.socket = s.clone();
     }
     let keep = opts.keep_on_exit.then(|| restart::Paths::for_socket(&cfg.api.socket));
-    let state = keep.as_ref().and_then(|k| restart::load_state(&k.state));
-    if let Some(st) = &state {
-        tracing::info!(pods = st.pods.len(), services = st.services.len(), "resuming from the previous ucanal's state");
-        cfg.pods = st.pods.clone();
-        cfg.services = st.services.clone();
-    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(setup)?;
     rt.block_on(async move {
+        // A live predecessor on our socket: ask it to hand over (see `handover`).
+        let pending = if keep.is_some() { startup::predecessor(&cfg)? } else { None };
+        let state = keep.as_ref().and_then(|k| restart::load_state(&k.state));
+        if let Some(st) = &state {
+            tracing::info!(pods = st.pods.len(), services = st.services.len(), "resuming from the previous ucanal's state");
+            cfg.pods = st.pods.clone();
+            cfg.services = st.services.clone();
+        }
         let prefix = cfg.cluster.as_ref().map(|c| c.prefix.clone()).unwrap_or_default();
-        let (daemon, joined) = start(cfg, keep, state).await?;
+        let (mut daemon, joined, handed) = startup::start(cfg, keep, state, pending).await?;
         let socket = daemon.cfg.api.socket.clone();
-        let dp = daemon.dp.clone();
-        let maintenance_block = dp.counters.workers() - 1;
+        let maintenance_block = daemon.dp.counters.workers() - 1;
+        let (successors, mut asks) = tokio::sync::mpsc::channel(4);
+        daemon.successors = Some(successors);
         let daemon = Arc::new(Mutex::new(daemon));
         if let Some((member, rx)) = joined {
             cluster::spawn(member, rx, daemon.clone(), prefix);
@@ -194,48 +211,129 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
                 e
             }
         };
-        let listeners = match server::bind_socket(&socket).and_then(|f| Ok(vec![f, server::bind_abstract()?])) {
-            Ok(l) => l,
-            Err(e) => return Err(stop(setup(e)).await),
+        let listeners = match handed {
+            Some(h) => {
+                let ls = h.listeners.into_iter().map(|fd| {
+                    tokio::net::UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
+                });
+                let ls = ls.collect::<std::io::Result<Vec<_>>>().map_err(setup);
+                // Whatever happens next is ours to clean up: the old ucanal exits now.
+                tokio::task::block_in_place(|| h.taken.running());
+                daemon.lock().await.handing = false;
+                tracing::info!("hand-over done: the old ucanal's fds are ours");
+                ls
+            }
+            None => server::bind_socket(&socket).and_then(|f| Ok(vec![f, server::bind_abstract()?])).map_err(setup),
         };
-        tracing::info!(socket = %socket.display(), "ready");
+        let listeners = match listeners {
+            Ok(l) => l,
+            Err(e) => return Err(stop(e).await),
+        };
         if let Some(addr) = opts.metrics {
             let src = {
                 let g = daemon.lock().await;
                 super::metrics::Source { node: g.node.name.clone(), dp: g.dp.clone(), stats: g.stats.clone() }
             };
-            if let Err(e) = super::metrics::serve(addr, src).await {
+            if let Err(e) = serve_metrics(addr, src).await {
                 return Err(stop(setup(format!("--metrics {addr}: {e}"))).await);
             }
         }
-        let checkpoint = daemon.lock().await.keep.as_ref().map(|k| k.conntrack.clone());
-        let sweeper = maintenance::Sweeper::spawn(dp, maintenance_block, checkpoint).map_err(setup)?;
-        let server = tokio::spawn(server::serve(listeners, daemon.clone()));
-        let sig = wait_for_signal().await;
+        let svc = handover::Services::start(listeners, daemon.clone(), maintenance_block).map_err(setup)?;
+        tracing::info!(socket = %socket.display(), "ready");
+        let mut signals = Signals::new();
+        let sig = loop {
+            tokio::select! {
+                sig = signals.next() => break sig,
+                Some(s) = asks.recv() => handover::refuse(s, &format!("{} (send it SIGTERM first)", handover::NOT_STOPPING)),
+            }
+        };
         tracing::info!("stopping ({sig})");
-        server.abort();
-        sweeper.stop();
-        let mut d = daemon.lock().await;
-        if sig == "SIGTERM" && d.keep.is_some() {
-            d.hand_over();
-            let _ = std::fs::remove_file(&socket);
-            tracing::info!("stopped; the node stays steered to ucanal, state handed over for the next one");
-            return Ok(());
-        }
-        d.teardown().await;
-        let _ = std::fs::remove_file(&socket);
-        tracing::info!("stopped; everything ucanal created is removed");
-        Ok(())
+        stop_after(sig, signals, asks, &daemon, svc, &socket, opts.handover_wait).await
     })
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// After the first signal: SIGTERM with `--keep-on-exit` forwards on for `wait`,
+/// handing over to a successor that asks; then the node is left steered (SIGTERM
+/// with `--keep-on-exit`) or cleaned up.
+async fn stop_after(
+    sig: &'static str,
+    mut signals: Signals,
+    mut asks: tokio::sync::mpsc::Receiver<handover::Successor>,
+    daemon: &Arc<Mutex<Daemon>>,
+    mut svc: handover::Services,
+    socket: &std::path::Path,
+    wait: std::time::Duration,
+) -> Result<(), RunError> {
+    let mut keep_on = sig == "SIGTERM" && daemon.lock().await.keep.is_some();
+    if keep_on && !wait.is_zero() {
+        tracing::info!("forwarding on for {:?}, waiting for a successor (ucanal run --keep-on-exit)", wait);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                s = signals.next() => {
+                    keep_on = s == "SIGTERM";
+                    break;
+                }
+                Some(s) = asks.recv() => {
+                    if handover::serve(s, daemon, &mut svc).await == handover::Outcome::Handed {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        tracing::info!("no successor took over; exiting");
+    }
+    svc.pause();
+    let mut d = daemon.lock().await;
+    if keep_on {
+        d.hand_over();
+        let _ = std::fs::remove_file(socket);
+        drop(svc);
+        tracing::info!("stopped; the node stays steered to ucanal, state handed over for the next one");
+        return Ok(());
+    }
+    d.teardown().await;
+    let _ = std::fs::remove_file(socket);
+    tracing::info!("stopped; everything ucanal created is removed");
+    Ok(())
+}
+
+/// Serves metrics on `addr`; a predecessor that just handed over may hold the port
+/// for a moment longer, while it exits: retried for up to 2 s.
+async fn serve_metrics(addr: std::net::SocketAddr, src: super::metrics::Source) -> std::io::Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let s = super::metrics::Source { node: src.node.clone(), dp: src.dp.clone(), stats: src.stats.clone() };
+        match super::metrics::serve(addr, s).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// SIGTERM and SIGINT, registered once, so none is missed between two waits.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        }
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }
 
@@ -253,124 +351,4 @@ fn random_seed() -> u64 {
         return clock::now().0 ^ u64::from(std::process::id());
     }
     u64::from_ne_bytes(b)
-}
-
-type Joined = Option<(crate::control::cluster::member::Member, tokio::sync::watch::Receiver<cluster::PeerSet>)>;
-
-async fn start(
-    cfg: Config,
-    keep: Option<restart::Paths>,
-    state: Option<restart::State>,
-) -> Result<(Daemon, Joined), RunError> {
-    let adopted = state.is_some();
-    node::preflight(&cfg, keep.is_some()).await?;
-    // The lease first: a subnet held by another node stops us before anything exists.
-    let joined = cluster::join(&cfg, random_seed()).await?;
-    let node = cfg.node_info();
-    let lease_path = super::leases::LeaseFile::path_for(&cfg.api.socket);
-    let leases = super::leases::LeaseFile::load(lease_path, node.pod_cidr, node.vtep_ip).map_err(setup)?;
-    let n_workers = workers_for(&cfg);
-    let tech = cfg.dataplane.techniques();
-    let underlay = Underlay::open(node.node_ip, node.vxlan_port, n_workers, cfg.dataplane.source_ports, tech.udp_gro)
-        .map_err(setup)?;
-    let persist = if keep.is_some() { tap::Persist::Keep } else { tap::Persist::No };
-    let host_fds = tap::open_with(&cfg.node.host_port, n_workers, tech.tap_offloads, persist).map_err(setup)?;
-
-    let mut d = Daemon {
-        node: node.clone(),
-        dp: Arc::new(
-            Dataplane::new(
-                Tables::build(0, node.clone(), 0, &[], &[], ServiceTable::default()),
-                Conntrack::new(cfg.conntrack.max, cfg.conntrack.timeouts),
-                n_workers + CONTROL_BLOCKS,
-            )
-            .with_tap_offloads(tech.tap_offloads),
-        ),
-        obs: Arc::new(Observers::new(node.name.clone())),
-        stats: Arc::new(PortStats::new(n_workers)),
-        workers: Vec::new(),
-        pods: Vec::new(),
-        free_ports: Vec::new(),
-        next_port: 1,
-        services: ServiceTable::default(),
-        service_names: Default::default(),
-        generation: 0,
-        seed: state.as_ref().map_or_else(random_seed, |s| s.seed),
-        tx_ports: underlay.tx_ports.clone(),
-        steers: BTreeSet::new(),
-        restore_sysctls: state.as_ref().map(|s| node::sysctls_from_names(&s.restore_sysctls)).unwrap_or_default(),
-        membership: None,
-        kube: Default::default(),
-        objects: None,
-        leases,
-        cfg: Config { pods: Vec::new(), ..cfg.clone() },
-        keep,
-        adopted,
-        restoring: false,
-    };
-    for s in std::mem::take(&mut d.cfg.services) {
-        // Checked by the config (or written by the ucanal before us): no clashes.
-        d.service_names.insert(s.name.clone(), (s.protocol, s.cluster_ip, s.port));
-        d.services.insert(crate::core::nat::service::Service::carrying(s, None));
-    }
-    if let Err(e) = d.configure_node().await {
-        d.teardown().await;
-        return Err(e);
-    }
-    d.rebuild();
-    if let Some(k) = &d.keep {
-        let (n, of) = restart::load_checkpoint(&d.dp, &k.conntrack);
-        if of > 0 {
-            tracing::info!("conntrack: {n} of {of} flows taken over from the previous ucanal");
-        }
-    }
-    let tx = Arc::new(underlay.tx);
-    let wcfg = WorkerConfig {
-        batch: cfg.dataplane.batch,
-        udp_gso: tech.udp_gso,
-        gro: tech.gro,
-        busy_poll_us: cfg.dataplane.busy_poll_us,
-        sg_gso: cfg.dataplane.sg_gso,
-        zerocopy: cfg.dataplane.zerocopy,
-        relay: cfg.dataplane.relay,
-        vxlan_port: node.vxlan_port,
-    };
-    let zc = if cfg.dataplane.zerocopy {
-        for s in tx.iter() {
-            if let Err(e) = crate::io::zerocopy::enable(std::os::fd::AsRawFd::as_raw_fd(s)) {
-                d.teardown().await;
-                return Err(setup(format!("SO_ZEROCOPY on a VXLAN socket: {e}")));
-            }
-        }
-        Some(Arc::new(crate::io::zerocopy::Completions::new(tx.len())))
-    } else {
-        None
-    };
-    let pool = worker::TxPool { sockets: tx, zc };
-    for (i, (rx, host_fd)) in underlay.rx.into_iter().zip(host_fds).enumerate() {
-        match worker::spawn(i, d.dp.clone(), rx, pool.clone(), d.obs.clone(), d.stats.clone(), wcfg) {
-            Ok(w) => {
-                w.send(Control::AddPort { port: PortId::HOST, fd: host_fd });
-                d.workers.push(w);
-            }
-            Err(e) => {
-                d.teardown().await;
-                return Err(setup(format!("starting worker {i}: {e}")));
-            }
-        }
-    }
-    d.restoring = d.adopted;
-    for (i, p) in cfg.pods.iter().enumerate() {
-        if let Err(e) = d.add_pod(p.clone()).await {
-            d.teardown().await;
-            return Err(setup(format!("pods[{i}] ({}): {e}", p.name)));
-        }
-    }
-    d.restoring = false;
-    d.save_state();
-    tracing::info!(
-        node = %node.name, adopted = d.adopted, workers = n_workers, batch = cfg.dataplane.batch, techniques = ?tech, pods = d.pods.len(), services = d.services.len(),
-        source_ports = ?d.tx_ports, "dataplane up"
-    );
-    Ok((d, joined))
 }

@@ -34,8 +34,9 @@ pub(super) fn sysctls_from_names(v: &[(String, String)]) -> Vec<(SysctlKey, Stri
 }
 
 /// Checks the machine against the config before anything is created. With `keep`
-/// (`--keep-on-exit`) an existing host port is a previous ucanal's, to be adopted.
-pub(super) async fn preflight(cfg: &Config, keep: bool) -> Result<(), RunError> {
+/// (`--keep-on-exit`) an existing host port is a previous ucanal's, to be adopted;
+/// `handing`: that ucanal is live on our socket and hands over (see `handover`).
+pub(super) async fn preflight(cfg: &Config, keep: bool, handing: bool) -> Result<(), RunError> {
     if !std::path::Path::new("/dev/net/tun").exists() {
         return Err(setup("/dev/net/tun is missing (is the tun module loaded?)"));
     }
@@ -78,7 +79,7 @@ pub(super) async fn preflight(cfg: &Config, keep: bool) -> Result<(), RunError> 
             }));
         }
     }
-    if cfg.api.socket.exists() && std::os::unix::net::UnixStream::connect(&cfg.api.socket).is_ok() {
+    if !handing && cfg.api.socket.exists() && std::os::unix::net::UnixStream::connect(&cfg.api.socket).is_ok() {
         return Err(RunError::Config(ConfigError {
             field: "api.socket".into(),
             problem: format!("another ucanal is listening on {}", cfg.api.socket.display()),
@@ -199,6 +200,10 @@ impl Daemon {
             w.stop();
         }
         self.workers.clear();
+        if self.handing {
+            tracing::info!("the ucanal that was handing over keeps the node: nothing of it is removed");
+            return;
+        }
         if self.keep.is_some() {
             // Persistent TAPs outlive their queues: remove the pods' TAPs explicitly.
             for p in std::mem::take(&mut self.pods) {

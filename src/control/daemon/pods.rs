@@ -43,33 +43,44 @@ impl Daemon {
             return Err(ControlError::NoNetns(path));
         }
         let (mac, mtu, ip, gw) = (spec.mac(), self.node.mtu, spec.ip, self.node.gateway);
-        let queues = self.workers.len();
+        let queues = super::workers_for(&self.cfg);
         let offloads = self.cfg.dataplane.techniques().tap_offloads;
         let ifname = spec.ifname().to_string();
         // Pods restored from a previous ucanal's state keep their persistent TAP.
         let persist = if self.keep.is_some() { tap::Persist::Keep } else { tap::Persist::No };
         let adopt = self.restoring;
-        let fds: Vec<OwnedFd> = tokio::task::block_in_place(|| {
-            sys::in_netns(&path, move || {
-                // TUNSETIFF would attach to an existing TAP of that name: refuse instead (CNI: "MUST return an error").
-                if !adopt && netlink::with_handle(async |h| netlink::link_exists(h, &ifname).await)? {
-                    let e = format!("an interface {ifname} already exists in the pod's namespace");
-                    return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, e));
-                }
-                let fds = tap::open_with(&ifname, queues, offloads, persist)?;
-                // Pods are IPv4 here; without this the kernel's IPv6 chatter is only counted drops.
-                let _ = netlink::sysctl(&["net", "ipv6", "conf", &ifname, "disable_ipv6"], "1");
-                netlink::with_handle(async |h| netlink::configure_pod(h, &ifname, mac, mtu, ip, gw).await)?;
-                Ok(fds)
-            })
-        })?;
+        // Handed over by a predecessor: the TAP never went away, its queues are open.
+        let handed = if adopt { self.handed_pods.remove(&spec.name).filter(|f| f.len() == queues) } else { None };
+        let fds: Vec<OwnedFd> = if let Some(fds) = handed {
+            fds
+        } else {
+            tokio::task::block_in_place(|| {
+                sys::in_netns(&path, move || {
+                    // TUNSETIFF would attach to an existing TAP of that name: refuse instead (CNI: "MUST return an error").
+                    if !adopt && netlink::with_handle(async |h| netlink::link_exists(h, &ifname).await)? {
+                        let e = format!("an interface {ifname} already exists in the pod's namespace");
+                        return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, e));
+                    }
+                    let fds = tap::open_with(&ifname, queues, offloads, persist)?;
+                    // Pods are IPv4 here; without this the kernel's IPv6 chatter is only counted drops.
+                    let _ = netlink::sysctl(&["net", "ipv6", "conf", &ifname, "disable_ipv6"], "1");
+                    netlink::with_handle(async |h| netlink::configure_pod(h, &ifname, mac, mtu, ip, gw).await)?;
+                    Ok(fds)
+                })
+            })?
+        };
         if self.pods.len() + 1 >= stats::MAX_PORTS {
             return Err(ControlError::TooManyPods(self.pods.len()));
         }
         let port = self.alloc_port();
         self.stats.reset(stats::slot(port));
-        for (w, fd) in self.workers.iter().zip(fds) {
-            w.send(Control::AddPort { port, fd });
+        if self.workers.is_empty() {
+            // Attached before the workers start (a hand-over): they start with it.
+            self.unstarted.push((port, fds));
+        } else {
+            for (w, fd) in self.workers.iter().zip(fds) {
+                w.send(Control::AddPort { port, fd });
+            }
         }
         let ifname = spec.port_name();
         let msg =

@@ -60,7 +60,7 @@ pub(super) struct State {
     pub(super) restore_sysctls: Vec<(String, String)>,
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -106,10 +106,15 @@ pub(super) fn write_checkpoint(dp: &Dataplane, path: &Path) -> std::io::Result<u
 /// was written; returns (restored, in the file).
 pub(super) fn load_checkpoint(dp: &Dataplane, path: &Path) -> (usize, usize) {
     let Ok(b) = std::fs::read(path) else { return (0, 0) };
-    let (flows, at) = match checkpoint::decode(&b) {
+    load_checkpoint_bytes(dp, &b, &path.display().to_string())
+}
+
+/// Loads the flows of checkpoint bytes (from a file, or a hand-over named `what`).
+pub(super) fn load_checkpoint_bytes(dp: &Dataplane, b: &[u8], what: &str) -> (usize, usize) {
+    let (flows, at) = match checkpoint::decode(b) {
         Ok(x) => x,
         Err(e) => {
-            tracing::warn!("{}: {e}; flows will be picked up mid-stream", path.display());
+            tracing::warn!("{what}: {e}; flows will be picked up mid-stream");
             return (0, 0);
         }
     };
@@ -128,13 +133,17 @@ impl super::Daemon {
     /// Rewrites the state file (with `--keep-on-exit`); called after every change.
     pub(super) fn save_state(&self) {
         let Some(k) = &self.keep else { return };
-        let s = State {
+        save_state(&k.state, &self.state());
+    }
+
+    /// What the next ucanal needs besides the kernel objects and conntrack.
+    pub(super) fn state(&self) -> State {
+        State {
             seed: self.seed,
             pods: self.cfg.pods.clone(),
             services: self.specs(),
             restore_sysctls: super::node::sysctl_names(&self.restore_sysctls),
-        };
-        save_state(&k.state, &s);
+        }
     }
 
     /// SIGTERM with `--keep-on-exit`: stops the workers (the persistent TAPs stay,

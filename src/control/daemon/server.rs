@@ -155,6 +155,10 @@ pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
                     return;
                 }
             }
+            Request::Handover { ask } => {
+                pass_successor(r, w, ask, &d).await;
+                return;
+            }
             Request::Apply { objects, delete } => {
                 let resp = apply(&d, objects, delete).await;
                 if send(&mut w, &resp).await.is_err() {
@@ -169,6 +173,31 @@ pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
             }
         }
     }
+}
+
+/// A successor's hand-over ask: the connection goes to `run`, which answers it.
+async fn pass_successor(
+    r: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut w: tokio::net::unix::OwnedWriteHalf,
+    ask: super::handover::Ask,
+    d: &Arc<Mutex<Daemon>>,
+) {
+    let to = d.lock().await.successors.clone();
+    let Some(to) = to else {
+        let _ = send(&mut w, &Response::error("hand-over: this ucanal takes no successor")).await;
+        return;
+    };
+    let stream = r.into_inner().reunite(w).map_err(io::Error::other).and_then(|s| s.into_std());
+    let stream = match stream.and_then(|s| s.set_nonblocking(false).map(|()| s)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("hand-over: {e}");
+            return;
+        }
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    let _ = to.send(super::handover::Successor { stream, ask }).await;
 }
 
 fn unsafe_geteuid() -> u32 {
@@ -223,7 +252,7 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
         }
         Request::CniGc { network, valid } => d.cni_gc(&network, &valid).await,
         Request::CniStatus => return Response::data(d.cni_status()),
-        Request::TraceLive { .. } | Request::Capture { .. } => {
+        Request::TraceLive { .. } | Request::Capture { .. } | Request::Handover { .. } => {
             return Response::error("streams are served per connection");
         }
     };

@@ -67,7 +67,15 @@ pub struct WorkerHandle {
     pub id: usize,
     ctl: mpsc::Sender<Control>,
     wake: Arc<EventFd>,
-    join: Option<std::thread::JoinHandle<()>>,
+    join: Option<std::thread::JoinHandle<Released>>,
+}
+
+/// What a stopped worker gives back: its VXLAN socket and its queue of every port
+/// (indexed by port id), still open, for a successor process (see the daemon's
+/// hand-over). Frames waiting in them stay queued in the kernel.
+pub struct Released {
+    pub rx: UdpSocket,
+    pub ports: Vec<Option<OwnedFd>>,
 }
 
 impl WorkerHandle {
@@ -78,10 +86,14 @@ impl WorkerHandle {
         }
     }
     pub fn stop(&mut self) {
+        let _ = self.release();
+    }
+
+    /// Stops the worker and returns its fds instead of closing them (None if it
+    /// had already stopped, or its thread panicked).
+    pub fn release(&mut self) -> Option<Released> {
         self.send(Control::Stop);
-        if let Some(j) = self.join.take() {
-            let _ = j.join();
-        }
+        self.join.take().and_then(|j| j.join().ok())
     }
 }
 
@@ -128,6 +140,7 @@ pub fn spawn(
     let join = std::thread::Builder::new().name(format!("ucanal-w{id}")).spawn(move || {
         let mut worker = Worker::new(Shell { epoll, wake: w, ctl: ctl_rx, rx }, id, dp, tx, obs, stats, cfg);
         worker.run();
+        Released { rx: worker.rx, ports: std::mem::take(&mut worker.out.ports) }
     })?;
     Ok(WorkerHandle { id, ctl, wake, join: Some(join) })
 }
