@@ -100,4 +100,21 @@ fn etcd_ten_thousand_services_reach_every_node() {
     times.sort();
     println!("one more service on 10,000 -> two nodes' tables: median {:?} max {:?}", times[2], times[4]);
     assert!(times[2] < Duration::from_millis(500), "{times:?}");
+
+    // In a cluster `service set` and `endpoint add` go through etcd: every node sees them.
+    let out = lab.ucanal_ok(
+        "node01",
+        &["service", "set", "--name", "bench/by-cli", "--protocol", "udp", "--cluster-ip", "10.250.251.1"]
+            .into_iter()
+            .chain(["--port", "53", "--endpoint", "10.244.1.5:5353"])
+            .collect::<Vec<_>>(),
+    );
+    assert!(out.contains("written in etcd"), "{out}");
+    lab.ucanal_ok("node01", &["endpoint", "add", "--service", "bench/by-cli", "--endpoint", "10.244.2.5:5353"]);
+    let seen = common::wait_until(Duration::from_secs(10), || {
+        lab.ucanal_ok("node03", &["get", "endpoints"]).contains("10.244.1.5:5353,10.244.2.5:5353")
+    });
+    assert!(seen.is_some(), "node03 never saw the service set on node01");
+    let got = lab.ucanal_ok("node03", &["get", "services"]);
+    assert!(got.lines().any(|l| l.contains("by-cli") && l.contains("10.250.251.1") && l.contains("53/UDP")), "{got}");
 }

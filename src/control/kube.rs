@@ -380,6 +380,48 @@ impl Store {
     }
 }
 
+/// The Service and Endpoints objects that make `spec` (what `service set` writes to etcd
+/// in a cluster): the inverse of [`Store::specs`] for a single-port service. Endpoints
+/// are grouped by port, one subset each.
+pub fn objects_of(spec: &ServiceSpec) -> Result<Vec<Object>, KubeError> {
+    let bad = |p: &str| KubeError::Object { kind: "Service".into(), name: spec.name.clone(), problem: p.into() };
+    let (ns, name) = spec.name.split_once('/').ok_or_else(|| bad("the name is not namespace/name"))?;
+    if name.contains(':') {
+        return Err(bad("a port of a multi-port service: change it with apply -f"));
+    }
+    let metadata = Meta { name: name.into(), namespace: ns.into(), labels: BTreeMap::new() };
+    let protocol = spec.protocol.name().to_ascii_uppercase();
+    let svc = Object::Service {
+        metadata: metadata.clone(),
+        spec: ServiceBody {
+            kind: if spec.node_port.is_some() { "NodePort" } else { "ClusterIP" }.into(),
+            cluster_ip: Some(spec.cluster_ip.to_string()),
+            ports: vec![ServicePort {
+                name: None,
+                protocol: protocol.clone(),
+                port: spec.port,
+                node_port: spec.node_port,
+            }],
+        },
+    };
+    let mut by_port: BTreeMap<u16, Vec<Address>> = BTreeMap::new();
+    for e in &spec.endpoints {
+        by_port.entry(e.port()).or_default().push(Address { ip: *e.ip() });
+    }
+    let subsets = by_port
+        .into_iter()
+        .map(|(port, addresses)| Subset {
+            addresses,
+            ports: vec![EndpointPort { name: None, port, protocol: protocol.clone() }],
+        })
+        .collect();
+    let objs = vec![svc, Object::Endpoints { metadata, subsets }];
+    for o in &objs {
+        o.check()?;
+    }
+    Ok(objs)
+}
+
 /// The service (`ns/name`) a spec name belongs to (`ns/name:port` -> `ns/name`).
 pub fn service_of(spec_name: &str) -> &str {
     spec_name.split_once(':').map_or(spec_name, |(s, _)| s)

@@ -82,3 +82,25 @@ fn stored_form_round_trips() {
         assert_eq!(parse_manifest(&j).unwrap(), vec![o]);
     }
 }
+
+#[test]
+fn service_set_writes_objects_that_make_the_same_spec() {
+    let mut g = article::ghost();
+    g.endpoints = vec!["10.244.1.5:2368".parse().unwrap(), "10.244.0.74:8080".parse().unwrap()];
+    let objs = objects_of(&g).unwrap();
+    assert_eq!(objs.iter().map(Object::key).collect::<Vec<_>>(), ["services/default/ghost", "endpoints/default/ghost"]);
+    let mut st = Store::default();
+    st.apply(objs, false);
+    g.endpoints.sort();
+    assert_eq!(st.specs("default/ghost"), vec![g.clone()]);
+    // Stored as JSON and read back (what every node's watch does), still the same.
+    let back: Vec<Object> =
+        serde_json::from_str(&serde_json::to_string(&st.iter().collect::<Vec<_>>()).unwrap()).unwrap();
+    let mut st2 = Store::default();
+    st2.apply(back, false);
+    assert_eq!(st2.specs("default/ghost"), vec![g.clone()]);
+    g.name = "default/ghost:http".into();
+    assert!(matches!(objects_of(&g), Err(KubeError::Object { problem, .. }) if problem.contains("multi-port")));
+    g.name = "ghost".into();
+    assert!(objects_of(&g).is_err());
+}

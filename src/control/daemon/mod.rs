@@ -113,6 +113,9 @@ pub enum ControlError {
     AlreadyAttached { container_id: String, ifname: String },
     #[error("container {container_id} has no {ifname} attached on this node")]
     NotAttached { container_id: String, ifname: String },
+    /// A service that cannot be written as Kubernetes objects (`service set` in a cluster).
+    #[error("{0}")]
+    Kube(#[from] crate::control::kube::KubeError),
     /// ucanal's IPAM: no free address, an address taken, the lease file unwritable.
     #[error("{0}")]
     Lease(#[from] super::leases::LeaseError),

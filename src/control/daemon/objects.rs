@@ -65,6 +65,49 @@ impl Daemon {
         self.check_delta(&self.delta(&st, &touched))
     }
 
+    /// The objects a `service`/`endpoint` request writes through etcd (`true`: delete
+    /// them), or `None` when the service is the node's own (from its config).
+    pub(super) fn service_objects(
+        &self,
+        req: &crate::control::api::Request,
+    ) -> Result<Option<(Vec<Object>, bool)>, ControlError> {
+        use crate::control::api::Request;
+        let name = match req {
+            Request::ServiceSet { service } => &service.name,
+            Request::ServiceDel { name } => name,
+            Request::EndpointAdd { service, .. } | Request::EndpointDel { service, .. } => service,
+            _ => return Ok(None),
+        };
+        let svc = kube::service_of(name);
+        let from_etcd = self.kube.get(&format!("services/{svc}")).is_some();
+        if !from_etcd && self.spec(name).is_some() {
+            return Ok(None);
+        }
+        let current = || self.spec(name).cloned().ok_or_else(|| ControlError::NoService(name.to_string()));
+        let (spec, delete) = match req {
+            Request::ServiceSet { service } => (service.clone(), false),
+            Request::ServiceDel { .. } => (current()?, true),
+            Request::EndpointAdd { endpoint, .. } => {
+                let mut s = current()?;
+                if s.endpoints.contains(endpoint) {
+                    return Err(ControlError::EndpointExists { service: name.clone(), endpoint: *endpoint });
+                }
+                s.endpoints.push(*endpoint);
+                (s, false)
+            }
+            Request::EndpointDel { endpoint, .. } => {
+                let mut s = current()?;
+                if !s.endpoints.contains(endpoint) {
+                    return Err(ControlError::NotAnEndpoint { service: name.clone(), endpoint: *endpoint });
+                }
+                s.endpoints.retain(|e| e != endpoint);
+                (s, false)
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some((kube::objects_of(&spec)?, delete)))
+    }
+
     /// The change of the service table that makes the specs of `touched` services what
     /// `st` says: their present specs out, `st`'s in.
     fn delta(&self, st: &kube::Store, touched: &BTreeSet<String>) -> Delta {

@@ -146,6 +146,15 @@ pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
                 }
                 crate::control::stream::capture(&obs, &port, &filter, count, timeout_ms, &mut w).await;
             }
+            req @ (Request::ServiceSet { .. }
+            | Request::ServiceDel { .. }
+            | Request::EndpointAdd { .. }
+            | Request::EndpointDel { .. }) => {
+                let resp = service_request(&d, req).await;
+                if send(&mut w, &resp).await.is_err() {
+                    return;
+                }
+            }
             Request::Handover { ask } => {
                 pass_successor(r, w, ask, &d).await;
                 return;
@@ -277,6 +286,22 @@ async fn apply(d: &Arc<Mutex<Daemon>>, objects: Vec<crate::control::kube::Object
     match r {
         Ok(n) => Response::ok(format!("{n} object(s) {} in etcd", if delete { "deleted" } else { "written" })),
         Err(e) => Response::error(format!("{e}; nothing applied")),
+    }
+}
+
+/// `service set|del`, `endpoint add|del`: in a cluster, a service that came from etcd
+/// (or a new one) changes through etcd as its Service and Endpoints objects, as `apply`
+/// would write them; services of the node's config, and every service without a
+/// cluster, change on the node alone.
+async fn service_request(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
+    let plan = {
+        let g = d.lock().await;
+        g.objects.is_some().then(|| g.service_objects(&req)).transpose()
+    };
+    match plan {
+        Ok(Some(Some((objects, delete)))) => apply(d, objects, delete).await,
+        Ok(_) => handle(d, req).await,
+        Err(e) => Response::error(e),
     }
 }
 

@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::Arc;
 
 use super::{ControlError, Daemon};
 use crate::control::config;
@@ -103,7 +102,7 @@ impl Daemon {
     /// delta.
     pub(super) async fn change_services(&mut self, d: Delta) -> Result<(), ControlError> {
         self.check_delta(&d)?;
-        let mut old: HashMap<String, Arc<Service>> = HashMap::with_capacity(d.remove.len() + d.put.len());
+        let mut old: HashMap<String, Service> = HashMap::with_capacity(d.remove.len() + d.put.len());
         let names = d.remove.iter().map(String::as_str).chain(d.put.iter().map(|s| s.name.as_str()));
         for name in names.collect::<Vec<_>>() {
             if old.contains_key(name) {
@@ -120,8 +119,8 @@ impl Daemon {
         for s in d.put {
             steers_changed |= s.node_port.is_some();
             self.service_names.insert(s.name.clone(), portal(&s));
-            let prev = old.get(s.name.as_str()).cloned();
-            let svc = Service::carrying(s, prev.as_deref());
+            let prev = old.get(&s.name);
+            let svc = Service::carrying(s, prev);
             for gone in self.services.insert(svc) {
                 // check_delta allows no displacement of a service that stays.
                 tracing::error!(service = %gone.spec.name, "displaced from the service table");

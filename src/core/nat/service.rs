@@ -87,23 +87,23 @@ pub enum Via {
 }
 
 /// Shards of the cluster-IP map (a power of two). A change copies one shard (about
-/// `len / VIP_SHARDS` entries: 24 at 100 000 services) and the shard list (32 KiB),
-/// never the table; a batch of k changes copies at most k shards.
-const VIP_SHARDS: usize = 4096;
+/// `len / VIP_SHARDS` entries: 100 at 100 000 services) and a publish the shard list
+/// (8 KiB of references), never the table; a batch of k changes copies at most k shards.
+const VIP_SHARDS: usize = 1024;
 /// Shards of the NodePort map (at most 2 x 65 536 keys, usually a few).
 const NODE_PORT_SHARDS: usize = 16;
 
-type Map<K> = HashMap<K, Arc<Service>, ahash::RandomState>;
+type Map<K, V> = HashMap<K, V, ahash::RandomState>;
 
 /// A map split into copy-on-write shards: a clone shares every shard, a change copies
 /// the one it touches (`Arc::make_mut`), so a snapshot taken by the workers never
 /// changes and the next one costs what changed.
 #[derive(Debug, Clone)]
-struct Sharded<K> {
-    shards: Vec<Arc<Map<K>>>,
+struct Sharded<K, V> {
+    shards: Vec<Arc<Map<K, V>>>,
 }
 
-impl<K: Copy + Eq + std::hash::Hash + Into<u64>> Sharded<K> {
+impl<K: Copy + Eq + std::hash::Hash + Into<u64>, V: Clone> Sharded<K, V> {
     fn new(n: usize) -> Self {
         debug_assert!(n.is_power_of_two());
         // One empty map shared by every shard until its first write.
@@ -116,14 +116,14 @@ impl<K: Copy + Eq + std::hash::Hash + Into<u64>> Sharded<K> {
         (k.into().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
     }
     #[inline]
-    fn get(&self, k: K) -> Option<&Arc<Service>> {
+    fn get(&self, k: K) -> Option<&V> {
         self.shards[self.shard(k)].get(&k)
     }
-    fn insert(&mut self, k: K, v: Arc<Service>) -> Option<Arc<Service>> {
+    fn insert(&mut self, k: K, v: V) -> Option<V> {
         let i = self.shard(k);
         Arc::make_mut(&mut self.shards[i]).insert(k, v)
     }
-    fn remove(&mut self, k: K) -> Option<Arc<Service>> {
+    fn remove(&mut self, k: K) -> Option<V> {
         let i = self.shard(k);
         // Look first: a miss must not copy a shared shard.
         if !self.shards[i].contains_key(&k) {
@@ -131,17 +131,19 @@ impl<K: Copy + Eq + std::hash::Hash + Into<u64>> Sharded<K> {
         }
         Arc::make_mut(&mut self.shards[i]).remove(&k)
     }
-    fn values(&self) -> impl Iterator<Item = &Arc<Service>> {
+    fn values(&self) -> impl Iterator<Item = &V> {
         self.shards.iter().flat_map(|s| s.values())
     }
 }
 
-/// KUBE-SERVICES and KUBE-NODEPORTS as two sharded hash maps. Cloning it is cheap
-/// (one reference per shard); `insert` and `remove` change one service's entries.
+/// KUBE-SERVICES and KUBE-NODEPORTS as two sharded hash maps: services by cluster
+/// IP:port (held in place, so a lookup reads the service from the bucket it finds), and
+/// NodePorts to that key. Cloning it is cheap (one reference per shard); `insert` and
+/// `remove` change one service's entries.
 #[derive(Debug, Clone)]
 pub struct ServiceTable {
-    by_vip: Sharded<u64>,
-    by_node_port: Sharded<u32>,
+    by_vip: Sharded<u64, Service>,
+    by_node_port: Sharded<u32, u64>,
     len: usize,
 }
 
@@ -154,6 +156,10 @@ impl Default for ServiceTable {
 #[inline]
 fn vip_key(proto: u8, ip: Ipv4Addr, port: u16) -> u64 {
     (u64::from(proto) << 48) | (u64::from(u32::from(ip)) << 16) | u64::from(port)
+}
+
+fn spec_key(s: &ServiceSpec) -> u64 {
+    vip_key(s.protocol.number(), s.cluster_ip, s.port)
 }
 
 #[inline]
@@ -197,50 +203,53 @@ impl ServiceTable {
 
     /// Puts one service in (its cluster IP:port and NodePort entries); the services it
     /// displaced from either key, which the caller has checked are the ones it replaces.
-    pub fn insert(&mut self, s: Service) -> Vec<Arc<Service>> {
+    pub fn insert(&mut self, s: Service) -> Vec<Service> {
         let proto = s.spec.protocol.number();
-        let (vip, np) = (vip_key(proto, s.spec.cluster_ip, s.spec.port), s.spec.node_port);
-        let s = Arc::new(s);
+        let (vip, np) = (spec_key(&s.spec), s.spec.node_port);
         let mut out = Vec::new();
-        if let Some(old) = self.by_vip.insert(vip, s.clone()) {
-            self.unlink_node_port(&old, &s);
+        if let Some(old) = self.by_vip.insert(vip, s) {
+            // Its NodePort entry goes, unless the new one keeps that NodePort.
+            if let Some(onp) = old.spec.node_port
+                && np != Some(onp)
+            {
+                let k = node_port_key(proto, onp);
+                if self.by_node_port.get(k) == Some(&vip) {
+                    self.by_node_port.remove(k);
+                }
+            }
             out.push(old);
         } else {
             self.len += 1;
         }
         if let Some(np) = np
-            && let Some(old) = self.by_node_port.insert(node_port_key(proto, np), s.clone())
-            && !out.iter().any(|o| Arc::ptr_eq(o, &old))
+            && let Some(other) = self.by_node_port.insert(node_port_key(proto, np), vip)
+            && other != vip
+            && let Some(old) = self.by_vip.remove(other)
         {
             // Another service held that NodePort: it leaves the table altogether.
-            self.remove(&old.spec);
+            self.len -= 1;
+            if let Some(onp) = old.spec.node_port {
+                let k = node_port_key(old.spec.protocol.number(), onp);
+                if self.by_node_port.get(k) == Some(&other) {
+                    self.by_node_port.remove(k);
+                }
+            }
             out.push(old);
         }
         out
     }
 
-    /// Drops `old`'s NodePort entry unless `new` took it over.
-    fn unlink_node_port(&mut self, old: &Arc<Service>, new: &Arc<Service>) {
-        if let Some(np) = old.spec.node_port {
-            let k = node_port_key(old.spec.protocol.number(), np);
-            if self.by_node_port.get(k).is_some_and(|s| Arc::ptr_eq(s, old)) && new.spec.node_port != Some(np) {
-                self.by_node_port.remove(k);
-            }
-        }
-    }
-
     /// Takes out the service `spec` describes (matched by cluster IP:port and name).
-    pub fn remove(&mut self, spec: &ServiceSpec) -> Option<Arc<Service>> {
-        let proto = spec.protocol.number();
-        let vip = vip_key(proto, spec.cluster_ip, spec.port);
+    pub fn remove(&mut self, spec: &ServiceSpec) -> Option<Service> {
+        let vip = spec_key(spec);
         if self.by_vip.get(vip).is_none_or(|s| s.spec.name != spec.name) {
             return None;
         }
         let old = self.by_vip.remove(vip)?;
         self.len -= 1;
         if let Some(np) = old.spec.node_port {
-            let k = node_port_key(proto, np);
-            if self.by_node_port.get(k).is_some_and(|s| Arc::ptr_eq(s, &old)) {
+            let k = node_port_key(old.spec.protocol.number(), np);
+            if self.by_node_port.get(k) == Some(&vip) {
                 self.by_node_port.remove(k);
             }
         }
@@ -250,20 +259,20 @@ impl ServiceTable {
     /// KUBE-SERVICES: `-d <vip> -p <proto> --dport <port>`.
     #[inline]
     pub fn by_cluster_ip(&self, proto: u8, ip: Ipv4Addr, port: u16) -> Option<&Service> {
-        self.by_vip.get(vip_key(proto, ip, port)).map(|s| &**s)
+        self.by_vip.get(vip_key(proto, ip, port))
     }
     /// KUBE-NODEPORTS: `-p <proto> --dport <nodePort>` on a local address.
     #[inline]
     pub fn by_node_port(&self, proto: u8, port: u16) -> Option<&Service> {
-        self.by_node_port.get(node_port_key(proto, port)).map(|s| &**s)
+        self.by_node_port.get(node_port_key(proto, port)).and_then(|vip| self.by_vip.get(*vip))
     }
     /// Every service, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Service> {
-        self.by_vip.values().map(|s| &**s)
+        self.by_vip.values()
     }
     /// The services that have a NodePort (a walk of the small NodePort map only).
     pub fn with_node_ports(&self) -> impl Iterator<Item = &Service> {
-        self.by_node_port.values().map(|s| &**s)
+        self.by_node_port.values().filter_map(|vip| self.by_vip.get(*vip))
     }
     pub fn len(&self) -> usize {
         self.len
