@@ -106,6 +106,8 @@ pub enum WireError {
     Truncated { index: usize },
     #[error("hand-over offer: entry {index} has unknown kind {kind}")]
     Kind { index: usize, kind: u8 },
+    #[error("hand-over offer: entry {index} (kind {kind}) carries an index or a name it cannot have")]
+    Extra { index: usize, kind: u8 },
     #[error("hand-over offer: entry {index}: the pod name is not UTF-8")]
     Name { index: usize },
     #[error("hand-over offer: {entries} entries for {fds} fds")]
@@ -190,6 +192,10 @@ pub fn decode_entries(h: &Header, b: &[u8]) -> Result<Vec<Entry>, WireError> {
         at += 5;
         let Some(name) = b.get(at..at + usize::from(len)) else { return Err(WireError::Truncated { index }) };
         at += usize::from(len);
+        // One encoding per entry: the listeners carry no index, only a pod queue a name.
+        if (matches!(kind, 1 | 2) && n != 0) || (matches!(kind, 1..=5) && len != 0) {
+            return Err(WireError::Extra { index, kind });
+        }
         let name = std::str::from_utf8(name).map_err(|_| WireError::Name { index })?;
         out.push(match kind {
             1 => Entry::ApiSocket,
@@ -286,6 +292,21 @@ mod tests {
         let end = name.len() - 1;
         name[end] = 0xff;
         assert_eq!(decode(&name), Err(WireError::Name { index: 6 }));
+        // Found by the fuzz campaign: an API listener entry with an index (0x017d) decoded, and
+        // re-encoded to other bytes. Every entry has one encoding now.
+        let mut extra = encode(&[Entry::ApiSocket], 0, 0);
+        extra[HEADER_LEN + 1..HEADER_LEN + 3].copy_from_slice(&[0x01, 0x7d]);
+        assert_eq!(decode(&extra), Err(WireError::Extra { index: 0, kind: 1 }));
+        let mut named = encode(&[Entry::VxlanRx(1)], 0, 0);
+        named.extend_from_slice(b"x");
+        named[HEADER_LEN + 4] = 1;
+        named[12..16].copy_from_slice(&6u32.to_be_bytes());
+        assert_eq!(decode(&named), Err(WireError::Extra { index: 0, kind: 3 }));
+        let seed = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/handover/listener-with-index"),
+        )
+        .unwrap();
+        assert_eq!(decode(&seed), Err(WireError::Extra { index: 0, kind: 1 }));
     }
 
     #[test]
