@@ -182,14 +182,7 @@ impl<'a> Ctx<'a> {
             let reply =
                 Tuple { proto: u.proto, src: reply_src.0, dst: reply_dst, sport: reply_src.1, dport: ports.keep };
             self.trace_new(u, reply, nat, "would be new");
-            Hit {
-                dir: Dir::Original,
-                src: (reply.dst, reply.dport),
-                dst: (reply.src, reply.sport),
-                nat,
-                state: None,
-                invalid: false,
-            }
+            original_hit(&reply, nat)
         } else {
             match ct.insert(NewFlow { original: u, tcp_flags, reply_src, reply_dst, nat, ports }, self.now) {
                 Insert::New { entry, remapped, evicted } => {
