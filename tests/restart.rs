@@ -59,6 +59,18 @@ fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
+/// The line servers on both endpoints behind the lines service, answering through it.
+fn serve_lines(lab: &Lab) -> (tempfile::TempDir, [Background; 2]) {
+    let dir = tempfile::tempdir().unwrap();
+    let servers = ["ghost-ep1", "ghost-ep2"]
+        .map(|ep| lab.background(ep, &format!("exec python3 {} serve 7000 {ep}", lines_py())));
+    add_lines_service(lab);
+    lab.wait_listening("ghost-ep1", 7000);
+    lab.wait_listening("ghost-ep2", 7000);
+    assert!(wait_until(Duration::from_secs(10), || lines_answer(lab, dir.path(), "first")).is_some());
+    (dir, servers)
+}
+
 #[test]
 fn restarts_lose_no_line_and_no_flow() {
     if !require_netns(&[]) {
@@ -66,13 +78,7 @@ fn restarts_lose_no_line_and_no_flow() {
     }
     let rounds: usize = std::env::var("UCANAL_RESTART_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let lab = Lab::up_env("tr", &[], &[("UCANAL_RUN_ARGS", KEEP)]);
-    let dir = tempfile::tempdir().unwrap();
-    let _ep1 = lab.background("ghost-ep1", &format!("exec python3 {} serve 7000 ghost-ep1", lines_py()));
-    let _ep2 = lab.background("ghost-ep2", &format!("exec python3 {} serve 7000 ghost-ep2", lines_py()));
-    add_lines_service(&lab);
-    lab.wait_listening("ghost-ep1", 7000);
-    lab.wait_listening("ghost-ep2", 7000);
-    assert!(wait_until(Duration::from_secs(10), || lines_answer(&lab, dir.path(), "first")).is_some());
+    let (dir, _servers) = serve_lines(&lab);
 
     // Six connections (so both endpoints carry some), for the whole run.
     let secs = 6 + rounds * 2 * 3;
@@ -163,13 +169,7 @@ fn a_refused_hand_over_changes_nothing() {
         return;
     }
     let lab = Lab::up_env("th", &[], &[("UCANAL_RUN_ARGS", KEEP)]);
-    let dir = tempfile::tempdir().unwrap();
-    let _ep1 = lab.background("ghost-ep1", &format!("exec python3 {} serve 7000 ghost-ep1", lines_py()));
-    let _ep2 = lab.background("ghost-ep2", &format!("exec python3 {} serve 7000 ghost-ep2", lines_py()));
-    add_lines_service(&lab);
-    lab.wait_listening("ghost-ep1", 7000);
-    lab.wait_listening("ghost-ep2", 7000);
-    assert!(wait_until(Duration::from_secs(10), || lines_answer(&lab, dir.path(), "first")).is_some());
+    let (dir, _servers) = serve_lines(&lab);
     let socket = lab.socket("centos7-1");
     let conf = lab.run_dir().join("centos7-1.toml");
     let pid = || std::fs::read_to_string(lab.run_dir().join("centos7-1.pid")).unwrap().trim().to_string();
