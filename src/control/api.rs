@@ -35,10 +35,15 @@ pub enum Request {
         endpoint: SocketAddrV4,
     },
     /// Kubernetes objects (`ucanal apply -f` / `delete -f`): through etcd in a cluster.
+    /// A manifest bigger than one request goes in parts on one connection, every part
+    /// but the last with `more`: the daemon holds them and applies the whole manifest
+    /// at its last part (one change of the table, one publish).
     Apply {
         objects: Vec<crate::control::kube::Object>,
         #[serde(default)]
         delete: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     /// `ucanal get services|endpoints`: the objects as stored.
     Get {
@@ -90,6 +95,33 @@ pub enum Request {
     },
     /// CNI STATUS: can the daemon serve an ADD (answers `{"free": n}`)?
     CniStatus,
+}
+
+/// Reads a request line. An `apply` (up to a MiB of objects) is read in one typed
+/// pass: its `op` is looked up first, since serde would buffer the whole line (every
+/// object as a generic tree) to find the tag of an internally tagged enum.
+pub fn decode_request(line: &str) -> serde_json::Result<Request> {
+    #[derive(Deserialize)]
+    struct Op<'a> {
+        #[serde(borrow)]
+        op: std::borrow::Cow<'a, str>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ApplyLine {
+        #[serde(rename = "op")]
+        _op: serde::de::IgnoredAny,
+        objects: Vec<crate::control::kube::Object>,
+        #[serde(default)]
+        delete: bool,
+        #[serde(default)]
+        more: bool,
+    }
+    if serde_json::from_str::<Op>(line).is_ok_and(|o| o.op == "apply") {
+        let a: ApplyLine = serde_json::from_str(line)?;
+        return Ok(Request::Apply { objects: a.objects, delete: a.delete, more: a.more });
+    }
+    serde_json::from_str(line)
 }
 
 /// What the CNI plugin asks for on ADD.
@@ -202,5 +234,29 @@ mod tests {
         .unwrap();
         assert!(matches!(r, Request::CniAdd { attach } if attach.ip.is_none() && attach.name == "default/web"));
         assert_eq!(serde_json::to_string(&Response::ok("done")).unwrap(), r#"{"ok":true,"message":"done"}"#);
+    }
+
+    #[test]
+    fn apply_lines_decode_in_one_pass_as_the_enum_would() {
+        let objs =
+            r#"[{"kind":"Service","metadata":{"name":"a"},"spec":{"clusterIP":"10.0.0.1","ports":[{"port":1}]}}]"#;
+        for (line, delete, more) in [
+            (format!(r#"{{"op":"apply","objects":{objs}}}"#), false, false),
+            (format!(r#"{{"objects":{objs}, "op": "apply", "delete":true,"more":true}}"#), true, true),
+        ] {
+            let fast = decode_request(&line).unwrap();
+            let general: Request = serde_json::from_str(&line).unwrap();
+            for r in [fast, general] {
+                assert!(
+                    matches!(&r, Request::Apply { objects, delete: d, more: m }
+                        if objects.len() == 1 && *d == delete && *m == more && objects[0].key() == "services/default/a"),
+                    "{r:?}"
+                );
+            }
+        }
+        let bad = r#"{"op":"apply","objects":[],"extra":1}"#;
+        assert!(decode_request(bad).is_err() && serde_json::from_str::<Request>(bad).is_err());
+        assert!(matches!(decode_request(r#"{"op":"show","what":"node"}"#), Ok(Request::Show { what: Show::Node })));
+        assert!(decode_request(r#"{"op":"nope"}"#).is_err());
     }
 }

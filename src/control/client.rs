@@ -163,6 +163,37 @@ pub fn request(target: &Target, req: &Request) -> Result<Response, String> {
     out.ok_or_else(|| "ucanal closed the connection without answering".into())
 }
 
+/// One connection for several requests, one response each (the parts of a manifest).
+pub struct Session {
+    target: String,
+    r: BufReader<UnixStream>,
+}
+
+impl Session {
+    pub fn open(target: &Target) -> Result<Session, String> {
+        let s = target.connect()?;
+        s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+        Ok(Session { target: target.to_string(), r: BufReader::new(s) })
+    }
+
+    /// Sends one request line (JSON, ending in a newline) and reads its response; an
+    /// error response is `Err`.
+    pub fn call_line(&mut self, line: &[u8]) -> Result<Response, String> {
+        let sent = self.r.get_mut().write_all(line).map_err(|e| format!("sending to {}: {e}", self.target));
+        let mut answer = String::new();
+        match self.r.read_line(&mut answer) {
+            Ok(0) => return Err(sent.err().unwrap_or_else(|| "ucanal closed the connection without answering".into())),
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading from {}: {e}", self.target)),
+        }
+        let r: Response = serde_json::from_str(&answer).map_err(|e| format!("bad response from ucanal: {e}"))?;
+        if !r.ok {
+            return Err(r.error.unwrap_or_else(|| "unknown error".into()));
+        }
+        Ok(r)
+    }
+}
+
 /// `<pod name>:<port>` (the name may be `namespace/name`).
 pub fn parse_pod_port(s: &str) -> Result<(&str, u16), String> {
     let (name, port) = s.rsplit_once(':').ok_or_else(|| format!("--pod {s}: want <pod name>:<port>"))?;

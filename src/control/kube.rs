@@ -106,9 +106,10 @@ pub struct Conditions {
     pub ready: Option<bool>,
 }
 
-/// One object, in the shape ucanal keeps (and stores in etcd) after validation.
+/// One object, in the shape ucanal keeps (and stores in etcd) after validation. It is
+/// written with its `kind` as a tag and read back in one typed pass ([`decode`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind")]
+#[serde(tag = "kind", try_from = "decode::Raw")]
 pub enum Object {
     Service { metadata: Meta, spec: ServiceBody },
     Endpoints { metadata: Meta, subsets: Vec<Subset> },
@@ -208,8 +209,18 @@ impl Object {
 
 /// Parses a manifest: YAML (one or more `---` documents) or JSON, each a Service,
 /// Endpoints, EndpointSlice or a `List` of them. Fields ucanal does not use are ignored,
-/// as kubectl output carries many.
+/// as kubectl output carries many. One typed pass when the manifest is right; the
+/// general path otherwise, which names what is wrong.
 pub fn parse_manifest(text: &str) -> Result<Vec<Object>, KubeError> {
+    match decode::fast_manifest(text) {
+        Some(objs) => Ok(objs),
+        None => parse_manifest_general(text),
+    }
+}
+
+/// [`parse_manifest`] through a `serde_json::Value` per document: slower, and the
+/// reference the fast path must agree with (every error comes from here).
+pub fn parse_manifest_general(text: &str) -> Result<Vec<Object>, KubeError> {
     let mut out = Vec::new();
     let docs: Vec<serde_json::Value> = if text.trim_start().starts_with('{') {
         vec![serde_json::from_str(text).map_err(|e| KubeError::Syntax(e.to_string()))?]
@@ -431,6 +442,9 @@ pub fn service_of(spec_name: &str) -> &str {
 pub fn spec_of(spec_name: &str, service: &str) -> bool {
     spec_name == service || spec_name.strip_prefix(service).is_some_and(|r| r.starts_with(':'))
 }
+
+#[path = "kube_decode.rs"]
+mod decode;
 
 #[cfg(test)]
 #[path = "kube_tests.rs"]

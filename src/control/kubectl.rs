@@ -46,46 +46,68 @@ pub fn read(file: &Path) -> Result<Vec<Object>, String> {
 /// limit (1 MiB), with room for the request around them.
 const PART_BYTES: usize = 768 << 10;
 
-/// Splits a manifest's objects into requests of at most [`PART_BYTES`] of JSON each,
-/// never between two objects of the same service (its Service and Endpoints are
-/// checked together).
-pub fn parts(objects: Vec<Object>) -> Vec<Vec<Object>> {
-    let mut out: Vec<Vec<Object>> = Vec::new();
-    let (mut part, mut bytes, mut last) = (Vec::new(), 0usize, String::new());
+/// Splits a manifest's objects into JSON arrays of at most [`PART_BYTES`] each (every
+/// object serialised once), never between two objects of the same service (its
+/// Service and Endpoints are checked together).
+pub fn parts(objects: &[Object]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let (mut part, mut last) = (b"[".to_vec(), String::new());
+    let mut one = Vec::with_capacity(512);
     for o in objects {
-        let n = serde_json::to_vec(&o).map_or(0, |v| v.len()) + 1;
-        let svc = o.service();
-        if !part.is_empty() && bytes + n > PART_BYTES && svc != last {
-            out.push(std::mem::take(&mut part));
-            bytes = 0;
+        one.clear();
+        if serde_json::to_writer(&mut one, o).is_err() {
+            continue;
         }
-        bytes += n;
+        let svc = o.service();
+        if part.len() > 1 && part.len() + one.len() + 1 > PART_BYTES && svc != last {
+            part.push(b']');
+            out.push(std::mem::replace(&mut part, b"[".to_vec()));
+        }
+        if part.len() > 1 {
+            part.push(b',');
+        }
+        part.extend_from_slice(&one);
         last = svc;
-        part.push(o);
     }
-    if !part.is_empty() || out.is_empty() {
+    if part.len() > 1 || out.is_empty() {
+        part.push(b']');
         out.push(part);
     }
     out
 }
 
+/// The `apply` request line of one part (`more`: parts follow on the connection).
+fn apply_line(objects: &[u8], delete: bool, more: bool) -> Vec<u8> {
+    let mut line = Vec::with_capacity(objects.len() + 64);
+    line.extend_from_slice(br#"{"op":"apply","delete":"#);
+    line.extend_from_slice(if delete { b"true" } else { b"false" });
+    if more {
+        line.extend_from_slice(br#","more":true"#);
+    }
+    line.extend_from_slice(br#","objects":"#);
+    line.extend_from_slice(objects);
+    line.extend_from_slice(b"}\n");
+    line
+}
+
 /// `apply -f` / `delete -f`. A manifest too big for one request (10,000 services) goes
-/// in parts, in order; each part applies whole or not at all, and an error names the
-/// part (the parts before it are applied).
+/// in parts, in order, on one connection; the daemon holds them and applies the whole
+/// manifest at the last one, whole or not at all (through etcd: checked whole, then
+/// written in transactions).
 pub fn apply(target: &Target, file: &Path, delete: bool) -> Result<String, String> {
-    let all = parts(read(file)?);
+    let all = parts(&read(file)?);
     let k = all.len();
-    let mut msgs = Vec::with_capacity(k);
-    for (i, objects) in all.into_iter().enumerate() {
-        let r = client::request(target, &Request::Apply { objects, delete });
+    let mut session = client::Session::open(target)?;
+    let mut last = None;
+    for (i, objects) in all.iter().enumerate() {
+        let r = session.call_line(&apply_line(objects, delete, i + 1 < k));
         match r {
-            Ok(r) if k == 1 => return Ok(r.message.unwrap_or_default()),
-            Ok(r) => msgs.push(format!("part {}/{k}: {}", i + 1, r.message.unwrap_or_default())),
+            Ok(r) => last = Some(r),
             Err(e) if k == 1 => return Err(e),
-            Err(e) => return Err(format!("part {}/{k}: {e} (parts 1..{} are applied)", i + 1, i)),
+            Err(e) => return Err(format!("part {}/{k}: {e}", i + 1)),
         }
     }
-    Ok(msgs.join("\n"))
+    Ok(last.and_then(|r| r.message).unwrap_or_default())
 }
 
 /// `get services|endpoints [-o wide|json|yaml]`.
@@ -182,18 +204,22 @@ mod tests {
             );
             objs.extend(kube::parse_manifest(&m).unwrap());
         }
-        let n = objs.len();
-        let p = parts(objs);
+        let p = parts(&objs);
         assert!(p.len() > 1, "{} parts", p.len());
-        assert_eq!(p.iter().map(Vec::len).sum::<usize>(), n);
-        for part in &p {
+        let back: Vec<Vec<Object>> = p.iter().map(|j| serde_json::from_slice(j).unwrap()).collect();
+        assert_eq!(back.concat(), objs, "every object once, in order");
+        for (i, part) in p.iter().enumerate() {
             // At most one service's objects over the mark, well below the 1 MiB request limit.
-            assert!(serde_json::to_vec(part).unwrap().len() <= PART_BYTES + 1024);
+            assert!(part.len() <= PART_BYTES + 1024);
+            let line = apply_line(part, false, i + 1 < p.len());
+            assert!(line.len() < (1 << 20) && line.ends_with(b"}\n"));
+            let r = crate::control::api::decode_request(std::str::from_utf8(&line[..line.len() - 1]).unwrap());
+            assert!(matches!(r, Ok(Request::Apply { more, .. }) if more == (i + 1 < p.len())), "{r:?}");
         }
-        for w in p.windows(2) {
+        for w in back.windows(2) {
             assert_ne!(w[0].last().unwrap().service(), w[1][0].service(), "a service split across parts");
         }
-        assert_eq!(parts(vec![]).len(), 1, "an empty manifest is one (empty) request");
+        assert_eq!(parts(&[]), vec![b"[]".to_vec()], "an empty manifest is one (empty) request");
     }
 
     #[test]

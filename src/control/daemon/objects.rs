@@ -173,6 +173,49 @@ impl Daemon {
     }
 }
 
+/// The most objects the parts of one manifest may hold in the daemon (20 times the
+/// issue's 100,000 services with their Endpoints).
+pub const MAX_HELD: usize = 4_000_000;
+
+/// The parts of one manifest sent on one connection (`apply` with `more`), held until
+/// the last arrives: then the whole manifest applies as one change.
+#[derive(Debug, Default)]
+pub struct Parts {
+    objects: Vec<Object>,
+    delete: Option<bool>,
+    parts: usize,
+}
+
+impl Parts {
+    /// Adds a part: the manifest's objects when it was the last one. A part that
+    /// does not fit (too many objects, apply mixed with delete) drops what was held.
+    pub fn add(&mut self, objects: Vec<Object>, delete: bool, more: bool) -> Result<Option<Vec<Object>>, String> {
+        let held = std::mem::take(self);
+        if held.delete.is_some_and(|d| d != delete) {
+            return Err("the parts of one manifest mix apply and delete; nothing applied".into());
+        }
+        if held.objects.len() + objects.len() > MAX_HELD {
+            return Err(format!("a manifest of more than {MAX_HELD} objects; nothing applied"));
+        }
+        let mut all = held.objects;
+        if all.is_empty() {
+            all = objects;
+        } else {
+            all.extend(objects);
+        }
+        if !more {
+            return Ok(Some(all));
+        }
+        *self = Parts { objects: all, delete: Some(delete), parts: held.parts + 1 };
+        Ok(None)
+    }
+
+    /// How many parts are held.
+    pub fn held(&self) -> usize {
+        self.parts
+    }
+}
+
 /// `get services` / `get endpoints`: the objects as stored, from a snapshot of the
 /// store (built without the daemon's lock).
 pub(super) fn listing(objs: &[std::sync::Arc<Object>], kind: &str) -> serde_json::Value {

@@ -104,6 +104,7 @@ pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
     }
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
+    let mut parts = super::objects::Parts::default();
     loop {
         match read_request(&mut r, &mut buf).await {
             Ok(Some(())) => {}
@@ -116,7 +117,7 @@ pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
             Err(_) => return,
         }
         let line = String::from_utf8_lossy(&buf);
-        let req: Request = match serde_json::from_str(&line) {
+        let req: Request = match api::decode_request(&line) {
             Ok(r) => r,
             Err(e) => {
                 let _ = send(&mut w, &Response::error(format!("bad request: {e}"))).await;
@@ -159,8 +160,12 @@ pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
                 pass_successor(r, w, ask, &d).await;
                 return;
             }
-            Request::Apply { objects, delete } => {
-                let resp = apply(&d, objects, delete).await;
+            Request::Apply { objects, delete, more } => {
+                let resp = match parts.add(objects, delete, more) {
+                    Ok(None) => Response::ok(format!("part {} held", parts.held())),
+                    Ok(Some(objects)) => apply(&d, objects, delete).await,
+                    Err(e) => Response::error(e),
+                };
                 if send(&mut w, &resp).await.is_err() {
                     return;
                 }
@@ -241,7 +246,7 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
         Request::EndpointDel { service, endpoint } => d.endpoint(&service, endpoint, false).await,
         Request::Show { what } => return Response::data(d.show(what)),
         Request::Get { what } => return Response::data(super::objects::listing(&d.kube.snapshot(), &what)),
-        Request::Apply { objects, delete } => d.apply_objects(objects, delete).await,
+        Request::Apply { objects, delete, .. } => d.apply_objects(objects, delete).await,
         Request::Trace { probe } => return d.trace(&probe).map(Response::data).unwrap_or_else(Response::error),
         Request::CniAdd { attach } => {
             return d.cni_add(attach).await.map(Response::data).unwrap_or_else(Response::error);
@@ -270,7 +275,7 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
 /// with etcd unreachable the request fails naming etcd and nothing changes.
 async fn apply(d: &Arc<Mutex<Daemon>>, objects: Vec<crate::control::kube::Object>, delete: bool) -> Response {
     let store = d.lock().await.objects.clone();
-    let Some(store) = store else { return handle(d, Request::Apply { objects, delete }).await };
+    let Some(store) = store else { return handle(d, Request::Apply { objects, delete, more: false }).await };
     let t = std::time::Instant::now();
     if let Err(e) = d.lock().await.check_objects(&objects, delete) {
         return Response::error(e);
