@@ -128,6 +128,13 @@ impl EtcdClient {
         Ok(gateway::parse_header(&body)?)
     }
 
+    /// A transaction that applies `ops` only if every comparison holds: whether they
+    /// held, and the store revision after it.
+    pub async fn txn_if(&self, compare: Vec<Value>, ops: Vec<Value>) -> Result<(bool, i64), EtcdError> {
+        let body = self.call("/v3/kv/txn", &serde_json::json!({ "compare": compare, "success": ops })).await?;
+        Ok((gateway::parse_txn(&body)?, gateway::parse_header(&body)?))
+    }
+
     pub async fn delete(&self, key: &str) -> Result<i64, EtcdError> {
         let body = self.call("/v3/kv/deleterange", &gateway::range_request(key.as_bytes(), None)).await?;
         Ok(gateway::parse_header(&body)?)
@@ -171,8 +178,12 @@ pub struct WatchStream {
 impl WatchStream {
     /// The next message; an error when the stream ends or breaks (re-list and re-watch).
     pub async fn next(&mut self) -> Result<WatchMessage, EtcdError> {
+        // The gateway ends each message with a newline: a big message (a transaction of
+        // buckets, a MiB) arriving in many frames is parsed once, when it is whole, not
+        // once per frame.
+        let mut whole = true;
         loop {
-            if let Some((msg, used)) = split_message(&self.buf)? {
+            if whole && let Some((msg, used)) = split_message(&self.buf)? {
                 self.buf.drain(..used);
                 return Ok(msg);
             }
@@ -180,6 +191,7 @@ impl WatchStream {
                 Some(Ok(f)) => {
                     if let Ok(data) = f.into_data() {
                         self.buf.extend_from_slice(&data);
+                        whole = data.contains(&b'\n') || self.buf.len() < 1 << 16;
                     }
                 }
                 Some(Err(e)) => {

@@ -3,6 +3,7 @@
 //! the dataplane's peers in step with the leases. Control plane only: nothing here is
 //! on the packet path, and an etcd outage leaves the last tables in place.
 
+pub mod buckets;
 pub mod etcd;
 pub mod flannel;
 pub mod gateway;
