@@ -9,6 +9,8 @@
 #   plus1    one more service on top of those 100,000 -> in that table (ms): from the
 #            `apply` request to the first `show node` answer counting it, both on one API
 #            connection (apply-latency.py), so no process start is in the figure
+# and, for apply4 and fill1, the CPU seconds (user+sys) the client, the daemons and etcd
+# spent meanwhile (load-independent, unlike the wall clock on a shared machine).
 # Runs as root; leaves nothing behind (lab.sh down on exit).
 set -Eeuo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,6 +36,19 @@ wait_count() { # wait_count N SECONDS NODES...: every node's table holds N servi
     done
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ticks() { # ticks PID...: their user+sys CPU, in clock ticks
+    local p t=0
+    for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
+    echo "$t"
+}
+lab_pids() { pgrep -f "ucanal run --config $RUN" || true; pgrep -f "etcd .*$RUN" || true; }
+HZ=$(getconf CLK_TCK)
+cpu_s() { echo "scale=2; $1 / $HZ" | bc; }
+CLIENT_CPU=/tmp/scale-bench.client-cpu
+timed_apply() { # timed_apply SOCKET FILE: apply, the client's CPU seconds in $CLIENT_CPU
+    /usr/bin/time -f '%U %S' -o "$CLIENT_CPU.raw" "$BIN" --socket "$1" apply -f "$2" >/dev/null
+    awk '{printf "%.2f\n", $1 + $2}' "$CLIENT_CPU.raw" >"$CLIENT_CPU"
+}
 
 python3 "$HERE/gen-services.py" 10000 >"/tmp/scale-bench.10k.json"
 python3 "$HERE/gen-services.py" 100000 >"/tmp/scale-bench.100k.json"
@@ -43,26 +58,33 @@ plus1() { # plus1 SOCKET WANT: ms from the `apply` request of one more service u
     python3 "$HERE/apply-latency.py" "$1" "$2" /tmp/scale-bench.plus1.json
 }
 count_sock() { "$BIN" --socket "$1" show node --json 2>/dev/null | sed -n "s/.*\"services\": *\([0-9]*\).*/\1/p"; }
-fill() { # fill SOCKET WANT SECONDS: s from `apply` of the 100,000 until the table holds WANT
-    local t
+fill() { # fill SOCKET WANT SECONDS: s from `apply` of the 100,000 until the table holds WANT,
+    # and the CPU seconds of the client, the daemons and etcd meanwhile ("S CPU")
+    local t c0 f
+    mapfile -t pids < <(lab_pids)
+    c0=$(ticks "${pids[@]}")
     t=$(now)
-    "$BIN" --socket "$1" apply -f /tmp/scale-bench.100k.json >/dev/null
+    timed_apply "$1" /tmp/scale-bench.100k.json
     until [[ $(count_sock "$1") == "$2" ]]; do
         (($(date +%s) - ${t%.*} < $3)) || { echo timeout; return; }
         sleep 0.02
     done
-    since "$t"
+    f=$(since "$t")
+    echo "$f $(echo "$(cat "$CLIENT_CPU") + $(cpu_s $(($(ticks "${pids[@]}") - c0)))" | bc)"
 }
-A4=() W4=() F1=() P1=() FL=() PL=()
+A4=() W4=() C4=() F1=() CF=() P1=() FL=() CL=() PL=()
 for ((r = 1; r <= runs; r++)); do
     "$HERE/lab.sh" up --force --nodes 4 --etcd >"/tmp/scale-bench.$LAB_PREFIX.log" 2>&1
+    mapfile -t pids < <(lab_pids)
+    c0=$(ticks "${pids[@]}")
     t=$(now)
-    "$BIN" --socket "$(sock node01)" apply -f /tmp/scale-bench.10k.json >/dev/null
+    timed_apply "$(sock node01)" /tmp/scale-bench.10k.json
     w=$(since "$t")
     wait_count 10000 120 node01 node02 node03 node04 && a=$(since "$t") || a=timeout
+    c4=$(echo "$(cat "$CLIENT_CPU") + $(cpu_s $(($(ticks "${pids[@]}") - c0)))" | bc)
     "$HERE/lab.sh" down >/dev/null 2>&1
     "$HERE/lab.sh" up --force --nodes 1 --etcd >>"/tmp/scale-bench.$LAB_PREFIX.log" 2>&1
-    f=$(fill "$(sock node01)" 100000 300)
+    read -r f cf < <(fill "$(sock node01)" 100000 300)
     sleep 1
     p=$(plus1 "$(sock node01)" 100001)
     "$HERE/lab.sh" down >/dev/null 2>&1
@@ -70,14 +92,15 @@ for ((r = 1; r <= runs; r++)); do
     "$HERE/lab.sh" up --force >>"/tmp/scale-bench.$LAB_PREFIX.log" 2>&1
     s=$("$HERE/lab.sh" socket centos7-1)
     base=$(count_sock "$s")
-    fl=$(fill "$s" $((base + 100000)) 300)
+    read -r fl cl < <(fill "$s" $((base + 100000)) 300)
     sleep 1
     pl=$(plus1 "$s" $((base + 100001)))
     "$HERE/lab.sh" down >/dev/null 2>&1
-    printf 'run %d: apply4 %s s (written %s s)  etcd: fill1 %s s plus1 %s ms  local: fill1 %s s plus1 %s ms\n' \
-        "$r" "$a" "$w" "$f" "$p" "$fl" "$pl"
-    A4+=("$a") W4+=("$w") F1+=("$f") P1+=("$p") FL+=("$fl") PL+=("$pl")
+    printf 'run %d: apply4 %s s (written %s s, %s CPU-s)  etcd: fill1 %s s (%s CPU-s) plus1 %s ms  local: fill1 %s s (%s CPU-s) plus1 %s ms  load %s\n' \
+        "$r" "$a" "$w" "$c4" "$f" "$cf" "$p" "$fl" "$cl" "$pl" "$(cut -d' ' -f1-3 /proc/loadavg)"
+    A4+=("$a") W4+=("$w") C4+=("$c4") F1+=("$f") CF+=("$cf") P1+=("$p") FL+=("$fl") CL+=("$cl") PL+=("$pl")
 done
 m() { printf '%s\n' "$@" | median; }
-printf 'median: apply4 %s s (written %s s)  etcd: fill1 %s s plus1 %s ms  local: fill1 %s s plus1 %s ms\n' \
-    "$(m "${A4[@]}")" "$(m "${W4[@]}")" "$(m "${F1[@]}")" "$(m "${P1[@]}")" "$(m "${FL[@]}")" "$(m "${PL[@]}")"
+printf 'median: apply4 %s s (written %s s, %s CPU-s)  etcd: fill1 %s s (%s CPU-s) plus1 %s ms  local: fill1 %s s (%s CPU-s) plus1 %s ms\n' \
+    "$(m "${A4[@]}")" "$(m "${W4[@]}")" "$(m "${C4[@]}")" "$(m "${F1[@]}")" "$(m "${CF[@]}")" "$(m "${P1[@]}")" \
+    "$(m "${FL[@]}")" "$(m "${CL[@]}")" "$(m "${PL[@]}")"

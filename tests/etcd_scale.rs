@@ -54,8 +54,8 @@ fn etcd_ten_thousand_services_reach_every_node() {
     if !common::require_netns(&["etcd", "etcdctl"]) {
         return;
     }
-    let lab = Lab::up("tg", &["--nodes", "3", "--etcd"]);
-    let nodes = ["node01", "node02", "node03"];
+    let lab = Lab::up("tg", &["--nodes", "4", "--etcd"]);
+    let nodes = ["node01", "node02", "node03", "node04"];
     let file = lab.run_dir().join("10k.json");
     std::fs::write(&file, manifest(0, 10_000).to_string()).unwrap();
     let t = Instant::now();
@@ -63,9 +63,10 @@ fn etcd_ten_thousand_services_reach_every_node() {
     assert!(out.status.success(), "apply: {}", text(&out.stderr));
     let written = t.elapsed();
     let mut apis: Vec<Api> = nodes.iter().map(|n| Api::new(&lab, n)).collect();
-    let mut at = [None; 3];
+    let mut at = [None; 4];
     while at.iter().any(Option::is_none) {
         assert!(t.elapsed() < Duration::from_secs(60), "not every node holds 10,000 services: {at:?}");
+        // Polled on one connection per node: no process start in the figure.
         for (i, a) in apis.iter_mut().enumerate() {
             if at[i].is_none() && a.services() == 10_000 {
                 at[i] = Some(t.elapsed());
@@ -117,4 +118,53 @@ fn etcd_ten_thousand_services_reach_every_node() {
     assert!(seen.is_some(), "node03 never saw the service set on node01");
     let got = lab.ucanal_ok("node03", &["get", "services"]);
     assert!(got.lines().any(|l| l.contains("by-cli") && l.contains("10.250.251.1") && l.contains("53/UDP")), "{got}");
+    buckets_converge(&lab, &mut apis);
+}
+
+/// Objects are stored several per key (`<prefix>/objects/buckets/NNNN`); a delete of
+/// one service among the 10,000 and objects written by hand in the old one-per-key
+/// layout still reach every node, and a write moves the old keys into their bucket.
+fn buckets_converge(lab: &Lab, apis: &mut [Api]) {
+    let etcdctl = |args: &[&str]| {
+        let argv: Vec<&str> = ["etcdctl"].iter().chain(args).copied().collect();
+        let out = lab.lab_sh(&argv);
+        assert!(out.status.success(), "etcdctl {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let keys = etcdctl(&["get", "--prefix", "--keys-only", "/ucanal/objects/"]);
+    let keys: Vec<&str> = keys.lines().filter(|l| !l.is_empty()).collect();
+    assert!(keys.len() <= 1024 && keys.iter().all(|k| k.starts_with("/ucanal/objects/buckets/")), "{keys:?}");
+    let before = apis[0].services();
+    let one = lab.run_dir().join("one.json");
+    std::fs::write(&one, manifest(4_242, 1).to_string()).unwrap();
+    lab.ucanal_ok("node02", &["delete", "-f", one.to_str().unwrap()]);
+    let gone = common::wait_until(Duration::from_secs(10), || apis.iter_mut().all(|a| a.services() == before - 1));
+    assert!(gone.is_some(), "a service deleted on node02 is not gone everywhere");
+    assert!(!lab.ucanal_ok("node04", &["get", "services"]).contains("svc-4242 "), "svc-4242 still listed");
+
+    let old = manifest(30_000, 1);
+    for o in old["items"].as_array().unwrap() {
+        let dir = if o["kind"] == "Service" { "services" } else { "endpoints" };
+        let mut o = o.clone();
+        o.as_object_mut().unwrap().remove("apiVersion");
+        etcdctl(&["put", &format!("/ucanal/objects/{dir}/bench/svc-30000"), &o.to_string()]);
+    }
+    let seen = common::wait_until(Duration::from_secs(10), || apis.iter_mut().all(|a| a.services() == before));
+    assert!(seen.is_some(), "objects put by hand one per key did not reach every node");
+    // Its Endpoints changed through ucanal: into the bucket, the old key deleted.
+    let mut ep = old["items"][1].clone();
+    ep["subsets"][0]["addresses"][0]["ip"] = "10.244.2.5".into();
+    let file = lab.run_dir().join("ep.json");
+    std::fs::write(&file, ep.to_string()).unwrap();
+    lab.ucanal_ok("node01", &["apply", "-f", file.to_str().unwrap()]);
+    let moved = common::wait_until(Duration::from_secs(10), || {
+        ["node01", "node02", "node03", "node04"].iter().all(|n| {
+            let eps = lab.ucanal_ok(n, &["get", "endpoints"]);
+            eps.lines().any(|l| l.contains("svc-30000 ") && l.contains("10.244.2.5:2368"))
+        })
+    });
+    assert!(moved.is_some(), "the Endpoints update did not reach every node");
+    assert_eq!(etcdctl(&["get", "--keys-only", "/ucanal/objects/endpoints/bench/svc-30000"]).trim(), "");
+    assert!(!etcdctl(&["get", "--keys-only", "/ucanal/objects/services/bench/svc-30000"]).trim().is_empty());
+    assert!(apis.iter_mut().all(|a| a.services() == before), "the Service stayed while its Endpoints moved");
 }

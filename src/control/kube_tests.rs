@@ -104,3 +104,40 @@ fn service_set_writes_objects_that_make_the_same_spec() {
     g.name = "ghost".into();
     assert!(objects_of(&g).is_err());
 }
+
+#[test]
+fn the_one_pass_decoder_agrees_with_the_general_one() {
+    let list = r#"{"apiVersion":"v1","kind":"List","items":[
+      {"apiVersion":"v1","kind":"Service","metadata":{"name":"a","namespace":"n","labels":{"app":"a"}},
+       "spec":{"type":"NodePort","clusterIP":"10.250.0.9","ports":[{"name":"http","port":80,"nodePort":30080}]},"status":{}},
+      {"apiVersion":"v1","kind":"Endpoints","metadata":{"name":"a","namespace":"n"}},
+      {"kind":"EndpointSlice","metadata":{"name":"a-x","namespace":"n","labels":{"kubernetes.io/service-name":"a"}},
+       "endpoints":[{"addresses":["10.244.1.9"],"conditions":{"ready":true}}],"ports":[{"name":"http","port":8080}]}]}"#;
+    let yaml_docs = "---\nkind: Endpoints\nmetadata: {name: b}\nsubsets: []\n---\n---\nkind: Service\nmetadata: {name: b}\nspec: {clusterIP: 10.0.0.2, ports: [{port: 53, protocol: UDP}]}\n";
+    for good in [GHOST, list, yaml_docs] {
+        let fast = decode::fast_manifest(good).expect("the fast path takes a right manifest");
+        assert_eq!(Ok(fast), parse_manifest_general(good));
+    }
+    assert_eq!(
+        parse_manifest(list).unwrap().iter().map(Object::kind).collect::<Vec<_>>(),
+        ["Service", "Endpoints", "EndpointSlice"]
+    );
+    // Wrong ones leave the fast path, and the error names the object.
+    for (bad, names) in [
+        (
+            r#"{"kind":"List","items":[{"kind":"Service","metadata":{"name":"x"},"spec":{"clusterIP":"10.0.0.1","ports":[{"port":"http"}]}}]}"#,
+            "Service x: ",
+        ),
+        (
+            r#"{"kind":"List","items":[{"kind":"EndpointSlice","metadata":{"name":"y"},"ports":[]}]}"#,
+            "EndpointSlice y: missing field `endpoints`",
+        ),
+        ("kind: Service\nmetadata: {name: z}\n", "Service z: missing field `spec`"),
+        (r#"{"kind":"List","items":[{"kind":"List","items":[]}]}"#, "kind 'List'"),
+    ] {
+        assert!(decode::fast_manifest(bad).is_none(), "{bad}");
+        let e = parse_manifest(bad).unwrap_err().to_string();
+        assert!(e.contains(names), "{bad}: {e}");
+        assert_eq!(parse_manifest(bad), parse_manifest_general(bad));
+    }
+}
