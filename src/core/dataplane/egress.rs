@@ -7,7 +7,7 @@ use super::*;
 impl Ctx<'_> {
     pub(super) fn egress(
         &mut self,
-        from: From,
+        from: Origin,
         pkt: &mut Packet,
         m: &Matched,
         hdr: Hdr,
@@ -17,7 +17,7 @@ impl Ctx<'_> {
         let t = self.t;
         let node = &t.node;
         // ucanal is the router between pods and VXLAN; the node's stack routes the rest.
-        let routed_here = !matches!(from, From::Host);
+        let routed_here = !matches!(from, Origin::Host);
         match m.target {
             RouteTarget::Pod(port) => {
                 let Some(pod) = t.pod(port) else { return self.drop(DropReason::PortGone) };
@@ -31,7 +31,7 @@ impl Ctx<'_> {
                     pkt.offload.frag_size = pkt.offload.frag_size.min(node.mtu);
                 }
                 set_macs(pkt, pod.mac, node.host_mac);
-                if !matches!(from, From::Vxlan { .. }) {
+                if !matches!(from, Origin::Vxlan { .. }) {
                     self.count(Counter::ForwardLocal);
                 }
                 self.tr.step(|| Step::Deliver { port: format!("{} (pod {})", pod.ifname, pod.name), dst_mac: pod.mac });
@@ -40,7 +40,7 @@ impl Ctx<'_> {
             RouteTarget::Peer { gateway, hop } => {
                 // The kernel forwards a decapsulated packet back out of flannel.1 when its
                 // route says so; `vxlan_accept = peers` refuses transit.
-                if matches!(from, From::Vxlan { strict: true, .. }) {
+                if matches!(from, Origin::Vxlan { strict: true, .. }) {
                     return self.drop(DropReason::VxlanNotLocal);
                 }
                 let mtu = node.mtu;
@@ -68,7 +68,7 @@ impl Ctx<'_> {
                 self.encap_to_peer(pkt, gateway, hop)
             }
             RouteTarget::Local => {
-                if matches!(from, From::Host) {
+                if matches!(from, Origin::Host) {
                     // Steered here (NodePort range, masquerade replies) but ours to answer:
                     // hand it back; arriving from the host port, the kernel delivers it locally.
                     self.count(Counter::HostPunt);
@@ -82,8 +82,8 @@ impl Ctx<'_> {
             }
             RouteTarget::Host => {
                 match from {
-                    From::Host => return self.drop(DropReason::HostLoop),
-                    From::Vxlan { strict: true, .. } if !tracked => return self.drop(DropReason::VxlanNotLocal),
+                    Origin::Host => return self.drop(DropReason::HostLoop),
+                    Origin::Vxlan { strict: true, .. } if !tracked => return self.drop(DropReason::VxlanNotLocal),
                     _ => {}
                 }
                 self.count(Counter::ForwardHost);
@@ -190,12 +190,12 @@ impl Ctx<'_> {
     /// address it reached). When the node's stack forwarded the packet into ucanal0, that
     /// hop is one the kernel's REJECT never sees: the error leaves with TTL 65, so that
     /// it reaches the wire with 64.
-    pub(super) fn reject_no_endpoints(&mut self, from: From, pkt: &mut Packet, hdr: Hdr, via: Via) -> Action {
+    pub(super) fn reject_no_endpoints(&mut self, from: Origin, pkt: &mut Packet, hdr: Hdr, via: Via) -> Action {
         let node = &self.t.node;
-        let host_hop = matches!(from, From::Host) && hdr.src != node.node_ip && hdr.src != node.vtep_ip;
+        let host_hop = matches!(from, Origin::Host) && hdr.src != node.node_ip && hdr.src != node.vtep_ip;
         let src = match via {
             Via::ClusterIp => {
-                if !matches!(from, From::Host)
+                if !matches!(from, Origin::Host)
                     && let Some(a) = self.dec_ttl(pkt, None)
                 {
                     return a;

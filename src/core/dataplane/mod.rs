@@ -49,7 +49,7 @@ pub struct Dataplane {
 
 /// Where a frame came in.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum From<'t> {
+pub(super) enum Origin<'t> {
     Pod(&'t PodPort),
     Host,
     /// Decapsulated: `subnet` is the sending peer's pod subnet (`None` for a sender with no
@@ -100,11 +100,11 @@ impl Dataplane {
         let mut cx = Ctx { dp: self, t, w: worker, now, tr };
         let from = if port.is_host() {
             cx.count(Counter::RxHost);
-            From::Host
+            Origin::Host
         } else {
             cx.count(Counter::RxPod);
             match t.pod(port) {
-                Some(p) => From::Pod(p),
+                Some(p) => Origin::Pod(p),
                 None => return cx.drop(DropReason::PortGone),
             }
         };
@@ -125,7 +125,7 @@ impl Dataplane {
                     return cx.drop(DropReason::EthNotForUs);
                 }
                 let must_be = match from {
-                    From::Pod(p) => Some(p.ip),
+                    Origin::Pod(p) => Some(p.ip),
                     _ => None,
                 };
                 match proxy_arp::answer(pkt.data_mut(), must_be, t.node.host_mac) {
@@ -193,7 +193,7 @@ impl Dataplane {
         }
         cx.count(Counter::Decap);
         cx.tr.step(|| Step::Decap { vni, peer, peer_subnet: subnet.map(|s| s.to_string()), inner_src_mac: src_mac });
-        cx.ipv4(From::Vxlan { subnet, strict }, pkt)
+        cx.ipv4(Origin::Vxlan { subnet, strict }, pkt)
     }
 }
 
@@ -254,7 +254,7 @@ impl<'a> Ctx<'a> {
         Action::Drop(r)
     }
 
-    fn ipv4(&mut self, from: From, pkt: &mut Packet) -> Action {
+    fn ipv4(&mut self, from: Origin, pkt: &mut Packet) -> Action {
         let t = self.t;
         let Parsed { hdr, tuple, tcp_flags, icmp_error, partial, fragment } = match self.parse(from, pkt) {
             Ok(p) => p,
@@ -294,7 +294,7 @@ impl<'a> Ctx<'a> {
 
     /// The IPv4 checks of the walk (header, martians, anti-spoofing, the peer's subnet)
     /// and the facts the rest of it needs; `Err` is the drop.
-    fn parse(&mut self, from: From, pkt: &Packet) -> Result<Parsed, Action> {
+    fn parse(&mut self, from: Origin, pkt: &Packet) -> Result<Parsed, Action> {
         let hdr;
         let mut tuple = None;
         let mut tcp_flags = 0;
@@ -304,7 +304,7 @@ impl<'a> Ctx<'a> {
         {
             let Ok(ip) = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..]) else {
                 return Err(self.drop(match from {
-                    From::Vxlan { .. } => DropReason::VxlanInnerMalformed,
+                    Origin::Vxlan { .. } => DropReason::VxlanInnerMalformed,
                     _ => DropReason::Ipv4Malformed,
                 }));
             };
@@ -322,8 +322,8 @@ impl<'a> Ctx<'a> {
                 return Err(self.drop(DropReason::Ipv4Martian));
             }
             match from {
-                From::Pod(p) if hdr.src != p.ip => return Err(self.drop(DropReason::SpoofedSource)),
-                From::Vxlan { subnet: Some(subnet), strict } if !subnet.contains(hdr.src) => {
+                Origin::Pod(p) if hdr.src != p.ip => return Err(self.drop(DropReason::SpoofedSource)),
+                Origin::Vxlan { subnet: Some(subnet), strict } if !subnet.contains(hdr.src) => {
                     if strict {
                         return Err(self.drop(DropReason::VxlanSrcOutsideSubnet));
                     }
@@ -339,7 +339,7 @@ impl<'a> Ctx<'a> {
                     PROTO_TCP | PROTO_UDP => match l4::ports(hdr.proto, payload) {
                         Ok(p) => {
                             // A kernel peer's veth hands its checksums on partial.
-                            partial = matches!(from, From::Vxlan { .. })
+                            partial = matches!(from, Origin::Vxlan { .. })
                                 && offload::is_partial(&pkt.data()[ethernet::HEADER_LEN..][..hdr.total]);
                             tcp_flags = p.tcp_flags;
                             tuple = Some(Tuple {
@@ -390,7 +390,7 @@ impl<'a> Ctx<'a> {
 
     /// A fragment: held until its datagram is whole; the whole datagram then takes the
     /// walk from the start, and leaves to be fragmented again (see `frag`).
-    fn defrag(&mut self, from: From, pkt: &mut Packet) -> Action {
+    fn defrag(&mut self, from: Origin, pkt: &mut Packet) -> Action {
         if self.tr.dry_run {
             self.tr.step(|| Step::Defrag { what: "a fragment: would be held for reassembly".into() });
             return Action::Held;

@@ -28,7 +28,7 @@ pub(super) struct Rule<'t> {
 impl<'a> Ctx<'a> {
     /// The NAT stage for a packet with ports: conntrack first, then the service rules
     /// and the masquerade rules for a new flow.
-    pub(super) fn nat(&mut self, from: From, pkt: &mut Packet, u: &Tuple, tcp_flags: u8, hdr: Hdr) -> Nat {
+    pub(super) fn nat(&mut self, from: Origin, pkt: &mut Packet, u: &Tuple, tcp_flags: u8, hdr: Hdr) -> Nat {
         let ct = &self.dp.conntrack;
         let commit = !self.tr.dry_run;
         if let Some(hit) = ct.track(u, tcp_flags, self.now, commit) {
@@ -38,12 +38,12 @@ impl<'a> Ctx<'a> {
         self.tr.step(|| Step::ConntrackMiss { tuple: tuple_str(&u) });
         match from {
             // NAT happens where a flow enters the cluster; a peer never hands us a new one.
-            From::Vxlan { strict: true, .. } => return Nat::Untracked,
+            Origin::Vxlan { strict: true, .. } => return Nat::Untracked,
             // As the kernel, `vxlan_accept = any` applies the rules to what flannel.1
             // decapsulates too (kube-proxy's PREROUTING, flannel's ip-masq); to this node's
             // pod subnet (the usual case) no rule applies: it holds no service IP, no node IP,
             // and no masquerade rule matches a local destination.
-            From::Vxlan { .. } if self.t.node.pod_cidr.contains(u.dst) => return Nat::Untracked,
+            Origin::Vxlan { .. } if self.t.node.pod_cidr.contains(u.dst) => return Nat::Untracked,
             _ => {}
         }
         match self.rule(from, pkt, u, hdr) {
@@ -88,7 +88,7 @@ impl<'a> Ctx<'a> {
 
     /// The rules for a new flow: a service (DNAT, and masquerade when marked) or
     /// flannel's ip-masq; `Err` when the packet is answered here or needs no NAT.
-    fn rule(&mut self, from: From, pkt: &mut Packet, u: Tuple, hdr: Hdr) -> Result<Rule<'a>, Nat> {
+    fn rule(&mut self, from: Origin, pkt: &mut Packet, u: Tuple, hdr: Hdr) -> Result<Rule<'a>, Nat> {
         let t = self.t;
         let node = &t.node;
         let service = match u.proto {
@@ -151,7 +151,7 @@ impl<'a> Ctx<'a> {
                 )));
             }
             let eg = match t.routes.lookup(u.dst).target {
-                RouteTarget::Host if !matches!(from, From::Host) => Egress::Host,
+                RouteTarget::Host if !matches!(from, Origin::Host) => Egress::Host,
                 RouteTarget::Peer { .. } => Egress::Vxlan,
                 _ => return Err(Nat::Untracked),
             };
