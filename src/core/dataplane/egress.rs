@@ -34,7 +34,7 @@ impl Ctx<'_> {
                 if !matches!(from, Origin::Vxlan { .. }) {
                     self.count(Counter::ForwardLocal);
                 }
-                self.tr.step(|| Step::Deliver { port: format!("{} (pod {})", pod.ifname, pod.name), dst_mac: pod.mac });
+                self.tr.step(|| Step::Deliver { port: PortRef::of(t, port), dst_mac: pod.mac });
                 Action::ToPort(port)
             }
             RouteTarget::Peer { gateway, hop } => {
@@ -77,7 +77,7 @@ impl Ctx<'_> {
                 }
                 offload::finish(pkt);
                 set_macs(pkt, node.host_port_mac, node.host_mac);
-                self.tr.step(|| Step::Deliver { port: "host port".into(), dst_mac: node.host_port_mac });
+                self.tr.step(|| Step::Deliver { port: PortRef::Host, dst_mac: node.host_port_mac });
                 Action::ToPort(PortId::HOST)
             }
             RouteTarget::Host => {
@@ -89,7 +89,7 @@ impl Ctx<'_> {
                 self.count(Counter::ForwardHost);
                 offload::finish(pkt);
                 set_macs(pkt, node.host_port_mac, node.host_mac);
-                self.tr.step(|| Step::Deliver { port: "host port".into(), dst_mac: node.host_port_mac });
+                self.tr.step(|| Step::Deliver { port: PortRef::Host, dst_mac: node.host_port_mac });
                 Action::ToPort(PortId::HOST)
             }
             RouteTarget::Unreachable => self.drop(DropReason::NoRoute),
@@ -110,8 +110,8 @@ impl Ctx<'_> {
                 (mac, remote)
             }
         };
-        self.tr.step(|| Step::Neighbour { ip: gateway, mac, dev: "flannel.1".into() });
-        self.tr.step(|| Step::Fdb { mac, dst: remote, dev: "flannel.1".into() });
+        self.tr.step(|| Step::Neighbour { ip: gateway, mac });
+        self.tr.step(|| Step::Fdb { mac, dst: remote });
         // The wire needs finished checksums (GSO frames get them per segment).
         offload::finish(pkt);
         let flow_hash = inner_flow_hash(&pkt.data()[ethernet::HEADER_LEN..], t.hash_seed);
@@ -179,7 +179,7 @@ impl Ctx<'_> {
         let to = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..])
             .map(|ip| ip.dst())
             .unwrap_or(Ipv4Addr::UNSPECIFIED);
-        self.tr.step(|| Step::Reply { what: format!("icmp type {} code {}", repr.icmp_type, repr.code), to });
+        self.tr.step(|| Step::Reply { icmp_type: repr.icmp_type, code: repr.code, to });
         self.route_generated(pkt)
     }
 
@@ -218,7 +218,7 @@ impl Ctx<'_> {
             return Action::Drop(DropReason::ServiceNoEndpoints);
         }
         self.count(Counter::IcmpUnreachableSent);
-        self.tr.step(|| Step::Reply { what: "icmp type 3 code 3".into(), to: hdr.src });
+        self.tr.step(|| Step::Reply { icmp_type: 3, code: 3, to: hdr.src });
         self.route_generated(pkt)
     }
 
@@ -262,16 +262,13 @@ impl Tables {
     }
 }
 
-/// `ip route` wording of the matched route.
-pub(super) fn describe_route(t: &Tables, m: &Matched) -> String {
+/// The matched route for the trace.
+pub(super) fn route_ref(t: &Tables, m: &Matched) -> RouteRef {
     match m.target {
-        RouteTarget::Pod(p) => match t.pod(p) {
-            Some(pod) => format!("{} dev {} scope link", m.prefix.addr(), pod.ifname),
-            None => format!("{} dev port{} scope link", m.prefix.addr(), p.0),
-        },
-        RouteTarget::Peer { gateway, .. } => format!("{} via {} dev flannel.1 onlink", m.prefix, gateway),
-        RouteTarget::Local => format!("local {} (this node, to the host stack)", m.prefix.addr()),
-        RouteTarget::Host => "default: the host stack (outside the cluster)".into(),
-        RouteTarget::Unreachable => format!("unreachable (inside {} but no pod or peer route)", m.prefix),
+        RouteTarget::Pod(p) => RouteRef::Link { dst: m.prefix.addr(), port: PortRef::of(t, p) },
+        RouteTarget::Peer { gateway, .. } => RouteRef::Peer { prefix: m.prefix, gateway },
+        RouteTarget::Local => RouteRef::Local { dst: m.prefix.addr() },
+        RouteTarget::Host => RouteRef::Host,
+        RouteTarget::Unreachable => RouteRef::Unreachable { prefix: m.prefix },
     }
 }

@@ -25,13 +25,12 @@ use super::nat::service::Via;
 use super::nat::{Tuple, pick};
 use super::route::{Hop, Matched, RouteTarget};
 use super::tables::{PodPort, Tables, VxlanAccept};
-use super::trace::{Step, Trace, tuple_str};
+use super::trace::{Admit, Defrag, MasqRule, PortRef, RouteRef, Step, Trace};
 use super::{Action, HEADROOM, Ipv4Net, Now, Offload, Packet, PortId, frag, offload, proxy_arp, reject, vxlan};
 use crate::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetFrame};
 use crate::wire::icmp::{self, ErrorRepr, IcmpPacket};
 use crate::wire::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::wire::l4::{self, End};
-use crate::wire::tcp;
 use crate::wire::{MacAddr, vxlan as vxlan_wire};
 
 /// The dataplane: the current table snapshot, the connection table and the counters.
@@ -108,7 +107,7 @@ impl Dataplane {
                 None => return cx.drop(DropReason::PortGone),
             }
         };
-        cx.tr.step(|| Step::Ingress { port: port_name(t, port), len: pkt.len() });
+        cx.tr.step(|| Step::Ingress { port: PortRef::of(t, port), len: pkt.len() });
         let Ok(eth) = EthernetFrame::new_checked(pkt.data()) else {
             return cx.drop(DropReason::EthTruncated);
         };
@@ -155,7 +154,7 @@ impl Dataplane {
     ) -> Action {
         let mut cx = Ctx { dp: self, t, w: worker, now, tr };
         cx.count(Counter::RxVxlan);
-        cx.tr.step(|| Step::Ingress { port: format!("vxlan from {from}"), len: pkt.len() });
+        cx.tr.step(|| Step::Ingress { port: PortRef::Vxlan { from }, len: pkt.len() });
         let vni = match vxlan_wire::parse(pkt.data()) {
             Ok(v) => v,
             Err(_) => return cx.drop(DropReason::VxlanMalformed),
@@ -192,16 +191,8 @@ impl Dataplane {
             return cx.drop(DropReason::VxlanInnerMalformed);
         }
         cx.count(Counter::Decap);
-        cx.tr.step(|| Step::Decap { vni, peer, peer_subnet: subnet.map(|s| s.to_string()), inner_src_mac: src_mac });
+        cx.tr.step(|| Step::Decap { vni, peer, peer_subnet: subnet, inner_src_mac: src_mac });
         cx.ipv4(Origin::Vxlan { subnet, strict }, pkt)
-    }
-}
-
-fn port_name(t: &Tables, port: PortId) -> String {
-    match t.pod(port) {
-        _ if port.is_host() => "host port".to_string(),
-        Some(p) => format!("{} (pod {})", p.ifname, p.name),
-        None => format!("port {}", port.0),
     }
 }
 
@@ -288,7 +279,7 @@ impl<'a> Ctx<'a> {
             .get(ethernet::HEADER_LEN..ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN)
             .map_or(hdr.dst, |h| ipv4::addrs(h).1);
         let m = t.routes.lookup(dst);
-        self.tr.step(|| Step::Route { dst, route: describe_route(t, &m) });
+        self.tr.step(|| Step::Route { dst, route: route_ref(t, &m) });
         self.egress(from, pkt, &m, hdr, tracked, tuple)
     }
 
@@ -374,15 +365,7 @@ impl<'a> Ctx<'a> {
             let ttl = ip.ttl();
             self.tr.step(|| {
                 let (sport, dport) = tuple.map(|u| (u.sport, u.dport)).unwrap_or((0, 0));
-                Step::Packet {
-                    proto: super::nat::proto_name(hdr.proto).to_string(),
-                    src: hdr.src,
-                    dst: hdr.dst,
-                    sport,
-                    dport,
-                    ttl,
-                    flags: tcp_flag_names(tcp_flags),
-                }
+                Step::Packet { proto: hdr.proto, src: hdr.src, dst: hdr.dst, sport, dport, ttl, tcp_flags }
             });
         }
         Ok(Parsed { hdr, tuple, tcp_flags, icmp_error, partial, fragment })
@@ -392,7 +375,7 @@ impl<'a> Ctx<'a> {
     /// walk from the start, and leaves to be fragmented again (see `frag`).
     fn defrag(&mut self, from: Origin, pkt: &mut Packet) -> Action {
         if self.tr.dry_run {
-            self.tr.step(|| Step::Defrag { what: "a fragment: would be held for reassembly".into() });
+            self.tr.step(|| Step::Defrag { event: Defrag::WouldHold });
             return Action::Held;
         }
         let now = self.now;
@@ -408,7 +391,7 @@ impl<'a> Ctx<'a> {
         self.count(Counter::FragmentHeld);
         match outcome.pushed {
             Pushed::Held => {
-                self.tr.step(|| Step::Defrag { what: "a fragment, held until its datagram is whole".into() });
+                self.tr.step(|| Step::Defrag { event: Defrag::Held });
                 Action::Held
             }
             Pushed::Dropped(r) => self.drop(r),
@@ -416,9 +399,7 @@ impl<'a> Ctx<'a> {
                 self.count(Counter::FragmentReassembled);
                 pkt.use_spare(len);
                 pkt.offload = Offload { frag_size: max_frag, ..Offload::default() };
-                self.tr.step(|| Step::Defrag {
-                    what: format!("the last fragment: datagram reassembled ({} bytes)", len - ethernet::HEADER_LEN),
-                });
+                self.tr.step(|| Step::Defrag { event: Defrag::Reassembled { bytes: len - ethernet::HEADER_LEN } });
                 self.ipv4(from, pkt)
             }
         }
@@ -467,15 +448,10 @@ fn inner_flow_hash(ip: &[u8], seed: u64) -> u32 {
     Tuple { proto, src, dst, sport, dport }.hash(seed)
 }
 
-fn tcp_flag_names(f: u8) -> String {
-    let names = [(tcp::SYN, "SYN"), (tcp::ACK, "ACK"), (tcp::FIN, "FIN"), (tcp::RST, "RST"), (tcp::PSH, "PSH")];
-    names.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
-}
-
 mod egress;
 mod nat;
 
-use egress::describe_route;
+use egress::route_ref;
 use nat::Nat;
 
 #[cfg(test)]

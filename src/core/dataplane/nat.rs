@@ -35,7 +35,7 @@ impl<'a> Ctx<'a> {
             return self.tracked(pkt, u, hit);
         }
         let u = *u;
-        self.tr.step(|| Step::ConntrackMiss { tuple: tuple_str(&u) });
+        self.tr.step(|| Step::ConntrackMiss { tuple: u });
         match from {
             // NAT happens where a flow enters the cluster; a peer never hands us a new one.
             Origin::Vxlan { strict: true, .. } => return Nat::Untracked,
@@ -67,16 +67,7 @@ impl<'a> Ctx<'a> {
                         *u,
                     ),
                 };
-                Step::Conntrack {
-                    dir: format!("{:?}", hit.dir).to_lowercase(),
-                    state: hit
-                        .state
-                        .map(|s| s.name())
-                        .unwrap_or(if u.proto == PROTO_UDP { "UDP" } else { "ICMP" })
-                        .to_string(),
-                    original: tuple_str(&original),
-                    reply: tuple_str(&reply),
-                }
+                Step::Conntrack { dir: hit.dir, state: hit.state.map(|s| s.name().into()), original, reply }
             });
             apply(pkt, &hit);
             if hit.dir == Dir::Reply {
@@ -106,19 +97,10 @@ impl<'a> Ctx<'a> {
         if let Some((s, via)) = service {
             self.tr.step(|| Step::Service {
                 name: s.spec.name.clone(),
-                via: match via {
-                    Via::ClusterIp => "cluster IP".into(),
-                    Via::NodePort => "NodePort".into(),
-                },
-                rule: match via {
-                    Via::ClusterIp => format!(
-                        "KUBE-SERVICES {} dst {} dpt:{}",
-                        s.spec.protocol.name(),
-                        s.spec.cluster_ip,
-                        s.spec.port
-                    ),
-                    Via::NodePort => format!("KUBE-NODEPORTS {} dpt:{}", s.spec.protocol.name(), u.dport),
-                },
+                via,
+                proto: u.proto,
+                dst: u.dst,
+                port: u.dport,
             });
             let n = s.spec.endpoints.len();
             if n == 0 {
@@ -181,7 +163,7 @@ impl<'a> Ctx<'a> {
             // Show what would be entered, without entering it.
             let reply =
                 Tuple { proto: u.proto, src: reply_src.0, dst: reply_dst, sport: reply_src.1, dport: ports.keep };
-            self.trace_new(u, reply, nat, "would be new");
+            self.trace_new(u, reply, nat, None, Admit::WouldBe);
             original_hit(&reply, nat)
         } else {
             match ct.insert(NewFlow { original: u, tcp_flags, reply_src, reply_dst, nat, ports }, self.now) {
@@ -207,16 +189,16 @@ impl<'a> Ctx<'a> {
                         s.hits.hit(pkt.len() - ethernet::HEADER_LEN);
                         s.endpoint_hits[i].hit(pkt.len() - ethernet::HEADER_LEN);
                     }
-                    let state = entry.state_name().unwrap_or("").to_string();
-                    self.trace_new(u, entry.reply, nat, &state);
+                    self.trace_new(u, entry.reply, nat, entry.state_name(), Admit::Entered);
                     original_hit(&entry.reply, nat)
                 }
                 Insert::Joined(entry) => {
                     self.count(Counter::CtRaceJoined);
                     self.tr.step(|| Step::ConntrackNew {
-                        original: tuple_str(&u),
-                        reply: tuple_str(&entry.reply),
-                        state: "joined (inserted by a concurrent packet)".into(),
+                        original: u,
+                        reply: entry.reply,
+                        state: entry.state_name().map(Into::into),
+                        how: Admit::Joined,
                     });
                     original_hit(&entry.reply, entry.nat)
                 }
@@ -228,12 +210,8 @@ impl<'a> Ctx<'a> {
         Nat::Tracked
     }
 
-    pub(super) fn trace_new(&mut self, u: Tuple, reply: Tuple, nat: u8, state: &str) {
-        self.tr.step(|| Step::ConntrackNew {
-            original: tuple_str(&u),
-            reply: tuple_str(&reply),
-            state: state.to_string(),
-        });
+    pub(super) fn trace_new(&mut self, u: Tuple, reply: Tuple, nat: u8, state: Option<&str>, how: Admit) {
+        self.tr.step(|| Step::ConntrackNew { original: u, reply, state: state.map(Into::into), how });
         if nat & NAT_DNAT != 0 {
             self.tr.step(|| Step::Dnat {
                 before: SocketAddrV4::new(u.dst, u.dport),
@@ -241,13 +219,9 @@ impl<'a> Ctx<'a> {
             });
         }
         if nat & NAT_SNAT != 0 {
-            let reason = if nat & NAT_DNAT != 0 {
-                "KUBE-MARK-MASQ 0x4000, KUBE-POSTROUTING MASQUERADE"
-            } else {
-                "flannel ip-masq"
-            };
+            let by = if nat & NAT_DNAT != 0 { MasqRule::ServiceMark } else { MasqRule::FlannelIpMasq };
             self.tr.step(|| Step::Masquerade {
-                reason: reason.into(),
+                by,
                 before: SocketAddrV4::new(u.src, u.sport),
                 after: SocketAddrV4::new(reply.dst, reply.dport),
             });

@@ -80,8 +80,9 @@ pub struct Service {
 }
 
 /// Which rule matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Via {
+    #[serde(rename = "ClusterIP")]
     ClusterIp,
     NodePort,
 }
