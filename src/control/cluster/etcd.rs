@@ -29,6 +29,9 @@ pub enum EtcdError {
     Gateway(#[from] GatewayError),
     #[error("etcd endpoint '{0}' is not http://host:port")]
     BadEndpoint(String),
+    /// A write of several transactions failed after some went through.
+    #[error("{source}; {written} of {of} transactions were written before it (apply again to finish)")]
+    Partial { written: usize, of: usize, source: Box<EtcdError> },
 }
 
 /// Per-request deadline: etcd answers a healthy request in milliseconds; a partitioned

@@ -290,6 +290,7 @@ async fn apply(d: &Arc<Mutex<Daemon>>, objects: Vec<crate::control::kube::Object
     );
     match r {
         Ok(n) => Response::ok(format!("{n} object(s) {} in etcd", if delete { "deleted" } else { "written" })),
+        Err(e @ crate::control::cluster::etcd::EtcdError::Partial { .. }) => Response::error(e),
         Err(e) => Response::error(format!("{e}; nothing applied")),
     }
 }
