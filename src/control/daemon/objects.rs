@@ -168,6 +168,9 @@ impl Daemon {
         if let Err(e) = self.respec(&touched).await {
             tracing::error!("objects from etcd do not apply here: {e}; keeping the previous services");
         }
+        if touched.len() >= 10_000 {
+            settle_allocator();
+        }
         tracing::info!(
             updates,
             services = touched.len(),
