@@ -29,6 +29,7 @@ impl Daemon {
             Show::Peers => Ok(self.show_peers()),
             Show::Node => serde_json::to_value(serde_json::json!({
                 "node": t.node,
+                "pod_cidr_from": self.pod_cidr_from,
                 "generation": t.generation,
                 "workers": self.workers.len(),
                 "offloads": self.cfg.dataplane.offloads,

@@ -166,6 +166,8 @@ pub struct Daemon {
     unstarted: Vec<(PortId, Vec<std::os::fd::OwnedFd>)>,
     /// Where the API server passes a successor's hand-over ask.
     successors: Option<tokio::sync::mpsc::Sender<handover::Successor>>,
+    /// Where the pod CIDR came from (the config, or a lease in etcd), for `show node`.
+    pod_cidr_from: String,
 }
 
 impl Daemon {
