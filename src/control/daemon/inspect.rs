@@ -39,6 +39,7 @@ impl Daemon {
                 "services": t.services.len(),
                 "conntrack": { "entries": self.dp.conntrack.len(), "max": self.dp.conntrack.max() },
                 "peers": self.show_peers(),
+                "state_file": self.statefile.as_ref().map(|s| s.stats()),
             })),
         }
         .unwrap_or(serde_json::Value::Null)

@@ -129,7 +129,7 @@ fn new_daemon(
         leases,
         cfg: Config { pods: Vec::new(), ..cfg.clone() },
         adopted: state.is_some(),
-        keep,
+        keep: keep.clone(),
         restoring: false,
         wio: None,
         handing: false,
@@ -137,6 +137,7 @@ fn new_daemon(
         unstarted: Vec::new(),
         successors: None,
         pod_cidr_from: String::new(),
+        statefile: keep.map(|k| super::statefile::StateFile::new(k, state.map_or(0, |s| s.seq))),
     }
 }
 
@@ -189,7 +190,7 @@ pub(super) async fn start(
     }
     d.restoring = false;
     d.handed_pods.clear();
-    d.save_state();
+    d.snapshot_state();
     let tech = cfg.dataplane.techniques();
     tracing::info!(
         node = %node.name, adopted = d.adopted, handed_over = handed.is_some(), workers = n_workers, batch = cfg.dataplane.batch, techniques = ?tech, pods = d.pods.len(), services = d.services.len(),
@@ -249,7 +250,7 @@ async fn take_over(
                 tracing::warn!("{e}; waiting for the old ucanal to exit, then starting cold");
                 wait_predecessor(&cfg.api.socket)?;
                 d.handing = false;
-                if let Some(st) = d.keep.as_ref().and_then(|k| restart::load_state(&k.state)) {
+                if let Some(st) = d.keep.as_ref().and_then(super::statefile::load) {
                     d.seed = st.seed;
                     d.restore_sysctls = node::sysctls_from_names(&st.restore_sysctls);
                     set_services(d, st.services);
