@@ -168,9 +168,11 @@ impl StateFile {
         }
         let (seq, paths) = (self.seq, self.paths.clone());
         let spawned = std::thread::Builder::new().name("ucanal-state".into()).spawn(move || {
+            let t = std::time::Instant::now();
             let b = serde_json::to_vec(&src.into_state(seq)).map_err(io::Error::other)?;
             write_atomic(&paths.state, &b)?;
             std::fs::remove_file(&paths.journal_old)?;
+            tracing::info!(bytes = b.len(), seq, ms = t.elapsed().as_millis() as u64, "state file compacted");
             Ok(b.len() as u64)
         });
         match spawned {
@@ -189,7 +191,6 @@ impl StateFile {
             Ok(Ok(n)) => {
                 self.snapshot_bytes = n;
                 self.compactions += 1;
-                tracing::debug!(bytes = n, seq = self.seq, "state snapshot compacted");
             }
             // The old journal stays, and is replayed at the next start.
             Ok(Err(e)) => tracing::error!("compacting {}: {e}", self.paths.state.display()),
