@@ -216,7 +216,12 @@ lab_cluster_node_up() {
         # lab_ucanal_start writes the config from lab_ucanal_config: give it ours.
         lab_ucanal_config() { cat "$LAB_RUN_DIR/$1.toml.in"; }
         lab_ucanal_start "$node"
-        if ((LAB_CLUSTER_AUTO)); then lab_cluster_auto_pod "$i"; fi
+        # --auto-cidr: the pod once the node leased its subnet (lab_cluster_up starts every
+        # node first, so they race for leases as flanneld's do, then adds the pods).
+        if ((LAB_CLUSTER_AUTO)); then
+            [[ -n ${LAB_CLUSTER_STARTING:-} ]] && return 0
+            lab_cluster_auto_pod "$i"
+        fi
     fi
     lab_http_start "$pod"
 }
@@ -295,8 +300,14 @@ lab_cluster_up() {
         for ((i = 1; i <= n; i++)); do
             mode=ucanal
             [[ ,$kernel, == *",$i,"* ]] && mode=kernel
-            lab_cluster_node_up "$i" "$mode"
+            LAB_CLUSTER_STARTING=1 lab_cluster_node_up "$i" "$mode"
         done
+        if ((LAB_CLUSTER_AUTO)); then
+            for ((i = 1; i <= n; i++)); do
+                lab_cluster_auto_pod "$i"
+                lab_http_start "$(lab_cluster_pod "$i")"
+            done
+        fi
         for node in "${LAB_NODES[@]}"; do
             [[ ${LAB_NODE_MODE[$node]} == ucanal ]] && lab_ucanal_wait "$node" 60
         done
