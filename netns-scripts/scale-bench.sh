@@ -46,7 +46,9 @@ HZ=$(getconf CLK_TCK)
 cpu_s() { echo "scale=2; $1 / $HZ" | bc; }
 CLIENT_CPU=/tmp/scale-bench.client-cpu
 timed_apply() { # timed_apply SOCKET FILE: apply, the client's CPU seconds in $CLIENT_CPU
-    /usr/bin/time -f '%U %S' -o "$CLIENT_CPU.raw" "$BIN" --socket "$1" apply -f "$2" >/dev/null
+    local TIMEFORMAT='%U %S' # bash's own `time`: no extra package
+    { time "$BIN" --socket "$1" apply -f "$2" >/dev/null 2>"$CLIENT_CPU.err"; } 2>"$CLIENT_CPU.raw" ||
+        { cat "$CLIENT_CPU.err" >&2; return 1; }
     awk '{printf "%.2f\n", $1 + $2}' "$CLIENT_CPU.raw" >"$CLIENT_CPU"
 }
 
