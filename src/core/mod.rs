@@ -31,7 +31,7 @@ pub mod vxlan;
 use std::net::Ipv4Addr;
 
 pub use counters::{Counter, Counters, DropReason};
-pub use dataplane::Dataplane;
+pub use dataplane::{Dataplane, RunMemo};
 
 /// Monotonic time in nanoseconds since an epoch the shell chooses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]

@@ -79,6 +79,9 @@ impl<'a> Ctx<'a> {
                 }
             });
             apply(pkt, &hit);
+            if let Some(r) = &mut self.rec {
+                r.hit = Some(hit);
+            }
             if hit.dir == Dir::Reply {
                 self.tr.step(|| Step::ReverseNat { src: sock(hit.src), dst: sock(hit.dst) });
             }
@@ -171,6 +174,8 @@ impl<'a> Ctx<'a> {
     /// Enters a new flow in conntrack (unless dry-run) and rewrites its first packet.
     fn enter(&mut self, pkt: &mut Packet, u: Tuple, tcp_flags: u8, rule: Rule) -> Nat {
         let Rule { reply_src, reply_dst, nat, egress, svc_hit } = rule;
+        // A new flow's first packet is no decision to replay (`run`).
+        self.not_replayable();
         let ct = &self.dp.conntrack;
         let node = &self.t.node;
         if !ct.can_start(&u, tcp_flags) {
@@ -258,6 +263,7 @@ impl<'a> Ctx<'a> {
     /// translated as a packet of that flow would be (netfilter's
     /// `nf_nat_icmp_reply_translation`). Returns whether a flow matched.
     pub(super) fn translate_icmp_error(&mut self, pkt: &mut Packet, hdr: Hdr) -> bool {
+        self.not_replayable();
         let Ok(ip) = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..]) else { return false };
         let icmp_at = ethernet::HEADER_LEN + ip.header_len();
         let Ok(emb) = icmp::embedded(&pkt.data()[icmp_at..]) else { return false };
