@@ -58,7 +58,10 @@ fn main() {
                 .expect("valgrind is needed (apt-get install valgrind)");
             assert!(out.status.success(), "valgrind failed: {}", String::from_utf8_lossy(&out.stderr));
             let err = String::from_utf8_lossy(&out.stderr);
-            let line = err.lines().find(|l| l.contains("I refs:")).expect("valgrind printed no I refs");
+            let line = err
+                .lines()
+                .find(|l| l.contains("I   refs:") || l.contains("I refs:"))
+                .expect("valgrind printed no I refs");
             line.rsplit(':').next().unwrap().trim().replace(',', "").parse().expect("I refs is a number")
         };
         let (short, long) = (count(SHORT), count(LONG));

@@ -344,7 +344,5 @@ pub(super) fn original_hit(reply: &Tuple, nat: u8) -> Hit {
 #[inline]
 pub(super) fn apply(pkt: &mut Packet, h: &Hit) {
     let partial = pkt.offload.csum_partial;
-    let ip = &mut pkt.data_mut()[ethernet::HEADER_LEN..];
-    l4::rewrite(ip, End::Src, h.src.0, h.src.1, partial);
-    l4::rewrite(ip, End::Dst, h.dst.0, h.dst.1, partial);
+    l4::rewrite_both(&mut pkt.data_mut()[ethernet::HEADER_LEN..], h.src, h.dst, partial);
 }
