@@ -16,6 +16,9 @@ pub mod frag;
 /// Fixtures for fuzz targets: only with the `testkit` feature (fuzz/, benches, tests).
 #[cfg(any(test, feature = "testkit"))]
 pub mod fuzzing;
+/// The differential harness of deciding once per run (`run` fuzz target).
+#[cfg(any(test, feature = "testkit"))]
+pub mod fuzzing_run;
 pub mod gro;
 pub mod gso;
 pub mod nat;

@@ -116,6 +116,8 @@ pub struct RunMemo {
     now: Now,
     from: SocketAddrV4,
     key: [u8; KEY_LEN],
+    /// The pseudo-header sum of the run's addresses and protocol (its length left out).
+    pseudo: u64,
     action: Action,
     rec: Recorded,
 }
@@ -128,6 +130,7 @@ impl Default for RunMemo {
             now: Now(0),
             from: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
             key: [0; KEY_LEN],
+            pseudo: 0,
             action: Action::Held,
             rec: Recorded::new(),
         }
@@ -172,6 +175,8 @@ impl RunMemo {
             self.tables = tables_id(t);
             self.now = now;
             self.from = from;
+            let addr = |at: usize| [k[at], k[at + 1], k[at + 2], k[at + 3]];
+            self.pseudo = checksum::pseudo_header_sum(addr(IP + 12), addr(IP + 16), proto, 0);
             self.action = action;
             self.rec = rec;
         }
@@ -204,7 +209,11 @@ impl RunMemo {
         if !l4_ok || IP + total > d.len() || checksum::fold(checksum::sum(&d[IP..L4], 0)) != 0xffff {
             return None;
         }
-        (offload::is_partial(&d[IP..IP + total]) == self.rec.partial).then_some(total)
+        // `offload::is_partial` with the addresses' part of the pseudo header summed once.
+        let at = L4 + if tcp { 16 } else { 6 };
+        let field = u16::from_be_bytes([d[at], d[at + 1]]);
+        let partial = field != 0 && field == checksum::fold(self.pseudo + l4_len as u64);
+        (partial == self.rec.partial).then_some(total)
     }
 }
 
