@@ -94,7 +94,10 @@ fn show_trace_capture_metrics() {
     assert_eq!(step("service")["via"], "NodePort");
     assert_eq!(step("dnat")["after"], "10.244.0.74:2368");
     assert!(step("masquerade")["after"].as_str().unwrap().starts_with("10.244.1.0:"));
-    assert!(step("route")["route"].as_str().unwrap().starts_with("10.244.0.0/24 via 10.244.0.0"));
+    assert_eq!(
+        step("route")["route"],
+        serde_json::json!({"kind": "peer", "prefix": "10.244.0.0/24", "gateway": "10.244.0.0"})
+    );
     assert_eq!(
         (step("neighbour")["ip"].as_str(), step("neighbour")["mac"].as_str()),
         (Some("10.244.0.0"), Some("32:a9:79:6d:0b:b1"))

@@ -6,105 +6,49 @@
 //! (the synthetic `ucanal trace`) also keeps the core from changing conntrack or
 //! counters, so the live tables are only read.
 
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use super::Ipv4Net;
 use super::nat::Tuple;
+use super::nat::conntrack::Dir;
+use super::nat::service::Via;
 use crate::wire::MacAddr;
 
+/// Facts only: the words (`ip route`, `bridge fdb`, the KUBE-* chains, flannel.1) are
+/// `control::show::trace`'s, so the core never formats text.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
     /// Where the packet came in.
-    Ingress {
-        port: String,
-        len: usize,
-    },
+    Ingress { port: PortRef, len: usize },
     /// The IPv4 packet as parsed (the ports are the ICMP identifier for echo).
-    Packet {
-        proto: String,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        sport: u16,
-        dport: u16,
-        ttl: u8,
-        flags: String,
-    },
+    Packet { proto: u8, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, ttl: u8, tcp_flags: u8 },
     /// An ARP request answered by proxy.
-    ProxyArp {
-        who_has: Ipv4Addr,
-        tell: Ipv4Addr,
-        answer: MacAddr,
-    },
+    ProxyArp { who_has: Ipv4Addr, tell: Ipv4Addr, answer: MacAddr },
     /// VXLAN accepted (`peer_subnet`: the sender's pod subnet, if it is an FDB peer).
-    Decap {
-        vni: u32,
-        peer: Ipv4Addr,
-        peer_subnet: Option<String>,
-        inner_src_mac: MacAddr,
-    },
-    /// A tracked flow matched.
-    Conntrack {
-        dir: String,
-        state: String,
-        original: String,
-        reply: String,
-    },
+    Decap { vni: u32, peer: Ipv4Addr, peer_subnet: Option<Ipv4Net>, inner_src_mac: MacAddr },
+    /// A tracked flow matched; `state` is the conntrack state (`None`: UDP or ICMP).
+    Conntrack { dir: Dir, state: Option<String>, original: Tuple, reply: Tuple },
     /// No flow matched.
-    ConntrackMiss {
-        tuple: String,
-    },
-    /// A service rule matched (KUBE-SERVICES / KUBE-NODEPORTS).
-    Service {
-        name: String,
-        via: String,
-        rule: String,
-    },
+    ConntrackMiss { tuple: Tuple },
+    /// A service rule matched (KUBE-SERVICES / KUBE-NODEPORTS): `dst:port` as matched.
+    Service { name: String, via: Via, proto: u8, dst: Ipv4Addr, port: u16 },
     /// KUBE-SVC-*: the endpoint chosen by the flow hash.
-    Endpoint {
-        endpoint: SocketAddrV4,
-        index: usize,
-        of: usize,
-    },
+    Endpoint { endpoint: SocketAddrV4, index: usize, of: usize },
     /// KUBE-SEP-*: DNAT.
-    Dnat {
-        before: SocketAddrV4,
-        after: SocketAddrV4,
-    },
-    /// MASQUERADE (KUBE-POSTROUTING mark, or flannel's ip-masq rule).
-    Masquerade {
-        reason: String,
-        before: SocketAddrV4,
-        after: SocketAddrV4,
-    },
-    /// A flow entered in conntrack.
-    ConntrackNew {
-        original: String,
-        reply: String,
-        state: String,
-    },
+    Dnat { before: SocketAddrV4, after: SocketAddrV4 },
+    /// Source NAT and the rule that asked for it.
+    Masquerade { by: MasqRule, before: SocketAddrV4, after: SocketAddrV4 },
+    /// A flow entered in conntrack (or, in a dry run, the one that would be).
+    ConntrackNew { original: Tuple, reply: Tuple, state: Option<String>, how: Admit },
     /// A reply reverse-NATed from its flow's original tuple.
-    ReverseNat {
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
-    },
+    ReverseNat { src: SocketAddrV4, dst: SocketAddrV4 },
     /// The route that matched.
-    Route {
-        dst: Ipv4Addr,
-        route: String,
-    },
-    /// `ip neigh` entry used.
-    Neighbour {
-        ip: Ipv4Addr,
-        mac: MacAddr,
-        dev: String,
-    },
-    /// `bridge fdb` entry used.
-    Fdb {
-        mac: MacAddr,
-        dst: Ipv4Addr,
-        dev: String,
-    },
+    Route { dst: Ipv4Addr, route: RouteRef },
+    /// The VTEP's neighbour entry used (the peer's flannel.1 address and MAC).
+    Neighbour { ip: Ipv4Addr, mac: MacAddr },
+    /// The VTEP's FDB entry used.
+    Fdb { mac: MacAddr, dst: Ipv4Addr },
     /// The outer headers the frame leaves with.
     Encap {
         vni: u32,
@@ -116,22 +60,93 @@ pub enum Step {
         inner_dst_mac: MacAddr,
     },
     /// Out of a local port.
-    Deliver {
-        port: String,
-        dst_mac: MacAddr,
-    },
-    /// An ICMP error (or TCP RST) ucanal sent in reply.
-    Reply {
-        what: String,
-        to: Ipv4Addr,
-    },
+    Deliver { port: PortRef, dst_mac: MacAddr },
+    /// An ICMP error ucanal sent in reply.
+    Reply { icmp_type: u8, code: u8, to: Ipv4Addr },
     /// IP fragment reassembly (nf_defrag).
-    Defrag {
-        what: String,
+    Defrag { event: Defrag },
+    /// The drop counter's name.
+    Drop { reason: String },
+}
+
+/// A port of this node as a step names it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PortRef {
+    /// ucanal0, the node stack's side.
+    Host,
+    Pod {
+        ifname: String,
+        name: String,
     },
-    Drop {
-        reason: String,
+    /// A port with no pod (left by a removed pod).
+    Port {
+        id: u32,
     },
+    /// The VXLAN socket, from a peer.
+    Vxlan {
+        from: SocketAddrV4,
+    },
+}
+
+/// The route that matched, as `ip route` would show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RouteRef {
+    /// A pod's /32 on its port.
+    Link { dst: Ipv4Addr, port: PortRef },
+    /// A peer's pod subnet through the VTEP.
+    Peer { prefix: Ipv4Net, gateway: Ipv4Addr },
+    /// One of this node's own addresses.
+    Local { dst: Ipv4Addr },
+    /// Outside the cluster: the node's stack.
+    Host,
+    /// Inside a cluster prefix with no pod or peer route.
+    Unreachable { prefix: Ipv4Net },
+}
+
+/// Which rule asked for the masquerade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MasqRule {
+    /// kube-proxy: KUBE-MARK-MASQ, then KUBE-POSTROUTING's MASQUERADE.
+    ServiceMark,
+    /// flannel's ip-masq rule (a pod leaving the cluster network).
+    FlannelIpMasq,
+}
+
+/// How a flow came into conntrack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Admit {
+    Entered,
+    /// A concurrent packet of the same flow inserted it first.
+    Joined,
+    /// A dry run: what would be entered.
+    WouldBe,
+}
+
+/// What reassembly did with a fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Defrag {
+    Held,
+    /// A dry run: it would be held.
+    WouldHold,
+    /// The last fragment: the datagram (IP bytes) is whole.
+    Reassembled {
+        bytes: usize,
+    },
+}
+
+/// What the dataplane did with the packet, in the words of [`super::Action`] and the tables.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    ToPort { port: PortRef },
+    ToVtep { remote: Ipv4Addr, dport: u16, sport: u16 },
+    Drop { reason: String, help: String },
+    Held,
 }
 
 /// A trace being recorded.
@@ -163,77 +178,26 @@ impl Trace {
     }
 }
 
-/// One line saying what the dataplane did with the packet.
-pub fn describe(t: &super::tables::Tables, a: &super::Action) -> String {
-    use super::Action;
-    match a {
-        Action::ToPort(p) if p.is_host() => "to the host stack (host port)".into(),
-        Action::ToPort(p) => match t.pod(*p) {
-            Some(pod) => format!("to pod {} ({})", pod.name, pod.ifname),
-            None => format!("to port {}", p.0),
-        },
-        Action::ToVtep { remote, flow_hash } => {
-            format!("VXLAN to {remote}:{} from udp port {}", t.node.vxlan_port, t.vxlan_source_port(*flow_hash))
+impl PortRef {
+    pub fn of(t: &super::tables::Tables, port: super::PortId) -> PortRef {
+        match t.pod(port) {
+            _ if port.is_host() => PortRef::Host,
+            Some(p) => PortRef::Pod { ifname: p.ifname.clone(), name: p.name.clone() },
+            None => PortRef::Port { id: port.0 },
         }
-        Action::Drop(r) => format!("drop: {} ({})", r.name(), r.help()),
-        Action::Held => "held: a fragment waiting for the rest of its datagram".into(),
     }
 }
 
-pub(crate) fn tuple_str(t: &Tuple) -> String {
-    format!("{} {}", super::nat::proto_name(t.proto), t)
-}
-
-impl fmt::Display for Step {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use Step::*;
-        match self {
-            Ingress { port, len } => write!(f, "ingress     {port} ({len} bytes)"),
-            Packet { proto, src, dst, sport, dport, ttl, flags } => {
-                write!(f, "packet      {proto} {src}:{sport} -> {dst}:{dport} ttl {ttl}")?;
-                if !flags.is_empty() {
-                    write!(f, " [{flags}]")?;
-                }
-                Ok(())
-            }
-            ProxyArp { who_has, tell, answer } => {
-                write!(f, "proxy-arp   who-has {who_has} tell {tell} -> {who_has} is-at {answer}")
-            }
-            Decap { vni, peer, peer_subnet: Some(subnet), inner_src_mac } => {
-                write!(f, "vxlan-rx    vni {vni} from {peer} (fdb peer, subnet {subnet}), inner src {inner_src_mac}")
-            }
-            Decap { vni, peer, peer_subnet: None, inner_src_mac } => {
-                write!(f, "vxlan-rx    vni {vni} from {peer} (no fdb entry), inner src {inner_src_mac}")
-            }
-            Conntrack { dir, state, original, reply } => {
-                write!(
-                    f,
-                    "conntrack   hit {dir} {state}\n              original {original}\n              reply    {reply}"
-                )
-            }
-            ConntrackMiss { tuple } => write!(f, "conntrack   miss {tuple}"),
-            Service { name, via, rule } => write!(f, "service     {name} ({via}) matched: {rule}"),
-            Endpoint { endpoint, index, of } => {
-                write!(f, "endpoint    {endpoint} (#{} of {of}, by flow hash)", index + 1)
-            }
-            Dnat { before, after } => write!(f, "dnat        dst {before} -> {after}"),
-            Masquerade { reason, before, after } => write!(f, "masquerade  src {before} -> {after} ({reason})"),
-            ConntrackNew { original, reply, state } => {
-                write!(f, "conntrack   new {state}\n              original {original}\n              reply    {reply}")
-            }
-            ReverseNat { src, dst } => write!(f, "reverse-nat now {src} -> {dst}"),
-            Route { dst, route } => write!(f, "route       {dst}: {route}"),
-            Neighbour { ip, mac, dev } => write!(f, "neighbour   {ip} dev {dev} lladdr {mac} PERMANENT"),
-            Fdb { mac, dst, dev } => write!(f, "fdb         {mac} dev {dev} dst {dst} self permanent"),
-            Encap { vni, outer_src, outer_dst, udp_sport, udp_dport, inner_src_mac, inner_dst_mac } => write!(
-                f,
-                "vxlan-tx    vni {vni}: outer {outer_src}:{udp_sport} -> {outer_dst}:{udp_dport} udp, inner {inner_src_mac} -> {inner_dst_mac}"
-            ),
-            Deliver { port, dst_mac } => write!(f, "deliver     {port} (dst mac {dst_mac})"),
-            Reply { what, to } => write!(f, "reply       {what} to {to}"),
-            Defrag { what } => write!(f, "defrag      {what}"),
-            Drop { reason } => write!(f, "drop        {reason}"),
+/// What the dataplane did with the packet.
+pub fn outcome(t: &super::tables::Tables, a: &super::Action) -> Outcome {
+    use super::Action;
+    match a {
+        Action::ToPort(p) => Outcome::ToPort { port: PortRef::of(t, *p) },
+        Action::ToVtep { remote, flow_hash } => {
+            Outcome::ToVtep { remote: *remote, dport: t.node.vxlan_port, sport: t.vxlan_source_port(*flow_hash) }
         }
+        Action::Drop(r) => Outcome::Drop { reason: r.name().into(), help: r.help().into() },
+        Action::Held => Outcome::Held,
     }
 }
 
@@ -248,7 +212,6 @@ mod tests {
         assert!(t.steps.is_empty());
         let mut t = Trace::on();
         t.step(|| Step::Drop { reason: "no_fdb".into() });
-        assert_eq!(t.steps[0].to_string(), "drop        no_fdb");
         let json = serde_json::to_string(&t.steps[0]).unwrap();
         assert_eq!(json, r#"{"step":"drop","reason":"no_fdb"}"#);
     }

@@ -67,7 +67,7 @@ pub struct TraceEvent {
     /// Unix time, seconds.
     pub time: f64,
     pub steps: Vec<Step>,
-    pub result: String,
+    pub result: crate::core::trace::Outcome,
 }
 
 /// One captured frame (Ethernet, as it crossed the port).
@@ -231,7 +231,7 @@ impl Observers {
                 node: self.node.clone(),
                 time,
                 steps: obs.trace.steps,
-                result: crate::core::trace::describe(t, a),
+                result: crate::core::trace::outcome(t, a),
             };
             for s in subs.iter_mut().filter(|s| obs.trace_subs.contains(&s.id)) {
                 if Self::deliver(s, Event::Trace(ev.clone())) {
@@ -334,7 +334,7 @@ mod tests {
         o.after(&t, obs, &Action::ToVtep { remote: Ipv4Addr::new(172, 16, 240, 132), flow_hash: 1 }, &out, 0, 40000);
         let Ok(Event::Trace(ev)) = tr.try_recv() else { panic!("no trace event") };
         assert_eq!(ev.node, "centos7-1");
-        assert!(ev.result.contains("VXLAN to 172.16.240.132"), "{}", ev.result);
+        assert!(ev.result.to_string().contains("VXLAN to 172.16.240.132"), "{}", ev.result);
         // The trace subscription is spent after one packet; the capture got the ingress frame.
         let Ok(Event::Frame(fr)) = cap.try_recv() else { panic!("no frame") };
         assert_eq!(fr.data, f);

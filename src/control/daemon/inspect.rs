@@ -61,7 +61,7 @@ impl Daemon {
         Ok(serde_json::json!({
             "node": self.node.name,
             "steps": tr.steps,
-            "result": crate::core::trace::describe(&t, &a),
+            "result": crate::core::trace::outcome(&t, &a),
         }))
     }
 }

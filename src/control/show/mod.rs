@@ -16,6 +16,7 @@ use crate::core::tables::Tables;
 use crate::core::{Counter, Counters, DropReason};
 
 mod conntrack;
+mod trace;
 pub use conntrack::*;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

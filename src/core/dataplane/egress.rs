@@ -7,7 +7,7 @@ use super::*;
 impl Ctx<'_> {
     pub(super) fn egress(
         &mut self,
-        from: From,
+        from: Origin,
         pkt: &mut Packet,
         m: &Matched,
         hdr: Hdr,
@@ -17,7 +17,7 @@ impl Ctx<'_> {
         let t = self.t;
         let node = &t.node;
         // ucanal is the router between pods and VXLAN; the node's stack routes the rest.
-        let routed_here = !matches!(from, From::Host);
+        let routed_here = !matches!(from, Origin::Host);
         match m.target {
             RouteTarget::Pod(port) => {
                 let Some(pod) = t.pod(port) else { return self.drop(DropReason::PortGone) };
@@ -34,16 +34,16 @@ impl Ctx<'_> {
                 if let Some(r) = &mut self.rec {
                     r.delivered(routed_here, !self.dp.tap_offloads, (pod.mac, node.host_mac));
                 }
-                if !matches!(from, From::Vxlan { .. }) {
+                if !matches!(from, Origin::Vxlan { .. }) {
                     self.count(Counter::ForwardLocal);
                 }
-                self.tr.step(|| Step::Deliver { port: format!("{} (pod {})", pod.ifname, pod.name), dst_mac: pod.mac });
+                self.tr.step(|| Step::Deliver { port: PortRef::of(t, port), dst_mac: pod.mac });
                 Action::ToPort(port)
             }
             RouteTarget::Peer { gateway, hop } => {
                 // The kernel forwards a decapsulated packet back out of flannel.1 when its
                 // route says so; `vxlan_accept = peers` refuses transit.
-                if matches!(from, From::Vxlan { strict: true, .. }) {
+                if matches!(from, Origin::Vxlan { strict: true, .. }) {
                     return self.drop(DropReason::VxlanNotLocal);
                 }
                 let mtu = node.mtu;
@@ -71,7 +71,7 @@ impl Ctx<'_> {
                 self.encap_to_peer(pkt, gateway, hop)
             }
             RouteTarget::Local => {
-                if matches!(from, From::Host) {
+                if matches!(from, Origin::Host) {
                     // Steered here (NodePort range, masquerade replies) but ours to answer:
                     // hand it back; arriving from the host port, the kernel delivers it locally.
                     self.count(Counter::HostPunt);
@@ -80,13 +80,13 @@ impl Ctx<'_> {
                 }
                 offload::finish(pkt);
                 set_macs(pkt, node.host_port_mac, node.host_mac);
-                self.tr.step(|| Step::Deliver { port: "host port".into(), dst_mac: node.host_port_mac });
+                self.tr.step(|| Step::Deliver { port: PortRef::Host, dst_mac: node.host_port_mac });
                 Action::ToPort(PortId::HOST)
             }
             RouteTarget::Host => {
                 match from {
-                    From::Host => return self.drop(DropReason::HostLoop),
-                    From::Vxlan { strict: true, .. } if !tracked => return self.drop(DropReason::VxlanNotLocal),
+                    Origin::Host => return self.drop(DropReason::HostLoop),
+                    Origin::Vxlan { strict: true, .. } if !tracked => return self.drop(DropReason::VxlanNotLocal),
                     _ => {}
                 }
                 self.count(Counter::ForwardHost);
@@ -95,7 +95,7 @@ impl Ctx<'_> {
                 if let Some(r) = &mut self.rec {
                     r.delivered(false, true, (node.host_port_mac, node.host_mac));
                 }
-                self.tr.step(|| Step::Deliver { port: "host port".into(), dst_mac: node.host_port_mac });
+                self.tr.step(|| Step::Deliver { port: PortRef::Host, dst_mac: node.host_port_mac });
                 Action::ToPort(PortId::HOST)
             }
             RouteTarget::Unreachable => self.drop(DropReason::NoRoute),
@@ -116,8 +116,8 @@ impl Ctx<'_> {
                 (mac, remote)
             }
         };
-        self.tr.step(|| Step::Neighbour { ip: gateway, mac, dev: "flannel.1".into() });
-        self.tr.step(|| Step::Fdb { mac, dst: remote, dev: "flannel.1".into() });
+        self.tr.step(|| Step::Neighbour { ip: gateway, mac });
+        self.tr.step(|| Step::Fdb { mac, dst: remote });
         // The wire needs finished checksums (GSO frames get them per segment).
         offload::finish(pkt);
         let flow_hash = inner_flow_hash(&pkt.data()[ethernet::HEADER_LEN..], t.hash_seed);
@@ -185,7 +185,7 @@ impl Ctx<'_> {
         let to = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..])
             .map(|ip| ip.dst())
             .unwrap_or(Ipv4Addr::UNSPECIFIED);
-        self.tr.step(|| Step::Reply { what: format!("icmp type {} code {}", repr.icmp_type, repr.code), to });
+        self.tr.step(|| Step::Reply { icmp_type: repr.icmp_type, code: repr.code, to });
         self.route_generated(pkt)
     }
 
@@ -196,12 +196,12 @@ impl Ctx<'_> {
     /// address it reached). When the node's stack forwarded the packet into ucanal0, that
     /// hop is one the kernel's REJECT never sees: the error leaves with TTL 65, so that
     /// it reaches the wire with 64.
-    pub(super) fn reject_no_endpoints(&mut self, from: From, pkt: &mut Packet, hdr: Hdr, via: Via) -> Action {
+    pub(super) fn reject_no_endpoints(&mut self, from: Origin, pkt: &mut Packet, hdr: Hdr, via: Via) -> Action {
         let node = &self.t.node;
-        let host_hop = matches!(from, From::Host) && hdr.src != node.node_ip && hdr.src != node.vtep_ip;
+        let host_hop = matches!(from, Origin::Host) && hdr.src != node.node_ip && hdr.src != node.vtep_ip;
         let src = match via {
             Via::ClusterIp => {
-                if !matches!(from, From::Host)
+                if !matches!(from, Origin::Host)
                     && let Some(a) = self.dec_ttl(pkt, None)
                 {
                     return a;
@@ -224,7 +224,7 @@ impl Ctx<'_> {
             return Action::Drop(DropReason::ServiceNoEndpoints);
         }
         self.count(Counter::IcmpUnreachableSent);
-        self.tr.step(|| Step::Reply { what: "icmp type 3 code 3".into(), to: hdr.src });
+        self.tr.step(|| Step::Reply { icmp_type: 3, code: 3, to: hdr.src });
         self.route_generated(pkt)
     }
 
@@ -268,16 +268,13 @@ impl Tables {
     }
 }
 
-/// `ip route` wording of the matched route.
-pub(super) fn describe_route(t: &Tables, m: &Matched) -> String {
+/// The matched route for the trace.
+pub(super) fn route_ref(t: &Tables, m: &Matched) -> RouteRef {
     match m.target {
-        RouteTarget::Pod(p) => match t.pod(p) {
-            Some(pod) => format!("{} dev {} scope link", m.prefix.addr(), pod.ifname),
-            None => format!("{} dev port{} scope link", m.prefix.addr(), p.0),
-        },
-        RouteTarget::Peer { gateway, .. } => format!("{} via {} dev flannel.1 onlink", m.prefix, gateway),
-        RouteTarget::Local => format!("local {} (this node, to the host stack)", m.prefix.addr()),
-        RouteTarget::Host => "default: the host stack (outside the cluster)".into(),
-        RouteTarget::Unreachable => format!("unreachable (inside {} but no pod or peer route)", m.prefix),
+        RouteTarget::Pod(p) => RouteRef::Link { dst: m.prefix.addr(), port: PortRef::of(t, p) },
+        RouteTarget::Peer { gateway, .. } => RouteRef::Peer { prefix: m.prefix, gateway },
+        RouteTarget::Local => RouteRef::Local { dst: m.prefix.addr() },
+        RouteTarget::Host => RouteRef::Host,
+        RouteTarget::Unreachable => RouteRef::Unreachable { prefix: m.prefix },
     }
 }

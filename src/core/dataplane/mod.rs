@@ -25,13 +25,12 @@ use super::nat::service::Via;
 use super::nat::{Tuple, pick};
 use super::route::{Hop, Matched, RouteTarget};
 use super::tables::{PodPort, Tables, VxlanAccept};
-use super::trace::{Step, Trace, tuple_str};
+use super::trace::{Admit, Defrag, MasqRule, PortRef, RouteRef, Step, Trace};
 use super::{Action, HEADROOM, Ipv4Net, Now, Offload, Packet, PortId, frag, offload, proxy_arp, reject, vxlan};
 use crate::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetFrame};
 use crate::wire::icmp::{self, ErrorRepr, IcmpPacket};
 use crate::wire::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::wire::l4::{self, End};
-use crate::wire::tcp;
 use crate::wire::{MacAddr, vxlan as vxlan_wire};
 
 /// The dataplane: the current table snapshot, the connection table and the counters.
@@ -49,7 +48,7 @@ pub struct Dataplane {
 
 /// Where a frame came in.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum From<'t> {
+pub(super) enum Origin<'t> {
     Pod(&'t PodPort),
     Host,
     /// Decapsulated: `subnet` is the sending peer's pod subnet (`None` for a sender with no
@@ -100,15 +99,15 @@ impl Dataplane {
         let mut cx = Ctx { dp: self, t, w: worker, now, tr, rec: None };
         let from = if port.is_host() {
             cx.count(Counter::RxHost);
-            From::Host
+            Origin::Host
         } else {
             cx.count(Counter::RxPod);
             match t.pod(port) {
-                Some(p) => From::Pod(p),
+                Some(p) => Origin::Pod(p),
                 None => return cx.drop(DropReason::PortGone),
             }
         };
-        cx.tr.step(|| Step::Ingress { port: port_name(t, port), len: pkt.len() });
+        cx.tr.step(|| Step::Ingress { port: PortRef::of(t, port), len: pkt.len() });
         let Ok(eth) = EthernetFrame::new_checked(pkt.data()) else {
             return cx.drop(DropReason::EthTruncated);
         };
@@ -125,7 +124,7 @@ impl Dataplane {
                     return cx.drop(DropReason::EthNotForUs);
                 }
                 let must_be = match from {
-                    From::Pod(p) => Some(p.ip),
+                    Origin::Pod(p) => Some(p.ip),
                     _ => None,
                 };
                 match proxy_arp::answer(pkt.data_mut(), must_be, t.node.host_mac) {
@@ -162,7 +161,7 @@ impl Ctx<'_> {
     fn vxlan(&mut self, from: SocketAddrV4, pkt: &mut Packet) -> Action {
         let t = self.t;
         self.count(Counter::RxVxlan);
-        self.tr.step(|| Step::Ingress { port: format!("vxlan from {from}"), len: pkt.len() });
+        self.tr.step(|| Step::Ingress { port: PortRef::Vxlan { from }, len: pkt.len() });
         let vni = match vxlan_wire::parse(pkt.data()) {
             Ok(v) => v,
             Err(_) => return self.drop(DropReason::VxlanMalformed),
@@ -199,16 +198,8 @@ impl Ctx<'_> {
             return self.drop(DropReason::VxlanInnerMalformed);
         }
         self.count(Counter::Decap);
-        self.tr.step(|| Step::Decap { vni, peer, peer_subnet: subnet.map(|s| s.to_string()), inner_src_mac: src_mac });
-        self.ipv4(From::Vxlan { subnet, strict }, pkt)
-    }
-}
-
-fn port_name(t: &Tables, port: PortId) -> String {
-    match t.pod(port) {
-        _ if port.is_host() => "host port".to_string(),
-        Some(p) => format!("{} (pod {})", p.ifname, p.name),
-        None => format!("port {}", port.0),
+        self.tr.step(|| Step::Decap { vni, peer, peer_subnet: subnet, inner_src_mac: src_mac });
+        self.ipv4(Origin::Vxlan { subnet, strict }, pkt)
     }
 }
 
@@ -266,7 +257,7 @@ impl<'a> Ctx<'a> {
         Action::Drop(r)
     }
 
-    fn ipv4(&mut self, from: From, pkt: &mut Packet) -> Action {
+    fn ipv4(&mut self, from: Origin, pkt: &mut Packet) -> Action {
         let t = self.t;
         let Parsed { hdr, tuple, tcp_flags, icmp_error, partial, fragment } = match self.parse(from, pkt) {
             Ok(p) => p,
@@ -303,13 +294,13 @@ impl<'a> Ctx<'a> {
             .get(ethernet::HEADER_LEN..ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN)
             .map_or(hdr.dst, |h| ipv4::addrs(h).1);
         let m = t.routes.lookup(dst);
-        self.tr.step(|| Step::Route { dst, route: describe_route(t, &m) });
+        self.tr.step(|| Step::Route { dst, route: route_ref(t, &m) });
         self.egress(from, pkt, &m, hdr, tracked, tuple)
     }
 
     /// The IPv4 checks of the walk (header, martians, anti-spoofing, the peer's subnet)
     /// and the facts the rest of it needs; `Err` is the drop.
-    fn parse(&mut self, from: From, pkt: &Packet) -> Result<Parsed, Action> {
+    fn parse(&mut self, from: Origin, pkt: &Packet) -> Result<Parsed, Action> {
         let hdr;
         let mut tuple = None;
         let mut tcp_flags = 0;
@@ -319,7 +310,7 @@ impl<'a> Ctx<'a> {
         {
             let Ok(ip) = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..]) else {
                 return Err(self.drop(match from {
-                    From::Vxlan { .. } => DropReason::VxlanInnerMalformed,
+                    Origin::Vxlan { .. } => DropReason::VxlanInnerMalformed,
                     _ => DropReason::Ipv4Malformed,
                 }));
             };
@@ -337,8 +328,8 @@ impl<'a> Ctx<'a> {
                 return Err(self.drop(DropReason::Ipv4Martian));
             }
             match from {
-                From::Pod(p) if hdr.src != p.ip => return Err(self.drop(DropReason::SpoofedSource)),
-                From::Vxlan { subnet: Some(subnet), strict } if !subnet.contains(hdr.src) => {
+                Origin::Pod(p) if hdr.src != p.ip => return Err(self.drop(DropReason::SpoofedSource)),
+                Origin::Vxlan { subnet: Some(subnet), strict } if !subnet.contains(hdr.src) => {
                     if strict {
                         return Err(self.drop(DropReason::VxlanSrcOutsideSubnet));
                     }
@@ -354,7 +345,7 @@ impl<'a> Ctx<'a> {
                     PROTO_TCP | PROTO_UDP => match l4::ports(hdr.proto, payload) {
                         Ok(p) => {
                             // A kernel peer's veth hands its checksums on partial.
-                            partial = matches!(from, From::Vxlan { .. })
+                            partial = matches!(from, Origin::Vxlan { .. })
                                 && offload::is_partial(&pkt.data()[ethernet::HEADER_LEN..][..hdr.total]);
                             tcp_flags = p.tcp_flags;
                             tuple = Some(Tuple {
@@ -389,15 +380,7 @@ impl<'a> Ctx<'a> {
             let ttl = ip.ttl();
             self.tr.step(|| {
                 let (sport, dport) = tuple.map(|u| (u.sport, u.dport)).unwrap_or((0, 0));
-                Step::Packet {
-                    proto: super::nat::proto_name(hdr.proto).to_string(),
-                    src: hdr.src,
-                    dst: hdr.dst,
-                    sport,
-                    dport,
-                    ttl,
-                    flags: tcp_flag_names(tcp_flags),
-                }
+                Step::Packet { proto: hdr.proto, src: hdr.src, dst: hdr.dst, sport, dport, ttl, tcp_flags }
             });
         }
         Ok(Parsed { hdr, tuple, tcp_flags, icmp_error, partial, fragment })
@@ -405,10 +388,10 @@ impl<'a> Ctx<'a> {
 
     /// A fragment: held until its datagram is whole; the whole datagram then takes the
     /// walk from the start, and leaves to be fragmented again (see `frag`).
-    fn defrag(&mut self, from: From, pkt: &mut Packet) -> Action {
+    fn defrag(&mut self, from: Origin, pkt: &mut Packet) -> Action {
         self.not_replayable();
         if self.tr.dry_run {
-            self.tr.step(|| Step::Defrag { what: "a fragment: would be held for reassembly".into() });
+            self.tr.step(|| Step::Defrag { event: Defrag::WouldHold });
             return Action::Held;
         }
         let now = self.now;
@@ -424,7 +407,7 @@ impl<'a> Ctx<'a> {
         self.count(Counter::FragmentHeld);
         match outcome.pushed {
             Pushed::Held => {
-                self.tr.step(|| Step::Defrag { what: "a fragment, held until its datagram is whole".into() });
+                self.tr.step(|| Step::Defrag { event: Defrag::Held });
                 Action::Held
             }
             Pushed::Dropped(r) => self.drop(r),
@@ -432,9 +415,7 @@ impl<'a> Ctx<'a> {
                 self.count(Counter::FragmentReassembled);
                 pkt.use_spare(len);
                 pkt.offload = Offload { frag_size: max_frag, ..Offload::default() };
-                self.tr.step(|| Step::Defrag {
-                    what: format!("the last fragment: datagram reassembled ({} bytes)", len - ethernet::HEADER_LEN),
-                });
+                self.tr.step(|| Step::Defrag { event: Defrag::Reassembled { bytes: len - ethernet::HEADER_LEN } });
                 self.ipv4(from, pkt)
             }
         }
@@ -483,16 +464,11 @@ fn inner_flow_hash(ip: &[u8], seed: u64) -> u32 {
     Tuple { proto, src, dst, sport, dport }.hash(seed)
 }
 
-fn tcp_flag_names(f: u8) -> String {
-    let names = [(tcp::SYN, "SYN"), (tcp::ACK, "ACK"), (tcp::FIN, "FIN"), (tcp::RST, "RST"), (tcp::PSH, "PSH")];
-    names.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
-}
-
 mod egress;
 mod nat;
 mod run;
 
-use egress::describe_route;
+use egress::route_ref;
 use nat::Nat;
 pub use run::RunMemo;
 

@@ -28,22 +28,22 @@ pub(super) struct Rule<'t> {
 impl<'a> Ctx<'a> {
     /// The NAT stage for a packet with ports: conntrack first, then the service rules
     /// and the masquerade rules for a new flow.
-    pub(super) fn nat(&mut self, from: From, pkt: &mut Packet, u: &Tuple, tcp_flags: u8, hdr: Hdr) -> Nat {
+    pub(super) fn nat(&mut self, from: Origin, pkt: &mut Packet, u: &Tuple, tcp_flags: u8, hdr: Hdr) -> Nat {
         let ct = &self.dp.conntrack;
         let commit = !self.tr.dry_run;
         if let Some(hit) = ct.track(u, tcp_flags, self.now, commit) {
             return self.tracked(pkt, u, hit);
         }
         let u = *u;
-        self.tr.step(|| Step::ConntrackMiss { tuple: tuple_str(&u) });
+        self.tr.step(|| Step::ConntrackMiss { tuple: u });
         match from {
             // NAT happens where a flow enters the cluster; a peer never hands us a new one.
-            From::Vxlan { strict: true, .. } => return Nat::Untracked,
+            Origin::Vxlan { strict: true, .. } => return Nat::Untracked,
             // As the kernel, `vxlan_accept = any` applies the rules to what flannel.1
             // decapsulates too (kube-proxy's PREROUTING, flannel's ip-masq); to this node's
             // pod subnet (the usual case) no rule applies: it holds no service IP, no node IP,
             // and no masquerade rule matches a local destination.
-            From::Vxlan { .. } if self.t.node.pod_cidr.contains(u.dst) => return Nat::Untracked,
+            Origin::Vxlan { .. } if self.t.node.pod_cidr.contains(u.dst) => return Nat::Untracked,
             _ => {}
         }
         match self.rule(from, pkt, u, hdr) {
@@ -67,16 +67,7 @@ impl<'a> Ctx<'a> {
                         *u,
                     ),
                 };
-                Step::Conntrack {
-                    dir: format!("{:?}", hit.dir).to_lowercase(),
-                    state: hit
-                        .state
-                        .map(|s| s.name())
-                        .unwrap_or(if u.proto == PROTO_UDP { "UDP" } else { "ICMP" })
-                        .to_string(),
-                    original: tuple_str(&original),
-                    reply: tuple_str(&reply),
-                }
+                Step::Conntrack { dir: hit.dir, state: hit.state.map(|s| s.name().into()), original, reply }
             });
             apply(pkt, &hit);
             if let Some(r) = &mut self.rec {
@@ -91,7 +82,7 @@ impl<'a> Ctx<'a> {
 
     /// The rules for a new flow: a service (DNAT, and masquerade when marked) or
     /// flannel's ip-masq; `Err` when the packet is answered here or needs no NAT.
-    fn rule(&mut self, from: From, pkt: &mut Packet, u: Tuple, hdr: Hdr) -> Result<Rule<'a>, Nat> {
+    fn rule(&mut self, from: Origin, pkt: &mut Packet, u: Tuple, hdr: Hdr) -> Result<Rule<'a>, Nat> {
         let t = self.t;
         let node = &t.node;
         let service = match u.proto {
@@ -109,19 +100,10 @@ impl<'a> Ctx<'a> {
         if let Some((s, via)) = service {
             self.tr.step(|| Step::Service {
                 name: s.spec.name.clone(),
-                via: match via {
-                    Via::ClusterIp => "cluster IP".into(),
-                    Via::NodePort => "NodePort".into(),
-                },
-                rule: match via {
-                    Via::ClusterIp => format!(
-                        "KUBE-SERVICES {} dst {} dpt:{}",
-                        s.spec.protocol.name(),
-                        s.spec.cluster_ip,
-                        s.spec.port
-                    ),
-                    Via::NodePort => format!("KUBE-NODEPORTS {} dpt:{}", s.spec.protocol.name(), u.dport),
-                },
+                via,
+                proto: u.proto,
+                dst: u.dst,
+                port: u.dport,
             });
             let n = s.spec.endpoints.len();
             if n == 0 {
@@ -154,7 +136,7 @@ impl<'a> Ctx<'a> {
                 )));
             }
             let eg = match t.routes.lookup(u.dst).target {
-                RouteTarget::Host if !matches!(from, From::Host) => Egress::Host,
+                RouteTarget::Host if !matches!(from, Origin::Host) => Egress::Host,
                 RouteTarget::Peer { .. } => Egress::Vxlan,
                 _ => return Err(Nat::Untracked),
             };
@@ -186,7 +168,7 @@ impl<'a> Ctx<'a> {
             // Show what would be entered, without entering it.
             let reply =
                 Tuple { proto: u.proto, src: reply_src.0, dst: reply_dst, sport: reply_src.1, dport: ports.keep };
-            self.trace_new(u, reply, nat, "would be new");
+            self.trace_new(u, reply, nat, None, Admit::WouldBe);
             original_hit(&reply, nat)
         } else {
             match ct.insert(NewFlow { original: u, tcp_flags, reply_src, reply_dst, nat, ports }, self.now) {
@@ -212,16 +194,16 @@ impl<'a> Ctx<'a> {
                         s.hits.hit(pkt.len() - ethernet::HEADER_LEN);
                         s.endpoint_hits[i].hit(pkt.len() - ethernet::HEADER_LEN);
                     }
-                    let state = entry.state_name().unwrap_or("").to_string();
-                    self.trace_new(u, entry.reply, nat, &state);
+                    self.trace_new(u, entry.reply, nat, entry.state_name(), Admit::Entered);
                     original_hit(&entry.reply, nat)
                 }
                 Insert::Joined(entry) => {
                     self.count(Counter::CtRaceJoined);
                     self.tr.step(|| Step::ConntrackNew {
-                        original: tuple_str(&u),
-                        reply: tuple_str(&entry.reply),
-                        state: "joined (inserted by a concurrent packet)".into(),
+                        original: u,
+                        reply: entry.reply,
+                        state: entry.state_name().map(Into::into),
+                        how: Admit::Joined,
                     });
                     original_hit(&entry.reply, entry.nat)
                 }
@@ -233,12 +215,8 @@ impl<'a> Ctx<'a> {
         Nat::Tracked
     }
 
-    pub(super) fn trace_new(&mut self, u: Tuple, reply: Tuple, nat: u8, state: &str) {
-        self.tr.step(|| Step::ConntrackNew {
-            original: tuple_str(&u),
-            reply: tuple_str(&reply),
-            state: state.to_string(),
-        });
+    pub(super) fn trace_new(&mut self, u: Tuple, reply: Tuple, nat: u8, state: Option<&str>, how: Admit) {
+        self.tr.step(|| Step::ConntrackNew { original: u, reply, state: state.map(Into::into), how });
         if nat & NAT_DNAT != 0 {
             self.tr.step(|| Step::Dnat {
                 before: SocketAddrV4::new(u.dst, u.dport),
@@ -246,13 +224,9 @@ impl<'a> Ctx<'a> {
             });
         }
         if nat & NAT_SNAT != 0 {
-            let reason = if nat & NAT_DNAT != 0 {
-                "KUBE-MARK-MASQ 0x4000, KUBE-POSTROUTING MASQUERADE"
-            } else {
-                "flannel ip-masq"
-            };
+            let by = if nat & NAT_DNAT != 0 { MasqRule::ServiceMark } else { MasqRule::FlannelIpMasq };
             self.tr.step(|| Step::Masquerade {
-                reason: reason.into(),
+                by,
                 before: SocketAddrV4::new(u.src, u.sport),
                 after: SocketAddrV4::new(reply.dst, reply.dport),
             });

@@ -34,7 +34,7 @@
 
 use super::*;
 use crate::core::nat::conntrack::TcpState;
-use crate::wire::checksum;
+use crate::wire::{checksum, tcp};
 
 /// Where the inner IPv4 header and the L4 header start in a VXLAN payload.
 const IP: usize = vxlan_wire::HEADER_LEN + ethernet::HEADER_LEN;

@@ -15,7 +15,7 @@ use crate::wire::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 /// A flow's five-tuple in one direction. For ICMP echo the identifier sits in
 /// `sport` of a request and `dport` of a reply (see `wire::l4`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Tuple {
     pub proto: u8,
     pub src: Ipv4Addr,

@@ -80,8 +80,9 @@ pub struct Service {
 }
 
 /// Which rule matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Via {
+    #[serde(rename = "ClusterIP")]
     ClusterIp,
     NodePort,
 }
@@ -286,16 +287,7 @@ impl ServiceTable {
 mod tests {
     use super::*;
 
-    pub(crate) fn ghost() -> ServiceSpec {
-        ServiceSpec {
-            name: "default/ghost".into(),
-            protocol: Protocol::Tcp,
-            cluster_ip: Ipv4Addr::new(10, 250, 0, 40),
-            port: 2368,
-            node_port: Some(31266),
-            endpoints: vec!["10.244.0.74:2368".parse().unwrap(), "10.244.1.5:2368".parse().unwrap()],
-        }
-    }
+    use crate::core::tables::article::ghost;
 
     #[test]
     fn lookups() {

@@ -46,7 +46,7 @@ impl TcpState {
 }
 
 /// Direction of a packet relative to its flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dir {
     Original,
