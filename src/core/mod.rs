@@ -2,8 +2,9 @@
 //!
 //! Nothing here makes a syscall, reads a clock or allocates on the path of an
 //! established flow. It is not lock-free: every packet with ports (TCP, UDP, ICMP echo)
-//! looks up conntrack, which takes the read lock of one dashmap shard (a new flow takes
-//! that shard's write lock); the tables are read through arc-swap (lock-free) and the
+//! looks up conntrack, which takes the read lock of one dashmap shard when the key may be
+//! tracked (a new flow takes that shard's write lock), except a VXLAN frame that replays
+//! the decision of the frame before it in its run (`dataplane/run.rs`); the tables are read through arc-swap (lock-free) and the
 //! counters are per-worker blocks (plain stores). The shell ([`crate::io`]) hands a frame in a
 //! [`Packet`] (a buffer with headroom, rewritten in place) to one of the entry
 //! points of [`Dataplane`] and executes the returned [`Action`] with one syscall.
