@@ -6,6 +6,11 @@
 #                                              with one pod podNN (10.244.NN.5); LIST names
 #                                              kernel nodes by number (e.g. 2,5): flannel.1
 #                                              programmed from the leases by flannel-lite.py
+#   lab.sh up --nodes N --etcd --auto-cidr     the nodes' configs have no pod_cidr: each node
+#                                              leases a free subnet from etcd; its pod (the
+#                                              subnet's .5) is added over the API once the
+#                                              subnet is known, then written into its config
+#   lab.sh restart NODE [TERM|KILL]            restart a node's ucanal with its config
 #   lab.sh add-node [--kernel]                 one more node, started at runtime
 #   lab.sh remove-node NODE                    stop it and delete its lease
 #   lab.sh etcd-stop | etcd-start              an etcd outage (same data dir on return)
@@ -25,6 +30,9 @@ LAB_ETCD_PREFIX=/coreos.com/network
 LAB_ETCD_URL=http://$LAB_ETCD_IP:2379
 
 lab_cluster_node() { printf 'node%02d\n' "$1"; }
+# --auto-cidr: the subnet each node leased, by node number (from the state file).
+declare -gA LAB_CLUSTER_LEASED=()
+LAB_CLUSTER_AUTO=0
 lab_cluster_pod() { printf 'pod%02d\n' "$1"; }
 
 # lab_cluster_define I MODE: the arrays lib.sh works from, for node I.
@@ -44,13 +52,33 @@ lab_cluster_define() {
     LAB_PODS+=("$pod")
     LAB_POD_IP[$pod]=10.244.$i.5
     ((i != 2)) || LAB_POD_IP[$pod]=10.244.0.74
+    if ((LAB_CLUSTER_AUTO)); then
+        # Unknown until the node leased it; then the pod is the subnet's .5.
+        LAB_NODE_SUBNET[$node]=${LAB_CLUSTER_LEASED[$i]:-}
+        LAB_POD_IP[$pod]=
+        [[ -z ${LAB_CLUSTER_LEASED[$i]:-} ]] || LAB_POD_IP[$pod]=$(lab_cluster_ip_in "${LAB_CLUSTER_LEASED[$i]}" 5)
+    fi
     LAB_POD_NODE[$pod]=$node
+}
+
+# lab_cluster_ip_in CIDR N: the CIDR's network address plus N.
+lab_cluster_ip_in() {
+    local a b c d
+    IFS=. read -r a b c d <<<"${1%/*}"
+    local v=$(((a << 24 | b << 16 | c << 8 | d) + $2))
+    printf '%d.%d.%d.%d\n' $((v >> 24 & 255)) $((v >> 16 & 255)) $((v >> 8 & 255)) $((v & 255))
 }
 
 # lab_cluster_load: the nodes of a running cluster lab, from its state file.
 lab_cluster_load() {
     local line i mode
     [[ -f $LAB_RUN_DIR/state ]] && grep -q '^cluster=1' "$LAB_RUN_DIR/state" || return 1
+    LAB_CLUSTER_AUTO=0
+    ! grep -q '^autocidr=1' "$LAB_RUN_DIR/state" || LAB_CLUSTER_AUTO=1
+    LAB_CLUSTER_LEASED=()
+    while IFS='=' read -r i line; do
+        LAB_CLUSTER_LEASED[$i]=$line
+    done < <(sed -n 's/^csubnet\.//p' "$LAB_RUN_DIR/state")
     LAB_NODES=()
     LAB_PODS=()
     LAB_SERVICES=()
@@ -118,7 +146,7 @@ lab_cluster_ucanal_config() {
 name = "$node"
 uplink = "$LAB_UPLINK"
 node_ip = "${LAB_NODE_IP[$node]}"
-pod_cidr = "${LAB_NODE_SUBNET[$node]}"
+$( ((LAB_CLUSTER_AUTO)) || printf 'pod_cidr = "%s"' "${LAB_NODE_SUBNET[$node]}")
 cluster_cidr = "$LAB_CLUSTER_CIDR"
 service_cidr = "$LAB_SERVICE_CIDR"
 vtep_mac = "${LAB_NODE_VTEP_MAC[$node]}"
@@ -137,7 +165,7 @@ prefix = "$LAB_ETCD_PREFIX"
 ${LAB_CLUSTER_EXTRA:-}
 EOF
     for pod in "${LAB_PODS[@]}"; do
-        [[ ${LAB_POD_NODE[$pod]} == "$node" ]] || continue
+        [[ ${LAB_POD_NODE[$pod]} == "$node" && -n ${LAB_POD_IP[$pod]} ]] || continue
         printf '\n[[pods]]\nname = "%s"\nnetns = "%s"\nip = "%s"\n' "$pod" "$(lab_ns "$pod")" "${LAB_POD_IP[$pod]}"
     done
 }
@@ -188,8 +216,41 @@ lab_cluster_node_up() {
         # lab_ucanal_start writes the config from lab_ucanal_config: give it ours.
         lab_ucanal_config() { cat "$LAB_RUN_DIR/$1.toml.in"; }
         lab_ucanal_start "$node"
+        # --auto-cidr: the pod once the node leased its subnet (lab_cluster_up starts every
+        # node first, so they race for leases as flanneld's do, then adds the pods).
+        if ((LAB_CLUSTER_AUTO)); then
+            [[ -n ${LAB_CLUSTER_STARTING:-} ]] && return 0
+            lab_cluster_auto_pod "$i"
+        fi
     fi
     lab_http_start "$pod"
+}
+
+# lab_cluster_auto_pod I: (--auto-cidr) waits for node I, reads the subnet it leased, adds
+# its pod at the subnet's .5 over the API and writes both into the state and its config
+# (still without pod_cidr: a restart leases again, and must get the same subnet back).
+lab_cluster_auto_pod() {
+    local i=$1 node pod subnet
+    node=$(lab_cluster_node "$i")
+    pod=$(lab_cluster_pod "$i")
+    lab_ucanal_wait "$node" 60
+    subnet=$("$UCANAL_BIN" --socket "$(lab_socket "$node")" show node | sed -n 's/^ *"pod_cidr": "\(.*\)",*$/\1/p' | head -n1)
+    [[ $subnet == */* ]] || lab_die "$node: no pod_cidr in 'ucanal show node'"
+    LAB_CLUSTER_LEASED[$i]=$subnet
+    _lab_state "csubnet.$i=$subnet"
+    LAB_NODE_SUBNET[$node]=$subnet
+    LAB_POD_IP[$pod]=$(lab_cluster_ip_in "$subnet" 5)
+    "$UCANAL_BIN" --socket "$(lab_socket "$node")" pod add --name "$pod" --netns "$(lab_ns "$pod")" \
+        --ip "${LAB_POD_IP[$pod]}" >/dev/null || lab_die "$node: pod add $pod ${LAB_POD_IP[$pod]} failed"
+    lab_cluster_ucanal_config "$node" >"$LAB_RUN_DIR/$node.toml.in"
+    lab_log "$node leased $subnet; $pod is ${LAB_POD_IP[$pod]}"
+}
+
+# lab_cluster_restart NODE [TERM|KILL]: lab_ucanal_restart with the node's cluster config.
+lab_cluster_restart() {
+    lab_cluster_load || lab_die "no cluster lab with prefix '$LAB_PREFIX'"
+    lab_ucanal_config() { cat "$LAB_RUN_DIR/$1.toml.in"; }
+    lab_ucanal_restart "$@"
 }
 
 lab_cluster_up() {
@@ -203,14 +264,16 @@ lab_cluster_up() {
         --etcd) etcd=1 ;;
         --kernel) kernel=${2:-}; shift ;;
         --kernel=*) kernel=${1#*=} ;;
+        --auto-cidr) LAB_CLUSTER_AUTO=1 ;;
         --offloads) LAB_OFFLOADS=${2:-}; shift ;;
         --force) lab_exists && lab_down ;;
-        *) lab_die "unknown option '$1' (up --nodes N --etcd [--kernel LIST] [--offloads on|off] [--force])" ;;
+        *) lab_die "unknown option '$1' (up --nodes N --etcd [--kernel LIST] [--auto-cidr] [--offloads on|off] [--force])" ;;
         esac
         shift
     done
     [[ $n =~ ^[0-9]+$ ]] && ((n >= 1 && n <= 120)) || lab_die "--nodes wants 1..120, not '$n'"
     ((etcd)) || lab_die "--nodes needs --etcd (a lab of N nodes is formed through etcd)"
+    [[ -z $kernel ]] || ((!LAB_CLUSTER_AUTO)) || lab_die "--auto-cidr starts ucanal nodes only (kernel nodes write fixed leases)"
     _lab_require
     command -v etcd >/dev/null && command -v etcdctl >/dev/null || lab_die "etcd and etcdctl are needed (Debian: etcd-server etcd-client)"
     ! lab_exists || lab_die "a lab with prefix '$LAB_PREFIX' already exists; 'lab.sh down' first or use --force"
@@ -226,6 +289,7 @@ lab_cluster_up() {
         _lab_state "prefix=$LAB_PREFIX"
         _lab_state "cluster=1"
         _lab_state "offloads=$LAB_OFFLOADS"
+        _lab_state "autocidr=$LAB_CLUSTER_AUTO"
         lab_lan_create
         lab_client_create
         lab_netns_add etcd
@@ -236,8 +300,14 @@ lab_cluster_up() {
         for ((i = 1; i <= n; i++)); do
             mode=ucanal
             [[ ,$kernel, == *",$i,"* ]] && mode=kernel
-            lab_cluster_node_up "$i" "$mode"
+            LAB_CLUSTER_STARTING=1 lab_cluster_node_up "$i" "$mode"
         done
+        if ((LAB_CLUSTER_AUTO)); then
+            for ((i = 1; i <= n; i++)); do
+                lab_cluster_auto_pod "$i"
+                lab_http_start "$(lab_cluster_pod "$i")"
+            done
+        fi
         for node in "${LAB_NODES[@]}"; do
             [[ ${LAB_NODE_MODE[$node]} == ucanal ]] && lab_ucanal_wait "$node" 60
         done
@@ -252,6 +322,7 @@ lab_cluster_add_node() {
     local mode=ucanal i node
     [[ ${1:-} == --kernel ]] && mode=kernel
     lab_cluster_load || lab_die "no cluster lab with prefix '$LAB_PREFIX'"
+    ((!LAB_CLUSTER_AUTO)) || [[ $mode == ucanal ]] || lab_die "--auto-cidr lab: ucanal nodes only"
     i=$(sed -n 's/^cnode\.\([0-9]*\)=.*/\1/p' "$LAB_RUN_DIR/state" | sort -n | tail -n1)
     i=$((i + 1))
     lab_cluster_node_up "$i" "$mode"

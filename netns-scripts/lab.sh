@@ -9,7 +9,7 @@
 #   lab.sh exec NAME CMD...  # run CMD in ${LAB_PREFIX}NAME (lan, client, centos7-1, ghost-ep1, ...)
 #   lab.sh rules NODE        # print the iptables-restore input a kernel NODE gets
 #   lab.sh restart NODE [TERM|KILL]  # signal NODE's ucanal, start it again; prints ms until it answers
-#   lab.sh up --nodes N --etcd [--kernel LIST]  # a cluster formed through etcd (cluster-lib.sh:
+#   lab.sh up --nodes N --etcd [--kernel LIST] [--auto-cidr]  # a cluster formed through etcd (cluster-lib.sh:
 #       add-node [--kernel], remove-node NODE, etcd-stop, etcd-start, etcdctl ARGS, pingall)
 #
 # Environment: LAB_PREFIX (default uc-), UCANAL_BIN (default <repo>/target/release/ucanal,
@@ -49,7 +49,11 @@ etcdctl) lab_init; lab_etcdctl "$@" ;;
 pingall) lab_init; lab_cluster_pingall "$@" ;;
 status) (($# == 0)) || usage; lab_status ;;
 socket) (($# == 1)) || usage; lab_init; lab_socket "$1" ;;
-restart) (($# >= 1)) || usage; lab_init; lab_ucanal_restart "$@" ;;
+restart)
+    (($# >= 1)) || usage
+    lab_init
+    if lab_cluster_load; then lab_cluster_restart "$@"; else lab_ucanal_restart "$@"; fi
+    ;;
 exec) (($# >= 2)) || usage; lab_init; lab_cluster_load || true; lab_nsexec "$@" ;;
 rules)
     (($# == 1)) || usage

@@ -227,3 +227,68 @@ fn etcd_sixteen_nodes() {
     let log = std::fs::read_to_string(format!("/run/ucanal-lab/{}/node07.log", lab.prefix)).unwrap();
     assert!(log.contains("THIS NODE'S LEASE WAS DELETED"), "node07 says so loudly");
 }
+
+/// The pod CIDR and its source, from `ucanal show node`.
+fn node_cidr(lab: &Lab, node: &str) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_str(&lab.ucanal_ok(node, &["show", "node"])).expect("show node JSON");
+    let cidr = v["node"]["pod_cidr"].as_str().unwrap_or_default().to_string();
+    (cidr, v["pod_cidr_from"].as_str().unwrap_or_default().to_string())
+}
+
+/// Nodes whose configs name no pod_cidr lease distinct free subnets from etcd, their pods
+/// (added at each subnet's .5) ping each other, a restarted node gets its own lease back,
+/// and a pod outside the leased subnet stops the start with both named.
+#[test]
+fn etcd_nodes_without_pod_cidr_lease_their_subnets() {
+    if !common::require_netns(&["ping", "etcd", "etcdctl"]) {
+        return;
+    }
+    let lab = Lab::up("tl", &["--nodes", "3", "--etcd", "--auto-cidr"]);
+    let conf = std::fs::read_to_string(lab.run_dir().join("node01.toml")).expect("node01.toml");
+    assert!(!conf.contains("pod_cidr"), "the lab left pod_cidr in: {conf}");
+    let mut subnets = std::collections::BTreeSet::new();
+    for n in ["node01", "node02", "node03"] {
+        let (cidr, from) = node_cidr(&lab, n);
+        let key = format!("{PREFIX}/subnets/{}", cidr.replace('/', "-"));
+        assert_eq!(from, format!("etcd lease {key} (none configured)"), "{n}");
+        assert!(cidr.starts_with("10.244.") && cidr.ends_with(".0/24"), "{n}: {cidr}");
+        // The lease is flanneld's, byte for byte, with this node's address.
+        let ip = format!("172.16.240.{}", 130 + n[4..].parse::<u32>().unwrap());
+        let lease = etcdctl(&lab, &["get", "--print-value-only", &key]);
+        assert!(lease.trim().starts_with(&format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","#)));
+        subnets.insert(cidr);
+    }
+    assert_eq!(subnets.len(), 3, "distinct subnets: {subnets:?}");
+    println!("leased: {subnets:?}");
+    assert_eq!(pingall(&lab), "6/6");
+
+    // A restart (its config has the pod now, still no pod_cidr) reuses the node's lease.
+    let (before, _) = node_cidr(&lab, "node02");
+    let ms = lab.restart("node02", "TERM", "");
+    assert_eq!(node_cidr(&lab, "node02").0, before, "node02 got its own lease back");
+    let log = std::fs::read_to_string(lab.run_dir().join("node02.log")).unwrap();
+    assert!(log.contains(&format!("found lease {before} for 172.16.240.132, reusing")), "{log}");
+    println!("node02 restarted in {ms} ms on its lease {before}");
+    assert_eq!(pingall(&lab), "6/6");
+
+    // A pod outside the leased subnet: refused before anything is built, both named.
+    let pid = std::fs::read_to_string(lab.run_dir().join("node03.pid")).expect("node03 pid");
+    std::process::Command::new("kill").arg(pid.trim()).status().expect("kill node03");
+    wait_until(Duration::from_secs(10), || !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists())
+        .expect("node03 stops");
+    let conf3 = std::fs::read_to_string(lab.run_dir().join("node03.toml.in")).unwrap();
+    let ip3 = conf3.lines().find_map(|l| l.strip_prefix("ip = \"")).map(|s| s.trim_end_matches('"').to_string());
+    let ip3 = ip3.expect("node03's pod in its config");
+    let bad = lab.run_dir().join("node03-bad.toml");
+    std::fs::write(&bad, conf3.replace(&format!("ip = \"{ip3}\""), "ip = \"10.244.250.5\"")).unwrap();
+    let out = lab.exec("node03", &[common::ucanal_bin().to_str().unwrap(), "run", "--config", bad.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    let leased = subnets.iter().find(|s| ip3.starts_with(s.trim_end_matches("0/24"))).expect("node03's subnet");
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "pods[0].ip: pod pod03 at 10.244.250.5 is outside {leased}, the subnet this node leased from etcd"
+        )),
+        "{err}"
+    );
+}

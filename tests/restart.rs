@@ -289,3 +289,53 @@ fn a_refused_start_leaves_nothing_behind() {
         clean(if keep { "refused start --keep-on-exit" } else { "refused start" });
     }
 }
+
+fn set_service(lab: &Lab, name: &str, ip: &str) {
+    lab.ucanal_ok(
+        "centos7-1",
+        &["service", "set", "--name", name, "--cluster-ip", ip, "--port", "80", "--endpoint", "10.244.1.5:2368"],
+    );
+}
+
+fn state_file(lab: &Lab) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&lab.ucanal_ok("centos7-1", &["show", "node"])).unwrap();
+    v["state_file"].clone()
+}
+
+/// The state file is a snapshot and a journal of changes: each `service set` appends one
+/// record; a torn tail (bytes of a record cut short, as a full disk leaves) is ignored
+/// with a logged and counted message, and every acknowledged change survives SIGKILL.
+#[test]
+fn a_torn_state_journal_tail_is_counted_and_ignored() {
+    if !require_netns(&[]) {
+        return;
+    }
+    let lab = Lab::up_env("tj", &[], &[("UCANAL_RUN_ARGS", KEEP)]);
+    let journal = format!("{}.state.journal", lab.socket("centos7-1").display());
+    let before = state_file(&lab)["appends"].as_u64().unwrap();
+    set_service(&lab, "default/a", "10.250.0.61");
+    set_service(&lab, "default/b", "10.250.0.62");
+    let sf = state_file(&lab);
+    assert_eq!(sf["appends"].as_u64(), Some(before + 2), "{sf}");
+    let len = std::fs::metadata(&journal).unwrap().len();
+    assert!(len < 2_000, "two small records, not the whole state: {len} bytes");
+    // A record's head and a few bytes of it, then SIGKILL and a restart.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&journal).unwrap();
+    std::io::Write::write_all(&mut f, b"\x40\x00\x00\x00\x01\x02\x03\x04\x05\x00").unwrap();
+    drop(f);
+    lab.restart("centos7-1", "KILL", KEEP);
+    let services = lab.ucanal_ok("centos7-1", &["show", "services"]);
+    assert!(services.contains("default/a") && services.contains("default/b"), "{services}");
+    assert_eq!(state_file(&lab)["torn_tails_at_load"].as_u64(), Some(1));
+    let log = std::fs::read_to_string(lab.run_dir().join("centos7-1.log")).unwrap();
+    assert!(
+        log.contains(&format!("{journal}: torn tail ignored: record at byte {len}: 10 of 72 bytes (cut short)")),
+        "{log}"
+    );
+    // The start wrote a fresh snapshot: the tail is gone, later changes append and survive.
+    set_service(&lab, "default/c", "10.250.0.63");
+    lab.restart("centos7-1", "KILL", KEEP);
+    let services = lab.ucanal_ok("centos7-1", &["show", "services"]);
+    assert!(["default/a", "default/b", "default/c"].iter().all(|s| services.contains(s)), "{services}");
+    assert_eq!(state_file(&lab)["torn_tails_at_load"].as_u64(), Some(0));
+}

@@ -6,6 +6,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod journal;
 pub mod kube;
 pub mod kubectl;
 pub mod leases;

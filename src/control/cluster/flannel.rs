@@ -25,8 +25,8 @@ pub enum FlannelError {
     Key(String),
     #[error("lease {key}: {problem}")]
     Lease { key: String, problem: String },
-    #[error("out of subnets: every /{len} between {min} and {max} is leased")]
-    OutOfSubnets { len: u8, min: Ipv4Addr, max: Ipv4Addr },
+    #[error("out of subnets in Network {network}: every /{len} between {min} and {max} is leased")]
+    OutOfSubnets { network: Ipv4Net, len: u8, min: Ipv4Addr, max: Ipv4Addr },
 }
 
 /// flanneld's lease lifetime (`subnetTTL`).
@@ -144,7 +144,9 @@ impl NetworkConfig {
         out
     }
 
-    /// A free subnet chosen with `random` (any value), or the out-of-subnets error.
+    /// A free subnet chosen with `random` (any value) among [`Self::free_subnets`], as
+    /// flanneld's `allocateSubnet` picks one at random from its bag; or the
+    /// out-of-subnets error naming the network.
     pub fn allocate<'a>(
         &self,
         taken: impl Iterator<Item = &'a Ipv4Net> + Clone,
@@ -153,6 +155,7 @@ impl NetworkConfig {
         let free = self.free_subnets(taken);
         if free.is_empty() {
             return Err(FlannelError::OutOfSubnets {
+                network: self.network,
                 len: self.subnet_len,
                 min: self.subnet_min,
                 max: self.subnet_max,
@@ -335,6 +338,41 @@ mod tests {
     }
 
     #[test]
+    fn allocation_over_the_full_range_is_random_among_the_free() {
+        // A /24 cut in /26s: SubnetMin .64 .. SubnetMax .192, flannel's defaults.
+        let c = NetworkConfig::parse(br#"{"Network":"10.1.0.0/24"}"#).unwrap();
+        let all: Vec<Ipv4Net> = ["10.1.0.64/26", "10.1.0.128/26", "10.1.0.192/26"].map(|s| s.parse().unwrap()).into();
+        assert_eq!(c.free_subnets(std::iter::empty()), all);
+        let picked: std::collections::BTreeSet<Ipv4Net> =
+            (0..3).map(|r| c.allocate(std::iter::empty(), r).unwrap()).collect();
+        assert_eq!(picked.len(), 3, "each random value a different free subnet: {picked:?}");
+        assert_eq!(c.allocate(std::iter::empty(), u64::MAX).unwrap(), all[(u64::MAX % 3) as usize]);
+        // A /16: the bag holds the first 100 free /24s from SubnetMin, as flanneld's does.
+        let c = NetworkConfig::parse(br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let taken: Vec<Ipv4Net> = vec!["10.244.1.0/24".parse().unwrap(), "10.244.3.0/24".parse().unwrap()];
+        let free = c.free_subnets(taken.iter());
+        assert_eq!(free.len(), 100);
+        assert_eq!((free[0].to_string(), free[1].to_string()), ("10.244.2.0/24".into(), "10.244.4.0/24".into()));
+        assert_eq!(free[99].to_string(), "10.244.102.0/24");
+        for r in 0..500 {
+            let sn = c.allocate(taken.iter(), r * 7919).unwrap();
+            assert!(c.compatible(sn) && !taken.iter().any(|t| t.overlaps(&sn)), "{sn}");
+        }
+        // SubnetMin/SubnetMax bound the range; a lease of another size still blocks what it overlaps.
+        let c = NetworkConfig::parse(
+            br#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.8.0","SubnetMax":"10.244.10.0","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let wide: Vec<Ipv4Net> = vec!["10.244.8.0/23".parse().unwrap()];
+        assert_eq!(c.free_subnets(wide.iter()), vec!["10.244.10.0/24".parse().unwrap()]);
+        let e = c.allocate(["10.244.8.0/22".parse().unwrap()].iter(), 0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "out of subnets in Network 10.244.0.0/16: every /24 between 10.244.8.0 and 10.244.10.0 is leased"
+        );
+    }
+
+    #[test]
     fn allocation_skips_taken_and_runs_out() {
         let c = NetworkConfig::parse(br#"{"Network":"10.1.0.0/24"}"#).unwrap();
         let taken: Vec<Ipv4Net> = vec!["10.1.0.64/26".parse().unwrap(), "10.1.0.192/26".parse().unwrap()];
@@ -342,6 +380,12 @@ mod tests {
         assert_eq!(c.allocate(taken.iter(), 7).unwrap(), "10.1.0.128/26".parse().unwrap());
         let all: Vec<Ipv4Net> = vec!["10.1.0.0/24".parse().unwrap()];
         assert!(matches!(c.allocate(all.iter(), 0), Err(FlannelError::OutOfSubnets { .. })));
+        // Taken one by one, the last error names the network and the range.
+        let one_by_one: Vec<Ipv4Net> = c.free_subnets(std::iter::empty()).into_iter().collect();
+        assert_eq!(
+            c.allocate(one_by_one.iter(), 3).unwrap_err().to_string(),
+            "out of subnets in Network 10.1.0.0/24: every /26 between 10.1.0.64 and 10.1.0.192 is leased"
+        );
         assert!(c.compatible("10.1.0.128/26".parse().unwrap()));
         assert!(!c.compatible("10.1.0.0/26".parse().unwrap()) && !c.compatible("10.1.0.128/25".parse().unwrap()));
     }

@@ -97,7 +97,10 @@ pub struct NodeSection {
     /// The underlay interface (`ens33`).
     pub uplink: String,
     pub node_ip: Ipv4Addr,
-    pub pod_cidr: Ipv4Net,
+    /// This node's pod subnet. Optional with `[cluster]`: the node then leases a free
+    /// subnet from etcd as flanneld does (see [`Config::with_leased_pod_cidr`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<Ipv4Net>,
     pub cluster_cidr: Ipv4Net,
     pub service_cidr: Ipv4Net,
     pub vtep_mac: MacAddr,
@@ -362,25 +365,47 @@ impl Config {
         Ok(c)
     }
 
-    pub fn vtep_ip(&self) -> Ipv4Addr {
-        self.node.vtep_ip.unwrap_or(self.node.pod_cidr.addr())
+    /// The VTEP address (`None` while the pod CIDR is still to be leased).
+    pub fn vtep_ip(&self) -> Option<Ipv4Addr> {
+        self.node.vtep_ip.or(self.node.pod_cidr.map(|n| n.addr()))
+    }
+
+    /// The config with the pod CIDR this node leased from etcd, checked again in full.
+    /// Every pod must fall inside the leased subnet: one outside is named with it.
+    pub fn with_leased_pod_cidr(mut self, subnet: Ipv4Net) -> Result<Config, ConfigError> {
+        for (i, p) in self.pods.iter().enumerate() {
+            if !subnet.contains(p.ip) {
+                return Err(err(
+                    format!("pods[{i}].ip"),
+                    format!("pod {} at {} is outside {subnet}, the subnet this node leased from etcd", p.name, p.ip),
+                ));
+            }
+        }
+        self.node.pod_cidr = Some(subnet);
+        self.validate()?;
+        Ok(self)
     }
 
     pub fn masquerade_ports(&self) -> (u16, u16) {
         parse_port_range(&self.node.masquerade_ports).unwrap_or((61000, 65534))
     }
 
-    pub fn node_info(&self) -> NodeInfo {
+    /// What the dataplane knows of the node; an error while the pod CIDR is still to be
+    /// leased (the daemon leases it before it builds anything).
+    pub fn node_info(&self) -> Result<NodeInfo, ConfigError> {
         let n = &self.node;
         let o = n.node_ip.octets();
-        NodeInfo {
+        let (Some(pod_cidr), Some(vtep_ip)) = (n.pod_cidr, self.vtep_ip()) else {
+            return Err(err("node.pod_cidr", "not configured and not leased from etcd yet"));
+        };
+        Ok(NodeInfo {
             name: n.name.clone(),
             uplink: n.uplink.clone(),
             node_ip: n.node_ip,
-            pod_cidr: n.pod_cidr,
+            pod_cidr,
             cluster_cidr: n.cluster_cidr,
             service_cidr: n.service_cidr,
-            vtep_ip: self.vtep_ip(),
+            vtep_ip,
             vtep_mac: n.vtep_mac,
             vni: n.vni,
             vxlan_port: n.vxlan_port,
@@ -390,7 +415,7 @@ impl Config {
             gateway: n.gateway,
             masquerade_ports: self.masquerade_ports(),
             vxlan_accept: VxlanAccept::parse(&n.vxlan_accept).unwrap_or_default(),
-        }
+        })
     }
 }
 

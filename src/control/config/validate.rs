@@ -28,15 +28,7 @@ impl Config {
         check_ifname("node.uplink", &n.uplink)?;
         check_ifname("node.host_port", &n.host_port)?;
         check_unicast_ip("node.node_ip", n.node_ip)?;
-        if !n.cluster_cidr.contains_net(&n.pod_cidr) {
-            return Err(err(
-                "node.pod_cidr",
-                format!("{} is not inside node.cluster_cidr {}", n.pod_cidr, n.cluster_cidr),
-            ));
-        }
-        if n.pod_cidr.prefix_len() > 30 {
-            return Err(err("node.pod_cidr", format!("{} is too small for pods (want /30 or larger)", n.pod_cidr)));
-        }
+        self.validate_pod_cidr()?;
         if n.service_cidr.overlaps(&n.cluster_cidr) {
             return Err(err(
                 "node.service_cidr",
@@ -57,10 +49,10 @@ impl Config {
         {
             return Err(err("node.host_port_mac", format!("{m} must be unicast and differ from node.host_mac")));
         }
-        if let Some(v) = n.vtep_ip
-            && !n.pod_cidr.contains(v)
+        if let (Some(v), Some(pc)) = (n.vtep_ip, n.pod_cidr)
+            && !pc.contains(v)
         {
-            return Err(err("node.vtep_ip", format!("{v} is outside node.pod_cidr {}", n.pod_cidr)));
+            return Err(err("node.vtep_ip", format!("{v} is outside node.pod_cidr {pc}")));
         }
         if n.vni == 0 || n.vni > 0x00ff_ffff {
             return Err(err("node.vni", format!("{} is not a 24-bit VNI (1..16777215)", n.vni)));
@@ -97,6 +89,28 @@ impl Config {
         }
         if n.route_table == 0 || (253..=255).contains(&n.route_table) {
             return Err(err("node.route_table", format!("{} is a reserved routing table", n.route_table)));
+        }
+        Ok(())
+    }
+
+    /// `node.pod_cidr`: inside the cluster CIDR and big enough; left out only in a
+    /// cluster, whose etcd leases one (checked again once leased).
+    fn validate_pod_cidr(&self) -> Result<(), ConfigError> {
+        let n = &self.node;
+        let Some(pc) = n.pod_cidr else {
+            if self.cluster.is_none() {
+                return Err(err(
+                    "node.pod_cidr",
+                    "missing: only a node with [cluster] may leave it out (it then leases a free subnet from etcd)",
+                ));
+            }
+            return Ok(());
+        };
+        if !n.cluster_cidr.contains_net(&pc) {
+            return Err(err("node.pod_cidr", format!("{pc} is not inside node.cluster_cidr {}", n.cluster_cidr)));
+        }
+        if pc.prefix_len() > 30 {
+            return Err(err("node.pod_cidr", format!("{pc} is too small for pods (want /30 or larger)")));
         }
         Ok(())
     }
@@ -165,8 +179,10 @@ impl Config {
                     format!("{} is not inside node.cluster_cidr {}", p.subnet, n.cluster_cidr),
                 ));
             }
-            if p.subnet.overlaps(&n.pod_cidr) {
-                return Err(err(f("subnet"), format!("{} overlaps this node's pod_cidr {}", p.subnet, n.pod_cidr)));
+            if let Some(pc) = n.pod_cidr
+                && p.subnet.overlaps(&pc)
+            {
+                return Err(err(f("subnet"), format!("{} overlaps this node's pod_cidr {pc}", p.subnet)));
             }
             if let Some((j, _)) = subnets.iter().find(|(_, s)| s.overlaps(&p.subnet)) {
                 return Err(err(f("subnet"), format!("{} overlaps peers[{j}].subnet", p.subnet)));
@@ -245,18 +261,30 @@ pub fn check_pod(c: &Config, p: &PodSpec) -> Result<(), ConfigError> {
     if p.netns.is_empty() || (!p.netns.starts_with('/') && p.netns.contains('/')) {
         return Err(err("netns", format!("'{}' is neither a name under /run/netns nor an absolute path", p.netns)));
     }
-    if !c.node.pod_cidr.contains(p.ip) {
-        return Err(err("ip", format!("{} is outside node.pod_cidr {}", p.ip, c.node.pod_cidr)));
-    }
-    let net = c.node.pod_cidr;
-    let bcast = Ipv4Addr::from(u32::from(net.addr()) | !crate::core::mask(net.prefix_len()));
-    if p.ip == c.vtep_ip() || p.ip == net.addr() || p.ip == bcast {
-        return Err(err("ip", format!("{} is the VTEP, network or broadcast address of {net}", p.ip)));
-    }
+    check_pod_ip(c, p.ip)?;
     if let Some(m) = p.mac
         && (!m.is_unicast() || m == c.node.host_mac)
     {
         return Err(err("mac", format!("{m} must be unicast and differ from node.host_mac")));
+    }
+    Ok(())
+}
+
+/// The pod's address against the pod CIDR; with the CIDR still to be leased, against
+/// the cluster CIDR only (the leased subnet is checked once known).
+fn check_pod_ip(c: &Config, ip: Ipv4Addr) -> Result<(), ConfigError> {
+    let (Some(net), Some(vtep)) = (c.node.pod_cidr, c.vtep_ip()) else {
+        if !c.node.cluster_cidr.contains(ip) {
+            return Err(err("ip", format!("{ip} is outside node.cluster_cidr {}", c.node.cluster_cidr)));
+        }
+        return Ok(());
+    };
+    if !net.contains(ip) {
+        return Err(err("ip", format!("{ip} is outside node.pod_cidr {net}")));
+    }
+    let bcast = Ipv4Addr::from(u32::from(net.addr()) | !crate::core::mask(net.prefix_len()));
+    if ip == vtep || ip == net.addr() || ip == bcast {
+        return Err(err("ip", format!("{ip} is the VTEP, network or broadcast address of {net}")));
     }
     Ok(())
 }

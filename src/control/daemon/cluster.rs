@@ -28,7 +28,8 @@ fn conflict(field: &str, problem: String) -> RunError {
 }
 
 /// Joins the cluster named by `[cluster]`: reads `<prefix>/config`, checks it against
-/// `[node]`, takes the node's lease for `node.pod_cidr`. `None` without `[cluster]`.
+/// `[node]`, takes the node's lease for `node.pod_cidr` (or, without one, reuses this
+/// node's lease or claims a free subnet, as flanneld does). `None` without `[cluster]`.
 pub(super) async fn join(cfg: &Config, random: u64) -> Result<Option<(Member, watch::Receiver<PeerSet>)>, RunError> {
     let Some(c) = &cfg.cluster else { return Ok(None) };
     let client = EtcdClient::new(&c.etcd_endpoints).map_err(setup)?;
@@ -56,11 +57,27 @@ pub(super) async fn join(cfg: &Config, random: u64) -> Result<Option<(Member, wa
     }
     let attrs = LeaseAttrs::vxlan(n.node_ip, n.vni, n.vtep_mac);
     let own = registry
-        .acquire(&net, &attrs, Some(n.pod_cidr), random)
+        .acquire(&net, &attrs, n.pod_cidr, random)
         .await
         .map_err(|e| setup(format!("joining the cluster: {e}")))?;
     tracing::info!(subnet = %own.subnet, key = %registry.lease_key(own.subnet), "cluster lease held");
     Ok(Some(Member::new(registry, own, Duration::from_secs(c.renew_margin))))
+}
+
+/// The config with its pod CIDR settled (the leased subnet when the config has none,
+/// every pod checked against it) and where the CIDR came from, for `show node`.
+pub(super) fn settle_pod_cidr(cfg: Config, joined: &super::startup::Joined) -> Result<(Config, String), RunError> {
+    let lease = joined.as_ref().map(|(m, _)| (m.own.subnet, m.registry.lease_key(m.own.subnet)));
+    match (cfg.node.pod_cidr, lease) {
+        (Some(_), None) => Ok((cfg, "config".into())),
+        (Some(_), Some((_, key))) => Ok((cfg, format!("config, leased in etcd as {key}"))),
+        (None, Some((subnet, key))) => {
+            let cfg = cfg.with_leased_pod_cidr(subnet).map_err(RunError::Config)?;
+            tracing::info!(%subnet, %key, "pod CIDR leased from etcd (none configured)");
+            Ok((cfg, format!("etcd lease {key} (none configured)")))
+        }
+        (None, None) => Err(conflict("node.pod_cidr", "missing, and no [cluster] to lease one from".into())),
+    }
 }
 
 /// Runs the member and applies each peer set it publishes (one snapshot per set,

@@ -29,6 +29,7 @@ impl Daemon {
             Show::Peers => Ok(self.show_peers()),
             Show::Node => serde_json::to_value(serde_json::json!({
                 "node": t.node,
+                "pod_cidr_from": self.pod_cidr_from,
                 "generation": t.generation,
                 "workers": self.workers.len(),
                 "offloads": self.cfg.dataplane.offloads,
@@ -38,6 +39,7 @@ impl Daemon {
                 "services": t.services.len(),
                 "conntrack": { "entries": self.dp.conntrack.len(), "max": self.dp.conntrack.max() },
                 "peers": self.show_peers(),
+                "state_file": self.statefile.as_ref().map(|s| s.stats()),
             })),
         }
         .unwrap_or(serde_json::Value::Null)

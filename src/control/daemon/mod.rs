@@ -27,6 +27,7 @@ mod restart;
 mod server;
 mod services;
 mod startup;
+mod statefile;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -166,6 +167,10 @@ pub struct Daemon {
     unstarted: Vec<(PortId, Vec<std::os::fd::OwnedFd>)>,
     /// Where the API server passes a successor's hand-over ask.
     successors: Option<tokio::sync::mpsc::Sender<handover::Successor>>,
+    /// Where the pod CIDR came from (the config, or a lease in etcd), for `show node`.
+    pod_cidr_from: String,
+    /// With `--keep-on-exit`: the state snapshot and its journal of changes.
+    statefile: Option<statefile::StateFile>,
 }
 
 impl Daemon {
@@ -186,7 +191,7 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
     rt.block_on(async move {
         // A live predecessor on our socket: ask it to hand over (see `handover`).
         let pending = if keep.is_some() { startup::predecessor(&cfg)? } else { None };
-        let state = keep.as_ref().and_then(|k| restart::load_state(&k.state));
+        let state = keep.as_ref().and_then(statefile::load);
         if let Some(st) = &state {
             tracing::info!(pods = st.pods.len(), services = st.services.len(), "resuming from the previous ucanal's state");
             cfg.pods = st.pods.clone();

@@ -213,6 +213,9 @@ impl Daemon {
             }
         }
         self.pods.clear();
+        if let Some(sf) = &mut self.statefile {
+            sf.finish();
+        }
         if let Some(k) = &self.keep {
             k.remove();
         }

@@ -162,6 +162,8 @@ impl Daemon {
         if let Err(e) = self.respec(&touched).await {
             tracing::error!("objects from etcd do not apply here: {e}; keeping the previous services");
         }
+        // What the watch changed goes to the state journal too (with --keep-on-exit).
+        self.save_state();
         tracing::info!(
             updates,
             services = touched.len(),

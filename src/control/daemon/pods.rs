@@ -86,6 +86,7 @@ impl Daemon {
         let msg =
             format!("pod {} {} attached as {} in {} (port {ifname})", spec.name, spec.ip, spec.ifname(), spec.netns);
         self.pods.push(PodState { spec: spec.clone(), port, ifname, cni: None });
+        self.journal(|| crate::control::journal::Op::PodPut(spec.clone()));
         self.cfg.pods.push(spec);
         self.rebuild();
         tracing::info!("{msg}");
@@ -97,6 +98,7 @@ impl Daemon {
             self.pods.iter().position(|p| p.spec.name == name).ok_or_else(|| ControlError::NoPod(name.to_string()))?;
         let p = self.pods.remove(i);
         self.cfg.pods.retain(|s| s.name != name);
+        self.journal(|| crate::control::journal::Op::PodDel(name.to_string()));
         // Unroute first, then release the queues; the TAP goes with its last queue.
         self.rebuild();
         let mut acks = Vec::new();

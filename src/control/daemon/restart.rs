@@ -7,7 +7,8 @@
 //!   (same ifindex, addresses and routes) and re-adds nothing it would first delete.
 //! - Runtime state (pods, services, endpoints added over the API), the endpoint-choice
 //!   hash seed and the sysctls to put back at the final teardown are kept in
-//!   `<socket>.state` (JSON), rewritten after every change, so a SIGKILL loses none.
+//!   `<socket>.state` (JSON) and the journal of changes beside it (see `statefile`):
+//!   each change appends what it changed, so a SIGKILL loses none.
 //! - Conntrack goes to `<socket>.conntrack` (see `core::nat::checkpoint`): once a
 //!   second while running and once more at SIGTERM after the workers stopped; the next
 //!   ucanal loads it before its workers start. Flows begun after the last checkpoint of
@@ -32,6 +33,9 @@ use crate::io::clock;
 pub(super) struct Paths {
     pub(super) state: PathBuf,
     pub(super) conntrack: PathBuf,
+    /// The deltas since the snapshot, and the journal set aside while one is compacted.
+    pub(super) journal: PathBuf,
+    pub(super) journal_old: PathBuf,
 }
 
 impl Paths {
@@ -41,12 +45,18 @@ impl Paths {
             s.push(ext);
             PathBuf::from(s)
         };
-        Paths { state: with(".state"), conntrack: with(".conntrack") }
+        Paths {
+            state: with(".state"),
+            conntrack: with(".conntrack"),
+            journal: with(".state.journal"),
+            journal_old: with(".state.journal.old"),
+        }
     }
 
     pub(super) fn remove(&self) {
-        let _ = std::fs::remove_file(&self.state);
-        let _ = std::fs::remove_file(&self.conntrack);
+        for p in [&self.state, &self.conntrack, &self.journal, &self.journal_old] {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -58,6 +68,9 @@ pub(super) struct State {
     pub(super) services: Vec<ServiceSpec>,
     /// Node-wide sysctls to put back at the final teardown: (name under net.ipv4, value).
     pub(super) restore_sysctls: Vec<(String, String)>,
+    /// The last journal record this state holds (see `statefile`).
+    #[serde(default)]
+    pub(super) seq: u64,
 }
 
 pub(super) fn unix_now() -> u64 {
@@ -65,7 +78,7 @@ pub(super) fn unix_now() -> u64 {
 }
 
 /// Writes `bytes` to `path` atomically (a temporary file renamed over it), mode 0600.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
@@ -75,24 +88,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_data()?;
     std::fs::rename(&tmp, path)
-}
-
-pub(super) fn load_state(path: &Path) -> Option<State> {
-    let b = std::fs::read(path).ok()?;
-    match serde_json::from_slice(&b) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("{}: unreadable ({e}); starting from the config alone", path.display());
-            None
-        }
-    }
-}
-
-pub(super) fn save_state(path: &Path, s: &State) {
-    let r = serde_json::to_vec_pretty(s).map_err(std::io::Error::other).and_then(|b| write_atomic(path, &b));
-    if let Err(e) = r {
-        tracing::error!("saving {}: {e}", path.display());
-    }
 }
 
 /// Writes every live flow of `dp` to `path`; returns how many.
@@ -130,10 +125,43 @@ pub(super) fn load_checkpoint_bytes(dp: &Dataplane, b: &[u8], what: &str) -> (us
 }
 
 impl super::Daemon {
-    /// Rewrites the state file (with `--keep-on-exit`); called after every change.
-    pub(super) fn save_state(&self) {
-        let Some(k) = &self.keep else { return };
-        save_state(&k.state, &self.state());
+    /// Writes what changed since the last call to the state journal (with
+    /// `--keep-on-exit`); called after every change.
+    pub(super) fn save_state(&mut self) {
+        let Some(mut sf) = self.statefile.take() else { return };
+        sf.flush(|| self.state_source());
+        self.statefile = Some(sf);
+    }
+
+    /// Writes the whole state file now, with a fresh journal (at start).
+    pub(super) fn snapshot_state(&mut self) {
+        let Some(mut sf) = self.statefile.take() else { return };
+        sf.snapshot(self.state_source());
+        self.statefile = Some(sf);
+    }
+
+    /// Flushes the journal and waits for a compaction, before the files are handed on.
+    pub(super) fn settle_state(&mut self) {
+        self.save_state();
+        if let Some(sf) = &mut self.statefile {
+            sf.finish();
+        }
+    }
+
+    /// Notes a change for the state journal (nothing without `--keep-on-exit`).
+    pub(super) fn journal(&mut self, op: impl FnOnce() -> crate::control::journal::Op) {
+        if let Some(sf) = &mut self.statefile {
+            sf.record(op());
+        }
+    }
+
+    fn state_source(&self) -> super::statefile::Source {
+        super::statefile::Source {
+            seed: self.seed,
+            pods: self.cfg.pods.clone(),
+            services: self.services.clone(),
+            restore_sysctls: super::node::sysctl_names(&self.restore_sysctls),
+        }
     }
 
     /// What the next ucanal needs besides the kernel objects and conntrack.
@@ -143,6 +171,7 @@ impl super::Daemon {
             pods: self.cfg.pods.clone(),
             services: self.specs(),
             restore_sysctls: super::node::sysctl_names(&self.restore_sysctls),
+            seq: self.statefile.as_ref().map_or(0, |s| s.seq()),
         }
     }
 
@@ -159,7 +188,7 @@ impl super::Daemon {
                 Err(e) => tracing::error!("conntrack checkpoint {}: {e}", k.conntrack.display()),
             }
         }
-        self.save_state();
+        self.settle_state();
     }
 }
 
@@ -175,18 +204,9 @@ mod tests {
     }
 
     #[test]
-    fn state_round_trips_through_its_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("n.sock.state");
-        let s = State {
-            seed: 42,
-            pods: vec![],
-            services: vec![],
-            restore_sysctls: vec![("ip_forward".into(), "0".into())],
-        };
-        save_state(&path, &s);
-        assert_eq!(load_state(&path), Some(s));
-        std::fs::write(&path, b"{ not json").unwrap();
-        assert_eq!(load_state(&path), None);
+    fn paths_name_the_journals() {
+        let p = Paths::for_socket(Path::new("/run/ucanal/node1.sock"));
+        assert_eq!(p.journal, Path::new("/run/ucanal/node1.sock.state.journal"));
+        assert_eq!(p.journal_old, Path::new("/run/ucanal/node1.sock.state.journal.old"));
     }
 }

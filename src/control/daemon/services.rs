@@ -102,6 +102,7 @@ impl Daemon {
     /// delta.
     pub(super) async fn change_services(&mut self, d: Delta) -> Result<(), ControlError> {
         self.check_delta(&d)?;
+        self.journal_delta(&d);
         let mut old: HashMap<String, Service> = HashMap::with_capacity(d.remove.len() + d.put.len());
         let names = d.remove.iter().map(String::as_str).chain(d.put.iter().map(|s| s.name.as_str()));
         for name in names.collect::<Vec<_>>() {
@@ -138,6 +139,19 @@ impl Daemon {
             self.sync_steers().await?;
         }
         Ok(())
+    }
+
+    /// Notes a checked delta for the state journal: what it removes, what it puts.
+    fn journal_delta(&mut self, d: &Delta) {
+        use crate::control::journal::Op;
+        let Some(sf) = &mut self.statefile else { return };
+        let put: std::collections::HashSet<&str> = d.put.iter().map(|s| s.name.as_str()).collect();
+        for name in d.remove.iter().filter(|n| !put.contains(n.as_str())) {
+            sf.record(Op::ServiceDel(name.clone()));
+        }
+        for s in &d.put {
+            sf.record(Op::ServicePut(s.clone()));
+        }
     }
 
     pub async fn set_service(&mut self, s: ServiceSpec) -> Result<String, ControlError> {

@@ -93,12 +93,12 @@ fn open_fds(cfg: &Config, node: &NodeInfo, workers: usize, keep: bool) -> Result
 
 fn new_daemon(
     cfg: &Config,
+    node: &NodeInfo,
     keep: Option<restart::Paths>,
     state: Option<&restart::State>,
     leases: crate::control::leases::LeaseFile,
     workers: usize,
 ) -> Daemon {
-    let node = cfg.node_info();
     let tech = cfg.dataplane.techniques();
     Daemon {
         node: node.clone(),
@@ -129,13 +129,15 @@ fn new_daemon(
         leases,
         cfg: Config { pods: Vec::new(), ..cfg.clone() },
         adopted: state.is_some(),
-        keep,
+        keep: keep.clone(),
         restoring: false,
         wio: None,
         handing: false,
         handed_pods: HashMap::new(),
         unstarted: Vec::new(),
         successors: None,
+        pod_cidr_from: String::new(),
+        statefile: keep.map(|k| super::statefile::StateFile::new(k, state.map_or(0, |s| s.seq))),
     }
 }
 
@@ -146,15 +148,18 @@ pub(super) async fn start(
     pending: Option<handover::Pending>,
 ) -> Result<(Daemon, Joined, Option<Handed>), RunError> {
     node::preflight(&cfg, keep.is_some(), pending.is_some()).await?;
-    // The lease first: a subnet held by another node stops us before anything exists.
+    // The lease first: a subnet held by another node stops us before anything exists,
+    // and a node without a pod CIDR learns it here.
     let joined = cluster::join(&cfg, random_seed()).await?;
-    let node = cfg.node_info();
+    let (cfg, pod_cidr_from) = cluster::settle_pod_cidr(cfg, &joined)?;
+    let node = cfg.node_info().map_err(RunError::Config)?;
     let lease_path = crate::control::leases::LeaseFile::path_for(&cfg.api.socket);
     let leases = crate::control::leases::LeaseFile::load(lease_path, node.pod_cidr, node.vtep_ip).map_err(setup)?;
     let n_workers = workers_for(&cfg);
     // Taking over, the predecessor's sockets and queues come later, at `go`.
     let fresh = if pending.is_none() { Some(open_fds(&cfg, &node, n_workers, keep.is_some())?) } else { None };
-    let mut d = new_daemon(&cfg, keep, state.as_ref(), leases, n_workers);
+    let mut d = new_daemon(&cfg, &node, keep, state.as_ref(), leases, n_workers);
+    d.pod_cidr_from = pod_cidr_from;
     let specs = std::mem::take(&mut d.cfg.services);
     set_services(&mut d, specs);
     d.adopted |= pending.is_some();
@@ -185,7 +190,7 @@ pub(super) async fn start(
     }
     d.restoring = false;
     d.handed_pods.clear();
-    d.save_state();
+    d.snapshot_state();
     let tech = cfg.dataplane.techniques();
     tracing::info!(
         node = %node.name, adopted = d.adopted, handed_over = handed.is_some(), workers = n_workers, batch = cfg.dataplane.batch, techniques = ?tech, pods = d.pods.len(), services = d.services.len(),
@@ -245,7 +250,7 @@ async fn take_over(
                 tracing::warn!("{e}; waiting for the old ucanal to exit, then starting cold");
                 wait_predecessor(&cfg.api.socket)?;
                 d.handing = false;
-                if let Some(st) = d.keep.as_ref().and_then(|k| restart::load_state(&k.state)) {
+                if let Some(st) = d.keep.as_ref().and_then(super::statefile::load) {
                     d.seed = st.seed;
                     d.restore_sysctls = node::sysctls_from_names(&st.restore_sysctls);
                     set_services(d, st.services);

@@ -183,6 +183,8 @@ pub(super) async fn serve(s: Successor, d: &Arc<Mutex<Daemon>>, svc: &mut Servic
     let t0 = std::time::Instant::now();
     svc.pause();
     let mut g = d.lock().await;
+    // A compaction still writing the snapshot would overwrite the successor's.
+    g.settle_state();
     let released: Vec<Released> = g.workers.iter_mut().filter_map(|w| w.release()).collect();
     g.workers.clear();
     let r = if released.len() == own.workers {
@@ -193,6 +195,8 @@ pub(super) async fn serve(s: Successor, d: &Arc<Mutex<Daemon>>, svc: &mut Servic
     match r {
         Ok(flows) => {
             tracing::info!("hand-over: {flows} flows and every fd handed over in {:?}; exiting", t0.elapsed());
+            // The state files are the successor's now.
+            g.statefile = None;
             Outcome::Handed
         }
         Err(e) => {
