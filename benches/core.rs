@@ -43,7 +43,7 @@ use ucanal::core::relay::{Relay, Relayed};
 use ucanal::core::tables::Tables;
 use ucanal::core::tables::article::{self, EP1_MAC};
 use ucanal::core::trace::Trace;
-use ucanal::core::{Action, Counter, Dataplane, DropReason, PortId};
+use ucanal::core::{Action, Counter, Dataplane, DropReason, PortId, RunMemo};
 use ucanal::wire::ipv4::{Ipv4Packet, PROTO_TCP};
 use ucanal::wire::l4::{self, TCP_ACK, TCP_SYN};
 use ucanal::wire::{MacAddr, arp, checksum};
@@ -278,6 +278,42 @@ fn paths(c: &mut Criterion) {
         assert_no_drops(&dp);
         let want = if partial { dp.counters.get(Counter::Decap) } else { 0 };
         assert_eq!(dp.counters.get(Counter::CsumPartial), want, "every timed segment taken as partial (or none)");
+    }
+
+    // decap_run_16 / decap_walk_16: one UDP GRO read of 16 segments of a bulk transfer
+    // (complete checksums) to ghost-ep1, per read (16 frames). `run`: through
+    // `handle_vxlan_run`, the first segment takes the walk and the 15 after it replay its
+    // decision; `walk`: each segment takes the walk (`handle_vxlan`).
+    for (name, run) in [("decap_run_16", true), ("decap_walk_16", false)] {
+        let dp = dataplane(vec![], 1024, 1);
+        let segs = bulk_segments(16, false);
+        let t = dp.tables();
+        let mut b = Buf::for_frame(&segs[0]);
+        let mut tr = Trace::off();
+        let from = SocketAddrV4::new(NODE2, 45000);
+        let mut memo = RunMemo::default();
+        let mut read = |memo: &mut RunMemo, tr: &mut Trace| {
+            memo.clear();
+            for s in &segs {
+                let mut p = b.load(black_box(s));
+                let a = if run {
+                    dp.handle_vxlan_run(0, &t, from, &mut p, NOW, tr, memo)
+                } else {
+                    dp.handle_vxlan(0, &t, from, &mut p, NOW, tr)
+                };
+                let _ = black_box((a, p.data()));
+            }
+        };
+        read(&mut memo, &mut tr);
+        assert_eq!(dp.counters.get(Counter::Decap), 16);
+        assert_eq!(dp.counters.get(Counter::RunReplayed), if run { 15 } else { 0 });
+        g.bench_function(name, |bn| bn.iter(|| read(&mut memo, &mut tr)));
+        assert_no_drops(&dp);
+        assert_eq!(
+            dp.counters.get(Counter::Decap),
+            dp.counters.get(Counter::RxVxlan),
+            "every timed segment decapsulated"
+        );
     }
 
     // new_flow_dnat: SYN 172.16.240.1:sport -> 172.16.240.131:31266 (default/ghost's

@@ -79,11 +79,14 @@ fn bulk_data_intact_with_offloads_on() {
     );
     bulk_both_ways(&lab);
     // The techniques were on the path: pods handed over TSO super-packets that ucanal
-    // segmented, and segments toward pods were coalesced.
+    // segmented, segments toward pods were coalesced, and decided once per run.
     for node in ["centos7-1", "centos7-2"] {
         let segmented = lab.counter(node, "decisions", "gso_segmented");
         let coalesced = lab.counter(node, "decisions", "gro_coalesced");
         assert!(segmented > 0 && coalesced > 0, "{node}: gso_segmented {segmented}, gro_coalesced {coalesced}");
+        let (replayed, decap) =
+            (lab.counter(node, "decisions", "run_replayed"), lab.counter(node, "decisions", "decap"));
+        assert!(replayed > 0 && replayed < decap, "{node}: run_replayed {replayed} of decap {decap}");
     }
     let drops = lab.counters("centos7-1")["drops"].clone();
     for d in ["gso_unsupported", "tx_error", "ipv4_bad_checksum"] {

@@ -18,7 +18,7 @@ use ucanal::core::trace::Trace;
 use ucanal::core::{Action, Counter, Dataplane, HEADROOM, Now, Packet, PortId};
 use ucanal::wire::ipv4::{Ipv4Packet, PROTO_TCP};
 use ucanal::wire::l4::{self, End, TCP_ACK, TCP_SYN};
-use ucanal::wire::{MacAddr, arp, ethernet};
+use ucanal::wire::{MacAddr, arp, checksum, ethernet};
 
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 16, 240, 1);
 pub const NODE1: Ipv4Addr = Ipv4Addr::new(172, 16, 240, 131);
@@ -127,6 +127,31 @@ pub fn from_node2(inner_ip: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&[0x08, 0x00]);
     v.extend_from_slice(inner_ip);
     v
+}
+
+/// Segments of a bulk transfer 10.244.0.74:2368 -> 10.244.1.5:40000 as centos7-2's
+/// flannel.1 sends them (VXLAN datagrams, DF, ACK, 1398-byte payloads in sequence): what
+/// one UDP GRO read hands over. `partial`: the checksum field holds the pseudo-header
+/// sum (a kernel peer's veth), else a complete checksum.
+pub fn bulk_segments(n: usize, partial: bool) -> Vec<Vec<u8>> {
+    (0..n as u32)
+        .map(|i| {
+            let payload: Vec<u8> = (0..1398u32).map(|j| (j * 7 + i) as u8).collect();
+            let mut ip = Vec::new();
+            PacketBuilder::ipv4(EP2.octets(), EP1.octets(), 63)
+                .tcp(TARGET_PORT, 40000, 5000 + i * 1398, 64240)
+                .ack(1001)
+                .write(&mut ip, &payload)
+                .unwrap();
+            ip[4..6].copy_from_slice(&(i as u16).to_be_bytes());
+            set_df(&mut ip);
+            if partial {
+                let ps = checksum::fold(checksum::pseudo_header_sum(EP2.octets(), EP1.octets(), 6, 20 + 1398));
+                ip[36..38].copy_from_slice(&ps.to_be_bytes());
+            }
+            from_node2(&ip)
+        })
+        .collect()
 }
 
 /// The client's ACK of an established NodePort flow, arriving on the host port.

@@ -60,6 +60,7 @@ named_enum!(
         IcmpUnreachableSent => "icmp_unreachable_sent", "ICMP destination/port unreachable sent";
         GsoSegmented => "gso_segmented", "TCP super-packets segmented in userspace";
         GroCoalesced => "gro_coalesced", "TCP segments coalesced into a super-packet towards a pod";
+        RunReplayed => "run_replayed", "decapsulated frames decided by replaying the decision of the frame before them in their receive batch (same flow, only lengths, IDs, sequence numbers and checksums differ)";
         FragmentHeld => "fragment_held", "IP fragments held for reassembly (nf_defrag: every fragment is reassembled before NAT)";
         FragmentReassembled => "fragment_reassembled", "IP datagrams reassembled from their fragments, then NATed and routed whole";
         Fragmented => "fragmented", "IP datagrams fragmented on the way out (at the egress MTU or the largest fragment received)";

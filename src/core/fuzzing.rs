@@ -73,6 +73,13 @@ impl Harness {
         h
     }
 
+    pub fn dp(&self) -> &Dataplane {
+        &self.dp
+    }
+    pub fn tables(&self) -> &Tables {
+        &self.t
+    }
+
     /// Puts established flows in conntrack by running real first packets through.
     fn warm_up(&self) {
         let check = |a: Action| assert!(!matches!(a, Action::Drop(_)), "warm-up packet dropped: {a:?}");

@@ -2,8 +2,9 @@
 //!
 //! Nothing here makes a syscall, reads a clock or allocates on the path of an
 //! established flow. It is not lock-free: every packet with ports (TCP, UDP, ICMP echo)
-//! looks up conntrack, which takes the read lock of one dashmap shard (a new flow takes
-//! that shard's write lock); the tables are read through arc-swap (lock-free) and the
+//! looks up conntrack, which takes the read lock of one dashmap shard when the key may be
+//! tracked (a new flow takes that shard's write lock), except a VXLAN frame that replays
+//! the decision of the frame before it in its run (`dataplane/run.rs`); the tables are read through arc-swap (lock-free) and the
 //! counters are per-worker blocks (plain stores). The shell ([`crate::io`]) hands a frame in a
 //! [`Packet`] (a buffer with headroom, rewritten in place) to one of the entry
 //! points of [`Dataplane`] and executes the returned [`Action`] with one syscall.
@@ -16,6 +17,9 @@ pub mod frag;
 /// Fixtures for fuzz targets: only with the `testkit` feature (fuzz/, benches, tests).
 #[cfg(any(test, feature = "testkit"))]
 pub mod fuzzing;
+/// The differential harness of deciding once per run (`run` fuzz target).
+#[cfg(any(test, feature = "testkit"))]
+pub mod fuzzing_run;
 pub mod gro;
 pub mod gso;
 pub mod nat;
@@ -31,7 +35,7 @@ pub mod vxlan;
 use std::net::Ipv4Addr;
 
 pub use counters::{Counter, Counters, DropReason};
-pub use dataplane::Dataplane;
+pub use dataplane::{Dataplane, RunMemo};
 
 /// Monotonic time in nanoseconds since an epoch the shell chooses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]

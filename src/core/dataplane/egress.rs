@@ -31,6 +31,9 @@ impl Ctx<'_> {
                     pkt.offload.frag_size = pkt.offload.frag_size.min(node.mtu);
                 }
                 set_macs(pkt, pod.mac, node.host_mac);
+                if let Some(r) = &mut self.rec {
+                    r.delivered(routed_here, !self.dp.tap_offloads, (pod.mac, node.host_mac));
+                }
                 if !matches!(from, Origin::Vxlan { .. }) {
                     self.count(Counter::ForwardLocal);
                 }
@@ -89,6 +92,9 @@ impl Ctx<'_> {
                 self.count(Counter::ForwardHost);
                 offload::finish(pkt);
                 set_macs(pkt, node.host_port_mac, node.host_mac);
+                if let Some(r) = &mut self.rec {
+                    r.delivered(false, true, (node.host_port_mac, node.host_mac));
+                }
                 self.tr.step(|| Step::Deliver { port: PortRef::Host, dst_mac: node.host_port_mac });
                 Action::ToPort(PortId::HOST)
             }

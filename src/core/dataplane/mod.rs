@@ -96,7 +96,7 @@ impl Dataplane {
         now: Now,
         tr: &mut Trace,
     ) -> Action {
-        let mut cx = Ctx { dp: self, t, w: worker, now, tr };
+        let mut cx = Ctx { dp: self, t, w: worker, now, tr, rec: None };
         let from = if port.is_host() {
             cx.count(Counter::RxHost);
             Origin::Host
@@ -152,47 +152,54 @@ impl Dataplane {
         now: Now,
         tr: &mut Trace,
     ) -> Action {
-        let mut cx = Ctx { dp: self, t, w: worker, now, tr };
-        cx.count(Counter::RxVxlan);
-        cx.tr.step(|| Step::Ingress { port: PortRef::Vxlan { from }, len: pkt.len() });
+        Ctx { dp: self, t, w: worker, now, tr, rec: None }.vxlan(from, pkt)
+    }
+}
+
+impl Ctx<'_> {
+    /// The VXLAN checks of flannel.1's receive path, then the IPv4 walk.
+    fn vxlan(&mut self, from: SocketAddrV4, pkt: &mut Packet) -> Action {
+        let t = self.t;
+        self.count(Counter::RxVxlan);
+        self.tr.step(|| Step::Ingress { port: PortRef::Vxlan { from }, len: pkt.len() });
         let vni = match vxlan_wire::parse(pkt.data()) {
             Ok(v) => v,
-            Err(_) => return cx.drop(DropReason::VxlanMalformed),
+            Err(_) => return self.drop(DropReason::VxlanMalformed),
         };
         if vni != t.node.vni {
-            return cx.drop(DropReason::VxlanBadVni);
+            return self.drop(DropReason::VxlanBadVni);
         }
         let peer = *from.ip();
         let strict = t.node.vxlan_accept == VxlanAccept::Peers;
         let subnet = t.fdb.peer_subnet(peer);
         if subnet.is_none() {
             if strict {
-                return cx.drop(DropReason::VxlanUnknownPeer);
+                return self.drop(DropReason::VxlanUnknownPeer);
             }
-            cx.count(Counter::VxlanFromUnknownPeer);
+            self.count(Counter::VxlanFromUnknownPeer);
         }
         pkt.pull_front(vxlan_wire::HEADER_LEN);
         let Ok(eth) = EthernetFrame::new_checked(pkt.data()) else {
-            return cx.drop(DropReason::VxlanInnerMalformed);
+            return self.drop(DropReason::VxlanInnerMalformed);
         };
         // flannel.1 hands on only frames to its own MAC (anything else is PACKET_OTHERHOST,
         // which ip_rcv drops) and drops its own source MAC as a loop.
         if eth.dst() != t.node.vtep_mac {
-            return cx.drop(DropReason::VxlanInnerDmac);
+            return self.drop(DropReason::VxlanInnerDmac);
         }
         let src_mac = eth.src();
         if src_mac == t.node.vtep_mac {
-            return cx.drop(DropReason::VxlanLoop);
+            return self.drop(DropReason::VxlanLoop);
         }
         if strict && t.fdb.lookup(src_mac) != Some(peer) {
-            return cx.drop(DropReason::VxlanFdbMismatch);
+            return self.drop(DropReason::VxlanFdbMismatch);
         }
         if eth.ethertype() != ETHERTYPE_IPV4 {
-            return cx.drop(DropReason::VxlanInnerMalformed);
+            return self.drop(DropReason::VxlanInnerMalformed);
         }
-        cx.count(Counter::Decap);
-        cx.tr.step(|| Step::Decap { vni, peer, peer_subnet: subnet, inner_src_mac: src_mac });
-        cx.ipv4(Origin::Vxlan { subnet, strict }, pkt)
+        self.count(Counter::Decap);
+        self.tr.step(|| Step::Decap { vni, peer, peer_subnet: subnet, inner_src_mac: src_mac });
+        self.ipv4(Origin::Vxlan { subnet, strict }, pkt)
     }
 }
 
@@ -202,6 +209,8 @@ struct Ctx<'a> {
     w: usize,
     now: Now,
     tr: &'a mut Trace,
+    /// What the walk did, when its decision may be replayed on a run (`run`).
+    rec: Option<run::Recorded>,
 }
 
 /// What `parse` found.
@@ -227,7 +236,10 @@ struct Hdr {
 
 impl<'a> Ctx<'a> {
     #[inline]
-    fn count(&self, c: Counter) {
+    fn count(&mut self, c: Counter) {
+        if let Some(r) = &mut self.rec {
+            r.counted(c);
+        }
         if !self.tr.dry_run {
             self.dp.counters.inc(self.w, c);
         }
@@ -256,6 +268,9 @@ impl<'a> Ctx<'a> {
         if partial {
             pkt.offload.csum_partial = true;
             self.count(Counter::CsumPartial);
+            if let Some(r) = &mut self.rec {
+                r.partial = true;
+            }
         }
         if fragment {
             return self.defrag(from, pkt);
@@ -374,6 +389,7 @@ impl<'a> Ctx<'a> {
     /// A fragment: held until its datagram is whole; the whole datagram then takes the
     /// walk from the start, and leaves to be fragmented again (see `frag`).
     fn defrag(&mut self, from: Origin, pkt: &mut Packet) -> Action {
+        self.not_replayable();
         if self.tr.dry_run {
             self.tr.step(|| Step::Defrag { event: Defrag::WouldHold });
             return Action::Held;
@@ -450,9 +466,11 @@ fn inner_flow_hash(ip: &[u8], seed: u64) -> u32 {
 
 mod egress;
 mod nat;
+mod run;
 
 use egress::route_ref;
 use nat::Nat;
+pub use run::RunMemo;
 
 #[cfg(test)]
 mod tests;

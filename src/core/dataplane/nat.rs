@@ -70,6 +70,9 @@ impl<'a> Ctx<'a> {
                 Step::Conntrack { dir: hit.dir, state: hit.state.map(|s| s.name().into()), original, reply }
             });
             apply(pkt, &hit);
+            if let Some(r) = &mut self.rec {
+                r.hit = Some(hit);
+            }
             if hit.dir == Dir::Reply {
                 self.tr.step(|| Step::ReverseNat { src: sock(hit.src), dst: sock(hit.dst) });
             }
@@ -153,6 +156,8 @@ impl<'a> Ctx<'a> {
     /// Enters a new flow in conntrack (unless dry-run) and rewrites its first packet.
     fn enter(&mut self, pkt: &mut Packet, u: Tuple, tcp_flags: u8, rule: Rule) -> Nat {
         let Rule { reply_src, reply_dst, nat, egress, svc_hit } = rule;
+        // A new flow's first packet is no decision to replay (`run`).
+        self.not_replayable();
         let ct = &self.dp.conntrack;
         let node = &self.t.node;
         if !ct.can_start(&u, tcp_flags) {
@@ -232,6 +237,7 @@ impl<'a> Ctx<'a> {
     /// translated as a packet of that flow would be (netfilter's
     /// `nf_nat_icmp_reply_translation`). Returns whether a flow matched.
     pub(super) fn translate_icmp_error(&mut self, pkt: &mut Packet, hdr: Hdr) -> bool {
+        self.not_replayable();
         let Ok(ip) = Ipv4Packet::new_checked(&pkt.data()[ethernet::HEADER_LEN..]) else { return false };
         let icmp_at = ethernet::HEADER_LEN + ip.header_len();
         let Ok(emb) = icmp::embedded(&pkt.data()[icmp_at..]) else { return false };
@@ -312,7 +318,5 @@ pub(super) fn original_hit(reply: &Tuple, nat: u8) -> Hit {
 #[inline]
 pub(super) fn apply(pkt: &mut Packet, h: &Hit) {
     let partial = pkt.offload.csum_partial;
-    let ip = &mut pkt.data_mut()[ethernet::HEADER_LEN..];
-    l4::rewrite(ip, End::Src, h.src.0, h.src.1, partial);
-    l4::rewrite(ip, End::Dst, h.dst.0, h.dst.1, partial);
+    l4::rewrite_both(&mut pkt.data_mut()[ethernet::HEADER_LEN..], h.src, h.dst, partial);
 }

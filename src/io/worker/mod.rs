@@ -23,7 +23,7 @@ use super::sys::{self, Received, RecvBatch};
 use super::zerocopy::Completions;
 use crate::core::relay::{Relay, Relayed};
 use crate::core::tables::Tables;
-use crate::core::{Action, Dataplane, DropReason, HEADROOM, Offload, Packet, PortId};
+use crate::core::{Action, Dataplane, DropReason, HEADROOM, Offload, Packet, PortId, RunMemo};
 use crate::wire::vnet::{self, VnetHdr};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -165,6 +165,8 @@ struct Worker {
     spare: Box<[u8]>,
     /// The relay of the current tables and their generation (`WorkerConfig::relay`).
     relay: Option<(u64, Option<Relay>)>,
+    /// The decision of the run of VXLAN frames being received (`Dataplane::handle_vxlan_run`).
+    memo: RunMemo,
     obs: Arc<Observers>,
     out: Out,
 }
@@ -190,6 +192,7 @@ impl Worker {
             received: Vec::with_capacity(batch),
             spare: vec![0u8; BUF_LEN].into_boxed_slice(),
             relay: None,
+            memo: RunMemo::default(),
             obs,
             out: Out {
                 id,
@@ -337,6 +340,7 @@ impl Worker {
     fn handle_received(&mut self, t: &Tables, now: crate::core::Now) {
         let observing = self.obs.active();
         let relay = self.relay(t);
+        self.memo.clear();
         for (slot, r) in self.received.iter().enumerate() {
             self.out.stats.rx(self.out.id, stats::VXLAN, r.len);
             let seg = if r.gro_size > 0 { usize::from(r.gro_size) } else { r.len };
@@ -357,7 +361,9 @@ impl Worker {
                     _ => {
                         let w = Where::Vxlan { peer: r.from, local_port: self.out.cfg.vxlan_port, inbound: true };
                         let mut obs = if observing { self.obs.before(t, w, pkt.data()) } else { Default::default() };
-                        let a = self.out.dp.handle_vxlan(self.out.id, t, r.from, &mut pkt, now, &mut obs.trace);
+                        let memo = &mut self.memo;
+                        let a =
+                            self.out.dp.handle_vxlan_run(self.out.id, t, r.from, &mut pkt, now, &mut obs.trace, memo);
                         if observing {
                             Self::observe_after_with(&self.obs, t, obs, &a, &pkt);
                         }

@@ -382,4 +382,5 @@ fn a_zero_length_datagram_is_a_counted_drop() {
 mod frag;
 mod nat;
 mod partial;
+mod run;
 mod vxlan;

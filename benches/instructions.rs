@@ -1,0 +1,116 @@
+//! Instructions per packet of the core's hot paths, counted by valgrind (cachegrind's
+//! `I refs`): unlike a time, the count does not move with the load of the machine (this
+//! project's machine is shared and has no hardware counters for `perf stat`).
+//!
+//! `cargo bench --bench instructions` runs itself under valgrind twice per path, with
+//! `SHORT` and `LONG` packets after the same setup, and prints the difference per packet:
+//! the setup (tables, flows, the frames) cancels out. Needs `valgrind` (fails loudly
+//! without it). `-- NAME` runs only the paths whose name contains NAME.
+//!
+//! Paths (the frames of `benches/core.rs`, the frame copy of each iteration included):
+//! - `established_nat_encap`: the client's ACK of an established NodePort flow
+//!   (conntrack hit, DNAT + masquerade, encap), as `paths/established_nat_encap`.
+//! - `decap_walk`: segments of a bulk transfer (1398 bytes, complete checksums) to a pod,
+//!   each by the whole walk (`handle_vxlan`), per segment.
+//! - `decap_run`: the same in reads of 16 segments through `handle_vxlan_run` (the first
+//!   of a read takes the walk, the rest replay it), per segment.
+
+#[allow(dead_code)]
+mod common;
+
+use std::hint::black_box;
+use std::net::SocketAddrV4;
+use std::process::Command;
+
+use ucanal::core::trace::Trace;
+use ucanal::core::{Action, PortId, RunMemo};
+
+use common::*;
+
+const SHORT: u64 = 2_000;
+const LONG: u64 = 22_000;
+const PATHS: [&str; 3] = ["established_nat_encap", "decap_walk", "decap_run"];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, one, path, n] = &args[..]
+        && one == "--one"
+    {
+        run(path, n.parse().expect("a packet count"));
+        return;
+    }
+    // `cargo test --benches` / `cargo bench -- --test`: run each path once, no valgrind.
+    if test_mode() {
+        for p in PATHS {
+            run(p, 16);
+        }
+        return;
+    }
+    let filter = args.iter().skip(1).find(|a| !a.starts_with("--")).cloned().unwrap_or_default();
+    let me = std::env::current_exe().expect("the bench's own path");
+    for path in PATHS.iter().filter(|p| p.contains(filter.as_str())) {
+        let count = |n: u64| -> u64 {
+            let out = Command::new("valgrind")
+                .args(["--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"])
+                .arg(&me)
+                .args(["--one", path, &n.to_string()])
+                .output()
+                .expect("valgrind is needed (apt-get install valgrind)");
+            assert!(out.status.success(), "valgrind failed: {}", String::from_utf8_lossy(&out.stderr));
+            let err = String::from_utf8_lossy(&out.stderr);
+            let line = err
+                .lines()
+                .find(|l| l.contains("I   refs:") || l.contains("I refs:"))
+                .expect("valgrind printed no I refs");
+            line.rsplit(':').next().unwrap().trim().replace(',', "").parse().expect("I refs is a number")
+        };
+        let (short, long) = (count(SHORT), count(LONG));
+        let per = (long as f64 - short as f64) / (LONG - SHORT) as f64;
+        println!("instructions/{path:<24} {per:>8.1} instructions per packet");
+    }
+}
+
+/// Sets `path` up and runs `n` packets through it.
+fn run(path: &str, n: u64) {
+    match path {
+        "established_nat_encap" => {
+            let dp = dataplane(vec![ucanal::core::tables::article::ghost()], 1024, 1);
+            let sport = sports_for(&dp.tables(), CLIENT, (NODE1, NODE_PORT), EP2, 40000).next().unwrap();
+            establish_nodeport(&dp, CLIENT, sport);
+            let f = nodeport_ack(CLIENT, sport);
+            let t = dp.tables();
+            let mut b = Buf::for_frame(&f);
+            let mut tr = Trace::off();
+            for _ in 0..n {
+                let mut p = b.load(black_box(&f));
+                let a = dp.handle_port(0, &t, PortId::HOST, &mut p, NOW, &mut tr);
+                assert!(matches!(a, Action::ToVtep { .. }));
+                let _ = black_box(p.data());
+            }
+        }
+        "decap_walk" | "decap_run" => {
+            let dp = dataplane(vec![], 1024, 1);
+            let segs = bulk_segments(16, false);
+            let t = dp.tables();
+            let mut b = Buf::for_frame(&segs[0]);
+            let mut tr = Trace::off();
+            let mut memo = RunMemo::default();
+            let from = SocketAddrV4::new(NODE2, 45000);
+            for i in 0..n {
+                let k = (i % 16) as usize;
+                if k == 0 {
+                    memo.clear();
+                }
+                let mut p = b.load(black_box(&segs[k]));
+                let a = if path == "decap_run" {
+                    dp.handle_vxlan_run(0, &t, from, &mut p, NOW, &mut tr, &mut memo)
+                } else {
+                    dp.handle_vxlan(0, &t, from, &mut p, NOW, &mut tr)
+                };
+                assert_eq!(a, Action::ToPort(PortId(1)));
+                let _ = black_box(p.data());
+            }
+        }
+        other => panic!("no path {other}"),
+    }
+}
