@@ -175,11 +175,7 @@ EOF
 lab_cluster_kernel() {
     local node=$1 ns lease key value
     ns=$(lab_ns "$node")
-    ip -n "$ns" link add flannel.1 type vxlan id "$LAB_VNI" local "${LAB_NODE_IP[$node]}" \
-        dev "$LAB_UPLINK" dstport "$LAB_VXLAN_PORT" nolearning
-    ip -n "$ns" link set flannel.1 address "${LAB_NODE_VTEP_MAC[$node]}" mtu "$LAB_MTU"
-    ip -n "$ns" addr add "$(lab_vtep_ip "$node")/32" dev flannel.1
-    ip -n "$ns" link set flannel.1 up
+    lab_flannel_dev "$node"
     lab_kernel_pod "$node" "$(lab_cluster_pod "${node#node}")" "${LAB_POD_IP[$(lab_cluster_pod "${node#node}")]}"
     lab_flannel_masq_rules "$node" | ip netns exec "$ns" iptables-restore --noflush
     lease=$(lab_etcdctl lease grant 86400 | awk '{print $2}')

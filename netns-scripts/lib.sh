@@ -292,15 +292,22 @@ lab_pod_create() { lab_netns_add "$1"; }
 # ---------------------------------------------------------------------------------------------
 # Kernel node: flannel.1 + Calico veths + kube-proxy iptables, as on a Canal node.
 
-# lab_kernel_flannel NODE: flannel.1 and the peer entries for every other node.
-lab_kernel_flannel() {
-    local node=$1 ns peer
+# lab_flannel_dev NODE: the node's flannel.1 as flanneld creates it (no peers yet).
+lab_flannel_dev() {
+    local node=$1 ns
     ns=$(lab_ns "$node")
     ip -n "$ns" link add flannel.1 type vxlan id "$LAB_VNI" local "${LAB_NODE_IP[$node]}" \
         dev "$LAB_UPLINK" dstport "$LAB_VXLAN_PORT" nolearning
     ip -n "$ns" link set flannel.1 address "${LAB_NODE_VTEP_MAC[$node]}" mtu "$LAB_MTU"
     ip -n "$ns" addr add "$(lab_vtep_ip "$node")/32" dev flannel.1
     ip -n "$ns" link set flannel.1 up
+}
+
+# lab_kernel_flannel NODE: flannel.1 and the peer entries for every other node.
+lab_kernel_flannel() {
+    local node=$1 ns peer
+    ns=$(lab_ns "$node")
+    lab_flannel_dev "$node"
     for peer in "${LAB_NODES[@]}"; do
         [[ $peer == "$node" ]] || lab_kernel_flannel_peer "$node" "$peer"
     done
