@@ -80,11 +80,12 @@ fn restarts_lose_no_line_and_no_flow() {
     let lab = Lab::up_env("tr", &[], &[("UCANAL_RUN_ARGS", KEEP)]);
     let (dir, _servers) = serve_lines(&lab);
 
-    // Six connections (so both endpoints carry some), for the whole run.
+    // Twelve connections, for the whole run: the flow hash puts each on either endpoint, so
+    // all twelve on one would happen once in 2,048 runs (six was once in 32: a CI run saw it).
     let secs = 6 + rounds * 2 * 3;
     let out = dir.path().join("lines.json");
     let mut client =
-        lab.spawn("client", &format!("exec python3 {} client {NODE1} 31700 6 {secs} {}", lines_py(), out.display()));
+        lab.spawn("client", &format!("exec python3 {} client {NODE1} 31700 12 {secs} {}", lines_py(), out.display()));
     std::thread::sleep(Duration::from_secs(2));
     // (signal, Unix time it was sent, ms until the new ucanal answered)
     let mut took: Vec<(&str, f64, u64)> = Vec::new();
