@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 
 use super::checksum;
 use super::icmp::IcmpPacket;
-use super::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use super::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use super::tcp::{self, TcpPacket};
 use super::udp::{self, UdpPacket};
 use super::{WireError, need, put16};
@@ -166,9 +166,9 @@ pub fn rewrite_both(packet: &mut [u8], src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16
     let (old_src, old_dst) = (ip.src().octets(), ip.dst().octets());
     let (new_src, new_dst) = (src.0.octets(), dst.0.octets());
     // The IPv4 header checksum: only addresses that change (as `set_src` / `set_dst`).
-    let mut acc = u64::from(!be16(packet, IP_CHECKSUM));
+    let mut acc = u64::from(!be16(packet, ipv4::field::CHECKSUM));
     let mut moved = false;
-    for (at, old, new) in [(IP_SRC, old_src, new_src), (IP_SRC + 4, old_dst, new_dst)] {
+    for (at, old, new) in [(ipv4::field::SRC, old_src, new_src), (ipv4::field::DST, old_dst, new_dst)] {
         if old != new {
             acc += not_words(old) + words(new);
             packet[at..at + 4].copy_from_slice(&new);
@@ -176,7 +176,7 @@ pub fn rewrite_both(packet: &mut [u8], src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16
         }
     }
     if moved {
-        put16(packet, IP_CHECKSUM, !checksum::fold(acc));
+        put16(packet, ipv4::field::CHECKSUM, !checksum::fold(acc));
     }
     // The L4 checksum: both addresses through the pseudo header, and both ports unless
     // the field is partial (see `EndRewrite::apply`).
@@ -201,10 +201,6 @@ pub fn rewrite_both(packet: &mut [u8], src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16
     put16(l4, tcp::field::SRC_PORT, src.1);
     put16(l4, tcp::field::DST_PORT, dst.1);
 }
-
-/// Where the IPv4 header checksum and source address are.
-const IP_CHECKSUM: usize = 10;
-const IP_SRC: usize = 12;
 
 /// One end of a NAT rewrite of a parsed packet (also a packet quoted in an ICMP error):
 /// the address, with the IPv4 header checksum, and the port or echo identifier, with
@@ -343,7 +339,6 @@ mod tests {
     }
 
     use super::*;
-    use crate::wire::ipv4;
     use etherparse::PacketBuilder;
 
     fn tcp_syn() -> Vec<u8> {
