@@ -34,13 +34,14 @@
 
 use super::*;
 use crate::core::nat::conntrack::TcpState;
-use crate::wire::{checksum, tcp};
+use crate::wire::ipv4::field as ip;
+use crate::wire::{checksum, tcp, udp};
 
 /// Where the inner IPv4 header and the L4 header start in a VXLAN payload.
 const IP: usize = vxlan_wire::HEADER_LEN + ethernet::HEADER_LEN;
 const L4: usize = IP + ipv4::MIN_HEADER_LEN;
 /// The compared prefix: up to the TCP flags.
-const KEY_LEN: usize = L4 + 14;
+const KEY_LEN: usize = L4 + tcp::field::WINDOW;
 /// Counters one recorded walk may bump (a decapsulation bumps four at most).
 const MAX_COUNTED: usize = 8;
 
@@ -152,10 +153,10 @@ impl RunMemo {
     /// of the first frame as it arrived (its prefix is in `key`).
     fn learn(&mut self, t: &Tables, from: SocketAddrV4, now: Now, first_len: usize, action: Action, rec: Recorded) {
         let k = &self.key;
-        let proto = k[IP + 9];
-        let l4_min = if proto == PROTO_TCP { KEY_LEN } else { L4 + 8 };
+        let proto = k[IP + ip::PROTOCOL];
+        let l4_min = if proto == PROTO_TCP { KEY_LEN } else { L4 + udp::HEADER_LEN };
         let tcp_ok = |h: Option<Hit>| {
-            let flags = k[L4 + 13];
+            let flags = k[L4 + tcp::field::FLAGS];
             flags & (tcp::SYN | tcp::FIN | tcp::RST) == 0
                 && h.is_none_or(|h| h.state == Some(TcpState::Established) && !h.invalid)
         };
@@ -165,7 +166,7 @@ impl RunMemo {
             && first_len >= l4_min
             && k[IP] == 0x45
             // Not a fragment: MF and the offset clear.
-            && u16::from_be_bytes([k[IP + 6], k[IP + 7]]) & 0x3fff == 0
+            && u16::from_be_bytes([k[IP + ip::FLAGS_FRAG], k[IP + ip::FLAGS_FRAG + 1]]) & 0x3fff == 0
             && match proto {
                 PROTO_TCP => tcp_ok(rec.hit),
                 PROTO_UDP => rec.hit.is_none_or(|h| !h.invalid),
@@ -176,7 +177,7 @@ impl RunMemo {
             self.now = now;
             self.from = from;
             let addr = |at: usize| [k[at], k[at + 1], k[at + 2], k[at + 3]];
-            self.pseudo = checksum::pseudo_header_sum(addr(IP + 12), addr(IP + 16), proto, 0);
+            self.pseudo = checksum::pseudo_header_sum(addr(IP + ip::SRC), addr(IP + ip::DST), proto, 0);
             self.action = action;
             self.rec = rec;
         }
@@ -189,28 +190,31 @@ impl RunMemo {
             return None;
         }
         let k = &self.key;
-        let proto = k[IP + 9];
+        let proto = k[IP + ip::PROTOCOL];
         let tcp = proto == PROTO_TCP;
-        if d.len() < if tcp { KEY_LEN } else { L4 + 8 }
-            || d[..IP + 2] != k[..IP + 2]
-            || d[IP + 6..IP + 10] != k[IP + 6..IP + 10]
-            || d[IP + 12..L4 + 4] != k[IP + 12..L4 + 4]
-            || (tcp && d[L4 + 12..KEY_LEN] != k[L4 + 12..KEY_LEN])
+        if d.len() < if tcp { KEY_LEN } else { L4 + udp::HEADER_LEN }
+            || d[..IP + ip::TOTAL_LEN] != k[..IP + ip::TOTAL_LEN]
+            || d[IP + ip::FLAGS_FRAG..IP + ip::CHECKSUM] != k[IP + ip::FLAGS_FRAG..IP + ip::CHECKSUM]
+            || d[IP + ip::SRC..L4 + 4] != k[IP + ip::SRC..L4 + 4]
+            || (tcp && d[L4 + tcp::field::DATA_OFF..KEY_LEN] != k[L4 + tcp::field::DATA_OFF..KEY_LEN])
         {
             return None;
         }
-        let total = usize::from(u16::from_be_bytes([d[IP + 2], d[IP + 3]]));
+        let total = usize::from(u16::from_be_bytes([d[IP + ip::TOTAL_LEN], d[IP + ip::TOTAL_LEN + 1]]));
         let l4_len = total.checked_sub(ipv4::MIN_HEADER_LEN)?;
         let l4_ok = if tcp {
-            l4_len >= usize::from(k[L4 + 12] >> 4) * 4
+            l4_len >= usize::from(k[L4 + tcp::field::DATA_OFF] >> 4) * 4
         } else {
-            (8..=l4_len).contains(&usize::from(u16::from_be_bytes([d[L4 + 4], d[L4 + 5]])))
+            (udp::HEADER_LEN..=l4_len).contains(&usize::from(u16::from_be_bytes([
+                d[L4 + udp::field::LENGTH],
+                d[L4 + udp::field::LENGTH + 1],
+            ])))
         };
         if !l4_ok || IP + total > d.len() || checksum::fold(checksum::sum(&d[IP..L4], 0)) != 0xffff {
             return None;
         }
         // `offload::is_partial` with the addresses' part of the pseudo header summed once.
-        let at = L4 + if tcp { 16 } else { 6 };
+        let at = L4 + if tcp { tcp::field::CHECKSUM } else { udp::field::CHECKSUM };
         let field = u16::from_be_bytes([d[at], d[at + 1]]);
         let partial = field != 0 && field == checksum::fold(self.pseudo + l4_len as u64);
         (partial == self.rec.partial).then_some(total)
