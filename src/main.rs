@@ -361,6 +361,7 @@ fn object_cmd(target: &Target, cmd: Cmd) -> Result<String, String> {
                     port,
                     node_port,
                     endpoints,
+                    ..ServiceSpec::default()
                 },
             }
         }

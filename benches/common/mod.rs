@@ -373,6 +373,7 @@ pub fn filler(i: usize) -> ServiceSpec {
         port,
         node_port: None,
         endpoints: vec![SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 10 + (i % 200) as u8), 8080)],
+        ..ServiceSpec::default()
     }
 }
 

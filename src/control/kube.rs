@@ -385,6 +385,7 @@ impl Store {
                     port: p.port,
                     node_port: p.node_port,
                     endpoints,
+                    ..ServiceSpec::default()
                 }
             })
             .collect()

@@ -67,6 +67,8 @@ named_enum!(
         ZerocopyDone => "zerocopy_done", "VXLAN sends with MSG_ZEROCOPY whose buffers the kernel released (zerocopy = true)";
         ZerocopyCopied => "zerocopy_copied", "MSG_ZEROCOPY sends the kernel copied anyway (SO_EE_CODE_ZEROCOPY_COPIED)";
         ZerocopyTimeout => "zerocopy_timeout", "flushes that stopped waiting for MSG_ZEROCOPY completions after 100 ms";
+        ServiceAffinityHit => "service_affinity_hit", "new service flows sent to the client's endpoint by session affinity (sessionAffinity: ClientIP)";
+        ServiceAffinityFull => "service_affinity_full", "new session-affinity choices not kept: the affinity table is at its bound";
     }
 );
 
@@ -106,12 +108,15 @@ named_enum!(
         CtInvalid => "ct_invalid", "TCP packet that cannot start a tracked flow (conntrack INVALID)";
         CtFull => "ct_full", "new flow refused: the connection table is at its maximum";
         SnatExhausted => "snat_exhausted", "no free source port for masquerade";
-        NoService => "no_service", "packet to a service IP and port with no service (ICMP port unreachable sent)";
+        NoService => "no_service", "packet to a cluster IP on a port or protocol no service has (ICMP port unreachable sent)";
         ServiceNoEndpoints => "service_no_endpoints", "new flow to a service without endpoints (refused)";
         HostLoop => "host_loop", "packet from the host port that would go back to it";
         PortGone => "port_gone", "the destination port was removed while the packet was in flight";
         TxError => "tx_error", "the kernel refused to send the packet";
         GsoUnsupported => "gso_unsupported", "super-packet of a kind ucanal does not segment";
+        NoLocalEndpoint => "no_local_endpoint", "new flow whose traffic policy is Local (externalTrafficPolicy from outside, internalTrafficPolicy) with no endpoint on this node";
+        LbSourceRange => "lb_source_range", "new flow to a load-balancer IP from a source outside its loadBalancerSourceRanges";
+        UnallocatedClusterIp => "unallocated_cluster_ip", "packet to an address of the service CIDR that no service has";
     }
 );
 

@@ -56,6 +56,7 @@ impl Harness {
             port: 80,
             node_port: Some(30080),
             endpoints: vec![],
+            ..ServiceSpec::default()
         };
         let svc = ServiceTable::build([article::ghost(), dns, empty], |_, _| Arc::default());
         let mut t = Tables::build(1, article::node1(), 7, &article::pods1(), &[article::peer2()], svc);

@@ -248,6 +248,7 @@ pub mod article {
             port: 2368,
             node_port: Some(31266),
             endpoints: vec!["10.244.0.74:2368".parse().unwrap(), "10.244.1.5:2368".parse().unwrap()],
+            ..ServiceSpec::default()
         }
     }
 

@@ -33,8 +33,24 @@ pub enum Step {
     ConntrackMiss { tuple: Tuple },
     /// A service rule matched (KUBE-SERVICES / KUBE-NODEPORTS): `dst:port` as matched.
     Service { name: String, via: Via, proto: u8, dst: Ipv4Addr, port: u16 },
-    /// KUBE-SVC-*: the endpoint chosen by the flow hash.
-    Endpoint { endpoint: SocketAddrV4, index: usize, of: usize },
+    /// KUBE-SVC-*: the endpoint chosen (`index` of `of` candidates), by the flow hash or
+    /// by session affinity; `candidates`: every endpoint this packet could go to (its
+    /// traffic policy, the endpoints' conditions and source ranges applied), as
+    /// kube-proxy's packet-flow tests list them; `masquerade`: KUBE-MARK-MASQ marks the
+    /// flow; `terminating`: no ready endpoint in scope, these serve while terminating.
+    Endpoint {
+        endpoint: SocketAddrV4,
+        index: usize,
+        of: usize,
+        #[serde(default)]
+        candidates: Vec<SocketAddrV4>,
+        #[serde(default)]
+        masquerade: bool,
+        #[serde(default)]
+        by: Pick,
+        #[serde(default)]
+        terminating: bool,
+    },
     /// KUBE-SEP-*: DNAT.
     Dnat { before: SocketAddrV4, after: SocketAddrV4 },
     /// Source NAT and the rule that asked for it.
@@ -113,6 +129,17 @@ pub enum MasqRule {
     ServiceMark,
     /// flannel's ip-masq rule (a pod leaving the cluster network).
     FlannelIpMasq,
+}
+
+/// How a new service flow's endpoint was picked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pick {
+    /// The flow hash over the candidates (kube-proxy: a random pick).
+    #[default]
+    Hash,
+    /// The client's live session-affinity choice.
+    Affinity,
 }
 
 /// How a flow came into conntrack.

@@ -7,7 +7,7 @@ use std::fmt;
 use crate::core::nat::conntrack::Dir;
 use crate::core::nat::proto_name;
 use crate::core::nat::service::Via;
-use crate::core::trace::{Admit, MasqRule, Outcome, PortRef, RouteRef, Step};
+use crate::core::trace::{Admit, MasqRule, Outcome, Pick, PortRef, RouteRef, Step};
 use crate::wire::tcp;
 
 /// The kernel's name of the VXLAN device ucanal stands in for.
@@ -104,10 +104,30 @@ impl fmt::Display for Step {
                         write!(f, "service     {name} (cluster IP) matched: KUBE-SERVICES {p} dst {dst} dpt:{port}")
                     }
                     Via::NodePort => write!(f, "service     {name} (NodePort) matched: KUBE-NODEPORTS {p} dpt:{port}"),
+                    Via::ExternalIp => {
+                        write!(f, "service     {name} (external IP) matched: KUBE-SERVICES {p} dst {dst} dpt:{port}")
+                    }
+                    Via::LoadBalancer => {
+                        write!(f, "service     {name} (load-balancer IP) matched: KUBE-SERVICES {p} dst {dst} dpt:{port}")
+                    }
                 }
             }
-            Endpoint { endpoint, index, of } => {
-                write!(f, "endpoint    {endpoint} (#{} of {of}, by flow hash)", index + 1)
+            Endpoint { endpoint, index, of, candidates, masquerade, by, terminating } => {
+                let by = match by {
+                    Pick::Hash => "flow hash",
+                    Pick::Affinity => "session affinity",
+                };
+                write!(f, "endpoint    {endpoint} (#{} of {of}, by {by})", index + 1)?;
+                if !candidates.is_empty() {
+                    let list: Vec<String> = candidates.iter().map(ToString::to_string).collect();
+                    write!(f, "; candidates {}", list.join(" "))?;
+                    if *terminating {
+                        write!(f, " (serving, terminating: no ready endpoint)")?;
+                    }
+                    let masq = if *masquerade { "KUBE-MARK-MASQ" } else { "not marked for masquerade" };
+                    write!(f, "; {masq}")?;
+                }
+                Ok(())
             }
             Dnat { before, after } => write!(f, "dnat        dst {before} -> {after}"),
             Masquerade { by, before, after } => {
@@ -203,6 +223,40 @@ mod tests {
                 "defrag      the last fragment: datagram reassembled (3000 bytes)",
             ),
             (Step::Drop { reason: "no_fdb".into() }, "drop        no_fdb"),
+            (
+                Step::Endpoint {
+                    endpoint: "10.244.1.5:2368".parse().unwrap(),
+                    index: 1,
+                    of: 2,
+                    candidates: vec!["10.244.0.74:2368".parse().unwrap(), "10.244.1.5:2368".parse().unwrap()],
+                    masquerade: true,
+                    by: Pick::Hash,
+                    terminating: false,
+                },
+                "endpoint    10.244.1.5:2368 (#2 of 2, by flow hash); candidates 10.244.0.74:2368 10.244.1.5:2368; KUBE-MARK-MASQ",
+            ),
+            (
+                Step::Endpoint {
+                    endpoint: "10.244.1.5:2368".parse().unwrap(),
+                    index: 0,
+                    of: 1,
+                    candidates: vec!["10.244.1.5:2368".parse().unwrap()],
+                    masquerade: false,
+                    by: Pick::Affinity,
+                    terminating: true,
+                },
+                "endpoint    10.244.1.5:2368 (#1 of 1, by session affinity); candidates 10.244.1.5:2368 (serving, terminating: no ready endpoint); not marked for masquerade",
+            ),
+            (
+                Step::Service {
+                    name: "ns1/svc1".into(),
+                    via: Via::LoadBalancer,
+                    proto: 6,
+                    dst: Ipv4Addr::new(1, 2, 3, 4),
+                    port: 80,
+                },
+                "service     ns1/svc1 (load-balancer IP) matched: KUBE-SERVICES tcp dst 1.2.3.4 dpt:80",
+            ),
         ];
         for (step, want) in lines {
             assert_eq!(step.to_string(), want);

@@ -200,7 +200,9 @@ impl Ctx<'_> {
         let node = &self.t.node;
         let host_hop = matches!(from, Origin::Host) && hdr.src != node.node_ip && hdr.src != node.vtep_ip;
         let src = match via {
-            Via::ClusterIp => {
+            // Forwarded, as kube-proxy's REJECT in FORWARD: a cluster IP, and the
+            // externalIPs and load-balancer IPs routed to this node.
+            Via::ClusterIp | Via::ExternalIp | Via::LoadBalancer => {
                 if !matches!(from, Origin::Host)
                     && let Some(a) = self.dec_ttl(pkt, None)
                 {

@@ -19,10 +19,11 @@ use arc_swap::ArcSwap;
 
 use super::counters::{Counter, Counters, DropReason};
 use super::frag::reasm::{Pushed, Reassembler};
+use super::nat::affinity::Affinity;
 use super::nat::conntrack::{Conntrack, Dir, Hit, Insert, NAT_DNAT, NAT_SNAT, NewFlow, PortChoice};
 use super::nat::masquerade::{self, Egress};
 use super::nat::service::Via;
-use super::nat::{Tuple, pick};
+use super::nat::Tuple;
 use super::route::{Hop, Matched, RouteTarget};
 use super::tables::{PodPort, Tables, VxlanAccept};
 use super::trace::{Admit, Defrag, MasqRule, PortRef, RouteRef, Step, Trace};
@@ -38,6 +39,8 @@ use crate::wire::{MacAddr, vxlan as vxlan_wire};
 pub struct Dataplane {
     tables: ArcSwap<Tables>,
     pub conntrack: Conntrack,
+    /// Session affinity choices (`sessionAffinity: ClientIP`).
+    pub affinity: Affinity,
     pub counters: Counters,
     /// The TAPs take `NEEDS_CSUM` frames (see `offload`); otherwise partial checksums
     /// are finished before delivery.
@@ -64,6 +67,7 @@ impl Dataplane {
         Dataplane {
             tables: ArcSwap::from_pointee(tables),
             conntrack,
+            affinity: Affinity::default(),
             counters: Counters::new(workers),
             tap_offloads: true,
             frags: Mutex::new(Reassembler::new(frag::Limits::default())),

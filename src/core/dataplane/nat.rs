@@ -1,9 +1,11 @@
-//! The NAT stage of the walk: conntrack first, then KUBE-SERVICES / KUBE-NODEPORTS,
-//! the endpoint, DNAT and the masquerade marks for a new flow; ICMP errors about a
-//! NATed flow.
+//! The NAT stage of the walk: conntrack first, then for a new flow the service stage
+//! (`nat::candidates`: which service, which candidates, REJECT or DROP), the endpoint,
+//! DNAT and the masquerade marks, or flannel's ip-masq; ICMP errors about a NATed flow.
 
 use super::*;
+use crate::core::nat::candidates::{self, ServiceVerdict};
 use crate::core::nat::service::Service;
+use crate::core::trace::Pick;
 
 /// What the NAT stage decided.
 pub(super) enum Nat {
@@ -85,72 +87,81 @@ impl<'a> Ctx<'a> {
     fn rule(&mut self, from: Origin, pkt: &mut Packet, u: Tuple, hdr: Hdr) -> Result<Rule<'a>, Nat> {
         let t = self.t;
         let node = &t.node;
-        let service = match u.proto {
-            PROTO_TCP | PROTO_UDP => {
-                t.services.by_cluster_ip(u.proto, u.dst, u.dport).map(|s| (s, Via::ClusterIp)).or_else(|| {
-                    (u.dst == node.node_ip)
-                        .then(|| t.services.by_node_port(u.proto, u.dport))
-                        .flatten()
-                        .map(|s| (s, Via::NodePort))
-                })
-            }
-            _ => None,
+        match candidates::decide(t, &u) {
+            ServiceVerdict::NoService => {}
+            v => return self.service(from, pkt, u, hdr, v),
+        }
+        let eg = match t.routes.lookup(u.dst).target {
+            RouteTarget::Host if !matches!(from, Origin::Host) => Egress::Host,
+            RouteTarget::Peer { .. } => Egress::Vxlan,
+            _ => return Err(Nat::Untracked),
         };
+        if !masquerade::flannel_masquerades(u.src, u.dst, node.cluster_cidr, node.pod_cidr) {
+            return Err(Nat::Untracked);
+        }
+        Ok(Rule {
+            reply_src: (u.dst, u.dport),
+            reply_dst: masquerade::source_for(eg, node.node_ip, node.vtep_ip),
+            nat: NAT_SNAT,
+            egress: eg,
+            svc_hit: None,
+        })
+    }
 
-        if let Some((s, via)) = service {
+    /// A packet the service stage claimed: refused, dropped, or DNATed to the endpoint
+    /// picked among its candidates (masqueraded when kube-proxy marks it, or when
+    /// flannel's ip-masq applies to the new destination).
+    fn service(&mut self, from: Origin, pkt: &mut Packet, u: Tuple, hdr: Hdr, v: ServiceVerdict<'a>) -> Result<Rule<'a>, Nat> {
+        let t = self.t;
+        let node = &t.node;
+        if let Some(m) = v.matched() {
             self.tr.step(|| Step::Service {
-                name: s.spec.name.clone(),
-                via,
+                name: m.service.spec.name.clone(),
+                via: m.via,
                 proto: u.proto,
                 dst: u.dst,
                 port: u.dport,
             });
-            let n = s.spec.endpoints.len();
-            if n == 0 {
-                return Err(Nat::Done(self.reject_no_endpoints(from, pkt, hdr, via)));
-            }
-            let i = pick(u.hash(t.hash_seed), n);
-            let ep = s.spec.endpoints[i];
-            self.tr.step(|| Step::Endpoint { endpoint: ep, index: i, of: n });
-            let eg = egress_of(t.routes.lookup(*ep.ip()).target);
-            let masq = masquerade::service_marks(via, u.src, *ep.ip(), node.cluster_cidr)
-                || masquerade::flannel_masquerades(u.src, *ep.ip(), node.cluster_cidr, node.pod_cidr);
-            return Ok(Rule {
-                reply_src: (*ep.ip(), ep.port()),
-                reply_dst: if masq { masquerade::source_for(eg, node.node_ip, node.vtep_ip) } else { u.src },
-                nat: NAT_DNAT | if masq { NAT_SNAT } else { 0 },
-                egress: eg,
-                svc_hit: Some((s, i)),
-            });
         }
-        {
-            if matches!(u.proto, PROTO_TCP | PROTO_UDP) && node.service_cidr.contains(u.dst) {
-                self.count_drop(DropReason::NoService);
-                return Err(Nat::Done(self.send_error(
-                    pkt,
-                    ErrorRepr::port_unreachable(),
-                    Some(u.dst),
-                    None,
-                    Counter::IcmpUnreachableSent,
-                    DropReason::NoService,
-                )));
+        let (s, candidates, mark) = match v {
+            ServiceVerdict::Endpoints { matched, candidates, mark } => (matched.service, candidates, mark),
+            ServiceVerdict::Reject(Some(m), _) => return Err(Nat::Done(self.reject_no_endpoints(from, pkt, hdr, m.via))),
+            ServiceVerdict::Reject(None, why) => {
+                self.count_drop(why);
+                let (repr, sent) = (ErrorRepr::port_unreachable(), Counter::IcmpUnreachableSent);
+                return Err(Nat::Done(self.send_error(pkt, repr, Some(u.dst), None, sent, why)));
             }
-            let eg = match t.routes.lookup(u.dst).target {
-                RouteTarget::Host if !matches!(from, Origin::Host) => Egress::Host,
-                RouteTarget::Peer { .. } => Egress::Vxlan,
-                _ => return Err(Nat::Untracked),
-            };
-            if !masquerade::flannel_masquerades(u.src, u.dst, node.cluster_cidr, node.pod_cidr) {
-                return Err(Nat::Untracked);
-            }
-            Ok(Rule {
-                reply_src: (u.dst, u.dport),
-                reply_dst: masquerade::source_for(eg, node.node_ip, node.vtep_ip),
-                nat: NAT_SNAT,
-                egress: eg,
-                svc_hit: None,
-            })
+            ServiceVerdict::Drop(_, why) => return Err(Nat::Done(self.drop(why))),
+            ServiceVerdict::NoService => return Err(Nat::Untracked),
+        };
+        let commit = !self.tr.dry_run;
+        let c = candidates::choose(&candidates, s, u.src, u.hash(t.hash_seed), &self.dp.affinity, self.now, commit);
+        if c.by == Pick::Affinity {
+            self.count(Counter::ServiceAffinityHit);
         }
+        if c.affinity_full {
+            self.count(Counter::ServiceAffinityFull);
+        }
+        let ep = c.endpoint;
+        let marked = mark || masquerade::hairpin(u.src, *ep.ip());
+        self.tr.step(|| Step::Endpoint {
+            endpoint: ep,
+            index: c.index,
+            of: candidates.len(),
+            candidates: candidates.to_vec(),
+            masquerade: marked,
+            by: c.by,
+            terminating: candidates.terminating(),
+        });
+        let eg = egress_of(t.routes.lookup(*ep.ip()).target);
+        let masq = marked || masquerade::flannel_masquerades(u.src, *ep.ip(), node.cluster_cidr, node.pod_cidr);
+        Ok(Rule {
+            reply_src: (*ep.ip(), ep.port()),
+            reply_dst: if masq { masquerade::source_for(eg, node.node_ip, node.vtep_ip) } else { u.src },
+            nat: NAT_DNAT | if masq { NAT_SNAT } else { 0 },
+            egress: eg,
+            svc_hit: Some((s, c.hit)),
+        })
     }
 
     /// Enters a new flow in conntrack (unless dry-run) and rewrites its first packet.

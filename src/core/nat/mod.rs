@@ -1,12 +1,16 @@
 //! kube-proxy's iptables semantics and flannel's ip-masq, done by ucanal:
-//! the service table ([`service`]), connection tracking ([`conntrack`]) and the
-//! masquerade decisions ([`masquerade`]).
+//! the services ([`service`], [`service_table`]), what a new flow to one may do
+//! ([`candidates`]), session affinity ([`affinity`]), connection tracking
+//! ([`conntrack`]) and the masquerade decisions ([`masquerade`]).
 
+pub mod affinity;
+pub mod candidates;
 pub mod checkpoint;
 pub mod conntrack;
 pub mod early_drop;
 pub mod masquerade;
 pub mod service;
+pub mod service_table;
 
 use std::fmt;
 use std::net::Ipv4Addr;

@@ -12,6 +12,7 @@ fn spec(i: u32) -> ServiceSpec {
         port: 80,
         node_port: None,
         endpoints: vec!["10.244.1.5:80".parse().unwrap()],
+        ..ServiceSpec::default()
     }
 }
 

@@ -16,6 +16,7 @@ fn dns(endpoint: Ipv4Addr) -> ServiceSpec {
         port: 53,
         node_port: None,
         endpoints: vec![SocketAddrV4::new(endpoint, 7000)],
+        ..ServiceSpec::default()
     }
 }
 

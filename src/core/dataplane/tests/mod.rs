@@ -3,6 +3,7 @@
 use super::*;
 use crate::core::counters::{Counter, DropReason};
 use crate::core::nat::conntrack::Timeouts;
+use crate::core::nat::pick;
 use crate::core::nat::service::ServiceSpec;
 use crate::core::tables::article::{self, EP1_MAC, EP3_MAC};
 use crate::core::{HEADROOM, Now, Offload};
@@ -383,4 +384,5 @@ mod frag;
 mod nat;
 mod partial;
 mod run;
+mod services;
 mod vxlan;
