@@ -290,8 +290,8 @@ fn main() -> ExitCode {
             done(one().and_then(|t| object_cmd(&t, cmd)))
         }
         Cmd::Show { what, json, all } => done(one().and_then(|t| show_cmd(&t, what, json, all))),
-        Cmd::Apply(m) => done(one().and_then(|t| kubectl::apply(&t, &m.file, false))),
-        Cmd::Delete(m) => done(one().and_then(|t| kubectl::apply(&t, &m.file, true))),
+        Cmd::Apply(m) => manifest(&m, |objs| done(one().and_then(|t| kubectl::apply_objects(&t, objs, false)))),
+        Cmd::Delete(m) => manifest(&m, |objs| done(one().and_then(|t| kubectl::apply_objects(&t, objs, true)))),
         Cmd::Get(g) => done(one().and_then(|t| kubectl::get(&t, &g.what, g.output.as_deref()))),
         Cmd::Trace { ingress, flags, live, filter, count, timeout, json, flow } => {
             if live {
@@ -337,6 +337,18 @@ fn check(config: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("ucanal: config error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A manifest read and checked before anything is sent: a wrong one (a field refused,
+/// a value the API server would refuse) exits 2, as a wrong config does, nothing applied.
+fn manifest(m: &kubectl::Manifest, then: impl FnOnce(&[ucanal::control::kube::Object]) -> ExitCode) -> ExitCode {
+    match kubectl::read(&m.file) {
+        Ok(objs) => then(&objs),
+        Err(e) => {
+            eprintln!("ucanal: {e}");
             ExitCode::from(2)
         }
     }

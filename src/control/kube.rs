@@ -1,18 +1,19 @@
-//! Kubernetes objects as `kubectl get -o yaml` prints them — `Service` (ClusterIP /
-//! NodePort), `Endpoints`, `EndpointSlice` (discovery.k8s.io/v1), and `List`s of them —
-//! and the store that turns them into the dataplane's [`ServiceSpec`]s, one per service
-//! port, as kube-proxy does. Pure: text in, objects and specs out.
+//! Kubernetes objects as `kubectl get -o yaml` prints them — `Service` (ClusterIP,
+//! NodePort, LoadBalancer, ExternalName, headless), `Endpoints`, `EndpointSlice`
+//! (discovery.k8s.io/v1), and `List`s of them — and the store that turns them into the
+//! dataplane's [`ServiceSpec`]s, one per service port, as kube-proxy does (the field
+//! semantics and refusals are [`fields`]'). Pure: text in, objects and specs out.
 //!
 //! Naming: a single-port service is `ns/name` (the article's `default/ghost`); each port
 //! of a multi-port service is `ns/name:port-name` (or `:port` when it has no name).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::nat::service::{Protocol, ServiceSpec};
+use crate::core::nat::service::ServiceSpec;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KubeError {
@@ -39,7 +40,7 @@ fn default_ns() -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServicePort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -48,14 +49,21 @@ pub struct ServicePort {
     pub port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<u16>,
+    /// No dataplane meaning (the endpoints carry the port): accepted, not stored.
+    #[serde(default, skip_serializing)]
+    pub target_port: fields::Accepted,
+    #[serde(default, skip_serializing)]
+    pub app_protocol: fields::Accepted,
 }
 
 fn tcp() -> String {
     "TCP".into()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// A Service's `spec`. Every field the API has is known: one that changes packet handling
+/// is implemented or refused by name ([`fields`]), an unknown one is refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceBody {
     #[serde(rename = "type", default = "cluster_ip_type")]
     pub kind: String,
@@ -63,6 +71,41 @@ pub struct ServiceBody {
     pub cluster_ip: Option<String>,
     #[serde(default)]
     pub ports: Vec<ServicePort>,
+    #[serde(rename = "clusterIPs", default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_ips: Vec<String>,
+    #[serde(rename = "externalIPs", default, skip_serializing_if = "Vec::is_empty")]
+    pub external_ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity_config: Option<fields::SessionAffinityConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_traffic_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancer_source_ranges: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_node_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocate_load_balancer_node_ports: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_not_ready_addresses: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_families: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family_policy: Option<String>,
+    /// Accepted with no dataplane meaning for kube-proxy (see docs/services.md): not stored.
+    #[serde(default, skip_serializing)]
+    pub selector: fields::Accepted,
+    #[serde(rename = "loadBalancerIP", default, skip_serializing)]
+    pub load_balancer_ip: fields::Accepted,
+    #[serde(default, skip_serializing)]
+    pub load_balancer_class: fields::Accepted,
+    #[serde(default, skip_serializing)]
+    pub external_name: fields::Accepted,
+    #[serde(default, skip_serializing)]
+    pub traffic_distribution: fields::Accepted,
 }
 
 fn cluster_ip_type() -> String {
@@ -70,40 +113,77 @@ fn cluster_ip_type() -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointPort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub port: u16,
     #[serde(default = "tcp")]
     pub protocol: String,
+    #[serde(default, skip_serializing)]
+    pub app_protocol: fields::Accepted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Address {
     pub ip: Ipv4Addr,
+    /// No dataplane meaning (locality is the pod's route on this node): not stored.
+    #[serde(default, skip_serializing)]
+    pub node_name: fields::Accepted,
+    #[serde(default, skip_serializing)]
+    pub hostname: fields::Accepted,
+    #[serde(default, skip_serializing)]
+    pub target_ref: fields::Accepted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subset {
     #[serde(default)]
     pub addresses: Vec<Address>,
+    /// Not ready: no traffic, unless the Service publishes not-ready addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ready_addresses: Vec<Address>,
     #[serde(default)]
     pub ports: Vec<EndpointPort>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SliceEndpoint {
     #[serde(default)]
     pub addresses: Vec<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Conditions>,
+    /// Topology hints: `forZones` has no meaning on a node without a zone, `forNodes` is
+    /// refused ([`fields`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hints: Option<fields::Hints>,
+    /// No dataplane meaning (locality is the pod's route on this node): not stored.
+    #[serde(default, skip_serializing)]
+    pub node_name: fields::Accepted,
+    #[serde(default, skip_serializing)]
+    pub zone: fields::Accepted,
+    #[serde(default, skip_serializing)]
+    pub hostname: fields::Accepted,
+    #[serde(default, skip_serializing)]
+    pub target_ref: fields::Accepted,
+    #[serde(default, skip_serializing)]
+    pub deprecated_topology: fields::Accepted,
 }
 
+/// EndpointSlice conditions; unset, `ready` and `serving` are true and `terminating`
+/// false, as kube-proxy reads them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Conditions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminating: Option<bool>,
 }
 
 /// One object, in the shape ucanal keeps (and stores in etcd) after validation. It is
@@ -111,9 +191,21 @@ pub struct Conditions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", try_from = "decode::Raw")]
 pub enum Object {
-    Service { metadata: Meta, spec: ServiceBody },
-    Endpoints { metadata: Meta, subsets: Vec<Subset> },
-    EndpointSlice { metadata: Meta, endpoints: Vec<SliceEndpoint>, ports: Vec<EndpointPort> },
+    Service {
+        metadata: Meta,
+        spec: ServiceBody,
+        #[serde(default, skip_serializing_if = "fields::ServiceStatus::is_empty")]
+        status: fields::ServiceStatus,
+    },
+    Endpoints {
+        metadata: Meta,
+        subsets: Vec<Subset>,
+    },
+    EndpointSlice {
+        metadata: Meta,
+        endpoints: Vec<SliceEndpoint>,
+        ports: Vec<EndpointPort>,
+    },
 }
 
 impl Object {
@@ -165,44 +257,14 @@ impl Object {
         if !dns(&m.name) || !dns(&m.namespace) {
             return Err(bad("metadata.name and .namespace must be DNS names".into()));
         }
-        let proto = |p: &str| match p {
-            "TCP" | "UDP" => Ok(()),
-            other => Err(bad(format!("protocol {other} is not TCP or UDP"))),
-        };
-        match self {
-            Object::Service { spec, .. } => {
-                if !matches!(spec.kind.as_str(), "ClusterIP" | "NodePort") {
-                    return Err(bad(format!("spec.type {} is not ClusterIP or NodePort", spec.kind)));
-                }
-                match spec.cluster_ip.as_deref() {
-                    Some(ip) if ip.parse::<Ipv4Addr>().is_ok() => {}
-                    other => {
-                        return Err(bad(format!(
-                            "spec.clusterIP {other:?} is not an IPv4 address (ucanal does not allocate)"
-                        )));
-                    }
-                }
-                if spec.ports.is_empty() {
-                    return Err(bad("spec.ports is empty".into()));
-                }
-                for (i, p) in spec.ports.iter().enumerate() {
-                    proto(&p.protocol)?;
-                    if p.node_port.is_some() && spec.kind != "NodePort" {
-                        return Err(bad(format!("spec.ports[{i}].nodePort on a {} service", spec.kind)));
-                    }
-                }
-            }
+        let checked = match self {
+            Object::Service { metadata, spec, status } => fields::check_service(metadata, spec, status),
             Object::Endpoints { subsets, .. } => {
-                for p in subsets.iter().flat_map(|s| &s.ports) {
-                    proto(&p.protocol)?;
-                }
+                subsets.iter().flat_map(|s| &s.ports).try_for_each(|p| fields::check_protocol("ports", &p.protocol))
             }
-            Object::EndpointSlice { ports, .. } => {
-                for p in ports {
-                    proto(&p.protocol)?;
-                }
-            }
-        }
+            Object::EndpointSlice { endpoints, ports, .. } => fields::check_slice(endpoints, ports),
+        };
+        checked.map_err(bad)?;
         Ok(())
     }
 }
@@ -337,58 +399,10 @@ impl Store {
             .filter(move |o| o.service() == service)
     }
 
-    /// The specs of service `ns/name` (empty when it has no Service object).
+    /// The specs of service `ns/name`, one per port (none when it has no Service object,
+    /// or one that makes no dataplane state: headless, ExternalName, another proxy's).
     pub fn specs(&self, service: &str) -> Vec<ServiceSpec> {
-        let Some((ns, name)) = service.split_once('/') else { return Vec::new() };
-        let Some(Object::Service { spec, .. }) = self.get(&format!("services/{service}")) else {
-            return Vec::new();
-        };
-        let Some(cluster_ip) = spec.cluster_ip.as_deref().and_then(|s| s.parse().ok()) else { return Vec::new() };
-        let single = spec.ports.len() == 1;
-        let slices = self.slices_of(service);
-        let mut eps: Vec<(Option<&str>, &str, SocketAddrV4)> = Vec::new();
-        if let Some(Object::Endpoints { subsets, .. }) = self.get(&format!("endpoints/{service}")) {
-            for s in subsets {
-                for p in &s.ports {
-                    for a in &s.addresses {
-                        eps.push((p.name.as_deref(), &p.protocol, SocketAddrV4::new(a.ip, p.port)));
-                    }
-                }
-            }
-        }
-        for o in slices {
-            if let Object::EndpointSlice { endpoints, ports, .. } = o {
-                for p in ports {
-                    for e in endpoints.iter().filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false)) {
-                        for a in &e.addresses {
-                            eps.push((p.name.as_deref(), &p.protocol, SocketAddrV4::new(*a, p.port)));
-                        }
-                    }
-                }
-            }
-        }
-        spec.ports
-            .iter()
-            .map(|p| {
-                let suffix = p.name.clone().unwrap_or_else(|| p.port.to_string());
-                let mut endpoints: Vec<SocketAddrV4> = eps
-                    .iter()
-                    .filter(|(n, proto, _)| *proto == p.protocol && (single || *n == p.name.as_deref()))
-                    .map(|(_, _, e)| *e)
-                    .collect();
-                endpoints.sort();
-                endpoints.dedup();
-                ServiceSpec {
-                    name: if single { service.to_string() } else { format!("{ns}/{name}:{suffix}") },
-                    protocol: if p.protocol == "UDP" { Protocol::Udp } else { Protocol::Tcp },
-                    cluster_ip,
-                    port: p.port,
-                    node_port: p.node_port,
-                    endpoints,
-                    ..ServiceSpec::default()
-                }
-            })
-            .collect()
+        fields::specs(self, service)
     }
 }
 
@@ -401,30 +415,25 @@ pub fn objects_of(spec: &ServiceSpec) -> Result<Vec<Object>, KubeError> {
     if name.contains(':') {
         return Err(bad("a port of a multi-port service: change it with apply -f"));
     }
+    if !spec.terminating.is_empty() {
+        return Err(bad("a service with terminating endpoints: change it with apply -f"));
+    }
     let metadata = Meta { name: name.into(), namespace: ns.into(), labels: BTreeMap::new() };
     let protocol = spec.protocol.name().to_ascii_uppercase();
-    let svc = Object::Service {
-        metadata: metadata.clone(),
-        spec: ServiceBody {
-            kind: if spec.node_port.is_some() { "NodePort" } else { "ClusterIP" }.into(),
-            cluster_ip: Some(spec.cluster_ip.to_string()),
-            ports: vec![ServicePort {
-                name: None,
-                protocol: protocol.clone(),
-                port: spec.port,
-                node_port: spec.node_port,
-            }],
-        },
-    };
+    let (body, status) = fields::service_of(spec);
+    let svc = Object::Service { metadata: metadata.clone(), spec: body, status };
     let mut by_port: BTreeMap<u16, Vec<Address>> = BTreeMap::new();
     for e in &spec.endpoints {
-        by_port.entry(e.port()).or_default().push(Address { ip: *e.ip() });
+        let no = fields::Accepted;
+        let a = Address { ip: *e.ip(), node_name: no, hostname: no, target_ref: no };
+        by_port.entry(e.port()).or_default().push(a);
     }
     let subsets = by_port
         .into_iter()
         .map(|(port, addresses)| Subset {
             addresses,
-            ports: vec![EndpointPort { name: None, port, protocol: protocol.clone() }],
+            not_ready_addresses: Vec::new(),
+            ports: vec![EndpointPort { name: None, port, protocol: protocol.clone(), app_protocol: fields::Accepted }],
         })
         .collect();
     let objs = vec![svc, Object::Endpoints { metadata, subsets }];
@@ -446,6 +455,9 @@ pub fn spec_of(spec_name: &str, service: &str) -> bool {
 
 #[path = "kube_decode.rs"]
 mod decode;
+
+#[path = "kube_fields.rs"]
+pub mod fields;
 
 #[cfg(test)]
 #[path = "kube_tests.rs"]

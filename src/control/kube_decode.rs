@@ -10,6 +10,7 @@
 
 use serde::Deserialize;
 
+use super::fields::ServiceStatus;
 use super::{EndpointPort, Meta, Object, ServiceBody, SliceEndpoint, Subset};
 
 /// Every field any object kind (or a `List`) has, flat: `kind` says which apply.
@@ -21,6 +22,10 @@ pub(super) struct Raw {
     metadata: Option<Meta>,
     #[serde(default)]
     spec: Option<ServiceBody>,
+    #[serde(default)]
+    status: Option<ServiceStatus>,
+    #[serde(rename = "addressType", default)]
+    address_type: Option<String>,
     #[serde(default)]
     subsets: Option<Vec<Subset>>,
     #[serde(default)]
@@ -46,10 +51,16 @@ impl TryFrom<Raw> for Object {
     fn try_from(r: Raw) -> Result<Object, NotAnObject> {
         let metadata = r.metadata.ok_or(NotAnObject("missing field `metadata`"))?;
         match r.kind.as_deref() {
-            Some("Service") => {
-                Ok(Object::Service { metadata, spec: r.spec.ok_or(NotAnObject("missing field `spec`"))? })
-            }
+            Some("Service") => Ok(Object::Service {
+                metadata,
+                spec: r.spec.ok_or(NotAnObject("missing field `spec`"))?,
+                status: r.status.unwrap_or_default(),
+            }),
             Some("Endpoints") => Ok(Object::Endpoints { metadata, subsets: r.subsets.unwrap_or_default() }),
+            // An IPv4 proxy takes IPv4 slices only (kube-proxy's per-family proxier).
+            Some("EndpointSlice") if r.address_type.as_deref().is_some_and(|t| t != "IPv4") => {
+                Err(NotAnObject("addressType: only IPv4 is implemented (ucanal is IPv4-only)"))
+            }
             Some("EndpointSlice") => Ok(Object::EndpointSlice {
                 metadata,
                 endpoints: r.endpoints.ok_or(NotAnObject("missing field `endpoints`"))?,

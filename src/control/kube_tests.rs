@@ -1,4 +1,5 @@
 use super::*;
+use crate::core::nat::service::Protocol;
 use crate::core::tables::article;
 
 const GHOST: &str = include_str!("../../netns-scripts/manifests/ghost.yaml");
@@ -56,10 +57,10 @@ fn bad_manifests_name_the_fault() {
     let e = |s: &str| parse_manifest(s).unwrap_err().to_string();
     assert!(e("kind: Pod\nmetadata: {name: x}").contains("kind 'Pod'"));
     assert!(
-        e("kind: Service\nmetadata: {name: x}\nspec: {type: LoadBalancer, clusterIP: 10.0.0.1, ports: [{port: 1}]}")
-            .contains("Service default/x: spec.type LoadBalancer")
+        e("kind: Service\nmetadata: {name: x}\nspec: {type: Balanced, clusterIP: 10.0.0.1, ports: [{port: 1}]}")
+            .contains("Service default/x: spec.type: Unsupported value: \"Balanced\"")
     );
-    assert!(e("kind: Service\nmetadata: {name: x}\nspec: {clusterIP: None, ports: [{port: 1}]}").contains("clusterIP"));
+    assert!(e("kind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 1}]}").contains("does not allocate"));
     assert!(
         e("kind: Service\nmetadata: {name: x}\nspec: {clusterIP: 10.0.0.1, ports: [{port: 1, protocol: SCTP}]}")
             .contains("SCTP")

@@ -94,8 +94,8 @@ fn apply_line(objects: &[u8], delete: bool, more: bool) -> Vec<u8> {
 /// in parts, in order, on one connection; the daemon holds them and applies the whole
 /// manifest at the last one, whole or not at all (through etcd: checked whole, then
 /// written in transactions).
-pub fn apply(target: &Target, file: &Path, delete: bool) -> Result<String, String> {
-    let all = parts(&read(file)?);
+pub fn apply_objects(target: &Target, objects: &[Object], delete: bool) -> Result<String, String> {
+    let all = parts(objects);
     let k = all.len();
     let mut session = client::Session::open(target)?;
     let mut last = None;
@@ -133,7 +133,7 @@ pub fn services_table(items: &[Object]) -> String {
         "NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"
     );
     for o in items {
-        if let Object::Service { metadata, spec } = o {
+        if let Object::Service { metadata, spec, status } = o {
             let ports: Vec<String> = spec
                 .ports
                 .iter()
@@ -143,13 +143,16 @@ pub fn services_table(items: &[Object]) -> String {
                 })
                 .collect();
             let ip = spec.cluster_ip.clone().unwrap_or_default();
+            let lb = status.ingress().filter_map(|i| i.ip.clone());
+            let external: Vec<String> = lb.chain(spec.external_ips.iter().cloned()).collect();
+            let external = if external.is_empty() { "<none>".to_string() } else { external.join(",") };
             s += &format!(
                 "{:<12} {:<30} {:<10} {:<15} {:<12} {}\n",
                 metadata.namespace,
                 metadata.name,
                 spec.kind,
                 ip,
-                "<none>",
+                external,
                 ports.join(",")
             );
         }

@@ -319,7 +319,16 @@ pub fn check_service(c: &Config, s: &ServiceSpec) -> Result<(), ConfigError> {
             return Err(err(format!("endpoints[{j}]"), format!("{e} is listed twice")));
         }
     }
-    Ok(())
+    for (j, e) in s.terminating.iter().enumerate() {
+        check_endpoint(c, e).map_err(|p| err(format!("terminating[{j}]"), p))?;
+    }
+    if let Some(hc) = s.health_check_node_port {
+        let (lo, hi) = c.masquerade_ports();
+        if hc == 0 || (lo..=hi).contains(&hc) {
+            return Err(err("health_check_node_port", format!("{hc} is 0 or inside node.masquerade_ports {lo}-{hi}")));
+        }
+    }
+    s.check_policy(c.node.cluster_cidr, c.node.service_cidr).map_err(|e| err(e.field, e.problem))
 }
 
 fn check_endpoint(c: &Config, e: &SocketAddrV4) -> Result<(), String> {

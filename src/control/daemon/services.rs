@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use super::{ControlError, Daemon};
 use crate::control::config;
 use crate::core::Counter;
-use crate::core::nat::service::{Protocol, Service, ServiceSpec};
+use crate::core::nat::service::{Protocol, Service, ServiceSpec, spec_key};
 use crate::core::tables::{PodPort, Tables};
 use crate::wire::ipv4::PROTO_UDP;
 
@@ -64,10 +64,12 @@ impl Daemon {
     }
 
     /// Checks a delta without changing anything: each spec valid, no two specs of the
-    /// result sharing a cluster IP:port or a NodePort. Costs what the delta holds.
+    /// result sharing a cluster IP:port, a NodePort or an external address:port. Costs
+    /// what the delta holds.
     pub(super) fn check_delta(&self, d: &Delta) -> Result<(), ControlError> {
         let mut portals: HashMap<Portal, &str> = HashMap::with_capacity(d.put.len());
         let mut node_ports: HashMap<(Protocol, u16), &str> = HashMap::new();
+        let mut externals: HashMap<Portal, &str> = HashMap::new();
         let put: std::collections::HashSet<&str> = d.put.iter().map(|s| s.name.as_str()).collect();
         let stays = |name: &str| !d.remove.contains(name) && !put.contains(name);
         for s in &d.put {
@@ -81,6 +83,17 @@ impl Daemon {
                 && stays(&o.spec.name)
             {
                 return Err(ControlError::ServiceClash(o.spec.name.clone()));
+            }
+            for ip in s.external_ips.iter().chain(&s.load_balancer_ips) {
+                if let Some(o) = externals.insert((s.protocol, *ip, s.port), &s.name) {
+                    return Err(ControlError::ServiceClash(o.to_string()));
+                }
+                if let Some((o, _)) = self.services.by_external(p, *ip, s.port)
+                    && o.spec.name != s.name
+                    && stays(&o.spec.name)
+                {
+                    return Err(ControlError::ServiceClash(o.spec.name.clone()));
+                }
             }
             if let Some(np) = s.node_port {
                 if let Some(o) = node_ports.insert((s.protocol, np), &s.name) {
@@ -131,9 +144,18 @@ impl Daemon {
         self.rebuild();
         for o in old.values() {
             let now = self.spec(&o.spec.name);
-            let gone: Vec<SocketAddrV4> =
-                o.spec.endpoints.iter().filter(|e| now.is_none_or(|n| !n.endpoints.contains(e))).copied().collect();
+            // A ready endpoint that turned terminating still serves its flows.
+            let gone: Vec<SocketAddrV4> = o
+                .spec
+                .all_endpoints()
+                .filter(|e| now.is_none_or(|n| !n.all_endpoints().any(|x| x == *e)))
+                .copied()
+                .collect();
             self.flush_endpoints(&o.spec, &gone);
+            // kube-proxy deletes the affinity sets of a service port that lost affinity.
+            if o.spec.affinity_timeout.is_some() && now.is_none_or(|n| n.affinity_timeout.is_none()) {
+                self.dp.affinity.forget_service(spec_key(&o.spec));
+            }
         }
         if steers_changed {
             self.sync_steers().await?;

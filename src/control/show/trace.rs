@@ -108,7 +108,10 @@ impl fmt::Display for Step {
                         write!(f, "service     {name} (external IP) matched: KUBE-SERVICES {p} dst {dst} dpt:{port}")
                     }
                     Via::LoadBalancer => {
-                        write!(f, "service     {name} (load-balancer IP) matched: KUBE-SERVICES {p} dst {dst} dpt:{port}")
+                        write!(
+                            f,
+                            "service     {name} (load-balancer IP) matched: KUBE-SERVICES {p} dst {dst} dpt:{port}"
+                        )
                     }
                 }
             }

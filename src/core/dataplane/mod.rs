@@ -19,11 +19,11 @@ use arc_swap::ArcSwap;
 
 use super::counters::{Counter, Counters, DropReason};
 use super::frag::reasm::{Pushed, Reassembler};
+use super::nat::Tuple;
 use super::nat::affinity::Affinity;
 use super::nat::conntrack::{Conntrack, Dir, Hit, Insert, NAT_DNAT, NAT_SNAT, NewFlow, PortChoice};
 use super::nat::masquerade::{self, Egress};
 use super::nat::service::Via;
-use super::nat::Tuple;
 use super::route::{Hop, Matched, RouteTarget};
 use super::tables::{PodPort, Tables, VxlanAccept};
 use super::trace::{Admit, Defrag, MasqRule, PortRef, RouteRef, Step, Trace};

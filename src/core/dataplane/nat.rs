@@ -111,7 +111,14 @@ impl<'a> Ctx<'a> {
     /// A packet the service stage claimed: refused, dropped, or DNATed to the endpoint
     /// picked among its candidates (masqueraded when kube-proxy marks it, or when
     /// flannel's ip-masq applies to the new destination).
-    fn service(&mut self, from: Origin, pkt: &mut Packet, u: Tuple, hdr: Hdr, v: ServiceVerdict<'a>) -> Result<Rule<'a>, Nat> {
+    fn service(
+        &mut self,
+        from: Origin,
+        pkt: &mut Packet,
+        u: Tuple,
+        hdr: Hdr,
+        v: ServiceVerdict<'a>,
+    ) -> Result<Rule<'a>, Nat> {
         let t = self.t;
         let node = &t.node;
         if let Some(m) = v.matched() {
@@ -125,7 +132,9 @@ impl<'a> Ctx<'a> {
         }
         let (s, candidates, mark) = match v {
             ServiceVerdict::Endpoints { matched, candidates, mark } => (matched.service, candidates, mark),
-            ServiceVerdict::Reject(Some(m), _) => return Err(Nat::Done(self.reject_no_endpoints(from, pkt, hdr, m.via))),
+            ServiceVerdict::Reject(Some(m), _) => {
+                return Err(Nat::Done(self.reject_no_endpoints(from, pkt, hdr, m.via)));
+            }
             ServiceVerdict::Reject(None, why) => {
                 self.count_drop(why);
                 let (repr, sent) = (ErrorRepr::port_unreachable(), Counter::IcmpUnreachableSent);

@@ -225,7 +225,10 @@ mod tests {
         let a = Affinity::new(3);
         let t0 = Now::from_secs(50);
         for i in 0..3u8 {
-            assert_eq!(a.record(Ipv4Addr::new(10, 0, 0, i), SVC, ep("10.244.0.74:2368"), 5 + u32::from(i), t0), Recorded::Yes);
+            assert_eq!(
+                a.record(Ipv4Addr::new(10, 0, 0, i), SVC, ep("10.244.0.74:2368"), 5 + u32::from(i), t0),
+                Recorded::Yes
+            );
         }
         assert_eq!(a.record(Ipv4Addr::new(10, 0, 0, 9), SVC, ep("10.244.0.74:2368"), 5, t0), Recorded::Full);
         assert_eq!(a.len(), 3);

@@ -220,7 +220,15 @@ pub struct Choice {
 /// Picks the endpoint: the client's live affinity choice when it is a candidate (and
 /// then its record lives another timeout), else the flow hash's (recorded when the
 /// service has affinity). `commit: false` (a dry-run trace) changes nothing.
-pub fn choose(c: &Candidates, s: &Service, src: Ipv4Addr, flow_hash: u32, aff: &Affinity, now: Now, commit: bool) -> Choice {
+pub fn choose(
+    c: &Candidates,
+    s: &Service,
+    src: Ipv4Addr,
+    flow_hash: u32,
+    aff: &Affinity,
+    now: Now,
+    commit: bool,
+) -> Choice {
     let timeout = s.spec.affinity_timeout;
     let key = spec_key(&s.spec);
     if let Some(timeout) = timeout

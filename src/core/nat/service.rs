@@ -148,13 +148,20 @@ impl ServiceSpec {
         if let Some(t) = self.affinity_timeout
             && !(1..=AFFINITY_MAX_SECS).contains(&t)
         {
-            return bad("affinity_timeout".into(), format!("{t}: must be greater than 0 and at most {AFFINITY_MAX_SECS}"));
+            return bad(
+                "affinity_timeout".into(),
+                format!("{t}: must be greater than 0 and at most {AFFINITY_MAX_SECS}"),
+            );
         }
         let ext = self.external_ips.iter().map(|ip| ("external_ips", ip));
-        for (i, (field, ip)) in ext.chain(self.load_balancer_ips.iter().map(|ip| ("load_balancer_ips", ip))).enumerate() {
+        for (i, (field, ip)) in ext.chain(self.load_balancer_ips.iter().map(|ip| ("load_balancer_ips", ip))).enumerate()
+        {
             let unusable = ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast();
             if unusable || cluster.contains(*ip) || services.contains(*ip) {
-                return bad(format!("{field}[{i}]"), format!("{ip} is not usable (inside {cluster} or {services}, or not unicast)"));
+                return bad(
+                    format!("{field}[{i}]"),
+                    format!("{ip} is not usable (inside {cluster} or {services}, or not unicast)"),
+                );
             }
         }
         let mut seen: Vec<&SocketAddrV4> = self.all_endpoints().collect();

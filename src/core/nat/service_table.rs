@@ -152,7 +152,9 @@ impl ServiceTable {
         let mut out: Vec<Service> = self.take(vip).into_iter().collect();
         let proto = s.spec.protocol.number();
         let holders = s.spec.node_port.and_then(|np| self.by_node_port.get(node_port_key(proto, np)).copied());
-        let holders = holders.into_iter().chain(external_keys(&s.spec).filter_map(|(k, _)| self.by_external.get(k).map(|e| e.vip)));
+        let holders = holders
+            .into_iter()
+            .chain(external_keys(&s.spec).filter_map(|(k, _)| self.by_external.get(k).map(|e| e.vip)));
         for other in holders.collect::<Vec<_>>() {
             out.extend(self.take(other));
         }
