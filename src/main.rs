@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ucanal::control::api::{Request, Show};
-use ucanal::control::client::Target;
+use ucanal::api::{Request, Show};
+use ucanal::cli::kubectl;
+use ucanal::cli::target::{self as client, Target};
+use ucanal::cli::trace::{capture, trace_live, trace_probe};
 use ucanal::control::config::{Config, PodSpec};
 use ucanal::control::daemon::{self, RunError, RunOptions};
-use ucanal::control::tracecmd::{capture, trace_live, trace_probe};
-use ucanal::control::{client, kubectl, show};
+use ucanal::control::inspect::listings as show;
 use ucanal::core::nat::service::{Protocol, ServiceSpec};
 use ucanal::wire::MacAddr;
 
@@ -344,7 +345,7 @@ fn check(config: &std::path::Path) -> ExitCode {
 
 /// A manifest read and checked before anything is sent: a wrong one (a field refused,
 /// a value the API server would refuse) exits 2, as a wrong config does, nothing applied.
-fn manifest(m: &kubectl::Manifest, then: impl FnOnce(&[ucanal::control::kube::Object]) -> ExitCode) -> ExitCode {
+fn manifest(m: &kubectl::Manifest, then: impl FnOnce(&[ucanal::api::kube::Object]) -> ExitCode) -> ExitCode {
     match kubectl::read(&m.file) {
         Ok(objs) => then(&objs),
         Err(e) => {

@@ -12,17 +12,20 @@
 //! of the dataplane in dry-run mode; the candidate set and the masquerade mark are read
 //! from the trace's JSON (what `ucanal trace --json` prints) and its text.
 //!
-//! Not libtest: a plain binary (`harness = false`) so that `cargo test` shows the count
-//! per upstream test.
+//! One trial per upstream test (tests/common/harness.rs), each printing its count.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
 
+use common::harness::Suite;
 use serde::Deserialize;
-use ucanal::control::kube::{self, Store};
-use ucanal::control::probe::{Ingress, Probe};
+use ucanal::api::kube::{self, Store};
+use ucanal::control::inspect::probe::{Ingress, Probe};
 use ucanal::core::nat::conntrack::{Conntrack, Timeouts};
 use ucanal::core::nat::service::ServiceTable;
 use ucanal::core::tables::{NodeInfo, Peer, PodPort, Tables, VxlanAccept};
@@ -124,44 +127,52 @@ impl Want {
     }
 }
 
-fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
+fn main() -> ExitCode {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kube-proxy");
-    let world: World = read_yaml(&dir.join("world.yaml"));
+    let world: Arc<World> = Arc::new(read_yaml(&dir.join("world.yaml")));
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("tests/kube-proxy")
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("world.yaml"))
         .collect();
     files.sort();
-    let (mut total, mut failures) = (0, Vec::new());
-    println!("kube-proxy packet-flow conformance (kubernetes pkg/proxy/nftables/proxier_test.go):");
-    for f in files {
-        let fx: Fixture = read_yaml(&f);
-        let mut n = 0;
-        for sc in &fx.scenarios {
-            let t = tables(&world, sc);
-            let dp = Dataplane::new(t, Conntrack::new(1024, Timeouts::default()), 1);
-            for (i, p) in sc.probes.iter().enumerate() {
-                n += 1;
-                if let Err(e) = run(&world, &dp, p, i) {
-                    failures.push(format!("{} / {} / {}: {e}", fx.upstream, sc.name, p.name));
-                }
+    let fixtures: Vec<Fixture> = files.iter().map(|f| read_yaml(f)).collect();
+    let total: usize = fixtures.iter().flat_map(|f| &f.scenarios).map(|s| s.probes.len()).sum();
+    let mut suite = Suite::new();
+    suite.test("holds_at_least_80_probes", move || {
+        println!("kube-proxy packet-flow conformance: {total} probes (pkg/proxy/nftables/proxier_test.go)");
+        assert!(total >= 80, "the suite holds {total} probes, fewer than 80");
+    });
+    // One trial per upstream test, named after it.
+    for fx in fixtures {
+        let world = world.clone();
+        suite.test(&fx.upstream.clone(), move || {
+            let (n, failures) = run_fixture(&world, &fx);
+            println!("{:<48} {n:>3} probes, {} as kube-proxy expects", fx.upstream, n - failures.len());
+            assert!(
+                failures.is_empty(),
+                "{} of {n} probes differ from kube-proxy:\n{}",
+                failures.len(),
+                failures.join("\n")
+            );
+        });
+    }
+    suite.run()
+}
+
+/// Every probe of one upstream test; how many, and how each that differs does.
+fn run_fixture(world: &World, fx: &Fixture) -> (usize, Vec<String>) {
+    let (mut n, mut failures) = (0, Vec::new());
+    for sc in &fx.scenarios {
+        let dp = Dataplane::new(tables(world, sc), Conntrack::new(1024, Timeouts::default()), 1);
+        for (i, p) in sc.probes.iter().enumerate() {
+            n += 1;
+            if let Err(e) = run(world, &dp, p, i) {
+                failures.push(format!("{} / {}: {e}", sc.name, p.name));
             }
         }
-        println!("  {:<48} {n:>3} probes", fx.upstream);
-        total += n;
     }
-    println!("  {:<48} {total:>3} probes, {} as kube-proxy expects", "total", total - failures.len());
-    if !failures.is_empty() {
-        for f in &failures {
-            println!("FAILED {f}");
-        }
-        std::process::exit(1);
-    }
-    assert!(total >= 80, "the suite holds {total} probes, fewer than 80");
+    (n, failures)
 }
 
 fn read_yaml<T: for<'de> Deserialize<'de>>(path: &Path) -> T {
