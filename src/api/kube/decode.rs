@@ -53,7 +53,7 @@ impl TryFrom<Raw> for Object {
         match r.kind.as_deref() {
             Some("Service") => Ok(Object::Service {
                 metadata,
-                spec: r.spec.ok_or(NotAnObject("missing field `spec`"))?,
+                spec: Box::new(r.spec.ok_or(NotAnObject("missing field `spec`"))?),
                 status: r.status.unwrap_or_default(),
             }),
             Some("Endpoints") => Ok(Object::Endpoints { metadata, subsets: r.subsets.unwrap_or_default() }),

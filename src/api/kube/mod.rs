@@ -193,7 +193,8 @@ pub struct Conditions {
 pub enum Object {
     Service {
         metadata: Meta,
-        spec: ServiceBody,
+        /// Boxed: the spec is most of a Service, and the other kinds are small.
+        spec: Box<ServiceBody>,
         #[serde(default, skip_serializing_if = "fields::ServiceStatus::is_empty")]
         status: fields::ServiceStatus,
     },
@@ -421,7 +422,7 @@ pub fn objects_of(spec: &ServiceSpec) -> Result<Vec<Object>, KubeError> {
     let metadata = Meta { name: name.into(), namespace: ns.into(), labels: BTreeMap::new() };
     let protocol = spec.protocol.name().to_ascii_uppercase();
     let (body, status) = fields::service_of(spec);
-    let svc = Object::Service { metadata: metadata.clone(), spec: body, status };
+    let svc = Object::Service { metadata: metadata.clone(), spec: Box::new(body), status };
     let mut by_port: BTreeMap<u16, Vec<Address>> = BTreeMap::new();
     for e in &spec.endpoints {
         let no = fields::Accepted;

@@ -287,7 +287,7 @@ mod tests {
         // The JSON the journal and state file keep reads back the same.
         let back: ServiceSpec = serde_json::from_str(&serde_json::to_string(&full).unwrap()).unwrap();
         assert_eq!(back, full);
-        assert_eq!(serde_json::to_string(&ghost()).unwrap().contains("terminating"), false, "defaults stay unwritten");
+        assert!(!serde_json::to_string(&ghost()).unwrap().contains("terminating"), "defaults stay unwritten");
     }
 
     #[test]
