@@ -58,7 +58,24 @@ impl Harness {
             endpoints: vec![],
             ..ServiceSpec::default()
         };
-        let svc = ServiceTable::build([article::ghost(), dns, empty], |_, _| Arc::default());
+        // kube-proxy's other shapes: Local policies, affinity, external and LB addresses
+        // with source ranges, a terminating endpoint.
+        let lb = ServiceSpec {
+            name: "default/lb".into(),
+            cluster_ip: Ipv4Addr::new(10, 250, 0, 50),
+            port: 80,
+            node_port: Some(30081),
+            endpoints: vec!["10.244.1.5:80".parse().unwrap()],
+            terminating: vec!["10.244.0.74:80".parse().unwrap()],
+            external_ips: vec![Ipv4Addr::new(192, 168, 99, 11)],
+            load_balancer_ips: vec![Ipv4Addr::new(1, 2, 3, 4)],
+            source_ranges: vec!["172.16.240.0/28".parse().unwrap()],
+            external_local: true,
+            internal_local: true,
+            affinity_timeout: Some(10),
+            ..ServiceSpec::default()
+        };
+        let svc = ServiceTable::build([article::ghost(), dns, empty, lb], |_, _| Arc::default());
         let mut t = Tables::build(1, article::node1(), 7, &article::pods1(), &[article::peer2()], svc);
         t.vxlan_source_ports = vec![40000, 40001];
         let dp = Dataplane::new(t, Conntrack::new(4096, Timeouts::default()), 1);
@@ -154,6 +171,7 @@ impl Harness {
         assert!(buf[HEADROOM..start].iter().all(|b| *b == 0xa5), "the walk wrote below its floor: {a:?}");
         if sel % 64 == 63 {
             self.dp.conntrack.sweep(now);
+            self.dp.affinity.sweep(now);
         }
         a
     }

@@ -1,4 +1,4 @@
-//! Conntrack maintenance: expired flows are swept once a second on a thread of its
+//! Conntrack maintenance (and the session affinity table's): expired flows are swept once a second on a thread of its
 //! own, off the API's runtime, so a long sweep never delays an API answer and an API
 //! request never delays a sweep. The sweep removes one key at a time (see
 //! `Conntrack::sweep`), so workers never wait for a whole shard. With `--keep-on-exit`
@@ -34,8 +34,11 @@ impl Sweeper {
                     Err(RecvTimeoutError::Timeout) => {}
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
                 }
-                let n = dp.conntrack.sweep(clock::now());
+                let now = clock::now();
+                let n = dp.conntrack.sweep(now);
                 dp.counters.add(block, Counter::CtExpired, n as u64);
+                // Session affinity records past their timeout leave, freeing room for new ones.
+                dp.affinity.sweep(now);
                 if let Some(path) = &checkpoint
                     && let Err(e) = crate::control::persist::write_checkpoint(&dp, path)
                 {

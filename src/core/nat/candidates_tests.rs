@@ -222,3 +222,117 @@ fn hash_picks_are_the_same_as_before_for_every_endpoint() {
     assert_eq!(local.position(ep(EP1)), Some((0, 1)));
     assert_eq!(local.position(ep(EP2)), None);
 }
+
+mod properties {
+    //! The service stage against a model written the way kube-proxy's rules read
+    //! (`CategorizeEndpoints`, then the chain each kind of address goes to), on random
+    //! services: endpoint conditions and places, both policies, source ranges, sources.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// This node's pods (ghost-ep1, ghost-ep3) and three of centos7-2's.
+    const POOL: [&str; 5] = ["10.244.1.5:80", "10.244.1.7:80", "10.244.0.74:80", "10.244.0.75:80", "10.244.0.76:80"];
+    const LOCAL: usize = 2;
+
+    fn model(states: &[u8], etp: bool, itp: bool, ranged: bool, via: Via, src: Ipv4Addr) -> String {
+        let pick = |f: &dyn Fn(usize, u8) -> bool| -> Vec<String> {
+            (0..POOL.len()).filter(|i| f(*i, states[*i])).map(|i| POOL[i].to_string()).collect()
+        };
+        let ready = pick(&|_, s| s == 1);
+        let cluster = if ready.is_empty() { pick(&|_, s| s == 2) } else { ready.clone() };
+        let local_ready = pick(&|i, s| i < LOCAL && s == 1);
+        let local = if local_ready.is_empty() { pick(&|i, s| i < LOCAL && s == 2) } else { local_ready };
+        let (is_pod, is_node) = (src.octets()[0] == 10, src == NODE1);
+        if via == Via::LoadBalancer && ranged && !(src.octets()[..3] == [172, 16, 240] && src.octets()[3] < 16) {
+            return "DROP lb_source_range".into();
+        }
+        if cluster.is_empty() {
+            return "REJECT service_no_endpoints".into();
+        }
+        let (set, mark) = match via {
+            Via::ClusterIp => (if itp { local } else { cluster }, !is_pod),
+            _ if !etp => (cluster, true),
+            _ if is_pod => (cluster, false),
+            _ if is_node => (cluster, true),
+            _ => (local, false),
+        };
+        if set.is_empty() {
+            return "DROP no_local_endpoint".into();
+        }
+        let mut set = set;
+        set.sort();
+        format!("{}{}", set.join(", "), if mark { " masq" } else { "" })
+    }
+
+    fn table(states: &[u8], etp: bool, itp: bool, ranged: bool) -> Tables {
+        tables(|g| {
+            g.port = 80;
+            g.endpoints.clear();
+            for (i, s) in states.iter().enumerate() {
+                match s {
+                    1 => g.endpoints.push(POOL[i].parse().unwrap()),
+                    2 => g.terminating.push(POOL[i].parse().unwrap()),
+                    _ => {}
+                }
+            }
+            g.external_local = etp;
+            g.internal_local = itp;
+            if ranged {
+                g.source_ranges = vec!["172.16.240.0/28".parse().unwrap()];
+            }
+        })
+    }
+
+    fn target(via: Via) -> (Ipv4Addr, u16) {
+        match via {
+            Via::ClusterIp => (VIP, 80),
+            Via::NodePort => (NODE1, 31266),
+            Via::ExternalIp => (EXT, 80),
+            Via::LoadBalancer => (LB, 80),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
+
+        #[test]
+        fn verdicts_are_kube_proxys(
+            states in proptest::collection::vec(0u8..3, POOL.len()),
+            etp in any::<bool>(), itp in any::<bool>(), ranged in any::<bool>(),
+            via in prop_oneof![Just(Via::ClusterIp), Just(Via::NodePort), Just(Via::ExternalIp), Just(Via::LoadBalancer)],
+            src in prop_oneof![Just(POD), Just(NODE1), Just(CLIENT), Just(Ipv4Addr::new(203, 0, 113, 2))],
+        ) {
+            let t = table(&states, etp, itp, ranged);
+            let (dst, port) = target(via);
+            prop_assert_eq!(flow(&t, tcp(src, dst, port)), model(&states, etp, itp, ranged, via, src));
+        }
+
+        #[test]
+        fn the_pick_is_a_candidate_and_affinity_holds(
+            states in proptest::collection::vec(0u8..3, POOL.len()),
+            etp in any::<bool>(), hashes in proptest::collection::vec(any::<u32>(), 1..8),
+        ) {
+            let mut t = table(&states, etp, false, false);
+            let mut spec = t.services.by_cluster_ip(PROTO_TCP, VIP, 80).unwrap().spec.clone();
+            spec.affinity_timeout = Some(60);
+            t.services.insert(Service::carrying(spec, None));
+            let s = t.services.by_cluster_ip(PROTO_TCP, VIP, 80).unwrap();
+            let ServiceVerdict::Endpoints { candidates, .. } = decide(&t, &tcp(CLIENT, NODE1, 31266)) else {
+                return Ok(());
+            };
+            let aff = Affinity::new(16);
+            let now = Now::from_secs(10);
+            // A dry run keeps nothing.
+            choose(&candidates, s, CLIENT, hashes[0], &aff, now, false);
+            prop_assert!(aff.is_empty());
+            let first = choose(&candidates, s, CLIENT, hashes[0], &aff, now, true);
+            prop_assert!(candidates.to_vec().contains(&first.endpoint));
+            prop_assert_eq!(candidates.nth(first.index), (first.hit, first.endpoint));
+            prop_assert_eq!(s.spec.all_endpoints().nth(first.hit), Some(&first.endpoint));
+            for h in &hashes[1..] {
+                let again = choose(&candidates, s, CLIENT, *h, &aff, now, true);
+                prop_assert_eq!((again.endpoint, again.by), (first.endpoint, Pick::Affinity));
+            }
+        }
+    }
+}
