@@ -269,3 +269,25 @@ fn service_set_through_etcd_keeps_every_field() {
     g.terminating = vec!["10.244.0.74:8080".parse().unwrap()];
     assert!(objects_of(&g).unwrap_err().to_string().contains("terminating"));
 }
+
+#[test]
+fn the_fuzz_seeds_decode_as_the_fuzz_target_demands() {
+    // fuzz/seeds/cluster/manifest-*: the one-pass decoder answers as the general one.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/cluster");
+    let mut seen = 0;
+    for e in std::fs::read_dir(&dir).expect("fuzz/seeds/cluster") {
+        let path = e.expect("entry").path();
+        if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("manifest-")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(parse_manifest(&text), parse_manifest_general(&text), "{}", path.display());
+        seen += 1;
+    }
+    assert!(seen >= 5, "{seen} manifest seeds");
+    let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+    assert_eq!(specs_of(&read("manifest-lb-every-field"), "shop/web").len(), 1);
+    let s = specs_of(&read("manifest-terminating-slices"), "ns1/svc1").remove(0);
+    assert!(s.external_local && s.endpoints.len() == 5 && s.terminating.is_empty(), "publishNotReadyAddresses: {s:?}");
+    assert!(refused(&read("manifest-refused-fields")).contains("timeoutSeconds: Invalid value: 86401"));
+}
