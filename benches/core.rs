@@ -5,7 +5,8 @@
 //! - `paths`: one packet of each core path, one flow, everything hot (and the same
 //!   encapsulation through the pass-through relay, `core::relay`, for scale).
 //! - `services`: service lookup and new-flow DNAT with 10 .. 100 000 services, and one
-//!   service changed and published on a 100 000-service table.
+//!   service changed and published on a 100 000-service table; a new flow under
+//!   `externalTrafficPolicy: Local` and one sent by a session-affinity hit.
 //! - `conntrack`: conntrack lookup and established-flow NAT with 1 000 .. 1 000 000 flows;
 //!   a new flow into a full table of half-open flows (early drop).
 //! - `multithread`: established-flow NAT + encap on 1 and 2 threads sharing one dataplane.
@@ -427,6 +428,52 @@ fn services(c: &mut Criterion) {
     g.finish();
 }
 
+/// New NodePort flows under kube-proxy's policies (issue 20), each against
+/// `paths/new_flow_dnat` (eTP Cluster, no affinity): `new_flow_etp_local` — the client's
+/// SYN to the NodePort with `externalTrafficPolicy: Local`, candidates counted by route
+/// (this node's ghost-ep1), DNAT without masquerade, delivered to the pod;
+/// `new_flow_affinity_hit` — `sessionAffinity: ClientIP` with the client's record on the
+/// remote endpoint: looked up, refreshed, DNAT + masquerade + encap.
+fn policies(c: &mut Criterion) {
+    let mut g = c.benchmark_group("services");
+    {
+        let mut svc = article::ghost();
+        svc.external_local = true;
+        let mut dp = dataplane(vec![svc], 2 * NEW_FLOW_CHUNK, 1);
+        let t = dp.tables();
+        let sports: Vec<u16> = (1024..1024 + NEW_FLOW_CHUNK as u16).collect();
+        let (a, out) =
+            run_port(&dp, PortId::HOST, &tcp(host_port_mac(), HOST_MAC, (CLIENT, 999), (NODE1, NODE_PORT), true));
+        assert_eq!(a, Action::ToPort(PortId(1)), "to ghost-ep1");
+        let ip = out_ip(&out, false);
+        assert_eq!((ip.src(), ip.dst()), (CLIENT, EP1), "DNAT, the client's address kept");
+        g.bench_function("new_flow_etp_local", |bn| {
+            bn.iter_custom(|iters| run_new_flows_to(&mut dp, &t, &sports, iters, Counter::ForwardLocal))
+        });
+        assert_no_drops(&dp);
+        assert_eq!(dp.counters.get(Counter::ServiceMasquerade), 0);
+    }
+    {
+        let mut svc = article::ghost();
+        svc.affinity_timeout = Some(10_800);
+        let key = ucanal::core::nat::service::spec_key(&svc);
+        let mut dp = dataplane(vec![svc], 2 * NEW_FLOW_CHUNK, 1);
+        let t = dp.tables();
+        dp.affinity.record(CLIENT, key, SocketAddrV4::new(EP2, TARGET_PORT), 10_800, NOW);
+        let sports: Vec<u16> = (1024..1024 + NEW_FLOW_CHUNK as u16).collect();
+        assert_new_flow(&dp, 999);
+        let hits = dp.counters.get(Counter::ServiceAffinityHit);
+        assert_eq!(hits, 1, "sent by its affinity record");
+        g.bench_function("new_flow_affinity_hit", |bn| {
+            bn.iter_custom(|iters| run_new_flows_to(&mut dp, &t, &sports, iters, Counter::ForwardVxlan))
+        });
+        assert_no_drops(&dp);
+        assert_eq!(dp.counters.get(Counter::ServiceAffinityHit), dp.counters.get(Counter::CtNew), "every flow a hit");
+        assert_eq!(dp.affinity.len(), 1);
+    }
+    g.finish();
+}
+
 // ---------------------------------------------------------------------------------
 // conntrack
 
@@ -655,5 +702,5 @@ fn gso(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, baseline, paths, services, conntrack, conntrack_full, multithread, gso);
+criterion_group!(benches, baseline, paths, services, policies, conntrack, conntrack_full, multithread, gso);
 criterion_main!(benches);

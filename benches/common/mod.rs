@@ -402,6 +402,18 @@ pub const NEW_FLOW_CHUNK: usize = 16_384;
 /// installed, untimed, every `NEW_FLOW_CHUNK` flows so the source ports never repeat
 /// within a table and the table never fills; within a chunk the table grows.
 pub fn run_new_flows(dp: &mut Dataplane, t: &Tables, sports: &[u16], iters: u64) -> std::time::Duration {
+    run_new_flows_to(dp, t, sports, iters, Counter::ForwardVxlan)
+}
+
+/// [`run_new_flows`] for flows that leave as `forward` counts (`ForwardVxlan` to the
+/// remote endpoint, `ForwardLocal` to a pod of this node).
+pub fn run_new_flows_to(
+    dp: &mut Dataplane,
+    t: &Tables,
+    sports: &[u16],
+    iters: u64,
+    forward: Counter,
+) -> std::time::Duration {
     assert!(sports.len() >= NEW_FLOW_CHUNK);
     let syn = tcp(host_port_mac(), HOST_MAC, (CLIENT, sports[0]), (NODE1, NODE_PORT), true);
     let mut b = Buf::for_frame(&syn);
@@ -412,7 +424,7 @@ pub fn run_new_flows(dp: &mut Dataplane, t: &Tables, sports: &[u16], iters: u64)
         let n = left.min(NEW_FLOW_CHUNK);
         dp.conntrack = Conntrack::new(2 * NEW_FLOW_CHUNK, Timeouts::default());
         let new_before = dp.counters.get(Counter::CtNew);
-        let vtep_before = dp.counters.get(Counter::ForwardVxlan);
+        let out_before = dp.counters.get(forward);
         let start = std::time::Instant::now();
         for &sport in &sports[..n] {
             let mut p = b.load(black_box(&syn));
@@ -423,7 +435,7 @@ pub fn run_new_flows(dp: &mut Dataplane, t: &Tables, sports: &[u16], iters: u64)
         total += start.elapsed();
         // Every iteration was a new flow, DNATed and encapsulated (no drop, no join).
         assert_eq!(dp.counters.get(Counter::CtNew) - new_before, n as u64, "every iteration a new flow");
-        assert_eq!(dp.counters.get(Counter::ForwardVxlan) - vtep_before, n as u64, "every new flow encapsulated");
+        assert_eq!(dp.counters.get(forward) - out_before, n as u64, "every new flow forwarded as {forward}");
         assert_eq!(dp.conntrack.len(), n);
         left -= n;
     }
