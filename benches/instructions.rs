@@ -14,6 +14,12 @@
 //!   each by the whole walk (`handle_vxlan`), per segment.
 //! - `decap_run`: the same in reads of 16 segments through `handle_vxlan_run` (the first
 //!   of a read takes the walk, the rest replay it), per segment.
+//! - `new_flow_dnat`: the client's SYNs to the NodePort, a new source port each (conntrack
+//!   miss, the service stage, insert, DNAT, masquerade, encap or delivery), as
+//!   `paths/new_flow_dnat` without its chunks (the table grows to `LONG` flows).
+//! - `new_flow_etp_local`: the same with `externalTrafficPolicy: Local` (candidates
+//!   counted by route: this node's endpoint only, no masquerade), as
+//!   `services/new_flow_etp_local`.
 
 #[allow(dead_code)]
 mod common;
@@ -29,7 +35,7 @@ use common::*;
 
 const SHORT: u64 = 2_000;
 const LONG: u64 = 22_000;
-const PATHS: [&str; 3] = ["established_nat_encap", "decap_walk", "decap_run"];
+const PATHS: [&str; 5] = ["established_nat_encap", "decap_walk", "decap_run", "new_flow_dnat", "new_flow_etp_local"];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -110,6 +116,23 @@ fn run(path: &str, n: u64) {
                 assert_eq!(a, Action::ToPort(PortId(1)));
                 let _ = black_box(p.data());
             }
+        }
+        "new_flow_dnat" | "new_flow_etp_local" => {
+            let mut svc = ucanal::core::tables::article::ghost();
+            svc.external_local = path == "new_flow_etp_local";
+            let dp = dataplane(vec![svc], 2 * LONG as usize, 1);
+            let syn = tcp(host_port_mac(), HOST_MAC, (CLIENT, 1024), (NODE1, NODE_PORT), true);
+            let t = dp.tables();
+            let mut b = Buf::for_frame(&syn);
+            let mut tr = Trace::off();
+            for i in 0..n {
+                let mut p = b.load(black_box(&syn));
+                set_source(p.data_mut(), CLIENT, 1024 + i as u16);
+                let a = dp.handle_port(0, &t, PortId::HOST, &mut p, NOW, &mut tr);
+                assert!(!matches!(a, Action::Drop(_)), "{a:?}");
+                let _ = black_box(p.data());
+            }
+            assert_eq!(dp.counters.get(ucanal::core::Counter::CtNew), n, "every packet a new flow");
         }
         other => panic!("no path {other}"),
     }
