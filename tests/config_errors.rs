@@ -44,6 +44,7 @@ fn run(cfg: &str, ns: &str) -> std::process::Output {
 fn main() -> ExitCode {
     let mut suite = Suite::new();
     suite.test("check_names_the_field", check_names_the_field);
+    suite.test("apply_refuses_a_manifest_naming_the_field", apply_refuses_a_manifest_naming_the_field);
     let mut group = suite.group("bad_config_leaves_nothing_behind", &[], Namespaces::up);
     for (name, edit, want) in CASES {
         group = group.phase(name, move |n: &Namespaces| refused_cleanly(n, edit, want));
@@ -62,6 +63,11 @@ fn check_names_the_field() {
         ("[api]", "[dataplane]\ntap_offloads = false\ngro = true\n\n[api]", "dataplane.gro: needs tap_offloads"),
         ("[api]", "[dataplane]\nbusy_poll_us = 20000\n\n[api]", "dataplane.busy_poll_us: must be 0 .. 10000"),
         ("[api]", "[dataplane]\nbatch = 0\n\n[api]", "dataplane.batch: must be 1..1024"),
+        (
+            "[[pods]]",
+            "[[services]]\nname = \"a/b\"\nprotocol = \"tcp\"\ncluster_ip = \"10.250.0.9\"\nport = 80\naffinity_timeout = 0\n\n[[pods]]",
+            "affinity_timeout: 0: must be greater than 0",
+        ),
     ];
     for (from, to, want) in cases {
         let cfg = GOOD.replace(from, to);
@@ -73,6 +79,46 @@ fn check_names_the_field() {
         let err = text(&out.stderr);
         assert!(err.contains("config error") && err.contains(want), "want {want:?}, got {err}");
     }
+}
+
+/// `ucanal apply -f` checks a manifest before it reaches any daemon: a field that changes
+/// packet handling and that ucanal does not implement, or a value the API server would
+/// refuse, exits 2 naming it, nothing applied (no daemon is even asked).
+fn apply_refuses_a_manifest_naming_the_field() {
+    let svc = |spec: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{clusterIP: 10.250.0.9, ports: [{{port: 80}}], {spec}}}\n"
+        )
+    };
+    let cases = [
+        (svc("sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}"), "timeoutSeconds: Invalid value: 0"),
+        (svc("sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 86401}}"), "timeoutSeconds: Invalid value: 86401"),
+        (svc("ipFamilies: [IPv6]"), "spec.ipFamilies[0]: IPv6 is not implemented"),
+        (svc("topologyKeys: ['*']"), "unknown field `topologyKeys`"),
+        (
+            "kind: EndpointSlice\nmetadata: {name: web-1, labels: {kubernetes.io/service-name: web}}\nendpoints: [{addresses: [10.244.1.5], hints: {forNodes: [{name: n}]}}]\nports: []\n".into(),
+            "endpoints[0].hints.forNodes",
+        ),
+    ];
+    let socket = std::env::temp_dir().join(format!("ucanal-no-daemon-{}.sock", std::process::id()));
+    for (i, (manifest, want)) in cases.iter().enumerate() {
+        let path = std::env::temp_dir().join(format!("ucanal-manifest-{}-{i}.yaml", std::process::id()));
+        std::fs::write(&path, manifest).unwrap();
+        let out =
+            Command::new(ucanal_bin()).arg("--socket").arg(&socket).args(["apply", "-f"]).arg(&path).output().unwrap();
+        let _ = std::fs::remove_file(&path);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "exit code for {want}: {err}");
+        assert!(err.contains(want) && err.contains("web"), "want {want:?} about web, got {err}");
+    }
+    // A right manifest passes the check and goes on to the daemon (absent here: exit 1).
+    let path = std::env::temp_dir().join(format!("ucanal-manifest-{}-ok.yaml", std::process::id()));
+    std::fs::write(&path, svc("sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 86400}}"))
+        .unwrap();
+    let out =
+        Command::new(ucanal_bin()).arg("--socket").arg(&socket).args(["apply", "-f"]).arg(&path).output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }
 
 /// How a case changes the good config (given the pod's namespace name).
