@@ -3,10 +3,17 @@
 //! objects is one delta of the service table: it costs the services it touches.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use crate::api::kube::{self, Object};
-use crate::control::daemon::{ControlError, Daemon};
+use tokio::sync::Mutex;
+
+use super::Store;
+use super::sync::ObjectUpdate;
+use crate::api::kube::{Object, ObjectList};
+use crate::api::{Command, ObjectKind};
+use crate::control::error::ControlError;
 use crate::control::services::Delta;
+use crate::control::state::Daemon;
 
 impl Daemon {
     /// Applies (or deletes) objects on this node only; nothing changes on an error.
@@ -17,15 +24,15 @@ impl Daemon {
         for o in objs {
             touched.insert(o.service());
             let key = o.key();
-            let old = if delete { self.kube.remove(&key) } else { self.kube.put(o) };
+            let old = if delete { self.kube.store.remove(&key) } else { self.kube.store.put(o) };
             undo.push((key, old));
         }
         let r = self.respec(&touched).await;
         if let Err(e) = r {
             for (key, old) in undo.into_iter().rev() {
                 match old {
-                    Some(o) => self.kube.put(o),
-                    None => self.kube.remove(&key),
+                    Some(o) => self.kube.store.put(o),
+                    None => self.kube.store.remove(&key),
                 };
             }
             return Err(e);
@@ -46,18 +53,18 @@ impl Daemon {
     /// changing anything: a node writing to etcd refuses bad objects before every node
     /// sees them. Costs what the objects touch, not the table.
     pub fn check_objects(&self, objs: &[Object], delete: bool) -> Result<(), ControlError> {
-        let mut st = kube::Store::default();
+        let mut st = Store::default();
         let mut touched = BTreeSet::new();
         for o in objs {
             touched.insert(o.service());
         }
         for t in &touched {
             for kind in ["services", "endpoints"] {
-                if let Some(o) = self.kube.get(&format!("{kind}/{t}")) {
+                if let Some(o) = self.kube.store.get(&format!("{kind}/{t}")) {
                     st.put(o.clone());
                 }
             }
-            for o in self.kube.slices_of(t) {
+            for o in self.kube.store.slices_of(t) {
                 st.put(o.clone());
             }
         }
@@ -68,63 +75,43 @@ impl Daemon {
                 st.put(o.clone());
             }
         }
-        self.check_delta(&self.delta(&st, &touched))
+        self.services.check(&self.cfg, &self.delta(&st, &touched))
     }
 
-    /// The objects a `service`/`endpoint` request writes through etcd (`true`: delete
+    /// The objects a `service`/`endpoint` command writes through etcd (`true`: delete
     /// them), or `None` when the service is the node's own (from its config).
-    pub(crate) fn service_objects(
-        &self,
-        req: &crate::api::Request,
-    ) -> Result<Option<(Vec<Object>, bool)>, ControlError> {
-        use crate::api::Request;
-        let name = match req {
-            Request::ServiceSet { service } => &service.name,
-            Request::ServiceDel { name } => name,
-            Request::EndpointAdd { service, .. } | Request::EndpointDel { service, .. } => service,
+    pub(crate) fn service_objects(&self, c: &Command) -> Result<Option<(Vec<Object>, bool)>, ControlError> {
+        let name = match c {
+            Command::ServiceSet { service } => &service.name,
+            Command::ServiceDel { name } => name,
+            Command::EndpointAdd { service, .. } | Command::EndpointDel { service, .. } => service,
             _ => return Ok(None),
         };
-        let svc = kube::service_of(name);
-        let from_etcd = self.kube.get(&format!("services/{svc}")).is_some();
-        if !from_etcd && self.spec(name).is_some() {
+        let from_etcd = self.kube.store.get(&format!("services/{}", super::service_of(name))).is_some();
+        if !from_etcd && self.services.contains(name) {
             return Ok(None);
         }
-        let current = || self.spec(name).cloned().ok_or_else(|| ControlError::NoService(name.to_string()));
-        let (spec, delete) = match req {
-            Request::ServiceSet { service } => (service.clone(), false),
-            Request::ServiceDel { .. } => (current()?, true),
-            Request::EndpointAdd { endpoint, .. } => {
-                let mut s = current()?;
-                if s.endpoints.contains(endpoint) {
-                    return Err(ControlError::EndpointExists { service: name.clone(), endpoint: *endpoint });
-                }
-                s.endpoints.push(*endpoint);
-                (s, false)
+        let (spec, delete) = match c {
+            Command::ServiceSet { service } => (service.clone(), false),
+            Command::ServiceDel { .. } => {
+                (self.services.spec(name).cloned().ok_or_else(|| ControlError::NoService(name.to_string()))?, true)
             }
-            Request::EndpointDel { endpoint, .. } => {
-                let mut s = current()?;
-                if !s.endpoints.contains(endpoint) {
-                    return Err(ControlError::NotAnEndpoint { service: name.clone(), endpoint: *endpoint });
-                }
-                s.endpoints.retain(|e| e != endpoint);
-                (s, false)
-            }
+            Command::EndpointAdd { endpoint, .. } => (self.with_endpoint(name, endpoint, true)?, false),
+            Command::EndpointDel { endpoint, .. } => (self.with_endpoint(name, endpoint, false)?, false),
             _ => return Ok(None),
         };
-        Ok(Some((kube::objects_of(&spec)?, delete)))
+        Ok(Some((super::objects_of(&spec)?, delete)))
     }
 
     /// The change of the service table that makes the specs of `touched` services what
     /// `st` says: their present specs out, `st`'s in.
-    fn delta(&self, st: &kube::Store, touched: &BTreeSet<String>) -> Delta {
+    fn delta(&self, st: &Store, touched: &BTreeSet<String>) -> Delta {
         let mut d = Delta::default();
         for t in touched {
-            if self.service_names.contains_key(t.as_str()) {
+            if self.services.contains(t) {
                 d.remove.insert(t.clone());
             }
-            let ports = format!("{t}:");
-            let named = self.service_names.range(ports.clone()..).take_while(|(n, _)| n.starts_with(&ports));
-            d.remove.extend(named.map(|(n, _)| n.clone()));
+            d.remove.extend(self.services.ports_of(t).cloned());
             d.put.extend(st.specs(t));
         }
         d
@@ -132,34 +119,33 @@ impl Daemon {
 
     /// Recomputes the specs of `touched` services from the node's objects and publishes.
     async fn respec(&mut self, touched: &BTreeSet<String>) -> Result<(), ControlError> {
-        let d = self.delta(&self.kube, touched);
+        let d = self.delta(&self.kube.store, touched);
         self.change_services(d).await
     }
 
     /// Applies what the etcd watch brought: a whole snapshot or a batch of changes.
     /// Objects that do not apply here are logged and left out, never half-applied.
-    pub(crate) async fn objects_update(&mut self, batch: Vec<crate::control::kube::sync::ObjectUpdate>) {
-        use crate::control::kube::sync::ObjectUpdate;
+    pub(crate) async fn objects_update(&mut self, batch: Vec<ObjectUpdate>) {
         let t = std::time::Instant::now();
         let updates = batch.len();
         let mut touched = BTreeSet::new();
         for u in batch {
             match u {
                 ObjectUpdate::Snapshot(objs) => {
-                    touched = self.kube.services();
-                    self.kube = kube::Store::default();
+                    touched = self.kube.store.services();
+                    self.kube.store = Store::default();
                     for o in objs {
                         touched.insert(o.service());
-                        self.kube.put(o);
+                        self.kube.store.put(o);
                     }
                 }
                 ObjectUpdate::Changes { put, deleted } => {
                     for k in deleted {
-                        touched.extend(self.kube.remove_key(&k));
+                        touched.extend(self.kube.store.remove_key(&k));
                     }
                     for o in put {
                         touched.insert(o.service());
-                        self.kube.put(o);
+                        self.kube.store.put(o);
                     }
                 }
             }
@@ -214,13 +200,13 @@ pub struct Parts {
 impl Parts {
     /// Adds a part: the manifest's objects when it was the last one. A part that
     /// does not fit (too many objects, apply mixed with delete) drops what was held.
-    pub fn add(&mut self, objects: Vec<Object>, delete: bool, more: bool) -> Result<Option<Vec<Object>>, String> {
+    pub fn add(&mut self, objects: Vec<Object>, delete: bool, more: bool) -> Result<Option<Vec<Object>>, ControlError> {
         let held = std::mem::take(self);
         if held.delete.is_some_and(|d| d != delete) {
-            return Err("the parts of one manifest mix apply and delete; nothing applied".into());
+            return Err(ControlError::MixedParts);
         }
         if held.objects.len() + objects.len() > MAX_HELD {
-            return Err(format!("a manifest of more than {MAX_HELD} objects; nothing applied"));
+            return Err(ControlError::TooManyObjects(MAX_HELD));
         }
         let mut all = held.objects;
         if all.is_empty() {
@@ -243,14 +229,35 @@ impl Parts {
 
 /// `get services` / `get endpoints`: the objects as stored, from a snapshot of the
 /// store (built without the daemon's lock).
-pub(crate) fn listing(objs: &[std::sync::Arc<Object>], kind: &str) -> serde_json::Value {
-    let items: Vec<&Object> = objs
+pub fn listing(objs: &[std::sync::Arc<Object>], kind: ObjectKind) -> ObjectList {
+    let items = objs
         .iter()
         .map(|o| &**o)
         .filter(|o| match kind {
-            "services" => matches!(o, Object::Service { .. }),
-            _ => matches!(o, Object::Endpoints { .. } | Object::EndpointSlice { .. }),
+            ObjectKind::Services => matches!(o, Object::Service { .. }),
+            ObjectKind::Endpoints => matches!(o, Object::Endpoints { .. } | Object::EndpointSlice { .. }),
         })
+        .cloned()
         .collect();
-    serde_json::json!({ "kind": "List", "items": items })
+    ObjectList::new(items)
+}
+
+/// In a cluster: lists then watches the objects in etcd (below `prefix`), applies what
+/// the watch brings, and makes `apply` write there.
+pub fn follow(client: crate::control::etcd::EtcdClient, prefix: &str, d: Arc<Mutex<Daemon>>) {
+    let store = super::sync::ObjectStore::new(client, prefix);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(store.clone().sync(tx));
+    tokio::spawn(async move {
+        d.lock().await.kube.shared = Some(store);
+        // An update costs what it changes, so nothing waits to batch: whatever the watch
+        // has queued meanwhile goes with it (one publish, one steering sync).
+        while let Some(u) = rx.recv().await {
+            let mut batch = vec![u];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            d.lock().await.objects_update(batch).await;
+        }
+    });
 }
