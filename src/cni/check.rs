@@ -7,7 +7,6 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use super::plugin::prev_ip;
 use super::spec::CniResult;
 use crate::api::CniPod;
 use crate::io::netlink::{self, LinkView};
@@ -55,7 +54,7 @@ pub fn against_prev(prev: &CniResult, pod: &CniPod, netns: &str) -> Result<(), M
     {
         return Err(Mismatch::Mac { ifname: ifname(), prev: m.clone(), held: pod.mac });
     }
-    match prev_ip(prev, &pod.ifname) {
+    match prev.address_of(&pod.ifname) {
         Some(ip) if ip == pod.ip => Ok(()),
         Some(ip) => Err(Mismatch::Address { ifname: ifname(), prev: ip, held: pod.ip }),
         None => Err(Mismatch::NoAddress(ifname())),

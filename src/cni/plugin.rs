@@ -5,7 +5,6 @@
 //! The plugin holds no state of its own: the daemon owns the attachment (the TAP, its
 //! queues, the /32 route) and, unless IPAM is delegated, the address lease.
 
-use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -252,10 +251,4 @@ fn gc(conf: &NetConf, inv: &Invocation, stdin: &[u8]) -> Result<(), CniError> {
         None => Ok(()),
     };
     r.map(drop).and(d)
-}
-
-/// The address a `prevResult` gives an interface (by name), for CHECK.
-pub fn prev_ip(prev: &CniResult, ifname: &str) -> Option<Ipv4Addr> {
-    let idx = prev.interfaces.iter().position(|i| i.name == ifname)?;
-    prev.ips.iter().filter(|i| i.interface == Some(idx)).find_map(|i| i.address.split_once('/')?.0.parse().ok())
 }

@@ -14,7 +14,7 @@ use super::handover::HandoverError;
 use super::inspect::probe::ProbeError;
 use super::ipam::IpamError;
 use crate::api::kube::KubeError;
-use crate::api::{ApiError, ErrorCode};
+use crate::api::{ABSTRACT_SOCKET, ApiError, ErrorCode};
 
 /// An error of startup.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +38,7 @@ pub enum RunError {
     #[error("{0}")]
     Ipam(#[from] IpamError),
     #[error("{0}")]
-    Bind(#[from] super::daemon::server::BindError),
+    Bind(#[from] BindError),
     /// A pod of the config or of the previous ucanal's state could not be attached.
     #[error("pods[{index}] ({name}): {source}")]
     Pod { index: usize, name: String, source: ControlError },
@@ -51,6 +51,19 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         if matches!(self, RunError::Config(_)) { 2 } else { 1 }
     }
+}
+
+/// Why an API socket cannot be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("api.socket: another ucanal is listening on {}", .0.display())]
+    Busy(PathBuf),
+    #[error("api.socket {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("api: abstract socket @{ABSTRACT_SOCKET}: another ucanal is running in this network namespace")]
+    AbstractBusy,
+    #[error("api: abstract socket @{ABSTRACT_SOCKET}: {0}")]
+    Abstract(io::Error),
 }
 
 /// Why an API request was refused or failed; the daemon's state is unchanged.

@@ -1,14 +1,13 @@
 //! The control plane: the daemon of one node. It turns the config file, API requests
 //! and etcd watches into table snapshots for the dataplane, made of books that each
 //! own their state (see [`state`]): the node's kernel side ([`node`]), the running
-//! dataplane ([`plane`]), [`pods`], [`services`], CNI attachments ([`attach`]) and their
-//! addresses ([`ipam`]), Kubernetes objects ([`kube`]), flannel membership
+//! dataplane ([`plane`]), [`pods`], [`services`], the addresses of CNI attachments
+//! ([`ipam`]), Kubernetes objects ([`kube`]), flannel membership
 //! ([`cluster`], over the [`etcd`] client), and what survives a restart ([`persist`],
 //! [`handover`]). [`daemon`] runs it: start, the API server, stop. [`inspect`] answers
 //! what the API shows, [`metrics`] what Prometheus scrapes. It depends on the API
 //! contract ([`crate::api`]), never on the CLI.
 
-pub mod attach;
 pub mod cluster;
 pub mod config;
 pub mod daemon;

@@ -1,21 +1,24 @@
 //! Pods: a TAP per pod created inside the pod's network namespace (it is the pod's
 //! `eth0`, with its /32 address and the 169.254.1.1 gateway routes), one queue per
 //! worker, and the port id the tables route to. [`PodBook`] owns the pods and their
-//! port numbers; adding a pod checks everything that can be checked before its TAP
-//! exists, and removes the TAP again if anything fails after.
+//! port numbers; [`Tap`] makes a pod's TAP and removes it again if configuring it
+//! fails. (Adding a pod, `state::pods`, checks everything it can before the TAP exists.)
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use super::attach::Attachment;
-use super::config;
 use super::error::ControlError;
-use super::persist::journal::Op;
-use super::state::Daemon;
 use crate::api::PodSpec;
 use crate::core::PortId;
 use crate::core::tables::{NodeInfo, PodPort};
 use crate::io::{netlink, stats, sys, tap};
+
+/// What makes a pod a CNI attachment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub network: String,
+    pub container_id: String,
+}
 
 /// A pod on this node.
 pub struct PodState {
@@ -39,7 +42,7 @@ pub struct PodBook {
 
 impl PodBook {
     /// Whether `spec` can join the pods: a new name, a free address, room for one more.
-    fn check_new(&self, spec: &PodSpec) -> Result<(), ControlError> {
+    pub fn check_new(&self, spec: &PodSpec) -> Result<(), ControlError> {
         if self.pods.iter().any(|p| p.spec.name == spec.name) {
             return Err(ControlError::PodExists(spec.name.clone()));
         }
@@ -53,7 +56,7 @@ impl PodBook {
         Ok(())
     }
 
-    fn insert(&mut self, spec: PodSpec, cni: Option<Attachment>) -> PortId {
+    pub fn insert(&mut self, spec: PodSpec, cni: Option<Attachment>) -> PortId {
         let port = match self.free_ports.pop() {
             Some(p) => PortId(p),
             None => {
@@ -65,13 +68,13 @@ impl PodBook {
         port
     }
 
-    fn remove(&mut self, name: &str) -> Option<PodState> {
+    pub fn remove(&mut self, name: &str) -> Option<PodState> {
         let i = self.pods.iter().position(|p| p.spec.name == name)?;
         Some(self.pods.remove(i))
     }
 
     /// A removed pod's port number, free again (its queues are closed).
-    fn release_port(&mut self, port: PortId) {
+    pub fn release_port(&mut self, port: PortId) {
         self.free_ports.push(port.0);
     }
 
@@ -133,84 +136,20 @@ impl PodBook {
     }
 }
 
-impl Daemon {
-    /// Attaches a pod (`cni`: the CNI attachment it makes): its TAP, its queues, its
-    /// route. Nothing is left behind when it fails.
-    pub async fn add_pod(&mut self, spec: PodSpec, cni: Option<Attachment>) -> Result<String, ControlError> {
-        config::check_pod(&self.cfg, &spec).map_err(|error| ControlError::Invalid { what: "pod", error })?;
-        self.pods.check_new(&spec)?;
-        let path = spec.netns_path();
-        if !path.exists() {
-            return Err(ControlError::NoNetns(path));
-        }
-        let queues = self.cfg.dataplane.worker_count();
-        // Handed over by a predecessor: the TAP never went away, its queues are open.
-        let fds = match self.life.take_handed(&spec.name, queues) {
-            Some(fds) => fds,
-            None => {
-                let tap = Tap {
-                    queues,
-                    offloads: self.cfg.dataplane.techniques().tap_offloads,
-                    // Pods survive a restart with --keep-on-exit in their persistent TAP.
-                    persist: if self.persist.is_some() { tap::Persist::Keep } else { tap::Persist::No },
-                    adopt: self.life.adopting(),
-                };
-                tap.make(&spec, self.node.info())?
-            }
-        };
-        let msg = format!(
-            "pod {} {} attached as {} in {} (port {})",
-            spec.name,
-            spec.ip,
-            spec.ifname(),
-            spec.netns,
-            spec.port_name()
-        );
-        let port = self.pods.insert(spec.clone(), cni);
-        self.plane.add_port(port, fds);
-        self.record(|| Op::PodPut(spec));
-        self.publish();
-        tracing::info!("{msg}");
-        Ok(msg)
-    }
-
-    /// Detaches a pod: unrouted first, then its queues released (the TAP goes with its
-    /// last queue), its flows flushed.
-    pub async fn del_pod(&mut self, name: &str) -> Result<String, ControlError> {
-        let p = self.pods.remove(name).ok_or_else(|| ControlError::NoPod(name.to_string()))?;
-        self.record(|| Op::PodDel(name.to_string()));
-        self.publish();
-        let released = self.plane.remove_port(p.port);
-        if released.is_ok() {
-            self.pods.release_port(p.port);
-        }
-        let n = self.plane.flush_address(p.spec.ip);
-        if self.persist.is_some() {
-            tokio::task::block_in_place(|| delete_tap(&p.spec.netns_path(), p.spec.ifname()))?;
-        }
-        if let Err(workers) = released {
-            return Err(ControlError::WorkerStuck { pod: name.to_string(), workers, wait: super::plane::RELEASE_WAIT });
-        }
-        let msg = format!("pod {name} detached; its {} is removed, {n} flow(s) flushed", p.spec.ifname());
-        tracing::info!("{msg}");
-        Ok(msg)
-    }
-}
-
 /// How a pod's TAP is made.
 #[derive(Clone, Copy)]
-struct Tap {
-    queues: usize,
-    offloads: bool,
-    persist: tap::Persist,
+pub struct Tap {
+    pub queues: usize,
+    pub offloads: bool,
+    pub persist: tap::Persist,
     /// Attach to the TAP if it exists (a previous ucanal's).
-    adopt: bool,
+    pub adopt: bool,
 }
 
 impl Tap {
     /// Creates the TAP inside the pod's namespace and gives it the pod's view (address,
     /// gateway routes); a persistent TAP this call created goes again if that fails.
-    fn make(&self, spec: &PodSpec, node: &NodeInfo) -> Result<Vec<OwnedFd>, ControlError> {
+    pub fn make(&self, spec: &PodSpec, node: &NodeInfo) -> Result<Vec<OwnedFd>, ControlError> {
         let (mac, mtu, ip, gw) = (spec.mac(), node.mtu, spec.ip, node.gateway);
         let Tap { queues, offloads, persist, adopt } = *self;
         let ifname = spec.ifname().to_string();

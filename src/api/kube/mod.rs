@@ -102,9 +102,9 @@ pub struct Conditions {
 }
 
 /// One object, in the shape ucanal keeps (and stores in etcd) after validation. It is
-/// written with its `kind` as a tag and read back in one typed pass ([`decode`]).
+/// written with its `kind` as a tag and read back in one typed pass (through [`Raw`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", try_from = "decode::Raw")]
+#[serde(tag = "kind", try_from = "Raw")]
 pub enum Object {
     Service { metadata: Meta, spec: ServiceBody },
     Endpoints { metadata: Meta, subsets: Vec<Subset> },
@@ -205,66 +205,52 @@ impl Object {
     }
 }
 
-/// Parses a manifest: YAML (one or more `---` documents) or JSON, each a Service,
-/// Endpoints, EndpointSlice or a `List` of them. Fields ucanal does not use are ignored,
-/// as kubectl output carries many. One typed pass when the manifest is right; the
-/// general path otherwise, which names what is wrong.
-pub fn parse_manifest(text: &str) -> Result<Vec<Object>, KubeError> {
-    match decode::fast_manifest(text) {
-        Some(objs) => Ok(objs),
-        None => parse_manifest_general(text),
+/// Every field any object kind (or a `List`) has, flat: `kind` says which apply.
+#[derive(Deserialize)]
+pub(super) struct Raw {
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Option<Meta>,
+    #[serde(default)]
+    spec: Option<ServiceBody>,
+    #[serde(default)]
+    subsets: Option<Vec<Subset>>,
+    #[serde(default)]
+    endpoints: Option<Vec<SliceEndpoint>>,
+    #[serde(default)]
+    ports: Option<Vec<EndpointPort>>,
+    #[serde(default)]
+    items: Option<Vec<Raw>>,
+}
+
+/// Why a [`Raw`] is not an object (the general path says it better, naming the object).
+#[derive(Debug)]
+pub struct NotAnObject(&'static str);
+
+impl std::fmt::Display for NotAnObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
     }
 }
 
-/// [`parse_manifest`] through a `serde_json::Value` per document: slower, and the
-/// reference the fast path must agree with (every error comes from here).
-pub fn parse_manifest_general(text: &str) -> Result<Vec<Object>, KubeError> {
-    let mut out = Vec::new();
-    let docs: Vec<serde_json::Value> = if text.trim_start().starts_with('{') {
-        vec![serde_json::from_str(text).map_err(|e| KubeError::Syntax(e.to_string()))?]
-    } else {
-        let mut v = Vec::new();
-        for d in serde_yaml_ng::Deserializer::from_str(text) {
-            let doc = serde_json::Value::deserialize(d).map_err(|e| KubeError::Syntax(e.to_string()))?;
-            if !doc.is_null() {
-                v.push(doc);
+impl TryFrom<Raw> for Object {
+    type Error = NotAnObject;
+    fn try_from(r: Raw) -> Result<Object, NotAnObject> {
+        let metadata = r.metadata.ok_or(NotAnObject("missing field `metadata`"))?;
+        match r.kind.as_deref() {
+            Some("Service") => {
+                Ok(Object::Service { metadata, spec: r.spec.ok_or(NotAnObject("missing field `spec`"))? })
             }
+            Some("Endpoints") => Ok(Object::Endpoints { metadata, subsets: r.subsets.unwrap_or_default() }),
+            Some("EndpointSlice") => Ok(Object::EndpointSlice {
+                metadata,
+                endpoints: r.endpoints.ok_or(NotAnObject("missing field `endpoints`"))?,
+                ports: r.ports.ok_or(NotAnObject("missing field `ports`"))?,
+            }),
+            _ => Err(NotAnObject("kind is not Service, Endpoints or EndpointSlice")),
         }
-        v
-    };
-    for d in docs {
-        push_doc(d, &mut out, 0)?;
     }
-    Ok(out)
-}
-
-fn push_doc(d: serde_json::Value, out: &mut Vec<Object>, depth: u8) -> Result<(), KubeError> {
-    let kind = d.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
-    if kind.ends_with("List") && depth == 0 {
-        let items = d.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default();
-        for it in items {
-            push_doc(it, out, 1)?;
-        }
-        return Ok(());
-    }
-    if !matches!(kind.as_str(), "Service" | "Endpoints" | "EndpointSlice") {
-        return Err(KubeError::Kind(kind));
-    }
-    let name = d.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("?").to_string();
-    let mut d = d;
-    if kind == "Endpoints"
-        && let Some(o) = d.as_object_mut()
-    {
-        o.entry("subsets").or_insert_with(|| serde_json::json!([]));
-    }
-    let obj: Object = serde_json::from_value(d).map_err(|e| KubeError::Object {
-        kind: kind.clone(),
-        name,
-        problem: e.to_string(),
-    })?;
-    obj.check()?;
-    out.push(obj);
-    Ok(())
 }
 
 /// `get services|endpoints`: the objects as stored, as kubectl lists them.
@@ -281,7 +267,9 @@ impl ObjectList {
     }
 }
 
-mod decode;
+mod manifest;
+
+pub use manifest::{parse_manifest, parse_manifest_general};
 
 #[cfg(test)]
 mod tests;

@@ -44,7 +44,7 @@ fn the_one_pass_decoder_agrees_with_the_general_one() {
        "endpoints":[{"addresses":["10.244.1.9"],"conditions":{"ready":true}}],"ports":[{"name":"http","port":8080}]}]}"#;
     let yaml_docs = "---\nkind: Endpoints\nmetadata: {name: b}\nsubsets: []\n---\n---\nkind: Service\nmetadata: {name: b}\nspec: {clusterIP: 10.0.0.2, ports: [{port: 53, protocol: UDP}]}\n";
     for good in [GHOST, list, yaml_docs] {
-        let fast = decode::fast_manifest(good).expect("the fast path takes a right manifest");
+        let fast = manifest::fast_manifest(good).expect("the fast path takes a right manifest");
         assert_eq!(Ok(fast), parse_manifest_general(good));
     }
     assert_eq!(
@@ -64,7 +64,7 @@ fn the_one_pass_decoder_agrees_with_the_general_one() {
         ("kind: Service\nmetadata: {name: z}\n", "Service z: missing field `spec`"),
         (r#"{"kind":"List","items":[{"kind":"List","items":[]}]}"#, "kind 'List'"),
     ] {
-        assert!(decode::fast_manifest(bad).is_none(), "{bad}");
+        assert!(manifest::fast_manifest(bad).is_none(), "{bad}");
         let e = parse_manifest(bad).unwrap_err().to_string();
         assert!(e.contains(names), "{bad}: {e}");
         assert_eq!(parse_manifest(bad), parse_manifest_general(bad));

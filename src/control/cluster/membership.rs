@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 
 use super::flannel::LeaseAttrs;
 use super::member::{self, Member, PeerSet};
@@ -14,7 +14,6 @@ use crate::api::{ClusterStatus, PeersReport};
 use crate::control::config::{Config, ConfigError};
 use crate::control::error::RunError;
 use crate::control::etcd::EtcdClient;
-use crate::control::state::Daemon;
 use crate::core::tables::Peer;
 
 /// The node's membership, as the daemon keeps it: the peers the leases give, and the
@@ -82,25 +81,17 @@ pub fn settle_pod_cidr(cfg: Config, joined: &Option<Joined>) -> Result<(Config, 
     }
 }
 
-/// Runs the member and applies each peer set it publishes (one snapshot per set,
-/// however many leases changed in between).
-pub fn follow(member: Member, mut rx: watch::Receiver<PeerSet>, d: Arc<Mutex<Daemon>>, prefix: String) {
-    let status = member.status.clone();
-    tokio::spawn(async move {
-        d.lock().await.cluster = Some(Membership { prefix, status, peers: PeerSet::default() });
-        tokio::spawn(member.run());
-        while rx.changed().await.is_ok() {
-            let set = rx.borrow_and_update().clone();
-            let mut g = d.lock().await;
-            if let Some(m) = &mut g.cluster {
-                m.peers = set;
-            }
-            g.publish();
-        }
-    });
-}
-
 impl Membership {
+    /// `prefix`: flannel's registry prefix; `status`: the member's, as it writes it.
+    pub fn new(prefix: String, status: Arc<StdMutex<ClusterStatus>>) -> Membership {
+        Membership { prefix, status, peers: PeerSet::default() }
+    }
+
+    /// The leases' peers, as the member last published them.
+    pub fn set_peers(&mut self, peers: PeerSet) {
+        self.peers = peers;
+    }
+
     /// The peers the leases give that do not clash with a config peer (the config
     /// wins; a clash is logged).
     pub fn lease_peers<'a>(&'a self, config_peers: &'a [Peer]) -> impl Iterator<Item = Peer> + 'a {

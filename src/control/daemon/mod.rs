@@ -9,8 +9,10 @@
 //! the node steered for the next ucanal, or to hand it over to a successor that asks
 //! (see `persist`, `handover`; SIGINT still removes everything).
 
+mod follow;
 pub mod maintenance;
 pub mod server;
+mod serving;
 pub mod start;
 pub mod streams;
 
@@ -20,12 +22,12 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc};
 
-use super::cluster::membership;
 use super::config::Config;
 pub use super::error::{ControlError, RunError};
-use super::handover::{self, Outcome, Services, Successor};
+use super::handover::{self, Successor};
 use super::state::Daemon;
 pub use super::state::StartMode;
+use serving::Serving;
 
 /// How long a predecessor that just handed over may still hold the metrics port.
 const METRICS_PORT_WAIT: Duration = Duration::from_secs(2);
@@ -54,8 +56,8 @@ pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), RunError> {
         let (successors, mut asks) = mpsc::channel(4);
         let daemon = Arc::new(Mutex::new(daemon));
         if let (Some((member, rx)), Some(c)) = (joined, &cfg.cluster) {
-            super::kube::apply::follow(member.registry.client.clone(), &c.objects_prefix, daemon.clone());
-            membership::follow(member, rx, daemon.clone(), c.prefix.clone());
+            follow::objects(member.registry.client.clone(), &c.objects_prefix, daemon.clone());
+            follow::peers(member, rx, daemon.clone(), c.prefix.clone());
         }
         let stop = |e: RunError| {
             let d = daemon.clone();
@@ -97,7 +99,7 @@ pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), RunError> {
                 return Err(stop(RunError::Metrics { addr, source }).await);
             }
         }
-        let svc = Services::start(listeners, daemon.clone(), successors).map_err(RunError::Kernel)?;
+        let svc = Serving::start(listeners, daemon.clone(), successors).map_err(RunError::Kernel)?;
         tracing::info!(socket = %socket.display(), "ready");
         let mut signals = Signals::new();
         let sig = loop {
@@ -119,7 +121,7 @@ async fn stop_after(
     mut signals: Signals,
     mut asks: mpsc::Receiver<Successor>,
     daemon: &Arc<Mutex<Daemon>>,
-    mut svc: Services,
+    mut svc: Serving,
     socket: &Path,
     wait: Duration,
 ) -> Result<(), RunError> {
@@ -135,7 +137,7 @@ async fn stop_after(
                     break;
                 }
                 Some(s) = asks.recv() => {
-                    if handover::serve(s, daemon, &mut svc).await == Outcome::Handed {
+                    if hand_over(s, daemon, &mut svc).await {
                         return Ok(());
                     }
                 }
@@ -156,6 +158,31 @@ async fn stop_after(
     let _ = std::fs::remove_file(socket);
     tracing::info!("stopped; everything ucanal created is removed");
     Ok(())
+}
+
+/// Serves a successor's ask (see `handover`): the API server and the sweeper are paused
+/// for the switch and start again if it fails. True: the successor runs on our fds,
+/// exit without a teardown.
+async fn hand_over(s: Successor, daemon: &Arc<Mutex<Daemon>>, svc: &mut Serving) -> bool {
+    let own = handover::ask_for(daemon.lock().await.config());
+    let Some(stream) = handover::accept(s, &own).await else { return false };
+    let t0 = std::time::Instant::now();
+    svc.pause();
+    let mut g = daemon.lock().await;
+    match handover::give(&mut g, &stream, svc.listeners(), own.workers) {
+        Ok(flows) => {
+            tracing::info!("hand-over: {flows} flows and every fd handed over in {:?}; exiting", t0.elapsed());
+            true
+        }
+        Err(e) => {
+            tracing::error!("hand-over failed after go ({e}); this ucanal forwards on");
+            drop(g);
+            if let Err(e) = svc.spawn() {
+                tracing::error!("hand-over: restarting the API server: {e}");
+            }
+            false
+        }
+    }
 }
 
 /// Serves metrics on `addr`; a predecessor that just handed over may hold the port

@@ -12,7 +12,7 @@
 //! task is logged and ends that connection only: the dataplane threads never see it.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,10 +23,10 @@ use tokio::sync::{Mutex, Semaphore, mpsc};
 
 use crate::api::codec::{self, MAX_REQUEST};
 use crate::api::{ABSTRACT_SOCKET, ApiError, Ask, Command, ErrorCode, Query, Request, Show};
-use crate::control::error::ControlError;
+use crate::control::error::{BindError, ControlError};
 use crate::control::handover::Successor;
 use crate::control::inspect::{self, listings};
-use crate::control::kube::apply::{Parts, listing};
+use crate::control::kube::{Parts, listing};
 use crate::control::state::Daemon;
 
 /// API connections served at once.
@@ -41,19 +41,6 @@ const HANDOVER_IO_WAIT: Duration = Duration::from_secs(10);
 pub struct Shared {
     pub daemon: Arc<Mutex<Daemon>>,
     pub successors: mpsc::Sender<Successor>,
-}
-
-/// Why an API socket cannot be bound.
-#[derive(Debug, thiserror::Error)]
-pub enum BindError {
-    #[error("api.socket: another ucanal is listening on {}", .0.display())]
-    Busy(PathBuf),
-    #[error("api.socket {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
-    #[error("api: abstract socket @{ABSTRACT_SOCKET}: another ucanal is running in this network namespace")]
-    AbstractBusy,
-    #[error("api: abstract socket @{ABSTRACT_SOCKET}: {0}")]
-    Abstract(io::Error),
 }
 
 /// Binds the API socket: mode 0600 in a 0700 directory. A live daemon on the path

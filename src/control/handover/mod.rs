@@ -25,45 +25,17 @@ mod successor;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::sync::Arc;
 
-use tokio::net::UnixListener;
-use tokio::sync::{Mutex, mpsc};
-
-pub use successor::{Offer, Pending, Taken, ask, wait_gone};
+pub use successor::{HandoverError, Offer, Pending, Taken, ask, wait_gone};
 
 use crate::api::codec;
 use crate::api::{ApiError, Ask, ErrorCode};
 use crate::control::config::Config;
-use crate::control::daemon::maintenance::Sweeper;
-use crate::control::daemon::server::{self, Shared};
 use crate::control::state::Daemon;
+use crate::core::PortId;
 use crate::core::nat::checkpoint;
-use crate::core::{Dataplane, PortId};
 use crate::io::clock;
 use crate::io::worker::Released;
-
-#[derive(Debug, thiserror::Error)]
-pub enum HandoverError {
-    #[error(transparent)]
-    Offer(#[from] offer::OfferError),
-    #[error("hand-over: {0}")]
-    Io(#[from] io::Error),
-    #[error("hand-over offer: unreadable answer to the ask: {0}")]
-    Answer(#[from] codec::ClientError),
-    #[error("hand-over offer: state unreadable: {0}")]
-    State(serde_json::Error),
-    #[error("hand-over offer: an fd out of place (index {0})")]
-    Misplaced(u16),
-    #[error("hand-over offer: {what}: fewer than {want} fds")]
-    Missing { what: String, want: usize },
-    /// The running ucanal refused (another version or shape).
-    #[error("{0}")]
-    Refused(ApiError),
-    #[error("api.socket: another ucanal is listening on {0} and is not stopping (send it SIGTERM first)")]
-    NotStopping(String),
-}
 
 /// This ucanal's shape as a hand-over compares it, from its config: a successor asks
 /// with its own, the running ucanal checks it against its own. The one place both are
@@ -128,76 +100,12 @@ fn refusal(m: Misfit) -> ApiError {
     ApiError::new(ErrorCode::HandoverRefused, format!("hand-over refused: {m}; restart cold instead"))
 }
 
-/// The API server and the conntrack sweeper: what a hand-over pauses besides the
-/// workers. The listeners are kept here (the server works on duplicates), so they
-/// can be handed over, or served again.
-pub struct Services {
-    shared: Shared,
-    dp: Arc<Dataplane>,
-    block: usize,
-    checkpoint: Option<PathBuf>,
-    listeners: Vec<OwnedFd>,
-    server: Option<tokio::task::JoinHandle<()>>,
-    sweeper: Option<Sweeper>,
-}
-
-impl Services {
-    pub fn start(
-        listeners: Vec<UnixListener>,
-        daemon: Arc<Mutex<Daemon>>,
-        successors: mpsc::Sender<Successor>,
-    ) -> io::Result<Services> {
-        let (dp, block, checkpoint) = {
-            let d = daemon.try_lock().map_err(io::Error::other)?;
-            let p = d.plane();
-            (p.dp().clone(), p.maintenance_block(), d.persist.as_ref().map(|p| p.paths().conntrack.clone()))
-        };
-        let listeners = listeners.into_iter().map(|l| l.into_std().map(OwnedFd::from)).collect::<io::Result<_>>()?;
-        let shared = Shared { daemon, successors };
-        let mut s = Services { shared, dp, block, checkpoint, listeners, server: None, sweeper: None };
-        s.spawn()?;
-        Ok(s)
-    }
-
-    fn spawn(&mut self) -> io::Result<()> {
-        let ls = self
-            .listeners
-            .iter()
-            .map(|fd| UnixListener::from_std(std::os::unix::net::UnixListener::from(fd.try_clone()?)))
-            .collect::<io::Result<Vec<_>>>()?;
-        self.sweeper = Some(Sweeper::spawn(self.dp.clone(), self.block, self.checkpoint.clone())?);
-        self.server = Some(tokio::spawn(server::serve(ls, self.shared.clone())));
-        Ok(())
-    }
-
-    /// Stops accepting and sweeping; the listeners stay open (connections wait in
-    /// their backlog).
-    pub fn pause(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.abort();
-        }
-        if let Some(s) = self.sweeper.take() {
-            s.stop();
-        }
-    }
-}
-
-/// How a successor's ask ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The successor runs on our fds: exit without a teardown.
-    Handed,
-    /// Refused, or the successor failed: this ucanal forwards on.
-    Kept,
-}
-
-/// Serves one successor (see the module doc); `svc` is paused for the switch and
-/// started again if it fails.
-pub async fn serve(s: Successor, d: &Arc<Mutex<Daemon>>, svc: &mut Services) -> Outcome {
-    let own = ask_for(d.lock().await.config());
-    if let Err(m) = fits(&s.ask, &own) {
+/// Answers a successor's ask: refused when it does not fit `own`, else accepted, and
+/// its `go` awaited. The stream to send the offer on, once it said `go`.
+pub async fn accept(s: Successor, own: &Ask) -> Option<UnixStream> {
+    if let Err(m) = fits(&s.ask, own) {
         refuse(s, refusal(m));
-        return Outcome::Kept;
+        return None;
     }
     let stream = s.stream;
     let go = tokio::task::spawn_blocking(move || {
@@ -206,46 +114,44 @@ pub async fn serve(s: Successor, d: &Arc<Mutex<Daemon>>, svc: &mut Services) -> 
         (stream, r)
     })
     .await;
-    let stream = match go {
-        Ok((stream, Ok(l))) if l == "go" => stream,
+    match go {
+        Ok((stream, Ok(l))) if l == "go" => Some(stream),
         Ok((_, r)) => {
             tracing::warn!("hand-over: the successor did not say go ({r:?}); forwarding on");
-            return Outcome::Kept;
+            None
         }
         Err(e) => {
             tracing::error!("hand-over: {e}");
-            return Outcome::Kept;
+            None
         }
-    };
-    let t0 = std::time::Instant::now();
-    svc.pause();
-    let mut g = d.lock().await;
+    }
+}
+
+/// After `go` (the API server and the sweeper paused): stops the workers and sends
+/// every fd, the state and conntrack; returns the flows handed over once the successor
+/// runs. On failure the workers run again on the fds they gave back.
+pub fn give(d: &mut Daemon, stream: &UnixStream, listeners: &[OwnedFd], workers: usize) -> io::Result<usize> {
     // A compaction still writing the snapshot would overwrite the successor's.
-    g.settle_state();
-    let released = g.plane.release();
-    let r = if released.len() == own.workers {
-        tokio::task::block_in_place(|| send_offer(&g, &stream, &released, &svc.listeners))
+    d.settle_state();
+    let released = d.plane.release();
+    let r = if released.len() == workers {
+        tokio::task::block_in_place(|| send_offer(d, stream, &released, listeners))
     } else {
-        Err(io::Error::other(format!("only {} of {} workers gave their fds back", released.len(), own.workers)))
+        Err(io::Error::other(format!("only {} of {} workers gave their fds back", released.len(), workers)))
     };
     match r {
         Ok(flows) => {
-            tracing::info!("hand-over: {flows} flows and every fd handed over in {:?}; exiting", t0.elapsed());
-            if let Some(p) = &mut g.persist {
+            // The state files are the successor's now.
+            if let Some(p) = &mut d.persist {
                 p.hand_off();
             }
-            Outcome::Handed
+            Ok(flows)
         }
         Err(e) => {
-            tracing::error!("hand-over failed after go ({e}); this ucanal forwards on");
-            if let Err(e) = g.plane.resume(released) {
+            if let Err(e) = d.plane.resume(released) {
                 tracing::error!("hand-over: restarting the workers: {e}");
             }
-            drop(g);
-            if let Err(e) = svc.spawn() {
-                tracing::error!("hand-over: restarting the API server: {e}");
-            }
-            Outcome::Kept
+            Err(e)
         }
     }
 }

@@ -10,12 +10,33 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::HandoverError;
 use super::fds::{recv_exact, send_all};
 use super::offer::{self, Entry, HEADER_LEN, OfferError};
 use crate::api::codec::{Client, ClientError};
-use crate::api::{Ask, ErrorCode, Request};
+use crate::api::{ApiError, Ask, ErrorCode, Request};
 use crate::control::persist::State;
+
+/// Why taking over from a running ucanal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error(transparent)]
+    Offer(#[from] OfferError),
+    #[error("hand-over: {0}")]
+    Io(#[from] io::Error),
+    #[error("hand-over offer: unreadable answer to the ask: {0}")]
+    Answer(#[from] ClientError),
+    #[error("hand-over offer: state unreadable: {0}")]
+    State(serde_json::Error),
+    #[error("hand-over offer: an fd out of place (index {0})")]
+    Misplaced(u16),
+    #[error("hand-over offer: {what}: fewer than {want} fds")]
+    Missing { what: String, want: usize },
+    /// The running ucanal refused (another version or shape).
+    #[error("{0}")]
+    Refused(ApiError),
+    #[error("api.socket: another ucanal is listening on {0} and is not stopping (send it SIGTERM first)")]
+    NotStopping(String),
+}
 
 /// How long a successor started right after `kill -TERM` retries while the old
 /// ucanal has not yet seen its signal.

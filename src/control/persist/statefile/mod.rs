@@ -21,8 +21,8 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
+use super::files::{Paths, State, write_atomic};
 use super::journal::{self, MAGIC, Op, Replay};
-use super::{Paths, State, write_atomic};
 use crate::api::{PodSpec, StateFileStats};
 use crate::core::nat::service::ServiceTable;
 

@@ -2,18 +2,11 @@
 //! interface name), their address leases, DEL that succeeds when the pod is gone, CHECK's
 //! view of an attachment, GC of attachments the runtime no longer knows, and STATUS.
 
-use super::error::ControlError;
-use super::ipam::AddressLease;
-use super::pods::PodState;
-use super::state::Daemon;
+use super::Daemon;
 use crate::api::{CniAttach, CniPod, CniStatus, PodSpec};
-
-/// What makes a pod a CNI attachment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attachment {
-    pub network: String,
-    pub container_id: String,
-}
+use crate::control::error::ControlError;
+use crate::control::ipam::AddressLease;
+use crate::control::pods::{Attachment, PodState};
 
 impl Daemon {
     fn cni_pod(&self, p: &PodState) -> CniPod {
@@ -32,7 +25,7 @@ impl Daemon {
 
     /// ADD: lease an address (or record the one the runtime or its IPAM chose), then
     /// attach the namespace as a pod; the lease goes again if the attachment fails.
-    pub(super) async fn cni_add(&mut self, a: CniAttach) -> Result<CniPod, ControlError> {
+    pub(crate) async fn cni_add(&mut self, a: CniAttach) -> Result<CniPod, ControlError> {
         if self.pods.attached(&a.container_id, &a.ifname).is_some() {
             return Err(ControlError::AlreadyAttached { container_id: a.container_id, ifname: a.ifname });
         }
@@ -63,7 +56,7 @@ impl Daemon {
     }
 
     /// DEL: detach and release; an attachment that is already gone is success.
-    pub(super) async fn cni_del(&mut self, container_id: &str, ifname: &str) -> Result<String, ControlError> {
+    pub(crate) async fn cni_del(&mut self, container_id: &str, ifname: &str) -> Result<String, ControlError> {
         let mut msg = Vec::new();
         if let Some(name) = self.pods.attached(container_id, ifname).map(|p| p.spec.name.clone()) {
             msg.push(self.del_pod(&name).await?);
@@ -77,7 +70,7 @@ impl Daemon {
         Ok(msg.join("; "))
     }
 
-    pub(super) fn cni_check(&self, container_id: &str, ifname: &str) -> Result<CniPod, ControlError> {
+    pub(crate) fn cni_check(&self, container_id: &str, ifname: &str) -> Result<CniPod, ControlError> {
         let p = self.pods.attached(container_id, ifname).ok_or_else(|| ControlError::NotAttached {
             container_id: container_id.to_string(),
             ifname: ifname.to_string(),
@@ -86,7 +79,7 @@ impl Daemon {
     }
 
     /// GC: every attachment of `network` (and every lease) not in `valid` goes.
-    pub(super) async fn cni_gc(&mut self, network: &str, valid: &[(String, String)]) -> Result<String, ControlError> {
+    pub(crate) async fn cni_gc(&mut self, network: &str, valid: &[(String, String)]) -> Result<String, ControlError> {
         let keep = |cid: &str, ifname: &str| valid.iter().any(|(c, i)| c == cid && i == ifname);
         let mut stale: Vec<(String, String)> = self
             .pods
@@ -114,7 +107,7 @@ impl Daemon {
         Ok(format!("network {network}: {} stale attachment(s) removed", stale.len()))
     }
 
-    pub(super) fn cni_status(&self) -> CniStatus {
+    pub(crate) fn cni_status(&self) -> CniStatus {
         let t = self.ipam.table();
         CniStatus { free: t.free(|ip| self.pods.holder_of(ip).is_some()), leases: t.iter().count() }
     }

@@ -7,6 +7,11 @@
 //! methods; `Daemon`'s own methods only compose them (publish a snapshot, save what
 //! changed, tear everything down).
 
+mod attach;
+mod objects;
+mod pods;
+mod services;
+
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;

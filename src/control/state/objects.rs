@@ -3,17 +3,14 @@
 //! objects is one delta of the service table: it costs the services it touches.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-use tokio::sync::Mutex;
-
-use super::Store;
-use super::sync::ObjectUpdate;
-use crate::api::kube::{Object, ObjectList};
-use crate::api::{Command, ObjectKind};
+use super::Daemon;
+use crate::api::Command;
+use crate::api::kube::Object;
 use crate::control::error::ControlError;
+use crate::control::kube::Store;
+use crate::control::kube::sync::ObjectUpdate;
 use crate::control::services::Delta;
-use crate::control::state::Daemon;
 
 impl Daemon {
     /// Applies (or deletes) objects on this node only; nothing changes on an error.
@@ -87,7 +84,7 @@ impl Daemon {
             Command::EndpointAdd { service, .. } | Command::EndpointDel { service, .. } => service,
             _ => return Ok(None),
         };
-        let from_etcd = self.kube.store.get(&format!("services/{}", super::service_of(name))).is_some();
+        let from_etcd = self.kube.store.get(&format!("services/{}", crate::control::kube::service_of(name))).is_some();
         if !from_etcd && self.services.contains(name) {
             return Ok(None);
         }
@@ -100,7 +97,7 @@ impl Daemon {
             Command::EndpointDel { endpoint, .. } => (self.with_endpoint(name, endpoint, false)?, false),
             _ => return Ok(None),
         };
-        Ok(Some((super::objects_of(&spec)?, delete)))
+        Ok(Some((crate::control::kube::objects_of(&spec)?, delete)))
     }
 
     /// The change of the service table that makes the specs of `touched` services what
@@ -182,82 +179,4 @@ fn settle_allocator() {
         libc::malloc_trim(0);
     }
     drop(std::hint::black_box(Vec::<u8>::with_capacity(64 << 10)));
-}
-
-/// The most objects the parts of one manifest may hold in the daemon (20 times the
-/// issue's 100,000 services with their Endpoints).
-pub const MAX_HELD: usize = 4_000_000;
-
-/// The parts of one manifest sent on one connection (`apply` with `more`), held until
-/// the last arrives: then the whole manifest applies as one change.
-#[derive(Debug, Default)]
-pub struct Parts {
-    objects: Vec<Object>,
-    delete: Option<bool>,
-    parts: usize,
-}
-
-impl Parts {
-    /// Adds a part: the manifest's objects when it was the last one. A part that
-    /// does not fit (too many objects, apply mixed with delete) drops what was held.
-    pub fn add(&mut self, objects: Vec<Object>, delete: bool, more: bool) -> Result<Option<Vec<Object>>, ControlError> {
-        let held = std::mem::take(self);
-        if held.delete.is_some_and(|d| d != delete) {
-            return Err(ControlError::MixedParts);
-        }
-        if held.objects.len() + objects.len() > MAX_HELD {
-            return Err(ControlError::TooManyObjects(MAX_HELD));
-        }
-        let mut all = held.objects;
-        if all.is_empty() {
-            all = objects;
-        } else {
-            all.extend(objects);
-        }
-        if !more {
-            return Ok(Some(all));
-        }
-        *self = Parts { objects: all, delete: Some(delete), parts: held.parts + 1 };
-        Ok(None)
-    }
-
-    /// How many parts are held.
-    pub fn held(&self) -> usize {
-        self.parts
-    }
-}
-
-/// `get services` / `get endpoints`: the objects as stored, from a snapshot of the
-/// store (built without the daemon's lock).
-pub fn listing(objs: &[std::sync::Arc<Object>], kind: ObjectKind) -> ObjectList {
-    let items = objs
-        .iter()
-        .map(|o| &**o)
-        .filter(|o| match kind {
-            ObjectKind::Services => matches!(o, Object::Service { .. }),
-            ObjectKind::Endpoints => matches!(o, Object::Endpoints { .. } | Object::EndpointSlice { .. }),
-        })
-        .cloned()
-        .collect();
-    ObjectList::new(items)
-}
-
-/// In a cluster: lists then watches the objects in etcd (below `prefix`), applies what
-/// the watch brings, and makes `apply` write there.
-pub fn follow(client: crate::control::etcd::EtcdClient, prefix: &str, d: Arc<Mutex<Daemon>>) {
-    let store = super::sync::ObjectStore::new(client, prefix);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(store.clone().sync(tx));
-    tokio::spawn(async move {
-        d.lock().await.kube.shared = Some(store);
-        // An update costs what it changes, so nothing waits to batch: whatever the watch
-        // has queued meanwhile goes with it (one publish, one steering sync).
-        while let Some(u) = rx.recv().await {
-            let mut batch = vec![u];
-            while let Ok(more) = rx.try_recv() {
-                batch.push(more);
-            }
-            d.lock().await.objects_update(batch).await;
-        }
-    });
 }
