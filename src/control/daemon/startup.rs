@@ -282,6 +282,7 @@ fn run_workers(d: &mut Daemon, cfg: &Config, fds: WorkerFds) -> Result<(), RunEr
         zerocopy: cfg.dataplane.zerocopy,
         relay: cfg.dataplane.relay,
         vxlan_port: d.node.vxlan_port,
+        host_mtu: d.node.mtu,
     };
     let tx = Arc::new(fds.tx);
     let zc = if cfg.dataplane.zerocopy {
