@@ -22,29 +22,25 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         self.name = name
         super().__init__(*args, **kwargs)
 
-    def _body_chunks(self):
-        """The request body, piece by piece (do_PUT has checked that its length is said)."""
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    return
-                while size:
-                    piece = self.rfile.read(min(size, CHUNK))
-                    if not piece:
-                        return
-                    size -= len(piece)
-                    yield piece
-                self.rfile.readline()
-        left = int(self.headers["Content-Length"])
-        while left:
-            piece = self.rfile.read(min(left, CHUNK))
+    def _read(self, n):
+        """The next n bytes of the body, piece by piece (fewer if the peer stops)."""
+        while n:
+            piece = self.rfile.read(min(n, CHUNK))
             if not piece:
                 return
-            left -= len(piece)
+            n -= len(piece)
             yield piece
+
+    def _body_chunks(self):
+        """The request body, piece by piece (do_PUT has checked that its length is said)."""
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            yield from self._read(int(self.headers["Content-Length"]))
+            return
+        while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            yield from self._read(size)
+            self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass  # trailers
 
     def do_PUT(self):
         if self.headers.get("Content-Length") is None and "chunked" not in self.headers.get(
