@@ -388,7 +388,7 @@ impl Worker {
                         let (start, end, offload) = (pkt.start(), pkt.start() + pkt.len(), pkt.offload);
                         let frame = if pkt.in_spare() { &self.spare[start..end] } else { &self.bufs[slot][start..end] };
                         self.out.gro_flush_flow(&self.bufs, port, frame);
-                        self.out.to_port(port, frame, &offload);
+                        self.out.write_to_port(port, frame, &offload);
                     }
                     _ => self.out.execute(slot, a, &pkt),
                 }

@@ -218,7 +218,7 @@ fn a_kernel_peers_super_packet_is_written_to_the_host_port_with_a_gso_header() {
 
     // The same frame written without its GSO metadata is what the node cannot forward:
     // counted.
-    w.out.to_port(PortId::HOST, tso, &Offload::default());
+    w.out.write_to_port(PortId::HOST, tso, &Offload::default());
     assert_eq!(w.out.dp.counters.get(Counter::HostOversize), 1);
     assert_eq!(written(&node)[0].0, [0; 10]);
 }

@@ -83,7 +83,7 @@ impl Out {
         // a single check of the global level.
         tracing::trace!(worker = self.id, len = pkt.len(), action = ?a, "packet");
         match a {
-            Action::ToPort(port) => self.to_port(port, pkt.data(), &pkt.offload),
+            Action::ToPort(port) => self.write_to_port(port, pkt.data(), &pkt.offload),
             Action::ToVtep { remote, flow_hash } => {
                 let to = SocketAddrV4::new(remote, self.cfg.vxlan_port);
                 let sock = vxlan::source_index(flow_hash, self.tx.len());
@@ -116,7 +116,7 @@ impl Out {
     }
 
     /// Writes a frame to a local port (as fragments when it carries a fragment size).
-    pub(super) fn to_port(&mut self, port: PortId, frame: &[u8], offload: &Offload) {
+    pub(super) fn write_to_port(&mut self, port: PortId, frame: &[u8], offload: &Offload) {
         if offload.frag_size > 0 {
             self.write_fragments(port, frame, offload.frag_size);
         } else {
