@@ -223,7 +223,10 @@ impl Fixture {
             assert!(out.status.success(), "making {file}: {}", text(&out.stderr));
             text(&out.stdout).split_whitespace().next().unwrap().to_string()
         });
-        Fixture { setting, lab, sums, forced: None }
+        let fx = Fixture { setting, lab, sums, forced: None };
+        // Every cell then checks it did not move: IpFragFails stays 0 through the setting.
+        assert_eq!(fx.frag_fails(), [0, 0], "IpFragFails of a fresh lab");
+        fx
     }
 
     fn force(&mut self, ep: Pod) {
