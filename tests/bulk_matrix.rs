@@ -7,19 +7,19 @@
 //! over the host port's MTU without GSO metadata (`host_oversize`): issue 23's stall, where
 //! a kernel peer's TSO super-packets reached `ucanal0` as plain frames.
 //!
-//! Every cell is a test of its own (libtest-mimic): `cargo test --release --test bulk_matrix
-//! -- nodeport` runs some. The cells of one setting share one lab, brought up for the first
-//! of them and down before the next setting's; they run one at a time, in order. A table of
-//! every cell and its result closes the run.
+//! Every cell is a test of its own (a phase of `tests/common/harness.rs`): `cargo test
+//! --release --test bulk_matrix -- nodeport` runs some. The cells of one setting are a group
+//! sharing one lab and run one at a time, in order; a table of every cell that ran and its
+//! result closes the run.
 
 mod common;
 
-use std::panic::{self, AssertUnwindSafe};
+use std::process::ExitCode;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
+use common::harness::Suite;
 use common::{Lab, text};
-use libtest_mimic::{Arguments, Failed, Trial};
 
 /// Bytes moved by every cell, each way.
 const BULK: usize = 3 << 20;
@@ -203,7 +203,7 @@ struct Fixture {
     /// sha256 of each pod's download file (by `Pod::seed`) and of the upload file.
     sums: [String; 3],
     /// The endpoint the service is forced to now.
-    forced: Option<Pod>,
+    forced: Mutex<Option<Pod>>,
 }
 
 impl Fixture {
@@ -223,17 +223,18 @@ impl Fixture {
             assert!(out.status.success(), "making {file}: {}", text(&out.stderr));
             text(&out.stdout).split_whitespace().next().unwrap().to_string()
         });
-        let fx = Fixture { setting, lab, sums, forced: None };
+        let fx = Fixture { setting, lab, sums, forced: Mutex::new(None) };
         // Every cell then checks it did not move: IpFragFails stays 0 through the setting.
         assert_eq!(fx.frag_fails(), [0, 0], "IpFragFails of a fresh lab");
         fx
     }
 
-    fn force(&mut self, ep: Pod) {
-        if self.forced != Some(ep) {
+    fn force(&self, ep: Pod) {
+        let mut forced = self.forced.lock().unwrap_or_else(PoisonError::into_inner);
+        if *forced != Some(ep) {
             let out = self.lab.lab_sh(&["endpoints", "default/ghost", &format!("{}:2368", ep.ip())]);
             assert!(out.status.success(), "lab.sh endpoints -> {}: {}", ep.name(), text(&out.stderr));
-            self.forced = Some(ep);
+            *forced = Some(ep);
         }
     }
 
@@ -286,9 +287,6 @@ impl Fixture {
     }
 }
 
-/// The lab of the setting being run (one at a time: the cells run in order on one thread).
-static CURRENT: Mutex<Option<Fixture>> = Mutex::new(None);
-
 /// One row of the closing table.
 struct Row {
     name: String,
@@ -301,19 +299,9 @@ struct Row {
 
 static ROWS: Mutex<Vec<Row>> = Mutex::new(Vec::new());
 
-fn cell_name(setting: Setting, path: Path, dir: Dir) -> String {
-    format!("{}::{}::{}", setting.name(), path.name(), dir.name())
-}
-
-/// A cell: the setting's lab up (the previous one down), the endpoint forced, the transfer,
-/// then the checks of both nodes' stacks and of ucanal's host port.
-fn cell(setting: Setting, path: Path, dir: Dir) -> Result<(u64, f64), String> {
-    let mut current = CURRENT.lock().unwrap_or_else(PoisonError::into_inner);
-    if current.as_ref().map(|f| f.setting) != Some(setting) {
-        *current = None;
-        *current = Some(Fixture::up(setting));
-    }
-    let fx = current.as_mut().expect("the setting's lab");
+/// A cell: the endpoint forced, the transfer, then the checks of both nodes' stacks and of
+/// ucanal's host port. Returns the `peer_tso` count of the cell and its seconds.
+fn cell(fx: &Fixture, path: Path, dir: Dir) -> Result<(u64, f64), String> {
     if let Some(ep) = path.forced() {
         fx.force(ep);
     }
@@ -333,24 +321,23 @@ fn cell(setting: Setting, path: Path, dir: Dir) -> Result<(u64, f64), String> {
         return Err(format!("ucanal wrote {oversize} frames over the host port's MTU without GSO (host_oversize)"));
     }
     let issue_path = matches!(path, Path::NodePort { node: 0, ep: Pod::Ep2 }) && dir == Dir::Download;
-    if setting.super_packets() && issue_path && tso == 0 {
+    if fx.setting.super_packets() && issue_path && tso == 0 {
         return Err("no TSO super-packet reached ucanal: the cell no longer takes issue 23's path".into());
     }
     Ok((tso, secs))
 }
 
-fn trial(setting: Setting, path: Path, dir: Dir) -> Trial {
-    let name = cell_name(setting, path, dir);
-    Trial::test(name.clone(), move || {
-        let r = panic::catch_unwind(AssertUnwindSafe(|| cell(setting, path, dir)))
-            .unwrap_or_else(|p| Err(p.downcast_ref::<String>().cloned().unwrap_or_else(|| "panicked".into())));
-        let (ok, (tso, secs), note) = match &r {
-            Ok(v) => (true, *v, String::new()),
-            Err(e) => (false, (0, 0.0), e.clone()),
-        };
-        ROWS.lock().unwrap_or_else(PoisonError::into_inner).push(Row { name, ok, secs, tso, note });
-        r.map(|_| ()).map_err(Failed::from)
-    })
+/// Runs a cell, records its row for the table, and fails the phase with its reason.
+fn run_cell(fx: &Fixture, name: String, path: Path, dir: Dir) {
+    let r = cell(fx, path, dir);
+    let (ok, (tso, secs), note) = match &r {
+        Ok(v) => (true, *v, String::new()),
+        Err(e) => (false, (0, 0.0), e.clone()),
+    };
+    ROWS.lock().unwrap_or_else(PoisonError::into_inner).push(Row { name, ok, secs, tso, note });
+    if let Err(e) = r {
+        panic!("{e}");
+    }
 }
 
 fn print_table(names: &[String]) {
@@ -376,25 +363,24 @@ fn print_table(names: &[String]) {
     );
 }
 
-fn main() {
-    let mut args = Arguments::from_args();
-    // One lab per setting, one cell at a time.
-    args.test_threads = Some(1);
-    let cells: Vec<(Setting, Path, Dir)> = Setting::ALL
-        .iter()
-        .flat_map(|&s| Path::all().into_iter().flat_map(move |p| [Dir::Download, Dir::Upload].map(|d| (s, p, d))))
-        .collect();
-    let names: Vec<String> = cells.iter().map(|&(s, p, d)| cell_name(s, p, d)).collect();
-    let trials = cells.iter().map(|&(s, p, d)| trial(s, p, d)).collect::<Vec<_>>();
-    let runs = !args.list && trials.iter().any(|t| !args.is_filtered_out(t));
-    if runs && !common::require_netns(&["curl", "ethtool", "nstat", "sha256sum"]) {
-        return;
+fn main() -> ExitCode {
+    let mut suite = Suite::new();
+    let mut names = Vec::new();
+    for setting in Setting::ALL {
+        let tools = &["curl", "ethtool", "iptables", "nstat", "sha256sum"];
+        let mut group = suite.group(setting.name(), tools, move || Fixture::up(setting));
+        for path in Path::all() {
+            for dir in [Dir::Download, Dir::Upload] {
+                let phase = format!("{}::{}", path.name(), dir.name());
+                let name = format!("{}::{phase}", setting.name());
+                names.push(name.clone());
+                group = group.phase(&phase, move |fx| run_cell(fx, name, path, dir));
+            }
+        }
     }
-    let conclusion = libtest_mimic::run(&args, trials);
-    // Down before exit (`exit` runs no destructor of a static).
-    *CURRENT.lock().unwrap_or_else(PoisonError::into_inner) = None;
-    if runs {
+    let code = suite.run();
+    if !ROWS.lock().unwrap_or_else(PoisonError::into_inner).is_empty() {
         print_table(&names);
     }
-    conclusion.exit();
+    code
 }
