@@ -67,7 +67,9 @@ impl Setting {
             Setting::OffloadsOff => (&["--node2", "kernel", "--offloads", "off"], &[]),
             _ => (&["--node2", "kernel"], &[]),
         };
-        let lab = Lab::up_env("tb", args, env);
+        // Two settings' labs may be up at once: each its own prefix (`tb<setting><pid>-`).
+        let index = Setting::ALL.iter().position(|s| *s == self).unwrap_or(0);
+        let lab = Lab::up_env(&format!("tb{index}"), args, env);
         let features: &[&str] = match self {
             Setting::PartialNoTso => &["tso", "off"],
             Setting::PartialGro => &["gro", "on"],
