@@ -286,6 +286,7 @@ fn run_workers(d: &mut Daemon, fds: WorkerFds) -> Result<(), RunError> {
         zerocopy: dp.zerocopy,
         relay: dp.relay,
         vxlan_port: d.node.info().vxlan_port,
+        host_mtu: d.node.info().mtu,
     };
     let tx = Arc::new(fds.tx);
     let zc = if dp.zerocopy {

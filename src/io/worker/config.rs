@@ -22,4 +22,6 @@ pub struct WorkerConfig {
     /// The pass-through relay instead of the dataplane (`core::relay`), for measuring.
     pub relay: bool,
     pub vxlan_port: u16,
+    /// The host port's MTU (the node's `mtu`): frames over it need GSO metadata.
+    pub host_mtu: u16,
 }
