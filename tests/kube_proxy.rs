@@ -24,12 +24,14 @@ use std::sync::Arc;
 
 use common::harness::Suite;
 use serde::Deserialize;
-use ucanal::api::kube::{self, Store};
-use ucanal::control::inspect::probe::{Ingress, Probe};
+use ucanal::api::kube;
+use ucanal::api::{Probe, ProbeProto, TraceReport};
+use ucanal::control::inspect::probe::{self, Ingress};
+use ucanal::control::kube::Store;
 use ucanal::core::nat::conntrack::{Conntrack, Timeouts};
 use ucanal::core::nat::service::ServiceTable;
 use ucanal::core::tables::{NodeInfo, Peer, PodPort, Tables, VxlanAccept};
-use ucanal::core::trace::Trace;
+use ucanal::core::trace::{Trace, outcome};
 use ucanal::core::{Dataplane, HEADROOM, Ipv4Net, Now, Packet, PortId};
 use ucanal::wire::MacAddr;
 
@@ -282,21 +284,24 @@ fn run(w: &World, dp: &Dataplane, p: &ProbeDef, i: usize) -> Result<(), String> 
     } else {
         "host".into()
     };
-    let probe = Probe { ingress, proto: p.proto.clone(), src, dst, flags: None, ttl: 64 };
-    let frame = probe.frame(&t)?;
+    let proto = ProbeProto::parse(&p.proto).ok_or_else(|| format!("protocol {}", p.proto))?;
+    let probe = Probe { ingress, proto, src, dst, flags: None, ttl: 64 };
+    let frame = probe::frame(&probe, &t).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; HEADROOM + frame.len() + 64];
     buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(&frame);
     let mut pkt = Packet::new(&mut buf, HEADROOM, HEADROOM + frame.len());
     let mut tr = Trace::dry_run();
-    let _ = match probe.ingress(&t)? {
+    let a = match probe::ingress(&probe, &t).map_err(|e| e.to_string())? {
         Ingress::Port(port) => dp.handle_port(0, &t, port, &mut pkt, NOW, &mut tr),
         Ingress::Vxlan(peer) => dp.handle_vxlan(0, &t, SocketAddrV4::new(peer, 45000), &mut pkt, NOW, &mut tr),
     };
-    let (got, masq) = observed(&tr)?;
+    // What `ucanal trace --json` answers.
+    let report = TraceReport { node: t.node.name.clone(), steps: tr.steps, result: outcome(&t, &a) };
+    let (got, masq) = observed(&report)?;
     let want = p.want.text();
     let masq_matters = matches!(p.want, Want::Endpoints(_));
     if got != want || (masq_matters && masq != p.masq) {
-        let steps: Vec<String> = tr.steps.iter().map(ToString::to_string).collect();
+        let steps: Vec<String> = report.steps.iter().map(ToString::to_string).collect();
         return Err(format!(
             "{src} -> {dst} {}: kube-proxy {want} (masq {}), ucanal {got} (masq {masq})\n    {}",
             p.proto,
@@ -309,9 +314,9 @@ fn run(w: &World, dp: &Dataplane, p: &ProbeDef, i: usize) -> Result<(), String> 
 
 /// What the trace says, as kube-proxy's tests write it: the sorted candidates and the
 /// mark, read from its JSON (and checked in its text), or the verdict.
-fn observed(tr: &Trace) -> Result<(String, bool), String> {
-    let json = serde_json::to_value(&tr.steps).map_err(|e| e.to_string())?;
-    let steps = json.as_array().ok_or("steps are no array")?;
+fn observed(report: &TraceReport) -> Result<(String, bool), String> {
+    let json = serde_json::to_value(report).map_err(|e| e.to_string())?;
+    let steps = json["steps"].as_array().ok_or("steps are no array")?;
     if let Some((i, e)) = steps.iter().enumerate().find(|(_, s)| s["step"] == "endpoint") {
         let mut c: Vec<String> = e["candidates"]
             .as_array()
@@ -319,7 +324,7 @@ fn observed(tr: &Trace) -> Result<(String, bool), String> {
             .iter()
             .map(|v| v.as_str().unwrap_or("?").to_string())
             .collect();
-        let text = tr.steps[i].to_string();
+        let text = report.steps[i].to_string();
         if let Some(missing) = c.iter().find(|x| !text.contains(&format!(" {x}"))) {
             return Err(format!("the text does not name candidate {missing}: {text}"));
         }

@@ -1,19 +1,16 @@
 //! Kubernetes objects as `kubectl get -o yaml` prints them — `Service` (ClusterIP,
 //! NodePort, LoadBalancer, ExternalName, headless), `Endpoints`, `EndpointSlice`
-//! (discovery.k8s.io/v1), and `List`s of them — and the store that turns them into the
-//! dataplane's [`ServiceSpec`]s, one per service port, as kube-proxy does (the field
-//! semantics and refusals are [`fields`]'). Pure: text in, objects and specs out.
-//!
-//! Naming: a single-port service is `ns/name` (the article's `default/ghost`); each port
-//! of a multi-port service is `ns/name:port-name` (or `:port` when it has no name).
+//! (discovery.k8s.io/v1), and `List`s of them: what `ucanal apply -f` reads and sends,
+//! and what `get` lists. Every field the API has is known: one that changes packet
+//! handling is implemented or refused by name ([`check`]), one with no dataplane meaning
+//! is accepted and not kept ([`fields::Accepted`]), an unknown one is refused. Pure: text
+//! in, checked objects out. (What they make on a node, the service specs, is
+//! `control::kube`'s.)
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-
-use crate::core::nat::service::ServiceSpec;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KubeError {
@@ -51,17 +48,16 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
     /// No dataplane meaning (the endpoints carry the port): accepted, not stored.
     #[serde(default, skip_serializing)]
-    pub target_port: fields::Accepted,
+    pub target_port: Accepted,
     #[serde(default, skip_serializing)]
-    pub app_protocol: fields::Accepted,
+    pub app_protocol: Accepted,
 }
 
 fn tcp() -> String {
     "TCP".into()
 }
 
-/// A Service's `spec`. Every field the API has is known: one that changes packet handling
-/// is implemented or refused by name ([`fields`]), an unknown one is refused.
+/// A Service's `spec`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceBody {
@@ -78,7 +74,7 @@ pub struct ServiceBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_affinity_config: Option<fields::SessionAffinityConfig>,
+    pub session_affinity_config: Option<SessionAffinityConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_traffic_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,17 +91,17 @@ pub struct ServiceBody {
     pub ip_families: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_family_policy: Option<String>,
-    /// Accepted with no dataplane meaning for kube-proxy (see docs/services.md): not stored.
+    /// No dataplane meaning for kube-proxy (see docs/services.md): accepted, not stored.
     #[serde(default, skip_serializing)]
-    pub selector: fields::Accepted,
+    pub selector: Accepted,
     #[serde(rename = "loadBalancerIP", default, skip_serializing)]
-    pub load_balancer_ip: fields::Accepted,
+    pub load_balancer_ip: Accepted,
     #[serde(default, skip_serializing)]
-    pub load_balancer_class: fields::Accepted,
+    pub load_balancer_class: Accepted,
     #[serde(default, skip_serializing)]
-    pub external_name: fields::Accepted,
+    pub external_name: Accepted,
     #[serde(default, skip_serializing)]
-    pub traffic_distribution: fields::Accepted,
+    pub traffic_distribution: Accepted,
 }
 
 fn cluster_ip_type() -> String {
@@ -121,7 +117,7 @@ pub struct EndpointPort {
     #[serde(default = "tcp")]
     pub protocol: String,
     #[serde(default, skip_serializing)]
-    pub app_protocol: fields::Accepted,
+    pub app_protocol: Accepted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,11 +126,17 @@ pub struct Address {
     pub ip: Ipv4Addr,
     /// No dataplane meaning (locality is the pod's route on this node): not stored.
     #[serde(default, skip_serializing)]
-    pub node_name: fields::Accepted,
+    pub node_name: Accepted,
     #[serde(default, skip_serializing)]
-    pub hostname: fields::Accepted,
+    pub hostname: Accepted,
     #[serde(default, skip_serializing)]
-    pub target_ref: fields::Accepted,
+    pub target_ref: Accepted,
+}
+
+impl Address {
+    pub fn of(ip: Ipv4Addr) -> Address {
+        Address { ip, node_name: Accepted, hostname: Accepted, target_ref: Accepted }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,20 +159,20 @@ pub struct SliceEndpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Conditions>,
     /// Topology hints: `forZones` has no meaning on a node without a zone, `forNodes` is
-    /// refused ([`fields`]).
+    /// refused ([`check`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hints: Option<fields::Hints>,
+    pub hints: Option<Hints>,
     /// No dataplane meaning (locality is the pod's route on this node): not stored.
     #[serde(default, skip_serializing)]
-    pub node_name: fields::Accepted,
+    pub node_name: Accepted,
     #[serde(default, skip_serializing)]
-    pub zone: fields::Accepted,
+    pub zone: Accepted,
     #[serde(default, skip_serializing)]
-    pub hostname: fields::Accepted,
+    pub hostname: Accepted,
     #[serde(default, skip_serializing)]
-    pub target_ref: fields::Accepted,
+    pub target_ref: Accepted,
     #[serde(default, skip_serializing)]
-    pub deprecated_topology: fields::Accepted,
+    pub deprecated_topology: Accepted,
 }
 
 /// EndpointSlice conditions; unset, `ready` and `serving` are true and `terminating`
@@ -187,16 +189,16 @@ pub struct Conditions {
 }
 
 /// One object, in the shape ucanal keeps (and stores in etcd) after validation. It is
-/// written with its `kind` as a tag and read back in one typed pass ([`decode`]).
+/// written with its `kind` as a tag and read back in one typed pass (through [`Raw`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", try_from = "decode::Raw")]
+#[serde(tag = "kind", try_from = "Raw")]
 pub enum Object {
     Service {
         metadata: Meta,
         /// Boxed: the spec is most of a Service, and the other kinds are small.
         spec: Box<ServiceBody>,
-        #[serde(default, skip_serializing_if = "fields::ServiceStatus::is_empty")]
-        status: fields::ServiceStatus,
+        #[serde(default, skip_serializing_if = "ServiceStatus::is_empty")]
+        status: ServiceStatus,
     },
     Endpoints {
         metadata: Meta,
@@ -244,219 +246,86 @@ impl Object {
             _ => format!("{}/{}", m.namespace, m.name),
         }
     }
+}
 
-    fn check(&self) -> Result<(), KubeError> {
-        let m = self.meta();
-        let bad = |p: String| KubeError::Object {
-            kind: self.kind().into(),
-            name: format!("{}/{}", m.namespace, m.name),
-            problem: p,
-        };
-        let dns = |s: &str| {
-            !s.is_empty() && s.len() <= 253 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-        };
-        if !dns(&m.name) || !dns(&m.namespace) {
-            return Err(bad("metadata.name and .namespace must be DNS names".into()));
-        }
-        let checked = match self {
-            Object::Service { metadata, spec, status } => fields::check_service(metadata, spec, status),
-            Object::Endpoints { subsets, .. } => {
-                subsets.iter().flat_map(|s| &s.ports).try_for_each(|p| fields::check_protocol("ports", &p.protocol))
+/// Every field any object kind (or a `List`) has, flat: `kind` says which apply.
+#[derive(Deserialize)]
+pub(super) struct Raw {
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Option<Meta>,
+    #[serde(default)]
+    spec: Option<ServiceBody>,
+    #[serde(default)]
+    status: Option<ServiceStatus>,
+    #[serde(rename = "addressType", default)]
+    address_type: Option<String>,
+    #[serde(default)]
+    subsets: Option<Vec<Subset>>,
+    #[serde(default)]
+    endpoints: Option<Vec<SliceEndpoint>>,
+    #[serde(default)]
+    ports: Option<Vec<EndpointPort>>,
+    #[serde(default)]
+    items: Option<Vec<Raw>>,
+}
+
+/// Why a [`Raw`] is not an object (the general path says it better, naming the object).
+#[derive(Debug)]
+pub struct NotAnObject(&'static str);
+
+impl std::fmt::Display for NotAnObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl TryFrom<Raw> for Object {
+    type Error = NotAnObject;
+    fn try_from(r: Raw) -> Result<Object, NotAnObject> {
+        let metadata = r.metadata.ok_or(NotAnObject("missing field `metadata`"))?;
+        match r.kind.as_deref() {
+            Some("Service") => Ok(Object::Service {
+                metadata,
+                spec: Box::new(r.spec.ok_or(NotAnObject("missing field `spec`"))?),
+                status: r.status.unwrap_or_default(),
+            }),
+            Some("Endpoints") => Ok(Object::Endpoints { metadata, subsets: r.subsets.unwrap_or_default() }),
+            // An IPv4 proxy takes IPv4 slices only (kube-proxy's per-family proxier).
+            Some("EndpointSlice") if r.address_type.as_deref().is_some_and(|t| t != "IPv4") => {
+                Err(NotAnObject("addressType: only IPv4 is implemented (ucanal is IPv4-only)"))
             }
-            Object::EndpointSlice { endpoints, ports, .. } => fields::check_slice(endpoints, ports),
-        };
-        checked.map_err(bad)?;
-        Ok(())
-    }
-}
-
-/// Parses a manifest: YAML (one or more `---` documents) or JSON, each a Service,
-/// Endpoints, EndpointSlice or a `List` of them. Fields ucanal does not use are ignored,
-/// as kubectl output carries many. One typed pass when the manifest is right; the
-/// general path otherwise, which names what is wrong.
-pub fn parse_manifest(text: &str) -> Result<Vec<Object>, KubeError> {
-    match decode::fast_manifest(text) {
-        Some(objs) => Ok(objs),
-        None => parse_manifest_general(text),
-    }
-}
-
-/// [`parse_manifest`] through a `serde_json::Value` per document: slower, and the
-/// reference the fast path must agree with (every error comes from here).
-pub fn parse_manifest_general(text: &str) -> Result<Vec<Object>, KubeError> {
-    let mut out = Vec::new();
-    let docs: Vec<serde_json::Value> = if text.trim_start().starts_with('{') {
-        vec![serde_json::from_str(text).map_err(|e| KubeError::Syntax(e.to_string()))?]
-    } else {
-        let mut v = Vec::new();
-        for d in serde_yaml_ng::Deserializer::from_str(text) {
-            let doc = serde_json::Value::deserialize(d).map_err(|e| KubeError::Syntax(e.to_string()))?;
-            if !doc.is_null() {
-                v.push(doc);
-            }
+            Some("EndpointSlice") => Ok(Object::EndpointSlice {
+                metadata,
+                endpoints: r.endpoints.ok_or(NotAnObject("missing field `endpoints`"))?,
+                ports: r.ports.ok_or(NotAnObject("missing field `ports`"))?,
+            }),
+            _ => Err(NotAnObject("kind is not Service, Endpoints or EndpointSlice")),
         }
-        v
-    };
-    for d in docs {
-        push_doc(d, &mut out, 0)?;
-    }
-    Ok(out)
-}
-
-fn push_doc(d: serde_json::Value, out: &mut Vec<Object>, depth: u8) -> Result<(), KubeError> {
-    let kind = d.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
-    if kind.ends_with("List") && depth == 0 {
-        let items = d.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default();
-        for it in items {
-            push_doc(it, out, 1)?;
-        }
-        return Ok(());
-    }
-    if !matches!(kind.as_str(), "Service" | "Endpoints" | "EndpointSlice") {
-        return Err(KubeError::Kind(kind));
-    }
-    let name = d.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("?").to_string();
-    let mut d = d;
-    if kind == "Endpoints"
-        && let Some(o) = d.as_object_mut()
-    {
-        o.entry("subsets").or_insert_with(|| serde_json::json!([]));
-    }
-    let obj: Object = serde_json::from_value(d).map_err(|e| KubeError::Object {
-        kind: kind.clone(),
-        name,
-        problem: e.to_string(),
-    })?;
-    obj.check()?;
-    out.push(obj);
-    Ok(())
-}
-
-/// Every object applied, and the specs they make. Objects are shared (`Arc`), so a
-/// listing takes a snapshot in one pass of reference counts and is built elsewhere.
-#[derive(Debug, Clone, Default)]
-pub struct Store {
-    objects: BTreeMap<String, Arc<Object>>,
-}
-
-impl Store {
-    pub fn get(&self, key: &str) -> Option<&Object> {
-        self.objects.get(key).map(|o| &**o)
-    }
-    pub fn iter(&self) -> impl Iterator<Item = &Object> {
-        self.objects.values().map(|o| &**o)
-    }
-    /// Every object, in key order, shared with the store.
-    pub fn snapshot(&self) -> Vec<Arc<Object>> {
-        self.objects.values().cloned().collect()
-    }
-    pub fn len(&self) -> usize {
-        self.objects.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.objects.is_empty()
-    }
-
-    /// Puts (or, with `delete`, removes) objects; the services whose specs changed.
-    pub fn apply(&mut self, objs: Vec<Object>, delete: bool) -> BTreeSet<String> {
-        let mut touched = BTreeSet::new();
-        for o in objs {
-            touched.insert(o.service());
-            if delete {
-                self.objects.remove(&o.key());
-            } else {
-                self.objects.insert(o.key(), Arc::new(o));
-            }
-        }
-        touched
-    }
-
-    pub fn remove_key(&mut self, key: &str) -> Option<String> {
-        self.objects.remove(key).map(|o| o.service())
-    }
-
-    /// Puts one object; the one it replaced.
-    pub fn put(&mut self, o: Object) -> Option<Object> {
-        self.objects.insert(o.key(), Arc::new(o)).map(Arc::unwrap_or_clone)
-    }
-
-    pub fn remove(&mut self, key: &str) -> Option<Object> {
-        self.objects.remove(key).map(Arc::unwrap_or_clone)
-    }
-
-    /// Every service (`ns/name`) any object refers to.
-    pub fn services(&self) -> BTreeSet<String> {
-        self.iter().map(Object::service).collect()
-    }
-
-    /// The EndpointSlices of service `ns/name` (a walk of its namespace's slices).
-    pub fn slices_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Object> + 'a {
-        let ns = service.split_once('/').map_or("", |(ns, _)| ns);
-        let dir = format!("endpointslices/{ns}/");
-        self.objects
-            .range(dir.clone()..)
-            .take_while(move |(k, _)| k.starts_with(&dir))
-            .map(|(_, o)| &**o)
-            .filter(move |o| o.service() == service)
-    }
-
-    /// The specs of service `ns/name`, one per port (none when it has no Service object,
-    /// or one that makes no dataplane state: headless, ExternalName, another proxy's).
-    pub fn specs(&self, service: &str) -> Vec<ServiceSpec> {
-        fields::specs(self, service)
     }
 }
 
-/// The Service and Endpoints objects that make `spec` (what `service set` writes to etcd
-/// in a cluster): the inverse of [`Store::specs`] for a single-port service. Endpoints
-/// are grouped by port, one subset each.
-pub fn objects_of(spec: &ServiceSpec) -> Result<Vec<Object>, KubeError> {
-    let bad = |p: &str| KubeError::Object { kind: "Service".into(), name: spec.name.clone(), problem: p.into() };
-    let (ns, name) = spec.name.split_once('/').ok_or_else(|| bad("the name is not namespace/name"))?;
-    if name.contains(':') {
-        return Err(bad("a port of a multi-port service: change it with apply -f"));
-    }
-    if !spec.terminating.is_empty() {
-        return Err(bad("a service with terminating endpoints: change it with apply -f"));
-    }
-    let metadata = Meta { name: name.into(), namespace: ns.into(), labels: BTreeMap::new() };
-    let protocol = spec.protocol.name().to_ascii_uppercase();
-    let (body, status) = fields::service_of(spec);
-    let svc = Object::Service { metadata: metadata.clone(), spec: Box::new(body), status };
-    let mut by_port: BTreeMap<u16, Vec<Address>> = BTreeMap::new();
-    for e in &spec.endpoints {
-        let no = fields::Accepted;
-        let a = Address { ip: *e.ip(), node_name: no, hostname: no, target_ref: no };
-        by_port.entry(e.port()).or_default().push(a);
-    }
-    let subsets = by_port
-        .into_iter()
-        .map(|(port, addresses)| Subset {
-            addresses,
-            not_ready_addresses: Vec::new(),
-            ports: vec![EndpointPort { name: None, port, protocol: protocol.clone(), app_protocol: fields::Accepted }],
-        })
-        .collect();
-    let objs = vec![svc, Object::Endpoints { metadata, subsets }];
-    for o in &objs {
-        o.check()?;
-    }
-    Ok(objs)
+/// `get services|endpoints`: the objects as stored, as kubectl lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectList {
+    /// `List`.
+    pub kind: String,
+    pub items: Vec<Object>,
 }
 
-/// The service (`ns/name`) a spec name belongs to (`ns/name:port` -> `ns/name`).
-pub fn service_of(spec_name: &str) -> &str {
-    spec_name.split_once(':').map_or(spec_name, |(s, _)| s)
+impl ObjectList {
+    pub fn new(items: Vec<Object>) -> ObjectList {
+        ObjectList { kind: "List".into(), items }
+    }
 }
 
-/// Whether a spec name belongs to service `ns/name` (itself or one of its ports).
-pub fn spec_of(spec_name: &str, service: &str) -> bool {
-    spec_name == service || spec_name.strip_prefix(service).is_some_and(|r| r.starts_with(':'))
-}
-
-mod decode;
-
+pub mod check;
 pub mod fields;
+mod manifest;
+
+pub use fields::{Accepted, ClientIpConfig, Hints, Ingress, LoadBalancerStatus, ServiceStatus, SessionAffinityConfig};
+pub use manifest::{parse_manifest, parse_manifest_general};
 
 #[cfg(test)]
 mod tests;

@@ -254,7 +254,7 @@ pub fn check_pod(c: &Config, p: &PodSpec) -> Result<(), ConfigError> {
         return Err(err("name", format!("'{}' is not a pod name (want name or namespace/name)", p.name)));
     }
     if let Some(i) = &p.ifname
-        && !crate::cni::spec::valid_ifname(i)
+        && !crate::api::pod::valid_ifname(i)
     {
         return Err(err("ifname", format!("'{i}' is not an interface name")));
     }
@@ -314,13 +314,13 @@ pub fn check_service(c: &Config, s: &ServiceSpec) -> Result<(), ConfigError> {
     }
     let mut seen = HashSet::new();
     for (j, e) in s.endpoints.iter().enumerate() {
-        check_endpoint(c, e).map_err(|p| err(format!("endpoints[{j}]"), p))?;
+        check_endpoint(c, &format!("endpoints[{j}]"), e)?;
         if !seen.insert(*e) {
             return Err(err(format!("endpoints[{j}]"), format!("{e} is listed twice")));
         }
     }
     for (j, e) in s.terminating.iter().enumerate() {
-        check_endpoint(c, e).map_err(|p| err(format!("terminating[{j}]"), p))?;
+        check_endpoint(c, &format!("terminating[{j}]"), e)?;
     }
     if let Some(hc) = s.health_check_node_port {
         let (lo, hi) = c.masquerade_ports();
@@ -331,9 +331,9 @@ pub fn check_service(c: &Config, s: &ServiceSpec) -> Result<(), ConfigError> {
     s.check_policy(c.node.cluster_cidr, c.node.service_cidr).map_err(|e| err(e.field, e.problem))
 }
 
-fn check_endpoint(c: &Config, e: &SocketAddrV4) -> Result<(), String> {
+fn check_endpoint(c: &Config, field: &str, e: &SocketAddrV4) -> Result<(), ConfigError> {
     if e.port() == 0 {
-        return Err(format!("{e}: port 0"));
+        return Err(err(field, format!("{e}: port 0")));
     }
     let ip = *e.ip();
     if ip.is_unspecified()
@@ -342,7 +342,7 @@ fn check_endpoint(c: &Config, e: &SocketAddrV4) -> Result<(), String> {
         || ip.is_loopback()
         || c.node.service_cidr.contains(ip)
     {
-        return Err(format!("{e} is not a usable endpoint address"));
+        return Err(err(field, format!("{e} is not a usable endpoint address")));
     }
     Ok(())
 }

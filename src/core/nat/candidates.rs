@@ -28,7 +28,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use super::affinity::{Affinity, Recorded};
 use super::masquerade::{self, Scope, SourceClass};
 use super::service::{Service, ServiceSpec, Via, spec_key};
-use super::{Tuple, pick};
+use super::{Tuple, uniform_index};
 use crate::core::counters::DropReason;
 use crate::core::route::{RouteTable, RouteTarget};
 use crate::core::tables::Tables;
@@ -240,7 +240,7 @@ pub fn choose(
         }
         return Choice { endpoint: ep, index, hit, by: Pick::Affinity, affinity_full: false };
     }
-    let index = pick(flow_hash, c.len());
+    let index = uniform_index(flow_hash, c.len());
     let (hit, endpoint) = c.nth(index);
     let affinity_full = match timeout {
         Some(timeout) if commit => aff.record(src, key, endpoint, timeout, now) == Recorded::Full,

@@ -205,14 +205,14 @@ fn affinity_sticks_a_client_to_its_endpoint_until_the_timeout() {
 
 #[test]
 fn hash_picks_are_the_same_as_before_for_every_endpoint() {
-    // With all endpoints as candidates the pick is `pick(hash, n)` over the spec, as
+    // With all endpoints as candidates the pick is `uniform_index(hash, n)` over the spec, as
     // before candidate sets existed: established flows' endpoints do not move.
     let t = tables(|_| {});
     let s = t.services.by_cluster_ip(PROTO_TCP, VIP, 2368).unwrap();
     let c = Candidates::new(&s.spec, Scope::Cluster, &t.routes);
     let aff = Affinity::new(1);
     for h in (0..64u32).map(|i| i.wrapping_mul(0x9e37_79b9)) {
-        let k = pick(h, 2);
+        let k = uniform_index(h, 2);
         let got = choose(&c, s, CLIENT, h, &aff, Now::from_secs(1), true);
         assert_eq!((got.endpoint, got.index, got.hit), (s.spec.endpoints[k], k, k));
     }

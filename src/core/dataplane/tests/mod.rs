@@ -3,8 +3,8 @@
 use super::*;
 use crate::core::counters::{Counter, DropReason};
 use crate::core::nat::conntrack::Timeouts;
-use crate::core::nat::pick;
 use crate::core::nat::service::ServiceSpec;
+use crate::core::nat::uniform_index;
 use crate::core::tables::article::{self, EP1_MAC, EP3_MAC};
 use crate::core::{HEADROOM, Now, Offload};
 use crate::wire::{arp, checksum, icmp, ipv4};
@@ -368,7 +368,7 @@ fn sport_for(lab: &Lab, src: Ipv4Addr, dst: (Ipv4Addr, u16), want: Ipv4Addr) -> 
     (40000..41000)
         .find(|p| {
             let u = Tuple { proto: PROTO_TCP, src, dst: dst.0, sport: *p, dport: dst.1 };
-            *article::ghost().endpoints[pick(u.hash(t.hash_seed), 2)].ip() == want
+            *article::ghost().endpoints[uniform_index(u.hash(t.hash_seed), 2)].ip() == want
         })
         .unwrap()
 }
@@ -385,4 +385,5 @@ mod nat;
 mod partial;
 mod run;
 mod services;
+mod tso;
 mod vxlan;
