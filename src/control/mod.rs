@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod error;
 pub mod etcd;
 pub mod handover;
+pub mod health;
 pub mod inspect;
 pub mod ipam;
 pub mod kube;

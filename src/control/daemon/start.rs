@@ -256,6 +256,7 @@ fn load_checkpoint_file(d: &Daemon) {
 async fn run_pods(d: &mut Daemon, fds: WorkerFds, pods: &[PodSpec], handed: bool) -> Result<(), RunError> {
     d.plane.set_tx_ports(fds.tx_ports.clone());
     d.publish();
+    d.serve_health_checks();
     if handed {
         add_pods(d, pods).await?;
     }

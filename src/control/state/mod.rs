@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use super::cluster::membership::Membership;
 use super::config::Config;
+use super::health::HealthBook;
 use super::ipam::Ipam;
 use super::kube::KubeBook;
 use super::node::NodeBook;
@@ -97,6 +98,8 @@ pub struct Daemon {
     pub(super) ipam: Ipam,
     /// With `--keep-on-exit`: the state file and the conntrack checkpoint.
     pub(super) persist: Option<Persist>,
+    /// The `healthCheckNodePort` servers.
+    pub(super) health: HealthBook,
 }
 
 impl Daemon {
@@ -121,6 +124,7 @@ impl Daemon {
             cluster: None,
             ipam,
             persist,
+            health: HealthBook::default(),
         }
     }
 
@@ -144,6 +148,15 @@ impl Daemon {
 
     pub fn plane(&self) -> &Plane {
         &self.plane
+    }
+
+    /// Serves the health-check ports of every service (at start; later the service
+    /// changes keep them).
+    pub(crate) fn serve_health_checks(&mut self) {
+        let node_ip = self.node.info().node_ip;
+        for s in self.services.specs() {
+            self.health.add(&s, node_ip, self.plane.dp());
+        }
     }
 
     /// Publishes a new snapshot of the tables: the pods, the peers and the services now.

@@ -27,8 +27,13 @@ impl Daemon {
                 p.record(Op::ServicePut(s.clone()));
             }
         }
+        let health: Vec<ServiceSpec> = d.put.iter().filter(|s| s.health_check_node_port.is_some()).cloned().collect();
         let a = self.services.apply(d);
         self.publish();
+        let node_ip = self.node.info().node_ip;
+        for s in &health {
+            self.health.add(s, node_ip, self.plane.dp());
+        }
         for o in a.old.values() {
             let now = self.services.spec(&o.spec.name);
             // A ready endpoint that turned terminating still serves its flows.
@@ -39,6 +44,13 @@ impl Daemon {
                 .copied()
                 .collect();
             self.plane.flush_endpoints(&o.spec, &gone);
+            let same_check = |n: &ServiceSpec| {
+                n.health_check_node_port == o.spec.health_check_node_port
+                    && (n.protocol, n.cluster_ip, n.port) == (o.spec.protocol, o.spec.cluster_ip, o.spec.port)
+            };
+            if now.is_none_or(|n| !same_check(n)) {
+                self.health.remove(&o.spec);
+            }
             // kube-proxy deletes the affinity sets of a service port that lost affinity.
             if o.spec.affinity_timeout.is_some() && now.is_none_or(|n| n.affinity_timeout.is_none()) {
                 self.plane.forget_affinity(&o.spec);
