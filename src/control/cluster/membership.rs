@@ -32,7 +32,7 @@ fn conflict(field: &str, problem: String) -> RunError {
 /// node's lease or claims a free subnet, as flanneld does). `None` without `[cluster]`.
 pub(crate) async fn join(cfg: &Config, random: u64) -> Result<Option<(Member, watch::Receiver<PeerSet>)>, RunError> {
     let Some(c) = &cfg.cluster else { return Ok(None) };
-    let client = EtcdClient::new(&c.etcd_endpoints).map_err(setup)?;
+    let client = EtcdClient::connect(&c.etcd_endpoints).await.map_err(setup)?;
     let registry = Registry::new(client, &c.prefix, Duration::from_secs(c.lease_ttl));
     let net = registry.network_config().await.map_err(|e| setup(format!("joining the cluster: {e}")))?;
     let n = &cfg.node;

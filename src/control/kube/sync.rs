@@ -7,13 +7,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::buckets::{Change, Index, Plan, bucket_key};
 use crate::api::kube::Object;
-use crate::control::etcd::gateway::{self, WatchEvent, WatchMessage};
-use crate::control::etcd::{EtcdClient, EtcdError};
+use crate::control::etcd::{EtcdClient, EtcdError, Op, Unchanged, WatchEvent, WatchMessage};
 
 /// etcd's default `--max-txn-ops`: the most operations (and comparisons) one
 /// transaction may carry.
@@ -44,8 +42,8 @@ pub struct ObjectStore {
 
 /// One transaction of a write: bucket rewrites guarded by their revisions, old keys deleted.
 struct Txn {
-    compare: Vec<serde_json::Value>,
-    ops: Vec<serde_json::Value>,
+    guards: Vec<Unchanged>,
+    ops: Vec<Op>,
     bytes: usize,
 }
 
@@ -63,36 +61,27 @@ impl ObjectStore {
     /// [`TXN_BYTES`] of values each.
     fn txns(&self, plan: Plan) -> Vec<Txn> {
         let mut out: Vec<Txn> = Vec::new();
-        let mut push = |compare: Option<serde_json::Value>, op: serde_json::Value, bytes: usize| {
+        let mut push = |guard: Option<Unchanged>, op: Op| {
+            let bytes = op.size();
             let fits = out.last().is_some_and(|t| t.ops.len() < TXN_OPS && t.bytes + bytes <= TXN_BYTES);
             if !fits {
-                out.push(Txn { compare: Vec::new(), ops: Vec::new(), bytes: 0 });
+                out.push(Txn { guards: Vec::new(), ops: Vec::new(), bytes: 0 });
             }
             let t = out.last_mut().expect("pushed");
-            t.compare.extend(compare);
+            t.guards.extend(guard);
             t.ops.push(op);
             t.bytes += bytes;
         };
         for w in plan.buckets {
             let key = format!("{}{}", self.dir, bucket_key(w.bucket));
-            let cmp = json!({ "key": gateway::b64(key.as_bytes()), "target": "MOD", "result": "EQUAL",
-                "mod_revision": w.rev.to_string() });
+            let guard = Unchanged { key: key.clone(), mod_revision: w.rev };
             match w.value {
-                Some(v) => push(
-                    Some(cmp),
-                    json!({ "request_put": gateway::put_request(key.as_bytes(), &v, 0) }),
-                    v.len() + key.len(),
-                ),
-                None => push(
-                    Some(cmp),
-                    json!({ "request_delete_range": gateway::range_request(key.as_bytes(), None) }),
-                    key.len(),
-                ),
+                Some(value) => push(Some(guard), Op::Put { key, value }),
+                None => push(Some(guard), Op::Delete { key }),
             }
         }
         for k in plan.singles {
-            let key = format!("{}{k}", self.dir);
-            push(None, json!({ "request_delete_range": gateway::range_request(key.as_bytes(), None) }), key.len());
+            push(None, Op::Delete { key: format!("{}{k}", self.dir) });
         }
         out
     }
@@ -115,7 +104,7 @@ impl ObjectStore {
                 .into_iter()
                 .map(|t| {
                     let c = self.client.clone();
-                    async move { c.txn_if(t.compare, t.ops).await }
+                    async move { c.txn_if(t.guards, t.ops).await }
                 })
                 .collect();
             // Several transactions in flight: etcd orders them, and distinct keys do not care.
