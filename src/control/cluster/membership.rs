@@ -93,13 +93,25 @@ pub(crate) fn spawn(member: Member, mut rx: watch::Receiver<PeerSet>, d: Arc<Mut
     let (otx, mut orx) = mpsc::channel(64);
     tokio::spawn(store.clone().sync(otx));
     let d3 = d.clone();
+    let writer = store.clone();
     tokio::spawn(async move {
         // An update costs what it changes, so nothing waits to batch: whatever the watch
-        // has queued meanwhile goes with it (one publish, one steering sync).
+        // has queued meanwhile goes with it (one publish, one steering sync). Only this
+        // node's own write in flight is waited for (at most HOLD): its transactions come
+        // back one watch message each, and a table rebuild per message cost more than
+        // the write (100,000 services: 32 rebuilds, 2.9 s).
+        const HOLD: Duration = Duration::from_secs(3);
         while let Some(u) = orx.recv().await {
             let mut batch = vec![u];
-            while let Ok(more) = orx.try_recv() {
-                batch.push(more);
+            let t = tokio::time::Instant::now();
+            loop {
+                while let Ok(more) = orx.try_recv() {
+                    batch.push(more);
+                }
+                if !writer.writing() || t.elapsed() > HOLD {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             d3.lock().await.objects_update(batch).await;
         }
