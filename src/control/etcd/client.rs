@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use etcd_client::proto::{PbEvent, PbKeyValue};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, LeaseClient, PutOptions, Txn, TxnOp,
-    WatchClient, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, LeaseClient, PutOptions, Txn, TxnOp, WatchClient,
+    WatchOptions,
 };
 
 use super::{EtcdError, KeyValue, Op, Unchanged, WatchEvent, WatchMessage, prefix_end};
@@ -53,10 +53,9 @@ impl EtcdClient {
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true)
             .with_tcp_keepalive(Duration::from_secs(10));
-        let client = Client::connect(&endpoints, Some(opts)).await.map_err(|e| EtcdError::Unreachable {
-            endpoints: endpoints.join(","),
-            reason: e.to_string(),
-        })?;
+        let client = Client::connect(&endpoints, Some(opts))
+            .await
+            .map_err(|e| EtcdError::Unreachable { endpoints: endpoints.join(","), reason: e.to_string() })?;
         Ok(EtcdClient {
             kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE),
             lease: client.lease_client(),
@@ -115,9 +114,11 @@ impl EtcdClient {
     /// Puts `key` only if it does not exist (`version == 0`, flannel's `createSubnet`);
     /// whether it was put.
     pub async fn create(&self, key: &str, value: &[u8], lease: i64) -> Result<bool, EtcdError> {
-        let txn = Txn::new()
-            .when([Compare::version(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)))]);
+        let txn = Txn::new().when([Compare::version(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(
+            key,
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
         let mut kv = self.kv.clone();
         Ok(self.call(kv.txn(txn)).await?.succeeded())
     }
@@ -248,7 +249,8 @@ mod tests {
 
     #[test]
     fn events_keep_their_kind_and_revisions() {
-        let kv = PbKeyValue { key: b"k".to_vec(), value: b"v".to_vec(), mod_revision: 7, lease: 3, ..Default::default() };
+        let kv =
+            PbKeyValue { key: b"k".to_vec(), value: b"v".to_vec(), mod_revision: 7, lease: 3, ..Default::default() };
         let put = watch_event(PbEvent { r#type: 0, kv: Some(kv.clone()), prev_kv: None }).unwrap();
         assert!(matches!(put, WatchEvent::Put(k) if k.value == b"v" && k.lease == 3 && k.mod_revision == 7));
         let del = watch_event(PbEvent { r#type: 1, kv: Some(kv), prev_kv: None }).unwrap();
