@@ -13,10 +13,10 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
 use tokio::sync::watch;
 
 use super::registry::{OwnLease, Registry, RegistryError, SubnetLease};
+use crate::api::PeerRow;
 use crate::control::etcd::{EtcdError, WatchEvent, WatchMessage};
 use crate::core::Ipv4Net;
 use crate::core::tables::Peer;
@@ -34,19 +34,7 @@ pub struct LeasePeer {
 pub type PeerSet = Arc<BTreeMap<Ipv4Net, LeasePeer>>;
 
 /// What the member knows, for listings and metrics.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct Status {
-    pub connected: bool,
-    pub own_subnet: Option<Ipv4Net>,
-    pub own_expires: Option<u64>,
-    /// Times etcd went away (each outage once), watch re-lists, and leases skipped
-    /// (another backend, unparsable, or conflicting with this node).
-    pub outages: u64,
-    pub relists: u64,
-    pub ignored: u64,
-    pub own_lease_lost: u64,
-    pub last_error: Option<String>,
-}
+pub type Status = crate::api::ClusterStatus;
 
 pub struct Member {
     pub registry: Registry,
@@ -305,19 +293,6 @@ impl Member {
     }
 }
 
-/// One row of `ucanal show peers`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct PeerRow {
-    pub subnet: Ipv4Net,
-    pub public_ip: Ipv4Addr,
-    pub vtep_mac: String,
-    /// `etcd` (a lease) or `config` (a `[[peers]]` entry).
-    pub source: String,
-    pub lease: String,
-    pub age_secs: u64,
-    pub expires_secs: Option<u64>,
-}
-
 pub fn peer_rows(set: &PeerSet, prefix: &str, static_peers: &[Peer]) -> Vec<PeerRow> {
     let now = SystemTime::now();
     let mut rows: Vec<PeerRow> = static_peers
@@ -343,25 +318,4 @@ pub fn peer_rows(set: &PeerSet, prefix: &str, static_peers: &[Peer]) -> Vec<Peer
     }));
     rows.sort_by_key(|r| r.subnet);
     rows
-}
-
-pub fn peers_text(rows: &[PeerRow]) -> String {
-    let mut s = format!(
-        "{:<18} {:<15} {:<17} {:<6} {:>8} {:>9}  {}\n",
-        "SUBNET", "PUBLIC-IP", "VTEP-MAC", "SOURCE", "AGE", "EXPIRES", "LEASE"
-    );
-    for r in rows {
-        let exp = r.expires_secs.map(|e| format!("{e}s")).unwrap_or_else(|| "-".into());
-        s += &format!(
-            "{:<18} {:<15} {:<17} {:<6} {:>7}s {:>9}  {}\n",
-            r.subnet.to_string(),
-            r.public_ip.to_string(),
-            r.vtep_mac,
-            r.source,
-            r.age_secs,
-            exp,
-            r.lease
-        );
-    }
-    s
 }

@@ -254,7 +254,7 @@ pub fn check_pod(c: &Config, p: &PodSpec) -> Result<(), ConfigError> {
         return Err(err("name", format!("'{}' is not a pod name (want name or namespace/name)", p.name)));
     }
     if let Some(i) = &p.ifname
-        && !crate::cni::spec::valid_ifname(i)
+        && !crate::api::pod::valid_ifname(i)
     {
         return Err(err("ifname", format!("'{i}' is not an interface name")));
     }

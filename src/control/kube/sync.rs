@@ -19,9 +19,9 @@ use crate::control::etcd::{EtcdClient, EtcdError, Op, Unchanged, WatchEvent, Wat
 const TXN_OPS: usize = 128;
 /// The most bytes of keys and values one transaction carries: etcd refuses a request
 /// over `--max-request-bytes` (1.5 MiB by default), and over gRPC a transaction is its
-/// bytes and a few per operation, so 1 MiB leaves room. (Through the JSON gateway the
-/// cap was 256 KiB: base64 and the gateway's re-encoding made a loaded etcd answer 8
-/// MiB in flight slower than the request deadline.) Bigger transactions are fewer raft
+/// bytes and a few per operation, so 1 MiB leaves room. (Through etcd's JSON gateway the
+/// cap was 256 KiB: the gateway's re-encoding of every value made a loaded etcd answer
+/// 8 MiB in flight slower than the request deadline.) Bigger transactions are fewer raft
 /// entries: 100,000 services are ~25 transactions instead of ~100.
 const TXN_BYTES: usize = 1 << 20;
 /// Transactions in flight, multiplexed on the one HTTP/2 connection. etcd applies them

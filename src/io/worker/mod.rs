@@ -121,6 +121,8 @@ pub struct WorkerConfig {
     /// The pass-through relay instead of the dataplane (`core::relay`), for measuring.
     pub relay: bool,
     pub vxlan_port: u16,
+    /// The host port's MTU (the node's `mtu`): frames over it need GSO metadata.
+    pub host_mtu: u16,
 }
 pub fn spawn(
     id: usize,
@@ -379,6 +381,14 @@ impl Worker {
                     {
                         let (start, len, partial) = (pkt.start(), pkt.len(), pkt.offload.csum_partial);
                         self.out.gro_push(&self.bufs, port, (slot, start, len), partial);
+                    }
+                    Action::ToPort(port) if self.out.cfg.gro => {
+                        // One that cannot join a run (a peer's super-packet, a reassembled
+                        // datagram, a reply in the spare) leaves after its flow's open run.
+                        let (start, end, offload) = (pkt.start(), pkt.start() + pkt.len(), pkt.offload);
+                        let frame = if pkt.in_spare() { &self.spare[start..end] } else { &self.bufs[slot][start..end] };
+                        self.out.gro_flush_flow(&self.bufs, port, frame);
+                        self.out.write_to_port(port, frame, &offload);
                     }
                     _ => self.out.execute(slot, a, &pkt),
                 }

@@ -59,7 +59,7 @@ pub struct Loaded {
 pub fn load_str(text: &str, dir: &Path) -> Result<Loaded, TopologyError> {
     let root = yaml::parse(text).map_err(|e| TopologyError::at(e.mark, "(syntax)", e.problem))?;
     let topology = Topology::from_yaml(&root)?;
-    let mut store = kube::Store::default();
+    let mut store = crate::control::kube::Store::default();
     let mut manifests = Vec::new();
     for m in &topology.manifests {
         let path = dir.join(&m.value);

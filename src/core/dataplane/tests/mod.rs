@@ -383,4 +383,5 @@ mod frag;
 mod nat;
 mod partial;
 mod run;
+mod tso;
 mod vxlan;
