@@ -206,7 +206,10 @@ pub fn check_configs(l: &Loaded) -> Result<(), TopologyError> {
             continue;
         }
         let Err(e) = Config::parse(&config_text(l, n)) else { continue };
-        let msg = e.to_string();
+        // toml's message quotes the generated file (its line, the text, a caret): what
+        // follows the caret is what is wrong.
+        let full = e.to_string();
+        let msg = full.rfind('^').map_or(full.as_str(), |i| full[i..].trim_start_matches('^').trim()).to_string();
         let culprit = n.config.iter().flat_map(|(sec, lines)| lines.iter().map(move |(k, m, _)| (sec, k, m))).find(
             |(sec, k, _)| {
                 e.field == format!("{sec}.{k}")

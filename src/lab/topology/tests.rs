@@ -75,7 +75,8 @@ fn errors_name_the_field_where_it_stands() {
     assert_eq!((e.mark.line, e.field.as_str()), (39, "manifests[0]"), "{e}");
     let e = err(&MIXED.replace("dataplane: {workers: 1}", "dataplane: {wrokers: 1}"));
     assert_eq!(e.field, "topology.nodes.centos7-3.config.dataplane.wrokers", "{e}");
-    assert_eq!(e.mark.line, 46, "{e}");
+    assert_eq!((e.mark.line, e.mark.col), (35, 21), "{e}");
+    assert!(e.problem.starts_with("unknown field `wrokers`, expected one of `workers`"), "{e}");
     let e = err(&MIXED.replace("pod-cidr: 10.244.2.0/24", "pod-cidr: leased"));
     assert!(e.problem.contains("etcd: true"), "{e}");
     let e = err("name: x\ntopology:\n  nodes: {a: {kind: ucanal\n");
