@@ -81,7 +81,7 @@ fn errors_name_the_field_where_it_stands() {
     assert!(e.problem.contains("etcd: true"), "{e}");
     let e = err("name: x\ntopology:\n  nodes: {a: {kind: ucanal\n");
     assert_eq!(e.field, "(syntax)", "{e}");
-    assert_eq!(e.to_string().split(':').count() >= 3, true);
+    assert!(e.to_string().starts_with(&format!("{}:{}: (syntax): ", e.mark.line, e.mark.col)), "{e}");
 }
 
 #[test]
