@@ -19,7 +19,14 @@ use super::{EtcdError, KeyValue, Op, Unchanged, WatchEvent, WatchMessage, prefix
 /// Per-request deadline: etcd answers a healthy request in milliseconds; a partitioned
 /// one must not stall the control plane for long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long connecting to an endpoint may take before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// HTTP/2 pings on a connection (idle or not), and how long one may go unanswered
+/// before the connection is dropped: a partition leaves a connection silent, not closed.
+const PING_EVERY: Duration = Duration::from_secs(2);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// TCP keep-alive on the connection, under the pings.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
 /// The largest answer accepted (tonic's default is 4 MiB): the list of every object
 /// bucket of 100,000 services is ~25 MiB in one range answer, and a watch answer
 /// carries every event of up to 1,000 revisions.
@@ -47,12 +54,11 @@ impl EtcdClient {
             return Err(EtcdError::BadEndpoint(String::new()));
         }
         let endpoints: Vec<String> = endpoints.iter().map(|e| e.trim_end_matches('/').to_string()).collect();
-        // HTTP/2 pings find a connection that went silent (a partition) and replace it.
         let opts = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive(PING_EVERY, PING_TIMEOUT)
             .with_keep_alive_while_idle(true)
-            .with_tcp_keepalive(Duration::from_secs(10));
+            .with_tcp_keepalive(TCP_KEEPALIVE);
         let client = Client::connect(&endpoints, Some(opts))
             .await
             .map_err(|e| EtcdError::Unreachable { endpoints: endpoints.join(","), reason: e.to_string() })?;

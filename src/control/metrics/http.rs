@@ -30,6 +30,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; further ones wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
+/// How long accepting waits after an error (EMFILE and the like) before it retries.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds `addr` and serves in a spawned task. Returns once bound; a bind failure is
 /// an error naming the address. The caller decides the address: loopback by default
@@ -72,7 +74,7 @@ async fn accept_loop(listener: TcpListener, src: Arc<Source>) {
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "metrics accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
