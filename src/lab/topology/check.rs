@@ -4,44 +4,12 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use super::TopologyError;
+use super::error::TopologyError;
 use super::model::{CLUSTER_CIDR, Lan, SERVICE_CIDR, Topology, UPLINK};
-use super::yaml::Mark;
 use crate::core::Ipv4Net;
 
 /// Names a lab keeps for itself: the first LAN's bridge, the client, etcd.
 const RESERVED: &[&str] = &["lan", "client", "etcd"];
-
-/// One LAN's member list: the first LAN holds the client (and etcd); an extra LAN, nodes
-/// only. (That the members are nodes is checked with the whole file.)
-pub fn lan_endpoints(
-    eps: &[(String, String, Mark, String)],
-    first: bool,
-    mark: Mark,
-    path: &str,
-) -> Result<(), TopologyError> {
-    for (member, iface, m, field) in eps {
-        let fixed = match member.as_str() {
-            "client" | "etcd" if !first => {
-                return Err(TopologyError::at(*m, field, format!("{member} is on the lab's first LAN only")));
-            }
-            "client" | "etcd" => "eth0",
-            _ if first => UPLINK,
-            _ => continue,
-        };
-        if iface != fixed {
-            return Err(TopologyError::at(*m, field, format!("{member}'s interface on the lab's LAN is {fixed}")));
-        }
-    }
-    if first && !eps.iter().any(|e| e.0 == "client") {
-        return Err(TopologyError::at(
-            mark,
-            &format!("{path}.endpoints"),
-            "the lab's LAN holds the client (client:eth0)",
-        ));
-    }
-    Ok(())
-}
 
 /// The address a node gets on an extra LAN: the LAN's network address plus the last
 /// byte of its address on the lab's LAN (node .131 is .131 on every LAN).

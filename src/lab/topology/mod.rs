@@ -11,6 +11,7 @@
 
 mod check;
 pub mod dot;
+mod error;
 mod model;
 pub mod plan;
 mod read;
@@ -19,46 +20,17 @@ pub mod yaml;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-pub use model::{ContainerPort, Kind, Lan, Node, Pod, Topology};
-use yaml::Mark;
+pub use error::TopologyError;
+pub use model::{ContainerPort, Kind, Lan, Loaded, Node, Pod, Topology};
 
 use crate::api::kube;
 use crate::core::nat::service::ServiceSpec;
-
-/// A field that does not validate, and where.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{line}:{col}: {field}: {problem}", line = mark.line, col = mark.col)]
-pub struct TopologyError {
-    pub mark: Mark,
-    pub field: String,
-    pub problem: String,
-}
-
-impl TopologyError {
-    pub fn at(mark: Mark, field: &str, problem: impl Into<String>) -> TopologyError {
-        TopologyError {
-            mark,
-            field: if field.is_empty() { "(file)".into() } else { field.into() },
-            problem: problem.into(),
-        }
-    }
-}
-
-/// A checked topology and what its manifests hold.
-#[derive(Debug, Clone)]
-pub struct Loaded {
-    pub topology: Topology,
-    /// The manifests' paths, resolved against the file's directory.
-    pub manifests: Vec<PathBuf>,
-    /// The services the manifests define, one per service port (what a static lab puts
-    /// in its nodes' configs and its kernel nodes' iptables).
-    pub services: Vec<ServiceSpec>,
-}
 
 /// Reads and checks a topology from its text; `dir` resolves the manifests' paths.
 pub fn load_str(text: &str, dir: &Path) -> Result<Loaded, TopologyError> {
     let root = yaml::parse(text).map_err(|e| TopologyError::at(e.mark, "(syntax)", e.problem))?;
     let topology = Topology::from_yaml(&root)?;
+    check::whole(&topology)?;
     let mut store = crate::control::kube::Store::default();
     let mut manifests = Vec::new();
     for m in &topology.manifests {

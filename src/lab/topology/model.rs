@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use super::TopologyError;
+use super::error::TopologyError;
 use super::read::{At, Fields, name, text};
 use super::yaml::{Mark, Node as YNode};
 use crate::core::Ipv4Net;
@@ -93,6 +93,17 @@ pub struct Lan {
     pub endpoint_marks: Vec<Mark>,
 }
 
+/// A checked topology and what its manifests hold.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub topology: Topology,
+    /// The manifests' paths, resolved against the file's directory.
+    pub manifests: Vec<std::path::PathBuf>,
+    /// The services the manifests define, one per service port (what a static lab puts
+    /// in its nodes' configs and its kernel nodes' iptables).
+    pub services: Vec<crate::core::nat::service::ServiceSpec>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     pub name: String,
@@ -132,7 +143,6 @@ impl Topology {
             lans.push(read_lan(l, &field, lans.is_empty())?);
         }
         let topo = Topology { name: n.value, etcd, nodes, lans, manifests };
-        super::check::whole(&topo)?;
         Ok(topo)
     }
 }
@@ -341,8 +351,39 @@ fn read_lan(l: &YNode, path: &str, first: bool) -> Result<Lan, TopologyError> {
         }
         endpoints.push((member.to_string(), iface.to_string(), e.mark, e.field.clone()));
     }
-    super::check::lan_endpoints(&endpoints, first, f.mark, path)?;
+    lan_endpoints(&endpoints, first, f.mark, path)?;
     let endpoint_marks = endpoints.iter().map(|e| e.2).collect();
     let endpoints = endpoints.into_iter().map(|(m, i, _, _)| (m, i)).collect();
     Ok(Lan { name: n.value, mark: n.mark, subnet, subnet_mark, endpoints, endpoint_marks })
+}
+
+/// One LAN's member list: the first LAN holds the client (and etcd); an extra LAN, nodes
+/// only. (That the members are nodes is checked with the whole file.)
+pub fn lan_endpoints(
+    eps: &[(String, String, Mark, String)],
+    first: bool,
+    mark: Mark,
+    path: &str,
+) -> Result<(), TopologyError> {
+    for (member, iface, m, field) in eps {
+        let fixed = match member.as_str() {
+            "client" | "etcd" if !first => {
+                return Err(TopologyError::at(*m, field, format!("{member} is on the lab's first LAN only")));
+            }
+            "client" | "etcd" => "eth0",
+            _ if first => UPLINK,
+            _ => continue,
+        };
+        if iface != fixed {
+            return Err(TopologyError::at(*m, field, format!("{member}'s interface on the lab's LAN is {fixed}")));
+        }
+    }
+    if first && !eps.iter().any(|e| e.0 == "client") {
+        return Err(TopologyError::at(
+            mark,
+            &format!("{path}.endpoints"),
+            "the lab's LAN holds the client (client:eth0)",
+        ));
+    }
+    Ok(())
 }

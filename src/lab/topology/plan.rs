@@ -8,8 +8,9 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use super::check::extra_lan_ip;
+use super::error::TopologyError;
 use super::model::{CLUSTER_CIDR, Kind, Node, SERVICE_CIDR, UPLINK};
-use super::{Loaded, TopologyError};
+use super::model::{Loaded, Pod};
 use crate::control::config::Config;
 use crate::core::nat::service::{Protocol, ServiceSpec};
 
@@ -95,7 +96,7 @@ pub fn bash(l: &Loaded) -> String {
         assoc(&mut o, &format!("LAB_NODE_CONF_{var}"), nodes().map(|n| (n.name.as_str(), section(n, sec))));
     }
     assoc(&mut o, "LAB_NODE_CONF_TABLES", nodes().map(|n| (n.name.as_str(), other_tables(n))));
-    let pods: Vec<(&Node, &super::Pod, Option<Ipv4Addr>)> =
+    let pods: Vec<(&Node, &Pod, Option<Ipv4Addr>)> =
         nodes().flat_map(|n| n.pods.iter().zip(pod_ips(n)).map(move |(p, ip)| (n, p, ip))).collect();
     list(&mut o, "LAB_PODS", pods.iter().map(|(_, p, _)| p.name.clone()));
     assoc(

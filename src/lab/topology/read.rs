@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::TopologyError;
+use super::error::TopologyError;
 use super::yaml::{Mark, Node, Value};
 use crate::core::Ipv4Net;
 use crate::wire::MacAddr;
