@@ -47,15 +47,10 @@ pub fn objects(client: EtcdClient, prefix: &str, d: Arc<Mutex<Daemon>>) {
         const HOLD: Duration = Duration::from_secs(3);
         while let Some(u) = rx.recv().await {
             let mut batch = vec![u];
-            let t = tokio::time::Instant::now();
-            loop {
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
-                }
-                if !store.writing() || t.elapsed() > HOLD {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            let until = tokio::time::Instant::now() + HOLD;
+            store.written(until).await;
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
             }
             d.lock().await.objects_update(batch).await;
         }

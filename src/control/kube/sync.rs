@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::buckets::{Change, Index, Plan, bucket_key};
 use crate::api::kube::Object;
@@ -53,16 +53,19 @@ pub struct ObjectStore {
     dir: String,
     /// What the watch has seen, shared with the writes (which rewrite whole buckets).
     index: Arc<Mutex<Index>>,
-    /// Writes of this node in flight (see [`ObjectStore::writing`]).
-    writes: Arc<AtomicUsize>,
+    /// Writes of this node in flight (see [`ObjectStore::writing`]), and who waits for
+    /// the last one to end.
+    writes: Arc<(AtomicUsize, Notify)>,
 }
 
 /// Counts a write in flight for as long as it lives.
-struct Writing(Arc<AtomicUsize>);
+struct Writing(Arc<(AtomicUsize, Notify)>);
 
 impl Drop for Writing {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.0.0.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.1.notify_waiters();
+        }
     }
 }
 
@@ -83,7 +86,21 @@ impl ObjectStore {
     /// back one transaction at a time, and the daemon applies them together once the
     /// write is over (one table rebuild instead of one per transaction).
     pub fn writing(&self) -> bool {
-        self.writes.load(Ordering::Relaxed) > 0
+        self.writes.0.load(Ordering::Relaxed) > 0
+    }
+
+    /// Waits until no write of this node is in flight, or `until`.
+    pub async fn written(&self, until: tokio::time::Instant) {
+        let done = self.writes.1.notified();
+        tokio::pin!(done);
+        // Registered before the count is read, so the end of the last write is not missed.
+        done.as_mut().enable();
+        if self.writing() {
+            tokio::select! {
+                _ = done => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -127,7 +144,7 @@ impl ObjectStore {
     /// unreachable nothing is written.
     pub async fn write(&self, objs: &[Object], delete: bool) -> Result<usize, EtcdError> {
         use futures::StreamExt as _;
-        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.writes.0.fetch_add(1, Ordering::Relaxed);
         let _writing = Writing(self.writes.clone());
         for _ in 0..ATTEMPTS {
             let plan = self.index().plan(objs, delete);
