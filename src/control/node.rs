@@ -10,6 +10,7 @@ use std::io;
 
 use super::config::{Config, ConfigError};
 use super::daemon::RunError;
+use super::services::SteeredPort;
 use crate::api::PodSpec;
 use crate::core::tables::NodeInfo;
 use crate::io::netlink::{self, HostPort, Steer};
@@ -70,7 +71,7 @@ impl NodeBook {
         &mut self,
         cfg: &Config,
         adopted: bool,
-        node_ports: impl Iterator<Item = (u8, u16)>,
+        node_ports: impl Iterator<Item = SteeredPort>,
     ) -> Result<(), RunError> {
         let n = &self.info;
         let hp = cfg.node.host_port.clone();
@@ -115,7 +116,7 @@ impl NodeBook {
             uplink_mtu: None,
             table: cfg.node.route_table,
         };
-        let table = p.table;
+        let (table, node_ip) = (p.table, p.node_ip);
         let uplink = cfg.node.uplink.clone();
         netlink::with_handle(async |h| {
             let mut p = p;
@@ -123,7 +124,7 @@ impl NodeBook {
             // A previous ucanal that died without cleaning up may have left rules; one
             // that handed over left them on purpose, and they keep steering meanwhile.
             if !adopted {
-                netlink::del_steers(h, table, None).await?;
+                netlink::del_steers(h, table, node_ip, None).await?;
             }
             netlink::configure_host_port(h, &p).await?;
             netlink::move_local_rule(h).await
@@ -134,19 +135,19 @@ impl NodeBook {
 
     /// The steering rules the services' NodePorts need, and the replies to flows
     /// masqueraded to the node IP.
-    fn wanted_steers(&self, node_ports: impl Iterator<Item = (u8, u16)>) -> BTreeSet<Steer> {
+    fn wanted_steers(&self, node_ports: impl Iterator<Item = SteeredPort>) -> BTreeSet<Steer> {
         let (lo, hi) = self.info.masquerade_ports;
         let mut s = BTreeSet::from([
-            Steer { proto: PROTO_TCP, ports: Some((lo, hi)) },
-            Steer { proto: PROTO_UDP, ports: Some((lo, hi)) },
-            Steer { proto: PROTO_ICMP, ports: None },
+            Steer { proto: PROTO_TCP, dst: None, ports: Some((lo, hi)) },
+            Steer { proto: PROTO_UDP, dst: None, ports: Some((lo, hi)) },
+            Steer { proto: PROTO_ICMP, dst: None, ports: None },
         ]);
-        s.extend(node_ports.map(|(proto, np)| Steer { proto, ports: Some((np, np)) }));
+        s.extend(node_ports.map(|(proto, dst, np)| Steer { proto, dst, ports: Some((np, np)) }));
         s
     }
 
     /// Adds and removes steering rules until they are what `node_ports` need.
-    pub async fn sync_steers(&mut self, cfg: &Config, node_ports: impl Iterator<Item = (u8, u16)>) -> io::Result<()> {
+    pub async fn sync_steers(&mut self, cfg: &Config, node_ports: impl Iterator<Item = SteeredPort>) -> io::Result<()> {
         let want = self.wanted_steers(node_ports);
         let add: Vec<Steer> = want.difference(&self.steers).copied().collect();
         let del: Vec<Steer> = self.steers.difference(&want).copied().collect();
@@ -160,7 +161,7 @@ impl NodeBook {
                     netlink::add_steer(h, &uplink, ip, table, *s).await?;
                 }
                 if !del.is_empty() {
-                    netlink::del_steers(h, table, Some(&del)).await?;
+                    netlink::del_steers(h, table, ip, Some(&del)).await?;
                 }
                 Ok(())
             })
@@ -171,18 +172,18 @@ impl NodeBook {
 
     /// The rules a predecessor that handed over left in place: they steer what its
     /// services (now ours) need.
-    pub fn adopt_steers(&mut self, node_ports: impl Iterator<Item = (u8, u16)>) {
+    pub fn adopt_steers(&mut self, node_ports: impl Iterator<Item = SteeredPort>) {
         self.steers = self.wanted_steers(node_ports);
     }
 
     /// Removes the steering rules (the host port's routes go with the host port), the
     /// host port itself, and puts back the node-wide sysctls `configure` changed.
     pub async fn teardown(&mut self, cfg: &Config) {
-        let table = cfg.node.route_table;
+        let (table, node_ip) = (cfg.node.route_table, self.info.node_ip);
         let hp = cfg.node.host_port.clone();
         let r = tokio::task::block_in_place(|| {
             netlink::with_handle(async |h| {
-                netlink::del_steers(h, table, None).await?;
+                netlink::del_steers(h, table, node_ip, None).await?;
                 netlink::restore_local_rule(h).await?;
                 // Normally gone with its last queue; make sure.
                 netlink::delete_link(h, &hp).await

@@ -16,6 +16,10 @@ use crate::core::nat::service::{Protocol, Service, ServiceSpec, ServiceTable};
 /// Where a service sits in the table: its cluster IP:port.
 type Portal = (Protocol, Ipv4Addr, u16);
 
+/// A port the uplink steers to ucanal: protocol number, the address (`None`: the node IP),
+/// port.
+pub type SteeredPort = (u8, Option<Ipv4Addr>, u16);
+
 fn portal(s: &ServiceSpec) -> Portal {
     (s.protocol, s.cluster_ip, s.port)
 }
@@ -87,9 +91,18 @@ impl ServiceBook {
         self.names.keys().filter_map(|n| self.spec(n)).cloned().collect()
     }
 
-    /// The NodePorts in use: (protocol number, port).
-    pub fn node_ports(&self) -> impl Iterator<Item = (u8, u16)> + '_ {
-        self.table.with_node_ports().filter_map(|s| s.spec.node_port.map(|np| (s.spec.protocol.number(), np)))
+    /// What the node must steer to ucanal from its uplink: the NodePorts on the node IP
+    /// (`None`), and each external address (externalIPs, load-balancer IPs) with its port.
+    pub fn node_ports(&self) -> impl Iterator<Item = SteeredPort> + '_ {
+        let node_ports = self
+            .table
+            .with_node_ports()
+            .filter_map(|s| s.spec.node_port.map(|np| (s.spec.protocol.number(), None, np)));
+        let externals = self.table.iter().flat_map(|s| {
+            let (p, port) = (s.spec.protocol.number(), s.spec.port);
+            s.spec.external_ips.iter().chain(&s.spec.load_balancer_ips).map(move |ip| (p, Some(*ip), port))
+        });
+        node_ports.chain(externals)
     }
 
     /// Checks a delta without changing anything: each spec valid, no two specs of the
@@ -154,9 +167,11 @@ impl ServiceBook {
                 old.insert(name.to_string(), o);
             }
         }
-        let mut node_ports_changed = old.values().any(|o| o.spec.node_port.is_some());
+        let steered =
+            |s: &ServiceSpec| s.node_port.is_some() || !s.external_ips.is_empty() || !s.load_balancer_ips.is_empty();
+        let mut node_ports_changed = old.values().any(|o| steered(&o.spec));
         for s in d.put {
-            node_ports_changed |= s.node_port.is_some();
+            node_ports_changed |= steered(&s);
             self.names.insert(s.name.clone(), portal(&s));
             let prev = old.get(&s.name);
             let svc = Service::carrying(s, prev);

@@ -186,10 +186,12 @@ pub async fn configure_host_port(h: &Handle, p: &HostPort) -> io::Result<()> {
     Ok(())
 }
 
-/// One steering rule: `iif <uplink> to <node_ip> ipproto <proto> [dport lo-hi] lookup <table>`.
+/// One steering rule: `iif <uplink> to <node_ip or dst> ipproto <proto> [dport lo-hi] lookup
+/// <table>` (`dst`: an external address of a service, externalIP or load-balancer IP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Steer {
     pub proto: u8,
+    pub dst: Option<Ipv4Addr>,
     pub ports: Option<(u16, u16)>,
 }
 
@@ -207,7 +209,7 @@ pub async fn add_steer(h: &Handle, uplink: &str, node_ip: Ipv4Addr, table: u32, 
         .add()
         .v4()
         .input_interface(uplink)
-        .destination_prefix(node_ip, 32)
+        .destination_prefix(s.dst.unwrap_or(node_ip), 32)
         .table_id(table)
         .action(RuleAction::ToTable)
         .priority(STEER_PRIORITY);
@@ -218,7 +220,10 @@ pub async fn add_steer(h: &Handle, uplink: &str, node_ip: Ipv4Addr, table: u32, 
     match req.execute().await {
         Ok(()) => Ok(()),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
-        Err(e) => Err(io::Error::other(format!("adding rule iif {uplink} to {node_ip} {s:?} lookup {table}: {e}"))),
+        Err(e) => Err(io::Error::other(format!(
+            "adding rule iif {uplink} to {} {s:?} lookup {table}: {e}",
+            s.dst.unwrap_or(node_ip)
+        ))),
     }
 }
 
@@ -237,7 +242,8 @@ fn rule_priority(m: &RuleMessage) -> u32 {
     m.attributes.iter().find_map(|a| if let RuleAttribute::Priority(p) = a { Some(*p) } else { None }).unwrap_or(0)
 }
 
-fn rule_steer(m: &RuleMessage) -> Option<Steer> {
+/// The steering rule `m` is, `dst` `None` when it steers the node IP.
+fn rule_steer(m: &RuleMessage, node_ip: Ipv4Addr) -> Option<Steer> {
     let proto = m.attributes.iter().find_map(|a| match a {
         RuleAttribute::IpProtocol(IpProtocol::Tcp) => Some(6),
         RuleAttribute::IpProtocol(IpProtocol::Udp) => Some(17),
@@ -248,18 +254,22 @@ fn rule_steer(m: &RuleMessage) -> Option<Steer> {
         RuleAttribute::DestinationPortRange(r) => Some((r.start, r.end)),
         _ => None,
     });
-    Some(Steer { proto, ports })
+    let dst = m.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Destination(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    Some(Steer { proto, dst: dst.filter(|d| *d != node_ip), ports })
 }
 
 /// Removes steering rules (all of them for `table` when `only` is `None`).
-pub async fn del_steers(h: &Handle, table: u32, only: Option<&[Steer]>) -> io::Result<usize> {
+pub async fn del_steers(h: &Handle, table: u32, node_ip: Ipv4Addr, only: Option<&[Steer]>) -> io::Result<usize> {
     let mut n = 0;
     for m in rules(h).await? {
         if rule_table(&m) != table {
             continue;
         }
         if let Some(set) = only
-            && !rule_steer(&m).is_some_and(|s| set.contains(&s))
+            && !rule_steer(&m, node_ip).is_some_and(|s| set.contains(&s))
         {
             continue;
         }

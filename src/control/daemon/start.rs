@@ -19,7 +19,7 @@ use crate::control::ipam::Ipam;
 use crate::control::node::{self, NodeBook};
 use crate::control::persist::{self, Paths, Persist, State, statefile};
 use crate::control::plane::Plane;
-use crate::control::services::ServiceBook;
+use crate::control::services::{ServiceBook, SteeredPort};
 use crate::control::state::{Daemon, Lifecycle, StartMode};
 use crate::core::tables::NodeInfo;
 use crate::io::clock;
@@ -189,7 +189,7 @@ async fn take_over(
     let Some(p) = pending else {
         // The host port first: configuring the node configures it.
         let fds = open_fds(&cfg, info, keep)?;
-        let node_ports: Vec<(u8, u16)> = d.services.node_ports().collect();
+        let node_ports: Vec<SteeredPort> = d.services.node_ports().collect();
         d.node.configure(&cfg, adopted, node_ports.into_iter()).await?;
         load_checkpoint_file(d);
         return Ok((fds, pods, None));
