@@ -9,17 +9,24 @@
 //! ready endpoints that are pods of this node (a `/32` route), each address once, as
 //! kube-proxy's `LocalReadyEndpoints` (terminating endpoints do not count). So a pod
 //! that comes or goes changes the answer without a resync; the book only follows the
-//! services (`add`/`remove` from the service changes). One request per connection; the
-//! head is read bounded in size and time, as the metrics server does.
+//! services (`add`/`remove` from the service changes). hyper's HTTP/1.1 server owns the
+//! protocol; the limits are the metrics server's (head size and time, connections at
+//! once, a connection's life).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
 use crate::core::Dataplane;
@@ -28,9 +35,16 @@ use crate::core::route::RouteTarget;
 use crate::core::tables::Tables;
 use crate::wire::ipv4::{PROTO_TCP, PROTO_UDP};
 
+/// hyper's read buffer, which bounds the request head (its smallest allowed size).
 const MAX_HEAD: usize = 8 * 1024;
-/// How long a client has to send its request head, and to take the answer.
+/// How long a client has to send its request head.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one connection may last: a prober that stops reading frees its slot.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once per port; further ones wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 16;
+/// How long accepting waits after an error (EMFILE and the like) before it retries.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A service port by what finds it in the table: protocol number, cluster IP, port.
 type PortKey = (u8, Ipv4Addr, u16);
@@ -135,36 +149,38 @@ fn listen(addr: SocketAddrV4) -> io::Result<TcpListener> {
 }
 
 async fn accept_loop(l: TcpListener, target: Arc<Mutex<Target>>, dp: Arc<Dataplane>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
         match l.accept().await {
             Ok((stream, _)) => {
                 let (target, dp) = (target.clone(), dp.clone());
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(IO_TIMEOUT, answer(stream, &target, &dp)).await;
+                    let _permit = permit;
+                    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                        let t = target.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                        let count = local_ready_endpoints(&dp.tables(), &t.ports);
+                        async move { Ok::<_, Infallible>(response(&t.namespace, &t.name, count)) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        // Go's canonical header names, as kube-proxy sends them.
+                        .title_case_headers(true)
+                        .header_read_timeout(IO_TIMEOUT)
+                        .max_buf_size(MAX_HEAD)
+                        .serve_connection(TokioIo::new(stream), service);
+                    if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                        tracing::debug!(error = %e, "health check connection");
+                    }
                 });
             }
             Err(e) => {
+                // EMFILE and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "health check accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
-}
-
-async fn answer(mut stream: TcpStream, target: &Mutex<Target>, dp: &Dataplane) -> io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 || head.len() + n > MAX_HEAD {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let t = target.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    let count = local_ready_endpoints(&dp.tables(), &t.ports);
-    stream.write_all(&response(&t.namespace, &t.name, count)).await?;
-    stream.shutdown().await
 }
 
 /// kube-proxy's `LocalReadyEndpoints` for one service: its ready endpoints that are
@@ -185,20 +201,24 @@ fn local_ready_endpoints(t: &Tables, ports: &BTreeSet<PortKey>) -> usize {
     ips.len()
 }
 
-/// The HTTP response kube-proxy's health-check server gives (its body as it prints it).
-fn response(namespace: &str, name: &str, count: usize) -> Vec<u8> {
-    let body = format!(
+/// kube-proxy's JSON body (as its encoder prints it, tab-indented).
+fn body(namespace: &str, name: &str, count: usize) -> String {
+    format!(
         "{{\n\t\"service\": {{\n\t\t\"namespace\": {},\n\t\t\"name\": {}\n\t}},\n\t\"localEndpoints\": {count},\n\t\"serviceProxyHealthy\": true\n}}",
         serde_json::Value::from(namespace),
         serde_json::Value::from(name)
-    );
-    let status = if count > 0 { "200 OK" } else { "503 Service Unavailable" };
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n\
-         X-Load-Balancing-Endpoint-Weight: {count}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
     )
-    .into_bytes()
+}
+
+/// The answer kube-proxy's health-check server gives, to any method and path.
+fn response(namespace: &str, name: &str, count: usize) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body(namespace, name, count))));
+    *r.status_mut() = if count > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert("X-Content-Type-Options", HeaderValue::from_static("nosniff"));
+    h.insert("X-Load-Balancing-Endpoint-Weight", HeaderValue::from(count));
+    r
 }
 
 #[cfg(test)]
@@ -209,19 +229,22 @@ mod tests {
 
     #[test]
     fn answers_as_kube_proxy() {
-        let r = String::from_utf8(response("default", "ghost", 1)).unwrap();
-        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-        assert!(
-            r.contains("\r\nX-Load-Balancing-Endpoint-Weight: 1\r\n") && r.contains("X-Content-Type-Options: nosniff")
-        );
-        let body = r.split("\r\n\r\n").nth(1).unwrap();
+        let r = response("default", "ghost", 1);
+        assert_eq!(r.status(), StatusCode::OK);
+        let h = r.headers();
+        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["x-load-balancing-endpoint-weight"], "1");
+        let b = body("default", "ghost", 1);
         assert_eq!(
-            body,
+            b,
             "{\n\t\"service\": {\n\t\t\"namespace\": \"default\",\n\t\t\"name\": \"ghost\"\n\t},\n\t\"localEndpoints\": 1,\n\t\"serviceProxyHealthy\": true\n}"
         );
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
         assert_eq!(v["localEndpoints"], 1);
-        assert!(String::from_utf8(response("a", "b", 0)).unwrap().starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+        let none = response("a", "b", 0);
+        assert_eq!(none.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(none.headers()["x-load-balancing-endpoint-weight"], "0");
     }
 
     #[test]
