@@ -202,6 +202,8 @@ async fn take_over(
             let Offer { listeners, rx, tx, host, pods: handed_pods, state, conntrack } = offer;
             let (n, of) = persist::load_checkpoint_bytes(d.plane.dp(), &conntrack, "hand-over");
             tracing::info!("conntrack: {n} of {of} flows handed over by the previous ucanal");
+            let kept = d.plane.dp().affinity.import(&state.affinity, clock::now());
+            tracing::info!("session affinity: {kept} of {} records handed over", state.affinity.len());
             d.plane.set_seed(state.seed);
             d.node.adopt_sysctls(&state.restore_sysctls);
             d.services = ServiceBook::new(state.services);

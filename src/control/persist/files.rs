@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::api::PodSpec;
+use crate::core::nat::affinity::AffinityRecord;
 use crate::core::nat::service::ServiceSpec;
 
 /// Where one node's state lives: beside its API socket (a 0700 directory).
@@ -51,6 +52,13 @@ pub struct State {
     /// The last journal record this state holds (see `statefile`).
     #[serde(default)]
     pub seq: u64,
+    /// Session-affinity records, with the seconds each has left: handed to a successor
+    /// with the conntrack flows. The state file leaves them out (written on every
+    /// change, it would rewrite a table of up to 262,144 records), so a restart from
+    /// files starts with none: established flows keep their endpoint by conntrack, a
+    /// client's next connection is hashed anew.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affinity: Vec<AffinityRecord>,
 }
 
 pub fn unix_now() -> u64 {

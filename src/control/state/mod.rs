@@ -214,7 +214,7 @@ impl Daemon {
         }
     }
 
-    /// What the next ucanal needs besides the kernel objects and conntrack.
+    /// What the next ucanal needs besides the kernel objects and conntrack (a hand-over).
     pub(super) fn state(&self) -> State {
         State {
             seed: self.plane.seed(),
@@ -222,6 +222,7 @@ impl Daemon {
             services: self.services.specs(),
             restore_sysctls: self.node.sysctl_names(),
             seq: self.persist.as_ref().map_or(0, Persist::seq),
+            affinity: self.plane.dp().affinity.export(crate::io::clock::now()),
         }
     }
 

@@ -46,7 +46,14 @@ impl Source {
     fn into_state(self, seq: u64) -> State {
         let mut services: Vec<_> = self.services.iter().map(|s| s.spec.clone()).collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
-        State { seed: self.seed, pods: self.pods, services, restore_sysctls: self.restore_sysctls, seq }
+        State {
+            seed: self.seed,
+            pods: self.pods,
+            services,
+            restore_sysctls: self.restore_sysctls,
+            seq,
+            affinity: Vec::new(),
+        }
     }
 }
 
