@@ -77,6 +77,21 @@ const MUST_MATCH: &[&str] = &[
     "tcp-fin-nodeport",
     "tcp-rst-nodeport",
     "udp-removed-endpoint",
+    "etp-local-nodeport-keeps-client",
+    "etp-local-udp-keeps-client",
+    "etp-local-no-local-endpoint-drops",
+    "etp-local-pod-short-circuits",
+    "etp-local-lb-ip-keeps-client",
+    "itp-local-no-local-endpoint-drops",
+    "itp-local-uses-the-local-endpoint",
+    "external-ip-dnat",
+    "lb-source-range-allowed",
+    "lb-source-range-blocked",
+    "affinity-keeps-client-on-endpoint",
+    "terminating-endpoint-fallback",
+    "not-ready-endpoint-rejects",
+    "clusterip-wrong-port-rejects",
+    "unallocated-clusterip-drops",
 ];
 
 fn main() -> ExitCode {

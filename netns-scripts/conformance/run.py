@@ -13,7 +13,8 @@ import time
 import doc
 from compare import NORMALISED, compare, explain, normalise
 from lab import Lab
-from scenarios import A, B, C, N, SCENARIOS, Ctx
+import scenarios_kube
+from scenarios import A, B, C, N, SCENARIOS, SERVICES, Ctx
 
 
 def warm_up(lab):
@@ -25,10 +26,17 @@ def warm_up(lab):
     time.sleep(0.3)
 
 
+def cluster_ips():
+    """Every ClusterIP of the labs: lib.sh's default/ghost, the suite's services, the feature
+    services (the kernel's "invalid port" rules need them)."""
+    return ["10.250.0.40", *(s.split()[2] for s in SERVICES), *(s["vip"] for s in scenarios_kube.services.FEATURES)]
+
+
 def run_lab(lab, scenarios):
     lab.open()
     results = {}
     try:
+        scenarios_kube.setup(lab, cluster_ips())
         warm_up(lab)
         for sc in scenarios:
             lab.drain()

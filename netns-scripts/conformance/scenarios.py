@@ -486,3 +486,8 @@ def move_endpoint(lab, svc, vip, old, new):
     except RuntimeError:
         pass
 
+
+
+# kube-proxy's service features: their own module, registered here after the scenarios above
+# (their tags follow on).
+import scenarios_kube  # noqa: E402,F401  (registers its scenarios)
