@@ -4,7 +4,8 @@
 //! 172.16.240.1 curling each node's NodePort: every connection lands on that node's own
 //! endpoint and the pod sees the client's address; a node without an endpoint of its own
 //! drops; with `externalTrafficPolicy: Cluster` and affinity, one client's 50 connections
-//! all reach one endpoint.
+//! all reach one endpoint; a `healthCheckNodePort` answers 200 where the node has an
+//! endpoint, 503 where it has none.
 
 mod common;
 
@@ -55,7 +56,11 @@ fn main() -> ExitCode {
         .group("policies_on_two_ucanal_nodes", &["curl"], || Lab::up("tk", &[]))
         .phase("local_policy_keeps_the_client_and_each_nodes_endpoint", local_policy)
         .phase("a_node_without_a_local_endpoint_drops", no_local_endpoint)
-        .phase("affinity_keeps_a_client_on_one_endpoint", affinity);
+        .phase("affinity_keeps_a_client_on_one_endpoint", affinity)
+        .phase("health_check_node_port_answers_as_kube_proxy", health_check);
+    suite
+        .group("affinity_across_a_hand_over", &["curl"], || Lab::up_env("tv", &[], &[("UCANAL_RUN_ARGS", KEEP)]))
+        .phase("the_affinity_table_is_handed_over_like_conntrack", affinity_hand_over);
     suite.run()
 }
 
@@ -102,4 +107,62 @@ fn affinity(lab: &Lab) {
     let seen = answers(lab, "http://172.16.240.131:31269/", 50);
     assert_eq!(seen.len(), 1, "one client, one endpoint: {seen:?}");
     assert_eq!(seen.values().sum::<usize>(), 50);
+}
+
+const KEEP: &str = "--keep-on-exit";
+
+/// A SIGTERM restart hands the affinity records to the successor with the conntrack
+/// flows: the client's first connection after it is an affinity hit (a lost record would
+/// make it a hash pick, no hit) and lands where the client was.
+fn affinity_hand_over(lab: &Lab) {
+    apply(lab, &manifest("ghost-kept", 31270, "Cluster", &["10.244.0.74", "10.244.1.5"]));
+    let before = answers(lab, "http://172.16.240.131:31270/", 5);
+    assert_eq!(before.len(), 1, "{before:?}");
+    lab.restart("centos7-1", "TERM", KEEP);
+    let log = std::fs::read_to_string(lab.run_dir().join("centos7-1.log")).unwrap_or_default();
+    assert!(log.contains("hand-over done"), "the restart was not a hand-over:\n{log}");
+    let hits = lab.counter("centos7-1", "decisions", "service_affinity_hit");
+    let after = answers(lab, "http://172.16.240.131:31270/", 1);
+    assert_eq!(after.keys().collect::<Vec<_>>(), before.keys().collect::<Vec<_>>());
+    assert_eq!(
+        lab.counter("centos7-1", "decisions", "service_affinity_hit"),
+        hits + 1,
+        "the first connection was not an affinity hit"
+    );
+}
+
+/// A LoadBalancer with `externalTrafficPolicy: Local` and its `healthCheckNodePort`,
+/// endpoint on centos7-1 only: 200 there, 503 on centos7-2, kube-proxy's JSON; gone with
+/// the service.
+fn health_check(lab: &Lab) {
+    let m = "apiVersion: v1\nkind: Service\nmetadata: {name: ghost-lb, namespace: default}\n\
+             spec:\n  type: LoadBalancer\n  clusterIP: 10.250.0.60\n  externalTrafficPolicy: Local\n  \
+             healthCheckNodePort: 30999\n  allocateLoadBalancerNodePorts: false\n  ports: [{port: 2368, protocol: TCP}]\n\
+             status: {loadBalancer: {ingress: [{ip: 192.168.99.60}]}}\n---\n\
+             apiVersion: v1\nkind: Endpoints\nmetadata: {name: ghost-lb, namespace: default}\n\
+             subsets: [{addresses: [{ip: 10.244.1.5}], ports: [{port: 2368, protocol: TCP}]}]\n";
+    apply(lab, m);
+    let check = |node: &str| {
+        let out = lab.exec("client", &["curl", "-sS", "-m", "3", "-i", &format!("http://{node}:30999/healthz")]);
+        assert!(out.status.success(), "curl {node}:30999: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let here = check("172.16.240.131");
+    assert!(here.starts_with("HTTP/1.1 200"), "{here}");
+    assert!(here.contains("X-Load-Balancing-Endpoint-Weight: 1"), "{here}");
+    let body: serde_json::Value = serde_json::from_str(here.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"service": {"namespace": "default", "name": "ghost-lb"}, "localEndpoints": 1, "serviceProxyHealthy": true})
+    );
+    let there = check("172.16.240.132");
+    assert!(there.starts_with("HTTP/1.1 503") && there.contains("\"localEndpoints\": 0"), "{there}");
+    // Deleted: nothing listens any more.
+    let path = std::env::temp_dir().join(format!("ucanal-{}-lb.yaml", lab.prefix));
+    std::fs::write(&path, m).unwrap();
+    lab.ucanal_ok("centos7-1", &["delete", "-f", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    let out = lab.exec("client", &["curl", "-sS", "-m", "3", "http://172.16.240.131:30999/"]);
+    // curl's exit 7: the connection refused (an RST from the node's stack), not a timeout.
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
 }
