@@ -189,14 +189,15 @@ impl Ctx<'_> {
         self.route_generated(pkt)
     }
 
-    /// A service without endpoints refuses at once with ICMP port unreachable, TCP and
+    /// A service without endpoints (`why`: `ServiceNoEndpoints`), or a cluster IP's other
+    /// port or protocol (`NoService`), refuses at once with ICMP port unreachable, TCP and
     /// UDP alike, as kube-proxy's `REJECT` does, and as from where that rule runs: a
     /// ClusterIP in FORWARD (after routing: the quoted TTL one lower, sent from the node
     /// address), a NodePort in INPUT (the quote as the datagram arrived, sent from the
     /// address it reached). When the node's stack forwarded the packet into ucanal0, that
     /// hop is one the kernel's REJECT never sees: the error leaves with TTL 65, so that
     /// it reaches the wire with 64.
-    pub(super) fn reject_no_endpoints(&mut self, from: Origin, pkt: &mut Packet, hdr: Hdr, via: Via) -> Action {
+    pub(super) fn reject(&mut self, from: Origin, pkt: &mut Packet, hdr: Hdr, via: Via, why: DropReason) -> Action {
         let node = &self.t.node;
         let host_hop = matches!(from, Origin::Host) && hdr.src != node.node_ip && hdr.src != node.vtep_ip;
         let src = match via {
@@ -217,13 +218,15 @@ impl Ctx<'_> {
                 hdr.dst
             }
         };
-        self.count_drop(DropReason::ServiceNoEndpoints);
-        self.count(Counter::ServiceReject);
+        self.count_drop(why);
+        if why == DropReason::ServiceNoEndpoints {
+            self.count(Counter::ServiceReject);
+        }
         let ttl = if host_hop { 65 } else { 64 };
         if !reject::may_send_error_about(&pkt.data()[ethernet::HEADER_LEN..])
             || !reject::icmp_error_ttl(pkt, src, ErrorRepr::port_unreachable(), ttl)
         {
-            return Action::Drop(DropReason::ServiceNoEndpoints);
+            return Action::Drop(why);
         }
         self.count(Counter::IcmpUnreachableSent);
         self.tr.step(|| Step::Reply { icmp_type: 3, code: 3, to: hdr.src });

@@ -132,13 +132,11 @@ impl<'a> Ctx<'a> {
         }
         let (s, candidates, mark) = match v {
             ServiceVerdict::Endpoints { matched, candidates, mark } => (matched.service, candidates, mark),
-            ServiceVerdict::Reject(Some(m), _) => {
-                return Err(Nat::Done(self.reject_no_endpoints(from, pkt, hdr, m.via)));
-            }
-            ServiceVerdict::Reject(None, why) => {
-                self.count_drop(why);
-                let (repr, sent) = (ErrorRepr::port_unreachable(), Counter::IcmpUnreachableSent);
-                return Err(Nat::Done(self.send_error(pkt, repr, Some(u.dst), None, sent, why)));
+            ServiceVerdict::Reject(m, why) => {
+                // A cluster IP's other port is refused where kube-proxy's nftables
+                // `cluster-ips-check` refuses it: in forward, as a forwarded packet.
+                let via = m.map_or(Via::ClusterIp, |m| m.via);
+                return Err(Nat::Done(self.reject(from, pkt, hdr, via, why)));
             }
             ServiceVerdict::Drop(_, why) => return Err(Nat::Done(self.drop(why))),
             ServiceVerdict::NoService => return Err(Nat::Untracked),

@@ -179,6 +179,12 @@ fn unknown_service_port_is_port_unreachable() {
     let syn = tcp(EP1_MAC, HOST_MAC, (EP1, 40000), (VIP, 80), true, &[]);
     assert_eq!(lab.port(PortId(1), &syn), Action::ToPort(PortId(1)));
     assert_eq!(icmp::type_code(&lab.out()[14..]), Some((3, 3)));
+    // Refused in forward, as kube-proxy's `cluster-ips-check`: from the node address,
+    // about the packet as routed (its TTL one lower).
+    let ip = lab.out_ip();
+    assert_eq!(ip.src(), NODE1);
+    assert_eq!(lab.out()[14 + 28 + 8], 63);
+    assert_checksums(&ip);
     assert_eq!(lab.dropped(DropReason::NoService), 1);
 }
 
