@@ -118,6 +118,8 @@ fn human(n: u64) -> String {
 }
 
 /// `iptables -vnL -t nat` style: the service portals, then each service's endpoints.
+/// As iptables counts, a flow to the cluster IP counts on its KUBE-SERVICES line, one
+/// through the NodePort on its KUBE-NODEPORTS line, and either on the service's chain.
 pub fn services_text(rows: &[ServiceRow]) -> String {
     let mut s = String::from("Chain KUBE-SERVICES (ucanal service table)\n");
     let _ = writeln!(s, "{:>5} {:>5} {:<28} {:<4} {:<20} ", "pkts", "bytes", "target", "prot", "destination");
@@ -125,8 +127,8 @@ pub fn services_text(rows: &[ServiceRow]) -> String {
         let _ = writeln!(
             s,
             "{:>5} {:>5} {:<28} {:<4} {:<20} /* {}: cluster IP */ {} dpt:{}",
-            r.packets,
-            human(r.bytes),
+            r.packets.saturating_sub(r.node_port_packets),
+            human(r.bytes.saturating_sub(r.node_port_bytes)),
             format!("SVC {}", r.name),
             r.protocol,
             r.cluster_ip,
@@ -143,8 +145,8 @@ pub fn services_text(rows: &[ServiceRow]) -> String {
             let _ = writeln!(
                 s,
                 "{:>5} {:>5} {:<28} {:<4} /* {}: */ {} dpt:{}",
-                "-",
-                "-",
+                r.node_port_packets,
+                human(r.node_port_bytes),
                 format!("SVC {}", r.name),
                 r.protocol,
                 r.name,
@@ -243,6 +245,20 @@ mod tests {
         let j = serde_json::to_value(routes(&t, "ucanal0")).unwrap();
         let back: Vec<RouteRow> = serde_json::from_value(j).unwrap();
         assert_eq!(back.len(), 6);
+    }
+
+    #[test]
+    fn node_port_flows_count_on_kube_nodeports_as_iptables_does() {
+        let t = article::tables1(vec![article::ghost()]);
+        let mut rows = services(&t);
+        // Two requests through the NodePort, one to the cluster IP (60-byte SYNs).
+        (rows[0].packets, rows[0].bytes, rows[0].node_port_packets, rows[0].node_port_bytes) = (3, 180, 2, 120);
+        let s = services_text(&rows);
+        let line = |needle: &str| s.lines().find(|l| l.contains(needle)).unwrap_or_default().to_string();
+        let cip = line("cluster IP */");
+        let np = line("tcp dpt:31266");
+        assert!(cip.trim_start().starts_with("1    60 "), "{s}");
+        assert!(np.trim_start().starts_with("2   120 "), "{s}");
     }
 
     #[test]
