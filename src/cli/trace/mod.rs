@@ -184,28 +184,71 @@ pub fn capture(
     timeout: u64,
 ) -> Result<String, CliError> {
     let file_err = |source| CliError::File { what: path.display().to_string(), source };
-    let mut out: Box<dyn Write> = if path.as_os_str() == "-" {
-        Box::new(std::io::stdout())
+    let mut out = if path.as_os_str() == "-" {
+        let mut o = PcapOut { w: Box::new(std::io::stdout()), started: false, file: None };
+        o.start().map_err(file_err)?;
+        o
     } else {
-        Box::new(std::fs::File::create(path).map_err(file_err)?)
+        let existed = path.exists();
+        let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(file_err)?;
+        PcapOut { w: Box::new(f), started: false, file: Some((path, existed)) }
     };
-    out.write_all(&pcap_header()).and_then(|()| out.flush()).map_err(file_err)?;
     let mut n = 0;
     let mut werr = None;
     let s = Stream::Capture { port: port.into(), filter: filter.into(), count, timeout_ms: timeout * 1000 };
-    target.client(None)?.stream(s, |f: CapturedFrame| {
-        let f = Frame { sec: f.sec, usec: f.usec, data: f.data };
-        if let Err(e) = out.write_all(&pcap_record(&f)).and_then(|_| out.flush()) {
-            werr = Some(e);
-            return false;
-        }
-        n += 1;
-        true
-    })?;
+    let r = target.client(None).map_err(CliError::from).and_then(|mut c| {
+        c.stream(s, |f: CapturedFrame| {
+            let f = Frame { sec: f.sec, usec: f.usec, data: f.data };
+            if let Err(e) = out.start().and_then(|()| out.w.write_all(&pcap_record(&f))).and_then(|()| out.w.flush()) {
+                werr = Some(e);
+                return false;
+            }
+            n += 1;
+            true
+        })
+        .map_err(CliError::from)
+    });
+    if let Err(e) = r {
+        out.abandon();
+        return Err(e);
+    }
+    // The end of a capture that saw no frame: a valid, empty pcap.
+    out.start().map_err(file_err)?;
     if let Some(e) = werr {
         return Err(file_err(e));
     }
     Ok(if path.as_os_str() == "-" { String::new() } else { format!("{n} frame(s) written to {}", path.display()) })
+}
+
+/// Where a capture goes: the pcap header is written when the capture has started.
+struct PcapOut<'p> {
+    w: Box<dyn Write>,
+    started: bool,
+    /// The file and whether it existed before this capture.
+    file: Option<(&'p Path, bool)>,
+}
+
+impl PcapOut<'_> {
+    /// Empties the file (a capture replaces what was there, as `tcpdump -w`) and writes
+    /// the pcap header, once.
+    fn start(&mut self) -> std::io::Result<()> {
+        if self.started {
+            return Ok(());
+        }
+        self.started = true;
+        if let Some((p, _)) = self.file {
+            std::fs::OpenOptions::new().write(true).open(p)?.set_len(0)?;
+        }
+        self.w.write_all(&pcap_header())?;
+        self.w.flush()
+    }
+
+    /// The capture failed before it started: a file this capture created goes.
+    fn abandon(&mut self) {
+        if let (false, Some((p, false))) = (self.started, self.file) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 #[cfg(test)]
