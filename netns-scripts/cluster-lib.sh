@@ -253,6 +253,7 @@ lab_cluster_up() {
     local n=0 etcd=0 kernel="" v i mode
     lab_init
     LAB_OFFLOADS=on
+    LAB_METRICS=
     while (($#)); do
         case $1 in
         --nodes) n=${2:-}; shift ;;
@@ -262,8 +263,10 @@ lab_cluster_up() {
         --kernel=*) kernel=${1#*=} ;;
         --auto-cidr) LAB_CLUSTER_AUTO=1 ;;
         --offloads) LAB_OFFLOADS=${2:-}; shift ;;
+        --metrics) LAB_METRICS=$LAB_METRICS_DEFAULT ;;
+        --metrics=*) LAB_METRICS=${1#*=} ;;
         --force) lab_exists && lab_down ;;
-        *) lab_die "unknown option '$1' (up --nodes N --etcd [--kernel LIST] [--auto-cidr] [--offloads on|off] [--force])" ;;
+        *) lab_die "unknown option '$1' (up --nodes N --etcd [--kernel LIST] [--auto-cidr] [--offloads on|off] [--metrics[=ADDR]] [--force])" ;;
         esac
         shift
     done
@@ -286,6 +289,7 @@ lab_cluster_up() {
         _lab_state "cluster=1"
         _lab_state "offloads=$LAB_OFFLOADS"
         _lab_state "autocidr=$LAB_CLUSTER_AUTO"
+        if [[ -n $LAB_METRICS ]]; then _lab_state "metrics=$LAB_METRICS"; fi
         lab_lan_create
         lab_client_create
         lab_netns_add etcd

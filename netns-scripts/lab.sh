@@ -2,7 +2,7 @@
 # lab.sh - the ucanal reference lab (docs/lab.md: two nodes, a client, two ghost pods)
 # in network namespaces. See lib.sh for the reusable functions.
 #
-#   lab.sh up [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--force]
+#   lab.sh up [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--metrics[=ADDR]] [--force]
 #   lab.sh down
 #   lab.sh status            # exit 0 up and healthy, 1 no lab, 2 degraded
 #   lab.sh socket NODE       # the ucanal API socket of NODE

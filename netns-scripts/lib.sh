@@ -609,6 +609,11 @@ lab_ucanal_start() {
     [[ -n ${LAB_KEEP_SOCKET:-}${LAB_KEEP_LOG:-} ]] || : >"$log"
     local -a extra=()
     read -r -a extra <<<"${UCANAL_RUN_ARGS:-}"
+    # `lab.sh up --metrics`: every ucanal node serves Prometheus, in its own namespace.
+    local metrics
+    if metrics=$(_lab_state_get metrics) && [[ -n $metrics && " ${extra[*]} " != *" --metrics "* ]]; then
+        extra+=(--metrics "$metrics")
+    fi
     _lab_state "socket=$(lab_socket "$node")"
     # sh writes its own pid, then execs ucanal: the pid file holds ucanal's pid.
     # shellcheck disable=SC2016
@@ -763,11 +768,17 @@ _lab_require() {
     "$LAB_PYTHON" -c 'import http.server' 2>/dev/null || lab_die "$LAB_PYTHON cannot import http.server"
 }
 
-# lab_up [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--force]
+# The address `lab.sh up --metrics` gives every ucanal node's Prometheus listener. It is
+# bound in the node's network namespace (as ucanal binds everything there): reach it with
+# `lab.sh exec NODE curl -s 127.0.0.1:9300/metrics`, not from the host.
+LAB_METRICS_DEFAULT=127.0.0.1:9300
+
+# lab_up [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--metrics[=ADDR]] [--force]
 lab_up() {
     local force=0 i node any_ucanal=0 v
     lab_init
     LAB_OFFLOADS=on
+    LAB_METRICS=
     for node in "${LAB_NODES[@]}"; do LAB_NODE_MODE[$node]=ucanal; done
     while (($#)); do
         case $1 in
@@ -784,8 +795,10 @@ lab_up() {
             [[ $v == on || $v == off ]] || lab_die "--offloads wants on or off, not '$v'"
             LAB_OFFLOADS=$v
             ;;
+        --metrics) LAB_METRICS=$LAB_METRICS_DEFAULT ;;
+        --metrics=*) LAB_METRICS=${1#*=} ;;
         --force) force=1 ;;
-        *) lab_die "unknown option '$1' (up [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--force])" ;;
+        *) lab_die "unknown option '$1' (up [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--metrics[=ADDR]] [--force])" ;;
         esac
         shift
     done
@@ -857,6 +870,7 @@ _lab_up_body() {
     _lab_state "prefix=$LAB_PREFIX"
     _lab_state "offloads=$LAB_OFFLOADS"
     _lab_state "wire_csum=$LAB_WIRE_CSUM"
+    if [[ -n ${LAB_METRICS:-} ]]; then _lab_state "metrics=$LAB_METRICS"; fi
     for node in "${LAB_NODES[@]}"; do _lab_state "node.$node=${LAB_NODE_MODE[$node]}"; done
     lab_log "up: nodes $(for node in "${LAB_NODES[@]}"; do printf '%s=%s ' "$node" "${LAB_NODE_MODE[$node]}"; done)offloads=$LAB_OFFLOADS run dir $LAB_RUN_DIR"
 
