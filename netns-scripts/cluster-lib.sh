@@ -196,6 +196,7 @@ lab_cluster_node_up() {
     node=$(lab_cluster_node "$i")
     pod=$(lab_cluster_pod "$i")
     _lab_state "cnode.$i=$mode"
+    _lab_state "node.$node=$mode"
     lab_node_create "$node"
     lab_pod_create "$pod"
     lab_cluster_neigh "$(lab_ns "$node")" "$LAB_UPLINK"

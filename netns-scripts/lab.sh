@@ -48,7 +48,7 @@ etcd-cut) lab_init; lab_etcd_cut ;;
 etcd-heal) lab_init; lab_etcd_heal ;;
 etcdctl) lab_init; lab_etcdctl "$@" ;;
 pingall) lab_init; lab_cluster_pingall "$@" ;;
-status) (($# == 0)) || usage; lab_status ;;
+status) (($# == 0)) || usage; lab_init; lab_cluster_load || true; lab_status ;;
 socket) (($# == 1)) || usage; lab_init; lab_socket "$1" ;;
 restart)
     (($# >= 1)) || usage

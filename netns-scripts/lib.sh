@@ -935,11 +935,13 @@ lab_down() {
     )
 }
 
-# lab_status: namespaces, node modes, ucanal pids and sockets, pods' servers.
-# Returns 0 when the lab is up and every process runs, 1 when there is no lab, 2 otherwise.
+# lab_status: namespaces, node modes, ucanal pids and sockets, pods' servers (and, for a
+# cluster lab, etcd and the kernel nodes' flannel-lite). Call lab_cluster_load first for a
+# cluster lab (lab.sh does). Returns 0 when the lab is up and every process runs, 1 when
+# there is no lab, 2 otherwise.
 lab_status() {
     lab_init
-    local rc=0 node mode pid sock pod ns
+    local rc=0 node mode pid sock pod ns note metrics
     local -a nss
     mapfile -t nss < <(lab_namespaces)
     printf 'lab %s  run dir %s\n' "$LAB_PREFIX" "$LAB_RUN_DIR"
@@ -947,28 +949,56 @@ lab_status() {
         printf 'not up\n'
         return 1
     fi
-    [[ $(_lab_state_get up) == 1 ]] || rc=2
+    [[ $(_lab_state_get up) == 1 ]] || { rc=2; printf 'up          not finished (or failed)\n'; }
     printf 'offloads    %s   wire checksums %s\n' "$(_lab_state_get offloads || true)" "$(_lab_state_get wire_csum || true)"
     printf 'namespaces  %s\n' "${nss[*]}"
+    if [[ $(_lab_state_get cluster) == 1 ]]; then
+        pid=$(_lab_pidfile "$LAB_RUN_DIR/etcd.pid") || pid=
+        if _lab_pid_alive "$pid"; then :; else pid="not running"; rc=2; fi
+        printf 'etcd        %s  pid %s\n' "$LAB_ETCD_URL" "$pid"
+    fi
+    if metrics=$(_lab_state_get metrics) && [[ -n $metrics ]]; then
+        printf 'metrics     %s in each ucanal node'"'"'s namespace (lab.sh exec NODE curl -s %s/metrics)\n' "$metrics" "$metrics"
+    fi
     for node in "${LAB_NODES[@]}"; do
         mode=$(_lab_state_get "node.$node") || mode=
         sock=$(lab_socket "$node")
         lab_ns_exists "$(lab_ns "$node")" || rc=2
-        if [[ $mode == ucanal ]]; then
-            if pid=$(lab_ucanal_pid "$node"); then :; else pid="not running"; rc=2; fi
-            printf 'node %-10s mode %-6s ns %-16s ucanal pid %-8s socket %s%s\n' "$node" "$mode" \
-                "$(lab_ns "$node")" "$pid" "$sock" "$([[ -S $sock ]] || echo ' (missing)')"
-        else
-            printf 'node %-10s mode %-6s ns %-16s ucanal pid %-8s socket %s (not used)\n' "$node" \
-                "${mode:-?}" "$(lab_ns "$node")" - "$sock"
-        fi
+        case $mode in
+        ucanal)
+            note=
+            if pid=$(lab_ucanal_pid "$node"); then
+                [[ $(_lab_pidfile "$LAB_RUN_DIR/$node.pid" || true) == "$pid" ]] || note=' (started by hand)'
+            else
+                pid="not running"
+                rc=2
+            fi
+            printf 'node %-10s mode %-6s ns %-16s ucanal pid %s%s  socket %s%s\n' "$node" "$mode" \
+                "$(lab_ns "$node")" "$pid" "$note" "$sock" "$([[ -S $sock ]] || echo ' (missing)')"
+            ;;
+        kernel)
+            if [[ -f $LAB_RUN_DIR/$node.flannel.pid ]]; then
+                pid=$(_lab_pidfile "$LAB_RUN_DIR/$node.flannel.pid") || pid=
+                if _lab_pid_alive "$pid"; then :; else pid="not running"; rc=2; fi
+                note="flannel-lite pid $pid"
+            else
+                note="flannel.1, veths, iptables (no daemon)"
+            fi
+            printf 'node %-10s mode %-6s ns %-16s %s\n' "$node" "$mode" "$(lab_ns "$node")" "$note"
+            ;;
+        *)
+            rc=2
+            printf 'node %-10s mode ?      ns %-16s (not in the lab'"'"'s state)\n' "$node" "$(lab_ns "$node")"
+            ;;
+        esac
     done
     for pod in "${LAB_PODS[@]}"; do
         ns=$(lab_ns "$pod")
         pid=$(_lab_pidfile "$LAB_RUN_DIR/$pod.http.pid") || pid=
         if _lab_pid_alive "$pid"; then :; else pid="not running"; rc=2; fi
-        printf 'pod  %-10s ip %-12s node %-10s ns %-16s http pid %s\n' "$pod" "${LAB_POD_IP[$pod]}" \
+        printf 'pod  %-10s ip %-12s node %-10s ns %-16s http pid %s\n' "$pod" "${LAB_POD_IP[$pod]:-?}" \
             "${LAB_POD_NODE[$pod]}" "$ns" "$pid"
     done
+    if ((rc == 2)); then printf 'degraded: see the lines above (logs in %s)\n' "$LAB_RUN_DIR"; fi
     return "$rc"
 }
