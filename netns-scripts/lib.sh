@@ -631,13 +631,28 @@ _lab_pid_alive() {
 }
 _lab_pidfile() { [[ -s $1 ]] && head -n1 "$1"; }
 
-# lab_ucanal_pid NODE: pid of the node's ucanal if it is running.
+# lab_ucanal_pid NODE: pid of the node's ucanal if it is running: the one the lab started
+# (its pid file), else a `ucanal run` started by hand in the node's namespace (as the
+# upgrade procedure of docs/restart.md does; the newest if a hand-over is under way).
 lab_ucanal_pid() {
-    local pid
-    pid=$(_lab_pidfile "$LAB_RUN_DIR/$1.pid") || return 1
-    _lab_pid_alive "$pid" || return 1
-    grep -qF -- "$LAB_RUN_DIR/$1.toml" "/proc/$pid/cmdline" 2>/dev/null || return 1
-    printf '%s\n' "$pid"
+    local pid p found=
+    if pid=$(_lab_pidfile "$LAB_RUN_DIR/$1.pid") && _lab_pid_alive "$pid" &&
+        grep -qF -- "$LAB_RUN_DIR/$1.toml" "/proc/$pid/cmdline" 2>/dev/null; then
+        printf '%s\n' "$pid"
+        return 0
+    fi
+    lab_ns_exists "$(lab_ns "$1")" || return 1
+    for p in $(ip netns pids "$(lab_ns "$1")" 2>/dev/null); do
+        _lab_pid_alive "$p" && _lab_is_ucanal_run "$p" && found=$p
+    done
+    [[ -n $found ]] && printf '%s\n' "$found"
+}
+
+# _lab_is_ucanal_run PID: the process is `ucanal... run ...` (any binary named ucanal*).
+_lab_is_ucanal_run() {
+    local -a argv
+    mapfile -d '' -t argv <"/proc/$1/cmdline" 2>/dev/null || return 1
+    [[ ${#argv[@]} -ge 2 && $(basename -- "${argv[0]}") == ucanal* && " ${argv[*]:1} " == *" run "* ]]
 }
 
 # lab_ucanal_wait NODE [TIMEOUT]: until `ucanal --socket S show pods` succeeds.

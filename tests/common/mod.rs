@@ -96,7 +96,9 @@ impl Lab {
     pub fn restart_env(&self, node: &str, sig: &str, env: &[(&str, &str)]) -> u64 {
         let out = self.script_env(&["restart", node, sig], env);
         assert!(out.status.success(), "lab.sh restart {node} {sig} failed: {}", text(&out.stderr));
-        text(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("lab.sh restart printed {:?}", text(&out.stdout)))
+        // "54 ms from SIGTERM to the new ucanal of centos7-1 answering (pid ...)"
+        let said = text(&out.stdout);
+        said.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("lab.sh restart printed {said:?}"))
     }
 
     /// The lab's run directory (configs, logs, pid files).
