@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# flow-order.sh - one flow's packets leave a ucanal node in the order they arrived:
+# iperf3 with N parallel streams from the lab client through a NodePort of centos7-1 to
+# ghost-ep2 on centos7-2, then short HTTP requests through the ghost NodePort (a handshake's
+# last ACK and the request right behind it), captured with tcpdump on centos7-1's uplink
+# (what arrives from the client and what leaves by VXLAN, and the way back), then checked
+# flow by flow by tcp-order.py (sequence order on each side, and the order of each segment
+# that left against the one it came from).
+#
+#   flow-order.sh [--streams 4] [--seconds 3] [--requests 40] [--keep-pcap FILE]
+#
+# Exit status: 0 no segment reordered by the node, 1 some, 2 the run failed.
+# Environment: LAB_PREFIX (default fo-), UCANAL_BIN, LAB_UCANAL_DATAPLANE (e.g. "workers = 2").
+# The lab is removed on exit, also on failure or Ctrl-C; iperf3 runs for --seconds only.
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+export LAB_PREFIX=${LAB_PREFIX:-fo-}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$here/lib.sh"
+lab_init
+
+streams=4 seconds=3 requests=40 keep=""
+while (($#)); do
+    case $1 in
+    --streams) streams=$2; shift ;;
+    --seconds) seconds=$2; shift ;;
+    --requests) requests=$2; shift ;;
+    --keep-pcap) keep=$2; shift ;;
+    *) lab_die "unknown option '$1' (flow-order.sh [--streams N] [--seconds S] [--requests N] [--keep-pcap FILE])" ;;
+    esac
+    shift
+done
+[[ $streams =~ ^[1-9][0-9]?$ && $seconds =~ ^[1-9][0-9]?$ ]] || lab_die "--streams and --seconds take 1..99"
+[[ $requests =~ ^[0-9]{1,4}$ ]] || lab_die "--requests takes 0..9999"
+for t in iperf3 tcpdump; do command -v "$t" >/dev/null || lab_die "$t is not installed"; done
+
+tmp=$(mktemp -d)
+finish() {
+    local rc=$?
+    trap '' INT TERM
+    [[ -z ${dump:-} ]] || { kill -TERM "$dump" 2>/dev/null; wait "$dump" 2>/dev/null; }
+    lab_down >/dev/null 2>&1 || true
+    rm -rf "$tmp"
+    exit "$rc"
+}
+trap finish EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+lab_up >/dev/null || exit 2
+lab_nsexec ghost-ep2 iperf3 -s -D -p 5201 --pidfile "$tmp/iperf3.pid" >/dev/null
+"$UCANAL_BIN" --socket "$(lab_socket centos7-1)" service set --name default/iperf --cluster-ip 10.250.0.41 \
+    --port 5201 --node-port 31267 --endpoint 10.244.0.74:5201 >/dev/null
+for _ in $(seq 50); do lab_nsexec ghost-ep2 ss -ltnH 'sport = :5201' | grep -q . && break; sleep 0.1; done
+
+pcap=${keep:-$tmp/uplink.pcap}
+# Headers only (the inner TCP header of a VXLAN frame ends before byte 130), a large buffer.
+lab_nsexec centos7-1 tcpdump -i "$LAB_UPLINK" -s 160 -B 65536 -w "$pcap" \
+    "tcp port 31267 or tcp port 31266 or udp port $LAB_VXLAN_PORT" 2>"$tmp/tcpdump.err" &
+dump=$!
+sleep 1
+printf 'iperf3 -P %s -t %s: client -> 172.16.240.131:31267 (NodePort of centos7-1) -> ghost-ep2:5201\n' "$streams" "$seconds"
+lab_nsexec client iperf3 -c 172.16.240.131 -p 31267 -P "$streams" -t "$seconds" -f g |
+    grep -E 'SUM.*(sender|receiver)' || exit 2
+if ((requests)); then
+    printf '%s HTTP requests: client -> 172.16.240.131:31266 (the ghost NodePort) -> ghost-ep1 or ghost-ep2\n' "$requests"
+    lab_nsexec client sh -c "for i in \$(seq $requests); do curl -s -m 5 -o /dev/null http://172.16.240.131:31266/; done"
+fi
+sleep 0.5
+# (SIGTERM: a background job of a script ignores SIGINT.)
+kill -TERM "$dump"
+wait "$dump" || true
+dump=
+grep -E 'captured|dropped' "$tmp/tcpdump.err" | sed 's/^/tcpdump: /'
+printf 'capture: %s (%s bytes), tcpdump on %s of centos7-1\n' "$pcap" "$(stat -c %s "$pcap")" "$LAB_UPLINK"
+"$LAB_PYTHON" "$here/tcp-order.py" "$pcap" --node-ip 172.16.240.131 --vxlan-port "$LAB_VXLAN_PORT"
