@@ -39,15 +39,18 @@ finish() {
     local rc=$?
     trap '' INT TERM
     [[ -z ${dump:-} ]] || { kill -TERM "$dump" 2>/dev/null; wait "$dump" 2>/dev/null; }
-    lab_down >/dev/null 2>&1 || true
+    # Only the lab this script made (lab_up removes a half-made one itself).
+    if ((made)); then lab_down >/dev/null 2>&1 || true; fi
     rm -rf "$tmp"
     exit "$rc"
 }
+made=0
 trap finish EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 lab_up >/dev/null || exit 2
+made=1
 lab_nsexec ghost-ep2 iperf3 -s -D -p 5201 --pidfile "$tmp/iperf3.pid" >/dev/null
 "$UCANAL_BIN" --socket "$(lab_socket centos7-1)" service set --name default/iperf --cluster-ip 10.250.0.41 \
     --port 5201 --node-port 31267 --endpoint 10.244.0.74:5201 >/dev/null
@@ -55,7 +58,8 @@ for _ in $(seq 50); do lab_nsexec ghost-ep2 ss -ltnH 'sport = :5201' | grep -q .
 
 pcap=${keep:-$tmp/uplink.pcap}
 # Headers only (the inner TCP header of a VXLAN frame ends before byte 130), a large buffer.
-lab_nsexec centos7-1 tcpdump -i "$LAB_UPLINK" -s 160 -B 65536 -w "$pcap" \
+# (ip netns exec execs tcpdump: $! is its pid, for the SIGTERM that ends it.)
+ip netns exec "$(lab_ns centos7-1)" tcpdump -i "$LAB_UPLINK" -s 160 -B 65536 -w "$pcap" \
     "tcp port 31267 or tcp port 31266 or udp port $LAB_VXLAN_PORT" 2>"$tmp/tcpdump.err" &
 dump=$!
 sleep 1
@@ -71,6 +75,6 @@ sleep 0.5
 kill -TERM "$dump"
 wait "$dump" || true
 dump=
-grep -E 'captured|dropped' "$tmp/tcpdump.err" | sed 's/^/tcpdump: /'
+sed -n 's/^\(.*\(captured\|dropped\).*\)$/tcpdump: \1/p' "$tmp/tcpdump.err"
 printf 'capture: %s (%s bytes), tcpdump on %s of centos7-1\n' "$pcap" "$(stat -c %s "$pcap")" "$LAB_UPLINK"
 "$LAB_PYTHON" "$here/tcp-order.py" "$pcap" --node-ip 172.16.240.131 --vxlan-port "$LAB_VXLAN_PORT"

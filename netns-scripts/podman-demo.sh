@@ -63,9 +63,11 @@ finish() {
     local p
     for p in "${created_outside[@]}"; do rm -rf -- "$p"; done
     rm -rf -- "$dir"
-    lab_down >/dev/null 2>&1 || true
+    # Only the lab this script made (lab_up removes a half-made one itself).
+    if ((made)); then lab_down >/dev/null 2>&1 || true; fi
     if ((rc == 0)); then say "podman-demo: done; containers, image, podman's directory and the lab removed"; fi
 }
+made=0
 trap finish EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -84,6 +86,7 @@ show() {
 
 title "the lab (namespaces ${LAB_PREFIX}*): two ucanal nodes, the client, ghost-ep1/ghost-ep2"
 lab_up >/dev/null
+made=1
 lab_status
 
 title "a private podman in $dir"
