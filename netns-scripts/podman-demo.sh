@@ -156,7 +156,7 @@ done
 say "$ page=\$(podman exec web1 wget -qO- http://$ip2:2368/): $page"
 [[ $page == web2 ]] || lab_die "web1 could not fetch web2's page (got '$page')"
 
-title "the client through a NodePort of centos7-1 to web2 (the endpoint named by its pod)"
+title "the client through a NodePort of centos7-1 to web2 (its address the endpoint)"
 "$UCANAL_BIN" --socket "$(lab_socket centos7-1)" service set --name default/web --cluster-ip 10.250.0.50 --port 2368 \
     --node-port 31080 --endpoint "$ip2:2368"
 page=$(lab_nsexec client curl -s -m 5 http://172.16.240.131:31080/)
