@@ -255,6 +255,16 @@ fn capture_vxlan(lab: &Lab) {
 fn errors_name_the_fault(lab: &Lab) {
     let bad = lab.ucanal("centos7-1", &["capture", "--port", "nosuchpod", "-w", "/dev/null"]);
     assert!(!bad.status.success() && text(&bad.stderr).contains("no port 'nosuchpod'"));
+    // As `tcpdump -w`: a refused capture leaves no (empty) file, and one that was there as it was.
+    let dir = tempfile::tempdir().unwrap();
+    let (new, old) = (dir.path().join("x.pcap"), dir.path().join("old.pcap"));
+    std::fs::write(&old, b"an earlier capture").unwrap();
+    for f in [&new, &old] {
+        let bad = lab.ucanal("centos7-1", &["capture", "--port", "bogus", "-w", f.to_str().unwrap()]);
+        assert!(!bad.status.success() && text(&bad.stderr).contains("no port 'bogus'"), "{}", text(&bad.stderr));
+    }
+    assert!(!new.exists(), "a refused capture left {}", new.display());
+    assert_eq!(std::fs::read(&old).unwrap(), b"an earlier capture");
     let bad = lab.ucanal("centos7-1", &["trace", "--live", "--filter", "tcp and", "--count", "1"]);
     assert!(!bad.status.success() && text(&bad.stderr).contains("filter"));
 }
@@ -287,6 +297,9 @@ fn prometheus(lab: &Lab) {
     let after = scrape();
     assert!(value(&after, decap) > value(&before, decap), "decap counter did not move");
     assert_eq!(value(&after, flows), value(&before, flows) + 4.0, "service flow counter");
+    // All four came through the NodePort: KUBE-NODEPORTS counts them, as iptables does.
+    let np = "ucanal_service_node_port_flows_total{node=\"centos7-1\",service=\"default/ghost\"";
+    assert_eq!(value(&after, np), value(&before, np) + 4.0, "NodePort flow counter");
     // Not reachable from outside the node: it listens on the node's loopback only.
     assert!(!lab.exec("client", &["curl", "-s", "-m", "2", "http://172.16.240.131:9300/metrics"]).status.success());
 }
