@@ -344,5 +344,8 @@ fn status_shows_this_cluster(lab: &Lab) {
     assert!(so.contains("etcd "), "{so}");
     assert!(!so.contains("centos7-1") && !so.contains("ghost-ep1"), "the reference lab's nodes and pods:\n{so}");
     assert_eq!(so.lines().filter(|l| l.starts_with("node ") && l.contains("mode ucanal")).count(), 3, "{so}");
-    assert!(so.lines().any(|l| l.starts_with("node ") && l.contains("mode kernel") && l.contains("flannel-lite pid")), "{so}");
+    assert!(
+        so.lines().any(|l| l.starts_with("node ") && l.contains("mode kernel") && l.contains("flannel-lite pid")),
+        "{so}"
+    );
 }

@@ -17,10 +17,9 @@
 mod common;
 
 use std::process::{Command, ExitCode, Output};
-use std::time::Duration;
 
 use common::harness::Suite;
-use common::{Lab, text, wait_until};
+use common::{Lab, text};
 
 /// The files whose blocks are a newcomer's path, in the order they are read.
 const WALK: [&str; 2] = ["README.md", "docs/getting-started.md"];
@@ -46,16 +45,8 @@ fn main() -> ExitCode {
         &["unshare", "mount", "curl", "tcpdump", "ping"],
         run_verbatim,
     );
-    suite.netns_test(
-        "podman_demo_runs_and_leaves_nothing",
-        &["podman", "runc", "tar", "curl"],
-        podman_demo,
-    );
-    suite.netns_test(
-        "one_flow_leaves_a_node_in_the_order_it_came",
-        &["iperf3", "tcpdump", "curl"],
-        flow_order,
-    );
+    suite.netns_test("podman_demo_runs_and_leaves_nothing", &["podman", "runc", "tar", "curl"], podman_demo);
+    suite.netns_test("one_flow_leaves_a_node_in_the_order_it_came", &["iperf3", "tcpdump", "curl"], flow_order);
     suite.run()
 }
 
@@ -124,7 +115,8 @@ fn run_verbatim() {
     let bin = common::ucanal_bin();
     assert!(bin.exists(), "{} is not built (cargo build --release)", bin.display());
     let walk = walk_script();
-    let downs: String = PREFIXES.iter().map(|p| format!("LAB_PREFIX={p} netns-scripts/lab.sh down >/dev/null 2>&1\n")).collect();
+    let downs: String =
+        PREFIXES.iter().map(|p| format!("LAB_PREFIX={p} netns-scripts/lab.sh down >/dev/null 2>&1\n")).collect();
     let outer = format!(
         "set -eu\n\
          for d in /run/netns /run/ucanal /run/ucanal-lab /tmp /usr/local/bin; do\n\
@@ -189,7 +181,13 @@ fn synopsis_commands_and_flags_exist() {
         let joined = b.text.replace("\\\n", " ");
         for line in joined.lines().map(|l| l.split(" #").next().unwrap_or("").trim()).filter(|l| !l.is_empty()) {
             let words: Vec<&str> = line.split_whitespace().collect();
-            assert_eq!(words.first(), Some(&"ucanal"), "{}:{}: a synopsis line is a ucanal command: {line}", b.file, b.line);
+            assert_eq!(
+                words.first(),
+                Some(&"ucanal"),
+                "{}:{}: a synopsis line is a ucanal command: {line}",
+                b.file,
+                b.line
+            );
             let (subs, rest) = subcommands(&words[1..], &global);
             assert!(!subs.is_empty(), "{}:{}: no subcommand in {line}", b.file, b.line);
             for path in expand(&subs) {
@@ -246,24 +244,9 @@ fn flags_in(w: &str) -> Option<String> {
     (f.starts_with("--") && f.len() > 2).then_some(f)
 }
 
-/// A netns-scripts script with a lab prefix of this test's, the built ucanal, and the
-/// namespaces and processes of that prefix gone afterwards, pass or fail.
+/// A netns-scripts script with a lab prefix of this test's; nothing of it left after.
 fn script(name: &str, tag: &str, args: &[&str]) -> Output {
-    let prefix = Lab::prefix_for(tag);
-    let out = Command::new(common::repo().join("netns-scripts").join(name))
-        .args(args)
-        .env("LAB_PREFIX", &prefix)
-        .env("UCANAL_BIN", common::ucanal_bin())
-        .env_remove("UCANAL_RUN_ARGS")
-        .output()
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let left = wait_until(Duration::from_secs(5), || {
-        !text(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).contains(&prefix)
-    });
-    assert!(left.is_some(), "{name} left namespaces {prefix}* behind");
-    let procs = text(&Command::new("pgrep").args(["-af", &format!("/run/ucanal-lab/{prefix}")]).output().unwrap().stdout);
-    assert!(procs.trim().is_empty(), "{name} left processes: {procs}");
-    out
+    common::run_lab_script(name, &Lab::prefix_for(tag), args)
 }
 
 /// netns-scripts/podman-demo.sh: containers on both nodes through ucanal-cni with a

@@ -307,21 +307,9 @@ fn prometheus(lab: &Lab) {
 /// netns-scripts/demo.sh walks the article and removes everything it made.
 fn demo() {
     let prefix = Lab::prefix_for("td");
-    let out = Command::new(common::repo().join("netns-scripts/demo.sh"))
-        .env("LAB_PREFIX", &prefix)
-        .env("UCANAL_BIN", common::ucanal_bin())
-        .env_remove("UCANAL_RUN_ARGS")
-        .output()
-        .unwrap();
+    let out = common::run_lab_script("demo.sh", &prefix, &[]);
     let so = text(&out.stdout);
     assert!(out.status.success(), "demo.sh failed:\n{so}\n{}", text(&out.stderr));
     assert!(so.contains("demo: every step showed what the kernel reference shows"), "{so}");
     assert!(!so.contains("MISSING"), "{so}");
-    let left = wait_until(Duration::from_secs(3), || {
-        !text(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).contains(&prefix)
-    });
-    assert!(left.is_some(), "demo.sh left namespaces {prefix}* behind");
-    let procs =
-        text(&Command::new("pgrep").args(["-af", &format!("/run/ucanal-lab/{prefix}")]).output().unwrap().stdout);
-    assert!(procs.trim().is_empty(), "demo.sh left processes: {procs}");
 }

@@ -155,7 +155,8 @@ fn namespaces_like(arg: &str) -> Vec<String> {
 fn unknown_node(arg: &str, tried: &[PathBuf], similar: &[String]) -> String {
     let tried: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
     let (prefix, set) = lab_prefix();
-    let whence = if set { format!("LAB_PREFIX={prefix}") } else { format!("LAB_PREFIX unset, the lab's default {prefix}") };
+    let whence =
+        if set { format!("LAB_PREFIX={prefix}") } else { format!("LAB_PREFIX unset, the lab's default {prefix}") };
     let mut m = format!("--node {arg}: no network namespace {} ({whence})", tried.join(" nor "));
     if !similar.is_empty() {
         let prefixes: Vec<&str> = similar.iter().filter_map(|n| n.strip_suffix(arg)).collect();

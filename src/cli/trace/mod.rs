@@ -138,7 +138,8 @@ impl TimeOrder {
 
     /// The events to print now, in time order.
     fn due(&mut self, now: Instant) -> std::vec::IntoIter<TraceEvent> {
-        let Some(latest) = self.held.iter().filter(|(a, _)| now >= *a + LIVE_ORDER_WINDOW).map(|(_, e)| e.time).reduce(f64::max)
+        let Some(latest) =
+            self.held.iter().filter(|(a, _)| now >= *a + LIVE_ORDER_WINDOW).map(|(_, e)| e.time).reduce(f64::max)
         else {
             return Vec::new().into_iter();
         };

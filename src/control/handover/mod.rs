@@ -95,7 +95,11 @@ impl NotStopping {
                 "{} — another `ucanal run` asked to take over this node{}; its further asks in the next {}s are \
                  refused without a log line",
                 not_stopping().message,
-                if self.unlogged > 0 { format!(" ({} more asks refused since the last line)", self.unlogged) } else { String::new() },
+                if self.unlogged > 0 {
+                    format!(" ({} more asks refused since the last line)", self.unlogged)
+                } else {
+                    String::new()
+                },
                 NOT_STOPPING_QUIET.as_secs()
             );
             self.logged_at = Some(now);
