@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # flow-order.sh - one flow's packets leave a ucanal node in the order they arrived:
 # iperf3 with N parallel streams from the lab client through a NodePort of centos7-1 to
-# ghost-ep2 on centos7-2, then short HTTP requests through the ghost NodePort (a handshake's
+# ghost-ep2 on centos7-2, then short HTTP requests through a NodePort to ghost-ep2 alone (a handshake's
 # last ACK and the request right behind it), captured with tcpdump on centos7-1's uplink
 # (what arrives from the client and what leaves by VXLAN, and the way back), then checked
 # flow by flow by tcp-order.py (sequence order on each side, and the order of each segment
@@ -54,21 +54,25 @@ made=1
 lab_nsexec ghost-ep2 iperf3 -s -D -p 5201 --pidfile "$tmp/iperf3.pid" >/dev/null
 "$UCANAL_BIN" --socket "$(lab_socket centos7-1)" service set --name default/iperf --cluster-ip 10.250.0.41 \
     --port 5201 --node-port 31267 --endpoint 10.244.0.74:5201 >/dev/null
+# ghost-ep2's HTTP alone, so that every request crosses the VXLAN (default/ghost may pick
+# the local ghost-ep1, whose packets never reach the uplink).
+"$UCANAL_BIN" --socket "$(lab_socket centos7-1)" service set --name default/ghost-ep2 --cluster-ip 10.250.0.42 \
+    --port 2368 --node-port 31268 --endpoint 10.244.0.74:2368 >/dev/null
 for _ in $(seq 50); do lab_nsexec ghost-ep2 ss -ltnH 'sport = :5201' | grep -q . && break; sleep 0.1; done
 
 pcap=${keep:-$tmp/uplink.pcap}
 # Headers only (the inner TCP header of a VXLAN frame ends before byte 130), a large buffer.
 # (ip netns exec execs tcpdump: $! is its pid, for the SIGTERM that ends it.)
 ip netns exec "$(lab_ns centos7-1)" tcpdump -i "$LAB_UPLINK" -s 160 -B 65536 -w "$pcap" \
-    "tcp port 31267 or tcp port 31266 or udp port $LAB_VXLAN_PORT" 2>"$tmp/tcpdump.err" &
+    "tcp port 31267 or tcp port 31268 or udp port $LAB_VXLAN_PORT" 2>"$tmp/tcpdump.err" &
 dump=$!
 sleep 1
 printf 'iperf3 -P %s -t %s: client -> 172.16.240.131:31267 (NodePort of centos7-1) -> ghost-ep2:5201\n' "$streams" "$seconds"
 lab_nsexec client iperf3 -c 172.16.240.131 -p 31267 -P "$streams" -t "$seconds" -f g |
     grep -E 'SUM.*(sender|receiver)' || exit 2
 if ((requests)); then
-    printf '%s HTTP requests: client -> 172.16.240.131:31266 (the ghost NodePort) -> ghost-ep1 or ghost-ep2\n' "$requests"
-    lab_nsexec client sh -c "for i in \$(seq $requests); do curl -s -m 5 -o /dev/null http://172.16.240.131:31266/; done"
+    printf '%s HTTP requests: client -> 172.16.240.131:31268 (NodePort of centos7-1) -> ghost-ep2:2368\n' "$requests"
+    lab_nsexec client sh -c "for i in \$(seq $requests); do curl -s -m 5 -o /dev/null http://172.16.240.131:31268/; done"
 fi
 sleep 0.5
 # (SIGTERM: a background job of a script ignores SIGINT.)
