@@ -197,7 +197,11 @@ impl Hits {
 #[derive(Debug, Clone)]
 pub struct Service {
     pub spec: ServiceSpec,
+    /// Every new flow of the service (its KUBE-SVC chain).
     pub hits: Arc<Hits>,
+    /// The new flows that came through the NodePort (its KUBE-NODEPORTS rule); the rest
+    /// came to the cluster IP (its KUBE-SERVICES rule).
+    pub node_port_hits: Arc<Hits>,
     /// One per endpoint, in [`ServiceSpec::all_endpoints`] order.
     pub endpoint_hits: Vec<Arc<Hits>>,
 }
@@ -228,6 +232,7 @@ impl Service {
     /// same name) for itself and for the endpoints both have; fresh ones otherwise.
     pub fn carrying(spec: ServiceSpec, old: Option<&Service>) -> Service {
         let hits = old.map(|o| o.hits.clone()).unwrap_or_default();
+        let node_port_hits = old.map(|o| o.node_port_hits.clone()).unwrap_or_default();
         let endpoint_hits = spec
             .all_endpoints()
             .map(|e| {
@@ -235,7 +240,7 @@ impl Service {
                     .unwrap_or_default()
             })
             .collect();
-        Service { spec, hits, endpoint_hits }
+        Service { spec, hits, node_port_hits, endpoint_hits }
     }
 }
 

@@ -139,7 +139,7 @@ impl ServiceTable {
         for spec in specs {
             let hits = hits_for(&spec.name, None);
             let endpoint_hits = spec.all_endpoints().map(|e| hits_for(&spec.name, Some(*e))).collect();
-            t.insert(Service { spec, hits, endpoint_hits });
+            t.insert(Service { spec, hits, node_port_hits: Arc::default(), endpoint_hits });
         }
         t
     }
