@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::PodSpec;
 use crate::api::Techniques;
 use crate::core::Ipv4Net;
-use crate::core::nat::conntrack::Timeouts;
+use crate::core::nat::conntrack::{Timeouts, UdpRule};
 use crate::core::nat::service::ServiceSpec;
 use crate::core::tables::{NodeInfo, Peer, VxlanAccept};
 use crate::wire::MacAddr;
@@ -294,6 +294,11 @@ pub struct ConntrackSection {
     pub max: usize,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// When a UDP flow becomes a stream: `current` (a reply seen and the flow older than
+    /// two seconds, as today's kernels) or `linux_3_10` (the packet after a reply, as
+    /// the article's kernel).
+    #[serde(default)]
+    pub udp_stream_rule: UdpRule,
 }
 
 fn default_ct_max() -> usize {
@@ -302,7 +307,7 @@ fn default_ct_max() -> usize {
 
 impl Default for ConntrackSection {
     fn default() -> Self {
-        ConntrackSection { max: default_ct_max(), timeouts: Timeouts::default() }
+        ConntrackSection { max: default_ct_max(), timeouts: Timeouts::default(), udp_stream_rule: UdpRule::default() }
     }
 }
 
