@@ -902,7 +902,8 @@ lab_down() {
         done
         for node in "${LAB_NODES[@]}"; do
             sock=$(lab_socket "$node")
-            rm -f "$sock" "$sock.state" "$sock.state.journal" "$sock.state.journal.old" "$sock.conntrack"
+            rm -f "$sock" "$sock".{state,state.journal,state.journal.old,conntrack}{,.tmp} \
+                "${sock%.sock}.leases.json" "${sock%.sock}.leases.json.tmp"
         done
         if [[ -f $LAB_RUN_DIR/state ]]; then
             while IFS= read -r sock; do

@@ -251,6 +251,11 @@ fn rule_steer(m: &RuleMessage) -> Option<Steer> {
     Some(Steer { proto, ports })
 }
 
+/// The steering rules to `table` there are now.
+pub async fn list_steers(h: &Handle, table: u32) -> io::Result<Vec<Steer>> {
+    Ok(rules(h).await?.iter().filter(|m| rule_table(m) == table).filter_map(rule_steer).collect())
+}
+
 /// Removes steering rules (all of them for `table` when `only` is `None`).
 pub async fn del_steers(h: &Handle, table: u32, only: Option<&[Steer]>) -> io::Result<usize> {
     let mut n = 0;

@@ -171,15 +171,39 @@ pub struct ApiSection {
     /// The runtime API socket (root only).
     #[serde(default = "default_socket")]
     pub socket: PathBuf,
+    /// How long a connection may take to send a complete request (or to take an
+    /// answer) before it is closed.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Connections served at once; when all are taken, the one idle the longest yields.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// Streams (`trace --live`, `capture`) at once.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
 }
 
 fn default_socket() -> PathBuf {
     PathBuf::from(crate::api::DEFAULT_SOCKET)
 }
+fn default_idle_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_clients() -> usize {
+    64
+}
+fn default_max_streams() -> usize {
+    8
+}
 
 impl Default for ApiSection {
     fn default() -> Self {
-        ApiSection { socket: default_socket() }
+        ApiSection {
+            socket: default_socket(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            max_clients: default_max_clients(),
+            max_streams: default_max_streams(),
+        }
     }
 }
 

@@ -27,6 +27,7 @@ use super::persist::{Persist, State};
 use super::plane::Plane;
 use super::pods::PodBook;
 use super::services::ServiceBook;
+use crate::api::StartReport;
 use crate::core::tables::Peer;
 
 /// What a start takes over from the ucanal before it.
@@ -39,6 +40,17 @@ pub enum StartMode {
     Resumed,
     /// A running predecessor's live fds (TAP queues, sockets), handed over.
     HandedOver,
+}
+
+impl StartMode {
+    /// As `show node` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StartMode::Cold => "cold",
+            StartMode::Resumed => "resumed",
+            StartMode::HandedOver => "handed_over",
+        }
+    }
 }
 
 /// Where the daemon is in its life: one state, instead of flags that must agree.
@@ -97,6 +109,8 @@ pub struct Daemon {
     pub(super) ipam: Ipam,
     /// With `--keep-on-exit`: the state file and the conntrack checkpoint.
     pub(super) persist: Option<Persist>,
+    /// What the start took over, adopted and dropped (`show node`).
+    pub(super) start: StartReport,
 }
 
 impl Daemon {
@@ -121,12 +135,14 @@ impl Daemon {
             cluster: None,
             ipam,
             persist,
+            start: StartReport { mode: from.name().into(), ..StartReport::default() },
         }
     }
 
     /// The start is done: the node is ours, or still the predecessor's until it hears
     /// we run (`took_over`).
     pub(super) fn started(&mut self) {
+        self.start.mode = self.life.from().name().into();
         self.life = match self.life.from() {
             StartMode::HandedOver => Lifecycle::TakingOver,
             from => Lifecycle::Running { from },
@@ -195,7 +211,7 @@ impl Daemon {
     fn state_source(&self) -> Source {
         Source {
             seed: self.plane.seed(),
-            pods: self.pods.specs(),
+            pods: self.pods.saved(),
             services: self.services.table().clone(),
             restore_sysctls: self.node.sysctl_names(),
         }
@@ -205,7 +221,7 @@ impl Daemon {
     pub(super) fn state(&self) -> State {
         State {
             seed: self.plane.seed(),
-            pods: self.pods.specs(),
+            pods: self.pods.saved(),
             services: self.services.specs(),
             restore_sysctls: self.node.sysctl_names(),
             seq: self.persist.as_ref().map_or(0, Persist::seq),
@@ -220,18 +236,29 @@ impl Daemon {
             tracing::info!("the ucanal that was handing over keeps the node: nothing of it is removed");
             return;
         }
+        let pods = self.pods.drain();
         if self.persist.is_some() {
             // Persistent TAPs outlive their queues: remove the pods' TAPs explicitly.
-            for p in self.pods.drain() {
+            for p in &pods {
                 if let Err(e) = super::pods::delete_tap(&p.spec.netns_path(), p.spec.ifname()) {
                     tracing::error!("cleanup: pod {} {}: {e}", p.spec.name, p.spec.ifname());
                 }
             }
         }
-        self.pods.drain();
-        if let Some(p) = &mut self.persist {
-            p.finish();
-            p.remove_files();
+        let attached: Vec<(String, String)> = pods
+            .iter()
+            .filter_map(|p| p.cni.as_ref().map(|c| (c.container_id.clone(), p.spec.ifname().to_string())))
+            .collect();
+        if let Err(e) = self.ipam.release_torn_down(&attached) {
+            tracing::error!("cleanup: {e}");
+        }
+        match &mut self.persist {
+            Some(p) => {
+                p.finish();
+                p.remove_files();
+            }
+            // A state a `--keep-on-exit` run left: stale once the node is torn down.
+            None => super::persist::Paths::for_socket(&self.cfg.api.socket).remove(),
         }
         self.node.teardown(&self.cfg).await;
     }
