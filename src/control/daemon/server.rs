@@ -29,6 +29,7 @@ use crate::api::{ABSTRACT_SOCKET, ApiError, Ask, Command, ErrorCode, Query, Requ
 use crate::control::error::{BindError, ControlError};
 use crate::control::handover::Successor;
 use crate::control::inspect::{self, listings};
+use crate::control::kube::sync::Written;
 use crate::control::kube::{Parts, listing};
 use crate::control::state::Daemon;
 
@@ -323,7 +324,12 @@ async fn apply(d: &Arc<Mutex<Daemon>>, objects: Vec<crate::api::kube::Object>, d
         "apply through etcd"
     );
     let r = r.map_err(|e| ControlError::from(e).into());
-    codec::message_line(r.map(|n| format!("{n} object(s) {} in etcd", if delete { "deleted" } else { "written" })))
+    codec::message_line(r.map(|w| match (w, delete) {
+        (Written::Changed(n), false) => format!("{n} object(s) written in etcd"),
+        (Written::Changed(n), true) => format!("{n} object(s) deleted in etcd"),
+        (Written::Unchanged(n), false) => format!("{n} object(s) unchanged in etcd (nothing written)"),
+        (Written::Unchanged(n), true) => format!("{n} object(s) already absent from etcd (nothing deleted)"),
+    }))
 }
 
 /// `service set|del`, `endpoint add|del`: in a cluster, a service that came from etcd

@@ -34,6 +34,15 @@ pub enum ObjectUpdate {
     Changes { put: Vec<Object>, deleted: Vec<String> },
 }
 
+/// What a write did to etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The objects' buckets were written (or deleted).
+    Changed(usize),
+    /// etcd already held the objects as given (or held none of those deleted).
+    Unchanged(usize),
+}
+
 #[derive(Clone)]
 pub struct ObjectStore {
     pub client: EtcdClient,
@@ -103,12 +112,16 @@ impl ObjectStore {
     /// watch has caught up the write is planned again (what went through is then
     /// unchanged and not written twice). The first error stops it: with etcd
     /// unreachable nothing is written.
-    pub async fn write(&self, objs: &[Object], delete: bool) -> Result<usize, EtcdError> {
+    ///
+    /// Objects that are already stored as given write nothing; etcd is still asked (one
+    /// read), so that with etcd unreachable an unchanged apply fails as a changed one does.
+    pub async fn write(&self, objs: &[Object], delete: bool) -> Result<Written, EtcdError> {
         use futures::StreamExt as _;
         for _ in 0..ATTEMPTS {
             let plan = self.index().plan(objs, delete);
             if plan == Plan::default() {
-                return Ok(objs.len());
+                self.client.get(&self.dir, false).await?;
+                return Ok(Written::Unchanged(objs.len()));
             }
             let txns: Vec<_> = self
                 .txns(plan)
@@ -133,7 +146,7 @@ impl ObjectStore {
                 rev = rev.max(r);
             }
             if all_held {
-                return Ok(objs.len());
+                return Ok(Written::Changed(objs.len()));
             }
             self.caught_up(rev).await;
         }
