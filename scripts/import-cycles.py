@@ -14,7 +14,9 @@ Then it reports:
   - every cycle between files (strongly connected components of more than one file);
   - `api` naming anything of `control`, `cli` or `io`, or `tokio`, outside its tests;
   - `control` naming `cli`, and `cli` naming `control`, outside tests.
-Exit status 1 if any is found. Usage: scripts/import-cycles.py [--edges]
+Exit status 1 if any is found, except the cycles listed in KNOWN (each with why it is
+left): those are printed, and one that grows or a new one fails.
+Usage: scripts/import-cycles.py [--edges] [--src DIR]
 """
 
 import os
@@ -23,6 +25,20 @@ import sys
 from collections import defaultdict
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+
+# Cycles left on purpose: inside one concept of the packet path, one type's code is
+# split over sibling files that call each other. Breaking them means moving the hot
+# path's type definitions; the list may only shrink.
+KNOWN = {
+    frozenset({"wire/l4.rs", "wire/tcp.rs", "wire/udp.rs", "wire/icmp.rs"}):
+        "l4 dispatches a rewrite to tcp/udp/icmp, which share its End/EndRewrite types "
+        "(and ICMP's embedded header is rewritten by l4)",
+    frozenset({"core/nat/conntrack/mod.rs", "core/nat/early_drop.rs"}):
+        "early_drop holds Conntrack's eviction methods (impl Conntrack), conntrack its candidates queue",
+    frozenset({"core/dataplane/mod.rs", "core/dataplane/egress.rs", "core/dataplane/nat.rs",
+               "core/dataplane/run.rs"}):
+        "the walk (Ctx) is one type whose steps are split over these files (use super::*)",
+}
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 
 
@@ -150,6 +166,9 @@ def expand_use(tree):
 
 
 def main():
+    global ROOT
+    if "--src" in sys.argv:
+        ROOT = sys.argv[sys.argv.index("--src") + 1]
     files = {}
     for dirpath, _, names in os.walk(ROOT):
         for name in names:
@@ -312,6 +331,10 @@ def main():
             print(f"{a}: {' '.join(sorted(edges[a]))}")
     bad = 0
     for c in sccs:
+        why = KNOWN.get(frozenset(c))
+        if why:
+            print("known cycle: " + " <-> ".join(c) + f"\n    ({why})")
+            continue
         bad += 1
         print("cycle: " + " <-> ".join(c))
         for a in c:
@@ -327,7 +350,8 @@ def main():
     for p in sorted(set(tokio_in_api)):
         bad += 1
         print(f"api uses tokio: {p}")
-    print("cycles: none" if not sccs else f"cycles: {len(sccs)}")
+    new = [c for c in sccs if frozenset(c) not in KNOWN]
+    print(f"cycles: {len(new)} new, {len(sccs) - len(new)} known")
     print("api: a leaf (nothing of control, cli, io or tokio)" if not any(
         room(a) == "api" and room(b) in ("control", "cli", "io") for a, bs in edges.items() for b in bs
     ) and not tokio_in_api else "api: NOT a leaf")

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -14,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::harness::Suite;
 use common::{Lab, text};
+use ucanal::api::codec::Client;
+use ucanal::api::kube::Object;
+use ucanal::api::{Command, NodeReport, Query, Show};
 
 /// A kubectl-style List of `n` ClusterIP services from `first` on (as
 /// netns-scripts/gen-services.py writes), each with Endpoints on pod01.
@@ -30,25 +32,18 @@ fn manifest(first: u32, n: u32) -> serde_json::Value {
     serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": items })
 }
 
-/// One connection to a node's API socket.
-struct Api(BufReader<UnixStream>);
+/// One connection to a node's API socket, through the API's codec.
+struct Api(Client<UnixStream>);
 
 impl Api {
     fn new(lab: &Lab, node: &str) -> Api {
-        Api(BufReader::new(UnixStream::connect(lab.socket(node)).expect("API socket")))
+        Api(Client::new(UnixStream::connect(lab.socket(node)).expect("API socket"), node))
     }
-    fn call(&mut self, req: &serde_json::Value) -> serde_json::Value {
-        let mut line = req.to_string();
-        line.push('\n');
-        self.0.get_mut().write_all(line.as_bytes()).expect("request");
-        let mut answer = String::new();
-        self.0.read_line(&mut answer).expect("answer");
-        let v: serde_json::Value = serde_json::from_str(&answer).expect("answer JSON");
-        assert_eq!(v["ok"], true, "{req}: {v}");
-        v
+    fn apply(&mut self, objects: Vec<Object>) {
+        self.0.command(Command::Apply { objects, delete: false, more: false }).expect("apply");
     }
-    fn services(&mut self) -> u64 {
-        self.call(&serde_json::json!({ "op": "show", "what": "node" }))["data"]["services"].as_u64().expect("count")
+    fn services(&mut self) -> usize {
+        self.0.query::<NodeReport>(Query::Show { what: Show::Node }).expect("show node").services
     }
 }
 
@@ -124,10 +119,10 @@ fn one_more(c: &Cluster) {
     let base = apis[0].services();
     let mut times = Vec::new();
     for k in 0..5u32 {
-        let objects = manifest(20_000 + k, 1)["items"].clone();
+        let objects = serde_json::from_value(manifest(20_000 + k, 1)["items"].clone()).expect("objects");
         let t = Instant::now();
-        apis[0].call(&serde_json::json!({ "op": "apply", "objects": objects, "delete": false }));
-        let want = base + 1 + u64::from(k);
+        apis[0].apply(objects);
+        let want = base + 1 + k as usize;
         while apis[0].services() != want || apis[2].services() != want {
             assert!(t.elapsed() < Duration::from_secs(10), "one more service never arrived");
         }

@@ -10,12 +10,16 @@
 
 mod common;
 
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::harness::Suite;
 use common::*;
+use serde::de::IgnoredAny;
+use ucanal::api::codec::{Client, ClientError};
+use ucanal::api::{ApiError, Ask, ErrorCode, Request};
 
 const KEEP: &str = "--keep-on-exit";
 const NODE1: &str = "172.16.240.131";
@@ -241,15 +245,19 @@ fn stays_on_endpoint(r: &Restarts) {
     assert!(eps.len() == 2, "the connections used one endpoint only: {eps:?}");
 }
 
-/// One API line to a socket, answered with one line.
-fn ask_line(socket: &std::path::Path, line: &str) -> String {
-    use std::io::{BufRead, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connecting to the old ucanal");
+/// A connection to the old ucanal, through the API's codec.
+fn client(socket: &std::path::Path) -> Client<UnixStream> {
+    let s = UnixStream::connect(socket).expect("connecting to the old ucanal");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(format!("{line}\n").as_bytes()).unwrap();
-    let mut answer = String::new();
-    std::io::BufReader::new(s).read_line(&mut answer).unwrap();
-    answer
+    Client::new(s, socket.display())
+}
+
+/// The refusal of one request line (sent as is, however garbled).
+fn refusal(socket: &std::path::Path, line: &str) -> ApiError {
+    match client(socket).call_line::<IgnoredAny>(format!("{line}\n").as_bytes()) {
+        Err(ClientError::Refused(e)) => e,
+        other => panic!("{line}: not refused ({other:?})"),
+    }
 }
 
 /// centos7-1 run with `--keep-on-exit` and the line servers behind the lines service.
@@ -309,10 +317,11 @@ impl Refused {
         assert!(std::process::Command::new("kill").args(["-TERM", &self.pid()]).status().unwrap().success());
         std::thread::sleep(Duration::from_millis(300));
         let a = r#"{"op":"handover","ask":{"version":99,"workers":1,"source_ports":16,"tap_offloads":true,"udp_gro":true}}"#;
-        let answer = ask_line(&socket, a);
-        assert!(answer.contains("version 99, this ucanal speaks version 1"), "{answer}");
-        let answer = ask_line(&socket, r#"{"op":"handover","ask":{"version":"one"}}"#);
-        assert!(answer.contains("bad request"), "{answer}");
+        let e = refusal(&socket, a);
+        assert_eq!(e.code, ErrorCode::HandoverRefused, "{e}");
+        assert!(e.message.contains("version 99, this ucanal speaks version 1"), "{e}");
+        let e = refusal(&socket, r#"{"op":"handover","ask":{"version":"one"}}"#);
+        assert_eq!(e.code, ErrorCode::BadRequest, "{e}");
         let svc = lab.ucanal_ok("centos7-1", &["show", "services"]);
         assert!(svc.contains("default/lines"), "{svc}");
         assert!(lines_answer(lab, self.dir.path(), "window"), "a stopping ucanal stopped forwarding");
@@ -335,24 +344,22 @@ impl Refused {
 /// Asks for a hand-over (trying each offload combination until one fits), says go,
 /// reads the start of the offer and hangs up. True if an ask was accepted.
 fn vanishing_successor(socket: &std::path::Path) -> bool {
-    use std::io::{BufRead, Read, Write};
-    for (tso, gro) in [(true, true), (true, false), (false, true), (false, false)] {
-        let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let ask = format!(
-            r#"{{"op":"handover","ask":{{"version":1,"workers":1,"source_ports":16,"tap_offloads":{tso},"udp_gro":{gro}}}}}"#
-        );
-        s.write_all(format!("{ask}\n").as_bytes()).unwrap();
-        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
-        let mut answer = String::new();
-        r.read_line(&mut answer).unwrap();
-        if !answer.contains(r#""ok":true"#) {
-            assert!(answer.contains("offloads differ"), "{answer}");
-            continue;
+    use std::io::{Read, Write};
+    for (tap_offloads, udp_gro) in [(true, true), (true, false), (false, true), (false, false)] {
+        let ask = Ask { version: 1, workers: 1, source_ports: 16, tap_offloads, udp_gro };
+        let mut c = client(socket);
+        match c.call::<IgnoredAny>(&Request::Handover(ask)) {
+            Ok(_) => {}
+            Err(ClientError::Refused(e)) => {
+                assert!(e.code == ErrorCode::HandoverRefused && e.message.contains("offloads differ"), "{e}");
+                continue;
+            }
+            Err(e) => panic!("asking for a hand-over: {e}"),
         }
+        let mut s = c.into_inner().expect("nothing after the answer to the ask");
         s.write_all(b"go\n").unwrap();
         let mut head = [0u8; 28];
-        r.read_exact(&mut head).unwrap();
+        s.read_exact(&mut head).unwrap();
         assert_eq!(&head[..8], b"UCANALHO");
         return true;
     }

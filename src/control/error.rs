@@ -101,7 +101,7 @@ pub enum ControlError {
     Probe(#[from] ProbeError),
     /// A `trace --live` or `capture` filter that does not parse.
     #[error("{0}")]
-    Filter(String),
+    Filter(#[from] crate::io::filter::FilterError),
     #[error("no port '{port}' (want host, vxlan or a pod: {pods:?})")]
     NoPort { port: String, pods: Vec<String> },
     /// A kernel call (netlink, TAP, namespace) failed.

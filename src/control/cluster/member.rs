@@ -17,8 +17,7 @@ use tokio::sync::watch;
 
 use super::registry::{OwnLease, Registry, RegistryError, SubnetLease};
 use crate::api::PeerRow;
-use crate::control::etcd::EtcdError;
-use crate::control::etcd::gateway::{WatchEvent, WatchMessage};
+use crate::control::etcd::{EtcdError, WatchEvent, WatchMessage};
 use crate::core::Ipv4Net;
 use crate::core::tables::Peer;
 
@@ -36,6 +35,17 @@ pub type PeerSet = Arc<BTreeMap<Ipv4Net, LeasePeer>>;
 
 /// What the member knows, for listings and metrics.
 pub type Status = crate::api::ClusterStatus;
+
+/// Why a lease gives no peer (all but this node's own are counted as ignored).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum NotAPeer {
+    #[error("backend {0}")]
+    Backend(String),
+    #[error("this node's own")]
+    Own,
+    #[error("overlaps this node's {0}")]
+    Overlaps(Ipv4Net),
+}
 
 pub struct Member {
     pub registry: Registry,
@@ -178,16 +188,16 @@ impl Member {
         Ok(())
     }
 
-    /// A lease this node takes as a peer, or why not (counted as ignored).
-    fn admit(&self, l: &SubnetLease) -> Result<Peer, String> {
+    /// A lease this node takes as a peer, or why not.
+    fn admit(&self, l: &SubnetLease) -> Result<Peer, NotAPeer> {
         let Some(vx) = l.attrs.vxlan else {
-            return Err(format!("backend {}", l.attrs.backend_type));
+            return Err(NotAPeer::Backend(l.attrs.backend_type.clone()));
         };
         if l.subnet == self.own.subnet || l.attrs.public_ip == self.me {
-            return Err("this node's own".into());
+            return Err(NotAPeer::Own);
         }
         if l.subnet.overlaps(&self.own.subnet) {
-            return Err(format!("overlaps this node's {}", self.own.subnet));
+            return Err(NotAPeer::Overlaps(self.own.subnet));
         }
         Ok(Peer {
             name: l.attrs.public_ip.to_string(),
@@ -220,7 +230,7 @@ impl Member {
                 if self.peers.remove(&l.subnet).is_some() {
                     tracing::info!(subnet = %l.subnet, "peer removed: lease now {why}");
                 }
-                if !why.ends_with("own") {
+                if why != NotAPeer::Own {
                     tracing::debug!(subnet = %l.subnet, "lease ignored: {why}");
                     self.status(|s| s.ignored += 1);
                 }
@@ -276,7 +286,7 @@ impl Member {
     async fn own_lease_lost(&mut self) {
         self.status(|s| s.own_lease_lost += 1);
         tracing::error!(subnet = %self.own.subnet, "THIS NODE'S LEASE WAS DELETED OR EXPIRED in etcd; claiming it again");
-        match self.registry.renew(&mut self.own).await {
+        match self.registry.reclaim(&mut self.own).await {
             Ok(()) => tracing::warn!(subnet = %self.own.subnet, "lease re-claimed"),
             Err(e) => tracing::error!(subnet = %self.own.subnet, "re-claiming the lease failed: {e}"),
         }

@@ -323,7 +323,7 @@ pub fn check_service(c: &Config, s: &ServiceSpec) -> Result<(), ConfigError> {
     }
     let mut seen = HashSet::new();
     for (j, e) in s.endpoints.iter().enumerate() {
-        check_endpoint(c, e).map_err(|p| err(format!("endpoints[{j}]"), p))?;
+        check_endpoint(c, &format!("endpoints[{j}]"), e)?;
         if !seen.insert(*e) {
             return Err(err(format!("endpoints[{j}]"), format!("{e} is listed twice")));
         }
@@ -331,9 +331,9 @@ pub fn check_service(c: &Config, s: &ServiceSpec) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_endpoint(c: &Config, e: &SocketAddrV4) -> Result<(), String> {
+fn check_endpoint(c: &Config, field: &str, e: &SocketAddrV4) -> Result<(), ConfigError> {
     if e.port() == 0 {
-        return Err(format!("{e}: port 0"));
+        return Err(err(field, format!("{e}: port 0")));
     }
     let ip = *e.ip();
     if ip.is_unspecified()
@@ -342,7 +342,7 @@ fn check_endpoint(c: &Config, e: &SocketAddrV4) -> Result<(), String> {
         || ip.is_loopback()
         || c.node.service_cidr.contains(ip)
     {
-        return Err(format!("{e} is not a usable endpoint address"));
+        return Err(err(field, format!("{e} is not a usable endpoint address")));
     }
     Ok(())
 }

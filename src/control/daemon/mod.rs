@@ -31,8 +31,10 @@ use super::state::Daemon;
 pub use super::state::StartMode;
 use serving::Serving;
 
-/// How long a predecessor that just handed over may still hold the metrics port.
+/// How long a predecessor that just handed over may still hold the metrics port, and
+/// how often binding it is tried meanwhile.
 const METRICS_PORT_WAIT: Duration = Duration::from_secs(2);
+const METRICS_PORT_POLL: Duration = Duration::from_millis(20);
 
 /// Options of `ucanal run` that are not in the config file.
 #[derive(Debug, Clone, Default)]
@@ -195,7 +197,7 @@ async fn serve_metrics(addr: std::net::SocketAddr, src: super::metrics::Source) 
     loop {
         match super::metrics::serve(addr, src.clone()).await {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(METRICS_PORT_POLL).await;
             }
             r => return r,
         }

@@ -43,6 +43,10 @@ pub enum HandoverError {
 const NOT_STOPPING_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait for any answer of the old ucanal.
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
+/// How long the successor, running, waits for the old ucanal to hang up.
+const GONE_WAIT: Duration = Duration::from_secs(2);
+/// How often the socket is tried again while waiting for the old ucanal.
+const POLL: Duration = Duration::from_millis(20);
 
 /// An accepted hand-over, before `go`: the old ucanal still forwards.
 pub struct Pending {
@@ -88,7 +92,7 @@ pub fn ask(socket: &Path, ask: Ask) -> Result<Option<Pending>, HandoverError> {
         if Instant::now() >= deadline {
             return Err(HandoverError::NotStopping(socket.display().to_string()));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(POLL);
     }
 }
 
@@ -100,7 +104,7 @@ pub fn wait_gone(socket: &Path, limit: Duration) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(POLL);
     }
     true
 }
@@ -185,7 +189,7 @@ impl Taken {
             tracing::warn!("hand-over: telling the old ucanal we run: {e}");
             return;
         }
-        let _ = self.s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = self.s.set_read_timeout(Some(GONE_WAIT));
         let mut b = [0u8; 1];
         let _ = recv_exact(&self.s, &mut b, &mut Vec::new());
     }

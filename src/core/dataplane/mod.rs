@@ -22,7 +22,7 @@ use super::frag::reasm::{Pushed, Reassembler};
 use super::nat::conntrack::{Conntrack, Dir, Hit, Insert, NAT_DNAT, NAT_SNAT, NewFlow, PortChoice};
 use super::nat::masquerade::{self, Egress};
 use super::nat::service::Via;
-use super::nat::{Tuple, pick};
+use super::nat::{Tuple, uniform_index};
 use super::route::{Hop, Matched, RouteTarget};
 use super::tables::{PodPort, Tables, VxlanAccept};
 use super::trace::{Admit, Defrag, MasqRule, PortRef, RouteRef, Step, Trace};

@@ -6,7 +6,7 @@ use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
-use super::{FRAME_MAX, WorkerConfig};
+use super::config::{FRAME_MAX, WorkerConfig};
 use crate::core::frag::split;
 use crate::core::{Action, Counter, Dataplane, DropReason, Offload, Packet, PortId, gro, gso, vxlan};
 use crate::io::stats::{self, PortStats};
