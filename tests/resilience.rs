@@ -47,7 +47,8 @@ fn main() -> ExitCode {
         .phase("an_oversized_request_is_answered_with_an_error", oversized_request)
         .phase("open_file_exhaustion_neither_spins_nor_floods_the_log", open_file_exhaustion)
         .phase("zero_length_vxlan_datagrams_are_counted", zero_length_vxlan)
-        .phase("a_listing_piped_into_head_ends_quietly", listing_into_head);
+        .phase("a_listing_piped_into_head_ends_quietly", listing_into_head)
+        .phase("two_thousand_idle_connections_lock_nobody_out", idle_connections);
     suite.run()
 }
 
@@ -295,4 +296,44 @@ fn listing_into_head(lab: &Lab) {
         .unwrap();
     assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).lines().count(), 1);
+}
+
+/// How many idle connections are held, for how long, and how fast a new client must be served.
+const IDLE_CLIENTS: &str = "2000";
+const IDLE_FOR: Duration = Duration::from_secs(15);
+const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+
+/// 2,000 connections that send nothing (netns-scripts/api-idle.py; it reconnects the ones
+/// the daemon closes) for 15 s, over the 10 s idle deadline: a new `ucanal show node`
+/// answers within 1 s every 250 ms throughout.
+fn idle_connections(lab: &Lab) {
+    let sock = lab.socket("centos7-1");
+    let mut idle = Background(
+        std::process::Command::new("python3")
+            .arg(script("api-idle.py"))
+            .arg(&sock)
+            .args([IDLE_CLIENTS, &IDLE_FOR.as_secs().to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let start = Instant::now();
+    let (mut asked, mut worst) = (0, Duration::ZERO);
+    while start.elapsed() < IDLE_FOR - Duration::from_secs(2) {
+        let t = Instant::now();
+        let out = lab.ucanal("centos7-1", &["show", "node"]);
+        let took = t.elapsed();
+        assert!(out.status.success(), "show node failed among idle clients: {}", text(&out.stderr));
+        assert!(took < ANSWER_WITHIN, "show node took {took:?} among {IDLE_CLIENTS} idle clients (after {:?})", start.elapsed());
+        (asked, worst) = (asked + 1, worst.max(took));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let mut report = String::new();
+    let _ = idle.0.wait();
+    std::io::Read::read_to_string(&mut idle.0.stdout.take().unwrap(), &mut report).unwrap();
+    let node: serde_json::Value = serde_json::from_str(&lab.ucanal_ok("centos7-1", &["show", "node", "--json"])).unwrap();
+    println!("{IDLE_CLIENTS} idle clients: {asked} show node, slowest {worst:?}; idle side {}; api {}", report.trim(), node["api"]);
+    let made: serde_json::Value = serde_json::from_str(report.trim()).expect("api-idle.py's report");
+    assert!(made["connections"].as_u64().unwrap() >= 2000, "the idle clients were not all connected: {made}");
 }
