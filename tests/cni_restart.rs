@@ -79,7 +79,8 @@ impl Fixture {
 
     /// The plugin's `cmd` for pod `name` (container id `ctr-<name>`) in `netns`.
     fn plugin(&self, cmd: &str, name: &str, netns: &str) -> (i32, Value) {
-        let (id, args) = (format!("ctr-{name}"), format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"));
+        let (id, args) =
+            (format!("ctr-{name}"), format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"));
         let env = [
             ("CNI_COMMAND", cmd),
             ("CNI_CONTAINERID", id.as_str()),
@@ -143,13 +144,20 @@ impl Fixture {
         println!("{sig} restart of {NODE}: {ms} ms until the new ucanal answered");
         for p in probes {
             let r = p.finish();
-            println!("  {sig}: {} -> {}: {} of {} answered, longest outage {} ms", r.from, r.to, r.got, r.sent, r.outage_ms);
+            println!(
+                "  {sig}: {} -> {}: {} of {} answered, longest outage {} ms",
+                r.from, r.to, r.got, r.sent, r.outage_ms
+            );
             assert!(r.got > 0 && r.outage_ms <= limit_ms, "{sig}: {} -> {} went dark: {r:?}", r.from, r.to);
         }
     }
 
     fn sigkill(&self) {
-        self.restart_pinging("KILL", KILL_OUTAGE_MS, &[("cniw", GHOST_EP2), ("cnik", GHOST_EP2), ("ghost-ep2", GHOST_EP1)]);
+        self.restart_pinging(
+            "KILL",
+            KILL_OUTAGE_MS,
+            &[("cniw", GHOST_EP2), ("cnik", GHOST_EP2), ("ghost-ep2", GHOST_EP1)],
+        );
         let pods = self.pods();
         assert!(pods.contains("default/web") && pods.contains("default/keep"), "a SIGKILL lost a CNI pod:\n{pods}");
         assert_eq!(self.node_json()["start"]["mode"], "resumed");
@@ -162,7 +170,10 @@ impl Fixture {
         assert_eq!(self.plugin("DEL", "web", &self.web.path()), (0, Value::Null));
         assert!(!self.pods().contains("default/web"), "DEL left the pod");
         let routes = self.lab.ucanal_ok(NODE, &["show", "routes"]);
-        assert!(!routes.lines().any(|l| l.starts_with(&format!("{ip} ")) || l.starts_with(&format!("{ip}/32"))), "{routes}");
+        assert!(
+            !routes.lines().any(|l| l.starts_with(&format!("{ip} ")) || l.starts_with(&format!("{ip}/32"))),
+            "{routes}"
+        );
         assert!(!self.web.ip(&["link"]).contains("eth0"), "DEL removes the TAP");
         assert!(!self.leased(&ip), "DEL released the lease of {ip}");
         assert!(self.lab.ping("cnik", GHOST_EP2, 2), "the other CNI pod still forwards");
@@ -193,7 +204,8 @@ impl Fixture {
         assert!(!pods.contains("default/gone") && !pods.contains("default/web"), "{pods}");
         assert!(pods.contains("default/keep"), "{pods}");
         let log = self.log();
-        let warned = log.lines().any(|l| l.contains("WARN") && l.contains("default/gone") && l.contains("cannot be restored"));
+        let warned =
+            log.lines().any(|l| l.contains("WARN") && l.contains("default/gone") && l.contains("cannot be restored"));
         assert!(warned, "no warning naming the dropped pod in the log:\n{log}");
         assert!(!self.leased(&gone_ip), "the dropped pod's lease is released");
         assert_eq!(self.plugin("DEL", "gone", &gone_path).0, 0, "the runtime's DEL of the dropped pod still succeeds");

@@ -58,7 +58,8 @@ fn one_shot_flows(lab: &Lab) {
     // The readiness probe from a port below the flows' (its repeats make a stream).
     let probe = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',19999))\n\
                  s.settimeout(0.5)\ns.sendto(b'x',('10.250.0.53',53))\ns.recv(8)\n";
-    let ready = wait_until(Duration::from_secs(10), || lab.exec("ghost-ep1", &["python3", "-c", probe]).status.success());
+    let ready =
+        wait_until(Duration::from_secs(10), || lab.exec("ghost-ep1", &["python3", "-c", probe]).status.success());
     assert!(ready.is_some(), "the UDP ClusterIP does not answer");
     let t = Instant::now();
     let out = lab.exec("ghost-ep1", &["python3", "-c", &client_py()]);
@@ -71,7 +72,9 @@ fn one_shot_flows(lab: &Lab) {
         .unwrap()
         .iter()
         .filter(|r| r["proto"] == "udp" && r["original"]["dst"] == CLUSTER_IP)
-        .filter(|r| r["original"]["sport"].as_u64().is_some_and(|p| (FIRST_PORT..FIRST_PORT + FLOWS).contains(&(p as u32))))
+        .filter(|r| {
+            r["original"]["sport"].as_u64().is_some_and(|p| (FIRST_PORT..FIRST_PORT + FLOWS).contains(&(p as u32)))
+        })
         .collect();
     let assured = ours.iter().filter(|r| r["assured"] == true).count();
     let unreplied = ours.iter().filter(|r| r["unreplied"] == true).count();
