@@ -215,22 +215,19 @@ impl Ipam {
         Ok(Some(l))
     }
 
-    /// At a final teardown the attachments' pods are gone, and so are their addresses:
-    /// their leases are released, and the file goes once nothing is left in it.
-    pub fn release_torn_down(&mut self, attachments: &[(String, String)]) -> Result<(), IpamError> {
-        let before = self.table.leases.len();
-        for (cid, ifname) in attachments {
-            self.table.release(cid, ifname);
+    /// At a final teardown: the runtime still holds its containers, so their leases stay
+    /// until their DEL (an address is never handed to a second container while the first
+    /// may come back); the file goes once nothing is left in it.
+    pub fn remove_if_empty(&self) -> Result<(), IpamError> {
+        if !self.table.leases.is_empty() {
+            return Ok(());
         }
-        if self.table.leases.is_empty() {
-            return match std::fs::remove_file(&self.path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(IpamError::File { path: self.path.clone(), source: e })
-                }
-                _ => Ok(()),
-            };
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(IpamError::File { path: self.path.clone(), source: e })
+            }
+            _ => Ok(()),
         }
-        if self.table.leases.len() == before { Ok(()) } else { self.save() }
     }
 
     /// Writes the table: a temporary file, fsync, rename over the old one.

@@ -245,11 +245,7 @@ impl Daemon {
                 }
             }
         }
-        let attached: Vec<(String, String)> = pods
-            .iter()
-            .filter_map(|p| p.cni.as_ref().map(|c| (c.container_id.clone(), p.spec.ifname().to_string())))
-            .collect();
-        if let Err(e) = self.ipam.release_torn_down(&attached) {
+        if let Err(e) = self.ipam.remove_if_empty() {
             tracing::error!("cleanup: {e}");
         }
         match &mut self.persist {
