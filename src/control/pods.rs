@@ -14,13 +14,8 @@ use crate::core::PortId;
 use crate::core::tables::{NodeInfo, PodPort};
 use crate::io::{netlink, stats, sys, tap};
 
-/// What makes a pod a CNI attachment.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Attachment {
-    pub network: String,
-    pub container_id: String,
-}
+// What makes a pod a CNI attachment is saved with it: defined beside the state file.
+pub use crate::control::persist::Attachment;
 
 /// A pod on this node.
 pub struct PodState {

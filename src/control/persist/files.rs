@@ -6,7 +6,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::api::PodSpec;
-use crate::control::pods::Attachment;
 use crate::core::nat::service::ServiceSpec;
 
 /// Where one node's state lives: beside its API socket (a 0700 directory).
@@ -42,6 +41,14 @@ impl Paths {
             let _ = std::fs::remove_file(tmp_of(p));
         }
     }
+}
+
+/// What makes a pod a CNI attachment (saved with the pod, so DEL works after any restart).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    pub network: String,
+    pub container_id: String,
 }
 
 /// A pod as the state keeps it: its spec and, when the CNI plugin attached it, the
