@@ -122,6 +122,7 @@ pub fn services(t: &Tables) -> Vec<ServiceRow> {
 /// One service as `show services` lists it.
 pub fn service_row(s: &Service) -> ServiceRow {
     let (packets, bytes) = s.hits.get();
+    let (node_port_packets, node_port_bytes) = s.node_port_hits.get();
     ServiceRow {
         name: s.spec.name.clone(),
         protocol: s.spec.protocol.name().into(),
@@ -130,6 +131,8 @@ pub fn service_row(s: &Service) -> ServiceRow {
         node_port: s.spec.node_port,
         packets,
         bytes,
+        node_port_packets,
+        node_port_bytes,
         endpoints: s
             .spec
             .endpoints
