@@ -3,7 +3,8 @@
 in 198.18.0.0/15 (RFC 2544's benchmark range, never a real host), for at most SECONDS
 and at most COUNT packets. Run it only inside a lab namespace.
 
-  synflood.py DST PORT SECONDS COUNT      prints the number of packets sent
+  synflood.py DST PORT SECONDS COUNT [SEED]   prints the number of packets sent
+                                               (SEED, default 11: another one, other flows)
 """
 import random
 import socket
@@ -32,11 +33,12 @@ def syn(src, dst, sport, dport, seq):
 
 def main():
     dst, port, seconds, count = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+    seed = int(sys.argv[5]) if len(sys.argv) > 5 else 11
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     d = socket.inet_aton(dst)
     stop = time.monotonic() + seconds
     n = 0
-    rnd = random.Random(11)
+    rnd = random.Random(seed)
     while n < count and time.monotonic() < stop:
         src = struct.pack("!I", 0xC6120000 | rnd.getrandbits(17))
         try:

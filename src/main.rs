@@ -57,11 +57,19 @@ enum Cmd {
         #[arg(long)]
         listen: Option<PathBuf>,
     },
-    /// Validate a config file without running anything.
+    /// Validate a config file without running anything: the file, then what `run` would
+    /// check on the machine (the socket's directory; in the node's network namespace,
+    /// given with --netns or the one this runs in: the uplink and its address, the
+    /// host port, the pods' namespaces).
     Check {
         #[arg(long)]
         config: PathBuf,
+        /// The node's network namespace (a name under /run/netns or a path).
+        #[arg(long)]
+        netns: Option<String>,
     },
+    /// Print the process id of the daemon a socket or node names (for `kill`).
+    Pid,
     /// Attach or detach a pod at runtime.
     Pod {
         #[command(subcommand)]
@@ -296,7 +304,8 @@ fn main() -> ExitCode {
                 },
             )
         }
-        Cmd::Check { config } => check(&config),
+        Cmd::Check { config, netns } => check(&config, netns.as_deref()),
+        Cmd::Pid => done(one().and_then(|t| cli::show::pid(&t))),
         cmd @ (Cmd::Pod { .. } | Cmd::Service { .. } | Cmd::Endpoint { .. }) => {
             done(one().and_then(|t| object_cmd(&t, cmd)))
         }
@@ -337,29 +346,42 @@ fn run(config: &std::path::Path, opts: RunOptions) -> ExitCode {
     }
 }
 
-/// `ucanal check`: loads and validates a config (exit 2 when it is wrong).
-fn check(config: &std::path::Path) -> ExitCode {
-    match Config::load(config) {
-        Ok(c) => {
-            // What `check` cannot see from here, it says: the kernel side is `run`'s.
-            println!(
-                "{}: node {} with {} peer(s), {} pod(s), {} service(s): ok (the file; `ucanal run` checks in the \
-                 node's network namespace that uplink {} holds node_ip {})",
-                config.display(),
-                c.node.name,
-                c.peers.len(),
-                c.pods.len(),
-                c.services.len(),
-                c.node.uplink,
-                c.node.node_ip
-            );
-            ExitCode::SUCCESS
-        }
+/// `ucanal check`: loads and validates a config, then checks the machine as `run`
+/// would (exit 2 when either is wrong).
+fn check(config: &std::path::Path, netns: Option<&str>) -> ExitCode {
+    use ucanal::control::check::{self, Finding};
+    let c = match Config::load(config) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("ucanal: config error: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
+        }
+    };
+    let ns = netns.map(|n| if n.contains('/') { PathBuf::from(n) } else { std::path::Path::new("/run/netns").join(n) });
+    let findings = check::machine(&c, ns.as_deref());
+    let mut faults = 0;
+    for f in &findings {
+        match f {
+            Finding::Ok(m) => println!("ok: {m}"),
+            Finding::Note(m) => println!("note: {m}"),
+            Finding::Fault(e) => {
+                faults += 1;
+                eprintln!("ucanal: config error: {e}");
+            }
         }
     }
+    if faults > 0 {
+        return ExitCode::from(2);
+    }
+    println!(
+        "{}: node {} with {} peer(s), {} pod(s), {} service(s): ok",
+        config.display(),
+        c.node.name,
+        c.peers.len(),
+        c.pods.len(),
+        c.services.len()
+    );
+    ExitCode::SUCCESS
 }
 
 /// `ucanal pod|service|endpoint ...`: one command to one node.

@@ -10,34 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::OnceLock;
 
+use common::cni::{Netns, invoke, plugin_bin};
 use common::harness::Suite;
 use common::{Lab, text};
 use serde_json::{Value, json};
-
-fn plugin_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ucanal-cni"))
-}
-
-/// One invocation: (exit status, stdout as JSON or Null when empty).
-fn invoke(env: &[(&str, &str)], stdin: &Value) -> (i32, Value) {
-    let mut c = Command::new(plugin_bin())
-        .env_clear()
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running ucanal-cni");
-    c.stdin.take().unwrap().write_all(stdin.to_string().as_bytes()).unwrap();
-    let out = c.wait_with_output().unwrap();
-    let s = text(&out.stdout);
-    let v = if s.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&s).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {s:?}"))
-    };
-    (out.status.code().unwrap_or(-1), v)
-}
 
 fn keys(v: &Value) -> BTreeSet<&str> {
     v.as_object().unwrap_or_else(|| panic!("not an object: {v}")).keys().map(String::as_str).collect()
@@ -85,27 +61,6 @@ fn assert_result(r: &(i32, Value), version: &str) {
             if v11 { &["dst", "gw", "mtu", "advmss", "priority", "table", "scope"] } else { &["dst", "gw"] };
         assert!(keys(rt).iter().all(|k| allowed.contains(k)), "{version} route {rt}");
         assert!(is_cidr(&rt["dst"]), "{rt}");
-    }
-}
-
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Netns {
-        assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
-        Netns(name)
-    }
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
-    }
-    fn ip(&self, args: &[&str]) -> String {
-        text(&Command::new("ip").args(["-n", &self.0]).args(args).output().unwrap().stdout)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
 

@@ -134,7 +134,8 @@ impl Drop for Node {
         for ns in [&self.node, &self.pod] {
             let _ = ip(&["netns", "del", ns]);
         }
-        for f in [&self.config, &self.log] {
+        // The lease file outlives a daemon by design (leases survive restarts): the test removes it.
+        for f in [&self.config, &self.log, &self.socket.with_extension("leases.json")] {
             let _ = std::fs::remove_file(f);
         }
     }

@@ -1,5 +1,6 @@
-//! A full conntrack recovers and the API cannot be turned against the daemon (issue 11):
-//! a 10 s SYN flood against `max = 1000`, and the nested-filter, oversized-request and
+//! A full conntrack recovers and the API cannot be turned against the daemon (issues 11,
+//! 25): a 10 s SYN flood against `max = 1000` (the count sampled every 100 ms never above
+//! it), and the nested-filter, oversized-request and
 //! open-file-exhaustion probes, each followed by proof that the node still forwards.
 
 mod common;
@@ -33,6 +34,11 @@ fn main() -> ExitCode {
             assert!(early > 0, "the table never filled (flood too weak?): ct_early_drop {early}");
         })
         .phase_after("new_connections_get_in_throughout_the_flood", &["the_flood_runs"], throughout)
+        .phase_after("the_count_never_exceeds_max", &["the_flood_runs"], |f| {
+            let (peak, samples) = (f.outcome().peak_count, f.outcome().samples);
+            println!("conntrack count during the flood: at most {peak} of {CT_MAX} ({samples} samples, every 100 ms)");
+            assert!(samples > 0 && peak <= CT_MAX, "the count reached {peak} with max = {CT_MAX}");
+        })
         .phase_after("new_connections_get_in_right_after_the_flood", &["the_flood_runs"], |f| {
             let after = f.outcome().after;
             assert!(
@@ -47,13 +53,15 @@ fn main() -> ExitCode {
         .phase("an_oversized_request_is_answered_with_an_error", oversized_request)
         .phase("open_file_exhaustion_neither_spins_nor_floods_the_log", open_file_exhaustion)
         .phase("zero_length_vxlan_datagrams_are_counted", zero_length_vxlan)
-        .phase("a_listing_piped_into_head_ends_quietly", listing_into_head);
+        .phase("a_listing_piped_into_head_ends_quietly", listing_into_head)
+        .phase("two_thousand_idle_connections_lock_nobody_out", idle_connections);
     suite.run()
 }
 
 /// How long the flood lasts, and the window in which a new connection must get in.
 const FLOOD: Duration = Duration::from_secs(10);
 const WINDOW: Duration = Duration::from_secs(2);
+const CT_MAX: u64 = 1000;
 
 /// A node with `conntrack.max = 1000`, line servers on both endpoints behind a NodePort,
 /// and what the flood run measured.
@@ -72,11 +80,15 @@ struct FloodOutcome {
     early_drops: u64,
     /// The line client's report on the connections established before the flood.
     established: serde_json::Value,
+    /// The highest conntrack count sampled during the flood, and how many samples.
+    peak_count: u64,
+    samples: u64,
 }
 
 impl Flood {
     fn up() -> Flood {
-        let lab = Lab::up_env("tx", &[], &[("LAB_UCANAL_DATAPLANE", "[conntrack]\nmax = 1000")]);
+        let ct = format!("[conntrack]\nmax = {CT_MAX}");
+        let lab = Lab::up_env("tx", &[], &[("LAB_UCANAL_DATAPLANE", &ct)]);
         let dir = tempfile::tempdir().unwrap();
         let servers = ["ghost-ep1", "ghost-ep2"]
             .map(|ep| lab.background(ep, &format!("exec python3 {} serve 7000 {ep}", script("lines.py"))));
@@ -115,11 +127,26 @@ impl Flood {
             lab.spawn("client", &format!("exec python3 {} {NODE1} 31266 {secs} 2000000", script("synflood.py")));
         let started = Instant::now();
         let mut probes = Vec::new();
-        while started.elapsed() < FLOOD {
-            let at = started.elapsed().as_secs_f64();
-            probes.push((at, nodeport_answers(lab, "1")));
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let (peak_count, samples) = std::thread::scope(|sc| {
+            let sampler = sc.spawn(|| {
+                let (mut peak, mut n) = (0, 0);
+                while started.elapsed() < FLOOD {
+                    let node = lab.ucanal("centos7-1", &["show", "node", "--json"]);
+                    let v: serde_json::Value = serde_json::from_slice(&node.stdout).unwrap_or_default();
+                    if let Some(c) = v["conntrack"]["entries"].as_u64() {
+                        (peak, n) = (peak.max(c), n + 1);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                (peak, n)
+            });
+            while started.elapsed() < FLOOD {
+                let at = started.elapsed().as_secs_f64();
+                probes.push((at, nodeport_answers(lab, "1")));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            sampler.join().unwrap()
+        });
         let flood = flood.wait_with_output().unwrap();
         let sent = text(&flood.stdout);
         let after = wait_until(Duration::from_secs(5), || nodeport_answers(lab, "1"));
@@ -132,7 +159,7 @@ impl Flood {
         );
         assert!(established.wait().unwrap().success(), "the line client failed");
         let established: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-        let _ = self.outcome.set(FloodOutcome { probes, after, early_drops, established });
+        let _ = self.outcome.set(FloodOutcome { probes, after, early_drops, established, peak_count, samples });
         assert!(sent.trim().parse::<u64>().is_ok_and(|n| n > 0), "the flood sent nothing: {sent:?}");
     }
 }
@@ -295,4 +322,53 @@ fn listing_into_head(lab: &Lab) {
         .unwrap();
     assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).lines().count(), 1);
+}
+
+/// How many idle connections are held, for how long, and how fast a new client must be served.
+const IDLE_CLIENTS: &str = "2000";
+const IDLE_FOR: Duration = Duration::from_secs(15);
+const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+
+/// 2,000 connections that send nothing (netns-scripts/api-idle.py; it reconnects the ones
+/// the daemon closes) for 15 s, over the 10 s idle deadline: a new `ucanal show node`
+/// answers within 1 s every 250 ms throughout.
+fn idle_connections(lab: &Lab) {
+    let sock = lab.socket("centos7-1");
+    let mut idle = Background(
+        std::process::Command::new("python3")
+            .arg(script("api-idle.py"))
+            .arg(&sock)
+            .args([IDLE_CLIENTS, &IDLE_FOR.as_secs().to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let start = Instant::now();
+    let (mut asked, mut worst) = (0, Duration::ZERO);
+    while start.elapsed() < IDLE_FOR - Duration::from_secs(2) {
+        let t = Instant::now();
+        let out = lab.ucanal("centos7-1", &["show", "node"]);
+        let took = t.elapsed();
+        assert!(out.status.success(), "show node failed among idle clients: {}", text(&out.stderr));
+        assert!(
+            took < ANSWER_WITHIN,
+            "show node took {took:?} among {IDLE_CLIENTS} idle clients (after {:?})",
+            start.elapsed()
+        );
+        (asked, worst) = (asked + 1, worst.max(took));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let mut report = String::new();
+    let _ = idle.0.wait();
+    std::io::Read::read_to_string(&mut idle.0.stdout.take().unwrap(), &mut report).unwrap();
+    let node: serde_json::Value =
+        serde_json::from_str(&lab.ucanal_ok("centos7-1", &["show", "node", "--json"])).unwrap();
+    println!(
+        "{IDLE_CLIENTS} idle clients: {asked} show node, slowest {worst:?}; idle side {}; api {}",
+        report.trim(),
+        node["api"]
+    );
+    let made: serde_json::Value = serde_json::from_str(report.trim()).expect("api-idle.py's report");
+    assert!(made["connections"].as_u64().unwrap() >= 2000, "the idle clients were not all connected: {made}");
 }

@@ -10,11 +10,13 @@
 use std::fmt::Display;
 use std::io::{self, BufRead, BufReader, Read, Write};
 
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorCode};
 use super::request::{Command, Query, Request, Stream};
+
+mod rows;
 
 /// The longest request line the daemon reads, in bytes (a service with thousands of
 /// endpoints fits; a bigger manifest goes in parts).
@@ -124,6 +126,32 @@ impl<S: Read + Write> Client<S> {
     /// A query: its data.
     pub fn query<T: DeserializeOwned>(&mut self, q: Query) -> Result<T, ClientError> {
         self.call(&Request::Query(q))?.data.ok_or(ClientError::NoData)
+    }
+
+    /// A query answered with a list, read row by row as it arrives: `each` gets every
+    /// row, and nothing holds the whole answer. Returns how many rows came.
+    pub fn query_rows<T: DeserializeOwned>(&mut self, q: Query, mut each: impl FnMut(T)) -> Result<usize, ClientError> {
+        let request = line(&Request::Query(q));
+        let sent = self.r.get_mut().write_all(&request).and_then(|()| self.r.get_mut().flush());
+        let mut de = serde_json::Deserializer::from_reader(&mut self.r);
+        let read = rows::ReplySeed::new(&mut each).deserialize(&mut de);
+        let n = match read {
+            Ok(r) => r?,
+            Err(e) if e.is_eof() => {
+                return Err(match sent {
+                    Err(source) => ClientError::Send { peer: self.peer.clone(), source },
+                    Ok(()) => ClientError::Closed,
+                });
+            }
+            Err(e) if e.is_io() => {
+                return Err(ClientError::Recv { peer: self.peer.clone(), source: e.into() });
+            }
+            Err(e) => return Err(ClientError::BadReply(e)),
+        };
+        // The rest of the reply's line (its newline).
+        let mut rest = String::new();
+        let _ = self.r.read_line(&mut rest);
+        Ok(n)
     }
 
     /// Sends a request and reads its reply; an error reply is [`ClientError::Refused`].

@@ -15,8 +15,11 @@ pub enum ErrorCode {
     Invalid,
     /// The peer is not root.
     PermissionDenied,
-    /// Too many connections at once; try again.
+    /// Too many connections (or streams) at once; try again.
     Busy,
+    /// The connection sent no complete request (or took no answer) within the API's
+    /// deadline, or gave its slot to a newer client while idle: it is closed; reconnect.
+    Timeout,
     /// No such pod, service, endpoint, attachment or port.
     NotFound,
     /// It exists already (a pod, an endpoint, an attachment, an interface).

@@ -29,7 +29,7 @@ pub use cni::{CniAttach, CniPod, CniStatus};
 pub use error::{ApiError, ErrorCode};
 pub use handover::Ask;
 pub use kube::ObjectList;
-pub use node::{ConntrackSize, NodeReport, StateFileStats, Techniques};
+pub use node::{ApiStats, ConntrackSize, NodeReport, StartReport, StateFileStats, Techniques};
 pub use pod::PodSpec;
 pub use request::{Command, EndpointRef, ObjectKind, Query, Request, Show, Stream};
 pub use rows::*;

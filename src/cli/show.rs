@@ -14,11 +14,34 @@ use crate::api::{
     RouteRow, ServiceRow, Show,
 };
 
-/// `ucanal show WHAT [--json] [--all]`: one request.
+/// `ucanal show WHAT [--json] [--all]`: one request. The big listings (conntrack,
+/// services) are printed as their rows arrive, never held whole (see [`stream_json`]);
+/// the others are returned as text.
 pub fn show(target: &Target, what: Show, json: bool, all: bool) -> Result<String, CliError> {
     let mut c = target.client(Some(ANSWER_WAIT))?;
     let q = Query::Show { what };
     let text = match what {
+        Show::Conntrack if json => {
+            let n = stream_json(|each| c.query_rows::<ConntrackRow>(q, each))?;
+            eprintln!("conntrack v1.4 (ucanal): {n} flow entries have been shown.");
+            return Ok(String::new());
+        }
+        Show::Conntrack => {
+            let mut out = Out::new();
+            let n = c.query_rows::<ConntrackRow>(q, |r| out.line(&r.line))?;
+            out.finish()?;
+            eprintln!("conntrack v1.4 (ucanal): {n} flow entries have been shown.");
+            return Ok(String::new());
+        }
+        Show::Services if json => {
+            stream_json(|each| c.query_rows::<ServiceRow>(q, each))?;
+            return Ok(String::new());
+        }
+        Show::Services => {
+            let mut rows = Vec::new();
+            c.query_rows::<ServiceRow>(q, |r| rows.push(r))?;
+            services_text(&rows)
+        }
         Show::Routes => render(c.query::<Vec<RouteRow>>(q)?, json, |r| routes_text(r))?,
         Show::Neigh => render(c.query::<Vec<NeighRow>>(q)?, json, |r| neigh_text(r))?,
         Show::Fdb => render(c.query::<Vec<FdbRow>>(q)?, json, |r| fdb_text(r))?,
@@ -26,16 +49,85 @@ pub fn show(target: &Target, what: Show, json: bool, all: bool) -> Result<String
             let p: PodsReport = c.query(q)?;
             render(p.pods, json, |r| pods_text(r, &p.node))?
         }
-        Show::Services => render(c.query::<Vec<ServiceRow>>(q)?, json, |r| services_text(r))?,
-        Show::Conntrack => render(c.query::<Vec<ConntrackRow>>(q)?, json, |r| {
-            eprintln!("conntrack v1.4 (ucanal): {} flow entries have been shown.", r.len());
-            conntrack_text(r)
-        })?,
         Show::Counters => render(c.query::<CountersReport>(q)?, json, |r| counters_text(r, all))?,
         Show::Node => json_text(&c.query::<NodeReport>(q)?)?,
         Show::Peers => render(c.query::<PeersReport>(q)?, json, |r| peers_text(&r.peers))?,
     };
     Ok(text.trim_end_matches('\n').to_string())
+}
+
+/// `ucanal pid`: the daemon's process id (as it reports it: after a hand-over that is
+/// the successor's, whatever process bound the socket).
+pub fn pid(target: &Target) -> Result<String, CliError> {
+    let r: NodeReport = target.client(Some(ANSWER_WAIT))?.query(Query::Show { what: Show::Node })?;
+    Ok(r.pid.to_string())
+}
+
+/// Standard output, buffered, keeping the first write error (a closed pipe ends the
+/// process with SIGPIPE before that: see `main`).
+struct Out {
+    w: std::io::BufWriter<std::io::StdoutLock<'static>>,
+    err: Option<std::io::Error>,
+}
+
+impl Out {
+    fn new() -> Out {
+        Out { w: std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock()), err: None }
+    }
+
+    fn write(&mut self, s: &str) {
+        if self.err.is_none()
+            && let Err(e) = std::io::Write::write_all(&mut self.w, s.as_bytes())
+        {
+            self.err = Some(e);
+        }
+    }
+
+    fn line(&mut self, s: &str) {
+        self.write(s);
+        self.write("\n");
+    }
+
+    fn finish(mut self) -> Result<(), CliError> {
+        if let Some(e) = self.err.take() {
+            return Err(CliError::File { what: "standard output".into(), source: e });
+        }
+        std::io::Write::flush(&mut self.w).map_err(|e| CliError::File { what: "standard output".into(), source: e })
+    }
+}
+
+/// Prints the rows `read` hands over as one pretty JSON array (each row's keys sorted),
+/// the same text [`json_text`] makes of the whole list, a row at a time; returns how
+/// many rows there were.
+fn stream_json<T: Serialize>(
+    read: impl FnOnce(&mut dyn FnMut(T)) -> Result<usize, crate::api::codec::ClientError>,
+) -> Result<usize, CliError> {
+    let mut out = Out::new();
+    let mut first = true;
+    let mut bad = None;
+    let n = read(&mut |row: T| {
+        let pretty = serde_json::to_value(&row).and_then(|v| serde_json::to_string_pretty(&v));
+        match pretty {
+            Ok(p) => {
+                out.write(if first { "[\n" } else { ",\n" });
+                first = false;
+                for (i, l) in p.lines().enumerate() {
+                    if i > 0 {
+                        out.write("\n");
+                    }
+                    out.write("  ");
+                    out.write(l);
+                }
+            }
+            Err(e) => bad = Some(e),
+        }
+    })?;
+    if let Some(e) = bad {
+        return Err(CliError::Json(e));
+    }
+    out.line(if first { "[]" } else { "\n]" });
+    out.finish()?;
+    Ok(n)
 }
 
 /// The rows as JSON, or as text.
@@ -214,10 +306,6 @@ pub fn peers_text(rows: &[PeerRow]) -> String {
         );
     }
     s
-}
-
-pub fn conntrack_text(rows: &[ConntrackRow]) -> String {
-    rows.iter().map(|r| format!("{}\n", r.line)).collect()
 }
 
 #[cfg(test)]

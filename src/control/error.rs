@@ -133,8 +133,14 @@ pub enum ControlError {
     EtcdPartial(EtcdError),
     #[error("permission denied: the ucanal API is root-only")]
     PermissionDenied,
-    #[error("too many API connections (at most {0}); try again")]
+    #[error("too many API connections (at most {0}), all busy; try again")]
     Busy(usize),
+    #[error("too many streams (trace --live, capture) at once (at most {0}); try again")]
+    TooManyStreams(usize),
+    #[error("no complete request within {} ms; connection closed", .0.as_millis())]
+    Idle(std::time::Duration),
+    #[error("connection closed: it was idle and a newer client needed its slot")]
+    Yielded,
     #[error("hand-over: this ucanal takes no successor")]
     NoSuccessor,
 }
@@ -170,7 +176,8 @@ impl ControlError {
             Etcd(_) => ErrorCode::Etcd,
             EtcdPartial(_) => ErrorCode::EtcdPartial,
             PermissionDenied => ErrorCode::PermissionDenied,
-            Busy(_) => ErrorCode::Busy,
+            Busy(_) | TooManyStreams(_) => ErrorCode::Busy,
+            Idle(_) | Yielded => ErrorCode::Timeout,
             NoSuccessor => ErrorCode::NoSuccessor,
         }
     }

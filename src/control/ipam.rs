@@ -215,6 +215,21 @@ impl Ipam {
         Ok(Some(l))
     }
 
+    /// At a final teardown: the runtime still holds its containers, so their leases stay
+    /// until their DEL (an address is never handed to a second container while the first
+    /// may come back); the file goes once nothing is left in it.
+    pub fn remove_if_empty(&self) -> Result<(), IpamError> {
+        if !self.table.leases.is_empty() {
+            return Ok(());
+        }
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(IpamError::File { path: self.path.clone(), source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Writes the table: a temporary file, fsync, rename over the old one.
     fn save(&self) -> Result<(), IpamError> {
         use std::io::Write;

@@ -5,9 +5,11 @@
 //! ([`ipam`]), Kubernetes objects ([`kube`]), flannel membership
 //! ([`cluster`], over the [`etcd`] client), and what survives a restart ([`persist`],
 //! [`handover`]). [`daemon`] runs it: start, the API server, stop. [`inspect`] answers
-//! what the API shows, [`metrics`] what Prometheus scrapes. It depends on the API
+//! what the API shows, [`metrics`] what Prometheus scrapes, [`check`] what `ucanal check`
+//! finds before a `run`. It depends on the API
 //! contract ([`crate::api`]), never on the CLI.
 
+pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod daemon;

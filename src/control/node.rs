@@ -22,6 +22,18 @@ type SysctlKey = &'static [&'static str];
 const IP_FORWARD: SysctlKey = &["net", "ipv4", "ip_forward"];
 const ALL_RP_FILTER: SysctlKey = &["net", "ipv4", "conf", "all", "rp_filter"];
 
+/// What a start keeps of a previous ucanal's steering rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adopt {
+    /// A cold start: leftover rules are cleared first.
+    Nothing,
+    /// A ucanal that is gone (a restart, a crash): its rules stay and are ours; the
+    /// ones no service needs are removed.
+    Gone,
+    /// A live predecessor handing over: its rules steer on and stay untouched.
+    Live,
+}
+
 /// The node as ucanal set it up: what it is, and what to undo.
 pub struct NodeBook {
     info: NodeInfo,
@@ -65,12 +77,12 @@ impl NodeBook {
     }
 
     /// Sysctls, host port addresses and routes, and (unless a live predecessor's
-    /// rules steer on, `adopt_steers`) the steering rules for `node_ports`. `adopted`:
-    /// the node was a previous ucanal's, its rules stay instead of being cleared.
+    /// rules steer on, `adopt_steers`) the steering rules for `node_ports`. `adopt`: what
+    /// of a previous ucanal's stays (see [`Adopt`]).
     pub async fn configure(
         &mut self,
         cfg: &Config,
-        adopted: bool,
+        adopt: Adopt,
         node_ports: impl Iterator<Item = SteeredPort>,
     ) -> Result<(), RunError> {
         let n = &self.info;
@@ -123,14 +135,27 @@ impl NodeBook {
             p.uplink_mtu = netlink::link_view(h, &uplink).await?.mtu;
             // A previous ucanal that died without cleaning up may have left rules; one
             // that handed over left them on purpose, and they keep steering meanwhile.
-            if !adopted {
+            if adopt == Adopt::Nothing {
                 netlink::del_steers(h, table, node_ip, None).await?;
             }
             netlink::configure_host_port(h, &p).await?;
             netlink::move_local_rule(h).await
         })
         .map_err(RunError::Kernel)?;
+        if adopt == Adopt::Gone {
+            // Its rules are ours: the ones no service of ours needs go in `sync_steers`.
+            self.take_existing_steers(cfg).await.map_err(RunError::Kernel)?;
+        }
         self.sync_steers(cfg, node_ports).await.map_err(RunError::Kernel)
+    }
+
+    /// The steering rules in the kernel are ours to keep or remove (a ucanal that is
+    /// gone left them: they went on steering to the host port meanwhile).
+    pub async fn take_existing_steers(&mut self, cfg: &Config) -> io::Result<()> {
+        let (table, node_ip) = (cfg.node.route_table, self.info.node_ip);
+        let found = netlink::with_handle(async |h| netlink::list_steers(h, table, node_ip).await)?;
+        self.steers = found.into_iter().collect();
+        Ok(())
     }
 
     /// The steering rules the services' NodePorts need, and the replies to flows
@@ -202,53 +227,97 @@ impl NodeBook {
     }
 }
 
-/// Checks the machine against the config before anything is created. With `keep`
-/// (`--keep-on-exit`) an existing host port is a previous ucanal's, to be adopted;
-/// `handing`: that ucanal is live on our socket and hands over (see `handover`).
-/// `pods`: the pods to attach (their namespaces must exist).
-pub async fn preflight(cfg: &Config, pods: &[PodSpec], keep: bool, handing: bool) -> Result<(), RunError> {
+/// Checks the machine against the config before anything is created. `pods`: the pods
+/// of a cold start, from the config (their namespaces must exist; a restored pod whose
+/// namespace is gone is dropped later, with a warning). `handing`: a live predecessor
+/// on our socket hands over (see `handover`). Returns whether the node is still steered
+/// by a ucanal that is gone (its host port is there and nobody answers on the API): the
+/// start then adopts what it left.
+pub async fn preflight(cfg: &Config, pods: &[PodSpec], handing: bool) -> Result<Leftovers, RunError> {
     if !std::path::Path::new("/dev/net/tun").exists() {
         return Err(RunError::NoTun);
     }
-    let uplink = cfg.node.uplink.clone();
-    let host_port = cfg.node.host_port.clone();
-    let node_ip = cfg.node.node_ip;
-    let (uplink_idx, exists) = netlink::with_handle(async |h| {
-        let idx = match netlink::link_index(h, &uplink).await {
-            Ok(i) => Some(i),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
-        };
-        Ok((idx, netlink::link_exists(h, &host_port).await?))
-    })
-    .map_err(RunError::Kernel)?;
+    check_socket_dir(&cfg.api.socket).map_err(RunError::Config)?;
+    check_uplink(cfg).map_err(RunError::Kernel)?.map_err(RunError::Config)?;
     let conflict = |field: String, problem: String| RunError::Config(ConfigError { field, problem });
-    let Some(idx) = uplink_idx else {
-        return Err(conflict("node.uplink".into(), format!("interface {uplink} not found")));
-    };
-    let addrs = netlink::with_handle(async |h| netlink::link_addrs(h, idx).await).map_err(RunError::Kernel)?;
-    if !addrs.contains(&node_ip) {
-        return Err(conflict(
-            "node.node_ip".into(),
-            format!("{node_ip} is not an address of {uplink} (it has {addrs:?})"),
-        ));
-    }
-    if exists && !keep {
-        return Err(conflict(
-            "node.host_port".into(),
-            format!("an interface named {host_port} already exists (is another ucanal running?)"),
-        ));
-    }
     for (i, p) in pods.iter().enumerate() {
         if !p.netns_path().exists() {
             return Err(conflict(format!("pods[{i}].netns"), format!("{} does not exist", p.netns_path().display())));
         }
     }
-    if !handing && cfg.api.socket.exists() && std::os::unix::net::UnixStream::connect(&cfg.api.socket).is_ok() {
-        return Err(conflict(
-            "api.socket".into(),
-            format!("another ucanal is listening on {}", cfg.api.socket.display()),
-        ));
+    if handing {
+        return Ok(Leftovers::None);
+    }
+    if let Some(at) = live_ucanal(&cfg.api.socket) {
+        return Err(conflict("api.socket".into(), format!("another ucanal is listening on {at}")));
+    }
+    let host_port = cfg.node.host_port.clone();
+    let exists = netlink::with_handle(async |h| netlink::link_exists(h, &host_port).await).map_err(RunError::Kernel)?;
+    Ok(if exists { Leftovers::HostPort } else { Leftovers::None })
+}
+
+/// What a ucanal that is gone left on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leftovers {
+    None,
+    /// Its host port (and with it, normally, its rules and the pods' TAPs).
+    HostPort,
+}
+
+/// Where a live ucanal answers: the socket file, or this namespace's `@ucanal`.
+pub fn live_ucanal(socket: &std::path::Path) -> Option<String> {
+    use std::os::linux::net::SocketAddrExt;
+    if socket.exists() && std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Some(socket.display().to_string());
+    }
+    let at = std::os::unix::net::SocketAddr::from_abstract_name(crate::api::ABSTRACT_SOCKET).ok()?;
+    std::os::unix::net::UnixStream::connect_addr(&at).ok().map(|_| format!("@{}", crate::api::ABSTRACT_SOCKET))
+}
+
+/// The API socket's directory can be (or is) a directory: every error names the socket.
+pub fn check_socket_dir(socket: &std::path::Path) -> Result<(), ConfigError> {
+    let fault = |problem: String| ConfigError { field: "api.socket".into(), problem };
+    if let Ok(m) = std::fs::symlink_metadata(socket) {
+        use std::os::unix::fs::FileTypeExt;
+        if !m.file_type().is_socket() {
+            return Err(fault(format!("{} exists and is not a socket", socket.display())));
+        }
+    }
+    // The nearest ancestor that exists must be a directory (ucanal creates the rest).
+    for dir in socket.ancestors().skip(1) {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => {
+                return Err(fault(format!("{}: {} is not a directory", socket.display(), dir.display())));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(fault(format!("{}: {}: {e}", socket.display(), dir.display()))),
+        }
     }
     Ok(())
+}
+
+/// The uplink exists in this network namespace and holds the node IP.
+pub fn check_uplink(cfg: &Config) -> io::Result<Result<(), ConfigError>> {
+    let uplink = cfg.node.uplink.clone();
+    let node_ip = cfg.node.node_ip;
+    let idx = netlink::with_handle(async |h| match netlink::link_index(h, &uplink).await {
+        Ok(i) => Ok(Some(i)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    })?;
+    let Some(idx) = idx else {
+        return Ok(Err(ConfigError {
+            field: "node.uplink".into(),
+            problem: format!("interface {uplink} not found in this network namespace"),
+        }));
+    };
+    let addrs = netlink::with_handle(async |h| netlink::link_addrs(h, idx).await)?;
+    if !addrs.contains(&node_ip) {
+        return Ok(Err(ConfigError {
+            field: "node.node_ip".into(),
+            problem: format!("{node_ip} is not an address of {} (it has {addrs:?})", cfg.node.uplink),
+        }));
+    }
+    Ok(Ok(()))
 }

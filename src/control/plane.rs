@@ -49,9 +49,11 @@ pub struct Plane {
 impl Plane {
     /// An empty dataplane for `workers` worker threads (nothing runs yet).
     pub fn new(cfg: &Config, node: &NodeInfo, workers: usize, seed: u64) -> Plane {
+        let mut ct = crate::core::nat::conntrack::Conntrack::new(cfg.conntrack.max, cfg.conntrack.timeouts);
+        ct.udp_rule = cfg.conntrack.udp_stream_rule;
         let dp = Dataplane::new(
             Tables::build(0, node.clone(), 0, &[], &[], ServiceTable::default()),
-            crate::core::nat::conntrack::Conntrack::new(cfg.conntrack.max, cfg.conntrack.timeouts),
+            ct,
             workers + CONTROL_BLOCKS,
         )
         .with_tap_offloads(cfg.dataplane.techniques().tap_offloads);

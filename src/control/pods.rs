@@ -8,17 +8,14 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use super::error::ControlError;
+use super::persist::SavedPod;
 use crate::api::PodSpec;
 use crate::core::PortId;
 use crate::core::tables::{NodeInfo, PodPort};
 use crate::io::{netlink, stats, sys, tap};
 
-/// What makes a pod a CNI attachment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attachment {
-    pub network: String,
-    pub container_id: String,
-}
+// What makes a pod a CNI attachment is saved with it: defined beside the state file.
+pub use crate::control::persist::Attachment;
 
 /// A pod on this node.
 pub struct PodState {
@@ -115,9 +112,9 @@ impl PodBook {
         self.pods.iter().map(|p| p.spec.name.clone()).collect()
     }
 
-    /// Every pod's spec, in order (the state file).
-    pub fn specs(&self) -> Vec<PodSpec> {
-        self.pods.iter().map(|p| p.spec.clone()).collect()
+    /// Every pod as the state keeps it, in order.
+    pub fn saved(&self) -> Vec<SavedPod> {
+        self.pods.iter().map(|p| SavedPod { pod: p.spec.clone(), cni: p.cni.clone() }).collect()
     }
 
     /// The pods as the tables route to them.

@@ -11,6 +11,7 @@ use std::net::Ipv4Addr;
 
 use super::config::{self, Config};
 use super::error::ControlError;
+use super::health::HealthBook;
 use crate::core::nat::service::{Protocol, Service, ServiceSpec, ServiceTable};
 
 /// Where a service sits in the table: its cluster IP:port.
@@ -36,6 +37,8 @@ pub struct Delta {
 pub struct ServiceBook {
     table: ServiceTable,
     names: BTreeMap<String, Portal>,
+    /// The `healthCheckNodePort` servers of the services in the table.
+    pub(crate) health: HealthBook,
 }
 
 /// What applying a delta replaced.
@@ -56,6 +59,30 @@ impl ServiceBook {
             b.table.insert(Service::carrying(s, None));
         }
         b
+    }
+
+    /// The services a previous ucanal left (its state file, or a hand-over, named by
+    /// `origin`): one that does not apply under this config (or clashes with one before
+    /// it) is dropped with a warning naming it. Returns the book and how many were dropped.
+    pub fn restored(cfg: &Config, specs: Vec<ServiceSpec>, origin: &str) -> (ServiceBook, u64) {
+        let mut portals = HashSet::new();
+        let mut dropped = 0;
+        let kept: Vec<ServiceSpec> = specs
+            .into_iter()
+            .filter(|s| {
+                let fault = match config::check_service(cfg, s) {
+                    Err(e) => Some(e.to_string()),
+                    Ok(()) if !portals.insert(portal(s)) => Some("its cluster IP and port are another's".into()),
+                    Ok(()) => None,
+                };
+                if let Some(f) = &fault {
+                    tracing::warn!("{origin}: service {} cannot be restored ({f}); dropped", s.name);
+                    dropped += 1;
+                }
+                fault.is_none()
+            })
+            .collect();
+        (ServiceBook::new(kept), dropped)
     }
 
     pub fn table(&self) -> &ServiceTable {

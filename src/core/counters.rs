@@ -50,6 +50,7 @@ named_enum!(
         CtPortRemapped => "ct_port_remapped", "new flows whose source port was changed to keep the reply tuple unique";
         CtEarlyDrop => "ct_early_drop", "flows not yet assured (or already closing) evicted to make room for a new one (the kernel's early_drop)";
         CtExpired => "ct_expired", "flows removed by timeout";
+        CtPressureDrop => "ct_pressure_drop", "flows not yet assured (or closing) removed by the sweep while the table was over 95% full, once a second past their first (the kernel's gc early drop)";
         CtFlushedEndpoint => "ct_flushed_endpoint", "UDP flows removed because their endpoint was removed";
         CtFlushedPod => "ct_flushed_pod", "flows removed because a pod they involve was removed";
         ServiceDnat => "service_dnat", "new flows DNATed to a service endpoint";

@@ -261,6 +261,11 @@ fn rule_steer(m: &RuleMessage, node_ip: Ipv4Addr) -> Option<Steer> {
     Some(Steer { proto, dst: dst.filter(|d| *d != node_ip), ports })
 }
 
+/// The steering rules to `table` there are now.
+pub async fn list_steers(h: &Handle, table: u32, node_ip: Ipv4Addr) -> io::Result<Vec<Steer>> {
+    Ok(rules(h).await?.iter().filter(|m| rule_table(m) == table).filter_map(|m| rule_steer(m, node_ip)).collect())
+}
+
 /// Removes steering rules (all of them for `table` when `only` is `None`).
 pub async fn del_steers(h: &Handle, table: u32, node_ip: Ipv4Addr, only: Option<&[Steer]>) -> io::Result<usize> {
     let mut n = 0;

@@ -39,6 +39,9 @@ pub enum Persist {
     /// Persistent: attached to when it exists already (left by a previous ucanal),
     /// created otherwise; stays when the queues close.
     Keep,
+    /// Attached to when it exists already (a persistent TAP a ucanal that is gone left)
+    /// and made non-persistent: gone with its last queue, as if created here.
+    Release,
 }
 
 /// Opens `queues` queues of the TAP `name` in the calling thread's network namespace,
@@ -89,8 +92,8 @@ pub fn open_with(name: &str, queues: usize, offloads: bool, persist: Persist) ->
                 let e = io::Error::last_os_error();
                 return Err(io::Error::new(e.kind(), format!("TUNSETOFFLOAD on {name}: {e}")));
             }
-            if persist == Persist::Keep {
-                set_persist(&fd, true)
+            if persist != Persist::No {
+                set_persist(&fd, persist == Persist::Keep)
                     .map_err(|e| io::Error::new(e.kind(), format!("TUNSETPERSIST on {name}: {e}")))?;
             }
         }

@@ -3,6 +3,7 @@
 //! wrappers to run commands inside its namespaces.
 #![allow(dead_code)]
 
+pub mod cni;
 pub mod harness;
 
 use std::path::{Path, PathBuf};

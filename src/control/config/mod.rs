@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::PodSpec;
 use crate::api::Techniques;
 use crate::core::Ipv4Net;
-use crate::core::nat::conntrack::Timeouts;
+use crate::core::nat::conntrack::{Timeouts, UdpRule};
 use crate::core::nat::service::ServiceSpec;
 use crate::core::tables::{NodeInfo, Peer, VxlanAccept};
 use crate::wire::MacAddr;
@@ -171,15 +171,39 @@ pub struct ApiSection {
     /// The runtime API socket (root only).
     #[serde(default = "default_socket")]
     pub socket: PathBuf,
+    /// How long a connection may take to send a complete request (or to take an
+    /// answer) before it is closed.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Connections served at once; when all are taken, the one idle the longest yields.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// Streams (`trace --live`, `capture`) at once.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
 }
 
 fn default_socket() -> PathBuf {
     PathBuf::from(crate::api::DEFAULT_SOCKET)
 }
+fn default_idle_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_clients() -> usize {
+    64
+}
+fn default_max_streams() -> usize {
+    8
+}
 
 impl Default for ApiSection {
     fn default() -> Self {
-        ApiSection { socket: default_socket() }
+        ApiSection {
+            socket: default_socket(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            max_clients: default_max_clients(),
+            max_streams: default_max_streams(),
+        }
     }
 }
 
@@ -294,6 +318,11 @@ pub struct ConntrackSection {
     pub max: usize,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// When a UDP flow becomes a stream: `current` (a reply seen and the flow older than
+    /// two seconds, as today's kernels) or `linux_3_10` (the packet after a reply, as
+    /// the article's kernel).
+    #[serde(default)]
+    pub udp_stream_rule: UdpRule,
 }
 
 fn default_ct_max() -> usize {
@@ -302,7 +331,7 @@ fn default_ct_max() -> usize {
 
 impl Default for ConntrackSection {
     fn default() -> Self {
-        ConntrackSection { max: default_ct_max(), timeouts: Timeouts::default() }
+        ConntrackSection { max: default_ct_max(), timeouts: Timeouts::default(), udp_stream_rule: UdpRule::default() }
     }
 }
 

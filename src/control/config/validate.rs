@@ -120,6 +120,15 @@ impl Config {
         if self.api.socket.as_os_str().is_empty() || !self.api.socket.is_absolute() {
             return Err(err("api.socket", "must be an absolute path"));
         }
+        if !(100..=3_600_000).contains(&self.api.idle_timeout_ms) {
+            return Err(err("api.idle_timeout_ms", "must be 100 .. 3600000 (an hour)"));
+        }
+        if !(2..=4096).contains(&self.api.max_clients) {
+            return Err(err("api.max_clients", "must be 2 .. 4096"));
+        }
+        if self.api.max_streams == 0 || self.api.max_streams >= self.api.max_clients {
+            return Err(err("api.max_streams", "must be 1 .. api.max_clients - 1 (a stream holds a connection)"));
+        }
         if self.dataplane.source_ports == 0 || self.dataplane.source_ports > 1024 {
             return Err(err("dataplane.source_ports", "must be 1..1024"));
         }

@@ -1,5 +1,6 @@
-//! Conntrack maintenance (and the session affinity table's): expired flows are swept once a second on a thread of its
-//! own, off the API's runtime, so a long sweep never delays an API answer and an API
+//! Conntrack maintenance (and the session affinity table's): expired flows (and, over
+//! 95 % of `max`, unassured flows past their grace second) are swept once a second on a
+//! thread of its own, off the API's runtime, so a long sweep never delays an API answer and an API
 //! request never delays a sweep. The sweep removes one key at a time (see
 //! `Conntrack::sweep`), so workers never wait for a whole shard. With `--keep-on-exit`
 //! the same thread writes the conntrack checkpoint after each sweep, for the ucanal
@@ -35,8 +36,9 @@ impl Sweeper {
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
                 }
                 let now = clock::now();
-                let n = dp.conntrack.sweep(now);
-                dp.counters.add(block, Counter::CtExpired, n as u64);
+                let swept = dp.conntrack.sweep(now);
+                dp.counters.add(block, Counter::CtExpired, swept.expired as u64);
+                dp.counters.add(block, Counter::CtPressureDrop, swept.pressure as u64);
                 // Session affinity records past their timeout leave, freeing room for new ones.
                 dp.affinity.sweep(now);
                 if let Some(path) = &checkpoint

@@ -10,9 +10,11 @@
 //! (see `persist`, `handover`; SIGINT still removes everything).
 
 mod follow;
+mod listing;
 pub mod maintenance;
 pub mod server;
 mod serving;
+pub mod slots;
 pub mod start;
 pub mod streams;
 
@@ -49,6 +51,7 @@ pub struct RunOptions {
 /// Runs the daemon until SIGTERM/SIGINT. Blocks the calling thread.
 pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), RunError> {
     let cfg = Config::load(config_path).map_err(RunError::Config)?.listening_on(opts.socket.clone());
+    raise_open_file_limit();
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(RunError::Kernel)?;
     rt.block_on(async move {
@@ -199,6 +202,22 @@ async fn serve_metrics(addr: std::net::SocketAddr, src: super::metrics::Source) 
             }
             r => return r,
         }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: every TAP queue, socket and API
+/// connection is a file, and the default soft limit (1024) is a few hundred clients
+/// away. The API's own limits decide how many connections are served.
+fn raise_open_file_limit() {
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one struct rlimit, which `l` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 || l.rlim_cur >= l.rlim_max {
+        return;
+    }
+    let want = libc::rlimit { rlim_cur: l.rlim_max.min(1 << 20), rlim_max: l.rlim_max };
+    // SAFETY: setrlimit reads one struct rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
+        tracing::warn!("raising the open-file limit: {}", std::io::Error::last_os_error());
     }
 }
 

@@ -6,10 +6,13 @@
 //!
 //! Whoever holds the socket cannot turn it against the daemon: a request line is at
 //! most [`MAX_REQUEST`] bytes (a longer one is answered with an error and the
-//! connection closed, never buffered), at most [`MAX_CLIENTS`] connections are served
-//! at once (one more is told so and closed), accept errors (the open-file limit) back
-//! off up to a second and are logged at most once a second, and a panic in a client's
-//! task is logged and ends that connection only: the dataplane threads never see it.
+//! connection closed, never buffered); a connection gets `[api] idle_timeout_ms` for
+//! each request and each answer, idle connections yield their slots to newcomers and
+//! streams have a limit of their own (see [`super::slots`]); the big listings are
+//! streamed, never built whole (see [`super::listing`]); accept errors (the open-file
+//! limit) back off up to a second and are logged at most once a second, and a panic in
+//! a client's task is logged and ends that connection only: the dataplane threads
+//! never see it.
 
 use std::io;
 use std::path::Path;
@@ -19,19 +22,21 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::sync::{Mutex, mpsc};
 
 use crate::api::codec::{self, MAX_REQUEST};
 use crate::api::{ABSTRACT_SOCKET, ApiError, Ask, Command, ErrorCode, Query, Request, Show};
 use crate::control::error::{BindError, ControlError};
 use crate::control::handover::Successor;
 use crate::control::inspect::{self, listings};
+use crate::control::kube::sync::Written;
 use crate::control::kube::{Parts, listing};
 use crate::control::state::Daemon;
 
-/// API connections served at once.
-pub const MAX_CLIENTS: usize = 64;
-/// How long a connection refused for being one too many gets to read why.
+use super::listing::{self, Sent};
+use super::slots::{Refusal, Slot, Slots};
+
+/// How long a connection that is closed gets to read why.
 const REFUSAL_WAIT: Duration = Duration::from_secs(1);
 /// Read and write timeouts of a successor's connection, once `run` serves it.
 const HANDOVER_IO_WAIT: Duration = Duration::from_secs(10);
@@ -41,6 +46,8 @@ const HANDOVER_IO_WAIT: Duration = Duration::from_secs(10);
 pub struct Shared {
     pub daemon: Arc<Mutex<Daemon>>,
     pub successors: mpsc::Sender<Successor>,
+    /// The connection slots (every listener's, together).
+    pub slots: Arc<Slots>,
 }
 
 /// Binds the API socket: mode 0600 in a 0700 directory. A live daemon on the path
@@ -110,7 +117,7 @@ fn peer_allowed(stream: &UnixStream) -> bool {
     stream.peer_cred().map(|c| c.uid() == 0 || c.uid() == euid).unwrap_or(false)
 }
 
-async fn serve_client(stream: UnixStream, s: Shared) {
+async fn serve_client(stream: UnixStream, s: Shared, slot: Slot) {
     // Root only, twice over: the socket is 0600 and the peer must be uid 0 (or us).
     let allowed = peer_allowed(&stream);
     let (r, mut w) = stream.into_split();
@@ -119,24 +126,42 @@ async fn serve_client(stream: UnixStream, s: Shared) {
         return;
     }
     let d = &s.daemon;
+    let deadline = slot.idle_limit();
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
     let mut parts = Parts::default();
     loop {
-        match read_request(&mut r, &mut buf).await {
-            Ok(Some(())) => {}
-            Ok(None) => return,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+        slot.idle();
+        let read = tokio::select! {
+            read = tokio::time::timeout(deadline, read_request(&mut r, &mut buf)) => read,
+            () = slot.yielded() => return close(&mut w, ControlError::Yielded).await,
+        };
+        match read {
+            Ok(Ok(Some(()))) => {}
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
                 tracing::warn!("api: {e}");
                 let _ = w.write_all(&codec::error_line(ApiError::new(ErrorCode::BadRequest, e))).await;
                 return;
             }
-            Err(_) => return,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                slot.timed_out();
+                return close(&mut w, ControlError::Idle(deadline)).await;
+            }
         }
+        slot.busy();
         let answer = match codec::decode_request(&buf) {
             Err(e) => codec::error_line(e),
             Ok(Request::Handover(ask)) => return pass_successor(r, w, ask, &s).await,
             Ok(Request::Stream(st)) => {
+                let Ok(_stream) = slot.stream() else {
+                    let e = ControlError::TooManyStreams(slot_streams(&s));
+                    if send(&mut w, &codec::error_line(e.into()), deadline).await {
+                        continue;
+                    }
+                    return;
+                };
                 let (obs, t) = {
                     let g = d.lock().await;
                     (g.plane().observers().clone(), g.plane().dp().tables())
@@ -148,6 +173,12 @@ async fn serve_client(stream: UnixStream, s: Shared) {
                 };
                 crate::control::daemon::streams::serve(st, &obs, known, &mut w).await;
                 continue;
+            }
+            Ok(Request::Query(Query::Show { what })) if listing::streamed(what) => {
+                match listing::serve(d, what, &mut w, deadline).await {
+                    Sent::Done => continue,
+                    Sent::Stalled => return,
+                }
             }
             Ok(Request::Command(Command::Apply { objects, delete, more })) => match parts.add(objects, delete, more) {
                 Ok(None) => codec::message_line(Ok(format!("part {} held", parts.held()))),
@@ -161,12 +192,32 @@ async fn serve_client(stream: UnixStream, s: Shared) {
                 | Command::EndpointDel { .. }),
             )) => service_command(d, c).await,
             Ok(Request::Command(c)) => command(d, c).await,
+            Ok(Request::Query(Query::Show { what: Show::Node })) => {
+                let mut report = d.lock().await.node_report();
+                report.api = Some(s.slots.stats());
+                codec::reply_line(Ok(report))
+            }
             Ok(Request::Query(q)) => query(d, q).await,
         };
-        if w.write_all(&answer).await.is_err() {
+        if !send(&mut w, &answer, deadline).await {
+            slot.timed_out();
             return;
         }
     }
+}
+
+fn slot_streams(s: &Shared) -> usize {
+    s.slots.limits().streams
+}
+
+/// Writes an answer; false when the client did not take it within `deadline`.
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, answer: &[u8], deadline: Duration) -> bool {
+    matches!(tokio::time::timeout(deadline, w.write_all(answer)).await, Ok(Ok(())))
+}
+
+/// Tells a connection why it is closed (if it reads within a second).
+async fn close(w: &mut tokio::net::unix::OwnedWriteHalf, why: ControlError) {
+    let _ = tokio::time::timeout(REFUSAL_WAIT, w.write_all(&codec::error_line(why.into()))).await;
 }
 
 /// A successor's hand-over ask: the connection goes to `run`, which answers it.
@@ -225,6 +276,7 @@ async fn command(d: &Arc<Mutex<Daemon>>, c: Command) -> Vec<u8> {
 async fn query(d: &Arc<Mutex<Daemon>>, q: Query) -> Vec<u8> {
     match q {
         Query::Show { what } => match what {
+            // Streamed by `serve_client` (see `listing`); answered whole only if asked here.
             Show::Services => {
                 let t = d.lock().await.plane().dp().tables();
                 codec::reply_line(Ok(listings::services(&t)))
@@ -272,7 +324,12 @@ async fn apply(d: &Arc<Mutex<Daemon>>, objects: Vec<crate::api::kube::Object>, d
         "apply through etcd"
     );
     let r = r.map_err(|e| ControlError::from(e).into());
-    codec::message_line(r.map(|n| format!("{n} object(s) {} in etcd", if delete { "deleted" } else { "written" })))
+    codec::message_line(r.map(|w| match (w, delete) {
+        (Written::Changed(n), false) => format!("{n} object(s) written in etcd"),
+        (Written::Changed(n), true) => format!("{n} object(s) deleted in etcd"),
+        (Written::Unchanged(n), false) => format!("{n} object(s) unchanged in etcd (nothing written)"),
+        (Written::Unchanged(n), true) => format!("{n} object(s) already absent from etcd (nothing deleted)"),
+    }))
 }
 
 /// `service set|del`, `endpoint add|del`: in a cluster, a service that came from etcd
@@ -294,29 +351,32 @@ async fn service_command(d: &Arc<Mutex<Daemon>>, c: Command) -> Vec<u8> {
 /// Accepts API clients on every listener until aborted, one task each.
 pub async fn serve(listeners: Vec<UnixListener>, s: Shared) {
     // A JoinSet aborts its tasks when dropped, so aborting `serve` closes every listener.
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     let mut loops = tokio::task::JoinSet::new();
     for l in listeners {
-        loops.spawn(accept_loop(l, s.clone(), slots.clone()));
+        loops.spawn(accept_loop(l, s.clone()));
     }
     while loops.join_next().await.is_some() {}
 }
 
-/// Accepts API clients on one listener until aborted, one task each; `slots` bounds
-/// the connections of every listener together to [`MAX_CLIENTS`].
-async fn accept_loop(listener: UnixListener, s: Shared, slots: Arc<Semaphore>) {
+/// Accepts API clients on one listener until aborted, one task each, in the slots
+/// every listener shares (see [`Slots`]).
+async fn accept_loop(listener: UnixListener, s: Shared) {
     let mut backoff = Backoff::default();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 backoff.reset();
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tokio::spawn(refuse(stream));
-                    continue;
+                let peer = stream.peer_cred().ok().and_then(|c| c.pid()).map_or(0, |p| p as u32);
+                let slot = match s.slots.admit(peer) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        tokio::spawn(refuse(stream, why));
+                        continue;
+                    }
                 };
                 let s = s.clone();
                 tokio::spawn(async move {
-                    let r = std::panic::AssertUnwindSafe(serve_client(stream, s)).catch_unwind().await;
+                    let r = std::panic::AssertUnwindSafe(serve_client(stream, s, slot)).catch_unwind().await;
                     if let Err(p) = r {
                         let what = p
                             .downcast_ref::<&str>()
@@ -327,7 +387,6 @@ async fn accept_loop(listener: UnixListener, s: Shared, slots: Arc<Semaphore>) {
                             what.unwrap_or_default()
                         );
                     }
-                    drop(slot);
                 });
             }
             Err(e) => backoff.wait(&e).await,
@@ -335,11 +394,14 @@ async fn accept_loop(listener: UnixListener, s: Shared, slots: Arc<Semaphore>) {
     }
 }
 
-/// One connection too many: told so, without waiting for it to speak.
-async fn refuse(stream: UnixStream) {
+/// One connection too many (every slot busy): told so, without waiting for it to speak.
+async fn refuse(stream: UnixStream, why: Refusal) {
     let (_, mut w) = stream.into_split();
-    let line = codec::error_line(ControlError::Busy(MAX_CLIENTS).into());
-    let _ = tokio::time::timeout(REFUSAL_WAIT, w.write_all(&line)).await;
+    let e = match why {
+        Refusal::Busy(n) => ControlError::Busy(n),
+        Refusal::Streams(n) => ControlError::TooManyStreams(n),
+    };
+    let _ = tokio::time::timeout(REFUSAL_WAIT, w.write_all(&codec::error_line(e.into()))).await;
 }
 
 /// Accept errors (EMFILE past the open-file limit, ENFILE, ENOMEM) do not go away by

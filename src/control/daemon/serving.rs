@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use super::maintenance::Sweeper;
 use super::server::{self, Shared};
+use super::slots::{Limits, Slots};
 use crate::control::handover::Successor;
 use crate::control::state::Daemon;
 use crate::core::Dataplane;
@@ -33,13 +34,19 @@ impl Serving {
         daemon: Arc<Mutex<Daemon>>,
         successors: mpsc::Sender<Successor>,
     ) -> io::Result<Serving> {
-        let (dp, block, checkpoint) = {
+        let (dp, block, checkpoint, limits) = {
             let d = daemon.try_lock().map_err(io::Error::other)?;
             let p = d.plane();
-            (p.dp().clone(), p.maintenance_block(), d.persist.as_ref().map(|p| p.paths().conntrack.clone()))
+            let api = &d.config().api;
+            let limits = Limits {
+                clients: api.max_clients,
+                streams: api.max_streams,
+                idle: std::time::Duration::from_millis(api.idle_timeout_ms),
+            };
+            (p.dp().clone(), p.maintenance_block(), d.persist.as_ref().map(|p| p.paths().conntrack.clone()), limits)
         };
         let listeners = listeners.into_iter().map(|l| l.into_std().map(OwnedFd::from)).collect::<io::Result<_>>()?;
-        let shared = Shared { daemon, successors };
+        let shared = Shared { daemon, successors, slots: Slots::new(limits) };
         let mut s = Serving { shared, dp, block, checkpoint, listeners, server: None, sweeper: None };
         s.spawn()?;
         Ok(s)

@@ -11,22 +11,24 @@ fn tuple_row(t: &crate::core::nat::Tuple) -> TupleRow {
 }
 
 pub fn conntrack(entries: &[std::sync::Arc<Entry>], now: Now) -> Vec<ConntrackRow> {
-    entries
-        .iter()
-        .map(|e| ConntrackRow {
-            proto: proto_name(e.original.proto).into(),
-            protonum: e.original.proto,
-            timeout: e.remaining(now),
-            state: e.state_name().map(str::to_string),
-            original: tuple_row(&e.original),
-            reply: tuple_row(&e.reply),
-            unreplied: !e.seen_reply(),
-            assured: e.assured(),
-            dnat: e.nat & conntrack::NAT_DNAT != 0,
-            snat: e.nat & conntrack::NAT_SNAT != 0,
-            line: conntrack_line(e, now),
-        })
-        .collect()
+    entries.iter().map(|e| conntrack_row(e, now)).collect()
+}
+
+/// One flow as `show conntrack` lists it.
+pub fn conntrack_row(e: &Entry, now: Now) -> ConntrackRow {
+    ConntrackRow {
+        proto: proto_name(e.original.proto).into(),
+        protonum: e.original.proto,
+        timeout: e.remaining(now),
+        state: e.state_name().map(str::to_string),
+        original: tuple_row(&e.original),
+        reply: tuple_row(&e.reply),
+        unreplied: !e.seen_reply(),
+        assured: e.assured(),
+        dnat: e.nat & conntrack::NAT_DNAT != 0,
+        snat: e.nat & conntrack::NAT_SNAT != 0,
+        line: conntrack_line(e, now),
+    }
 }
 
 /// One line of `conntrack -L`, with the fields ucanal has:

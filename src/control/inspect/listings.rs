@@ -5,6 +5,7 @@
 
 use crate::api::{CountersReport, EndpointRow, FdbRow, NeighRow, PodRow, PortCounts, RouteRow, ServiceRow};
 use crate::core::PortId;
+use crate::core::nat::service::Service;
 use crate::core::tables::Tables;
 use crate::core::{Counter, Counters, DropReason};
 use crate::io::stats::{self, PortStats};
@@ -113,37 +114,36 @@ pub fn pods(t: &Tables, stats: &PortStats) -> Vec<PodRow> {
 }
 
 pub fn services(t: &Tables) -> Vec<ServiceRow> {
-    let mut v: Vec<ServiceRow> = t
-        .services
-        .iter()
-        .map(|s| {
-            let (packets, bytes) = s.hits.get();
-            let (node_port_packets, node_port_bytes) = s.node_port_hits.get();
-            ServiceRow {
-                name: s.spec.name.clone(),
-                protocol: s.spec.protocol.name().into(),
-                cluster_ip: s.spec.cluster_ip,
-                port: s.spec.port,
-                node_port: s.spec.node_port,
-                packets,
-                bytes,
-                node_port_packets,
-                node_port_bytes,
-                endpoints: s
-                    .spec
-                    .endpoints
-                    .iter()
-                    .zip(&s.endpoint_hits)
-                    .map(|(e, h)| {
-                        let (packets, bytes) = h.get();
-                        EndpointRow { endpoint: *e, packets, bytes }
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
+    let mut v: Vec<ServiceRow> = t.services.iter().map(service_row).collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v
+}
+
+/// One service as `show services` lists it.
+pub fn service_row(s: &Service) -> ServiceRow {
+    let (packets, bytes) = s.hits.get();
+    let (node_port_packets, node_port_bytes) = s.node_port_hits.get();
+    ServiceRow {
+        name: s.spec.name.clone(),
+        protocol: s.spec.protocol.name().into(),
+        cluster_ip: s.spec.cluster_ip,
+        port: s.spec.port,
+        node_port: s.spec.node_port,
+        packets,
+        bytes,
+        node_port_packets,
+        node_port_bytes,
+        endpoints: s
+            .spec
+            .endpoints
+            .iter()
+            .zip(&s.endpoint_hits)
+            .map(|(e, h)| {
+                let (packets, bytes) = h.get();
+                EndpointRow { endpoint: *e, packets, bytes }
+            })
+            .collect(),
+    }
 }
 
 pub fn counters(c: &Counters) -> CountersReport {

@@ -67,6 +67,9 @@ impl Daemon {
             conntrack: ConntrackSize { entries: self.plane.dp().conntrack.len(), max: self.plane.dp().conntrack.max() },
             peers: self.peers_report(),
             state_file: self.persist.as_ref().and_then(|p| p.stats()),
+            pid: std::process::id(),
+            start: self.start.clone(),
+            api: None,
         }
     }
 

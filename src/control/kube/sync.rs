@@ -47,6 +47,15 @@ pub enum ObjectUpdate {
     Changes { put: Vec<Object>, deleted: Vec<String> },
 }
 
+/// What a write did to etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The objects' buckets were written (or deleted).
+    Changed(usize),
+    /// etcd already held the objects as given (or held none of those deleted).
+    Unchanged(usize),
+}
+
 #[derive(Clone)]
 pub struct ObjectStore {
     pub client: EtcdClient,
@@ -142,14 +151,18 @@ impl ObjectStore {
     /// watch has caught up the write is planned again (what went through is then
     /// unchanged and not written twice). The first error stops it: with etcd
     /// unreachable nothing is written.
-    pub async fn write(&self, objs: &[Object], delete: bool) -> Result<usize, EtcdError> {
+    ///
+    /// Objects that are already stored as given write nothing; etcd is still asked (one
+    /// read), so that with etcd unreachable an unchanged apply fails as a changed one does.
+    pub async fn write(&self, objs: &[Object], delete: bool) -> Result<Written, EtcdError> {
         use futures::StreamExt as _;
         self.writes.0.fetch_add(1, Ordering::Relaxed);
         let _writing = Writing(self.writes.clone());
         for _ in 0..ATTEMPTS {
             let plan = self.index().plan(objs, delete);
             if plan == Plan::default() {
-                return Ok(objs.len());
+                self.client.get(&self.dir, false).await?;
+                return Ok(Written::Unchanged(objs.len()));
             }
             let txns: Vec<_> = self
                 .txns(plan)
@@ -174,7 +187,7 @@ impl ObjectStore {
                 rev = rev.max(r);
             }
             if all_held {
-                return Ok(objs.len());
+                return Ok(Written::Changed(objs.len()));
             }
             self.caught_up(rev).await;
         }

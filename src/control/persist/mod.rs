@@ -23,7 +23,7 @@ pub mod statefile;
 
 use std::path::Path;
 
-pub use files::{Paths, State, unix_now, write_atomic};
+pub use files::{Attachment, Paths, SavedPod, State, unix_now, write_atomic};
 use journal::Op;
 use statefile::{Source, StateFile};
 

@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use super::cluster::membership::Membership;
 use super::config::Config;
-use super::health::HealthBook;
 use super::ipam::Ipam;
 use super::kube::KubeBook;
 use super::node::NodeBook;
@@ -28,6 +27,7 @@ use super::persist::{Persist, State};
 use super::plane::Plane;
 use super::pods::PodBook;
 use super::services::ServiceBook;
+use crate::api::StartReport;
 use crate::core::tables::Peer;
 
 /// What a start takes over from the ucanal before it.
@@ -40,6 +40,17 @@ pub enum StartMode {
     Resumed,
     /// A running predecessor's live fds (TAP queues, sockets), handed over.
     HandedOver,
+}
+
+impl StartMode {
+    /// As `show node` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StartMode::Cold => "cold",
+            StartMode::Resumed => "resumed",
+            StartMode::HandedOver => "handed_over",
+        }
+    }
 }
 
 /// Where the daemon is in its life: one state, instead of flags that must agree.
@@ -98,8 +109,8 @@ pub struct Daemon {
     pub(super) ipam: Ipam,
     /// With `--keep-on-exit`: the state file and the conntrack checkpoint.
     pub(super) persist: Option<Persist>,
-    /// The `healthCheckNodePort` servers.
-    pub(super) health: HealthBook,
+    /// What the start took over, adopted and dropped (`show node`).
+    pub(super) start: StartReport,
 }
 
 impl Daemon {
@@ -124,13 +135,14 @@ impl Daemon {
             cluster: None,
             ipam,
             persist,
-            health: HealthBook::default(),
+            start: StartReport { mode: from.name().into(), ..StartReport::default() },
         }
     }
 
     /// The start is done: the node is ours, or still the predecessor's until it hears
     /// we run (`took_over`).
     pub(super) fn started(&mut self) {
+        self.start.mode = self.life.from().name().into();
         self.life = match self.life.from() {
             StartMode::HandedOver => Lifecycle::TakingOver,
             from => Lifecycle::Running { from },
@@ -155,7 +167,7 @@ impl Daemon {
     pub(crate) fn serve_health_checks(&mut self) {
         let node_ip = self.node.info().node_ip;
         for s in self.services.specs() {
-            self.health.add(&s, node_ip, self.plane.dp());
+            self.services.health.add(&s, node_ip, self.plane.dp());
         }
     }
 
@@ -208,7 +220,7 @@ impl Daemon {
     fn state_source(&self) -> Source {
         Source {
             seed: self.plane.seed(),
-            pods: self.pods.specs(),
+            pods: self.pods.saved(),
             services: self.services.table().clone(),
             restore_sysctls: self.node.sysctl_names(),
         }
@@ -218,7 +230,7 @@ impl Daemon {
     pub(super) fn state(&self) -> State {
         State {
             seed: self.plane.seed(),
-            pods: self.pods.specs(),
+            pods: self.pods.saved(),
             services: self.services.specs(),
             restore_sysctls: self.node.sysctl_names(),
             seq: self.persist.as_ref().map_or(0, Persist::seq),
@@ -229,7 +241,8 @@ impl Daemon {
     /// What exists only in this process, not in the config file nor in etcd: the pods
     /// and services a teardown loses (by name).
     fn runtime_only(&self) -> (Vec<String>, Vec<String>) {
-        let pods = self.pods.specs().into_iter().filter(|p| !self.cfg.pods.contains(p)).map(|p| p.name).collect();
+        let pods =
+            self.pods.iter().map(|p| &p.spec).filter(|p| !self.cfg.pods.contains(p)).map(|p| p.name.clone()).collect();
         let from_etcd = |name: &str| {
             self.kube.shared.is_some()
                 && self.kube.store.get(&format!("services/{}", crate::control::kube::service_of(name))).is_some()
@@ -265,18 +278,25 @@ impl Daemon {
                 services.join(" ")
             );
         }
+        let pods = self.pods.drain();
         if self.persist.is_some() {
             // Persistent TAPs outlive their queues: remove the pods' TAPs explicitly.
-            for p in self.pods.drain() {
+            for p in &pods {
                 if let Err(e) = super::pods::delete_tap(&p.spec.netns_path(), p.spec.ifname()) {
                     tracing::error!("cleanup: pod {} {}: {e}", p.spec.name, p.spec.ifname());
                 }
             }
         }
-        self.pods.drain();
-        if let Some(p) = &mut self.persist {
-            p.finish();
-            p.remove_files();
+        if let Err(e) = self.ipam.remove_if_empty() {
+            tracing::error!("cleanup: {e}");
+        }
+        match &mut self.persist {
+            Some(p) => {
+                p.finish();
+                p.remove_files();
+            }
+            // A state a `--keep-on-exit` run left: stale once the node is torn down.
+            None => super::persist::Paths::for_socket(&self.cfg.api.socket).remove(),
         }
         self.node.teardown(&self.cfg).await;
     }

@@ -5,6 +5,7 @@ use super::Daemon;
 use crate::api::PodSpec;
 use crate::control::config;
 use crate::control::error::ControlError;
+use crate::control::persist::SavedPod;
 use crate::control::persist::journal::Op;
 use crate::control::plane::RELEASE_WAIT;
 use crate::control::pods::{Attachment, Tap, delete_tap};
@@ -29,7 +30,12 @@ impl Daemon {
                     queues,
                     offloads: self.cfg.dataplane.techniques().tap_offloads,
                     // Pods survive a restart with --keep-on-exit in their persistent TAP.
-                    persist: if self.persist.is_some() { tap::Persist::Keep } else { tap::Persist::No },
+                    persist: match (self.persist.is_some(), self.life.adopting()) {
+                        (true, _) => tap::Persist::Keep,
+                        // A ucanal that is gone left it persistent: ours now, gone with us.
+                        (false, true) => tap::Persist::Release,
+                        (false, false) => tap::Persist::No,
+                    },
                     adopt: self.life.adopting(),
                 };
                 tap.make(&spec, self.node.info())?
@@ -43,9 +49,9 @@ impl Daemon {
             spec.netns,
             spec.port_name()
         );
-        let port = self.pods.insert(spec.clone(), cni);
+        let port = self.pods.insert(spec.clone(), cni.clone());
         self.plane.add_port(port, fds);
-        self.record(|| Op::PodPut(spec));
+        self.record(|| Op::PodPut(SavedPod { pod: spec, cni }));
         self.publish();
         tracing::info!("{msg}");
         Ok(msg)

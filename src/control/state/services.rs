@@ -32,7 +32,7 @@ impl Daemon {
         self.publish();
         let node_ip = self.node.info().node_ip;
         for s in &health {
-            self.health.add(s, node_ip, self.plane.dp());
+            self.services.health.add(s, node_ip, self.plane.dp());
         }
         for o in a.old.values() {
             let now = self.services.spec(&o.spec.name);
@@ -48,11 +48,13 @@ impl Daemon {
                 n.health_check_node_port == o.spec.health_check_node_port
                     && (n.protocol, n.cluster_ip, n.port) == (o.spec.protocol, o.spec.cluster_ip, o.spec.port)
             };
-            if now.is_none_or(|n| !same_check(n)) {
-                self.health.remove(&o.spec);
-            }
+            let check_gone = now.is_none_or(|n| !same_check(n));
             // kube-proxy deletes the affinity sets of a service port that lost affinity.
-            if o.spec.affinity_timeout.is_some() && now.is_none_or(|n| n.affinity_timeout.is_none()) {
+            let affinity_gone = o.spec.affinity_timeout.is_some() && now.is_none_or(|n| n.affinity_timeout.is_none());
+            if check_gone {
+                self.services.health.remove(&o.spec);
+            }
+            if affinity_gone {
                 self.plane.forget_affinity(&o.spec);
             }
         }

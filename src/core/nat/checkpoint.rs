@@ -132,11 +132,11 @@ impl Conntrack {
     /// Puts a saved flow back with its own reply tuple. False when it has no time
     /// left, the table is full, or either tuple is already taken by a live flow.
     pub fn restore(&self, f: &Saved, now: Now) -> bool {
-        if f.remaining == 0 || self.entries.load(Relaxed) >= self.max || f.original.proto != f.reply.proto {
+        if f.remaining == 0 || f.original.proto != f.reply.proto {
             return false;
         }
         let taken = |k: u128| self.map.get(&k).is_some_and(|e| e.is_live(now));
-        if taken(f.original.key()) || taken(f.reply.key()) {
+        if taken(f.original.key()) || taken(f.reply.key()) || !self.reserve() {
             return false;
         }
         let entry = Arc::new(Entry {
@@ -146,7 +146,9 @@ impl Conntrack {
             state: AtomicU8::new(TcpState::from_u8(f.state) as u8),
             flags: AtomicU8::new(f.flags & (SEEN_REPLY | ASSURED)),
             deadline: AtomicU32::new(now.secs().saturating_add(f.remaining)),
+            born: now.0,
         });
+        let answered = entry.seen_reply() && !entry.assured();
         for (key, e) in [(f.reply.key(), entry.clone()), (f.original.key(), entry)] {
             self.filter.add(key);
             if let Some(old) = self.map.insert(key, e) {
@@ -155,8 +157,11 @@ impl Conntrack {
                 self.forget_replaced(&old, key);
             }
         }
-        self.entries.fetch_add(1, Relaxed);
-        self.candidates.push(f.original.key(), |_| true);
+        // The slot was reserved above.
+        self.candidates.push(f.original.key(), now.0, |_| true);
+        if answered {
+            self.candidates.answered(f.original.key(), now.0, |_| true);
+        }
         true
     }
 }

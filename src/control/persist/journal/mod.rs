@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::PodSpec;
+use crate::control::persist::SavedPod;
 use crate::core::nat::service::ServiceSpec;
 
 /// The journal file's first bytes.
@@ -34,7 +34,8 @@ pub const MAX_RECORD: u32 = 256 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
-    PodPut(PodSpec),
+    /// A pod put (with its CNI attachment, if any; a bare spec reads too).
+    PodPut(SavedPod),
     PodDel(String),
     ServicePut(ServiceSpec),
     ServiceDel(String),
@@ -154,18 +155,18 @@ fn record_at(b: &[u8], at: usize, prev: u64) -> Result<(Record, usize), Torn> {
 /// The state a journal replays onto: pods in order, services by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Replay {
-    pub pods: Vec<PodSpec>,
+    pub pods: Vec<SavedPod>,
     pub services: BTreeMap<String, ServiceSpec>,
 }
 
 impl Replay {
     pub fn apply(&mut self, op: Op) {
         match op {
-            Op::PodPut(p) => match self.pods.iter_mut().find(|q| q.name == p.name) {
+            Op::PodPut(p) => match self.pods.iter_mut().find(|q| q.pod.name == p.pod.name) {
                 Some(q) => *q = p,
                 None => self.pods.push(p),
             },
-            Op::PodDel(name) => self.pods.retain(|p| p.name != name),
+            Op::PodDel(name) => self.pods.retain(|p| p.pod.name != name),
             Op::ServicePut(s) => {
                 self.services.insert(s.name.clone(), s);
             }

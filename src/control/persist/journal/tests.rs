@@ -1,6 +1,8 @@
 //! The journal codec against fixed bytes (the CRCs computed with zlib, not this code).
 
 use super::*;
+use crate::api::PodSpec;
+use crate::control::pods::Attachment;
 
 /// seq 1, `[{"pod_del":"a"}]`: len 25, crc 0x2dbf2e17 (python3 zlib.crc32).
 const ONE: &str = "19000000172ebf2d01000000000000005b7b22706f645f64656c223a2261227d5d";
@@ -50,11 +52,14 @@ fn a_journal_decodes_and_replays() {
     let pod =
         PodSpec { name: "x".into(), netns: "ns".into(), ip: "10.244.1.5".parse().unwrap(), mac: None, ifname: None };
     let mut r = Replay::default();
-    r.apply(Op::PodPut(pod.clone()));
+    r.apply(Op::PodPut(SavedPod { pod: pod.clone(), cni: None }));
     r.apply(Op::ServicePut(ghost()));
-    r.apply(Op::PodPut(PodSpec { ip: "10.244.1.6".parse().unwrap(), ..pod.clone() }));
+    let cni = Attachment { network: "ucanal".into(), container_id: "c0ffee01".into() };
+    let moved = PodSpec { ip: "10.244.1.6".parse().unwrap(), ..pod.clone() };
+    r.apply(Op::PodPut(SavedPod { pod: moved, cni: Some(cni.clone()) }));
     assert_eq!(r.pods.len(), 1, "a put of the same name replaces");
-    assert_eq!(r.pods[0].ip.to_string(), "10.244.1.6");
+    assert_eq!(r.pods[0].pod.ip.to_string(), "10.244.1.6");
+    assert_eq!(r.pods[0].cni.as_ref(), Some(&cni), "the attachment is replayed with the pod");
     for rec in j.records {
         for op in rec.ops {
             r.apply(op);
@@ -111,7 +116,13 @@ fn the_seed_corpus_decodes_as_named() {
     for op in whole.records[..2].iter().flat_map(|r| r.ops.clone()) {
         r.apply(op);
     }
-    assert_eq!((r.pods[0].name.as_str(), r.services["default/ghost"].node_port), ("ghost-ep1", Some(31266)));
+    assert_eq!((r.pods[0].pod.name.as_str(), r.services["default/ghost"].node_port), ("ghost-ep1", Some(31266)));
+    let attached = read("cni-attachment");
+    let Op::PodPut(p) = &attached.records[0].ops[0] else { panic!("{attached:?}") };
+    assert_eq!(
+        (p.pod.name.as_str(), p.cni.as_ref().map(|c| c.container_id.as_str())),
+        ("default/web", Some("c0ffee01"))
+    );
     assert_eq!(read("empty-journal"), Journal { records: vec![], valid_len: 8, torn: None });
     assert!(matches!(read("torn-short").torn, Some(Torn::Short { .. })));
     assert_eq!(read("torn-short").records.len(), 2);

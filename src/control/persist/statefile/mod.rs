@@ -21,9 +21,9 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use super::files::{Paths, State, write_atomic};
+use super::files::{Paths, SavedPod, State, write_atomic};
 use super::journal::{self, MAGIC, Op, Replay};
-use crate::api::{PodSpec, StateFileStats};
+use crate::api::StateFileStats;
 use crate::core::nat::service::ServiceTable;
 
 /// Compact when the journal outgrows this share of the snapshot ...
@@ -37,7 +37,7 @@ pub static TORN_TAILS: AtomicU64 = AtomicU64::new(0);
 /// What a snapshot is written from, cheap to take under the daemon lock.
 pub struct Source {
     pub seed: u64,
-    pub pods: Vec<PodSpec>,
+    pub pods: Vec<SavedPod>,
     pub services: ServiceTable,
     pub restore_sysctls: Vec<(String, String)>,
 }

@@ -13,9 +13,16 @@
 //!   joins that entry: two datagrams of one new UDP flow racing on two workers both
 //!   pass, with the same NAT (the DNS 5 s bug).
 //!
+//! - the entry count never exceeds `max`: an insert reserves its slot before it claims
+//!   a tuple (one atomic update that fails at `max`) and gives it back if it joins or
+//!   fails, so two workers inserting at once cannot both take the last slot;
 //! - a full table evicts a flow that may be dropped early (not ASSURED, or TCP already
-//!   closing; see [`early_drop`]) instead of refusing the new flow, and so does a reply
-//!   port space with every candidate port held; assured flows are never evicted.
+//!   closing; see [`early_drop`] for which first) instead of refusing the new flow, and
+//!   so does a reply port space with every candidate port held; assured flows are never
+//!   evicted.
+//!
+//! UDP flows become streams (ASSURED, the long timeout) as the kernel's UDP tracker
+//! decides, by the rule of the kernel chosen ([`UdpRule`], see [`udp`]).
 //!
 //! The reply tuple is unique per full tuple, as nf_nat's: the same masquerade port
 //! serves flows to different destinations, so the port space is per destination.
@@ -40,8 +47,10 @@ pub(super) mod filter;
 mod state;
 #[cfg(test)]
 mod tests;
+pub mod udp;
 
 pub use state::{Dir, TcpState, Timeouts, Transition, tcp_transition};
+pub use udp::UdpRule;
 
 /// NAT applied to a flow.
 pub const NAT_DNAT: u8 = 1;
@@ -60,6 +69,8 @@ pub struct Entry {
     pub(super) flags: AtomicU8,
     /// Expiry, in `Now::secs()`.
     pub(super) deadline: AtomicU32,
+    /// When the flow was entered (`Now`, ns): UDP's stream rule and early drop's grace.
+    pub(super) born: u64,
 }
 
 impl Entry {
@@ -179,6 +190,18 @@ pub struct Conntrack {
     pub(super) max: usize,
     pub(super) candidates: early_drop::Candidates,
     pub timeouts: Timeouts,
+    /// When a UDP flow becomes a stream (`[conntrack] udp_stream_rule`).
+    pub udp_rule: UdpRule,
+}
+
+/// What one sweep removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Swept {
+    /// Flows past their timeout.
+    pub expired: usize,
+    /// Unassured flows past the grace period, removed because the table was over
+    /// [`early_drop::PRESSURE_PERCENT`] full.
+    pub pressure: usize,
 }
 
 impl Conntrack {
@@ -190,7 +213,19 @@ impl Conntrack {
             max,
             candidates: early_drop::Candidates::new(max),
             timeouts,
+            udp_rule: UdpRule::default(),
         }
+    }
+
+    /// Takes one slot of `max` for a new entry; false when the table is full. Every
+    /// `true` is matched by a decrement when the entry goes (or by [`Conntrack::unreserve`]).
+    pub(super) fn reserve(&self) -> bool {
+        self.entries.fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1)).is_ok()
+    }
+
+    /// Gives back a slot taken by [`Conntrack::reserve`] that no entry used.
+    pub(super) fn unreserve(&self) {
+        self.entries.fetch_sub(1, Relaxed);
     }
     /// Live-or-expired entries not yet swept.
     pub fn len(&self) -> usize {
@@ -273,18 +308,21 @@ impl Conntrack {
                 self.timeouts.tcp(new_state)
             }
             PROTO_UDP => {
-                if e.seen_reply() || dir == Dir::Reply {
-                    self.timeouts.udp_stream
-                } else {
-                    self.timeouts.udp
+                let v = self.udp_rule.verdict(e.seen_reply(), now.0.saturating_sub(e.born));
+                if commit && v.assure && !e.assured() {
+                    e.flags.fetch_or(ASSURED, Relaxed);
                 }
+                if v.stream_timeout { self.timeouts.udp_stream } else { self.timeouts.udp }
             }
             _ => self.timeouts.icmp,
         };
+        let mut first_answer = false;
         if commit {
+            // As the kernel, after the packet's own handling: the first reply is still
+            // handled as unreplied.
             if dir == Dir::Reply && !e.seen_reply() {
-                let extra = if t.proto == PROTO_UDP { ASSURED } else { 0 };
-                e.flags.fetch_or(SEEN_REPLY | extra, Relaxed);
+                e.flags.fetch_or(SEEN_REPLY, Relaxed);
+                first_answer = !e.assured();
             }
             if !invalid {
                 let d = now.secs().saturating_add(timeout);
@@ -294,7 +332,19 @@ impl Conntrack {
                 }
             }
         }
-        Some(Hit::of(e, dir, invalid))
+        let hit = Hit::of(e, dir, invalid);
+        if first_answer {
+            // Once per flow, during its setup: never on an established flow's path.
+            let (key, born) = (e.original.key(), e.born);
+            drop(r);
+            self.candidates.answered(key, born, |k| self.still_candidate(k, now));
+        }
+        Some(hit)
+    }
+
+    /// Whether a queued key still names a live flow that may be dropped early.
+    fn still_candidate(&self, k: u128, now: Now) -> bool {
+        self.map.get(&k).is_some_and(|e| e.original.key() == k && e.is_live(now) && early_drop::can_early_drop(&e))
     }
 
     /// Enters a new flow. See the module docs for the races this resolves. A full
@@ -305,16 +355,28 @@ impl Conntrack {
             return Insert::Exhausted;
         };
         let mut evicted = false;
-        if self.entries.load(Relaxed) >= self.max {
+        let mut tries = 0;
+        while !self.reserve() {
             // A live entry for this very flow (inserted a moment ago by another worker) is not "new".
             if let Some(e) = self.map.get(&flow.original.key()).filter(|e| e.is_live(now)) {
                 return Insert::Joined(e.clone());
             }
-            if !self.early_drop(now) {
+            // The slot an eviction frees may go to another worker's insert: a few rounds.
+            tries += 1;
+            if tries > 4 || !self.early_drop(now) {
                 return Insert::Full;
             }
             evicted = true;
         }
+        let r = self.insert_reserved(&flow, state, timeout, now).evicted(evicted);
+        if !matches!(r, Insert::New { .. }) {
+            self.unreserve();
+        }
+        r
+    }
+
+    /// [`Conntrack::insert`] with its slot reserved: the reply tuple's port, then the entry.
+    fn insert_reserved(&self, flow: &NewFlow, state: TcpState, timeout: u32, now: Now) -> Insert {
         let ports = flow.ports;
         let span = u32::from(ports.hi.saturating_sub(ports.lo)) + 1;
         let start = flow.original.hash(0x5eed) % span;
@@ -325,8 +387,8 @@ impl Conntrack {
             .chain((0..MAX_PORT_TRIES.min(span)).map(|i| ports.lo + ((start + i) % span) as u16));
         let mut victim: Option<Arc<Entry>> = None;
         for port in candidates {
-            match self.try_port(&flow, port, state, timeout, now) {
-                Attempt::Done(r) => return r.evicted(evicted),
+            match self.try_port(flow, port, state, timeout, now) {
+                Attempt::Done(r) => return r,
                 Attempt::Taken(holder) => {
                     if victim.is_none() && early_drop::can_early_drop(&holder) {
                         victim = Some(holder);
@@ -338,7 +400,7 @@ impl Conntrack {
         if let Some(v) = victim {
             let port = v.reply.dport;
             if self.remove_entry(&v)
-                && let Attempt::Done(r) = self.try_port(&flow, port, state, timeout, now)
+                && let Attempt::Done(r) = self.try_port(flow, port, state, timeout, now)
             {
                 return r.evicted(true);
             }
@@ -357,6 +419,7 @@ impl Conntrack {
             state: AtomicU8::new(state as u8),
             flags: AtomicU8::new(0),
             deadline: AtomicU32::new(now.secs().saturating_add(timeout)),
+            born: now.0,
         });
         // 1. Claim the reply tuple.
         match self.map.entry(reply.key()) {
@@ -396,10 +459,8 @@ impl Conntrack {
                 v.insert(entry.clone());
             }
         }
-        self.entries.fetch_add(1, Relaxed);
-        self.candidates.push(original.key(), |k| {
-            self.map.get(&k).is_some_and(|e| e.original.key() == k && e.is_live(now) && early_drop::can_early_drop(&e))
-        });
+        // The slot was reserved by `insert`.
+        self.candidates.push(original.key(), now.0, |k| self.still_candidate(k, now));
         Attempt::Done(Insert::New { remapped: port != ports.keep, evicted: false, entry })
     }
 
@@ -411,14 +472,30 @@ impl Conntrack {
         }
     }
 
-    /// Removes expired entries; returns how many flows were removed.
+    /// Removes expired entries and, while the table is over
+    /// [`early_drop::PRESSURE_PERCENT`] full, every flow that may be dropped early and is
+    /// older than [`early_drop::GRACE_NS`] (as the kernel's gc worker over 95 %).
     ///
-    /// Heads up: this never write-locks a whole shard. It finds the expired keys under
-    /// each shard's read lock (workers keep reading), then removes them one key at a
-    /// time, re-checking expiry under that key's write lock, so a flow refreshed in
-    /// between survives and a worker waits at most for one removal.
-    pub fn sweep(&self, now: Now) -> usize {
-        let expired: Vec<u128> = self.map.iter().filter(|r| !r.is_live(now)).map(|r| *r.key()).collect();
+    /// Heads up: this never write-locks a whole shard. It finds the keys under each
+    /// shard's read lock (workers keep reading), then removes them one key at a time,
+    /// re-checking under that key's write lock, so a flow refreshed in between survives
+    /// and a worker waits at most for one removal.
+    pub fn sweep(&self, now: Now) -> Swept {
+        let pressure = self.under_pressure();
+        let grace_cut = now.0.saturating_sub(early_drop::GRACE_NS);
+        let mut expired = Vec::new();
+        let mut doomed = Vec::new();
+        for r in self.map.iter() {
+            if !r.is_live(now) {
+                expired.push(*r.key());
+            } else if pressure
+                && r.original.key() == *r.key()
+                && r.born <= grace_cut
+                && early_drop::can_early_drop(r.value())
+            {
+                doomed.push(r.value().clone());
+            }
+        }
         let mut removed = 0;
         for k in expired {
             if let Some((k, e)) = self.map.remove_if(&k, |_, e| !e.is_live(now)) {
@@ -429,7 +506,8 @@ impl Conntrack {
             }
         }
         self.entries.fetch_sub(removed, Relaxed);
-        removed
+        let pressure = doomed.iter().filter(|e| early_drop::can_early_drop(e) && self.remove_entry(e)).count();
+        Swept { expired: removed, pressure }
     }
 
     /// Removes the flows matching `pred` (both keys); returns how many.

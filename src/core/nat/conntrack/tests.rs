@@ -78,7 +78,7 @@ fn tcp_close_sequence_and_timeouts() {
     // After TIME_WAIT expires the flow is gone and a new SYN starts afresh.
     let later = Now::from_secs(10 + 121);
     assert!(ct.track(&client(), TCP_SYN, later, true).is_none());
-    assert_eq!(ct.sweep(later), 1);
+    assert_eq!(ct.sweep(later).expired, 1);
     assert!(ct.is_empty());
 }
 
@@ -126,9 +126,86 @@ fn udp_unreplied_then_stream() {
     };
     assert_eq!(e.remaining(now), 30);
     assert!(!e.seen_reply());
+    // The answer is itself handled as unreplied (the kernel sets SEEN_REPLY after it).
     ct.track(&e.reply, 0, now, true).unwrap();
-    assert!(e.seen_reply() && e.assured());
+    assert!(e.seen_reply() && !e.assured());
+    assert_eq!(e.remaining(now), 30);
+    // Another query within two seconds: still no stream.
+    let soon = Now(now.0 + 1_500_000_000);
+    ct.track(&dns, 0, soon, true).unwrap();
+    assert!(!e.assured());
+    assert_eq!(e.remaining(soon), 30);
+    // Past two seconds: a stream, ASSURED with the stream timeout.
+    let later = Now::from_secs(3);
+    ct.track(&e.reply, 0, later, true).unwrap();
+    assert!(e.assured());
+    assert_eq!(e.remaining(later), 120);
+}
+
+#[test]
+fn udp_on_the_linux_3_10_rule_is_a_stream_from_the_packet_after_the_reply() {
+    let mut ct = Conntrack::new(16, Timeouts::default());
+    ct.udp_rule = UdpRule::Linux310;
+    let now = Now::from_secs(0);
+    let dns = Tuple {
+        proto: PROTO_UDP,
+        src: Ipv4Addr::new(10, 244, 1, 5),
+        dst: Ipv4Addr::new(10, 250, 0, 10),
+        sport: 53001,
+        dport: 53,
+    };
+    let flow = NewFlow {
+        original: dns,
+        tcp_flags: 0,
+        reply_src: (Ipv4Addr::new(10, 244, 0, 74), 53),
+        reply_dst: dns.src,
+        nat: NAT_DNAT,
+        ports: PortChoice { keep: 53001, ..ALL },
+    };
+    let Insert::New { entry: e, .. } = ct.insert(flow, now) else { panic!() };
+    ct.track(&e.reply, 0, now, true).unwrap();
+    assert!(!e.assured(), "a one-shot exchange is not a stream on 3.10 either");
+    ct.track(&dns, 0, now, true).unwrap();
+    assert!(e.assured());
     assert_eq!(e.remaining(now), 120);
+}
+
+/// Two workers racing for the last slots never take one more than `max` (the issue's
+/// 201 of 200): eight threads insert distinct flows into a table of 200.
+#[test]
+fn concurrent_inserts_never_pass_max() {
+    let ct = Arc::new(Conntrack::new(200, Timeouts::default()));
+    let now = Now::from_secs(10);
+    let threads: Vec<_> = (0..8u16)
+        .map(|w| {
+            let ct = ct.clone();
+            std::thread::spawn(move || {
+                let mut peak = 0;
+                for i in 0..2_000u16 {
+                    let t =
+                        Tuple { src: Ipv4Addr::new(198, 18, w as u8, (i % 250) as u8), sport: 1024 + i, ..client() };
+                    let _ = ct.insert(
+                        NewFlow {
+                            original: t,
+                            tcp_flags: TCP_SYN,
+                            reply_src: EP,
+                            reply_dst: MASQ,
+                            nat: NAT_DNAT | NAT_SNAT,
+                            ports: PortChoice { keep: t.sport, ..ALL },
+                        },
+                        now,
+                    );
+                    peak = peak.max(ct.len());
+                }
+                peak
+            })
+        })
+        .collect();
+    let peak = threads.into_iter().map(|t| t.join().unwrap()).max().unwrap();
+    assert!(peak <= 200, "the table held {peak} entries with max 200");
+    let live = ct.entries(now).len();
+    assert_eq!(live, ct.len(), "the count is the number of flows");
+    assert!(live <= 200);
 }
 
 #[test]
@@ -353,7 +430,7 @@ fn the_lockless_miss_filter_follows_inserts_and_removals() {
     assert!(ct.filter.may_contain(e.original.key()) && ct.filter.may_contain(e.reply.key()));
     assert!(ct.track(&e.reply, TCP_SYN | TCP_ACK, now, true).is_some());
     // Swept when expired: the counts go back down.
-    assert_eq!(ct.sweep(Now::from_secs(100 + 1000)), 1);
+    assert_eq!(ct.sweep(Now::from_secs(100 + 1000)).expired, 1);
     assert!(filter_empty(&ct));
     assert!(!ct.filter.may_contain(e.reply.key()));
     // remove_where and early drop (a full table evicting an unassured flow) as well.
@@ -370,6 +447,6 @@ fn the_lockless_miss_filter_follows_inserts_and_removals() {
         new_nodeport(&ct, *t, now);
     }
     assert!(flows.iter().all(|t| ct.track(t, TCP_ACK, now, false).is_some()));
-    assert_eq!(ct.sweep(Now::from_secs(100 + 1000)), 1000);
+    assert_eq!(ct.sweep(Now::from_secs(100 + 1000)).expired, 1000);
     assert!(ct.filter.counts_all_zero());
 }
