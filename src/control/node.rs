@@ -11,7 +11,7 @@ use std::io;
 use super::config::{Config, ConfigError};
 use super::daemon::RunError;
 use super::services::SteeredPort;
-use crate::api::PodSpec;
+use crate::api::{PodSpec, StartReport};
 use crate::core::tables::NodeInfo;
 use crate::io::netlink::{self, HostPort, Steer};
 use crate::wire::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
@@ -43,12 +43,20 @@ pub struct NodeBook {
     steers: BTreeSet<Steer>,
     /// Node-wide sysctls changed at start, with the value to put back on exit.
     restore_sysctls: Vec<(SysctlKey, String)>,
+    /// What this node's start took over, adopted and dropped (`show node`).
+    pub(crate) start: StartReport,
 }
 
 impl NodeBook {
     /// `restore_sysctls`: what a previous ucanal changed, by name (its state).
     pub fn new(info: NodeInfo, pod_cidr_from: String, restore_sysctls: &[(String, String)]) -> NodeBook {
-        let mut n = NodeBook { info, pod_cidr_from, steers: BTreeSet::new(), restore_sysctls: Vec::new() };
+        let mut n = NodeBook {
+            info,
+            pod_cidr_from,
+            steers: BTreeSet::new(),
+            restore_sysctls: Vec::new(),
+            start: StartReport::default(),
+        };
         n.adopt_sysctls(restore_sysctls);
         n
     }

@@ -178,7 +178,7 @@ pub async fn start(cfg: Config, keep_on_exit: bool) -> Result<Started, RunError>
         node = %info.name, adopted = d.life.from() != StartMode::Cold, handed_over = handed.is_some(),
         workers = cfg.dataplane.worker_count(), batch = cfg.dataplane.batch, techniques = ?cfg.dataplane.techniques(),
         pods = d.pods.len(), services = d.services.len(), source_ports = ?d.plane.tx_ports(),
-        pods_dropped = d.start.pods_dropped, services_dropped = d.start.services_dropped, "dataplane up"
+        pods_dropped = d.node.start.pods_dropped, services_dropped = d.node.start.services_dropped, "dataplane up"
     );
     Ok(Started { daemon: d, joined, handed })
 }
@@ -235,8 +235,8 @@ fn assemble(
     };
     let persist = keep.map(|k| Persist::new(k, st.map_or(0, |s| s.seq)));
     let mut d = Daemon::new(cfg.clone(), origin.from, node, plane, services, ipam, persist);
-    d.start.adopted_leftovers = origin.leftovers;
-    d.start.services_dropped = services_dropped;
+    d.node.start.adopted_leftovers = origin.leftovers;
+    d.node.start.services_dropped = services_dropped;
     Ok(d)
 }
 
@@ -276,7 +276,7 @@ async fn take_over(
             d.node.adopt_sysctls(&state.restore_sysctls);
             let (services, dropped) = ServiceBook::restored(&cfg, state.services, "the hand-over");
             d.services = services;
-            d.start.services_dropped = dropped;
+            d.node.start.services_dropped = dropped;
             d.node.adopt_steers(d.services.node_ports());
             d.life = Lifecycle::Starting { from: StartMode::HandedOver, handed: handed_pods };
             d.ipam = load_ipam(&cfg, info)?;
@@ -302,7 +302,7 @@ async fn take_over(
                 d.node.adopt_sysctls(&st.restore_sysctls);
                 let (services, dropped) = ServiceBook::restored(&cfg, st.services, &origin);
                 d.services = services;
-                d.start.services_dropped = dropped;
+                d.node.start.services_dropped = dropped;
                 if let Some(p) = &mut d.persist {
                     *p = Persist::new(p.paths().clone(), st.seq);
                 }
@@ -387,7 +387,7 @@ fn drop_restored_pod(d: &mut Daemon, p: &SavedPod, e: &ControlError, origin: &st
     {
         tracing::warn!("{origin}: pod {}: removing what is left of its {}: {r}", p.pod.name, p.pod.ifname());
     }
-    d.start.pods_dropped += 1;
+    d.node.start.pods_dropped += 1;
 }
 
 /// Starts one worker per VXLAN receive socket, each with its queue of the host port.

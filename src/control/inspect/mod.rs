@@ -68,7 +68,7 @@ impl Daemon {
             peers: self.peers_report(),
             state_file: self.persist.as_ref().and_then(|p| p.stats()),
             pid: std::process::id(),
-            start: self.start.clone(),
+            start: self.node.start.clone(),
             api: None,
         }
     }

@@ -27,7 +27,6 @@ use super::persist::{Persist, State};
 use super::plane::Plane;
 use super::pods::PodBook;
 use super::services::ServiceBook;
-use crate::api::StartReport;
 use crate::core::tables::Peer;
 
 /// What a start takes over from the ucanal before it.
@@ -109,8 +108,6 @@ pub struct Daemon {
     pub(super) ipam: Ipam,
     /// With `--keep-on-exit`: the state file and the conntrack checkpoint.
     pub(super) persist: Option<Persist>,
-    /// What the start took over, adopted and dropped (`show node`).
-    pub(super) start: StartReport,
 }
 
 impl Daemon {
@@ -118,12 +115,13 @@ impl Daemon {
     pub(super) fn new(
         cfg: Arc<Config>,
         from: StartMode,
-        node: NodeBook,
+        mut node: NodeBook,
         plane: Plane,
         services: ServiceBook,
         ipam: Ipam,
         persist: Option<Persist>,
     ) -> Daemon {
+        node.start.mode = from.name().into();
         Daemon {
             cfg,
             life: Lifecycle::Starting { from, handed: HashMap::new() },
@@ -135,14 +133,13 @@ impl Daemon {
             cluster: None,
             ipam,
             persist,
-            start: StartReport { mode: from.name().into(), ..StartReport::default() },
         }
     }
 
     /// The start is done: the node is ours, or still the predecessor's until it hears
     /// we run (`took_over`).
     pub(super) fn started(&mut self) {
-        self.start.mode = self.life.from().name().into();
+        self.node.start.mode = self.life.from().name().into();
         self.life = match self.life.from() {
             StartMode::HandedOver => Lifecycle::TakingOver,
             from => Lifecycle::Running { from },
