@@ -67,6 +67,9 @@ named_enum!(
         ZerocopyDone => "zerocopy_done", "VXLAN sends with MSG_ZEROCOPY whose buffers the kernel released (zerocopy = true)";
         ZerocopyCopied => "zerocopy_copied", "MSG_ZEROCOPY sends the kernel copied anyway (SO_EE_CODE_ZEROCOPY_COPIED)";
         ZerocopyTimeout => "zerocopy_timeout", "flushes that stopped waiting for MSG_ZEROCOPY completions after 100 ms";
+        PolicyTracked => "policy_tracked", "new flows tracked (not NATed) because they touch a local pod with network policy";
+        PolicyCut => "policy_cut", "flows cut because a policy change denies them (their packets are then dropped as policy_ingress / policy_egress)";
+        PolicyLogged => "policy_logged", "records of Log rules queued for the log (one per new flow and Log rule)";
     }
 );
 
@@ -112,6 +115,9 @@ named_enum!(
         PortGone => "port_gone", "the destination port was removed while the packet was in flight";
         TxError => "tx_error", "the kernel refused to send the packet";
         GsoUnsupported => "gso_unsupported", "super-packet of a kind ucanal does not segment";
+        PolicyIngress => "policy_ingress", "new flow (or a cut flow's packet) denied by the receiving pod's ingress policy (cali-tw-*)";
+        PolicyEgress => "policy_egress", "new flow (or a cut flow's packet) denied by the sending pod's egress policy (cali-fw-*)";
+        PolicyUncomputable => "policy_uncomputable", "new flow whose policy verdict cannot be computed (policy not yet in sync, or a TCP connection not seen from its start that the policy allows one way only): dropped, never let through";
     }
 );
 

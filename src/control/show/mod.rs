@@ -17,6 +17,7 @@ use crate::core::{Counter, Counters, DropReason};
 
 mod conntrack;
 mod trace;
+mod trace_policy;
 pub use conntrack::*;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -146,6 +146,8 @@ impl Conntrack {
             state: AtomicU8::new(TcpState::from_u8(f.state) as u8),
             flags: AtomicU8::new(f.flags & (SEEN_REPLY | ASSURED)),
             deadline: AtomicU32::new(now.secs().saturating_add(f.remaining)),
+            // Generation 0: the next policy re-check looks at it.
+            policy_gen: AtomicU32::new(0),
         });
         for (key, e) in [(f.reply.key(), entry.clone()), (f.original.key(), entry)] {
             self.filter.add(key);

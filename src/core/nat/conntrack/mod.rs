@@ -20,7 +20,9 @@
 //! The reply tuple is unique per full tuple, as nf_nat's: the same masquerade port
 //! serves flows to different destinations, so the port space is per destination.
 //!
-//! Only flows that ucanal NATs are tracked (plain pod-to-pod routing needs no state).
+//! Only flows that ucanal NATs are tracked (plain pod-to-pod routing needs no state),
+//! and flows that touch a local pod with network policy (their replies pass by their
+//! entry; see `core::policy`).
 //!
 //! Heads up: an expired entry stays in the map until `sweep` removes it, but every
 //! lookup and insert treats it as absent, so expiry is exact to the second.
@@ -34,7 +36,7 @@ use dashmap::mapref::entry::Entry as MapEntry;
 
 use super::{Tuple, early_drop};
 use crate::core::Now;
-use crate::wire::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use crate::wire::ipv4::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 pub(super) mod filter;
 mod state;
@@ -49,6 +51,20 @@ pub const NAT_SNAT: u8 = 2;
 
 pub(super) const SEEN_REPLY: u8 = 1;
 pub(super) const ASSURED: u8 = 2;
+/// Cut by a policy change (see `core::policy::recheck`): the flow's packets are dropped,
+/// counted as the direction that denied it, until it has been quiet for `CUT_LINGER`.
+pub const CUT_INGRESS: u8 = 4;
+pub const CUT_EGRESS: u8 = 8;
+pub const CUT: u8 = CUT_INGRESS | CUT_EGRESS;
+/// Admitted mid-stream (a TCP pickup): a re-check needs both orientations allowed.
+pub const POLICY_BOTH: u8 = 16;
+
+/// How long a cut flow's entry stays after its last packet: longer than TCP's largest
+/// retransmission interval (TCP_RTO_MAX, 120 s), so neither end can start it again as
+/// a new flow the other way round.
+pub const CUT_LINGER: u32 = 130;
+/// SCTP flows (tracked for policy only, never NATed): the kernel's established timeout.
+pub const SCTP_TIMEOUT: u32 = 210;
 
 /// One tracked flow.
 #[derive(Debug)]
@@ -60,6 +76,8 @@ pub struct Entry {
     pub(super) flags: AtomicU8,
     /// Expiry, in `Now::secs()`.
     pub(super) deadline: AtomicU32,
+    /// The policy generation the flow was admitted (or last re-checked) under.
+    pub policy_gen: AtomicU32,
 }
 
 impl Entry {
@@ -71,6 +89,17 @@ impl Entry {
     }
     pub fn assured(&self) -> bool {
         self.flags.load(Relaxed) & ASSURED != 0
+    }
+    /// The policy flags (`CUT_*`, `POLICY_BOTH`).
+    pub fn policy_flags(&self) -> u8 {
+        self.flags.load(Relaxed) & (CUT | POLICY_BOTH)
+    }
+    /// Marks the flow admitted under policy generation `generation` (`both`: a pickup).
+    pub fn admitted(&self, generation: u32, both: bool) {
+        self.policy_gen.store(generation, Relaxed);
+        if both {
+            self.flags.fetch_or(POLICY_BOTH, Relaxed);
+        }
     }
     pub fn deadline(&self) -> u32 {
         self.deadline.load(Relaxed)
@@ -102,6 +131,8 @@ pub struct Hit {
     pub nat: u8,
     pub state: Option<TcpState>,
     pub invalid: bool,
+    /// `CUT_INGRESS` / `CUT_EGRESS`: a policy change cut the flow; drop the packet.
+    pub cut: u8,
 }
 
 impl Hit {
@@ -110,7 +141,7 @@ impl Hit {
             Dir::Original => ((e.reply.dst, e.reply.dport), (e.reply.src, e.reply.sport)),
             Dir::Reply => ((e.original.dst, e.original.dport), (e.original.src, e.original.sport)),
         };
-        Hit { dir, src, dst, nat: e.nat, state: e.state_name().map(|_| e.tcp_state()), invalid }
+        Hit { dir, src, dst, nat: e.nat, state: e.state_name().map(|_| e.tcp_state()), invalid, cut: 0 }
     }
 }
 
@@ -215,6 +246,7 @@ impl Conntrack {
             },
             PROTO_UDP => Some((TcpState::None, self.timeouts.udp)),
             PROTO_ICMP => Some((TcpState::None, self.timeouts.icmp)),
+            PROTO_SCTP => Some((TcpState::None, SCTP_TIMEOUT)),
             _ => None,
         }
     }
@@ -239,6 +271,14 @@ impl Conntrack {
             return None;
         }
         let dir = if e.original == *t { Dir::Original } else { Dir::Reply };
+        let cut = e.flags.load(Relaxed) & CUT;
+        if cut != 0 {
+            // A cut flow: dropped, and kept while either end keeps trying.
+            if commit {
+                e.deadline.store(now.secs().saturating_add(CUT_LINGER), Relaxed);
+            }
+            return Some(Hit { cut, ..Hit::of(e, dir, false) });
+        }
         let mut invalid = false;
         let timeout = match t.proto {
             PROTO_TCP => {
@@ -279,6 +319,7 @@ impl Conntrack {
                     self.timeouts.udp
                 }
             }
+            PROTO_SCTP => SCTP_TIMEOUT,
             _ => self.timeouts.icmp,
         };
         if commit {
@@ -357,6 +398,7 @@ impl Conntrack {
             state: AtomicU8::new(state as u8),
             flags: AtomicU8::new(0),
             deadline: AtomicU32::new(now.secs().saturating_add(timeout)),
+            policy_gen: AtomicU32::new(0),
         });
         // 1. Claim the reply tuple.
         match self.map.entry(reply.key()) {
@@ -447,6 +489,24 @@ impl Conntrack {
         });
         self.entries.fetch_sub(removed, Relaxed);
         removed
+    }
+
+    /// Runs `f` on every live flow (once each), under the map's shard read locks: `f`
+    /// may change a flow's atomics (see [`Conntrack::cut`]) but not the map.
+    pub fn for_each_flow(&self, now: Now, mut f: impl FnMut(&Entry)) {
+        for r in self.map.iter() {
+            if r.original.key() == *r.key() && r.is_live(now) {
+                f(r.value());
+            }
+        }
+    }
+
+    /// Cuts a flow (`how`: `CUT_INGRESS` or `CUT_EGRESS`): its packets are dropped from
+    /// now on, both ways, and it may be evicted early (no longer ASSURED).
+    pub fn cut(&self, e: &Entry, how: u8, now: Now) {
+        e.flags.fetch_and(!ASSURED, Relaxed);
+        e.flags.fetch_or(how & CUT, Relaxed);
+        e.deadline.store(now.secs().saturating_add(CUT_LINGER), Relaxed);
     }
 
     /// Live entries, one per flow, ordered by original tuple for stable listings.
