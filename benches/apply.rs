@@ -12,9 +12,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ucanal::control::api::{Request, decode_request};
-use ucanal::control::cluster::buckets::{Change, Index, bucket_key};
-use ucanal::control::kube;
+use ucanal::api::kube;
+use ucanal::api::{Request, decode_request};
+use ucanal::control::kube::buckets::{Change, Index, bucket_key};
 
 const N: usize = 10_000;
 

@@ -11,6 +11,8 @@
 //! API, table snapshots); [`cni`] is the CNI plugin that puts a container runtime's
 //! containers on it.
 
+pub mod api;
+pub mod cli;
 pub mod cni;
 pub mod control;
 pub mod core;

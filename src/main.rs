@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ucanal::control::api::{Request, Show};
-use ucanal::control::client::Target;
+use ucanal::api::{Request, Show};
+use ucanal::cli::kubectl;
+use ucanal::cli::target::{self as client, Target};
+use ucanal::cli::trace::{capture, trace_live, trace_probe};
 use ucanal::control::config::{Config, PodSpec};
 use ucanal::control::daemon::{self, RunError, RunOptions};
-use ucanal::control::tracecmd::{capture, trace_live, trace_probe};
-use ucanal::control::{client, kubectl, show};
+use ucanal::control::inspect::listings as show;
 use ucanal::core::nat::service::{Protocol, ServiceSpec};
 use ucanal::wire::MacAddr;
 

@@ -5,9 +5,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ucanal::control::cluster::buckets::{Change, Index};
-use ucanal::control::cluster::{etcd, flannel, gateway};
-use ucanal::control::{api, kube};
+use ucanal::control::kube::buckets::{Change, Index};
+use ucanal::control::cluster::flannel;
+use ucanal::control::etcd::{self, gateway};
+use ucanal::api::{self, kube};
 
 fuzz_target!(|data: &[u8]| {
     let _ = flannel::NetworkConfig::parse(data);

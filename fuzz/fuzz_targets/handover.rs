@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ucanal::control::daemon::handover::wire::{decode, encode};
+use ucanal::control::handover::offer::{decode, encode};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok((h, entries)) = decode(data) {

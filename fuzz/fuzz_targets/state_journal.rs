@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ucanal::control::journal::{MAGIC, Replay, Torn, crc32, decode, encode};
+use ucanal::control::persist::journal::{MAGIC, Replay, Torn, crc32, decode, encode};
 
 fn framed(payloads: &[u8]) -> Vec<u8> {
     let mut out = MAGIC.to_vec();

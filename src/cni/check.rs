@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::plugin::prev_ip;
 use super::spec::CniResult;
-use crate::control::api::CniPod;
+use crate::api::CniPod;
 use crate::io::netlink::{self, LinkView};
 
 /// The daemon's attachment against the ADD's result.

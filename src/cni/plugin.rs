@@ -16,7 +16,7 @@ use super::spec::{
     SUPPORTED_VERSIONS, code,
 };
 use super::{check, ipam};
-use crate::control::api::{CniAttach, CniPod, Request, Response};
+use crate::api::{CniAttach, CniPod, Request, Response};
 
 /// What the plugin prints on stdout and the exit status it ends with.
 #[derive(Debug, Clone, PartialEq, Eq)]

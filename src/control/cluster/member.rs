@@ -16,9 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::etcd::EtcdError;
-use super::gateway::{WatchEvent, WatchMessage};
 use super::registry::{OwnLease, Registry, RegistryError, SubnetLease};
+use crate::control::etcd::EtcdError;
+use crate::control::etcd::gateway::{WatchEvent, WatchMessage};
 use crate::core::Ipv4Net;
 use crate::core::tables::Peer;
 

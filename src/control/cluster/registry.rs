@@ -5,9 +5,9 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use super::etcd::{EtcdClient, EtcdError};
 use super::flannel::{self, FlannelError, LeaseAttrs, NetworkConfig};
-use super::gateway::KeyValue;
+use crate::control::etcd::gateway::KeyValue;
+use crate::control::etcd::{EtcdClient, EtcdError};
 use crate::core::Ipv4Net;
 
 #[derive(Debug, thiserror::Error)]

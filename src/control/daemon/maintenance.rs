@@ -18,7 +18,7 @@ use crate::io::clock;
 const PERIOD: Duration = Duration::from_secs(1);
 
 /// The sweeping thread; `stop` (or drop) ends it.
-pub(super) struct Sweeper {
+pub(crate) struct Sweeper {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -26,7 +26,7 @@ pub(super) struct Sweeper {
 impl Sweeper {
     /// Starts sweeping `dp`'s conntrack, counting into counter block `block`, which
     /// nothing else writes.
-    pub(super) fn spawn(dp: Arc<Dataplane>, block: usize, checkpoint: Option<PathBuf>) -> io::Result<Sweeper> {
+    pub(crate) fn spawn(dp: Arc<Dataplane>, block: usize, checkpoint: Option<PathBuf>) -> io::Result<Sweeper> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new().name("ucanal-sweep".into()).spawn(move || {
             loop {
@@ -37,7 +37,7 @@ impl Sweeper {
                 let n = dp.conntrack.sweep(clock::now());
                 dp.counters.add(block, Counter::CtExpired, n as u64);
                 if let Some(path) = &checkpoint
-                    && let Err(e) = super::restart::write_checkpoint(&dp, path)
+                    && let Err(e) = crate::control::persist::write_checkpoint(&dp, path)
                 {
                     tracing::warn!("conntrack checkpoint {}: {e}", path.display());
                 }
@@ -46,7 +46,7 @@ impl Sweeper {
         Ok(Sweeper { stop: Some(stop), thread: Some(thread) })
     }
 
-    pub(super) fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.shutdown();
     }
 

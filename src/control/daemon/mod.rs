@@ -15,19 +15,10 @@
 //! (membership of a flannel cluster on etcd: subnet lease, peers) and `objects`
 //! (Kubernetes objects from `apply` or the etcd watch).
 
-mod cluster;
-mod cni;
-pub mod handover;
-mod inspect;
-mod maintenance;
-mod node;
-mod objects;
-mod pods;
-mod restart;
-mod server;
-mod services;
-mod startup;
-mod statefile;
+pub(crate) mod maintenance;
+pub(crate) mod server;
+pub(crate) mod start;
+pub mod streams;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -36,7 +27,11 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
+use super::cluster::membership as cluster;
 use super::config::{Config, ConfigError};
+use super::handover;
+use super::persist::{self as restart, statefile};
+use super::{node, pods, services};
 use crate::core::nat::service::ServiceTable;
 use crate::core::tables::NodeInfo;
 use crate::core::{Dataplane, PortId};
@@ -51,7 +46,7 @@ pub(crate) use server::send;
 /// Counter blocks beyond the workers' own: one for the API task (dry-run traces,
 /// endpoint flushes) and one for the maintenance thread, so that every block keeps
 /// its single writer (see `core::counters`).
-const CONTROL_BLOCKS: usize = 2;
+pub(crate) const CONTROL_BLOCKS: usize = 2;
 
 /// Options of `ucanal run` that are not in the config file.
 #[derive(Debug, Clone, Default)]
@@ -76,7 +71,7 @@ pub enum RunError {
     Setup(String),
 }
 
-fn setup(e: impl std::fmt::Display) -> RunError {
+pub(crate) fn setup(e: impl std::fmt::Display) -> RunError {
     RunError::Setup(e.to_string())
 }
 
@@ -116,66 +111,66 @@ pub enum ControlError {
     NotAttached { container_id: String, ifname: String },
     /// A service that cannot be written as Kubernetes objects (`service set` in a cluster).
     #[error("{0}")]
-    Kube(#[from] crate::control::kube::KubeError),
+    Kube(#[from] crate::api::kube::KubeError),
     /// ucanal's IPAM: no free address, an address taken, the lease file unwritable.
     #[error("{0}")]
-    Lease(#[from] super::leases::LeaseError),
+    Lease(#[from] super::ipam::LeaseError),
 }
 
 pub struct Daemon {
-    cfg: Config,
-    node: NodeInfo,
+    pub(crate) cfg: Config,
+    pub(crate) node: NodeInfo,
     pub dp: Arc<Dataplane>,
     pub obs: Arc<Observers>,
     pub stats: Arc<PortStats>,
-    workers: Vec<WorkerHandle>,
-    pods: Vec<pods::PodState>,
-    free_ports: Vec<u32>,
-    next_port: u32,
+    pub(crate) workers: Vec<WorkerHandle>,
+    pub(crate) pods: Vec<pods::PodState>,
+    pub(crate) free_ports: Vec<u32>,
+    pub(crate) next_port: u32,
     /// The service table the daemon changes and publishes clones of (copy-on-write
     /// shards), and where each service sits in it, by name.
-    services: ServiceTable,
-    service_names: std::collections::BTreeMap<String, services::Portal>,
-    generation: u64,
-    seed: u64,
-    tx_ports: Vec<u16>,
-    steers: BTreeSet<Steer>,
+    pub(crate) services: ServiceTable,
+    pub(crate) service_names: std::collections::BTreeMap<String, services::Portal>,
+    pub(crate) generation: u64,
+    pub(crate) seed: u64,
+    pub(crate) tx_ports: Vec<u16>,
+    pub(crate) steers: BTreeSet<Steer>,
     /// Node-wide sysctls changed at start, with the value to put back on exit.
-    restore_sysctls: Vec<(node::SysctlKey, String)>,
+    pub(crate) restore_sysctls: Vec<(node::SysctlKey, String)>,
     /// With `--keep-on-exit`: where state and conntrack are handed over.
-    keep: Option<restart::Paths>,
+    pub(crate) keep: Option<restart::Paths>,
     /// Started from a previous ucanal's state: its kernel objects are adopted.
-    adopted: bool,
+    pub(crate) adopted: bool,
     /// Pods of the previous ucanal's state are being attached: their TAPs exist, adopt them.
-    restoring: bool,
+    pub(crate) restoring: bool,
     /// Membership of a cluster on etcd (`[cluster]`), once joined.
-    membership: Option<cluster::Membership>,
+    pub(crate) membership: Option<cluster::Membership>,
     /// Kubernetes objects applied to this node (from `apply` or the etcd watch).
-    kube: crate::control::kube::Store,
+    pub(crate) kube: crate::api::kube::Store,
     /// Where `apply` writes when the node is in a cluster.
-    objects: Option<crate::control::cluster::objects::ObjectStore>,
+    pub(crate) objects: Option<crate::control::kube::sync::ObjectStore>,
     /// CNI attachments' addresses (ucanal's default IPAM), kept in a state file.
-    leases: super::leases::LeaseFile,
+    pub(crate) leases: super::ipam::LeaseFile,
     /// The workers' configuration and VXLAN source sockets, once started.
-    wio: Option<(WorkerConfig, worker::TxPool)>,
+    pub(crate) wio: Option<(WorkerConfig, worker::TxPool)>,
     /// Taking over from a predecessor that still owns the node: a failed start must
     /// not remove its rules, TAPs or files.
-    handing: bool,
+    pub(crate) handing: bool,
     /// Pods' TAP queues handed over by the predecessor, by pod name.
-    handed_pods: HashMap<String, Vec<std::os::fd::OwnedFd>>,
+    pub(crate) handed_pods: HashMap<String, Vec<std::os::fd::OwnedFd>>,
     /// Pods attached before the workers start, with one queue per worker.
-    unstarted: Vec<(PortId, Vec<std::os::fd::OwnedFd>)>,
+    pub(crate) unstarted: Vec<(PortId, Vec<std::os::fd::OwnedFd>)>,
     /// Where the API server passes a successor's hand-over ask.
-    successors: Option<tokio::sync::mpsc::Sender<handover::Successor>>,
+    pub(crate) successors: Option<tokio::sync::mpsc::Sender<handover::Successor>>,
     /// Where the pod CIDR came from (the config, or a lease in etcd), for `show node`.
-    pod_cidr_from: String,
+    pub(crate) pod_cidr_from: String,
     /// With `--keep-on-exit`: the state snapshot and its journal of changes.
-    statefile: Option<statefile::StateFile>,
+    pub(crate) statefile: Option<statefile::StateFile>,
 }
 
 impl Daemon {
     /// The counter block the API task writes to.
-    fn api_block(&self) -> usize {
+    pub(crate) fn api_block(&self) -> usize {
         self.dp.counters.workers() - CONTROL_BLOCKS
     }
 }
@@ -190,7 +185,7 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(setup)?;
     rt.block_on(async move {
         // A live predecessor on our socket: ask it to hand over (see `handover`).
-        let pending = if keep.is_some() { startup::predecessor(&cfg)? } else { None };
+        let pending = if keep.is_some() { start::predecessor(&cfg)? } else { None };
         let state = keep.as_ref().and_then(statefile::load);
         if let Some(st) = &state {
             tracing::info!(pods = st.pods.len(), services = st.services.len(), "resuming from the previous ucanal's state");
@@ -198,7 +193,7 @@ pub fn run(config_path: &std::path::Path, opts: RunOptions) -> Result<(), RunErr
             cfg.services = st.services.clone();
         }
         let prefix = cfg.cluster.as_ref().map(|c| c.prefix.clone()).unwrap_or_default();
-        let (mut daemon, joined, handed) = startup::start(cfg, keep, state, pending).await?;
+        let (mut daemon, joined, handed) = start::start(cfg, keep, state, pending).await?;
         let socket = daemon.cfg.api.socket.clone();
         let maintenance_block = daemon.dp.counters.workers() - 1;
         let (successors, mut asks) = tokio::sync::mpsc::channel(4);
@@ -342,7 +337,7 @@ impl Signals {
     }
 }
 
-fn workers_for(cfg: &Config) -> usize {
+pub(crate) fn workers_for(cfg: &Config) -> usize {
     if cfg.dataplane.workers > 0 {
         cfg.dataplane.workers
     } else {
@@ -350,7 +345,7 @@ fn workers_for(cfg: &Config) -> usize {
     }
 }
 
-fn random_seed() -> u64 {
+pub(crate) fn random_seed() -> u64 {
     let mut b = [0u8; 8];
     if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_err() {
         return clock::now().0 ^ u64::from(std::process::id());

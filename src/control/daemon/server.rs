@@ -19,11 +19,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Semaphore};
 
 use super::Daemon;
-use crate::control::api::{self, Request, Response};
+use crate::api::{self, Request, Response};
 
 /// Binds the API socket: mode 0600 in a 0700 directory. A live daemon on the path
 /// is an error; a stale socket file is replaced.
-pub(super) fn bind_socket(path: &std::path::Path) -> io::Result<UnixListener> {
+pub(crate) fn bind_socket(path: &std::path::Path) -> io::Result<UnixListener> {
     bind_socket_in(path).map_err(|e| {
         if e.to_string().starts_with("api.socket") {
             e
@@ -85,7 +85,7 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, buf: &mut V
     Ok(Some(()))
 }
 
-pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
+pub(crate) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
     // Root only, twice over: the socket is 0600 and the peer must be uid 0 (or us).
     let allowed = stream.peer_cred().map(|c| c.uid() == 0 || c.uid() == unsafe_geteuid()).unwrap_or(false);
     let (r, mut w) = stream.into_split();
@@ -104,7 +104,7 @@ pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
     }
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
-    let mut parts = super::objects::Parts::default();
+    let mut parts = crate::control::kube::apply::Parts::default();
     loop {
         match read_request(&mut r, &mut buf).await {
             Ok(Some(())) => {}
@@ -127,7 +127,7 @@ pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
         match req {
             Request::TraceLive { filter, count, timeout_ms } => {
                 let obs = d.lock().await.obs.clone();
-                crate::control::stream::trace_live(&obs, &filter, count, timeout_ms, &mut w).await;
+                crate::control::daemon::streams::trace_live(&obs, &filter, count, timeout_ms, &mut w).await;
             }
             Request::Capture { port, filter, count, timeout_ms } => {
                 let (obs, t) = {
@@ -145,7 +145,7 @@ pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
                     .await;
                     continue;
                 }
-                crate::control::stream::capture(&obs, &port, &filter, count, timeout_ms, &mut w).await;
+                crate::control::daemon::streams::capture(&obs, &port, &filter, count, timeout_ms, &mut w).await;
             }
             req @ (Request::ServiceSet { .. }
             | Request::ServiceDel { .. }
@@ -184,7 +184,7 @@ pub(super) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
 async fn pass_successor(
     r: BufReader<tokio::net::unix::OwnedReadHalf>,
     mut w: tokio::net::unix::OwnedWriteHalf,
-    ask: super::handover::Ask,
+    ask: crate::control::handover::Ask,
     d: &Arc<Mutex<Daemon>>,
 ) {
     let to = d.lock().await.successors.clone();
@@ -202,7 +202,7 @@ async fn pass_successor(
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
-    let _ = to.send(super::handover::Successor { stream, ask }).await;
+    let _ = to.send(crate::control::handover::Successor { stream, ask }).await;
 }
 
 fn unsafe_geteuid() -> u32 {
@@ -220,19 +220,21 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
     // The big listings read a snapshot taken under the lock and are built without it,
     // so 100 000 services or a full conntrack table never hold up an update.
     match &req {
-        Request::Show { what: crate::control::api::Show::Services } => {
+        Request::Show { what: crate::api::Show::Services } => {
             let t = d.lock().await.dp.tables();
-            return Response::data(serde_json::to_value(crate::control::show::services(&t)).unwrap_or_default());
+            return Response::data(
+                serde_json::to_value(crate::control::inspect::listings::services(&t)).unwrap_or_default(),
+            );
         }
-        Request::Show { what: crate::control::api::Show::Conntrack } => {
+        Request::Show { what: crate::api::Show::Conntrack } => {
             let dp = d.lock().await.dp.clone();
             let now = crate::io::clock::now();
-            let rows = crate::control::show::conntrack(&dp.conntrack.entries(now), now);
+            let rows = crate::control::inspect::listings::conntrack(&dp.conntrack.entries(now), now);
             return Response::data(serde_json::to_value(rows).unwrap_or_default());
         }
         Request::Get { what } => {
             let objs = d.lock().await.kube.snapshot();
-            return Response::data(super::objects::listing(&objs, what));
+            return Response::data(crate::control::kube::apply::listing(&objs, what));
         }
         _ => {}
     }
@@ -245,7 +247,9 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
         Request::EndpointAdd { service, endpoint } => d.endpoint(&service, endpoint, true).await,
         Request::EndpointDel { service, endpoint } => d.endpoint(&service, endpoint, false).await,
         Request::Show { what } => return Response::data(d.show(what)),
-        Request::Get { what } => return Response::data(super::objects::listing(&d.kube.snapshot(), &what)),
+        Request::Get { what } => {
+            return Response::data(crate::control::kube::apply::listing(&d.kube.snapshot(), &what));
+        }
         Request::Apply { objects, delete, .. } => d.apply_objects(objects, delete).await,
         Request::Trace { probe } => return d.trace(&probe).map(Response::data).unwrap_or_else(Response::error),
         Request::CniAdd { attach } => {
@@ -273,7 +277,7 @@ async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
 /// `apply`: in a cluster the objects are checked here, then written to etcd without
 /// holding the daemon lock (every node, this one included, applies them from its watch);
 /// with etcd unreachable the request fails naming etcd and nothing changes.
-async fn apply(d: &Arc<Mutex<Daemon>>, objects: Vec<crate::control::kube::Object>, delete: bool) -> Response {
+async fn apply(d: &Arc<Mutex<Daemon>>, objects: Vec<crate::api::kube::Object>, delete: bool) -> Response {
     let store = d.lock().await.objects.clone();
     let Some(store) = store else { return handle(d, Request::Apply { objects, delete, more: false }).await };
     let t = std::time::Instant::now();
@@ -290,7 +294,7 @@ async fn apply(d: &Arc<Mutex<Daemon>>, objects: Vec<crate::control::kube::Object
     );
     match r {
         Ok(n) => Response::ok(format!("{n} object(s) {} in etcd", if delete { "deleted" } else { "written" })),
-        Err(e @ crate::control::cluster::etcd::EtcdError::Partial { .. }) => Response::error(e),
+        Err(e @ crate::control::etcd::EtcdError::Partial { .. }) => Response::error(e),
         Err(e) => Response::error(format!("{e}; nothing applied")),
     }
 }
@@ -314,7 +318,7 @@ async fn service_request(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
 /// Binds `@ucanal`, the abstract socket of this network namespace. Abstract sockets
 /// have no file mode: `serve_client` refuses peers that are not root by their
 /// credentials, as it does on the socket file.
-pub(super) fn bind_abstract() -> io::Result<UnixListener> {
+pub(crate) fn bind_abstract() -> io::Result<UnixListener> {
     use std::os::linux::net::SocketAddrExt;
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(api::ABSTRACT_SOCKET)?;
     let l = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
@@ -330,7 +334,7 @@ pub(super) fn bind_abstract() -> io::Result<UnixListener> {
 }
 
 /// Accepts API clients on every listener until aborted, one task each.
-pub(super) async fn serve(listeners: Vec<UnixListener>, d: Arc<Mutex<Daemon>>) {
+pub(crate) async fn serve(listeners: Vec<UnixListener>, d: Arc<Mutex<Daemon>>) {
     // A JoinSet aborts its tasks when dropped, so aborting `serve` closes every listener.
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     let mut loops = tokio::task::JoinSet::new();
