@@ -23,6 +23,9 @@
 pub mod compile;
 pub mod decode;
 pub mod engine;
+/// The fuzz harness of the decoders (fuzz/, tests): only with the `testkit` feature.
+#[cfg(any(test, feature = "testkit"))]
+pub mod fuzzing;
 pub mod ir;
 pub mod log;
 pub mod model;
@@ -66,5 +69,7 @@ impl Verdict {
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;
