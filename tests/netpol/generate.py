@@ -671,16 +671,21 @@ def case_actions(case):
           {"apply": [pod("y/b", {"pod": "b"})], "delete": []}])
 
 
+def replay(case):
+    """The oracle's world after each step of a case, step by step."""
+    w = World()
+    for s in case["steps"]:
+        for o in s["apply"]:
+            w.apply(o)
+        for o in s["delete"]:
+            w.delete(o)
+        yield s, w
+
+
 def with_oracle(cases):
     """Fills every step's probes (all ports and protocols) from the oracle."""
-    w = World()
     for c in cases:
-        w = World()
-        for s in c["steps"]:
-            for o in s["apply"]:
-                w.apply(o)
-            for o in s["delete"]:
-                w.delete(o)
+        for s, w in replay(c):
             s["probes"] = [(proto, port, w.table(proto, port)) for proto in PROTOS for port in PORTS]
     return cases
 
@@ -823,12 +828,7 @@ def emit_case(f, c):
 
 def check_against_oracle(cases):
     for c in cases:
-        w = World()
-        for s in c["steps"]:
-            for o in s["apply"]:
-                w.apply(o)
-            for o in s["delete"]:
-                w.delete(o)
+        for s, w in replay(c):
             for proto, port, reach in s["probes"]:
                 want = w.table(proto, port)
                 bad = [k for k in reach.r if k[0] != k[1] and reach.r[k] != want[k]]

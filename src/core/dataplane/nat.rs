@@ -43,28 +43,39 @@ impl<'a> Ctx<'a> {
         }
         let u = *u;
         self.tr.step(|| Step::ConntrackMiss { tuple: u });
-        let rule = match from {
+        if let Some(why) = ct.tombstone(&u, self.now, commit) {
+            return Nat::Done(self.drop(policy::cut_reason(why)));
+        }
+        match from {
             // NAT happens where a flow enters the cluster; a peer never hands us a new one.
-            Origin::Vxlan { strict: true, .. } => None,
+            Origin::Vxlan { strict: true, .. } => self.no_rule(pkt, u, tcp_flags),
             // As the kernel, `vxlan_accept = any` applies the rules to what flannel.1
             // decapsulates too (kube-proxy's PREROUTING, flannel's ip-masq); to this node's
             // pod subnet (the usual case) no rule applies: it holds no service IP, no node IP,
             // and no masquerade rule matches a local destination.
-            Origin::Vxlan { .. } if self.t.node.pod_cidr.contains(u.dst) => None,
+            Origin::Vxlan { .. } if self.t.node.pod_cidr.contains(u.dst) => self.no_rule(pkt, u, tcp_flags),
             // SCTP is never NATed (no service or masquerade rule has it); policy only.
-            _ if u.proto == PROTO_SCTP => None,
-            _ => match self.rule(from, pkt, u, hdr) {
-                Ok(rule) => Some(rule),
-                Err(Nat::Untracked) => None,
-                Err(done) => return done,
-            },
-        };
-        match rule {
-            Some(rule) => self.enter(pkt, u, tcp_flags, rule),
-            // A flow touching a local pod with policy is tracked even when not NATed, so
-            // that its verdict is its entry and its replies pass.
-            None if self.policed(&u) => self.enter(pkt, u, tcp_flags, Rule::plain(u)),
-            None => Nat::Untracked,
+            _ if u.proto == PROTO_SCTP => self.no_rule(pkt, u, tcp_flags),
+            _ => self.new_flow(from, pkt, u, tcp_flags, hdr),
+        }
+    }
+
+    /// A packet no NAT rule applies to: tracked for its policy when it touches a local
+    /// pod with policy (its verdict is then its entry, and its replies pass by it),
+    /// otherwise routed as it is.
+    #[inline]
+    fn no_rule(&mut self, pkt: &mut Packet, u: Tuple, tcp_flags: u8) -> Nat {
+        if self.policed(&u) { self.enter(pkt, u, tcp_flags, Rule::plain(u)) } else { Nat::Untracked }
+    }
+
+    /// A new flow the rules may apply to. Out of line: `nat` stays small enough to be
+    /// inlined into the walk, as the established path wants.
+    #[inline(never)]
+    fn new_flow(&mut self, from: Origin, pkt: &mut Packet, u: Tuple, tcp_flags: u8, hdr: Hdr) -> Nat {
+        match self.rule(from, pkt, u, hdr) {
+            Ok(rule) => self.enter(pkt, u, tcp_flags, rule),
+            Err(Nat::Untracked) => self.no_rule(pkt, u, tcp_flags),
+            Err(done) => done,
         }
     }
 
@@ -85,9 +96,6 @@ impl<'a> Ctx<'a> {
                 };
                 Step::Conntrack { dir: hit.dir, state: hit.state.map(|s| s.name().into()), original, reply }
             });
-            if hit.cut != 0 {
-                return Nat::Done(self.drop(policy::cut_reason(hit.cut)));
-            }
             if hit.nat != 0 {
                 apply(pkt, &hit);
             }
@@ -353,7 +361,6 @@ pub(super) fn original_hit(reply: &Tuple, nat: u8) -> Hit {
         nat,
         state: None,
         invalid: false,
-        cut: 0,
     }
 }
 

@@ -5,9 +5,10 @@
 //! dropped, counted by direction, and leaves no entry.
 
 use super::*;
-use crate::core::nat::conntrack::{CUT_INGRESS, Entry};
+use crate::core::nat::conntrack::Entry;
 use crate::core::policy::log::LogRecord;
 use crate::core::policy::model::RuleAction;
+use crate::core::policy::recheck::CUT_INGRESS;
 use crate::core::policy::stage::{self, Denied, Observer};
 use crate::core::policy::table::{Compiled, EndpointPolicy, Lookup};
 use crate::core::policy::{Direction, PolicyInfo, Verdict};
@@ -36,9 +37,9 @@ fn reason(d: Denied) -> DropReason {
     }
 }
 
-/// The drop counter of a cut flow's packet.
-pub(super) fn cut_reason(cut: u8) -> DropReason {
-    if cut & CUT_INGRESS != 0 { DropReason::PolicyIngress } else { DropReason::PolicyEgress }
+/// The drop counter of a cut flow's packet (its tombstone's mark).
+pub(super) fn cut_reason(why: u8) -> DropReason {
+    if why == CUT_INGRESS { DropReason::PolicyIngress } else { DropReason::PolicyEgress }
 }
 
 /// The walk as the policy stage's observer: rule counters, `Log` records, trace steps.
@@ -159,6 +160,8 @@ impl Ctx<'_> {
     /// A packet without a flow (an ICMP error about no tracked flow, ICMP other than
     /// echo, a protocol without ports) to or from a local pod with policy: its rules
     /// decide for this packet alone (port conditions never match it).
+    #[cold]
+    #[inline(never)]
     pub(super) fn police_stateless(&mut self, hdr: Hdr) -> Option<Action> {
         let u = Tuple { proto: hdr.proto, src: hdr.src, dst: hdr.dst, sport: 0, dport: 0 };
         if !self.policed(&u) {

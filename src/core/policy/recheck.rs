@@ -2,9 +2,9 @@
 //! generation it was admitted under; after a change, [`recheck`] takes each flow of an
 //! older generation through the new policy (its original orientation, on its final
 //! tuple; both orientations for one picked up mid-stream) and cuts those it denies.
-//! A cut flow's packets are dropped and counted from then on, both ways (see
-//! `conntrack::CUT_LINGER`) — stricter than Calico, which leaves established connections
-//! alone. The control plane runs it after publishing a table and once a second, so an
+//! A cut flow's entry goes and its tuples become tombstones: its packets are dropped and
+//! counted from then on, both ways (see `conntrack::tombstone`) — stricter than Calico,
+//! which leaves established connections alone. The control plane runs it after publishing a table and once a second, so an
 //! existing connection is cut within a second of the change.
 //!
 //! Heads up: a flow admitted while a table was being published may record the older
@@ -13,8 +13,12 @@
 use super::Direction;
 use super::stage::{self, Quiet};
 use crate::core::nat::Tuple;
-use crate::core::nat::conntrack::{CUT, CUT_EGRESS, CUT_INGRESS, Entry, POLICY_BOTH};
+use crate::core::nat::conntrack::Entry;
 use crate::core::{Counter, Dataplane, Now};
+
+/// Why a flow was cut (its tombstone's mark): the direction whose policy denied it.
+pub const CUT_INGRESS: u8 = 1;
+pub const CUT_EGRESS: u8 = 2;
 
 /// What a re-check did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,22 +55,24 @@ pub fn recheck(dp: &Dataplane, now: Now, since: u64, block: usize) -> Option<Rec
     let gen32 = generation as u32;
     let local = |a| t.routes.is_local_addr(a);
     let mut out = Rechecked { generation, ..Rechecked::default() };
+    let mut cut = Vec::new();
     dp.conntrack.for_each_flow(now, |e| {
-        if e.policy_gen.load(std::sync::atomic::Ordering::Relaxed) == gen32 || e.policy_flags() & CUT != 0 {
+        if e.policy_gen.load(std::sync::atomic::Ordering::Relaxed) == gen32 {
             return;
         }
         out.checked += 1;
-        let f = final_tuple(e);
-        let both = e.policy_flags() & POLICY_BOTH != 0;
-        match stage::admit(table, &f, both, local, &mut Quiet) {
+        match stage::admit(table, &final_tuple(e), e.policy_both(), local, &mut Quiet) {
             Ok(()) => e.admitted(gen32, false),
-            Err(d) => {
-                let how = if d.dir == Direction::Ingress { CUT_INGRESS } else { CUT_EGRESS };
-                dp.conntrack.cut(e, how, now);
-                out.cut += 1;
-            }
+            Err(d) => cut.push((e.original, if d.dir == Direction::Ingress { CUT_INGRESS } else { CUT_EGRESS })),
         }
     });
+    // Cut outside the walk: the walk holds the map's read locks.
+    for (original, why) in cut {
+        if let Some(e) = dp.conntrack.entry(&original, now) {
+            dp.conntrack.cut(&e, why, now);
+            out.cut += 1;
+        }
+    }
     dp.counters.add(block, Counter::PolicyCut, out.cut as u64);
     Some(out)
 }

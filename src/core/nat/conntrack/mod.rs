@@ -42,6 +42,7 @@ pub(super) mod filter;
 mod state;
 #[cfg(test)]
 mod tests;
+pub mod tombstone;
 
 pub use state::{Dir, TcpState, Timeouts, Transition, tcp_transition};
 
@@ -51,18 +52,9 @@ pub const NAT_SNAT: u8 = 2;
 
 pub(super) const SEEN_REPLY: u8 = 1;
 pub(super) const ASSURED: u8 = 2;
-/// Cut by a policy change (see `core::policy::recheck`): the flow's packets are dropped,
-/// counted as the direction that denied it, until it has been quiet for `CUT_LINGER`.
-pub const CUT_INGRESS: u8 = 4;
-pub const CUT_EGRESS: u8 = 8;
-pub const CUT: u8 = CUT_INGRESS | CUT_EGRESS;
-/// Admitted mid-stream (a TCP pickup): a re-check needs both orientations allowed.
-pub const POLICY_BOTH: u8 = 16;
+/// Admitted mid-stream (a TCP pickup): a policy re-check needs both orientations allowed.
+pub const POLICY_BOTH: u8 = 4;
 
-/// How long a cut flow's entry stays after its last packet: longer than TCP's largest
-/// retransmission interval (TCP_RTO_MAX, 120 s), so neither end can start it again as
-/// a new flow the other way round.
-pub const CUT_LINGER: u32 = 130;
 /// SCTP flows (tracked for policy only, never NATed): the kernel's established timeout.
 pub const SCTP_TIMEOUT: u32 = 210;
 
@@ -90,9 +82,9 @@ impl Entry {
     pub fn assured(&self) -> bool {
         self.flags.load(Relaxed) & ASSURED != 0
     }
-    /// The policy flags (`CUT_*`, `POLICY_BOTH`).
-    pub fn policy_flags(&self) -> u8 {
-        self.flags.load(Relaxed) & (CUT | POLICY_BOTH)
+    /// Admitted mid-stream: a policy re-check needs both orientations allowed.
+    pub fn policy_both(&self) -> bool {
+        self.flags.load(Relaxed) & POLICY_BOTH != 0
     }
     /// Marks the flow admitted under policy generation `generation` (`both`: a pickup).
     pub fn admitted(&self, generation: u32, both: bool) {
@@ -131,8 +123,6 @@ pub struct Hit {
     pub nat: u8,
     pub state: Option<TcpState>,
     pub invalid: bool,
-    /// `CUT_INGRESS` / `CUT_EGRESS`: a policy change cut the flow; drop the packet.
-    pub cut: u8,
 }
 
 impl Hit {
@@ -141,7 +131,7 @@ impl Hit {
             Dir::Original => ((e.reply.dst, e.reply.dport), (e.reply.src, e.reply.sport)),
             Dir::Reply => ((e.original.dst, e.original.dport), (e.original.src, e.original.sport)),
         };
-        Hit { dir, src, dst, nat: e.nat, state: e.state_name().map(|_| e.tcp_state()), invalid, cut: 0 }
+        Hit { dir, src, dst, nat: e.nat, state: e.state_name().map(|_| e.tcp_state()), invalid }
     }
 }
 
@@ -209,6 +199,8 @@ pub struct Conntrack {
     pub(super) entries: AtomicUsize,
     pub(super) max: usize,
     pub(super) candidates: early_drop::Candidates,
+    /// Flows cut by a policy change, kept as tombstones for a while.
+    pub(super) tombstones: tombstone::Tombstones,
     pub timeouts: Timeouts,
 }
 
@@ -220,6 +212,7 @@ impl Conntrack {
             entries: AtomicUsize::new(0),
             max,
             candidates: early_drop::Candidates::new(max),
+            tombstones: tombstone::Tombstones::default(),
             timeouts,
         }
     }
@@ -271,14 +264,6 @@ impl Conntrack {
             return None;
         }
         let dir = if e.original == *t { Dir::Original } else { Dir::Reply };
-        let cut = e.flags.load(Relaxed) & CUT;
-        if cut != 0 {
-            // A cut flow: dropped, and kept while either end keeps trying.
-            if commit {
-                e.deadline.store(now.secs().saturating_add(CUT_LINGER), Relaxed);
-            }
-            return Some(Hit { cut, ..Hit::of(e, dir, false) });
-        }
         let mut invalid = false;
         let timeout = match t.proto {
             PROTO_TCP => {
@@ -471,6 +456,7 @@ impl Conntrack {
             }
         }
         self.entries.fetch_sub(removed, Relaxed);
+        self.tombstones.sweep(now);
         removed
     }
 
@@ -491,8 +477,13 @@ impl Conntrack {
         removed
     }
 
+    /// The live entry of a flow by its original tuple.
+    pub fn entry(&self, original: &Tuple, now: Now) -> Option<Arc<Entry>> {
+        self.map.get(&original.key()).filter(|e| e.original == *original && e.is_live(now)).map(|e| e.clone())
+    }
+
     /// Runs `f` on every live flow (once each), under the map's shard read locks: `f`
-    /// may change a flow's atomics (see [`Conntrack::cut`]) but not the map.
+    /// may change a flow's atomics but not the map.
     pub fn for_each_flow(&self, now: Now, mut f: impl FnMut(&Entry)) {
         for r in self.map.iter() {
             if r.original.key() == *r.key() && r.is_live(now) {
@@ -501,12 +492,28 @@ impl Conntrack {
         }
     }
 
-    /// Cuts a flow (`how`: `CUT_INGRESS` or `CUT_EGRESS`): its packets are dropped from
-    /// now on, both ways, and it may be evicted early (no longer ASSURED).
-    pub fn cut(&self, e: &Entry, how: u8, now: Now) {
-        e.flags.fetch_and(!ASSURED, Relaxed);
-        e.flags.fetch_or(how & CUT, Relaxed);
-        e.deadline.store(now.secs().saturating_add(CUT_LINGER), Relaxed);
+    /// Cuts a flow a policy change denies: its entry goes, and both of its tuples become
+    /// tombstones carrying `why`, so that its next packets, either way, are dropped as
+    /// that (see [`tombstone::Tombstones`]).
+    pub fn cut(&self, e: &Arc<Entry>, why: u8, now: Now) {
+        self.tombstones.bury(&[e.original.key(), e.reply.key()], why, now);
+        let mut gone = false;
+        for k in [e.reply.key(), e.original.key()] {
+            if self.map.remove_if(&k, |_, m| Arc::ptr_eq(m, e)).is_some() {
+                self.filter.sub(k);
+                gone |= k == e.original.key();
+            }
+        }
+        if gone {
+            self.entries.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// The tombstone of a cut flow this packet belongs to (its `why`), refreshed when
+    /// `commit`. Only a new flow's packet asks, and only while some flow is cut.
+    #[inline]
+    pub fn tombstone(&self, t: &Tuple, now: Now, commit: bool) -> Option<u8> {
+        self.tombstones.find(t.key(), now, commit)
     }
 
     /// Live entries, one per flow, ordered by original tuple for stable listings.
