@@ -13,7 +13,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ucanal::api::kube;
-use ucanal::api::{Request, decode_request};
+use ucanal::api::{Command, Request};
 use ucanal::control::kube::buckets::{Change, Index, bucket_key};
 
 const N: usize = 10_000;
@@ -47,9 +47,11 @@ fn apply(c: &mut Criterion) {
         serde_json::to_string(&objs[..part]).expect("json")
     });
     assert!(line.len() < 1 << 20);
-    assert!(matches!(decode_request(&line), Ok(Request::Apply { objects, .. }) if objects.len() == part));
+    assert!(
+        matches!(Request::decode(&line), Ok(Request::Command(Command::Apply { objects, .. })) if objects.len() == part)
+    );
     g.throughput(Throughput::Elements(part as u64));
-    g.bench_function("decode_request", |b| b.iter(|| black_box(decode_request(&line).is_ok())));
+    g.bench_function("decode_request", |b| b.iter(|| black_box(Request::decode(&line).is_ok())));
 
     let plan = Index::default().plan(&objs, false);
     let values: Vec<(String, Vec<u8>)> =

@@ -5,10 +5,11 @@
 # header field by header field at every observation point (ghost-ep1's and ghost-ep3's eth0 on
 # centos7-1, centos7-1's port on the LAN bridge, ghost-ep2's eth0 on centos7-2).
 #
-#   conformance.sh [--json FILE] [--only NAME,...] [--details]
+#   conformance.sh [--json FILE] [--doc] [--only NAME,...] [--details]
 #
 # Prints a table (scenario x same | differs: fields), the score and the normalised fields with
-# their reasons; --json writes the same as JSON. Both labs are removed on exit, also on failure.
+# their reasons; --json writes the same as JSON; --doc rewrites the table in docs/conformance.md
+# and the score in README.md (conformance/doc.py). Both labs are removed on exit, also on failure.
 # Environment: CONF_KERNEL_PREFIX (ck-), CONF_UCANAL_PREFIX (cu-), UCANAL_BIN, LAB_WIRE_CSUM
 # (default partial: the veth default, as labs built the ordinary way have it), LAB_PYTHON.
 

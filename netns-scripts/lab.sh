@@ -8,6 +8,7 @@
 #   lab.sh socket NODE       # the ucanal API socket of NODE
 #   lab.sh exec NAME CMD...  # run CMD in ${LAB_PREFIX}NAME (lan, client, centos7-1, ghost-ep1, ...)
 #   lab.sh rules NODE        # print the iptables-restore input a kernel NODE gets
+#   lab.sh endpoints SERVICE IP:PORT[,...]  # set a service's endpoints on every node
 #   lab.sh restart NODE [TERM|KILL]  # signal NODE's ucanal, start it again; prints ms until it answers
 #   lab.sh up --nodes N --etcd [--kernel LIST] [--auto-cidr]  # a cluster formed through etcd (cluster-lib.sh:
 #       add-node [--kernel], remove-node NODE, etcd-stop, etcd-start, etcdctl ARGS, pingall)
@@ -23,7 +24,7 @@
 . "$(dirname "${BASH_SOURCE[0]}")/cluster-lib.sh"
 
 usage() {
-    sed -n '5,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '5,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 2
 }
 
@@ -55,6 +56,7 @@ restart)
     if lab_cluster_load; then lab_cluster_restart "$@"; else lab_ucanal_restart "$@"; fi
     ;;
 exec) (($# >= 2)) || usage; lab_init; lab_cluster_load || true; lab_nsexec "$@" ;;
+endpoints) (($# == 2)) || usage; lab_init; lab_set_endpoints "$1" "$2" ;;
 rules)
     (($# == 1)) || usage
     lab_init

@@ -470,6 +470,38 @@ lab_kernel_iptables() {
     lab_flannel_masq_rules "$node" | ip netns exec "$ns" iptables-restore --noflush
 }
 
+# lab_set_endpoints SERVICE IP:PORT[,IP:PORT...]: give a service of LAB_SERVICES these
+# endpoints on every node, as an EndpointSlice update would: `ucanal service set` on a ucanal
+# node; on a kernel node kube-proxy's rules rendered anew (the nat and filter tables replaced,
+# flannel's rules put back). Established flows keep their endpoint (conntrack).
+lab_set_endpoints() {
+    local want=$1 eps=$2 s name proto vip port nport old node ns ep found=0
+    local -a svcs=() args=()
+    for s in "${LAB_SERVICES[@]}"; do
+        read -r name proto vip port nport old <<<"$s"
+        if [[ $name == "$want" ]]; then
+            found=1
+            s="$name $proto $vip $port $nport $eps"
+            args=(service set --name "$name" --protocol "$proto" --cluster-ip "$vip" --port "$port")
+            if [[ -n $nport && $nport != - && $nport != 0 ]]; then args+=(--node-port "$nport"); fi
+            for ep in ${eps//,/ }; do args+=(--endpoint "$ep"); done
+        fi
+        svcs+=("$s")
+    done
+    ((found)) || lab_die "no service '$want' in LAB_SERVICES"
+    for node in "${LAB_NODES[@]}"; do
+        ns=$(lab_ns "$node")
+        case $(_lab_state_get "node.$node") in
+        ucanal) "$UCANAL_BIN" --socket "$(lab_socket "$node")" "${args[@]}" >/dev/null ;;
+        kernel)
+            lab_kube_proxy_rules "${svcs[@]}" | ip netns exec "$ns" iptables-restore
+            lab_flannel_masq_rules "$node" | ip netns exec "$ns" iptables-restore --noflush
+            ;;
+        *) lab_die "node $node: mode unknown (is the lab up?)" ;;
+        esac
+    done
+}
+
 # lab_kernel_node NODE: everything flannel + Calico + kube-proxy do on a node.
 lab_kernel_node() {
     local node=$1 pod
@@ -690,7 +722,8 @@ lab_ucanal_restart() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# The pods' HTTP servers (ghost stand-ins): python3 -m http.server on LAB_HTTP_PORT.
+# The pods' HTTP servers (ghost stand-ins) on LAB_HTTP_PORT: http-server.py, python's
+# http.server for GET plus an upload sink (PUT/POST answers "<sha256> <bytes> <pod>").
 
 lab_www_dir() { printf '%s/www/%s\n' "$LAB_RUN_DIR" "$1"; }
 
@@ -702,8 +735,8 @@ lab_http_start() {
     printf '%s %s\n' "$pod" "$ip" >"$dir/index.html"
     # shellcheck disable=SC2016
     setsid ip netns exec "$(lab_ns "$pod")" sh -c 'echo $$ >"$1"; shift; exec "$@"' \
-        http-lab "$LAB_RUN_DIR/$pod.http.pid" "$LAB_PYTHON" -u -m http.server "$LAB_HTTP_PORT" \
-        --bind 0.0.0.0 --directory "$dir" </dev/null >"$LAB_RUN_DIR/$pod.http.log" 2>&1 &
+        http-lab "$LAB_RUN_DIR/$pod.http.pid" "$LAB_PYTHON" -u "$LAB_LIB_DIR/http-server.py" "$LAB_HTTP_PORT" \
+        "$dir" "$pod" </dev/null >"$LAB_RUN_DIR/$pod.http.log" 2>&1 &
 }
 
 # lab_http_wait POD [TIMEOUT]: until the server answers on the pod's loopback.
@@ -869,7 +902,7 @@ lab_down() {
         done
         for node in "${LAB_NODES[@]}"; do
             sock=$(lab_socket "$node")
-            rm -f "$sock" "$sock.state" "$sock.conntrack"
+            rm -f "$sock" "$sock.state" "$sock.state.journal" "$sock.state.journal.old" "$sock.conntrack"
         done
         if [[ -f $LAB_RUN_DIR/state ]]; then
             while IFS= read -r sock; do

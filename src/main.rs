@@ -5,13 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ucanal::api::{Request, Show};
-use ucanal::cli::kubectl;
-use ucanal::cli::target::{self as client, Target};
+use ucanal::api::{Command, EndpointRef, PodSpec, Show};
+use ucanal::cli::target::Target;
 use ucanal::cli::trace::{capture, trace_live, trace_probe};
-use ucanal::control::config::{Config, PodSpec};
-use ucanal::control::daemon::{self, RunError, RunOptions};
-use ucanal::control::inspect::listings as show;
+use ucanal::cli::{self, CliError, kubectl};
+use ucanal::control::config::Config;
+use ucanal::control::daemon::{self, RunOptions};
 use ucanal::core::nat::service::{Protocol, ServiceSpec};
 use ucanal::wire::MacAddr;
 
@@ -210,11 +209,15 @@ struct EndpointTarget {
 }
 
 impl EndpointTarget {
-    fn resolve(&self, target: &Target) -> Result<SocketAddrV4, String> {
+    /// The endpoint as the daemon takes it (a pod's address is the daemon's to find).
+    fn endpoint(&self) -> Result<EndpointRef, CliError> {
         match (&self.endpoint, &self.pod) {
-            (Some(e), _) => Ok(*e),
-            (None, Some(p)) => client::pod_endpoint(target, p),
-            (None, None) => Err("give --endpoint or --pod".into()),
+            (Some(e), _) => Ok(EndpointRef::Address(*e)),
+            (None, Some(p)) => {
+                let (name, port) = cli::parse_pod_port(p)?;
+                Ok(EndpointRef::Pod { pod: name.to_string(), port })
+            }
+            (None, None) => Err(CliError::Usage("give --endpoint or --pod".into())),
         }
     }
 }
@@ -259,9 +262,9 @@ fn main() -> ExitCode {
     let targets = Target::from_flags(cli.socket.as_deref(), &cli.nodes);
     let one = || match targets.as_slice() {
         [t] => Ok(t.clone()),
-        _ => Err(format!("name one node ({} given with --socket/--node)", targets.len())),
+        _ => Err(CliError::Usage(format!("name one node ({} given with --socket/--node)", targets.len()))),
     };
-    let done = |r: Result<String, String>| match r {
+    let done = |r: Result<String, CliError>| match r {
         Ok(m) => {
             if !m.is_empty() {
                 println!("{m}");
@@ -290,7 +293,7 @@ fn main() -> ExitCode {
         cmd @ (Cmd::Pod { .. } | Cmd::Service { .. } | Cmd::Endpoint { .. }) => {
             done(one().and_then(|t| object_cmd(&t, cmd)))
         }
-        Cmd::Show { what, json, all } => done(one().and_then(|t| show_cmd(&t, what, json, all))),
+        Cmd::Show { what, json, all } => done(one().and_then(|t| cli::show::show(&t, what, json, all))),
         Cmd::Apply(m) => done(one().and_then(|t| kubectl::apply(&t, &m.file, false))),
         Cmd::Delete(m) => done(one().and_then(|t| kubectl::apply(&t, &m.file, true))),
         Cmd::Get(g) => done(one().and_then(|t| kubectl::get(&t, &g.what, g.output.as_deref()))),
@@ -311,13 +314,9 @@ fn main() -> ExitCode {
 fn run(config: &std::path::Path, opts: RunOptions) -> ExitCode {
     match daemon::run(config, opts) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ RunError::Config(_)) => {
-            eprintln!("ucanal: {e}");
-            ExitCode::from(2)
-        }
         Err(e) => {
             eprintln!("ucanal: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -343,15 +342,15 @@ fn check(config: &std::path::Path) -> ExitCode {
     }
 }
 
-/// `ucanal pod|service|endpoint ...`: one runtime API request to one node.
-fn object_cmd(target: &Target, cmd: Cmd) -> Result<String, String> {
-    let req = match cmd {
+/// `ucanal pod|service|endpoint ...`: one command to one node.
+fn object_cmd(target: &Target, cmd: Cmd) -> Result<String, CliError> {
+    let c = match cmd {
         Cmd::Pod { cmd: PodCmd::Add { name, netns, ip, mac } } => {
-            Request::PodAdd { pod: PodSpec { name, netns, ip, mac, ifname: None } }
+            Command::PodAdd { pod: PodSpec { name, netns, ip, mac, ifname: None } }
         }
-        Cmd::Pod { cmd: PodCmd::Del { name } } => Request::PodDel { name },
+        Cmd::Pod { cmd: PodCmd::Del { name } } => Command::PodDel { name },
         Cmd::Service { cmd: ServiceCmd::Set { name, protocol, cluster_ip, port, node_port, endpoints } } => {
-            Request::ServiceSet {
+            Command::ServiceSet {
                 service: ServiceSpec {
                     name,
                     protocol: match protocol {
@@ -365,48 +364,14 @@ fn object_cmd(target: &Target, cmd: Cmd) -> Result<String, String> {
                 },
             }
         }
-        Cmd::Service { cmd: ServiceCmd::Del { name } } => Request::ServiceDel { name },
+        Cmd::Service { cmd: ServiceCmd::Del { name } } => Command::ServiceDel { name },
         Cmd::Endpoint { cmd: EndpointCmd::Add { service, target: ep } } => {
-            Request::EndpointAdd { service, endpoint: ep.resolve(target)? }
+            Command::EndpointAdd { service, endpoint: ep.endpoint()? }
         }
         Cmd::Endpoint { cmd: EndpointCmd::Del { service, target: ep } } => {
-            Request::EndpointDel { service, endpoint: ep.resolve(target)? }
+            Command::EndpointDel { service, endpoint: ep.endpoint()? }
         }
-        _ => return Err("not a pod, service or endpoint command".into()),
+        _ => return Err(CliError::Usage("not a pod, service or endpoint command".into())),
     };
-    simple(target, &req)
-}
-
-fn simple(target: &Target, req: &Request) -> Result<String, String> {
-    client::request(target, req).map(|r| r.message.unwrap_or_default())
-}
-
-fn show_cmd(target: &Target, what: Show, json: bool, all: bool) -> Result<String, String> {
-    let data = client::request(target, &Request::Show { what })?.data.unwrap_or_default();
-    if json {
-        return serde_json::to_string_pretty(&data).map_err(|e| e.to_string());
-    }
-    let de = |e: serde_json::Error| format!("unexpected listing from ucanal: {e}");
-    let text = match what {
-        Show::Routes => show::routes_text(&serde_json::from_value::<Vec<show::RouteRow>>(data).map_err(de)?),
-        Show::Neigh => show::neigh_text(&serde_json::from_value::<Vec<show::NeighRow>>(data).map_err(de)?),
-        Show::Fdb => show::fdb_text(&serde_json::from_value::<Vec<show::FdbRow>>(data).map_err(de)?),
-        Show::Pods => {
-            let node = client::request(target, &Request::Show { what: Show::Node })?
-                .data
-                .and_then(|n| n.pointer("/node/name").and_then(|v| v.as_str()).map(str::to_string))
-                .unwrap_or_default();
-            show::pods_text(&serde_json::from_value::<Vec<show::PodRow>>(data).map_err(de)?, &node)
-        }
-        Show::Services => show::services_text(&serde_json::from_value::<Vec<show::ServiceRow>>(data).map_err(de)?),
-        Show::Conntrack => {
-            let rows = serde_json::from_value::<Vec<show::ConntrackRow>>(data).map_err(de)?;
-            eprintln!("conntrack v1.4 (ucanal): {} flow entries have been shown.", rows.len());
-            show::conntrack_text(&rows)
-        }
-        Show::Counters => show::counters_text(&data, all),
-        Show::Node => serde_json::to_string_pretty(&data).map_err(|e| e.to_string())?,
-        Show::Peers => kubectl::peers(&data)?,
-    };
-    Ok(text.trim_end_matches('\n').to_string())
+    cli::command(target, c)
 }

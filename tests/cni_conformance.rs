@@ -7,8 +7,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::OnceLock;
 
+use common::harness::Suite;
 use common::{Lab, text};
 use serde_json::{Value, json};
 
@@ -123,36 +125,78 @@ fn conf(socket: &Path, version: &str) -> Value {
            "dns": {"nameservers": ["10.250.0.10"]}})
 }
 
-#[test]
-fn cni_conformance() {
-    if !common::require_netns(&[]) {
-        return;
+fn main() -> ExitCode {
+    let mut suite = Suite::new();
+    suite
+        .group("cni_conformance", &[], Node::up)
+        .phase("version", version)
+        .phase("add_gives_the_specs_result_and_the_pod_view", add)
+        .phase_after("a_second_add_is_an_error", &["add_gives_the_specs_result_and_the_pod_view"], |n| {
+            assert_error(&invoke(&n.env("ADD"), &conf(&n.sock, "1.0.0")), 100, "1.0.0");
+        })
+        .phase_after("check_compares_with_prev_result", &["add_gives_the_specs_result_and_the_pod_view"], check)
+        .phase_after("del_succeeds_also_when_nothing_is_left", &["check_compares_with_prev_result"], del)
+        .phase("bad_configs_get_the_specs_codes", bad_configs)
+        .phase("environment_faults_get_the_specs_codes", environment_faults)
+        .phase_after("v1_1_0_status_and_gc", &["del_succeeds_also_when_nothing_is_left"], v1_1_0)
+        .phase("leases_survive_a_restart", |n| leases_survive_a_restart(&n.lab, &n.sock, &n.env("ADD")))
+        .phase("host_local_ipam_is_delegated_to", |n| host_local(&n.lab, &n.sock, &n.env("ADD")));
+    suite.run()
+}
+
+/// A ucanal node of the lab, a namespace for the container, and the first ADD's result.
+struct Node {
+    ns: Netns,
+    netns: String,
+    _leases: Leases,
+    sock: PathBuf,
+    lab: Lab,
+    added: OnceLock<Value>,
+}
+
+impl Node {
+    fn up() -> Node {
+        let lab = Lab::up("tn", &[]);
+        let sock = lab.socket("centos7-1");
+        let leases = Leases(vec![sock.with_file_name(format!("{}centos7-1.leases.json", lab.prefix))]);
+        let ns = Netns::new(lab.ns("cni1"));
+        let netns = ns.path();
+        Node { ns, netns, _leases: leases, sock, lab, added: OnceLock::new() }
     }
-    let lab = Lab::up("tn", &[]);
-    let sock = lab.socket("centos7-1");
-    let _leases = Leases(vec![sock.with_file_name(format!("{}centos7-1.leases.json", lab.prefix))]);
-    let ns = Netns::new(lab.ns("cni1"));
-    let netns = ns.path();
-    let env = |cmd: &'static str| {
+
+    /// The runtime's environment for `cmd` on the container c0ffee01.
+    fn env(&self, cmd: &'static str) -> Vec<(&'static str, &str)> {
         vec![
             ("CNI_COMMAND", cmd),
             ("CNI_CONTAINERID", "c0ffee01"),
-            ("CNI_NETNS", netns.as_str()),
+            ("CNI_NETNS", self.netns.as_str()),
             ("CNI_IFNAME", "eth0"),
             ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web"),
             ("CNI_PATH", "/usr/lib/cni"),
         ]
-    };
+    }
 
-    // VERSION.
+    /// The config with the first ADD's result as `prevResult`.
+    fn with_prev(&self) -> Value {
+        let mut c = conf(&self.sock, "1.0.0");
+        c["prevResult"] = self.added.get().expect("the ADD's result").clone();
+        c
+    }
+}
+
+fn version(_: &Node) {
     let (st, v) = invoke(&[("CNI_COMMAND", "VERSION")], &json!({"cniVersion": "1.0.0"}));
     assert_eq!((st, keys(&v)), (0, BTreeSet::from(["cniVersion", "supportedVersions"])));
     assert_eq!(v["supportedVersions"], json!(["1.0.0", "1.1.0"]));
+}
 
-    // ADD: the result, and the pod view in the namespace.
-    let add = invoke(&env("ADD"), &conf(&sock, "1.0.0"));
+/// ADD: the result, and the pod view in the namespace.
+fn add(n: &Node) {
+    let (lab, ns, netns) = (&n.lab, &n.ns, &n.netns);
+    let add = invoke(&n.env("ADD"), &conf(&n.sock, "1.0.0"));
     assert_result(&add, "1.0.0");
     let res = add.1.clone();
+    let _ = n.added.set(res.clone());
     let ip = res["ips"][0]["address"].as_str().unwrap().to_string();
     assert!(ip.starts_with("10.244.1.") && ip.ends_with("/32"), "{res}");
     assert_eq!(res["interfaces"][0]["sandbox"], netns.as_str());
@@ -161,36 +205,41 @@ fn cni_conformance() {
     let routes = ns.ip(&["route"]);
     assert!(routes.contains("default via 169.254.1.1 dev eth0") && routes.contains("169.254.1.1 dev eth0 scope link"));
     let pods = lab.ucanal_ok("centos7-1", &["show", "pods"]);
-    assert!(pods.lines().any(|l| l.starts_with("default/web ") && l.contains(&netns)), "{pods}");
+    assert!(pods.lines().any(|l| l.starts_with("default/web ") && l.contains(netns.as_str())), "{pods}");
     assert!(lab.ping("cni1", "10.244.0.74", 2), "the CNI pod reaches ghost-ep2 over VXLAN");
+}
 
-    // A second ADD of the same attachment is an error; so is an interface name taken.
-    assert_error(&invoke(&env("ADD"), &conf(&sock, "1.0.0")), 100, "1.0.0");
-
-    // CHECK against prevResult; then with the gateway route gone; then a wrong prevResult.
-    let mut with_prev = conf(&sock, "1.0.0");
-    with_prev["prevResult"] = res.clone();
-    assert_eq!(invoke(&env("CHECK"), &with_prev), (0, Value::Null));
+/// CHECK against prevResult; then with a wrong prevResult; then with the gateway route
+/// gone; then without prevResult.
+fn check(n: &Node) {
+    let with_prev = n.with_prev();
+    assert_eq!(invoke(&n.env("CHECK"), &with_prev), (0, Value::Null));
     let mut wrong = with_prev.clone();
     wrong["prevResult"]["ips"][0]["address"] = json!("10.244.1.250/32");
-    assert!(assert_error(&invoke(&env("CHECK"), &wrong), 103, "1.0.0").contains("10.244.1.250"));
-    ns.ip(&["route", "del", "169.254.1.1", "dev", "eth0", "scope", "link"]);
-    assert!(assert_error(&invoke(&env("CHECK"), &with_prev), 103, "1.0.0").contains("scope link"));
-    assert_error(&invoke(&env("CHECK"), &conf(&sock, "1.0.0")), 7, "1.0.0");
+    assert!(assert_error(&invoke(&n.env("CHECK"), &wrong), 103, "1.0.0").contains("10.244.1.250"));
+    n.ns.ip(&["route", "del", "169.254.1.1", "dev", "eth0", "scope", "link"]);
+    assert!(assert_error(&invoke(&n.env("CHECK"), &with_prev), 103, "1.0.0").contains("scope link"));
+    assert_error(&invoke(&n.env("CHECK"), &conf(&n.sock, "1.0.0")), 7, "1.0.0");
+}
 
-    // DEL, and DEL again: both succeed with nothing on stdout.
-    assert_eq!(invoke(&env("DEL"), &with_prev), (0, Value::Null));
-    assert!(!ns.ip(&["link"]).contains("eth0"), "DEL removes the TAP");
-    assert!(!lab.ucanal_ok("centos7-1", &["show", "pods"]).contains("default/web"));
-    assert_eq!(invoke(&env("DEL"), &with_prev), (0, Value::Null));
-    let del_no_netns: Vec<_> = env("DEL").into_iter().filter(|(k, _)| *k != "CNI_NETNS").collect();
-    assert_eq!(invoke(&del_no_netns, &conf(&sock, "1.0.0")), (0, Value::Null));
+/// DEL, and DEL again: both succeed with nothing on stdout; so does one without CNI_NETNS.
+fn del(n: &Node) {
+    let with_prev = n.with_prev();
+    assert_eq!(invoke(&n.env("DEL"), &with_prev), (0, Value::Null));
+    assert!(!n.ns.ip(&["link"]).contains("eth0"), "DEL removes the TAP");
+    assert!(!n.lab.ucanal_ok("centos7-1", &["show", "pods"]).contains("default/web"));
+    assert_eq!(invoke(&n.env("DEL"), &with_prev), (0, Value::Null));
+    let del_no_netns: Vec<_> = n.env("DEL").into_iter().filter(|(k, _)| *k != "CNI_NETNS").collect();
+    assert_eq!(invoke(&del_no_netns, &conf(&n.sock, "1.0.0")), (0, Value::Null));
+}
 
-    // Bad configs: malformed JSON, an unknown field, a missing name, an unknown cniVersion.
+/// Bad configs: malformed JSON, an unknown field, a missing name, an unknown cniVersion.
+fn bad_configs(n: &Node) {
+    let sock = &n.sock;
     let (st, v) = {
         let mut c = Command::new(plugin_bin())
             .env_clear()
-            .envs(env("ADD"))
+            .envs(n.env("ADD"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -201,46 +250,51 @@ fn cni_conformance() {
         (o.status.code().unwrap(), serde_json::from_slice::<Value>(&o.stdout).unwrap())
     };
     assert_error(&(st, v), 6, "1.0.0");
-    let mut typo = conf(&sock, "1.0.0");
+    let mut typo = conf(sock, "1.0.0");
     typo["sokcet"] = json!("/run/ucanal/x.sock");
-    let d = assert_error(&invoke(&env("ADD"), &typo), 2, "1.0.0");
+    let d = assert_error(&invoke(&n.env("ADD"), &typo), 2, "1.0.0");
     assert!(d.contains("sokcet") && d.contains("/run/ucanal/x.sock"), "code 2 names key and value: {d}");
-    let mut nameless = conf(&sock, "1.0.0");
+    let mut nameless = conf(sock, "1.0.0");
     nameless.as_object_mut().unwrap().remove("name");
-    assert_error(&invoke(&env("ADD"), &nameless), 7, "1.0.0");
-    assert!(assert_error(&invoke(&env("ADD"), &conf(&sock, "0.2.0")), 1, "0.2.0").contains("0.2.0"));
-    assert_error(&invoke(&env("ADD"), &conf(&sock, "2.0.0")), 1, "2.0.0");
+    assert_error(&invoke(&n.env("ADD"), &nameless), 7, "1.0.0");
+    assert!(assert_error(&invoke(&n.env("ADD"), &conf(sock, "0.2.0")), 1, "0.2.0").contains("0.2.0"));
+    assert_error(&invoke(&n.env("ADD"), &conf(sock, "2.0.0")), 1, "2.0.0");
+}
 
-    // Environment faults: a missing netns, CNI_NETNS unset, a bad CNI_IFNAME.
-    let mut gone = env("ADD");
+/// The daemon's socket when it is not there.
+const ABSENT: &str = "/run/ucanal/ucanal-cni-test-absent.sock";
+
+/// Environment faults: a missing netns, CNI_NETNS unset, a bad CNI_IFNAME; the daemon is
+/// not there (try again later).
+fn environment_faults(n: &Node) {
+    let sock = &n.sock;
+    let mut gone = n.env("ADD");
     gone[2].1 = "/run/netns/ucanal-no-such-netns";
-    assert_error(&invoke(&gone, &conf(&sock, "1.0.0")), 3, "1.0.0");
-    let unset: Vec<_> = env("ADD").into_iter().filter(|(k, _)| *k != "CNI_NETNS").collect();
-    assert!(assert_error(&invoke(&unset, &conf(&sock, "1.0.0")), 4, "1.0.0").contains("CNI_NETNS"));
-    let mut bad_if = env("ADD");
+    assert_error(&invoke(&gone, &conf(sock, "1.0.0")), 3, "1.0.0");
+    let unset: Vec<_> = n.env("ADD").into_iter().filter(|(k, _)| *k != "CNI_NETNS").collect();
+    assert!(assert_error(&invoke(&unset, &conf(sock, "1.0.0")), 4, "1.0.0").contains("CNI_NETNS"));
+    let mut bad_if = n.env("ADD");
     bad_if[3].1 = "this-name-is-too-long";
-    assert!(assert_error(&invoke(&bad_if, &conf(&sock, "1.0.0")), 4, "1.0.0").contains("CNI_IFNAME"));
-    // The daemon is not there: try again later.
-    let down = conf(Path::new("/run/ucanal/ucanal-cni-test-absent.sock"), "1.0.0");
-    assert_error(&invoke(&env("ADD"), &down), 11, "1.0.0");
+    assert!(assert_error(&invoke(&bad_if, &conf(sock, "1.0.0")), 4, "1.0.0").contains("CNI_IFNAME"));
+    assert_error(&invoke(&n.env("ADD"), &conf(Path::new(ABSENT), "1.0.0")), 11, "1.0.0");
+}
 
-    // 1.1.0: the result carries mtu and the route scope; STATUS; GC removes what is not valid.
-    let add11 = invoke(&env("ADD"), &conf(&sock, "1.1.0"));
+/// 1.1.0: the result carries mtu and the route scope; STATUS; GC removes what is not valid.
+fn v1_1_0(n: &Node) {
+    let (lab, sock) = (&n.lab, &n.sock);
+    let add11 = invoke(&n.env("ADD"), &conf(sock, "1.1.0"));
     assert_result(&add11, "1.1.0");
     assert_eq!(add11.1["interfaces"][0]["mtu"], 1450);
     assert!(add11.1["routes"].as_array().unwrap().iter().any(|r| r["scope"] == 253));
-    assert_eq!(invoke(&[("CNI_COMMAND", "STATUS")], &conf(&sock, "1.1.0")), (0, Value::Null));
-    assert_error(&invoke(&[("CNI_COMMAND", "STATUS")], &down), 50, "1.0.0");
-    let mut gc = conf(&sock, "1.1.0");
+    assert_eq!(invoke(&[("CNI_COMMAND", "STATUS")], &conf(sock, "1.1.0")), (0, Value::Null));
+    assert_error(&invoke(&[("CNI_COMMAND", "STATUS")], &conf(Path::new(ABSENT), "1.0.0")), 50, "1.0.0");
+    let mut gc = conf(sock, "1.1.0");
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "c0ffee01", "ifname": "eth0"}]);
     assert_eq!(invoke(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")], &gc), (0, Value::Null));
     assert!(lab.ucanal_ok("centos7-1", &["show", "pods"]).contains("default/web"), "GC keeps valid attachments");
     gc["cni.dev/valid-attachments"] = json!([]);
     assert_eq!(invoke(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")], &gc), (0, Value::Null));
     assert!(!lab.ucanal_ok("centos7-1", &["show", "pods"]).contains("default/web"), "GC removes stale ones");
-
-    leases_survive_a_restart(&lab, &sock, &env("ADD"));
-    host_local(&lab, &sock, &env("ADD"));
 }
 
 /// Stops and starts a node's ucanal (SIGTERM, then the same command line), as the lab does;

@@ -11,8 +11,10 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, ExitCode, Output};
+use std::sync::{Mutex, OnceLock};
 
+use common::harness::Suite;
 use common::{Lab, text};
 
 const IMAGE: &str = "localhost/ucanal-busybox";
@@ -188,48 +190,113 @@ fn pod_names(lab: &Lab, node: &str) -> BTreeSet<String> {
     v.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
 }
 
-struct RemoveLeases<'a>(&'a Lab);
+/// Removes the node daemons' lease files when dropped.
+struct RemoveLeases(Vec<PathBuf>);
 
-impl Drop for RemoveLeases<'_> {
+impl Drop for RemoveLeases {
     fn drop(&mut self) {
-        for n in ["centos7-1", "centos7-2"] {
-            let _ = std::fs::remove_file(self.0.socket(n).with_file_name(format!("{}{n}.leases.json", self.0.prefix)));
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
 
-#[test]
-fn podman_containers_on_two_ucanal_nodes() {
-    if !common::require_netns(&["podman", "runc", "tar", "curl"]) {
-        return;
-    }
-    assert!(Path::new("/bin/busybox").exists(), "this test needs /bin/busybox (package busybox-static)");
-    assert!(Path::new("/usr/lib/cni/host-local").exists(), "needs containernetworking-plugins");
-    let etc_cni_before = text(&Command::new("ls").args(["-la", "/etc/cni/net.d"]).output().unwrap().stdout);
-    let lab = Lab::up("tp", &[]);
-    let _leases = RemoveLeases(&lab);
-    let pm = Podman::new(&lab);
-    let taps_before = (tap_fds(&lab, "centos7-1"), tap_fds(&lab, "centos7-2"));
+fn main() -> ExitCode {
+    let mut suite = Suite::new();
+    let web = "web_containers_get_addresses_on_both_nodes";
+    suite
+        .group("podman_containers_on_two_ucanal_nodes", &["podman", "runc", "tar", "curl"], Setup::up)
+        .phase(web, web_containers)
+        .phase_after("ping_and_http_across_vxlan", &[web], across_vxlan)
+        .phase_after("a_container_reaches_a_cluster_ip", &[web], |s| {
+            let page = s.podman().wget("web1", "http://10.250.0.40:2368/");
+            assert!(page.starts_with("ghost-ep"), "{page}");
+        })
+        .phase_after("the_client_reaches_a_container_through_a_node_port", &[web], node_port)
+        .phase_after("podman_rm_detaches", &[web], podman_rm)
+        .phase("start_remove_loop_leaks_nothing", |s| start_remove_loop(&s.lab, &s.podman()))
+        .phase("podman_leaves_nothing_outside_its_directory", leaves_nothing);
+    suite.run()
+}
 
+/// The lab, a private podman on it, and what was there before.
+struct Setup {
+    /// Taken (and dropped: every container removed) by the last phase.
+    pm: Mutex<Option<Podman>>,
+    _leases: RemoveLeases,
+    lab: Lab,
+    etc_cni_before: String,
+    taps_before: (usize, usize),
+    /// The addresses of web1 (centos7-1) and web2 (centos7-2).
+    ips: OnceLock<(String, String)>,
+}
+
+impl Setup {
+    fn up() -> Setup {
+        assert!(Path::new("/bin/busybox").exists(), "this test needs /bin/busybox (package busybox-static)");
+        assert!(Path::new("/usr/lib/cni/host-local").exists(), "needs containernetworking-plugins");
+        let etc_cni_before = text(&Command::new("ls").args(["-la", "/etc/cni/net.d"]).output().unwrap().stdout);
+        let lab = Lab::up("tp", &[]);
+        let leases = ["centos7-1", "centos7-2"]
+            .iter()
+            .map(|n| lab.socket(n).with_file_name(format!("{}{n}.leases.json", lab.prefix)))
+            .collect();
+        let pm = Podman::new(&lab);
+        let taps_before = (tap_fds(&lab, "centos7-1"), tap_fds(&lab, "centos7-2"));
+        Setup {
+            pm: Mutex::new(Some(pm)),
+            _leases: RemoveLeases(leases),
+            lab,
+            etc_cni_before,
+            taps_before,
+            ips: OnceLock::new(),
+        }
+    }
+
+    fn podman(&self) -> PodmanRef<'_> {
+        PodmanRef(self.pm.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn ips(&self) -> &(String, String) {
+        self.ips.get().expect("web1 and web2 started")
+    }
+}
+
+/// The private podman, while it is there.
+struct PodmanRef<'a>(std::sync::MutexGuard<'a, Option<Podman>>);
+
+impl std::ops::Deref for PodmanRef<'_> {
+    type Target = Podman;
+    fn deref(&self) -> &Podman {
+        self.0.as_ref().expect("podman was already removed")
+    }
+}
+
+/// web1 on centos7-1 and web2 on centos7-2 get addresses of their nodes and are pods there.
+fn web_containers(s: &Setup) {
+    let pm = s.podman();
     let ip1 = pm.web("web1", "ucanal-n1");
     let ip2 = pm.web("web2", "ucanal-n2");
     assert!(ip1.starts_with("10.244.1.") && ip2.starts_with("10.244.0."), "{ip1} {ip2}");
-    assert!(pod_names(&lab, "centos7-1").contains("default/web1"));
-    assert!(pod_names(&lab, "centos7-2").contains("default/web2"));
+    let _ = s.ips.set((ip1, ip2));
+    assert!(pod_names(&s.lab, "centos7-1").contains("default/web1"));
+    assert!(pod_names(&s.lab, "centos7-2").contains("default/web2"));
+}
 
-    // Across VXLAN: ping and HTTP both ways.
-    pm.ok(&["exec", "web1", "ping", "-c", "2", "-W", "2", &ip2]);
-    pm.ok(&["exec", "web2", "ping", "-c", "2", "-W", "2", &ip1]);
+/// Across VXLAN: ping and HTTP both ways.
+fn across_vxlan(s: &Setup) {
+    let (pm, (ip1, ip2)) = (s.podman(), s.ips());
+    pm.ok(&["exec", "web1", "ping", "-c", "2", "-W", "2", ip2]);
+    pm.ok(&["exec", "web2", "ping", "-c", "2", "-W", "2", ip1]);
     assert_eq!(pm.wget("web1", &format!("http://{ip2}:2368/")), "web2");
     assert_eq!(pm.wget("web2", &format!("http://{ip1}:2368/")), "web1");
-    let vx = lab.counter("centos7-1", "decisions", "forward_vxlan");
+    let vx = s.lab.counter("centos7-1", "decisions", "forward_vxlan");
     assert!(vx > 0, "centos7-1 encapsulated nothing");
+}
 
-    // A container reaches default/ghost by its ClusterIP.
-    let page = pm.wget("web1", "http://10.250.0.40:2368/");
-    assert!(page.starts_with("ghost-ep"), "{page}");
-
-    // The lab client reaches web2 through a NodePort on either node; the endpoint names the pod.
+/// The lab client reaches web2 through a NodePort on either node; the endpoint names the pod.
+fn node_port(s: &Setup) {
+    let (lab, (_, ip2)) = (&s.lab, s.ips());
     let svc = ["service", "set", "--name", "default/web", "--cluster-ip", "10.250.0.50", "--port", "2368"];
     lab.ucanal_ok("centos7-1", &[&svc[..], &["--node-port", "31080", "--endpoint", &format!("{ip2}:2368")]].concat());
     lab.ucanal_ok("centos7-2", &[&svc[..], &["--node-port", "31080"]].concat());
@@ -237,22 +304,27 @@ fn podman_containers_on_two_ucanal_nodes() {
     for node in ["172.16.240.131", "172.16.240.132"] {
         assert_eq!(lab.curl("client", &format!("http://{node}:31080/")).unwrap().trim(), "web2", "via {node}");
     }
+}
 
-    // `podman rm` detaches: the pods, their TAPs and their addresses are gone.
-    pm.ok(&["rm", "-f", "-t", "0", "web1", "web2"]);
-    assert!(!pod_names(&lab, "centos7-1").contains("default/web1"));
-    assert!(!pod_names(&lab, "centos7-2").contains("default/web2"));
-    assert_eq!((tap_fds(&lab, "centos7-1"), tap_fds(&lab, "centos7-2")), taps_before, "TAP queues left open");
-    assert_eq!((leases(&lab, "centos7-1"), leases(&lab, "centos7-2")), (0, 0), "addresses not freed");
+/// `podman rm` detaches: the pods, their TAPs and their addresses are gone.
+fn podman_rm(s: &Setup) {
+    let lab = &s.lab;
+    s.podman().ok(&["rm", "-f", "-t", "0", "web1", "web2"]);
+    assert!(!pod_names(lab, "centos7-1").contains("default/web1"));
+    assert!(!pod_names(lab, "centos7-2").contains("default/web2"));
+    assert_eq!((tap_fds(lab, "centos7-1"), tap_fds(lab, "centos7-2")), s.taps_before, "TAP queues left open");
+    assert_eq!((leases(lab, "centos7-1"), leases(lab, "centos7-2")), (0, 0), "addresses not freed");
+}
 
-    start_remove_loop(&lab, &pm);
-
+/// Podman removed: nothing of it left outside its private directory, /etc/cni unchanged.
+fn leaves_nothing(s: &Setup) {
+    let pm = s.pm.lock().unwrap_or_else(|e| e.into_inner()).take().expect("podman");
     let outside = pm.outside.clone();
     drop(pm);
     let left: Vec<_> = outside.iter().filter(|p| p.exists()).collect();
     assert!(left.is_empty(), "podman left {left:?} behind");
     let etc_cni_after = text(&Command::new("ls").args(["-la", "/etc/cni/net.d"]).output().unwrap().stdout);
-    assert_eq!(etc_cni_before, etc_cni_after, "/etc/cni changed");
+    assert_eq!(s.etc_cni_before, etc_cni_after, "/etc/cni changed");
 }
 
 /// Containers started and removed in a loop on one node, each opening a flow through

@@ -5,8 +5,11 @@
 
 mod common;
 
+use std::process::ExitCode;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::harness::Suite;
 use common::{Lab, text, wait_until};
 
 const PREFIX: &str = "/coreos.com/network";
@@ -37,32 +40,49 @@ fn wait_route_gone(lab: &Lab, ucanal_nodes: &[&str], kernel_nodes: &[&str], subn
     .unwrap_or_else(|| panic!("{subnet} still routed somewhere"))
 }
 
-#[test]
-fn etcd_mixed_cluster_joins_leaves_and_survives_an_outage() {
-    if !common::require_netns(&["ping", "curl", "etcd", "etcdctl"]) {
-        return;
-    }
-    let lab = Lab::up("te", &["--nodes", "4", "--etcd", "--kernel", "4"]);
+fn main() -> ExitCode {
+    let mut suite = Suite::new();
+    let service = "the_articles_service_reaches_every_node";
+    suite
+        .group("etcd_mixed_cluster", &["ping", "curl", "etcd", "etcdctl"], || {
+            Lab::up("te", &["--nodes", "4", "--etcd", "--kernel", "4"])
+        })
+        .phase("ucanals_lease_is_flanneds_byte_for_byte", |lab| {
+            let lease = etcdctl(lab, &["get", "--print-value-only", &format!("{PREFIX}/subnets/10.244.1.0-24")]);
+            assert_eq!(
+                lease.trim(),
+                r#"{"PublicIP":"172.16.240.131","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0a:58:0a:f4:01:00"}}"#
+            );
+        })
+        .phase("every_pod_reaches_every_other", every_pod_reaches_every_other)
+        .phase("hand_written_leases", hand_written_leases)
+        .phase("join_and_leave", join_and_leave)
+        .phase(service, the_articles_service)
+        .phase_after("an_etcd_outage_goes_unnoticed_by_the_dataplane", &[service], outage);
+    suite
+        .group("etcd_sixteen_nodes", &["ping", "etcd", "etcdctl"], || Lab::up("tf", &["--nodes", "16", "--etcd"]))
+        .phase("every_pod_reaches_every_other", |lab| assert_eq!(pingall(lab), "240/240"))
+        .phase("a_17th_node_joins", seventeenth_joins)
+        .phase_after("its_deleted_lease_takes_its_route_away", &["a_17th_node_joins"], seventeenth_leaves)
+        .phase("a_node_reclaims_its_deleted_lease", reclaims_its_lease);
+    let leased = "distinct_subnets_leased_from_etcd";
+    suite
+        .group("etcd_nodes_without_pod_cidr", &["ping", "etcd", "etcdctl"], AutoCidr::up)
+        .phase(leased, AutoCidr::leased)
+        .phase("a_restart_reuses_the_nodes_lease", |a| restart_reuses_lease(&a.lab))
+        .phase_after("a_pod_outside_the_leased_subnet_stops_the_start", &[leased], AutoCidr::pod_outside);
+    suite.run()
+}
 
-    // The lease ucanal wrote is flanneld's, byte for byte.
-    let lease = etcdctl(&lab, &["get", "--print-value-only", &format!("{PREFIX}/subnets/10.244.1.0-24")]);
-    assert_eq!(
-        lease.trim(),
-        r#"{"PublicIP":"172.16.240.131","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0a:58:0a:f4:01:00"}}"#
-    );
-    // Every pod reaches every other, ucanal and kernel nodes alike; TCP both ways with the
-    // kernel node, whose lease was written with etcdctl.
-    assert_eq!(pingall(&lab), "12/12");
+/// Every pod reaches every other, ucanal and kernel nodes alike; TCP both ways with the
+/// kernel node, whose lease was written with etcdctl; node01's peers come from etcd.
+fn every_pod_reaches_every_other(lab: &Lab) {
+    assert_eq!(pingall(lab), "12/12");
     assert!(lab.curl("pod01", "http://10.244.4.5:2368/").unwrap().contains("pod04"));
     assert!(lab.curl("pod04", "http://10.244.1.5:2368/").unwrap().contains("pod01"));
     let peers = lab.ucanal_ok("node01", &["show", "peers"]);
     assert_eq!(peers.matches(" etcd ").count(), 3, "{peers}");
     assert!(peers.contains("/coreos.com/network/subnets/10.244.4.0-24"), "{peers}");
-
-    hand_written_leases(&lab);
-    join_and_leave(&lab);
-    the_articles_service(&lab);
-    outage(&lab);
 }
 
 /// `ucanal apply -f` of the article's Service + Endpoints on one node reaches every node
@@ -185,44 +205,49 @@ fn per_node(lab: &Lab, nodes: &[String], t: Instant, done: impl Fn(&str) -> bool
     v
 }
 
-/// 16 nodes formed only through etcd, a 17th at runtime, and a lease deleted.
-#[test]
-fn etcd_sixteen_nodes() {
-    if !common::require_netns(&["ping", "etcd", "etcdctl"]) {
-        return;
-    }
-    let lab = Lab::up("tf", &["--nodes", "16", "--etcd"]);
-    assert_eq!(pingall(&lab), "240/240");
+fn sixteen() -> Vec<String> {
+    (1..=16).map(|i| format!("node{i:02}")).collect()
+}
+
+/// A 17th node at runtime: every node routes to it, every pod reaches every other.
+fn seventeenth_joins(lab: &Lab) {
     let t = Instant::now();
     let out = lab.lab_sh(&["add-node"]);
     assert!(out.status.success(), "add-node: {}", text(&out.stderr));
-    let nodes: Vec<String> = (1..=16).map(|i| format!("node{i:02}")).collect();
-    let seen = per_node(&lab, &nodes, t, |r| r.contains("10.244.17.0/24"));
+    let seen = per_node(lab, &sixteen(), t, |r| r.contains("10.244.17.0/24"));
     println!("node17 start -> routed, per node: median {:?} max {:?}", seen[seen.len() / 2], seen[seen.len() - 1]);
-    assert_eq!(pingall(&lab), "272/272");
-    // node17 stops (its lease stays, as flanneld's does), then its lease is deleted.
+    assert_eq!(pingall(lab), "272/272");
+}
+
+/// node17 stops (its lease stays, as flanneld's does), then its lease is deleted: every
+/// node drops the route.
+fn seventeenth_leaves(lab: &Lab) {
     let pid = std::fs::read_to_string(format!("/run/ucanal-lab/{}/node17.pid", lab.prefix)).expect("node17 pid");
     std::process::Command::new("kill").arg(pid.trim()).status().expect("kill node17");
     wait_until(Duration::from_secs(10), || !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists())
         .expect("node17 stops");
     let t = Instant::now();
-    etcdctl(&lab, &["del", &format!("{PREFIX}/subnets/10.244.17.0-24")]);
-    let gone = per_node(&lab, &nodes, t, |r| !r.contains("10.244.17.0/24"));
+    etcdctl(lab, &["del", &format!("{PREFIX}/subnets/10.244.17.0-24")]);
+    let gone = per_node(lab, &sixteen(), t, |r| !r.contains("10.244.17.0/24"));
     assert!(lab.lab_sh(&["remove-node", "node17"]).status.success());
     println!(
         "node17 lease deleted -> route gone, per node: median {:?} max {:?}",
         gone[gone.len() / 2],
         gone[gone.len() - 1]
     );
-    etcdctl(&lab, &["del", &format!("{PREFIX}/subnets/10.244.7.0-24")]);
+}
+
+/// A live node's lease deleted by someone else: node07 claims it again (and says so
+/// loudly), so what must hold is that every node routes to node07 again at once.
+fn reclaims_its_lease(lab: &Lab) {
+    etcdctl(lab, &["del", &format!("{PREFIX}/subnets/10.244.7.0-24")]);
+    let nodes = sixteen();
     let others: Vec<&str> = nodes.iter().map(String::as_str).filter(|n| *n != "node07").collect();
-    // node07 itself re-claims its lease (it was deleted by someone else), so the route
-    // comes back: what must hold is that every node dropped it or sees it again at once.
     let gone = wait_until(Duration::from_secs(10), || {
         text(&lab.lab_sh(&["etcdctl", "get", &format!("{PREFIX}/subnets/10.244.7.0-24")]).stdout).contains("10.244.7.0")
     });
     assert!(gone.is_some(), "node07 re-claims its lease");
-    wait_until(Duration::from_secs(10), || others.iter().all(|n| routes(&lab, n).contains("10.244.7.0/24")))
+    wait_until(Duration::from_secs(10), || others.iter().all(|n| routes(lab, n).contains("10.244.7.0/24")))
         .expect("every node routes to node07 again");
     let log = std::fs::read_to_string(format!("/run/ucanal-lab/{}/node07.log", lab.prefix)).unwrap();
     assert!(log.contains("THIS NODE'S LEASE WAS DELETED"), "node07 says so loudly");
@@ -235,60 +260,76 @@ fn node_cidr(lab: &Lab, node: &str) -> (String, String) {
     (cidr, v["pod_cidr_from"].as_str().unwrap_or_default().to_string())
 }
 
-/// Nodes whose configs name no pod_cidr lease distinct free subnets from etcd, their pods
-/// (added at each subnet's .5) ping each other, a restarted node gets its own lease back,
-/// and a pod outside the leased subnet stops the start with both named.
-#[test]
-fn etcd_nodes_without_pod_cidr_lease_their_subnets() {
-    if !common::require_netns(&["ping", "etcd", "etcdctl"]) {
-        return;
-    }
-    let lab = Lab::up("tl", &["--nodes", "3", "--etcd", "--auto-cidr"]);
-    let conf = std::fs::read_to_string(lab.run_dir().join("node01.toml")).expect("node01.toml");
-    assert!(!conf.contains("pod_cidr"), "the lab left pod_cidr in: {conf}");
-    let mut subnets = std::collections::BTreeSet::new();
-    for n in ["node01", "node02", "node03"] {
-        let (cidr, from) = node_cidr(&lab, n);
-        let key = format!("{PREFIX}/subnets/{}", cidr.replace('/', "-"));
-        assert_eq!(from, format!("etcd lease {key} (none configured)"), "{n}");
-        assert!(cidr.starts_with("10.244.") && cidr.ends_with(".0/24"), "{n}: {cidr}");
-        // The lease is flanneld's, byte for byte, with this node's address.
-        let ip = format!("172.16.240.{}", 130 + n[4..].parse::<u32>().unwrap());
-        let lease = etcdctl(&lab, &["get", "--print-value-only", &key]);
-        assert!(lease.trim().starts_with(&format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","#)));
-        subnets.insert(cidr);
-    }
-    assert_eq!(subnets.len(), 3, "distinct subnets: {subnets:?}");
-    println!("leased: {subnets:?}");
-    assert_eq!(pingall(&lab), "6/6");
+/// Nodes whose configs name no pod_cidr, and the subnets they leased.
+struct AutoCidr {
+    lab: Lab,
+    subnets: OnceLock<std::collections::BTreeSet<String>>,
+}
 
-    // A restart (its config has the pod now, still no pod_cidr) reuses the node's lease.
-    let (before, _) = node_cidr(&lab, "node02");
+impl AutoCidr {
+    fn up() -> AutoCidr {
+        AutoCidr { lab: Lab::up("tl", &["--nodes", "3", "--etcd", "--auto-cidr"]), subnets: OnceLock::new() }
+    }
+
+    /// Each node leased a distinct free subnet from etcd, in flanneld's format, and says
+    /// so in `show node`; their pods (added at each subnet's .5) ping each other.
+    fn leased(&self) {
+        let lab = &self.lab;
+        let conf = std::fs::read_to_string(lab.run_dir().join("node01.toml")).expect("node01.toml");
+        assert!(!conf.contains("pod_cidr"), "the lab left pod_cidr in: {conf}");
+        let mut subnets = std::collections::BTreeSet::new();
+        for n in ["node01", "node02", "node03"] {
+            let (cidr, from) = node_cidr(lab, n);
+            let key = format!("{PREFIX}/subnets/{}", cidr.replace('/', "-"));
+            assert_eq!(from, format!("etcd lease {key} (none configured)"), "{n}");
+            assert!(cidr.starts_with("10.244.") && cidr.ends_with(".0/24"), "{n}: {cidr}");
+            // The lease is flanneld's, byte for byte, with this node's address.
+            let ip = format!("172.16.240.{}", 130 + n[4..].parse::<u32>().unwrap());
+            let lease = etcdctl(lab, &["get", "--print-value-only", &key]);
+            assert!(
+                lease.trim().starts_with(&format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","#))
+            );
+            subnets.insert(cidr);
+        }
+        assert_eq!(subnets.len(), 3, "distinct subnets: {subnets:?}");
+        println!("leased: {subnets:?}");
+        let _ = self.subnets.set(subnets);
+        assert_eq!(pingall(lab), "6/6");
+    }
+
+    /// A pod outside the leased subnet: refused before anything is built, both named.
+    fn pod_outside(&self) {
+        let (lab, subnets) = (&self.lab, self.subnets.get().expect("the leased subnets"));
+        let pid = std::fs::read_to_string(lab.run_dir().join("node03.pid")).expect("node03 pid");
+        std::process::Command::new("kill").arg(pid.trim()).status().expect("kill node03");
+        wait_until(Duration::from_secs(10), || !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists())
+            .expect("node03 stops");
+        let conf3 = std::fs::read_to_string(lab.run_dir().join("node03.toml.in")).unwrap();
+        let ip3 = conf3.lines().find_map(|l| l.strip_prefix("ip = \"")).map(|s| s.trim_end_matches('"').to_string());
+        let ip3 = ip3.expect("node03's pod in its config");
+        let bad = lab.run_dir().join("node03-bad.toml");
+        std::fs::write(&bad, conf3.replace(&format!("ip = \"{ip3}\""), "ip = \"10.244.250.5\"")).unwrap();
+        let out =
+            lab.exec("node03", &[common::ucanal_bin().to_str().unwrap(), "run", "--config", bad.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        let leased = subnets.iter().find(|s| ip3.starts_with(s.trim_end_matches("0/24"))).expect("node03's subnet");
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!(
+                "pods[0].ip: pod pod03 at 10.244.250.5 is outside {leased}, the subnet this node leased from etcd"
+            )),
+            "{err}"
+        );
+    }
+}
+
+/// A restart (its config has the pod now, still no pod_cidr) reuses the node's lease.
+fn restart_reuses_lease(lab: &Lab) {
+    let (before, _) = node_cidr(lab, "node02");
     let ms = lab.restart("node02", "TERM", "");
-    assert_eq!(node_cidr(&lab, "node02").0, before, "node02 got its own lease back");
+    assert_eq!(node_cidr(lab, "node02").0, before, "node02 got its own lease back");
     let log = std::fs::read_to_string(lab.run_dir().join("node02.log")).unwrap();
     assert!(log.contains(&format!("found lease {before} for 172.16.240.132, reusing")), "{log}");
     println!("node02 restarted in {ms} ms on its lease {before}");
-    assert_eq!(pingall(&lab), "6/6");
-
-    // A pod outside the leased subnet: refused before anything is built, both named.
-    let pid = std::fs::read_to_string(lab.run_dir().join("node03.pid")).expect("node03 pid");
-    std::process::Command::new("kill").arg(pid.trim()).status().expect("kill node03");
-    wait_until(Duration::from_secs(10), || !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists())
-        .expect("node03 stops");
-    let conf3 = std::fs::read_to_string(lab.run_dir().join("node03.toml.in")).unwrap();
-    let ip3 = conf3.lines().find_map(|l| l.strip_prefix("ip = \"")).map(|s| s.trim_end_matches('"').to_string());
-    let ip3 = ip3.expect("node03's pod in its config");
-    let bad = lab.run_dir().join("node03-bad.toml");
-    std::fs::write(&bad, conf3.replace(&format!("ip = \"{ip3}\""), "ip = \"10.244.250.5\"")).unwrap();
-    let out = lab.exec("node03", &[common::ucanal_bin().to_str().unwrap(), "run", "--config", bad.to_str().unwrap()]);
-    let err = text(&out.stderr);
-    let leased = subnets.iter().find(|s| ip3.starts_with(s.trim_end_matches("0/24"))).expect("node03's subnet");
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains(&format!(
-            "pods[0].ip: pod pod03 at 10.244.250.5 is outside {leased}, the subnet this node leased from etcd"
-        )),
-        "{err}"
-    );
+    assert_eq!(pingall(lab), "6/6");
 }

@@ -6,9 +6,11 @@
 
 mod common;
 
+use std::process::ExitCode;
 use std::time::Duration;
 
-use common::{Lab, text, wait_until};
+use common::harness::Suite;
+use common::{Background, Lab, text, wait_until};
 
 const SERVER: &str = r#"
 import hashlib, socket
@@ -37,34 +39,61 @@ for k in range(5):
 print("5 of 5")
 "#;
 
-#[test]
-fn udp_service_with_fragmented_request_and_reply() {
-    if !common::require_netns(&["ss"]) {
-        return;
+fn main() -> ExitCode {
+    let mut suite = Suite::new();
+    let whole = "request_and_reply_arrive_whole_and_translated";
+    suite
+        .group("udp_service_with_fragmented_request_and_reply", &["ss"], Fragments::up)
+        .phase(whole, |f| through_the_service(&f.lab))
+        .phase_after("reassembled_natted_and_fragmented_again_with_no_drop", &[whole], |f| counted(&f.lab))
+        .phase_after("the_flow_is_tracked_with_its_dnat", &[whole], |f| {
+            let ct = f.lab.ucanal_ok("centos7-1", &["show", "conntrack"]);
+            assert!(
+                ct.lines()
+                    .any(|l| l.starts_with("udp") && l.contains("dst=10.250.0.10") && l.contains("src=10.244.0.74")),
+                "{ct}"
+            );
+        });
+    suite.run()
+}
+
+/// The lab, ghost-ep2's server on :7000, and the service 10.250.0.10:53 to it.
+struct Fragments {
+    _server: Background,
+    lab: Lab,
+}
+
+impl Fragments {
+    fn up() -> Fragments {
+        let lab = Lab::up("tf", &[]);
+        let server = lab.background("ghost-ep2", &format!("exec python3 -c '{SERVER}'"));
+        let up = wait_until(Duration::from_secs(5), || {
+            text(&lab.sh("ghost-ep2", "ss -Hlun 'sport = :7000'").stdout).contains("7000")
+        });
+        assert!(up.is_some(), "the UDP server in ghost-ep2 did not start");
+        lab.ucanal_ok(
+            "centos7-1",
+            &[
+                "service",
+                "set",
+                "--name",
+                "kube-system/big-dns",
+                "--protocol",
+                "udp",
+                "--cluster-ip",
+                "10.250.0.10",
+                "--port",
+                "53",
+                "--endpoint",
+                "10.244.0.74:7000",
+            ],
+        );
+        Fragments { _server: server, lab }
     }
-    let lab = Lab::up("tf", &[]);
-    let _server = lab.background("ghost-ep2", &format!("exec python3 -c '{SERVER}'"));
-    let up = wait_until(Duration::from_secs(5), || {
-        text(&lab.sh("ghost-ep2", "ss -Hlun 'sport = :7000'").stdout).contains("7000")
-    });
-    assert!(up.is_some(), "the UDP server in ghost-ep2 did not start");
-    lab.ucanal_ok(
-        "centos7-1",
-        &[
-            "service",
-            "set",
-            "--name",
-            "kube-system/big-dns",
-            "--protocol",
-            "udp",
-            "--cluster-ip",
-            "10.250.0.10",
-            "--port",
-            "53",
-            "--endpoint",
-            "10.244.0.74:7000",
-        ],
-    );
+}
+
+/// Five requests of 3000 bytes from ghost-ep1, each answered with 8000 bytes.
+fn through_the_service(lab: &Lab) {
     let out = lab.exec("ghost-ep1", &["python3", "-c", CLIENT]);
     assert!(
         out.status.success() && text(&out.stdout).contains("5 of 5"),
@@ -72,8 +101,11 @@ fn udp_service_with_fragmented_request_and_reply() {
         text(&out.stdout),
         text(&out.stderr)
     );
-    // centos7-1 reassembled each request (3 fragments from ghost-ep1) and each reply
-    // (6 fragments by VXLAN), NATed them whole and fragmented them again; nothing dropped.
+}
+
+/// centos7-1 reassembled each request (3 fragments from ghost-ep1) and each reply (6
+/// fragments by VXLAN), NATed them whole and fragmented them again; nothing dropped.
+fn counted(lab: &Lab) {
     let c = lab.counters("centos7-1");
     let d = &c["decisions"];
     assert!(d["fragment_reassembled"].as_u64().unwrap() >= 10, "{d}");
@@ -82,10 +114,4 @@ fn udp_service_with_fragmented_request_and_reply() {
     for r in ["fragment_overlap", "fragment_timeout", "fragment_limit", "fragment_malformed"] {
         assert_eq!(c["drops"][r].as_u64(), Some(0), "{r}: {}", c["drops"]);
     }
-    // The flow is tracked with the DNAT as kube-proxy's conntrack shows it.
-    let ct = lab.ucanal_ok("centos7-1", &["show", "conntrack"]);
-    assert!(
-        ct.lines().any(|l| l.starts_with("udp") && l.contains("dst=10.250.0.10") && l.contains("src=10.244.0.74")),
-        "{ct}"
-    );
 }

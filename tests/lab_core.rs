@@ -4,18 +4,28 @@
 mod common;
 
 use std::net::Ipv4Addr;
+use std::process::ExitCode;
 use std::time::Duration;
 
+use common::harness::Suite;
 use common::{Lab, read_pcap, text, wait_until};
 
-#[test]
-fn two_ucanal_nodes() {
-    if !common::require_netns(&["ping", "curl", "tcpdump"]) {
-        return;
-    }
-    let lab = Lab::up("tc", &[]);
+fn main() -> ExitCode {
+    let mut suite = Suite::new();
+    suite
+        .group("two_ucanal_nodes", &["ping", "curl", "tcpdump"], || Lab::up("tc", &[]))
+        .phase("pod_to_pod_ping_and_http", pod_to_pod)
+        .phase("the_pods_view_is_calicos", the_pods_view)
+        .phase("tables_read_like_the_kernel_tools", tables_like_the_kernel_tools)
+        .phase("reaching_the_daemon", reaching_the_daemon)
+        .phase("vxlan_on_the_lan", vxlan_on_the_lan)
+        .phase("runtime_pods", runtime_pods)
+        .phase("garbage_vxlan", garbage_vxlan);
+    suite.run()
+}
 
-    // Pod to pod, both directions: ping and HTTP.
+/// Pod to pod, both directions: ping and HTTP.
+fn pod_to_pod(lab: &Lab) {
     assert!(lab.ping("ghost-ep1", "10.244.0.74", 3), "ping ghost-ep1 -> 10.244.0.74");
     assert!(lab.ping("ghost-ep2", "10.244.1.5", 3), "ping ghost-ep2 -> 10.244.1.5");
     assert!(
@@ -26,8 +36,10 @@ fn two_ucanal_nodes() {
         lab.curl("ghost-ep2", "http://10.244.1.5:2368/").unwrap().contains("ghost-ep1"),
         "HTTP ghost-ep2 -> ghost-ep1"
     );
+}
 
-    // The pod's view is Calico's.
+/// The pod's view is Calico's.
+fn the_pods_view(lab: &Lab) {
     let routes = text(&lab.exec("ghost-ep1", &["ip", "route"]).stdout);
     assert!(routes.contains("default via 169.254.1.1 dev eth0"), "pod routes:\n{routes}");
     assert!(routes.contains("169.254.1.1 dev eth0 scope link"), "pod routes:\n{routes}");
@@ -35,19 +47,16 @@ fn two_ucanal_nodes() {
     assert!(neigh.contains("169.254.1.1 dev eth0 lladdr ee:ee:ee:ee:ee:ee"), "pod neighbours:\n{neigh}");
     let addr = text(&lab.exec("ghost-ep1", &["ip", "-4", "addr", "show", "eth0"]).stdout);
     assert!(addr.contains("inet 10.244.1.5/32") && addr.contains("mtu 1450"), "pod eth0:\n{addr}");
+}
 
-    // ucanal's own tables read like the kernel tools of the article.
+/// ucanal's own tables read like the kernel tools of the article.
+fn tables_like_the_kernel_tools(lab: &Lab) {
     let r = lab.ucanal_ok("centos7-1", &["show", "routes"]);
     assert!(r.contains("10.244.0.0/24 via 10.244.0.0 dev flannel.1 onlink"), "{r}");
     let n = lab.ucanal_ok("centos7-1", &["show", "neigh"]);
     assert!(n.contains("10.244.0.0 dev flannel.1 lladdr 32:a9:79:6d:0b:b1 PERMANENT"), "{n}");
     let f = lab.ucanal_ok("centos7-1", &["show", "fdb"]);
     assert!(f.contains("32:a9:79:6d:0b:b1 dev flannel.1 dst 172.16.240.132 self permanent"), "{f}");
-
-    reaching_the_daemon(&lab);
-    vxlan_on_the_lan(&lab);
-    runtime_pods(&lab);
-    garbage_vxlan(&lab);
 }
 
 /// One obvious way to reach a node's daemon: from inside the node's namespace with no

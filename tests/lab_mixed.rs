@@ -8,7 +8,9 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::process::ExitCode;
 
+use common::harness::Suite;
 use common::{Lab, text};
 
 /// 3 MB of pseudo-random bytes, in both pods' web roots.
@@ -80,50 +82,74 @@ fn check_all(lab: &Lab, want_sha: &str, case: &str) {
     }
 }
 
-#[test]
-fn ucanal_node_with_kernel_node_across_the_uplink_offload_matrix() {
-    if !common::require_netns(&["ping", "curl", "iptables", "ethtool", "sha256sum"]) {
-        return;
-    }
-    let lab = Lab::up("tm", &["--node2", "kernel"]);
-    assert!(lab.ping("ghost-ep1", "10.244.0.74", 3), "ping ucanal pod -> kernel pod");
-    assert!(lab.ping("ghost-ep2", "10.244.1.5", 3), "ping kernel pod -> ucanal pod");
-
-    let run_dir = format!("/run/ucanal-lab/{}", lab.prefix);
-    let file = format!("{run_dir}/www/ghost-ep2/bulk.bin");
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "python3 -c 'import random,sys; sys.stdout.buffer.write(random.Random(10).randbytes({BULK_BYTES}))' >{file} \
-             && cp {file} {run_dir}/www/ghost-ep1/bulk.bin && sha256sum {file}"
-        ))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "making the bulk file: {}", text(&out.stderr));
-    let want = text(&out.stdout).split_whitespace().next().unwrap().to_string();
-
+fn main() -> ExitCode {
+    let mut suite = Suite::new();
+    let mut group = suite
+        .group(
+            "ucanal_node_with_kernel_node_across_the_uplink_offload_matrix",
+            &["ping", "curl", "iptables", "ethtool", "sha256sum"],
+            Mixed::up,
+        )
+        .phase("ping_both_ways", |m| {
+            assert!(m.lab.ping("ghost-ep1", "10.244.0.74", 3), "ping ucanal pod -> kernel pod");
+            assert!(m.lab.ping("ghost-ep2", "10.244.1.5", 3), "ping kernel pod -> ucanal pod");
+        });
     for m in MATRIX {
-        set_uplink(&lab, m);
-        let case = format!("centos7-2 ens33 tx {} tso {} gro {}", onoff(m.0), onoff(m.1), onoff(m.2));
-        let partial_before = lab.counter("centos7-1", "decisions", "csum_partial");
-        check_all(&lab, &want, &case);
-        // With tx checksumming on, the kernel node's checksums reach ucanal partial. With it off they
-        // are complete, but a complete checksum equals the folded pseudo-header sum (and so counts as
-        // partial) once in 65536 frames: a round moves a few thousand, so CI saw 1 now and then. Treating
-        // such a frame as partial is harmless: the pod's stack recomputes the same value.
-        let partial = lab.counter("centos7-1", "decisions", "csum_partial") - partial_before;
-        if m.0 {
-            assert!(partial >= 50, "[{case}] only {partial} partial checksums arrived with tx on");
-        } else {
-            assert!(partial <= 3, "[{case}] {partial} partial checksums arrived with tx off");
-        }
-        println!(
-            "{case}: TCP both ways, 3 MB each way, NodePort x2 -> both endpoints, ClusterIP x2: ok ({partial} partial)"
-        );
+        let name = format!("uplink_tx_{}_tso_{}_gro_{}", onoff(m.0), onoff(m.1), onoff(m.2));
+        group = group.phase(&name, move |mixed| one_setting(mixed, m));
     }
-
     // The article's conntrack listing on the ucanal node: the NodePort flow to ghost-ep2
     // was masqueraded to 10.244.1.0 over VXLAN.
-    let ct = lab.ucanal_ok("centos7-1", &["show", "conntrack"]);
-    assert!(ct.contains("src=10.244.0.74 dst=10.244.1.0 sport=2368"), "{ct}");
+    group.phase("the_articles_conntrack_listing", |m| {
+        let ct = m.lab.ucanal_ok("centos7-1", &["show", "conntrack"]);
+        assert!(ct.contains("src=10.244.0.74 dst=10.244.1.0 sport=2368"), "{ct}");
+    });
+    suite.run()
+}
+
+/// The lab with a kernel centos7-2, and the SHA-256 of the bulk file both pods serve.
+struct Mixed {
+    lab: Lab,
+    want: String,
+}
+
+impl Mixed {
+    fn up() -> Mixed {
+        let lab = Lab::up("tm", &["--node2", "kernel"]);
+        let run_dir = format!("/run/ucanal-lab/{}", lab.prefix);
+        let file = format!("{run_dir}/www/ghost-ep2/bulk.bin");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "python3 -c 'import random,sys; sys.stdout.buffer.write(random.Random(10).randbytes({BULK_BYTES}))' >{file} \
+                 && cp {file} {run_dir}/www/ghost-ep1/bulk.bin && sha256sum {file}"
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "making the bulk file: {}", text(&out.stderr));
+        let want = text(&out.stdout).split_whitespace().next().unwrap().to_string();
+        Mixed { lab, want }
+    }
+}
+
+/// Every check under one setting of centos7-2's uplink, and the partial checksums it makes.
+fn one_setting(mixed: &Mixed, m: (bool, bool, bool)) {
+    let lab = &mixed.lab;
+    set_uplink(lab, m);
+    let case = format!("centos7-2 ens33 tx {} tso {} gro {}", onoff(m.0), onoff(m.1), onoff(m.2));
+    let partial_before = lab.counter("centos7-1", "decisions", "csum_partial");
+    check_all(lab, &mixed.want, &case);
+    // With tx checksumming on, the kernel node's checksums reach ucanal partial. With it off they
+    // are complete, but a complete checksum equals the folded pseudo-header sum (and so counts as
+    // partial) once in 65536 frames: a round moves a few thousand, so CI saw 1 now and then. Treating
+    // such a frame as partial is harmless: the pod's stack recomputes the same value.
+    let partial = lab.counter("centos7-1", "decisions", "csum_partial") - partial_before;
+    if m.0 {
+        assert!(partial >= 50, "[{case}] only {partial} partial checksums arrived with tx on");
+    } else {
+        assert!(partial <= 3, "[{case}] {partial} partial checksums arrived with tx off");
+    }
+    println!(
+        "{case}: TCP both ways, 3 MB each way, NodePort x2 -> both endpoints, ClusterIP x2: ok ({partial} partial)"
+    );
 }

@@ -8,13 +8,19 @@
 //! ingress on the server's); an answer is never lost. Connections opened in one step are
 //! tried again after the next change: one the new policy denies must be cut.
 //!
-//! `tests/netpol/generate.py` writes the fixtures; nothing here computes an expectation.
+//! One trial per case (`netpol::<file>::<case>`). `tests/netpol/generate.py` writes the
+//! fixtures; nothing here computes an expectation.
 
 #[path = "netpol/cluster.rs"]
 mod cluster;
+mod common;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use common::harness::Suite;
 
 use cluster::{Cluster, Outcome, objects};
 use ucanal::core::DropReason;
@@ -130,7 +136,6 @@ struct Open {
 
 #[derive(Default)]
 struct Tally {
-    cases: usize,
     probes: usize,
     reopened: usize,
     failures: Vec<String>,
@@ -221,54 +226,65 @@ fn run_case(world: &[Object], case: &Case, tally: &mut Tally) {
             }
         }
     }
-    tally.cases += 1;
 }
 
-fn run(file: &str) -> Tally {
-    let world =
-        objects(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netpol/world.yaml")).unwrap());
-    let mut tally = Tally::default();
-    for case in load(file) {
-        run_case(&world, &case, &mut tally);
+fn world() -> Vec<Object> {
+    objects(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netpol/world.yaml")).unwrap())
+}
+
+/// A trial name from a case's name.
+fn trial_name(file: &str, case: &str) -> String {
+    let stem = file.trim_end_matches(".yaml").replace('-', "_");
+    let mut name: String =
+        case.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    while name.contains("__") {
+        name = name.replace("__", "_");
     }
-    eprintln!(
-        "{file}: {} cases, {} probes, {} running connections re-tried, {} wrong",
-        tally.cases,
-        tally.probes,
-        tally.reopened,
-        tally.failures.len()
-    );
-    if !tally.failures.is_empty() {
-        let shown: Vec<&String> = tally.failures.iter().take(40).collect();
-        panic!(
-            "{} of {} probes wrong:\n{}",
-            tally.failures.len(),
-            tally.probes,
-            shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
-        );
+    format!("{stem}::{}", name.trim_matches('_'))
+}
+
+/// One trial per case of `file`, and one that counts them (`at_least`).
+fn add_file(suite: &mut Suite, world: &Arc<Vec<Object>>, file: &'static str, at_least: usize) {
+    let cases = load(file);
+    let n = cases.len();
+    suite.test(&format!("{}::cases", file.trim_end_matches(".yaml").replace('-', "_")), move || {
+        assert!(n >= at_least, "{file}: {n} cases, want at least {at_least}");
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    for case in cases {
+        let world = world.clone();
+        // The suite's UDP and SCTP contexts repeat the TCP titles: their context tells them apart.
+        let mut name = trial_name(file, &case.name);
+        if let Some(proto) = case.upstream.split("client using ").nth(1).and_then(|r| r.split_whitespace().next()) {
+            name = format!("{name}_{}", proto.to_lowercase());
+        }
+        assert!(seen.insert(name.clone()), "two cases named {name}");
+        suite.test(&name, move || {
+            let mut t = Tally::default();
+            run_case(&world, &case, &mut t);
+            assert!(
+                t.failures.is_empty(),
+                "{} of {} probes wrong ({} running connections re-tried):\n{}",
+                t.failures.len(),
+                t.probes,
+                t.reopened,
+                t.failures.iter().take(40).cloned().collect::<Vec<_>>().join("\n")
+            );
+        });
     }
-    tally
 }
 
-#[test]
-fn upstream_e2e_suite() {
-    let t = run("upstream-e2e.yaml");
-    assert_eq!(t.cases, 48, "every case of network_policy.go");
+fn main() -> ExitCode {
+    let world = Arc::new(world());
+    let mut suite = Suite::new();
+    add_file(&mut suite, &world, "upstream-e2e.yaml", 48);
+    add_file(&mut suite, &world, "cyclonus.yaml", 100);
+    add_file(&mut suite, &world, "calico.yaml", 10);
+    suite.test("the_world_is_three_nodes_of_three_pods", the_world_is_three_nodes_of_three_pods);
+    suite.test("a_wrong_expectation_is_caught", a_wrong_expectation_is_caught);
+    suite.run()
 }
 
-#[test]
-fn cyclonus_generated_cases() {
-    let t = run("cyclonus.yaml");
-    assert!(t.cases >= 100, "{} cases", t.cases);
-}
-
-#[test]
-fn calico_policies() {
-    let t = run("calico.yaml");
-    assert!(t.cases >= 10);
-}
-
-#[test]
 fn the_world_is_three_nodes_of_three_pods() {
     let world =
         objects(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netpol/world.yaml")).unwrap());
@@ -286,7 +302,6 @@ fn the_world_is_three_nodes_of_three_pods() {
 
 /// The harness is not vacuous: a wrong expectation, or a step that should cut a running
 /// connection, is caught.
-#[test]
 fn a_wrong_expectation_is_caught() {
     let world =
         objects(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netpol/world.yaml")).unwrap());

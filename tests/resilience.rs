@@ -4,8 +4,11 @@
 
 mod common;
 
+use std::process::ExitCode;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::harness::Suite;
 use common::*;
 
 const NODE1: &str = "172.16.240.131";
@@ -20,55 +23,152 @@ fn nodeport_answers(lab: &Lab, timeout_s: &str) -> bool {
         .success()
 }
 
-#[test]
-fn a_syn_flood_cannot_keep_new_connections_out() {
-    if !require_netns(&["curl"]) {
-        return;
-    }
-    let lab = Lab::up_env("tx", &[], &[("LAB_UCANAL_DATAPLANE", "[conntrack]\nmax = 1000")]);
-    let dir = tempfile::tempdir().unwrap();
-    let _ep1 = lab.background("ghost-ep1", &format!("exec python3 {} serve 7000 ghost-ep1", script("lines.py")));
-    let _ep2 = lab.background("ghost-ep2", &format!("exec python3 {} serve 7000 ghost-ep2", script("lines.py")));
-    lab.ucanal_ok(
-        "centos7-1",
-        &["service", "set", "--name", "default/lines", "--cluster-ip", "10.250.0.50", "--port", "7000"]
-            .into_iter()
-            .chain(["--node-port", "31700", "--endpoint", "10.244.1.5:7000", "--endpoint", "10.244.0.74:7000"])
-            .collect::<Vec<_>>(),
-    );
-    assert!(wait_until(Duration::from_secs(10), || nodeport_answers(&lab, "2")).is_some());
-    // Both echo servers listening before the established connections start (either may be chosen).
-    lab.wait_listening("ghost-ep1", 7000);
-    lab.wait_listening("ghost-ep2", 7000);
-    let out = dir.path().join("lines.json");
-    let mut established = lab
-        .spawn("client", &format!("exec python3 {} client {NODE1} 31700 2 16 {}", script("lines.py"), out.display()));
-    std::thread::sleep(Duration::from_secs(2));
+fn main() -> ExitCode {
+    let mut suite = Suite::new();
+    suite
+        .group("a_syn_flood_cannot_keep_new_connections_out", &["curl"], Flood::up)
+        .phase("the_flood_runs", Flood::run)
+        .phase_after("the_table_fills", &["the_flood_runs"], |f| {
+            let early = f.outcome().early_drops;
+            assert!(early > 0, "the table never filled (flood too weak?): ct_early_drop {early}");
+        })
+        .phase_after("new_connections_get_in_throughout_the_flood", &["the_flood_runs"], throughout)
+        .phase_after("new_connections_get_in_right_after_the_flood", &["the_flood_runs"], |f| {
+            let after = f.outcome().after;
+            assert!(
+                after.is_some_and(|d| d < Duration::from_secs(1)),
+                "no new connection within 1 s of the flood's end"
+            );
+        })
+        .phase_after("established_connections_survive_the_flood", &["the_flood_runs"], established);
+    suite
+        .group("api_probes_leave_the_daemon_up_and_forwarding", &["curl", "prlimit"], || Lab::up("ta", &[]))
+        .phase("nested_filters_are_refused_by_name", nested_filters)
+        .phase("an_oversized_request_is_answered_with_an_error", oversized_request)
+        .phase("open_file_exhaustion_neither_spins_nor_floods_the_log", open_file_exhaustion)
+        .phase("zero_length_vxlan_datagrams_are_counted", zero_length_vxlan)
+        .phase("a_listing_piped_into_head_ends_quietly", listing_into_head);
+    suite.run()
+}
 
-    // 10 s of SYNs from 198.18.0.0/15 to the NodePort, at most 2 million.
-    let flood = lab.spawn("client", &format!("exec python3 {} {NODE1} 31266 10 2000000", script("synflood.py")));
-    let started = Instant::now();
-    let (mut ok, mut tried) = (0, 0);
-    while started.elapsed() < Duration::from_secs(10) {
-        tried += 1;
-        if nodeport_answers(&lab, "1") {
-            ok += 1;
+/// How long the flood lasts, and the window in which a new connection must get in.
+const FLOOD: Duration = Duration::from_secs(10);
+const WINDOW: Duration = Duration::from_secs(2);
+
+/// A node with `conntrack.max = 1000`, line servers on both endpoints behind a NodePort,
+/// and what the flood run measured.
+struct Flood {
+    lab: Lab,
+    dir: tempfile::TempDir,
+    _servers: [Background; 2],
+    outcome: OnceLock<FloodOutcome>,
+}
+
+struct FloodOutcome {
+    /// (seconds from the flood's start, whether a new connection got in) per probe.
+    probes: Vec<(f64, bool)>,
+    /// From the flood's end to the first new connection.
+    after: Option<Duration>,
+    early_drops: u64,
+    /// The line client's report on the connections established before the flood.
+    established: serde_json::Value,
+}
+
+impl Flood {
+    fn up() -> Flood {
+        let lab = Lab::up_env("tx", &[], &[("LAB_UCANAL_DATAPLANE", "[conntrack]\nmax = 1000")]);
+        let dir = tempfile::tempdir().unwrap();
+        let servers = ["ghost-ep1", "ghost-ep2"]
+            .map(|ep| lab.background(ep, &format!("exec python3 {} serve 7000 {ep}", script("lines.py"))));
+        lab.ucanal_ok(
+            "centos7-1",
+            &["service", "set", "--name", "default/lines", "--cluster-ip", "10.250.0.50", "--port", "7000"]
+                .into_iter()
+                .chain(["--node-port", "31700", "--endpoint", "10.244.1.5:7000", "--endpoint", "10.244.0.74:7000"])
+                .collect::<Vec<_>>(),
+        );
+        assert!(wait_until(Duration::from_secs(10), || nodeport_answers(&lab, "2")).is_some());
+        // Both echo servers listening before the established connections start (either may be chosen).
+        lab.wait_listening("ghost-ep1", 7000);
+        lab.wait_listening("ghost-ep2", 7000);
+        Flood { lab, dir, _servers: servers, outcome: OnceLock::new() }
+    }
+
+    /// What `run` measured (the phases that read it run after it passed).
+    fn outcome(&self) -> &FloodOutcome {
+        self.outcome.get().expect("the flood's outcome")
+    }
+
+    /// Connections established first; then 10 s of SYNs from 198.18.0.0/15 to the
+    /// NodePort (at most 2 million) while a new connection is tried every 200 ms; then
+    /// new connections until one gets in.
+    fn run(&self) {
+        let lab = &self.lab;
+        let out = self.dir.path().join("lines.json");
+        let mut established = lab.spawn(
+            "client",
+            &format!("exec python3 {} client {NODE1} 31700 2 16 {}", script("lines.py"), out.display()),
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let secs = FLOOD.as_secs();
+        let flood =
+            lab.spawn("client", &format!("exec python3 {} {NODE1} 31266 {secs} 2000000", script("synflood.py")));
+        let started = Instant::now();
+        let mut probes = Vec::new();
+        while started.elapsed() < FLOOD {
+            let at = started.elapsed().as_secs_f64();
+            probes.push((at, nodeport_answers(lab, "1")));
+            std::thread::sleep(Duration::from_millis(200));
         }
-        std::thread::sleep(Duration::from_millis(200));
+        let flood = flood.wait_with_output().unwrap();
+        let sent = text(&flood.stdout);
+        let after = wait_until(Duration::from_secs(5), || nodeport_answers(lab, "1"));
+        let early_drops = lab.counter("centos7-1", "decisions", "ct_early_drop");
+        let ok = probes.iter().filter(|p| p.1).count();
+        println!(
+            "flood: {} SYNs sent; new connections during it: {ok}/{}; first success after it: {after:?}; ct_early_drop {early_drops}",
+            sent.trim(),
+            probes.len()
+        );
+        assert!(established.wait().unwrap().success(), "the line client failed");
+        let established: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        let _ = self.outcome.set(FloodOutcome { probes, after, early_drops, established });
+        assert!(sent.trim().parse::<u64>().is_ok_and(|n| n > 0), "the flood sent nothing: {sent:?}");
     }
-    let flood = flood.wait_with_output().unwrap();
-    let sent = text(&flood.stdout);
-    let after = wait_until(Duration::from_secs(5), || nodeport_answers(&lab, "1"));
-    let early = lab.counter("centos7-1", "decisions", "ct_early_drop");
-    println!(
-        "flood: {} SYNs sent; new connections during it: {ok}/{tried}; first success after it: {after:?}; ct_early_drop {early}",
-        sent.trim()
-    );
-    assert!(after.is_some_and(|d| d < Duration::from_secs(1)), "no new connection within 1 s of the flood's end");
-    assert!(early > 0, "the table never filled (flood too weak?)");
+}
 
-    assert!(established.wait().unwrap().success());
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+/// New connections get in while the flood lasts, not only once it is over: in every
+/// 2-second window of the flood some probe connected, and at least 3 probes in 4 did.
+fn throughout(f: &Flood) {
+    let probes = &f.outcome().probes;
+    let windows = (FLOOD.as_secs_f64() / WINDOW.as_secs_f64()).ceil() as usize;
+    let shut_out: Vec<String> = (0..windows)
+        .filter(|&w| {
+            let (lo, hi) = (w as f64 * WINDOW.as_secs_f64(), (w + 1) as f64 * WINDOW.as_secs_f64());
+            !probes.iter().any(|&(at, ok)| ok && (lo..hi).contains(&at))
+        })
+        .map(|w| format!("{}-{} s", w * WINDOW.as_secs() as usize, (w + 1) * WINDOW.as_secs() as usize))
+        .collect();
+    let ok = probes.iter().filter(|p| p.1).count();
+    let shown: Vec<String> = probes.iter().map(|(at, ok)| format!("{at:.1}{}", if *ok { "+" } else { "-" })).collect();
+    assert!(
+        shut_out.is_empty(),
+        "no new connection got in during {} of the flood ({ok}/{} probes connected: {})",
+        shut_out.join(", "),
+        probes.len(),
+        shown.join(" ")
+    );
+    assert!(
+        ok * 4 >= probes.len() * 3,
+        "only {ok}/{} probes connected during the flood: {}",
+        probes.len(),
+        shown.join(" ")
+    );
+}
+
+/// The connections established before the flood lose nothing to it.
+fn established(f: &Flood) {
+    let v = &f.outcome().established;
     for (i, c) in v.as_array().unwrap().iter().enumerate() {
         println!("established connection {i}: {c}");
         assert!(c["reset"].is_null(), "established connection {i} reset: {c}");
@@ -85,41 +185,67 @@ fn alive(pid: &str) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-#[test]
-fn api_probes_leave_the_daemon_up_and_forwarding() {
-    if !require_netns(&["curl", "prlimit"]) {
-        return;
-    }
-    let lab = Lab::up("ta", &[]);
-    let pid = daemon_pid(&lab);
-    let sock = lab.socket("centos7-1");
-
-    // 1. Nested filters (the issue's 3500 '(' and 10000 'not'): refused by name.
+/// Nested filters (the issue's 3500 '(' and 10000 'not'): refused by name.
+fn nested_filters(lab: &Lab) {
+    let pid = daemon_pid(lab);
     for f in [format!("{}tcp{}", "(".repeat(3500), ")".repeat(3500)), "not ".repeat(10_000) + "tcp"] {
         let out = lab.ucanal("centos7-1", &["trace", "--live", "--filter", &f, "--count", "1", "--timeout", "1"]);
         assert!(!out.status.success());
         let e = text(&out.stderr);
         assert!(e.contains("more than 4096") || e.contains("nested"), "{e}");
     }
-    assert!(alive(&pid) && nodeport_answers(&lab, "3"), "daemon down after nested filters");
+    assert!(alive(&pid) && nodeport_answers(lab, "3"), "daemon down after nested filters");
+}
 
-    // 2. An oversized request: 2 MiB without a newline, answered with an error.
+/// An oversized request: 2 MiB without a newline, answered with an error.
+fn oversized_request(lab: &Lab) {
+    let pid = daemon_pid(lab);
     let py = format!(
         "import socket\ns=socket.socket(socket.AF_UNIX)\ns.connect('{}')\ntry:\n    s.sendall(b'x'*(2<<20))\n\
          except OSError:\n    pass\nprint(s.makefile().readline())",
-        sock.display()
+        lab.socket("centos7-1").display()
     );
     let out = std::process::Command::new("python3").args(["-c", &py]).output().unwrap();
     assert!(text(&out.stdout).contains("longer than 1048576 bytes"), "{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(alive(&pid) && nodeport_answers(&lab, "3"), "daemon down after an oversized request");
+    assert!(alive(&pid) && nodeport_answers(lab, "3"), "daemon down after an oversized request");
+}
 
-    // 3. Open-file exhaustion: the daemon's limit lowered to 64 files, 300 idle clients.
+/// Gives a process its open-file limit back, at `now` or when dropped (the phase may fail
+/// half-way, and the group's later phases share the daemon).
+struct NofileRestore(String);
+
+impl NofileRestore {
+    fn restore(&self) -> bool {
+        std::process::Command::new("prlimit")
+            .args(["--pid", &self.0, "--nofile=1024:"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn now(self) {
+        let ok = self.restore();
+        std::mem::forget(self);
+        assert!(ok, "prlimit could not give the daemon its files back");
+    }
+}
+
+impl Drop for NofileRestore {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
+/// Open-file exhaustion: the daemon's limit lowered to 64 files, 300 idle clients.
+fn open_file_exhaustion(lab: &Lab) {
+    let pid = daemon_pid(lab);
+    let sock = lab.socket("centos7-1");
     let cpu = |pid: &str| -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
         f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
     };
     assert!(std::process::Command::new("prlimit").args(["--pid", &pid, "--nofile=64:"]).status().unwrap().success());
+    let restore = NofileRestore(pid.clone());
     let log_before = std::fs::metadata(lab.run_dir().join("centos7-1.log")).unwrap().len();
     let hog = format!(
         "import socket,time\nss=[]\nfor i in range(300):\n    s=socket.socket(socket.AF_UNIX)\n    s.connect('{}')\n    ss.append(s)\ntime.sleep(5)\n",
@@ -137,13 +263,16 @@ fn api_probes_leave_the_daemon_up_and_forwarding() {
     assert!(new.contains("api accept:"), "the limit was never reached (no accept error logged):\n{new}");
     assert!(ticks < 100, "the accept loop spins: {ticks} ticks in 4 s");
     assert!(log_growth < 20_000, "accept errors flood the log: {log_growth} bytes");
-    assert!(alive(&pid) && nodeport_answers(&lab, "3"), "daemon down after open-file exhaustion");
-    assert!(std::process::Command::new("prlimit").args(["--pid", &pid, "--nofile=1024:"]).status().unwrap().success());
+    assert!(alive(&pid) && nodeport_answers(lab, "3"), "daemon down after open-file exhaustion");
+    restore.now();
     assert!(
         wait_until(Duration::from_secs(5), || lab.ucanal("centos7-1", &["show", "pods"]).status.success()).is_some(),
         "the API does not answer once files are free again"
     );
-    // Zero-length datagrams to 8472 are a counted drop.
+}
+
+/// Zero-length datagrams to 8472 are a counted drop.
+fn zero_length_vxlan(lab: &Lab) {
     let before = lab.counter("centos7-1", "drops", "vxlan_malformed");
     let send = format!(
         "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor i in range(5):\n    s.sendto(b'', ('{NODE1}', 8472))\n"
@@ -154,7 +283,11 @@ fn api_probes_leave_the_daemon_up_and_forwarding() {
             .is_some(),
         "zero-length datagrams not counted"
     );
-    // `ucanal show pods | head -1` ends quietly.
+}
+
+/// `ucanal show pods | head -1` ends quietly.
+fn listing_into_head(lab: &Lab) {
+    let sock = lab.socket("centos7-1");
     let out = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("{} --socket {} show pods | head -1", ucanal_bin().display(), sock.display()))

@@ -4,9 +4,11 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Lab, text, wait_until};
+use common::harness::Suite;
+use common::{Background, Lab, text, wait_until};
 
 const UDP_ECHO: &str = r#"
 import socket, sys
@@ -30,33 +32,76 @@ fn now_s() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
-#[test]
-fn services_on_two_ucanal_nodes() {
-    if !common::require_netns(&["curl"]) {
-        return;
-    }
-    let lab = Lab::up("ts", &[]);
+fn main() -> ExitCode {
+    let mut suite = Suite::new();
+    suite
+        .group("services_on_two_ucanal_nodes", &["curl"], Services::up)
+        .phase("nodeport_reaches_both_endpoints_through_each_node", |s| nodeport(&s.lab))
+        .phase_after("the_articles_conntrack_listing", &["nodeport_reaches_both_endpoints_through_each_node"], |s| {
+            articles_conntrack(&s.lab)
+        })
+        .phase("clusterip_from_a_pod_and_from_the_node", |s| clusterip(&s.lab))
+        .phase("pod_egress_is_masqueraded_to_the_node_ip", |s| egress_masquerade(&s.lab))
+        .phase("a_udp_service_answers", |s| udp_service(&s.lab))
+        .phase_after("both_datagrams_of_a_new_udp_flow_are_answered", &["a_udp_service_answers"], |s| dns_race(&s.lab))
+        .phase_after("udp_flows_move_off_a_removed_endpoint_at_once", &["a_udp_service_answers"], |s| {
+            endpoint_removal(&s.lab)
+        })
+        .phase("a_service_without_endpoints_refuses_at_once", |s| no_endpoints_refuse(&s.lab))
+        .phase_after(
+            "counters_moved_as_the_walk_says",
+            &[
+                "nodeport_reaches_both_endpoints_through_each_node",
+                "pod_egress_is_masqueraded_to_the_node_ip",
+                "a_service_without_endpoints_refuses_at_once",
+            ],
+            |s| counters_moved(&s.lab),
+        );
+    suite.run()
+}
 
-    // NodePort: 20 requests through each node reach both endpoints.
+/// Two ucanal nodes, and a UDP echo server on 5353 in both ghost pods.
+struct Services {
+    lab: Lab,
+    _echo: [Background; 2],
+}
+
+impl Services {
+    fn up() -> Services {
+        let lab = Lab::up("ts", &[]);
+        let echo = ["ghost-ep1", "ghost-ep2"].map(|p| lab.background(p, &format!("exec python3 -c '{UDP_ECHO}' {p}")));
+        Services { lab, _echo: echo }
+    }
+}
+
+/// NodePort: 20 requests through each node reach both endpoints.
+fn nodeport(lab: &Lab) {
     for node in ["172.16.240.131", "172.16.240.132"] {
-        let p = pages(&lab, "client", &format!("http://{node}:31266/"), 20);
+        let p = pages(lab, "client", &format!("http://{node}:31266/"), 20);
         assert!(p.contains_key("ghost-ep1") && p.contains_key("ghost-ep2"), "NodePort via {node}: {p:?}");
     }
-    // The article's conntrack listing, on centos7-1: reply tuple to the VTEP address.
+}
+
+/// The article's conntrack listing, on centos7-1: reply tuple to the VTEP address.
+fn articles_conntrack(lab: &Lab) {
     let ct = lab.ucanal_ok("centos7-1", &["show", "conntrack"]);
     assert!(
         ct.lines().any(|l| l.contains("src=172.16.240.1 dst=172.16.240.131")
             && l.contains("src=10.244.0.74 dst=10.244.1.0 sport=2368")),
         "{ct}"
     );
+}
 
-    // ClusterIP from a pod and from the node itself.
+/// ClusterIP from a pod and from the node itself.
+fn clusterip(lab: &Lab) {
     assert!(lab.curl("ghost-ep1", "http://10.250.0.40:2368/").unwrap().starts_with("ghost-ep"));
     assert!(lab.curl("centos7-1", "http://10.250.0.40:2368/").unwrap().starts_with("ghost-ep"));
-    let p = pages(&lab, "centos7-1", "http://10.250.0.40:2368/", 12);
+    let p = pages(lab, "centos7-1", "http://10.250.0.40:2368/", 12);
     assert_eq!(p.len(), 2, "ClusterIP from the node reaches both endpoints: {p:?}");
+}
 
-    // Pod -> outside the cluster leaves masqueraded to the node IP (flannel ip-masq).
+/// Pod -> outside the cluster leaves masqueraded to the node IP (flannel ip-masq).
+fn egress_masquerade(lab: &Lab) {
     let mut server = lab.spawn("client", "cd /tmp && exec python3 -m http.server 8080 --bind 172.16.240.1");
     assert!(wait_until(Duration::from_secs(5), || lab.curl("client", "http://172.16.240.1:8080/").is_ok()).is_some());
     lab.curl("ghost-ep1", "http://172.16.240.1:8080/").expect("pod reaches a server outside the cluster");
@@ -65,11 +110,10 @@ fn services_on_two_ucanal_nodes() {
     let seen: Vec<&str> =
         log.lines().filter(|l| l.contains("GET /")).map(|l| l.split_whitespace().next().unwrap_or("")).collect();
     assert_eq!(seen.last(), Some(&"172.16.240.131"), "the server saw the pod's request from {seen:?}");
+}
 
-    udp_services(&lab);
-    no_endpoints_refuse(&lab);
-
-    // Counters moved as the walk says.
+/// Counters moved as the walk says.
+fn counters_moved(lab: &Lab) {
     let c = lab.counters("centos7-1");
     for k in ["service_dnat", "service_masquerade", "egress_masquerade", "ct_hit_reply", "service_reject"] {
         assert!(c["decisions"][k].as_u64().unwrap() > 0, "counter {k} did not move: {c}");
@@ -80,10 +124,8 @@ fn services_on_two_ucanal_nodes() {
     assert!(ghost["packets"].as_u64().unwrap() >= 20, "{ghost}");
 }
 
-/// The DNS pattern, and endpoint removal moving UDP flows at once.
-fn udp_services(lab: &Lab) {
-    let _e1 = lab.background("ghost-ep1", &format!("exec python3 -c '{UDP_ECHO}' ghost-ep1"));
-    let _e2 = lab.background("ghost-ep2", &format!("exec python3 -c '{UDP_ECHO}' ghost-ep2"));
+/// kube-dns as a UDP ClusterIP service to both echo servers; both answer.
+fn udp_service(lab: &Lab) {
     lab.ucanal_ok(
         "centos7-1",
         &[
@@ -110,8 +152,11 @@ fn udp_services(lab: &Lab) {
         o.status.success()
     });
     assert!(up.is_some(), "the UDP service never answered");
+}
 
-    // Two datagrams of each new flow, back to back: both are answered, 50 flows out of 50.
+/// The DNS pattern: two datagrams of each new flow, back to back, both answered, 50
+/// flows out of 50.
+fn dns_race(lab: &Lab) {
     let dns = r#"
 import socket
 ok = 0
@@ -137,8 +182,10 @@ print(ok)
         "flows whose two datagrams were both answered (stderr: {})",
         text(&out.stderr)
     );
+}
 
-    // A client sending steadily keeps being answered after its endpoint is removed.
+/// A client sending steadily keeps being answered after its endpoint is removed.
+fn endpoint_removal(lab: &Lab) {
     let steady = r#"
 import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use etherparse::PacketBuilder;
 use ucanal::core::nat::conntrack::{Conntrack, Insert, NAT_DNAT, NAT_SNAT, NewFlow, PortChoice, TcpState, Timeouts};
 use ucanal::core::nat::service::{Protocol, ServiceSpec, ServiceTable};
-use ucanal::core::nat::{Tuple, pick};
+use ucanal::core::nat::{Tuple, uniform_index};
 use ucanal::core::tables::{Tables, article};
 use ucanal::core::trace::Trace;
 use ucanal::core::{Action, Counter, Dataplane, HEADROOM, Now, Packet, PortId};
@@ -259,7 +259,7 @@ pub fn sports_for(
     let seed = t.hash_seed;
     (from..=u16::MAX).filter(move |p| {
         let u = Tuple { proto: PROTO_TCP, src, dst: dst.0, sport: *p, dport: dst.1 };
-        *eps[pick(u.hash(seed), eps.len())].ip() == want
+        *eps[uniform_index(u.hash(seed), eps.len())].ip() == want
     })
 }
 
@@ -352,7 +352,7 @@ impl Rng {
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        pick((x >> 32) as u32, n)
+        uniform_index((x >> 32) as u32, n)
     }
 }
 

@@ -9,17 +9,18 @@ use ucanal::control::kube::buckets::{Change, Index};
 use ucanal::control::cluster::flannel;
 use ucanal::control::etcd::{self, gateway};
 use ucanal::api::{self, kube};
+use ucanal::control::kube::Store;
 
 fuzz_target!(|data: &[u8]| {
     let _ = flannel::NetworkConfig::parse(data);
     let _ = flannel::LeaseAttrs::parse("k", data);
     if let Ok(s) = std::str::from_utf8(data) {
         let _ = flannel::parse_subnet_key(s);
-        let _ = api::decode_request(s);
+        let _ = api::Request::decode(s);
         let fast = kube::parse_manifest(s);
         assert_eq!(fast, kube::parse_manifest_general(s), "the fast manifest decoder disagrees");
         if let Ok(objs) = fast {
-            let mut st = kube::Store::default();
+            let mut st = Store::default();
             for svc in st.apply(objs, false) {
                 let _ = st.specs(&svc);
             }

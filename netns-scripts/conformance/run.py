@@ -2,7 +2,7 @@
 ucanal lab, compared header field by header field. conformance.sh builds the labs and calls this.
 
   run.py --kernel PREFIX --ucanal PREFIX --ucanal-bin BIN --ucanal-socket SOCK
-         [--json FILE] [--only NAME,...] [--details]
+         [--json FILE] [--doc] [--only NAME,...] [--details]
 """
 
 import argparse
@@ -10,6 +10,7 @@ import json
 import sys
 import time
 
+import doc
 from compare import NORMALISED, compare, explain, normalise
 from lab import Lab
 from scenarios import A, B, C, N, SCENARIOS, Ctx
@@ -49,7 +50,11 @@ def main():
     ap.add_argument("--json", help="write the results as JSON to this file ('-' for stdout)")
     ap.add_argument("--only", help="comma-separated scenario names")
     ap.add_argument("--details", action="store_true", help="every differing field of every frame")
+    ap.add_argument("--doc", action="store_true",
+                    help="rewrite the results shown in docs/conformance.md and README.md (a full run only)")
     a = ap.parse_args()
+    if a.doc and a.only:
+        sys.exit("conformance: --doc shows every scenario; it cannot be combined with --only")
 
     scenarios = SCENARIOS
     if a.only:
@@ -86,6 +91,8 @@ def main():
         "normalised": NORMALISED, "seconds": round(time.monotonic() - t0, 1),
     }
     print_table(report, a.details)
+    if a.doc:
+        doc.sync("update", report, doc.DOC_FILES, "this run")
     if a.json:
         text = json.dumps(report, indent=2)
         if a.json == "-":
@@ -96,21 +103,7 @@ def main():
 
 
 def print_table(rep, details):
-    print("| # | scenario | what it exercises | result |")
-    print("|---|---|---|---|")
-    for r in rep["scenarios"]:
-        if r["result"] == "same":
-            res = "same"
-        else:
-            res = "differs: " + ", ".join(r["fields"])
-            res += f" — {r['explanation']}" if r["explanation"] else " — unexplained"
-        print(f"| {r['n']} | `{r['name']}` | {r['row']}: {r['what']} | {res} |")
-    print()
-    print(f"Score: {rep['same']}/{rep['total']} scenarios identical to the kernel ({rep['score']}%).")
-    print()
-    print("Compared after normalisation (by name, with the reason):")
-    for k, v in rep["normalised"].items():
-        print(f"- `{k}`: {v}")
+    print("\n".join(doc.table_lines(rep)))
     shown = [r for r in rep["scenarios"] if r["details"]]
     if shown:
         print()

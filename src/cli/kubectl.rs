@@ -3,9 +3,11 @@
 
 use std::path::Path;
 
-use super::target::{self as client, Target};
-use crate::api::Request;
-use crate::api::kube::{self, Object};
+use super::CliError;
+use super::show::json_text;
+use super::target::{ANSWER_WAIT, Target};
+use crate::api::kube::{self, Object, ObjectList};
+use crate::api::{ObjectKind, Query};
 
 /// `-f FILE` of `apply` and `delete`.
 #[derive(Debug, clap::Args)]
@@ -25,21 +27,14 @@ pub struct GetArgs {
     pub output: Option<String>,
 }
 
-/// `show peers` as a table, from the daemon's JSON.
-pub fn peers(data: &serde_json::Value) -> Result<String, String> {
-    let rows: Vec<crate::control::cluster::member::PeerRow> =
-        serde_json::from_value(data["peers"].clone()).map_err(|e| format!("unexpected answer: {e}"))?;
-    Ok(crate::control::cluster::member::peers_text(&rows))
-}
-
 /// Reads and parses a manifest file (`-` is stdin).
-pub fn read(file: &Path) -> Result<Vec<Object>, String> {
+pub fn read(file: &Path) -> Result<Vec<Object>, CliError> {
     let text = if file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("stdin: {e}"))?
+        std::io::read_to_string(std::io::stdin()).map_err(|source| CliError::File { what: "stdin".into(), source })?
     } else {
-        std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?
+        std::fs::read_to_string(file).map_err(|source| CliError::File { what: file.display().to_string(), source })?
     };
-    kube::parse_manifest(&text).map_err(|e| format!("{}: {e}", file.display()))
+    kube::parse_manifest(&text).map_err(|source| CliError::Manifest { path: file.to_path_buf(), source })
 }
 
 /// The most bytes of objects one `apply` request carries: below the daemon's request
@@ -94,37 +89,41 @@ fn apply_line(objects: &[u8], delete: bool, more: bool) -> Vec<u8> {
 /// in parts, in order, on one connection; the daemon holds them and applies the whole
 /// manifest at the last one, whole or not at all (through etcd: checked whole, then
 /// written in transactions).
-pub fn apply(target: &Target, file: &Path, delete: bool) -> Result<String, String> {
+pub fn apply(target: &Target, file: &Path, delete: bool) -> Result<String, CliError> {
     let all = parts(&read(file)?);
     let k = all.len();
-    let mut session = client::Session::open(target)?;
+    let mut c = target.client(Some(ANSWER_WAIT))?;
     let mut last = None;
     for (i, objects) in all.iter().enumerate() {
-        let r = session.call_line(&apply_line(objects, delete, i + 1 < k));
-        match r {
-            Ok(r) => last = Some(r),
-            Err(e) if k == 1 => return Err(e),
-            Err(e) => return Err(format!("part {}/{k}: {e}", i + 1)),
+        match c.call_line::<serde::de::IgnoredAny>(&apply_line(objects, delete, i + 1 < k)) {
+            Ok(r) => last = r.message,
+            Err(e) if k == 1 => return Err(e.into()),
+            Err(source) => return Err(CliError::Part { part: i + 1, of: k, source }),
         }
     }
-    Ok(last.and_then(|r| r.message).unwrap_or_default())
+    Ok(last.unwrap_or_default())
 }
 
 /// `get services|endpoints [-o wide|json|yaml]`.
-pub fn get(target: &Target, what: &str, output: Option<&str>) -> Result<String, String> {
-    let what = match what {
-        "services" | "service" | "svc" => "services",
-        "endpoints" | "ep" | "endpointslices" => "endpoints",
-        other => return Err(format!("get: '{other}' is not services or endpoints")),
+pub fn get(target: &Target, what: &str, output: Option<&str>) -> Result<String, CliError> {
+    let kind = match what {
+        "services" | "service" | "svc" => ObjectKind::Services,
+        "endpoints" | "ep" | "endpointslices" => ObjectKind::Endpoints,
+        other => return Err(CliError::Usage(format!("get: '{other}' is not services or endpoints"))),
     };
-    let data = client::request(target, &Request::Get { what: what.into() })?.data.unwrap_or_default();
+    let list: ObjectList = target.client(Some(ANSWER_WAIT))?.query(Query::Get { what: kind })?;
     match output {
-        Some("json") => return serde_json::to_string_pretty(&data).map_err(|e| e.to_string()),
-        Some("yaml") => return serde_yaml_ng::to_string(&data).map_err(|e| e.to_string()),
+        Some("json") => return json_text(&list),
+        Some("yaml") => {
+            let v = serde_json::to_value(&list).map_err(CliError::Json)?;
+            return serde_yaml_ng::to_string(&v).map_err(CliError::Yaml);
+        }
         _ => {}
     }
-    let items: Vec<Object> = serde_json::from_value(data["items"].clone()).map_err(|e| e.to_string())?;
-    Ok(if what == "services" { services_table(&items) } else { endpoints_table(&items) })
+    Ok(match kind {
+        ObjectKind::Services => services_table(&list.items),
+        ObjectKind::Endpoints => endpoints_table(&list.items),
+    })
 }
 
 pub fn services_table(items: &[Object]) -> String {
@@ -213,8 +212,11 @@ mod tests {
             assert!(part.len() <= PART_BYTES + 1024);
             let line = apply_line(part, false, i + 1 < p.len());
             assert!(line.len() < (1 << 20) && line.ends_with(b"}\n"));
-            let r = crate::api::decode_request(std::str::from_utf8(&line[..line.len() - 1]).unwrap());
-            assert!(matches!(r, Ok(Request::Apply { more, .. }) if more == (i + 1 < p.len())), "{r:?}");
+            let r = crate::api::codec::decode_request(&line[..line.len() - 1]);
+            assert!(
+                matches!(r, Ok(crate::api::Request::Command(crate::api::Command::Apply { more, .. })) if more == (i + 1 < p.len())),
+                "{r:?}"
+            );
         }
         for w in back.windows(2) {
             assert_ne!(w[0].last().unwrap().service(), w[1][0].service(), "a service split across parts");

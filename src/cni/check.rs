@@ -7,33 +7,57 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use super::plugin::prev_ip;
 use super::spec::CniResult;
 use crate::api::CniPod;
 use crate::io::netlink::{self, LinkView};
+use crate::wire::MacAddr;
+
+/// Where an attachment differs from what it should be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    #[error("prevResult has no interface {0}")]
+    NoInterface(String),
+    #[error("prevResult puts {ifname} in {sandbox:?}, CNI_NETNS is {netns}")]
+    Sandbox { ifname: String, sandbox: Option<String>, netns: String },
+    #[error("ucanal attached {ifname} in {attached}, CNI_NETNS is {netns}")]
+    Netns { ifname: String, attached: String, netns: String },
+    #[error("prevResult gives {ifname} mac {prev}, ucanal holds {held}")]
+    Mac { ifname: String, prev: String, held: MacAddr },
+    #[error("prevResult gives {ifname} address {prev}, ucanal holds {held}")]
+    Address { ifname: String, prev: Ipv4Addr, held: Ipv4Addr },
+    #[error("prevResult has no address for {0}")]
+    NoAddress(String),
+    #[error("{0} is down")]
+    Down(String),
+    #[error("{ifname} has mac {found:?}, want {want}")]
+    LinkMac { ifname: String, found: Option<String>, want: MacAddr },
+    #[error("{ifname} lacks {ip}/32 (it has {found:?})")]
+    LinkAddress { ifname: String, ip: Ipv4Addr, found: Vec<(Ipv4Addr, u8)> },
+    #[error("route {gateway} dev {ifname} scope link is missing")]
+    GatewayRoute { ifname: String, gateway: Ipv4Addr },
+    #[error("route default via {gateway} dev {ifname} is missing")]
+    DefaultRoute { ifname: String, gateway: Ipv4Addr },
+}
 
 /// The daemon's attachment against the ADD's result.
-pub fn against_prev(prev: &CniResult, pod: &CniPod, netns: &str) -> Result<(), String> {
-    let iface = prev
-        .interfaces
-        .iter()
-        .find(|i| i.name == pod.ifname)
-        .ok_or_else(|| format!("prevResult has no interface {}", pod.ifname))?;
+pub fn against_prev(prev: &CniResult, pod: &CniPod, netns: &str) -> Result<(), Mismatch> {
+    let ifname = || pod.ifname.clone();
+    let iface = prev.interfaces.iter().find(|i| i.name == pod.ifname).ok_or_else(|| Mismatch::NoInterface(ifname()))?;
     if iface.sandbox.as_deref() != Some(netns) {
-        return Err(format!("prevResult puts {} in {:?}, CNI_NETNS is {netns}", pod.ifname, iface.sandbox));
+        return Err(Mismatch::Sandbox { ifname: ifname(), sandbox: iface.sandbox.clone(), netns: netns.into() });
     }
     if pod.netns != netns {
-        return Err(format!("ucanal attached {} in {}, CNI_NETNS is {netns}", pod.ifname, pod.netns));
+        return Err(Mismatch::Netns { ifname: ifname(), attached: pod.netns.clone(), netns: netns.into() });
     }
     if let Some(m) = &iface.mac
         && !m.eq_ignore_ascii_case(&pod.mac.to_string())
     {
-        return Err(format!("prevResult gives {} mac {m}, ucanal holds {}", pod.ifname, pod.mac));
+        return Err(Mismatch::Mac { ifname: ifname(), prev: m.clone(), held: pod.mac });
     }
-    match prev_ip(prev, &pod.ifname) {
+    match prev.address_of(&pod.ifname) {
         Some(ip) if ip == pod.ip => Ok(()),
-        Some(ip) => Err(format!("prevResult gives {} address {ip}, ucanal holds {}", pod.ifname, pod.ip)),
-        None => Err(format!("prevResult has no address for {}", pod.ifname)),
+        Some(ip) => Err(Mismatch::Address { ifname: ifname(), prev: ip, held: pod.ip }),
+        None => Err(Mismatch::NoAddress(ifname())),
     }
 }
 
@@ -44,23 +68,23 @@ pub fn read_view(netns: &Path, ifname: &str) -> std::io::Result<LinkView> {
 }
 
 /// The namespace's view against the pod view ucanal configures.
-pub fn against_view(v: &LinkView, pod: &CniPod) -> Result<(), String> {
-    let n = &pod.ifname;
+pub fn against_view(v: &LinkView, pod: &CniPod) -> Result<(), Mismatch> {
+    let ifname = || pod.ifname.clone();
     if !v.up {
-        return Err(format!("{n} is down"));
+        return Err(Mismatch::Down(ifname()));
     }
     if v.mac != Some(pod.mac) {
-        return Err(format!("{n} has mac {:?}, want {}", v.mac.map(|m| m.to_string()), pod.mac));
+        return Err(Mismatch::LinkMac { ifname: ifname(), found: v.mac.map(|m| m.to_string()), want: pod.mac });
     }
     if !v.addrs.contains(&(pod.ip, 32)) {
-        return Err(format!("{n} lacks {}/32 (it has {:?})", pod.ip, v.addrs));
+        return Err(Mismatch::LinkAddress { ifname: ifname(), ip: pod.ip, found: v.addrs.clone() });
     }
-    let gw = pod.gateway;
-    if !v.routes.iter().any(|r| r.dst == gw && r.len == 32 && r.gateway.is_none() && r.link_scope) {
-        return Err(format!("route {gw} dev {n} scope link is missing"));
+    let gateway = pod.gateway;
+    if !v.routes.iter().any(|r| r.dst == gateway && r.len == 32 && r.gateway.is_none() && r.link_scope) {
+        return Err(Mismatch::GatewayRoute { ifname: ifname(), gateway });
     }
-    if !v.routes.iter().any(|r| r.len == 0 && r.dst == Ipv4Addr::UNSPECIFIED && r.gateway == Some(gw)) {
-        return Err(format!("route default via {gw} dev {n} is missing"));
+    if !v.routes.iter().any(|r| r.len == 0 && r.dst == Ipv4Addr::UNSPECIFIED && r.gateway == Some(gateway)) {
+        return Err(Mismatch::DefaultRoute { ifname: ifname(), gateway });
     }
     Ok(())
 }
@@ -117,14 +141,14 @@ mod tests {
         assert_eq!(against_prev(&prev(), &pod(), "/run/netns/c1"), Ok(()));
         let mut p = prev();
         p.ips[0].address = "10.244.1.8/32".into();
-        assert!(against_prev(&p, &pod(), "/run/netns/c1").unwrap_err().contains("10.244.1.8"));
+        assert!(against_prev(&p, &pod(), "/run/netns/c1").unwrap_err().to_string().contains("10.244.1.8"));
         assert!(against_prev(&prev(), &pod(), "/run/netns/other").is_err());
         let mut p = prev();
         p.interfaces[0].mac = Some("0a:58:0a:f4:01:99".into());
-        assert!(against_prev(&p, &pod(), "/run/netns/c1").unwrap_err().contains("mac"));
+        assert!(against_prev(&p, &pod(), "/run/netns/c1").unwrap_err().to_string().contains("mac"));
         let mut p = prev();
         p.interfaces[0].name = "net1".into();
-        assert!(against_prev(&p, &pod(), "/run/netns/c1").unwrap_err().contains("no interface eth0"));
+        assert!(against_prev(&p, &pod(), "/run/netns/c1").unwrap_err().to_string().contains("no interface eth0"));
     }
 
     #[test]
@@ -132,13 +156,13 @@ mod tests {
         assert_eq!(against_view(&view(), &pod()), Ok(()));
         let mut v = view();
         v.routes.remove(1);
-        assert!(against_view(&v, &pod()).unwrap_err().contains("scope link"));
+        assert!(against_view(&v, &pod()).unwrap_err().to_string().contains("scope link"));
         let mut v = view();
         v.routes.remove(0);
-        assert!(against_view(&v, &pod()).unwrap_err().contains("default via"));
+        assert!(against_view(&v, &pod()).unwrap_err().to_string().contains("default via"));
         let mut v = view();
         v.addrs = vec![(pod().ip, 24)];
-        assert!(against_view(&v, &pod()).unwrap_err().contains("/32"));
+        assert!(against_view(&v, &pod()).unwrap_err().to_string().contains("/32"));
         let mut v = view();
         v.up = false;
         assert!(against_view(&v, &pod()).is_err());

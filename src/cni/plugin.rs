@@ -5,18 +5,22 @@
 //! The plugin holds no state of its own: the daemon owns the attachment (the TAP, its
 //! queues, the /32 route) and, unless IPAM is delegated, the address lease.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
+
+use serde::de::DeserializeOwned;
 
 use super::spec::{
     CniArgs, CniError, CniResult, Command, Interface, Invocation, IpConfig, NetConf, Route, SCOPE_LINK,
     SUPPORTED_VERSIONS, code,
 };
-use super::{check, ipam};
-use crate::api::{CniAttach, CniPod, Request, Response};
+use super::{check, delegate};
+use crate::api::codec::{Client, ClientError};
+use crate::api::{self, CniAttach, CniPod, CniStatus, ErrorCode, Query, Request};
+
+/// How long the plugin waits for the daemon's answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(30);
 
 /// What the plugin prints on stdout and the exit status it ends with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,36 +67,34 @@ pub fn run(env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     }
 }
 
-/// One request to the daemon. Unreachable: "try again later" (it may be restarting).
-fn ask(socket: &Path, req: &Request) -> Result<Response, CniError> {
-    let unreachable = |e: std::io::Error| {
+/// One request to the daemon, and its data (`()` for a command's message).
+/// Unreachable: "try again later" (it may be restarting).
+fn ask<T: DeserializeOwned>(socket: &Path, req: Request) -> Result<Option<T>, CniError> {
+    let unreachable = |e: &dyn std::fmt::Display| {
         CniError::new(
             code::TRY_AGAIN_LATER,
             "the ucanal daemon is unreachable",
             format!("{}: {e} (is `ucanal run` up on this node? the config's socket names it)", socket.display()),
         )
     };
-    let mut s = UnixStream::connect(socket).map_err(unreachable)?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(unreachable)?;
-    let mut line = serde_json::to_string(req).unwrap_or_default();
-    line.push('\n');
-    s.write_all(line.as_bytes()).map_err(unreachable)?;
-    let mut answer = String::new();
-    BufReader::new(s).read_line(&mut answer).map_err(unreachable)?;
-    let r: Response = serde_json::from_str(&answer).map_err(|e| {
-        CniError::new(code::BAD_DAEMON_REPLY, "bad answer from the ucanal daemon", format!("{e}: {answer:?}"))
-    })?;
-    if !r.ok {
-        let msg = r.error.unwrap_or_default();
-        let c = if msg.starts_with("no free address") { code::NO_ADDRESS } else { code::DAEMON_REFUSED };
-        return Err(CniError::new(c, "the ucanal daemon refused", msg));
+    let s = UnixStream::connect(socket).map_err(|e| unreachable(&e))?;
+    s.set_read_timeout(Some(ANSWER_WAIT)).map_err(|e| unreachable(&e))?;
+    match Client::new(s, socket.display()).call::<T>(&req) {
+        Ok(r) => Ok(r.data),
+        Err(ClientError::Refused(e)) => {
+            let c = if e.code == ErrorCode::NoFreeAddress { code::NO_ADDRESS } else { code::DAEMON_REFUSED };
+            Err(CniError::new(c, "the ucanal daemon refused", e.message))
+        }
+        Err(e @ ClientError::BadReply(_)) => {
+            Err(CniError::new(code::BAD_DAEMON_REPLY, "bad answer from the ucanal daemon", e.to_string()))
+        }
+        Err(e) => Err(unreachable(&e)),
     }
-    Ok(r)
 }
 
-fn pod_of(r: Response) -> Result<CniPod, CniError> {
-    serde_json::from_value(r.data.unwrap_or_default())
-        .map_err(|e| CniError::new(code::BAD_DAEMON_REPLY, "bad answer from the ucanal daemon", e.to_string()))
+/// The attachment the daemon answers ADD and CHECK with.
+fn pod_of(r: Option<CniPod>) -> Result<CniPod, CniError> {
+    r.ok_or_else(|| CniError::new(code::BAD_DAEMON_REPLY, "bad answer from the ucanal daemon", "no attachment"))
 }
 
 fn add(conf: &NetConf, inv: &Invocation, stdin: &[u8]) -> Result<CniResult, CniError> {
@@ -107,7 +109,7 @@ fn add(conf: &NetConf, inv: &Invocation, stdin: &[u8]) -> Result<CniResult, CniE
     let mut delegated = None;
     let ip = match &conf.ipam {
         Some(plugin) => {
-            let r = ipam::exec(plugin, "ADD", &inv.path, stdin)?.ok_or_else(|| {
+            let r = delegate::exec(plugin, "ADD", &inv.path, stdin)?.ok_or_else(|| {
                 CniError::new(code::IPAM_FAILED, "IPAM plugin failed", format!("{plugin} printed no result"))
             })?;
             let ip = r.first_ipv4();
@@ -140,7 +142,7 @@ fn add(conf: &NetConf, inv: &Invocation, stdin: &[u8]) -> Result<CniResult, CniE
             None => None,
         },
     };
-    let pod = match ask(&conf.socket, &Request::CniAdd { attach }).and_then(pod_of) {
+    let pod = match ask(&conf.socket, api::Command::CniAdd { attach }.into()).and_then(pod_of) {
         Ok(p) => p,
         Err(e) => {
             if delegated.is_some() {
@@ -155,7 +157,7 @@ fn add(conf: &NetConf, inv: &Invocation, stdin: &[u8]) -> Result<CniResult, CniE
 /// SPEC.md section 4: a failed ADD after a delegated ADD calls the delegate's DEL.
 fn undo_ipam(conf: &NetConf, inv: &Invocation, stdin: &[u8]) {
     if let Some(p) = &conf.ipam
-        && let Err(e) = ipam::exec(p, "DEL", &inv.path, stdin)
+        && let Err(e) = delegate::exec(p, "DEL", &inv.path, stdin)
     {
         eprintln!("ucanal-cni: releasing the address through {p} failed: {e}");
     }
@@ -190,10 +192,10 @@ fn result_for(conf: &NetConf, pod: &CniPod, delegated: Option<CniResult>) -> Cni
 }
 
 fn del(conf: &NetConf, inv: &Invocation, stdin: &[u8]) -> Result<(), CniError> {
-    let req = Request::CniDel { container_id: inv.container_id.clone(), ifname: inv.ifname.clone() };
-    ask(&conf.socket, &req)?;
+    let req = api::Command::CniDel { container_id: inv.container_id.clone(), ifname: inv.ifname.clone() };
+    ask::<()>(&conf.socket, req.into())?;
     if let Some(p) = &conf.ipam {
-        ipam::exec(p, "DEL", &inv.path, stdin)?;
+        delegate::exec(p, "DEL", &inv.path, stdin)?;
     }
     Ok(())
 }
@@ -207,26 +209,28 @@ fn check_cmd(conf: &NetConf, inv: &Invocation, stdin: &[u8]) -> Result<(), CniEr
         )
     })?;
     let netns = inv.netns.as_ref().expect("checked by Invocation::from_env");
-    let req = Request::CniCheck { container_id: inv.container_id.clone(), ifname: inv.ifname.clone() };
-    let pod = ask(&conf.socket, &req).and_then(pod_of)?;
-    let mismatch = |d: String| CniError::new(code::CHECK_MISMATCH, "the attachment is not as prevResult says", d);
+    let req = Query::CniCheck { container_id: inv.container_id.clone(), ifname: inv.ifname.clone() };
+    let pod = ask(&conf.socket, req.into()).and_then(pod_of)?;
+    let mismatch = |d: check::Mismatch| {
+        CniError::new(code::CHECK_MISMATCH, "the attachment is not as prevResult says", d.to_string())
+    };
     check::against_prev(prev, &pod, &netns.display().to_string()).map_err(mismatch)?;
-    let found = check::read_view(netns, &inv.ifname).map_err(|e| mismatch(e.to_string()))?;
+    let found = check::read_view(netns, &inv.ifname)
+        .map_err(|e| CniError::new(code::CHECK_MISMATCH, "the attachment is not as prevResult says", e.to_string()))?;
     check::against_view(&found, &pod).map_err(mismatch)?;
     if let Some(p) = &conf.ipam {
-        ipam::exec(p, "CHECK", &inv.path, stdin)?;
+        delegate::exec(p, "CHECK", &inv.path, stdin)?;
     }
     Ok(())
 }
 
 fn status(conf: &NetConf, inv: &Invocation, stdin: &[u8]) -> Result<(), CniError> {
     let not_available = |e: CniError| CniError::new(code::NOT_AVAILABLE, "the plugin is not available", e.to_string());
-    let r = ask(&conf.socket, &Request::CniStatus).map_err(not_available)?;
+    let r: Option<CniStatus> = ask(&conf.socket, Query::CniStatus.into()).map_err(not_available)?;
     match &conf.ipam {
-        Some(p) => ipam::exec(p, "STATUS", &inv.path, stdin).map(drop),
+        Some(p) => delegate::exec(p, "STATUS", &inv.path, stdin).map(drop),
         None => {
-            let free = r.data.as_ref().and_then(|d| d["free"].as_u64()).unwrap_or(0);
-            if free == 0 {
+            if r.is_none_or(|s| s.free == 0) {
                 return Err(CniError::new(
                     code::NOT_AVAILABLE,
                     "the plugin is not available",
@@ -240,17 +244,11 @@ fn status(conf: &NetConf, inv: &Invocation, stdin: &[u8]) -> Result<(), CniError
 
 fn gc(conf: &NetConf, inv: &Invocation, stdin: &[u8]) -> Result<(), CniError> {
     let valid = conf.valid_attachments.clone().unwrap_or_default();
-    let r = ask(&conf.socket, &Request::CniGc { network: conf.name.clone(), valid });
+    let r = ask::<()>(&conf.socket, api::Command::CniGc { network: conf.name.clone(), valid }.into());
     // Forward to the delegate even when the daemon failed, then report the first error.
     let d = match &conf.ipam {
-        Some(p) => ipam::exec(p, "GC", &inv.path, stdin).map(drop),
+        Some(p) => delegate::exec(p, "GC", &inv.path, stdin).map(drop),
         None => Ok(()),
     };
     r.map(drop).and(d)
-}
-
-/// The address a `prevResult` gives an interface (by name), for CHECK.
-pub fn prev_ip(prev: &CniResult, ifname: &str) -> Option<Ipv4Addr> {
-    let idx = prev.interfaces.iter().position(|i| i.name == ifname)?;
-    prev.ips.iter().filter(|i| i.interface == Some(idx)).find_map(|i| i.address.split_once('/')?.0.parse().ok())
 }

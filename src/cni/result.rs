@@ -107,6 +107,12 @@ impl CniResult {
     pub fn first_ipv4(&self) -> Option<Ipv4Addr> {
         self.ips.iter().find_map(|i| i.address.split_once('/').and_then(|(a, _)| a.parse().ok()))
     }
+
+    /// The address the result gives an interface (by name), for CHECK.
+    pub fn address_of(&self, ifname: &str) -> Option<Ipv4Addr> {
+        let idx = self.interfaces.iter().position(|i| i.name == ifname)?;
+        self.ips.iter().filter(|i| i.interface == Some(idx)).find_map(|i| i.address.split_once('/')?.0.parse().ok())
+    }
 }
 
 #[cfg(test)]

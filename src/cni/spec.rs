@@ -167,14 +167,7 @@ fn valid_container_id(s: &str) -> bool {
         && c.all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'))
 }
 
-/// A Linux interface name: 1-15 bytes, no `/`, `:` or whitespace, not `.` or `..`.
-pub fn valid_ifname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 15
-        && s != "."
-        && s != ".."
-        && !s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-}
+pub use crate::api::pod::valid_ifname;
 
 impl Invocation {
     /// Reads and checks the environment (`get` is `std::env::var` in the plugin).
@@ -296,7 +289,7 @@ impl NetConf {
         let socket = match str_field(&m, "socket")? {
             Some(s) if s.starts_with('/') => PathBuf::from(s),
             Some(s) => return Err(invalid(format!("socket '{s}' is not an absolute path"))),
-            None => crate::control::config::default_socket(),
+            None => PathBuf::from(crate::api::DEFAULT_SOCKET),
         };
         let ipam = match m.get("ipam") {
             None | Some(Value::Null) => None,

@@ -1,4 +1,6 @@
-//! The node's address leases for CNI attachments: ucanal's default IPAM.
+//! ucanal's own IPAM: the addresses of CNI attachments, leased from the node's pod CIDR
+//! (unless the network config delegates to an IPAM plugin, see `cni::delegate`; not to
+//! be confused with flannel's subnet lease of the node itself, see `cluster`).
 //!
 //! Addresses come from the node's pod CIDR (never its network, broadcast or VTEP
 //! address, nor an address a pod already uses), the next free one after the last
@@ -16,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::Ipv4Net;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LeaseError {
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
     #[error("no free address in the pod CIDR {0}")]
     Exhausted(Ipv4Net),
     #[error("{0} is outside the pod CIDR {1}")]
@@ -26,13 +28,15 @@ pub enum LeaseError {
     Reserved(Ipv4Addr, Ipv4Net),
     #[error("{0} is in use by {1}")]
     InUse(Ipv4Addr, String),
-    #[error("lease file {0}: {1}")]
-    File(PathBuf, String),
+    #[error("lease file {path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
+    #[error("lease file {path}: {source}")]
+    Unreadable { path: PathBuf, source: serde_json::Error },
 }
 
 /// One attachment's address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
+pub struct AddressLease {
     pub ip: Ipv4Addr,
     pub network: String,
     pub container_id: String,
@@ -43,17 +47,17 @@ pub struct Lease {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Leases {
+pub struct AddressTable {
     pod_cidr: Ipv4Net,
     vtep_ip: Ipv4Addr,
     /// The address handed out last; the search for a free one starts after it.
     last: Option<Ipv4Addr>,
-    leases: BTreeMap<Ipv4Addr, Lease>,
+    leases: BTreeMap<Ipv4Addr, AddressLease>,
 }
 
-impl Leases {
-    pub fn new(pod_cidr: Ipv4Net, vtep_ip: Ipv4Addr) -> Leases {
-        Leases { pod_cidr, vtep_ip, last: None, leases: BTreeMap::new() }
+impl AddressTable {
+    pub fn new(pod_cidr: Ipv4Net, vtep_ip: Ipv4Addr) -> AddressTable {
+        AddressTable { pod_cidr, vtep_ip, last: None, leases: BTreeMap::new() }
     }
 
     fn first_last(&self) -> (u32, u32) {
@@ -75,29 +79,29 @@ impl Leases {
     /// otherwise hold. An attachment that already holds a lease gets it back.
     pub fn allocate(
         &mut self,
-        mut lease: Lease,
+        mut lease: AddressLease,
         want: Option<Ipv4Addr>,
         in_use: impl Fn(Ipv4Addr) -> Option<String>,
-    ) -> Result<Ipv4Addr, LeaseError> {
+    ) -> Result<Ipv4Addr, IpamError> {
         if let Some(old) = self.find(&lease.container_id, &lease.ifname) {
             if want.is_none_or(|w| w == old.ip) {
                 return Ok(old.ip);
             }
-            return Err(LeaseError::InUse(old.ip, format!("this attachment already ({})", old.name)));
+            return Err(IpamError::InUse(old.ip, format!("this attachment already ({})", old.name)));
         }
-        let taken = |s: &Leases, ip: Ipv4Addr| -> Option<String> {
+        let taken = |s: &AddressTable, ip: Ipv4Addr| -> Option<String> {
             s.leases.get(&ip).map(|l| format!("{} ({} {})", l.name, l.network, l.ifname)).or_else(|| in_use(ip))
         };
         let ip = match want {
             Some(w) => {
                 if !self.pod_cidr.contains(w) {
-                    return Err(LeaseError::Outside(w, self.pod_cidr));
+                    return Err(IpamError::Outside(w, self.pod_cidr));
                 }
                 if self.reserved(w) {
-                    return Err(LeaseError::Reserved(w, self.pod_cidr));
+                    return Err(IpamError::Reserved(w, self.pod_cidr));
                 }
                 if let Some(by) = taken(self, w) {
-                    return Err(LeaseError::InUse(w, by));
+                    return Err(IpamError::InUse(w, by));
                 }
                 w
             }
@@ -108,7 +112,7 @@ impl Leases {
                 (0..n)
                     .map(|i| Ipv4Addr::from(lo + (start + i) % n))
                     .find(|&ip| !self.reserved(ip) && taken(self, ip).is_none())
-                    .ok_or(LeaseError::Exhausted(self.pod_cidr))?
+                    .ok_or(IpamError::Exhausted(self.pod_cidr))?
             }
         };
         lease.ip = ip;
@@ -118,16 +122,16 @@ impl Leases {
     }
 
     /// Releases the attachment's lease, if it has one.
-    pub fn release(&mut self, container_id: &str, ifname: &str) -> Option<Lease> {
+    pub fn release(&mut self, container_id: &str, ifname: &str) -> Option<AddressLease> {
         let ip = self.find(container_id, ifname)?.ip;
         self.leases.remove(&ip)
     }
 
-    pub fn find(&self, container_id: &str, ifname: &str) -> Option<&Lease> {
+    pub fn find(&self, container_id: &str, ifname: &str) -> Option<&AddressLease> {
         self.leases.values().find(|l| l.container_id == container_id && l.ifname == ifname)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Lease> {
+    pub fn iter(&self) -> impl Iterator<Item = &AddressLease> {
         self.leases.values()
     }
 
@@ -142,8 +146,8 @@ impl Leases {
 
     /// Reads a state file; leases outside the current pod CIDR are dropped (the node's
     /// subnet changed, so those attachments cannot be live).
-    pub fn parse(text: &str, pod_cidr: Ipv4Net, vtep_ip: Ipv4Addr) -> Result<Leases, String> {
-        let mut l: Leases = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str, pod_cidr: Ipv4Net, vtep_ip: Ipv4Addr) -> Result<AddressTable, serde_json::Error> {
+        let mut l: AddressTable = serde_json::from_str(text)?;
         l.leases.retain(|ip, lease| lease.ip == *ip && pod_cidr.contains(*ip) && *ip != vtep_ip);
         l.pod_cidr = pod_cidr;
         l.vtep_ip = vtep_ip;
@@ -151,14 +155,15 @@ impl Leases {
     }
 }
 
-/// The lease table and the state file that keeps it.
+/// The lease table and the state file that keeps it: every change is written before
+/// it is answered, and undone if it cannot be.
 #[derive(Debug)]
-pub struct LeaseFile {
-    pub path: PathBuf,
-    pub leases: Leases,
+pub struct Ipam {
+    path: PathBuf,
+    table: AddressTable,
 }
 
-impl LeaseFile {
+impl Ipam {
     /// The state file for an API socket: `<dir>/<stem>.leases.json`.
     pub fn path_for(socket: &Path) -> PathBuf {
         let stem = socket.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "ucanal".into());
@@ -166,22 +171,57 @@ impl LeaseFile {
     }
 
     /// Loads the file, or starts empty when there is none.
-    pub fn load(path: PathBuf, pod_cidr: Ipv4Net, vtep_ip: Ipv4Addr) -> Result<LeaseFile, LeaseError> {
-        let leases = match std::fs::read_to_string(&path) {
-            Ok(t) => Leases::parse(&t, pod_cidr, vtep_ip).map_err(|e| LeaseError::File(path.clone(), e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Leases::new(pod_cidr, vtep_ip),
-            Err(e) => return Err(LeaseError::File(path, e.to_string())),
+    pub fn load(path: PathBuf, pod_cidr: Ipv4Net, vtep_ip: Ipv4Addr) -> Result<Ipam, IpamError> {
+        let table = match std::fs::read_to_string(&path) {
+            Ok(t) => AddressTable::parse(&t, pod_cidr, vtep_ip)
+                .map_err(|source| IpamError::Unreadable { path: path.clone(), source })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => AddressTable::new(pod_cidr, vtep_ip),
+            Err(source) => return Err(IpamError::File { path, source }),
         };
-        Ok(LeaseFile { path, leases })
+        Ok(Ipam { path, table })
+    }
+
+    /// An empty table for `path`, not read yet: while a predecessor still runs, it may
+    /// change the file; it is read once it stopped (see [`Ipam::load`]).
+    pub fn unread(path: PathBuf, pod_cidr: Ipv4Net, vtep_ip: Ipv4Addr) -> Ipam {
+        Ipam { path, table: AddressTable::new(pod_cidr, vtep_ip) }
+    }
+
+    pub fn table(&self) -> &AddressTable {
+        &self.table
+    }
+
+    /// Leases an address (see [`AddressTable::allocate`]) and writes the file; nothing
+    /// changes if it cannot be written.
+    pub fn lease(
+        &mut self,
+        lease: AddressLease,
+        want: Option<Ipv4Addr>,
+        in_use: impl Fn(Ipv4Addr) -> Option<String>,
+    ) -> Result<Ipv4Addr, IpamError> {
+        let (cid, ifname) = (lease.container_id.clone(), lease.ifname.clone());
+        let ip = self.table.allocate(lease, want, in_use)?;
+        if let Err(e) = self.save() {
+            self.table.release(&cid, &ifname);
+            return Err(e);
+        }
+        Ok(ip)
+    }
+
+    /// Releases the attachment's lease, if it has one, and writes the file.
+    pub fn release(&mut self, container_id: &str, ifname: &str) -> Result<Option<AddressLease>, IpamError> {
+        let Some(l) = self.table.release(container_id, ifname) else { return Ok(None) };
+        self.save()?;
+        Ok(Some(l))
     }
 
     /// Writes the table: a temporary file, fsync, rename over the old one.
-    pub fn save(&self) -> Result<(), LeaseError> {
+    fn save(&self) -> Result<(), IpamError> {
         use std::io::Write;
-        let err = |e: std::io::Error| LeaseError::File(self.path.clone(), e.to_string());
+        let err = |source: std::io::Error| IpamError::File { path: self.path.clone(), source };
         let tmp = self.path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(&self.leases)
-            .map_err(|e| LeaseError::File(self.path.clone(), e.to_string()))?;
+        let text = serde_json::to_string_pretty(&self.table)
+            .map_err(|source| IpamError::Unreadable { path: self.path.clone(), source })?;
         let mut f = std::fs::File::create(&tmp).map_err(err)?;
         f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(err)?;
         std::fs::rename(&tmp, &self.path).map_err(err)
@@ -196,8 +236,8 @@ mod tests {
         "10.244.1.0/29".parse().unwrap()
     }
 
-    fn lease(id: &str) -> Lease {
-        Lease {
+    fn lease(id: &str) -> AddressLease {
+        AddressLease {
             ip: Ipv4Addr::UNSPECIFIED,
             network: "ucanal".into(),
             container_id: id.into(),
@@ -214,12 +254,12 @@ mod tests {
     #[test]
     fn allocates_round_robin_skipping_reserved_and_used() {
         // /29: .0 network+VTEP, .7 broadcast; .2 held by a pod added with `pod add`.
-        let mut l = Leases::new(net(), ip(0));
+        let mut l = AddressTable::new(net(), ip(0));
         let used = |a: Ipv4Addr| (a == ip(2)).then(|| "ghost-ep1".to_string());
         let got: Vec<_> =
             ["a", "b", "c", "d", "e"].iter().map(|id| l.allocate(lease(id), None, used).unwrap()).collect();
         assert_eq!(got, [ip(1), ip(3), ip(4), ip(5), ip(6)]);
-        assert_eq!(l.allocate(lease("f"), None, used), Err(LeaseError::Exhausted(net())));
+        assert!(matches!(l.allocate(lease("f"), None, used), Err(IpamError::Exhausted(n)) if n == net()));
         assert_eq!(l.free(|a| a == ip(2)), 0);
         // A released address is handed out again only after the others.
         assert_eq!(l.release("b", "eth0").unwrap().ip, ip(3));
@@ -231,35 +271,42 @@ mod tests {
 
     #[test]
     fn wanted_addresses_are_checked() {
-        let mut l = Leases::new(net(), ip(1));
+        let mut l = AddressTable::new(net(), ip(1));
         let none = |_| None;
         assert_eq!(l.allocate(lease("a"), Some(ip(4)), none).unwrap(), ip(4));
         assert!(
-            matches!(l.allocate(lease("b"), Some(ip(4)), none), Err(LeaseError::InUse(_, by)) if by.contains("default/a"))
+            matches!(l.allocate(lease("b"), Some(ip(4)), none), Err(IpamError::InUse(_, by)) if by.contains("default/a"))
         );
-        assert_eq!(l.allocate(lease("b"), Some(ip(1)), none), Err(LeaseError::Reserved(ip(1), net())));
-        assert_eq!(l.allocate(lease("b"), Some(ip(7)), none), Err(LeaseError::Reserved(ip(7), net())));
-        assert_eq!(l.allocate(lease("b"), Some(ip(9)), none), Err(LeaseError::Outside(ip(9), net())));
-        assert!(LeaseError::Exhausted(net()).to_string().starts_with("no free address"));
+        assert!(
+            matches!(l.allocate(lease("b"), Some(ip(1)), none), Err(IpamError::Reserved(a, n)) if (a, n) == (ip(1), net()))
+        );
+        assert!(
+            matches!(l.allocate(lease("b"), Some(ip(7)), none), Err(IpamError::Reserved(a, n)) if (a, n) == (ip(7), net()))
+        );
+        assert!(
+            matches!(l.allocate(lease("b"), Some(ip(9)), none), Err(IpamError::Outside(a, n)) if (a, n) == (ip(9), net()))
+        );
     }
 
     #[test]
     fn state_file_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let path = LeaseFile::path_for(&dir.path().join("centos7-1.sock"));
+        let path = Ipam::path_for(&dir.path().join("centos7-1.sock"));
         assert!(path.ends_with("centos7-1.leases.json"));
-        let mut f = LeaseFile::load(path.clone(), net(), ip(0)).unwrap();
-        f.leases.allocate(lease("a"), None, |_| None).unwrap();
-        f.leases.allocate(lease("b"), None, |_| None).unwrap();
-        f.save().unwrap();
-        let mut again = LeaseFile::load(path.clone(), net(), ip(0)).unwrap();
-        assert_eq!(again.leases, f.leases);
+        let mut f = Ipam::load(path.clone(), net(), ip(0)).unwrap();
+        f.lease(lease("a"), None, |_| None).unwrap();
+        f.lease(lease("b"), None, |_| None).unwrap();
+        let mut again = Ipam::load(path.clone(), net(), ip(0)).unwrap();
+        assert_eq!(again.table, f.table);
         // The restarted daemon hands out neither live address.
-        assert_eq!(again.leases.allocate(lease("c"), None, |_| None).unwrap(), ip(3));
+        assert_eq!(again.lease(lease("c"), None, |_| None).unwrap(), ip(3));
+        assert_eq!(again.release("c", "eth0").unwrap().map(|l| l.ip), Some(ip(3)));
+        let reread = Ipam::load(path.clone(), net(), ip(0)).unwrap();
+        assert!(reread.table.iter().eq(f.table.iter()), "the release was written");
         // A changed pod CIDR drops the leases that no longer fit.
-        let moved = LeaseFile::load(path.clone(), "10.244.2.0/24".parse().unwrap(), ip(0)).unwrap();
-        assert_eq!(moved.leases.iter().count(), 0);
+        let moved = Ipam::load(path.clone(), "10.244.2.0/24".parse().unwrap(), ip(0)).unwrap();
+        assert_eq!(moved.table.iter().count(), 0);
         std::fs::write(&path, "{garbage").unwrap();
-        assert!(matches!(LeaseFile::load(path, net(), ip(0)), Err(LeaseError::File(..))));
+        assert!(matches!(Ipam::load(path, net(), ip(0)), Err(IpamError::Unreadable { .. })));
     }
 }

@@ -40,6 +40,8 @@ named_enum!(
         VxlanFromUnknownPeer => "vxlan_from_unknown_peer", "VXLAN datagrams from an address with no FDB entry, decapsulated as flannel.1 does (vxlan_accept = any; with peers they are the drop vxlan_unknown_peer)";
         VxlanForeignSource => "vxlan_foreign_source", "decapsulated packets whose inner source is outside the sending peer's pod subnet, routed as flannel.1 does (vxlan_accept = any; with peers they are the drop vxlan_src_outside_subnet)";
         CsumPartial => "csum_partial", "decapsulated TCP/UDP packets whose checksum a kernel peer left partial (CHECKSUM_PARTIAL), taken as such";
+        PeerTso => "peer_tso", "decapsulated TCP super-packets over the VXLAN MTU that a kernel peer's TSO left whole (a veth carries them so), passed on as GSO frames at the MTU's MSS";
+        HostOversize => "host_oversize", "frames written to the host port over its MTU without GSO metadata: the node's stack cannot forward them (IpFragFails); stays 0";
         HostPunt => "host_punt", "steered packets that matched no service or flow, returned to the host stack";
         CtHitOriginal => "ct_hit_original", "packets of a tracked flow, original direction";
         CtHitReply => "ct_hit_reply", "packets of a tracked flow, reply direction (reverse NAT)";

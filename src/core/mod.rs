@@ -10,6 +10,9 @@
 //! points of [`Dataplane`] and executes the returned [`Action`] with one syscall.
 //! The control plane replaces the read-mostly [`tables::Tables`] as a whole.
 
+/// Frames captured in the lab, for unit tests.
+#[cfg(test)]
+pub(crate) mod captured;
 pub mod counters;
 mod dataplane;
 pub mod fdb;

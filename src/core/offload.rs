@@ -19,9 +19,28 @@
 //! | egress                                  | partial frame leaves as                      |
 //! |-----------------------------------------|----------------------------------------------|
 //! | a pod's TAP with offloads (`tap_offloads`) | `VIRTIO_NET_HDR_F_NEEDS_CSUM`, csum_start at L4, offset 16 (TCP) / 6 (UDP) |
-//! | a pod's TAP without offloads            | finished here                                |
+//! | a pod's TAP without offloads            | finished here (GSO frames stay `NEEDS_CSUM`) |
 //! | the host port                           | finished here (GSO frames stay `NEEDS_CSUM`) |
 //! | VXLAN                                   | finished here (GSO frames per segment, `gso`) |
+//!
+//! ## Super-packets from a kernel peer
+//!
+//! A kernel peer's TCP hands `flannel.1` 64 KB super-packets (TSO); a physical NIC cuts
+//! them into MSS-sized segments on the wire, but a veth with its default features
+//! (`tx-udp_tnl-segmentation`, `tcp-segmentation-offload`) carries the encapsulated
+//! super-packet across whole, and a plain UDP socket receives it as one datagram: its
+//! inner IPv4 packet is longer than the VXLAN MTU, its checksum partial, and its segment
+//! size (the skb's `gso_size`) lost, since the socket API has no word for it. ucanal takes
+//! such a packet as what it is, a GSO frame ([`peer_tso_mss`]): it leaves for the host port
+//! and pods with a GSO virtio header (the kernel segments it where it must: the node's
+//! stack forwards GSO frames at any egress MTU), and by VXLAN segmented here. Written
+//! without one, the node's stack could not forward it out of an uplink of 1500 bytes with
+//! DF set (ICMP fragmentation needed to itself, `IpFragFails`), and the flow stalled.
+//!
+//! Heads up: the sender's real segment size is not in the bytes. The MSS of the VXLAN
+//! MTU is the largest the sender's pod could have used (its `eth0` has that MTU); a sender
+//! whose MSS is smaller (a peer that advertised less) gets its data resegmented larger,
+//! never over the VXLAN MTU.
 //!
 //! Heads up: one frame in 65 536 with a complete checksum has a field that equals the
 //! pseudo-header sum by chance. Taking it as partial is harmless: finishing it writes
@@ -52,6 +71,21 @@ pub fn is_partial(ip: &[u8]) -> bool {
     field != 0
         && field
             == checksum::fold(checksum::pseudo_header_sum(p.src().octets(), p.dst().octets(), p.protocol(), l4_len))
+}
+
+/// The segment size of `ip` (an unfragmented IPv4 packet with a partial checksum, exactly
+/// its total length) when it is a TCP super-packet over `mtu`: the MSS at `mtu` with this
+/// packet's IP and TCP headers (options included), as the sender's TCP computes its own.
+/// `None` for anything else (not TCP, within the MTU, no room for payload at `mtu`).
+#[inline]
+pub fn peer_tso_mss(ip: &[u8], mtu: u16) -> Option<u16> {
+    let p = Ipv4Packet::new_checked(ip).ok()?;
+    if p.protocol() != PROTO_TCP || p.is_fragment() || p.total_len() <= usize::from(mtu) {
+        return None;
+    }
+    let tcp = TcpPacket::new_checked(p.payload()).ok()?;
+    let mss = usize::from(mtu).checked_sub(p.header_len() + tcp.header_len())?;
+    (mss > 0).then_some(mss as u16)
 }
 
 /// Finishes a partial checksum of a single (non-GSO) frame in software; a GSO frame

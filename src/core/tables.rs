@@ -12,7 +12,7 @@ use super::{Ipv4Net, PortId};
 use crate::wire::MacAddr;
 
 /// What the node is: the `[node]` section of the config, resolved.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeInfo {
     pub name: String,
     /// The underlay interface (the article's `ens33`).
@@ -43,7 +43,7 @@ pub struct NodeInfo {
 }
 
 /// Which VXLAN datagrams (right VNI, right port) are decapsulated.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VxlanAccept {
     /// As the kernel's `flannel.1` (learning off): from any sender, the inner packet then

@@ -1,5 +1,7 @@
 //! flannel's VXLAN device (`flannel.1`): encapsulation towards a peer VTEP and the
-//! checks a datagram passes before it is decapsulated.
+//! choice of the socket it leaves from. (The checks a datagram passes before it is
+//! decapsulated — VNI, sender, inner MACs, as flannel.1's receive path makes them — are
+//! the first steps of the dataplane's walk, in `dataplane`.)
 //!
 //! On the wire ucanal is byte-compatible with the Linux vxlan driver: the inner
 //! frame carries the local VTEP MAC as source and the remote VTEP MAC as destination
@@ -28,7 +30,7 @@ pub fn encap(pkt: &mut Packet, vni: u32, local_vtep_mac: MacAddr, remote_vtep_ma
 /// Which of `n` source sockets a flow uses.
 #[inline]
 pub fn source_index(flow_hash: u32, n: usize) -> usize {
-    super::nat::pick(flow_hash, n.max(1))
+    super::nat::uniform_index(flow_hash, n.max(1))
 }
 
 #[cfg(test)]

@@ -104,6 +104,43 @@ pub const MAX_TOKENS: usize = 256;
 /// Deepest nesting of `not` and `(` accepted.
 pub const MAX_DEPTH: usize = 32;
 
+/// Why a filter does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("filter is {0} bytes, more than {MAX_LEN}")]
+    TooLong(usize),
+    #[error("filter has {0} words, more than {MAX_TOKENS}")]
+    TooManyWords(usize),
+    #[error("filter '{filter}': {fault}")]
+    At { filter: String, fault: Fault },
+}
+
+/// What is wrong where a filter stops parsing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fault {
+    #[error("nested deeper than {MAX_DEPTH} ('not' and '(')")]
+    TooDeep,
+    #[error("missing ')'")]
+    MissingParen,
+    #[error("filter ends too early")]
+    Ends,
+    /// A word that needs an argument (`src`, `host`, `port`...) and what it wants.
+    #[error("'{0}' wants {1}")]
+    Wants(&'static str, &'static str),
+    #[error("net {net}: {why}")]
+    Net { net: String, why: String },
+    #[error("'{0}' is not a port")]
+    Port(String),
+    #[error("'{0}' is not an IPv4 address")]
+    Address(String),
+    #[error("unknown filter word '{0}'")]
+    Word(String),
+    #[error("'{0}' takes no src/dst")]
+    NoDirection(String),
+    #[error("unexpected '{0}'")]
+    Unexpected(String),
+}
+
 struct Parser<'a> {
     toks: Vec<&'a str>,
     i: usize,
@@ -119,7 +156,7 @@ impl<'a> Parser<'a> {
         self.i += 1;
         t
     }
-    fn expr(&mut self) -> Result<Node, String> {
+    fn expr(&mut self) -> Result<Node, Fault> {
         let mut n = self.and()?;
         while self.peek() == Some("or") {
             self.i += 1;
@@ -127,7 +164,7 @@ impl<'a> Parser<'a> {
         }
         Ok(n)
     }
-    fn and(&mut self) -> Result<Node, String> {
+    fn and(&mut self) -> Result<Node, Fault> {
         let mut n = self.unary()?;
         loop {
             match self.peek() {
@@ -139,11 +176,11 @@ impl<'a> Parser<'a> {
             n = Node::And(Box::new(n), Box::new(self.unary()?));
         }
     }
-    fn unary(&mut self) -> Result<Node, String> {
+    fn unary(&mut self) -> Result<Node, Fault> {
         if matches!(self.peek(), Some("not" | "(")) {
             self.depth += 1;
             if self.depth > MAX_DEPTH {
-                return Err(format!("nested deeper than {MAX_DEPTH} ('not' and '(')"));
+                return Err(Fault::TooDeep);
             }
         }
         let n = match self.peek() {
@@ -155,7 +192,7 @@ impl<'a> Parser<'a> {
                 self.i += 1;
                 let n = self.expr()?;
                 if self.next() != Some(")") {
-                    return Err("missing ')'".into());
+                    return Err(Fault::MissingParen);
                 }
                 n
             }
@@ -164,11 +201,11 @@ impl<'a> Parser<'a> {
         self.depth -= 1;
         Ok(n)
     }
-    fn prim(&mut self) -> Result<Node, String> {
-        let t = self.next().ok_or("filter ends too early")?;
+    fn prim(&mut self) -> Result<Node, Fault> {
+        let t = self.next().ok_or(Fault::Ends)?;
         let (dir, t) = match t {
-            "src" => (Dir::Src, self.next().ok_or("'src' wants host, net, port or an address")?),
-            "dst" => (Dir::Dst, self.next().ok_or("'dst' wants host, net, port or an address")?),
+            "src" => (Dir::Src, self.next().ok_or(Fault::Wants("src", "host, net, port or an address"))?),
+            "dst" => (Dir::Dst, self.next().ok_or(Fault::Wants("dst", "host, net, port or an address"))?),
             t => (Dir::Either, t),
         };
         let node = match t {
@@ -178,35 +215,35 @@ impl<'a> Parser<'a> {
             "arp" => Node::Arp,
             "ip" => Node::Ip,
             "host" => {
-                let a = self.next().ok_or("'host' wants an address")?;
+                let a = self.next().ok_or(Fault::Wants("host", "an address"))?;
                 Node::Net(dir, host(a)?)
             }
             "net" => {
-                let a = self.next().ok_or("'net' wants a prefix")?;
-                Node::Net(dir, a.parse().map_err(|e: String| format!("net {a}: {e}"))?)
+                let a = self.next().ok_or(Fault::Wants("net", "a prefix"))?;
+                Node::Net(dir, a.parse().map_err(|why| Fault::Net { net: a.to_string(), why })?)
             }
             "port" => {
-                let p = self.next().ok_or("'port' wants a number")?;
-                Node::Port(dir, p.parse().map_err(|_| format!("'{p}' is not a port"))?)
+                let p = self.next().ok_or(Fault::Wants("port", "a number"))?;
+                Node::Port(dir, p.parse().map_err(|_| Fault::Port(p.to_string()))?)
             }
-            a => Node::Net(dir, host(a).map_err(|_| format!("unknown filter word '{a}'"))?),
+            a => Node::Net(dir, host(a).map_err(|_| Fault::Word(a.to_string()))?),
         };
         if dir != Dir::Either && matches!(node, Node::Proto(_) | Node::Arp | Node::Ip) {
-            return Err(format!("'{t}' takes no src/dst"));
+            return Err(Fault::NoDirection(t.to_string()));
         }
         Ok(node)
     }
 }
 
-fn host(a: &str) -> Result<Ipv4Net, String> {
-    let ip: Ipv4Addr = a.parse().map_err(|_| format!("'{a}' is not an IPv4 address"))?;
+fn host(a: &str) -> Result<Ipv4Net, Fault> {
+    let ip: Ipv4Addr = a.parse().map_err(|_| Fault::Address(a.to_string()))?;
     Ok(Ipv4Net::new(ip, 32).unwrap())
 }
 
 impl Filter {
-    pub fn parse(s: &str) -> Result<Filter, String> {
+    pub fn parse(s: &str) -> Result<Filter, FilterError> {
         if s.len() > MAX_LEN {
-            return Err(format!("filter is {} bytes, more than {MAX_LEN}", s.len()));
+            return Err(FilterError::TooLong(s.len()));
         }
         let spaced = s.replace('(', " ( ").replace(')', " ) ");
         let toks: Vec<&str> = spaced.split_whitespace().collect();
@@ -214,14 +251,15 @@ impl Filter {
             return Ok(Filter { root: Node::All, text: String::new() });
         }
         if toks.len() > MAX_TOKENS {
-            return Err(format!("filter has {} words, more than {MAX_TOKENS}", toks.len()));
+            return Err(FilterError::TooManyWords(toks.len()));
         }
         let owned: Vec<String> = toks.iter().map(|t| t.to_ascii_lowercase()).collect();
         let toks: Vec<&str> = owned.iter().map(String::as_str).collect();
         let mut p = Parser { toks, i: 0, depth: 0 };
-        let root = p.expr().map_err(|e| format!("filter '{s}': {e}"))?;
+        let at = |fault| FilterError::At { filter: s.to_string(), fault };
+        let root = p.expr().map_err(at)?;
         if let Some(t) = p.peek() {
-            return Err(format!("filter '{s}': unexpected '{t}'"));
+            return Err(at(Fault::Unexpected(t.to_string())));
         }
         Ok(Filter { root, text: s.to_string() })
     }
@@ -298,15 +336,17 @@ mod tests {
         // The probes: ~3500 '(' and ~10000 'not'.
         let parens = format!("{}tcp{}", "(".repeat(3500), ")".repeat(3500));
         let e = Filter::parse(&parens).unwrap_err();
-        assert!(e.contains("more than 4096") || e.contains("words") || e.contains("nested"), "{e}");
+        assert!(matches!(e, FilterError::TooLong(_) | FilterError::TooManyWords(_)), "{e}");
         let nots = "not ".repeat(10_000) + "tcp";
-        assert!(Filter::parse(&nots).unwrap_err().contains("more than 4096"));
+        assert_eq!(Filter::parse(&nots).unwrap_err(), FilterError::TooLong(40_003));
         let nots = "not ".repeat(40) + "tcp";
-        assert!(Filter::parse(&nots).unwrap_err().contains("nested deeper than 32"));
+        let e = Filter::parse(&nots).unwrap_err();
+        assert!(matches!(e, FilterError::At { fault: Fault::TooDeep, .. }), "{e}");
+        assert!(e.to_string().contains("nested deeper than 32"), "{e}");
         let parens = format!("{}tcp{}", "(".repeat(33), ")".repeat(33));
-        assert!(Filter::parse(&parens).unwrap_err().contains("nested deeper than 32"));
+        assert!(matches!(Filter::parse(&parens), Err(FilterError::At { fault: Fault::TooDeep, .. })));
         let long_and = vec!["tcp"; 300].join(" and ");
-        assert!(Filter::parse(&long_and).unwrap_err().contains("words, more than 256"));
+        assert_eq!(Filter::parse(&long_and).unwrap_err(), FilterError::TooManyWords(599));
         // Right at the limits it parses and matches.
         let ok = format!("{}{}tcp{}", "not not ".repeat(8), "(".repeat(16), ")".repeat(16));
         assert!(Filter::parse(&ok).unwrap().matches(&f));

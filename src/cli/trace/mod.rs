@@ -1,67 +1,85 @@
 //! The client side of `ucanal trace` and `ucanal capture`: sends the probe or opens
-//! the live stream, and prints traces as numbered steps or frames as a pcap file.
+//! the live stream, and prints traces as numbered steps (in the kernel tools' words,
+//! see `words`) or frames as a pcap file.
 
 mod policy_words;
 mod words;
 
-use super::target::{self as client, Target};
-use crate::api::Request;
-use crate::control::inspect::probe;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
 
+use super::CliError;
+use super::show::json_text;
+use super::target::{ANSWER_WAIT, Target};
+use crate::api::{CapturedFrame, Probe, ProbeProto, Query, Stream, TraceEvent, TraceReport};
+use crate::core::trace::{Outcome, Step};
+use crate::io::observe::{Frame, pcap_header, pcap_record};
+
+/// Parses `tcp 172.16.240.1:40000 -> 172.16.240.131:31266` (the arrow is optional).
+pub fn parse_flow(words: &[String]) -> Result<(ProbeProto, SocketAddrV4, SocketAddrV4), CliError> {
+    let w: Vec<&str> = words.iter().map(String::as_str).filter(|w| *w != "->" && *w != "to").collect();
+    let [proto, src, dst] = w.as_slice() else {
+        return Err(CliError::Usage("want: <tcp|udp|icmp> <src ip:port> -> <dst ip:port>".into()));
+    };
+    let proto = ProbeProto::parse(proto)
+        .ok_or_else(|| CliError::Usage(format!("protocol '{}': want tcp, udp or icmp", proto.to_ascii_lowercase())))?;
+    let parse = |s: &str| -> Result<SocketAddrV4, CliError> {
+        s.parse::<SocketAddrV4>()
+            .or_else(|_| s.parse::<Ipv4Addr>().map(|ip| SocketAddrV4::new(ip, 0)))
+            .map_err(|_| CliError::Usage(format!("'{s}' is not an address (want a.b.c.d:port)")))
+    };
+    Ok((proto, parse(src)?, parse(dst)?))
+}
+
+/// `ucanal trace --in ... <flow>`: the described packet through the node's live tables.
 pub fn trace_probe(
     target: &Target,
     ingress: String,
     flags: Option<String>,
     flow: &[String],
     json: bool,
-) -> Result<String, String> {
-    let (proto, src, dst) = probe::parse_flow(flow)?;
-    let p = probe::Probe { ingress, proto, src, dst, flags, ttl: 64 };
-    let data = client::request(target, &Request::Trace { probe: p.clone() })?.data.unwrap_or_default();
+) -> Result<String, CliError> {
+    let (proto, src, dst) = parse_flow(flow)?;
+    let p = Probe { ingress, proto, src, dst, flags, ttl: 64 };
+    let report: TraceReport = target.client(Some(ANSWER_WAIT))?.query(Query::Trace { probe: p.clone() })?;
     if json {
-        return serde_json::to_string_pretty(&data).map_err(|e| e.to_string());
+        return json_text(&report);
     }
-    let ev: crate::io::observe::TraceEvent = serde_json::from_value(serde_json::json!({
-        "node": data["node"], "time": 0.0, "steps": data["steps"], "result": data["result"],
-    }))
-    .map_err(|e| format!("unexpected trace from ucanal: {e}"))?;
     let head = format!(
         "trace on {}: {} {} -> {} in {} (dry run: the live tables are read, nothing is sent or changed)",
-        ev.node, p.proto, p.src, p.dst, p.ingress
+        report.node, p.proto, p.src, p.dst, p.ingress
     );
-    Ok(format!("{head}\n{}", render_trace(&ev)))
+    Ok(format!("{head}\n{}", render_trace(&report.steps, &report.result)))
 }
 
-fn render_trace(ev: &crate::io::observe::TraceEvent) -> String {
+fn render_trace(steps: &[Step], result: &Outcome) -> String {
     let mut s = String::new();
-    for (i, step) in ev.steps.iter().enumerate() {
+    for (i, step) in steps.iter().enumerate() {
         s.push_str(&format!("{:>3}. {step}\n", i + 1));
     }
-    s.push_str(&format!("  => {}", ev.result));
+    s.push_str(&format!("  => {result}"));
     s
 }
 
 /// Live traces from one or more nodes, printed as they arrive.
-pub fn trace_live(targets: &[Target], filter: &str, count: usize, timeout: u64, json: bool) -> Result<String, String> {
-    let (tx, rx) = std::sync::mpsc::channel::<Result<Option<crate::io::observe::TraceEvent>, String>>();
-    for s in targets {
-        let (tx, s, f) = (tx.clone(), s.clone(), filter.to_string());
+pub fn trace_live(
+    targets: &[Target],
+    filter: &str,
+    count: usize,
+    timeout: u64,
+    json: bool,
+) -> Result<String, CliError> {
+    let (tx, rx) = std::sync::mpsc::channel::<Result<Option<TraceEvent>, CliError>>();
+    for t in targets {
+        let (tx, t, filter) = (tx.clone(), t.clone(), filter.to_string());
         std::thread::spawn(move || {
-            let req = Request::TraceLive { filter: f, count, timeout_ms: timeout * 1000 };
-            let r = client::call(&s, &req, None, |r| {
-                if let Some(d) = r.data {
-                    match serde_json::from_value(d) {
-                        Ok(ev) => {
-                            let _ = tx.send(Ok(Some(ev)));
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(format!("unexpected trace from ucanal: {e}")));
-                        }
-                    }
-                }
-                true
-            });
-            let _ = tx.send(r.map(|_| None));
+            let s = Stream::TraceLive { filter, count, timeout_ms: timeout * 1000 };
+            let r = t
+                .client(None)
+                .map_err(CliError::from)
+                .and_then(|mut c| c.stream(s, |ev: TraceEvent| tx.send(Ok(Some(ev))).is_ok()).map_err(CliError::from));
+            let _ = tx.send(r.map(|()| None));
         });
     }
     drop(tx);
@@ -74,7 +92,7 @@ pub fn trace_live(targets: &[Target], filter: &str, count: usize, timeout: u64, 
                 if json {
                     println!("{}", serde_json::to_string(&ev).unwrap_or_default());
                 } else {
-                    println!("--- {} (packet {n})\n{}", ev.node, render_trace(&ev));
+                    println!("--- {} (packet {n})\n{}", ev.node, render_trace(&ev.steps, &ev.result));
                 }
             }
             Ok(Ok(None)) => open -= 1,
@@ -85,41 +103,52 @@ pub fn trace_live(targets: &[Target], filter: &str, count: usize, timeout: u64, 
     Ok(if json { String::new() } else { format!("{n} packet(s) traced") })
 }
 
+/// `ucanal capture`: frames crossing a port, written as a pcap file (`-`: stdout).
 pub fn capture(
     target: &Target,
     port: &str,
-    path: &std::path::Path,
+    path: &Path,
     count: usize,
     filter: &str,
     timeout: u64,
-) -> Result<String, String> {
-    use std::io::Write;
+) -> Result<String, CliError> {
+    let file_err = |source| CliError::File { what: path.display().to_string(), source };
     let mut out: Box<dyn Write> = if path.as_os_str() == "-" {
         Box::new(std::io::stdout())
     } else {
-        Box::new(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?)
+        Box::new(std::fs::File::create(path).map_err(file_err)?)
     };
-    out.write_all(&crate::io::observe::pcap_header()).map_err(|e| e.to_string())?;
-    out.flush().map_err(|e| e.to_string())?;
+    out.write_all(&pcap_header()).and_then(|()| out.flush()).map_err(file_err)?;
     let mut n = 0;
     let mut werr = None;
-    let req = Request::Capture { port: port.into(), filter: filter.into(), count, timeout_ms: timeout * 1000 };
-    client::call(target, &req, None, |r| {
-        let Some(d) = r.data else { return true };
-        let (Some(sec), Some(usec), Some(hex)) = (d["sec"].as_u64(), d["usec"].as_u64(), d["hex"].as_str()) else {
-            return true;
-        };
-        let Some(data) = crate::control::daemon::streams::unhex(hex) else { return true };
-        let f = crate::io::observe::Frame { sec: sec as u32, usec: usec as u32, data };
-        if let Err(e) = out.write_all(&crate::io::observe::pcap_record(&f)).and_then(|_| out.flush()) {
-            werr = Some(e.to_string());
+    let s = Stream::Capture { port: port.into(), filter: filter.into(), count, timeout_ms: timeout * 1000 };
+    target.client(None)?.stream(s, |f: CapturedFrame| {
+        let f = Frame { sec: f.sec, usec: f.usec, data: f.data };
+        if let Err(e) = out.write_all(&pcap_record(&f)).and_then(|_| out.flush()) {
+            werr = Some(e);
             return false;
         }
         n += 1;
         true
     })?;
     if let Some(e) = werr {
-        return Err(format!("{}: {e}", path.display()));
+        return Err(file_err(e));
     }
     Ok(if path.as_os_str() == "-" { String::new() } else { format!("{n} frame(s) written to {}", path.display()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_article_request() {
+        let w: Vec<String> = "tcp 172.16.240.1:40000 -> 172.16.240.131:31266".split(' ').map(String::from).collect();
+        let (p, s, d) = parse_flow(&w).unwrap();
+        assert_eq!(p, ProbeProto::Tcp);
+        assert_eq!(s, "172.16.240.1:40000".parse().unwrap());
+        assert_eq!(d, "172.16.240.131:31266".parse().unwrap());
+        assert!(parse_flow(&["sctp".into(), "1.2.3.4:1".into(), "1.2.3.4:2".into()]).is_err());
+        assert!(parse_flow(&["tcp".into(), "1.2.3.4:1".into()]).is_err());
+    }
 }

@@ -13,10 +13,10 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
 use tokio::sync::watch;
 
 use super::registry::{OwnLease, Registry, RegistryError, SubnetLease};
+use crate::api::PeerRow;
 use crate::control::etcd::EtcdError;
 use crate::control::etcd::gateway::{WatchEvent, WatchMessage};
 use crate::core::Ipv4Net;
@@ -35,18 +35,17 @@ pub struct LeasePeer {
 pub type PeerSet = Arc<BTreeMap<Ipv4Net, LeasePeer>>;
 
 /// What the member knows, for listings and metrics.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct Status {
-    pub connected: bool,
-    pub own_subnet: Option<Ipv4Net>,
-    pub own_expires: Option<u64>,
-    /// Times etcd went away (each outage once), watch re-lists, and leases skipped
-    /// (another backend, unparsable, or conflicting with this node).
-    pub outages: u64,
-    pub relists: u64,
-    pub ignored: u64,
-    pub own_lease_lost: u64,
-    pub last_error: Option<String>,
+pub type Status = crate::api::ClusterStatus;
+
+/// Why a lease gives no peer (all but this node's own are counted as ignored).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum NotAPeer {
+    #[error("backend {0}")]
+    Backend(String),
+    #[error("this node's own")]
+    Own,
+    #[error("overlaps this node's {0}")]
+    Overlaps(Ipv4Net),
 }
 
 pub struct Member {
@@ -190,16 +189,16 @@ impl Member {
         Ok(())
     }
 
-    /// A lease this node takes as a peer, or why not (counted as ignored).
-    fn admit(&self, l: &SubnetLease) -> Result<Peer, String> {
+    /// A lease this node takes as a peer, or why not.
+    fn admit(&self, l: &SubnetLease) -> Result<Peer, NotAPeer> {
         let Some(vx) = l.attrs.vxlan else {
-            return Err(format!("backend {}", l.attrs.backend_type));
+            return Err(NotAPeer::Backend(l.attrs.backend_type.clone()));
         };
         if l.subnet == self.own.subnet || l.attrs.public_ip == self.me {
-            return Err("this node's own".into());
+            return Err(NotAPeer::Own);
         }
         if l.subnet.overlaps(&self.own.subnet) {
-            return Err(format!("overlaps this node's {}", self.own.subnet));
+            return Err(NotAPeer::Overlaps(self.own.subnet));
         }
         Ok(Peer {
             name: l.attrs.public_ip.to_string(),
@@ -232,7 +231,7 @@ impl Member {
                 if self.peers.remove(&l.subnet).is_some() {
                     tracing::info!(subnet = %l.subnet, "peer removed: lease now {why}");
                 }
-                if !why.ends_with("own") {
+                if why != NotAPeer::Own {
                     tracing::debug!(subnet = %l.subnet, "lease ignored: {why}");
                     self.status(|s| s.ignored += 1);
                 }
@@ -306,19 +305,6 @@ impl Member {
     }
 }
 
-/// One row of `ucanal show peers`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct PeerRow {
-    pub subnet: Ipv4Net,
-    pub public_ip: Ipv4Addr,
-    pub vtep_mac: String,
-    /// `etcd` (a lease) or `config` (a `[[peers]]` entry).
-    pub source: String,
-    pub lease: String,
-    pub age_secs: u64,
-    pub expires_secs: Option<u64>,
-}
-
 pub fn peer_rows(set: &PeerSet, prefix: &str, static_peers: &[Peer]) -> Vec<PeerRow> {
     let now = SystemTime::now();
     let mut rows: Vec<PeerRow> = static_peers
@@ -344,25 +330,4 @@ pub fn peer_rows(set: &PeerSet, prefix: &str, static_peers: &[Peer]) -> Vec<Peer
     }));
     rows.sort_by_key(|r| r.subnet);
     rows
-}
-
-pub fn peers_text(rows: &[PeerRow]) -> String {
-    let mut s = format!(
-        "{:<18} {:<15} {:<17} {:<6} {:>8} {:>9}  {}\n",
-        "SUBNET", "PUBLIC-IP", "VTEP-MAC", "SOURCE", "AGE", "EXPIRES", "LEASE"
-    );
-    for r in rows {
-        let exp = r.expires_secs.map(|e| format!("{e}s")).unwrap_or_else(|| "-".into());
-        s += &format!(
-            "{:<18} {:<15} {:<17} {:<6} {:>7}s {:>9}  {}\n",
-            r.subnet.to_string(),
-            r.public_ip.to_string(),
-            r.vtep_mac,
-            r.source,
-            r.age_secs,
-            exp,
-            r.lease
-        );
-    }
-    s
 }

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::PodSpec;
+use crate::api::Techniques;
 use crate::core::Ipv4Net;
 use crate::core::nat::conntrack::Timeouts;
 use crate::core::nat::service::ServiceSpec;
@@ -171,8 +173,8 @@ pub struct ApiSection {
     pub socket: PathBuf,
 }
 
-pub fn default_socket() -> PathBuf {
-    PathBuf::from("/run/ucanal/ucanal.sock")
+fn default_socket() -> PathBuf {
+    PathBuf::from(crate::api::DEFAULT_SOCKET)
 }
 
 impl Default for ApiSection {
@@ -262,16 +264,17 @@ impl Default for DataplaneSection {
     }
 }
 
-/// The fast-path techniques in effect (`offloads` with the per-technique switches applied).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Techniques {
-    pub tap_offloads: bool,
-    pub udp_gso: bool,
-    pub udp_gro: bool,
-    pub gro: bool,
-}
-
 impl DataplaneSection {
+    /// Worker threads: as configured, else one per CPU.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 { self.workers } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) }
+    }
+
+    /// VXLAN source sockets: the pool's size, at least one.
+    pub fn source_sockets(&self) -> usize {
+        self.source_ports.max(1)
+    }
+
     pub fn techniques(&self) -> Techniques {
         let tap_offloads = self.tap_offloads.unwrap_or(self.offloads);
         Techniques {
@@ -303,45 +306,6 @@ impl Default for ConntrackSection {
     }
 }
 
-/// A pod to attach: its namespace (`/run/netns/<netns>` or an absolute path) and IP.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PodSpec {
-    pub name: String,
-    pub netns: String,
-    pub ip: Ipv4Addr,
-    /// The MAC of the pod's eth0 (default 0a:58 + pod IP, as the CNI bridge plugin does).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac: Option<MacAddr>,
-    /// The interface's name inside the pod (default `eth0`; CNI's `CNI_IFNAME`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ifname: Option<String>,
-}
-
-impl PodSpec {
-    /// The interface's name inside the pod.
-    pub fn ifname(&self) -> &str {
-        self.ifname.as_deref().unwrap_or("eth0")
-    }
-    pub fn mac(&self) -> MacAddr {
-        self.mac.unwrap_or_else(|| {
-            let o = self.ip.octets();
-            MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]])
-        })
-    }
-    /// The namespace file.
-    pub fn netns_path(&self) -> PathBuf {
-        if self.netns.starts_with('/') { PathBuf::from(&self.netns) } else { Path::new("/run/netns").join(&self.netns) }
-    }
-    /// Calico-style host-side name: `cali` + 11 hex digits of a hash of the pod name.
-    pub fn port_name(&self) -> String {
-        let h = crate::core::nat::mix64(
-            self.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)),
-        );
-        format!("cali{:011x}", h & 0x0fff_ffff_ffff)
-    }
-}
-
 pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
     let (a, b) = s.split_once('-')?;
     let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
@@ -363,6 +327,15 @@ impl Config {
         })?;
         c.validate()?;
         Ok(c)
+    }
+
+    /// The config with its API socket moved (`run --listen`): part of loading, before
+    /// the config is shared read-only.
+    pub fn listening_on(mut self, socket: Option<PathBuf>) -> Config {
+        if let Some(s) = socket {
+            self.api.socket = s;
+        }
+        self
     }
 
     /// The VTEP address (`None` while the pod CIDR is still to be leased).

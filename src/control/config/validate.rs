@@ -254,7 +254,7 @@ pub fn check_pod(c: &Config, p: &PodSpec) -> Result<(), ConfigError> {
         return Err(err("name", format!("'{}' is not a pod name (want name or namespace/name)", p.name)));
     }
     if let Some(i) = &p.ifname
-        && !crate::cni::spec::valid_ifname(i)
+        && !crate::api::pod::valid_ifname(i)
     {
         return Err(err("ifname", format!("'{i}' is not an interface name")));
     }
@@ -314,7 +314,7 @@ pub fn check_service(c: &Config, s: &ServiceSpec) -> Result<(), ConfigError> {
     }
     let mut seen = HashSet::new();
     for (j, e) in s.endpoints.iter().enumerate() {
-        check_endpoint(c, e).map_err(|p| err(format!("endpoints[{j}]"), p))?;
+        check_endpoint(c, &format!("endpoints[{j}]"), e)?;
         if !seen.insert(*e) {
             return Err(err(format!("endpoints[{j}]"), format!("{e} is listed twice")));
         }
@@ -322,9 +322,9 @@ pub fn check_service(c: &Config, s: &ServiceSpec) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_endpoint(c: &Config, e: &SocketAddrV4) -> Result<(), String> {
+fn check_endpoint(c: &Config, field: &str, e: &SocketAddrV4) -> Result<(), ConfigError> {
     if e.port() == 0 {
-        return Err(format!("{e}: port 0"));
+        return Err(err(field, format!("{e}: port 0")));
     }
     let ip = *e.ip();
     if ip.is_unspecified()
@@ -333,7 +333,7 @@ fn check_endpoint(c: &Config, e: &SocketAddrV4) -> Result<(), String> {
         || ip.is_loopback()
         || c.node.service_cidr.contains(ip)
     {
-        return Err(format!("{e} is not a usable endpoint address"));
+        return Err(err(field, format!("{e} is not a usable endpoint address")));
     }
     Ok(())
 }

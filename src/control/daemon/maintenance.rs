@@ -18,7 +18,7 @@ use crate::io::clock;
 const PERIOD: Duration = Duration::from_secs(1);
 
 /// The sweeping thread; `stop` (or drop) ends it.
-pub(crate) struct Sweeper {
+pub struct Sweeper {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -26,7 +26,7 @@ pub(crate) struct Sweeper {
 impl Sweeper {
     /// Starts sweeping `dp`'s conntrack, counting into counter block `block`, which
     /// nothing else writes.
-    pub(crate) fn spawn(dp: Arc<Dataplane>, block: usize, checkpoint: Option<PathBuf>) -> io::Result<Sweeper> {
+    pub fn spawn(dp: Arc<Dataplane>, block: usize, checkpoint: Option<PathBuf>) -> io::Result<Sweeper> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new().name("ucanal-sweep".into()).spawn(move || {
             loop {
@@ -46,7 +46,7 @@ impl Sweeper {
         Ok(Sweeper { stop: Some(stop), thread: Some(thread) })
     }
 
-    pub(crate) fn stop(mut self) {
+    pub fn stop(mut self) {
         self.shutdown();
     }
 

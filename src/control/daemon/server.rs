@@ -1,6 +1,8 @@
 //! The API server: the Unix socket (root only), one task per client, requests
-//! dispatched to the daemon under its lock; streams (live trace, capture) are served
-//! on the client's own connection without holding it.
+//! dispatched by kind — commands and queries to the daemon under its lock, streams
+//! (live trace, capture) on the client's own connection without holding it, a
+//! successor's hand-over ask to `run`. Lines are read and written through
+//! [`crate::api::codec`].
 //!
 //! Whoever holds the socket cannot turn it against the daemon: a request line is at
 //! most [`MAX_REQUEST`] bytes (a longer one is answered with an error and the
@@ -10,45 +12,53 @@
 //! task is logged and ends that connection only: the dataplane threads never see it.
 
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Semaphore, mpsc};
 
-use super::Daemon;
-use crate::api::{self, Request, Response};
+use crate::api::codec::{self, MAX_REQUEST};
+use crate::api::{ABSTRACT_SOCKET, ApiError, Ask, Command, ErrorCode, Query, Request, Show};
+use crate::control::error::{BindError, ControlError};
+use crate::control::handover::Successor;
+use crate::control::inspect::{self, listings};
+use crate::control::kube::{Parts, listing};
+use crate::control::state::Daemon;
+
+/// API connections served at once.
+pub const MAX_CLIENTS: usize = 64;
+/// How long a connection refused for being one too many gets to read why.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+/// Read and write timeouts of a successor's connection, once `run` serves it.
+const HANDOVER_IO_WAIT: Duration = Duration::from_secs(10);
+
+/// What every client task reaches: the daemon, and where a successor's ask goes.
+#[derive(Clone)]
+pub struct Shared {
+    pub daemon: Arc<Mutex<Daemon>>,
+    pub successors: mpsc::Sender<Successor>,
+}
 
 /// Binds the API socket: mode 0600 in a 0700 directory. A live daemon on the path
 /// is an error; a stale socket file is replaced.
-pub(crate) fn bind_socket(path: &std::path::Path) -> io::Result<UnixListener> {
-    bind_socket_in(path).map_err(|e| {
-        if e.to_string().starts_with("api.socket") {
-            e
-        } else {
-            io::Error::new(e.kind(), format!("api.socket {}: {e}", path.display()))
-        }
-    })
-}
-
-fn bind_socket_in(path: &std::path::Path) -> io::Result<UnixListener> {
+pub fn bind_socket(path: &Path) -> Result<UnixListener, BindError> {
     use std::os::unix::fs::PermissionsExt;
+    let io = |source: io::Error| BindError::Io { path: path.to_path_buf(), source };
     if let Some(dir) = path.parent()
         && !dir.exists()
     {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("api.socket: another ucanal is listening on {}", path.display()),
-            ));
+            return Err(BindError::Busy(path.to_path_buf()));
         }
-        std::fs::remove_file(path)?;
+        std::fs::remove_file(path).map_err(io)?;
     }
     // Create it unreadable for others from the first instant.
     // SAFETY: umask only changes this process's file creation mask.
@@ -56,15 +66,23 @@ fn bind_socket_in(path: &std::path::Path) -> io::Result<UnixListener> {
     let l = UnixListener::bind(path);
     // SAFETY: as above, restoring the previous mask.
     unsafe { libc::umask(old) };
-    let l = l.map_err(|e| io::Error::new(e.kind(), format!("api.socket {}: {e}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let l = l.map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     Ok(l)
 }
 
-/// Longest request line, in bytes (a service with thousands of endpoints fits).
-pub const MAX_REQUEST: usize = 1 << 20;
-/// API connections served at once.
-pub const MAX_CLIENTS: usize = 64;
+/// Binds `@ucanal`, the abstract socket of this network namespace. Abstract sockets
+/// have no file mode: `serve_client` refuses peers that are not root by their
+/// credentials, as it does on the socket file.
+pub fn bind_abstract() -> Result<UnixListener, BindError> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(ABSTRACT_SOCKET).map_err(BindError::Abstract)?;
+    let l = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse { BindError::AbstractBusy } else { BindError::Abstract(e) }
+    })?;
+    l.set_nonblocking(true).map_err(BindError::Abstract)?;
+    UnixListener::from_std(l).map_err(BindError::Abstract)
+}
 
 /// Reads one request line of at most [`MAX_REQUEST`] bytes. `Ok(None)` at the end of
 /// the stream; an error names an oversized line.
@@ -85,97 +103,68 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, buf: &mut V
     Ok(Some(()))
 }
 
-pub(crate) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
+/// The peer's uid is root (or ours).
+fn peer_allowed(stream: &UnixStream) -> bool {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    stream.peer_cred().map(|c| c.uid() == 0 || c.uid() == euid).unwrap_or(false)
+}
+
+async fn serve_client(stream: UnixStream, s: Shared) {
     // Root only, twice over: the socket is 0600 and the peer must be uid 0 (or us).
-    let allowed = stream.peer_cred().map(|c| c.uid() == 0 || c.uid() == unsafe_geteuid()).unwrap_or(false);
+    let allowed = peer_allowed(&stream);
     let (r, mut w) = stream.into_split();
     if !allowed {
-        let _ = w
-            .write_all(
-                format!(
-                    "{}\n",
-                    serde_json::to_string(&Response::error("permission denied: the ucanal API is root-only"))
-                        .unwrap_or_default()
-                )
-                .as_bytes(),
-            )
-            .await;
+        let _ = w.write_all(&codec::error_line(ControlError::PermissionDenied.into())).await;
         return;
     }
+    let d = &s.daemon;
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
-    let mut parts = crate::control::kube::apply::Parts::default();
+    let mut parts = Parts::default();
     loop {
         match read_request(&mut r, &mut buf).await {
             Ok(Some(())) => {}
             Ok(None) => return,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 tracing::warn!("api: {e}");
-                let _ = send(&mut w, &Response::error(e.to_string())).await;
+                let _ = w.write_all(&codec::error_line(ApiError::new(ErrorCode::BadRequest, e))).await;
                 return;
             }
             Err(_) => return,
         }
-        let line = String::from_utf8_lossy(&buf);
-        let req: Request = match api::decode_request(&line) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = send(&mut w, &Response::error(format!("bad request: {e}"))).await;
-                continue;
-            }
-        };
-        match req {
-            Request::TraceLive { filter, count, timeout_ms } => {
-                let obs = d.lock().await.obs.clone();
-                crate::control::daemon::streams::trace_live(&obs, &filter, count, timeout_ms, &mut w).await;
-            }
-            Request::Capture { port, filter, count, timeout_ms } => {
+        let answer = match codec::decode_request(&buf) {
+            Err(e) => codec::error_line(e),
+            Ok(Request::Handover(ask)) => return pass_successor(r, w, ask, &s).await,
+            Ok(Request::Stream(st)) => {
                 let (obs, t) = {
                     let g = d.lock().await;
-                    (g.obs.clone(), g.dp.tables())
+                    (g.plane().observers().clone(), g.plane().dp().tables())
                 };
-                let known = matches!(port.as_str(), "host" | "vxlan" | "flannel.1")
-                    || t.pods().any(|p| p.name == port || p.ifname == port);
-                if !known {
-                    let names: Vec<&str> = t.pods().map(|p| p.name.as_str()).collect();
-                    let _ = send(
-                        &mut w,
-                        &Response::error(format!("no port '{port}' (want host, vxlan or a pod: {names:?})")),
-                    )
-                    .await;
-                    continue;
-                }
-                crate::control::daemon::streams::capture(&obs, &port, &filter, count, timeout_ms, &mut w).await;
-            }
-            req @ (Request::ServiceSet { .. }
-            | Request::ServiceDel { .. }
-            | Request::EndpointAdd { .. }
-            | Request::EndpointDel { .. }) => {
-                let resp = service_request(&d, req).await;
-                if send(&mut w, &resp).await.is_err() {
-                    return;
-                }
-            }
-            Request::Handover { ask } => {
-                pass_successor(r, w, ask, &d).await;
-                return;
-            }
-            Request::Apply { objects, delete, more } => {
-                let resp = match parts.add(objects, delete, more) {
-                    Ok(None) => Response::ok(format!("part {} held", parts.held())),
-                    Ok(Some(objects)) => apply(&d, objects, delete).await,
-                    Err(e) => Response::error(e),
+                let known = |port: &str| {
+                    let known = matches!(port, "host" | "vxlan" | "flannel.1")
+                        || t.pods().any(|p| p.name == port || p.ifname == port);
+                    if known { Ok(()) } else { Err(t.pods().map(|p| p.name.clone()).collect()) }
                 };
-                if send(&mut w, &resp).await.is_err() {
-                    return;
-                }
+                crate::control::daemon::streams::serve(st, &obs, known, &mut w).await;
+                continue;
             }
-            req => {
-                let resp = handle(&d, req).await;
-                if send(&mut w, &resp).await.is_err() {
-                    return;
-                }
-            }
+            Ok(Request::Command(Command::Apply { objects, delete, more })) => match parts.add(objects, delete, more) {
+                Ok(None) => codec::message_line(Ok(format!("part {} held", parts.held()))),
+                Ok(Some(objects)) => apply(d, objects, delete).await,
+                Err(e) => codec::error_line(e.into()),
+            },
+            Ok(Request::Command(
+                c @ (Command::ServiceSet { .. }
+                | Command::ServiceDel { .. }
+                | Command::EndpointAdd { .. }
+                | Command::EndpointDel { .. }),
+            )) => service_command(d, c).await,
+            Ok(Request::Command(c)) => command(d, c).await,
+            Ok(Request::Query(q)) => query(d, q).await,
+        };
+        if w.write_all(&answer).await.is_err() {
+            return;
         }
     }
 }
@@ -184,14 +173,13 @@ pub(crate) async fn serve_client(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
 async fn pass_successor(
     r: BufReader<tokio::net::unix::OwnedReadHalf>,
     mut w: tokio::net::unix::OwnedWriteHalf,
-    ask: crate::control::handover::Ask,
-    d: &Arc<Mutex<Daemon>>,
+    ask: Ask,
+    s: &Shared,
 ) {
-    let to = d.lock().await.successors.clone();
-    let Some(to) = to else {
-        let _ = send(&mut w, &Response::error("hand-over: this ucanal takes no successor")).await;
+    if s.successors.is_closed() {
+        let _ = w.write_all(&codec::error_line(ControlError::NoSuccessor.into())).await;
         return;
-    };
+    }
     let stream = r.into_inner().reunite(w).map_err(io::Error::other).and_then(|s| s.into_std());
     let stream = match stream.and_then(|s| s.set_nonblocking(false).map(|()| s)) {
         Ok(s) => s,
@@ -200,89 +188,80 @@ async fn pass_successor(
             return;
         }
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
-    let _ = to.send(crate::control::handover::Successor { stream, ask }).await;
+    let _ = stream.set_read_timeout(Some(HANDOVER_IO_WAIT));
+    let _ = stream.set_write_timeout(Some(HANDOVER_IO_WAIT));
+    let _ = s.successors.send(Successor { stream, ask }).await;
 }
 
-fn unsafe_geteuid() -> u32 {
-    // SAFETY: geteuid has no arguments and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
-pub(crate) async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> io::Result<()> {
-    let mut s = serde_json::to_string(r).unwrap_or_else(|_| r#"{"ok":false,"error":"unserialisable"}"#.into());
-    s.push('\n');
-    w.write_all(s.as_bytes()).await
-}
-
-async fn handle(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
-    // The big listings read a snapshot taken under the lock and are built without it,
-    // so 100 000 services or a full conntrack table never hold up an update.
-    match &req {
-        Request::Show { what: crate::api::Show::Services } => {
-            let t = d.lock().await.dp.tables();
-            return Response::data(
-                serde_json::to_value(crate::control::inspect::listings::services(&t)).unwrap_or_default(),
-            );
-        }
-        Request::Show { what: crate::api::Show::Conntrack } => {
-            let dp = d.lock().await.dp.clone();
-            let now = crate::io::clock::now();
-            let rows = crate::control::inspect::listings::conntrack(&dp.conntrack.entries(now), now);
-            return Response::data(serde_json::to_value(rows).unwrap_or_default());
-        }
-        Request::Get { what } => {
-            let objs = d.lock().await.kube.snapshot();
-            return Response::data(crate::control::kube::apply::listing(&objs, what));
-        }
-        _ => {}
-    }
+/// A command under the daemon's lock; what it changed goes to the state journal.
+async fn command(d: &Arc<Mutex<Daemon>>, c: Command) -> Vec<u8> {
     let mut d = d.lock().await;
-    let r = match req {
-        Request::PodAdd { pod } => d.add_pod(pod).await,
-        Request::PodDel { name } => d.del_pod(&name).await,
-        Request::ServiceSet { service } => d.set_service(service).await,
-        Request::ServiceDel { name } => d.del_service(&name).await,
-        Request::EndpointAdd { service, endpoint } => d.endpoint(&service, endpoint, true).await,
-        Request::EndpointDel { service, endpoint } => d.endpoint(&service, endpoint, false).await,
-        Request::Show { what } => return Response::data(d.show(what)),
-        Request::Get { what } => {
-            return Response::data(crate::control::kube::apply::listing(&d.kube.snapshot(), &what));
+    let answer = match c {
+        Command::PodAdd { pod } => codec::message_line(d.add_pod(pod, None).await.map_err(Into::into)),
+        Command::PodDel { name } => codec::message_line(d.del_pod(&name).await.map_err(Into::into)),
+        Command::ServiceSet { service } => codec::message_line(d.set_service(service).await.map_err(Into::into)),
+        Command::ServiceDel { name } => codec::message_line(d.del_service(&name).await.map_err(Into::into)),
+        Command::EndpointAdd { service, endpoint } => {
+            codec::message_line(d.endpoint(&service, &endpoint, true).await.map_err(Into::into))
         }
-        Request::Apply { objects, delete, .. } => d.apply_objects(objects, delete).await,
-        Request::Trace { probe } => return d.trace(&probe).map(Response::data).unwrap_or_else(Response::error),
-        Request::CniAdd { attach } => {
-            return d.cni_add(attach).await.map(Response::data).unwrap_or_else(Response::error);
+        Command::EndpointDel { service, endpoint } => {
+            codec::message_line(d.endpoint(&service, &endpoint, false).await.map_err(Into::into))
         }
-        Request::CniDel { container_id, ifname } => d.cni_del(&container_id, &ifname).await,
-        Request::CniCheck { container_id, ifname } => {
-            return d.cni_check(&container_id, &ifname).map(Response::data).unwrap_or_else(Response::error);
+        Command::Apply { objects, delete, .. } => {
+            codec::message_line(d.apply_objects(objects, delete).await.map_err(Into::into))
         }
-        Request::CniGc { network, valid } => d.cni_gc(&network, &valid).await,
-        Request::CniStatus => return Response::data(d.cni_status()),
-        Request::TraceLive { .. } | Request::Capture { .. } | Request::Handover { .. } => {
-            return Response::error("streams are served per connection");
+        Command::CniAdd { attach } => codec::reply_line(d.cni_add(attach).await.map_err(Into::into)),
+        Command::CniDel { container_id, ifname } => {
+            codec::message_line(d.cni_del(&container_id, &ifname).await.map_err(Into::into))
         }
+        Command::CniGc { network, valid } => codec::message_line(d.cni_gc(&network, &valid).await.map_err(Into::into)),
     };
-    match r {
-        Ok(m) => {
-            d.save_state();
-            Response::ok(m)
+    d.save_state();
+    answer
+}
+
+/// A query. The big listings read a snapshot taken under the lock and are built
+/// without it, so 100 000 services or a full conntrack table never hold up an update.
+async fn query(d: &Arc<Mutex<Daemon>>, q: Query) -> Vec<u8> {
+    match q {
+        Query::Show { what } => match what {
+            Show::Services => {
+                let t = d.lock().await.plane().dp().tables();
+                codec::reply_line(Ok(listings::services(&t)))
+            }
+            Show::Conntrack => {
+                let dp = d.lock().await.plane().dp().clone();
+                codec::reply_line(Ok(inspect::conntrack_rows(&dp)))
+            }
+            Show::Routes => codec::reply_line(Ok(d.lock().await.routes())),
+            Show::Neigh => codec::reply_line(Ok(d.lock().await.neigh())),
+            Show::Fdb => codec::reply_line(Ok(d.lock().await.fdb())),
+            Show::Pods => codec::reply_line(Ok(d.lock().await.pods_report())),
+            Show::Counters => codec::reply_line(Ok(d.lock().await.counters())),
+            Show::Node => codec::reply_line(Ok(d.lock().await.node_report())),
+            Show::Peers => codec::reply_line(Ok(d.lock().await.peers_report())),
+        },
+        Query::Get { what } => {
+            let objs = d.lock().await.kube.store.snapshot();
+            codec::reply_line(Ok(listing(&objs, what)))
         }
-        Err(e) => Response::error(e),
+        Query::Trace { probe } => codec::reply_line(d.lock().await.trace(&probe).map_err(Into::into)),
+        Query::CniCheck { container_id, ifname } => {
+            codec::reply_line(d.lock().await.cni_check(&container_id, &ifname).map_err(Into::into))
+        }
+        Query::CniStatus => codec::reply_line(Ok(d.lock().await.cni_status())),
     }
 }
 
 /// `apply`: in a cluster the objects are checked here, then written to etcd without
 /// holding the daemon lock (every node, this one included, applies them from its watch);
 /// with etcd unreachable the request fails naming etcd and nothing changes.
-async fn apply(d: &Arc<Mutex<Daemon>>, objects: Vec<crate::api::kube::Object>, delete: bool) -> Response {
-    let store = d.lock().await.objects.clone();
-    let Some(store) = store else { return handle(d, Request::Apply { objects, delete, more: false }).await };
+async fn apply(d: &Arc<Mutex<Daemon>>, objects: Vec<crate::api::kube::Object>, delete: bool) -> Vec<u8> {
+    let store = d.lock().await.kube.shared.clone();
+    let Some(store) = store else { return command(d, Command::Apply { objects, delete, more: false }).await };
     let t = std::time::Instant::now();
     if let Err(e) = d.lock().await.check_objects(&objects, delete) {
-        return Response::error(e);
+        return codec::error_line(e.into());
     }
     let checked = t.elapsed();
     let r = store.write(&objects, delete).await;
@@ -292,61 +271,40 @@ async fn apply(d: &Arc<Mutex<Daemon>>, objects: Vec<crate::api::kube::Object>, d
         write_ms = (t.elapsed() - checked).as_millis() as u64,
         "apply through etcd"
     );
-    match r {
-        Ok(n) => Response::ok(format!("{n} object(s) {} in etcd", if delete { "deleted" } else { "written" })),
-        Err(e @ crate::control::etcd::EtcdError::Partial { .. }) => Response::error(e),
-        Err(e) => Response::error(format!("{e}; nothing applied")),
-    }
+    let r = r.map_err(|e| ControlError::from(e).into());
+    codec::message_line(r.map(|n| format!("{n} object(s) {} in etcd", if delete { "deleted" } else { "written" })))
 }
 
 /// `service set|del`, `endpoint add|del`: in a cluster, a service that came from etcd
 /// (or a new one) changes through etcd as its Service and Endpoints objects, as `apply`
 /// would write them; services of the node's config, and every service without a
 /// cluster, change on the node alone.
-async fn service_request(d: &Arc<Mutex<Daemon>>, req: Request) -> Response {
+async fn service_command(d: &Arc<Mutex<Daemon>>, c: Command) -> Vec<u8> {
     let plan = {
         let g = d.lock().await;
-        g.objects.is_some().then(|| g.service_objects(&req)).transpose()
+        if g.kube.shared.is_some() { g.service_objects(&c) } else { Ok(None) }
     };
     match plan {
-        Ok(Some(Some((objects, delete)))) => apply(d, objects, delete).await,
-        Ok(_) => handle(d, req).await,
-        Err(e) => Response::error(e),
+        Ok(Some((objects, delete))) => apply(d, objects, delete).await,
+        Ok(None) => command(d, c).await,
+        Err(e) => codec::error_line(e.into()),
     }
 }
 
-/// Binds `@ucanal`, the abstract socket of this network namespace. Abstract sockets
-/// have no file mode: `serve_client` refuses peers that are not root by their
-/// credentials, as it does on the socket file.
-pub(crate) fn bind_abstract() -> io::Result<UnixListener> {
-    use std::os::linux::net::SocketAddrExt;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(api::ABSTRACT_SOCKET)?;
-    let l = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
-        let why = if e.kind() == io::ErrorKind::AddrInUse {
-            "another ucanal is running in this network namespace".to_string()
-        } else {
-            e.to_string()
-        };
-        io::Error::new(e.kind(), format!("api: abstract socket @{}: {why}", api::ABSTRACT_SOCKET))
-    })?;
-    l.set_nonblocking(true)?;
-    UnixListener::from_std(l)
-}
-
 /// Accepts API clients on every listener until aborted, one task each.
-pub(crate) async fn serve(listeners: Vec<UnixListener>, d: Arc<Mutex<Daemon>>) {
+pub async fn serve(listeners: Vec<UnixListener>, s: Shared) {
     // A JoinSet aborts its tasks when dropped, so aborting `serve` closes every listener.
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     let mut loops = tokio::task::JoinSet::new();
     for l in listeners {
-        loops.spawn(accept_loop(l, d.clone(), slots.clone()));
+        loops.spawn(accept_loop(l, s.clone(), slots.clone()));
     }
     while loops.join_next().await.is_some() {}
 }
 
 /// Accepts API clients on one listener until aborted, one task each; `slots` bounds
 /// the connections of every listener together to [`MAX_CLIENTS`].
-async fn accept_loop(listener: UnixListener, d: Arc<Mutex<Daemon>>, slots: Arc<Semaphore>) {
+async fn accept_loop(listener: UnixListener, s: Shared, slots: Arc<Semaphore>) {
     let mut backoff = Backoff::default();
     loop {
         match listener.accept().await {
@@ -356,9 +314,9 @@ async fn accept_loop(listener: UnixListener, d: Arc<Mutex<Daemon>>, slots: Arc<S
                     tokio::spawn(refuse(stream));
                     continue;
                 };
-                let d = d.clone();
+                let s = s.clone();
                 tokio::spawn(async move {
-                    let r = std::panic::AssertUnwindSafe(serve_client(stream, d)).catch_unwind().await;
+                    let r = std::panic::AssertUnwindSafe(serve_client(stream, s)).catch_unwind().await;
                     if let Err(p) = r {
                         let what = p
                             .downcast_ref::<&str>()
@@ -380,8 +338,8 @@ async fn accept_loop(listener: UnixListener, d: Arc<Mutex<Daemon>>, slots: Arc<S
 /// One connection too many: told so, without waiting for it to speak.
 async fn refuse(stream: UnixStream) {
     let (_, mut w) = stream.into_split();
-    let msg = format!("too many API connections (at most {MAX_CLIENTS}); try again");
-    let _ = tokio::time::timeout(Duration::from_secs(1), send(&mut w, &Response::error(msg))).await;
+    let line = codec::error_line(ControlError::Busy(MAX_CLIENTS).into());
+    let _ = tokio::time::timeout(REFUSAL_WAIT, w.write_all(&line)).await;
 }
 
 /// Accept errors (EMFILE past the open-file limit, ENFILE, ENOMEM) do not go away by
@@ -396,6 +354,7 @@ struct Backoff {
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(10);
     const MAX: Duration = Duration::from_secs(1);
+    const LOG_EVERY: Duration = Duration::from_secs(1);
 
     fn reset(&mut self) {
         self.delay = Duration::ZERO;
@@ -403,7 +362,7 @@ impl Backoff {
 
     async fn wait(&mut self, e: &io::Error) {
         self.delay = (self.delay * 2).clamp(Self::FIRST, Self::MAX);
-        if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        if self.logged.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY) {
             tracing::warn!(
                 "api accept: {e} ({} more since the last report); retrying in {:?}",
                 self.suppressed,

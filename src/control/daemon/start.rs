@@ -2,42 +2,46 @@
 //! node is configured (or adopted from a previous ucanal), then the workers start —
 //! on fresh sockets and TAP queues, or on the fds a running predecessor hands over
 //! (see `handover`). A failure at any step undoes the steps before it, except what a
-//! predecessor still owns.
+//! predecessor still owns. The state file and the lease file are read once, when no
+//! live predecessor can change them any more.
 
-use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{CONTROL_BLOCKS, Daemon, RunError, random_seed, setup, workers_for};
-use crate::control::cluster::membership as cluster;
-use crate::control::config::{Config, PodSpec};
-use crate::control::handover::{self, Ask, HandoverError};
-use crate::control::node;
-use crate::control::persist as restart;
-use crate::control::persist::statefile;
-use crate::core::nat::conntrack::Conntrack;
-use crate::core::nat::service::ServiceTable;
-use crate::core::tables::{NodeInfo, Tables};
-use crate::core::{Dataplane, PortId};
-use crate::io::observe::Observers;
-use crate::io::stats::PortStats;
+use crate::api::PodSpec;
+use crate::control::cluster::membership::{self, Joined};
+use crate::control::config::Config;
+use crate::control::error::RunError;
+use crate::control::handover::{self, HandoverError, Offer, Pending, Taken};
+use crate::control::ipam::Ipam;
+use crate::control::node::{self, NodeBook};
+use crate::control::persist::{self, Paths, Persist, State, statefile};
+use crate::control::plane::Plane;
+use crate::control::services::ServiceBook;
+use crate::control::state::{Daemon, Lifecycle, StartMode};
+use crate::core::tables::NodeInfo;
+use crate::io::clock;
 use crate::io::tap;
 use crate::io::underlay::Underlay;
-use crate::io::worker::{self, WorkerConfig};
-
-pub(crate) type Joined =
-    Option<(crate::control::cluster::member::Member, tokio::sync::watch::Receiver<cluster::PeerSet>)>;
+use crate::io::worker::{TxPool, WorkerConfig};
 
 /// Longest wait for a predecessor that refused a hand-over to exit.
 const PREDECESSOR_EXIT: Duration = Duration::from_secs(60);
 
-/// What a hand-over leaves for `run`: the API listeners, and the word that lets the
-/// old ucanal exit.
-pub(crate) struct Handed {
-    pub(crate) listeners: Vec<OwnedFd>,
-    pub(crate) taken: handover::Taken,
+/// A started daemon, with what `run` finishes: the cluster to follow, and a hand-over's
+/// API listeners and the word that lets the old ucanal exit.
+pub struct Started {
+    pub daemon: Daemon,
+    pub joined: Option<Joined>,
+    pub handed: Option<Handed>,
+}
+
+/// What a hand-over leaves for `run`.
+pub struct Handed {
+    pub listeners: Vec<OwnedFd>,
+    pub taken: Taken,
 }
 
 /// The fds the workers run on.
@@ -48,29 +52,24 @@ struct WorkerFds {
     host: Vec<OwnedFd>,
 }
 
-fn ask_for(cfg: &Config) -> Ask {
-    let tech = cfg.dataplane.techniques();
-    Ask {
-        version: handover::offer::VERSION,
-        workers: workers_for(cfg),
-        source_ports: cfg.dataplane.source_ports.max(1),
-        tap_offloads: tech.tap_offloads,
-        udp_gro: tech.udp_gro,
-    }
+/// What the pods and services of a start come from.
+struct Origin {
+    from: StartMode,
+    state: Option<State>,
 }
 
 /// With `--keep-on-exit`: a ucanal live on our socket is asked to hand over. A
 /// refusal other than "not stopping" falls back to the cold start once it exited.
-pub(crate) fn predecessor(cfg: &Config) -> Result<Option<handover::Pending>, RunError> {
+fn predecessor(cfg: &Config) -> Result<Option<Pending>, RunError> {
     let socket = &cfg.api.socket;
-    match tokio::task::block_in_place(|| handover::ask(socket, ask_for(cfg))) {
+    match tokio::task::block_in_place(|| handover::ask(socket, handover::ask_for(cfg))) {
         Ok(p) => {
             if p.is_some() {
                 tracing::info!("a running ucanal on {} accepted to hand over", socket.display());
             }
             Ok(p)
         }
-        Err(e @ HandoverError::NotStopping(_)) => Err(setup(e)),
+        Err(e @ HandoverError::NotStopping(_)) => Err(e.into()),
         Err(e) => {
             tracing::warn!("{e}; waiting for the old ucanal to exit, then starting cold");
             wait_predecessor(socket)?;
@@ -83,226 +82,231 @@ fn wait_predecessor(socket: &std::path::Path) -> Result<(), RunError> {
     if tokio::task::block_in_place(|| handover::wait_gone(socket, PREDECESSOR_EXIT)) {
         return Ok(());
     }
-    Err(setup(format!("api.socket: the ucanal on {} did not exit within {PREDECESSOR_EXIT:?}", socket.display())))
+    Err(RunError::PredecessorStuck { socket: socket.to_path_buf(), wait: PREDECESSOR_EXIT })
 }
 
-fn open_fds(cfg: &Config, node: &NodeInfo, workers: usize, keep: bool) -> Result<WorkerFds, RunError> {
-    let tech = cfg.dataplane.techniques();
-    let u = Underlay::open(node.node_ip, node.vxlan_port, workers, cfg.dataplane.source_ports, tech.udp_gro)
-        .map_err(setup)?;
+fn open_fds(cfg: &Config, node: &NodeInfo, keep: bool) -> Result<WorkerFds, RunError> {
+    let (dp, tech) = (&cfg.dataplane, cfg.dataplane.techniques());
+    let u = Underlay::open(node.node_ip, node.vxlan_port, dp.worker_count(), dp.source_sockets(), tech.udp_gro)
+        .map_err(RunError::Kernel)?;
     let persist = if keep { tap::Persist::Keep } else { tap::Persist::No };
-    let host = tap::open_with(&cfg.node.host_port, workers, tech.tap_offloads, persist).map_err(setup)?;
+    let host =
+        tap::open_with(&cfg.node.host_port, dp.worker_count(), tech.tap_offloads, persist).map_err(RunError::Kernel)?;
     Ok(WorkerFds { rx: u.rx, tx: u.tx, tx_ports: u.tx_ports, host })
 }
 
-fn new_daemon(
-    cfg: &Config,
-    node: &NodeInfo,
-    keep: Option<restart::Paths>,
-    state: Option<&restart::State>,
-    leases: crate::control::ipam::LeaseFile,
-    workers: usize,
-) -> Daemon {
-    let tech = cfg.dataplane.techniques();
-    Daemon {
-        node: node.clone(),
-        dp: Arc::new(
-            Dataplane::new(
-                Tables::build(0, node.clone(), 0, &[], &[], ServiceTable::default()),
-                Conntrack::new(cfg.conntrack.max, cfg.conntrack.timeouts),
-                workers + CONTROL_BLOCKS,
-            )
-            .with_tap_offloads(tech.tap_offloads),
-        ),
-        obs: Arc::new(Observers::new(node.name.clone())),
-        stats: Arc::new(PortStats::new(workers)),
-        workers: Vec::new(),
-        pods: Vec::new(),
-        free_ports: Vec::new(),
-        next_port: 1,
-        services: ServiceTable::default(),
-        service_names: Default::default(),
-        generation: 0,
-        seed: state.map_or_else(random_seed, |s| s.seed),
-        tx_ports: Vec::new(),
-        steers: Default::default(),
-        restore_sysctls: state.map(|s| node::sysctls_from_names(&s.restore_sysctls)).unwrap_or_default(),
-        membership: None,
-        kube: Default::default(),
-        objects: None,
-        leases,
-        cfg: Config { pods: Vec::new(), ..cfg.clone() },
-        adopted: state.is_some(),
-        keep: keep.clone(),
-        restoring: false,
-        wio: None,
-        handing: false,
-        handed_pods: HashMap::new(),
-        unstarted: Vec::new(),
-        successors: None,
-        pod_cidr_from: String::new(),
-        statefile: keep.map(|k| statefile::StateFile::new(k, state.map_or(0, |s| s.seq))),
-    }
+fn load_ipam(cfg: &Config, node: &NodeInfo) -> Result<Ipam, RunError> {
+    Ok(Ipam::load(Ipam::path_for(&cfg.api.socket), node.pod_cidr, node.vtep_ip)?)
 }
 
-pub(crate) async fn start(
-    cfg: Config,
-    keep: Option<restart::Paths>,
-    state: Option<restart::State>,
-    pending: Option<handover::Pending>,
-) -> Result<(Daemon, Joined, Option<Handed>), RunError> {
-    node::preflight(&cfg, keep.is_some(), pending.is_some()).await?;
+/// Starts the daemon of `cfg` (`keep_on_exit`: `run --keep-on-exit`).
+pub async fn start(cfg: Config, keep_on_exit: bool) -> Result<Started, RunError> {
+    let keep = keep_on_exit.then(|| Paths::for_socket(&cfg.api.socket));
+    // A live predecessor on our socket: ask it to hand over (see `handover`).
+    let pending = if keep.is_some() { predecessor(&cfg)? } else { None };
+    // A hand-over carries the state; otherwise it is the previous ucanal's file.
+    let origin = match (&pending, keep.as_ref().and_then(statefile::load)) {
+        (Some(_), _) => Origin { from: StartMode::HandedOver, state: None },
+        (None, Some(st)) => {
+            tracing::info!(
+                pods = st.pods.len(),
+                services = st.services.len(),
+                "resuming from the previous ucanal's state"
+            );
+            Origin { from: StartMode::Resumed, state: Some(st) }
+        }
+        (None, None) => Origin { from: StartMode::Cold, state: None },
+    };
+    let pods = origin.state.as_ref().map_or_else(|| cfg.pods.clone(), |s| s.pods.clone());
+    node::preflight(&cfg, if pending.is_some() { &[] } else { &pods }, keep.is_some(), pending.is_some()).await?;
     // The lease first: a subnet held by another node stops us before anything exists,
     // and a node without a pod CIDR learns it here.
-    let joined = cluster::join(&cfg, random_seed()).await?;
-    let (cfg, pod_cidr_from) = cluster::settle_pod_cidr(cfg, &joined)?;
-    let node = cfg.node_info().map_err(RunError::Config)?;
-    let lease_path = crate::control::ipam::LeaseFile::path_for(&cfg.api.socket);
-    let leases = crate::control::ipam::LeaseFile::load(lease_path, node.pod_cidr, node.vtep_ip).map_err(setup)?;
-    let n_workers = workers_for(&cfg);
-    // Taking over, the predecessor's sockets and queues come later, at `go`.
-    let fresh = if pending.is_none() { Some(open_fds(&cfg, &node, n_workers, keep.is_some())?) } else { None };
-    let mut d = new_daemon(&cfg, &node, keep, state.as_ref(), leases, n_workers);
-    d.pod_cidr_from = pod_cidr_from;
-    let specs = std::mem::take(&mut d.cfg.services);
-    set_services(&mut d, specs);
-    d.adopted |= pending.is_some();
-    d.handing = pending.is_some();
-    if let Err(e) = d.configure_node().await {
-        d.teardown().await;
-        return Err(e);
-    }
-    let (fds, pods, handed) = match take_over(&mut d, &cfg, fresh, pending).await {
+    let joined = membership::join(&cfg, random_seed()).await?;
+    let (cfg, pod_cidr_from) = membership::settle_pod_cidr(cfg, &joined)?;
+    let cfg = Arc::new(cfg);
+    let info = cfg.node_info().map_err(RunError::Config)?;
+    let mut d = assemble(&cfg, &info, pod_cidr_from, keep, &origin, pending.is_some())?;
+    let (fds, pods, handed) = match take_over(&mut d, &info, pending, pods).await {
         Ok(x) => x,
         Err(e) => {
             d.teardown().await;
             return Err(e);
         }
     };
-    d.tx_ports = fds.tx_ports.clone();
-    d.rebuild();
-    d.restoring = d.adopted;
-    // Handed-over pods are in the tables before the first worker reads a frame.
-    let mut r = if handed.is_some() { add_pods(&mut d, &pods).await } else { Ok(()) };
-    r = r.and_then(|()| run_workers(&mut d, &cfg, fds));
-    if r.is_ok() && handed.is_none() {
-        r = add_pods(&mut d, &pods).await;
-    }
-    if let Err(e) = r {
+    if let Err(e) = run_pods(&mut d, fds, &pods, handed.is_some()).await {
         d.teardown().await;
         return Err(e);
     }
-    d.restoring = false;
-    d.handed_pods.clear();
+    d.started();
     d.snapshot_state();
-    let tech = cfg.dataplane.techniques();
     tracing::info!(
-        node = %node.name, adopted = d.adopted, handed_over = handed.is_some(), workers = n_workers, batch = cfg.dataplane.batch, techniques = ?tech, pods = d.pods.len(), services = d.services.len(),
-        source_ports = ?d.tx_ports, "dataplane up"
+        node = %info.name, adopted = d.life.from() != StartMode::Cold, handed_over = handed.is_some(),
+        workers = cfg.dataplane.worker_count(), batch = cfg.dataplane.batch, techniques = ?cfg.dataplane.techniques(),
+        pods = d.pods.len(), services = d.services.len(), source_ports = ?d.plane.tx_ports(), "dataplane up"
     );
-    Ok((d, joined, handed))
+    Ok(Started { daemon: d, joined, handed })
 }
 
-/// The services to start with (checked by the config, or written by the ucanal
-/// before us: no clashes).
-fn set_services(d: &mut Daemon, specs: Vec<crate::core::nat::service::ServiceSpec>) {
-    d.services = ServiceTable::default();
-    d.service_names.clear();
-    for s in specs {
-        d.service_names.insert(s.name.clone(), (s.protocol, s.cluster_ip, s.port));
-        d.services.insert(crate::core::nat::service::Service::carrying(s, None));
-    }
+/// The daemon's books for `origin`. Taking over (`pending`), the services and the
+/// leases come later: the predecessor may change them until it stops.
+fn assemble(
+    cfg: &Arc<Config>,
+    info: &NodeInfo,
+    pod_cidr_from: String,
+    keep: Option<Paths>,
+    origin: &Origin,
+    pending: bool,
+) -> Result<Daemon, RunError> {
+    let st = origin.state.as_ref();
+    let node = NodeBook::new(info.clone(), pod_cidr_from, st.map_or(&[], |s| &s.restore_sysctls));
+    let plane = Plane::new(cfg, info, cfg.dataplane.worker_count(), st.map_or_else(random_seed, |s| s.seed));
+    let services = match (pending, st) {
+        (true, _) => ServiceBook::default(),
+        (false, Some(s)) => ServiceBook::new(s.services.clone()),
+        (false, None) => ServiceBook::new(cfg.services.clone()),
+    };
+    let ipam = if pending {
+        Ipam::unread(Ipam::path_for(&cfg.api.socket), info.pod_cidr, info.vtep_ip)
+    } else {
+        load_ipam(cfg, info)?
+    };
+    let persist = keep.map(|k| Persist::new(k, st.map_or(0, |s| s.seq)));
+    Ok(Daemon::new(cfg.clone(), origin.from, node, plane, services, ipam, persist))
 }
 
-async fn add_pods(d: &mut Daemon, pods: &[PodSpec]) -> Result<(), RunError> {
-    for (i, p) in pods.iter().enumerate() {
-        d.add_pod(p.clone()).await.map_err(|e| setup(format!("pods[{i}] ({}): {e}", p.name)))?;
-    }
-    Ok(())
-}
-
-/// The fds, pods and conntrack to start with: fresh ones and the checkpoint file, or
-/// the predecessor's (`go`). A predecessor that fails at `go` is waited for, then the
-/// start goes on cold.
+/// Configures the node, then gets the fds, pods and conntrack to start with: fresh
+/// ones and the checkpoint file, or the predecessor's (`go`). A predecessor that fails
+/// at `go` is waited for, then the start goes on from its state file.
 async fn take_over(
     d: &mut Daemon,
-    cfg: &Config,
-    fresh: Option<WorkerFds>,
-    pending: Option<handover::Pending>,
+    info: &NodeInfo,
+    pending: Option<Pending>,
+    pods: Vec<PodSpec>,
 ) -> Result<(WorkerFds, Vec<PodSpec>, Option<Handed>), RunError> {
-    let mut pods = cfg.pods.clone();
-    let fds = match (fresh, pending) {
-        (Some(f), _) => f,
-        (None, Some(p)) => match tokio::task::block_in_place(|| p.go()) {
-            Ok((offer, taken)) => {
-                let (n, of) = restart::load_checkpoint_bytes(&d.dp, &offer.conntrack, "hand-over");
-                tracing::info!("conntrack: {n} of {of} flows handed over by the previous ucanal");
-                d.seed = offer.state.seed;
-                d.restore_sysctls = node::sysctls_from_names(&offer.state.restore_sysctls);
-                set_services(d, offer.state.services);
-                d.handed_pods = offer.pods;
-                // CNI leases may have changed after our first read.
-                let lease_path = crate::control::ipam::LeaseFile::path_for(&cfg.api.socket);
-                d.leases = crate::control::ipam::LeaseFile::load(lease_path, d.node.pod_cidr, d.node.vtep_ip)
-                    .map_err(setup)?;
-                let tx_ports = offer.tx.iter().map(|s| s.local_addr().map(|a| a.port()).unwrap_or(0)).collect();
-                let fds = WorkerFds { rx: offer.rx, tx: offer.tx, tx_ports, host: offer.host };
-                let handed = Handed { listeners: offer.listeners, taken };
-                return Ok((fds, offer.state.pods, Some(handed)));
-            }
-            Err(e) => {
-                tracing::warn!("{e}; waiting for the old ucanal to exit, then starting cold");
-                wait_predecessor(&cfg.api.socket)?;
-                d.handing = false;
-                if let Some(st) = d.keep.as_ref().and_then(statefile::load) {
-                    d.seed = st.seed;
-                    d.restore_sysctls = node::sysctls_from_names(&st.restore_sysctls);
-                    set_services(d, st.services);
-                    pods = st.pods;
-                }
-                open_fds(cfg, &d.node, workers_for(cfg), d.keep.is_some())?
-            }
-        },
-        (None, None) => unreachable!("start opens fresh fds when nobody hands over"),
+    let cfg = d.cfg.clone();
+    let keep = d.persist.is_some();
+    let adopted = d.life.from() != StartMode::Cold;
+    let Some(p) = pending else {
+        // The host port first: configuring the node configures it.
+        let fds = open_fds(&cfg, info, keep)?;
+        let node_ports: Vec<(u8, u16)> = d.services.node_ports().collect();
+        d.node.configure(&cfg, adopted, node_ports.into_iter()).await?;
+        load_checkpoint_file(d);
+        return Ok((fds, pods, None));
     };
-    if let Some(k) = &d.keep {
-        let (n, of) = restart::load_checkpoint(&d.dp, &k.conntrack);
+    // A live predecessor's host port, rules and NodePort steering stay as they are; its
+    // NodePorts are adopted after `go`.
+    d.node.configure(&cfg, adopted, std::iter::empty()).await?;
+    match tokio::task::block_in_place(|| p.go()) {
+        Ok((offer, taken)) => {
+            let Offer { listeners, rx, tx, host, pods: handed_pods, state, conntrack } = offer;
+            let (n, of) = persist::load_checkpoint_bytes(d.plane.dp(), &conntrack, "hand-over");
+            tracing::info!("conntrack: {n} of {of} flows handed over by the previous ucanal");
+            d.plane.set_seed(state.seed);
+            d.node.adopt_sysctls(&state.restore_sysctls);
+            d.services = ServiceBook::new(state.services);
+            d.node.adopt_steers(d.services.node_ports());
+            d.life = Lifecycle::Starting { from: StartMode::HandedOver, handed: handed_pods };
+            d.ipam = load_ipam(&cfg, info)?;
+            if let Some(p) = &mut d.persist {
+                *p = Persist::new(p.paths().clone(), state.seq);
+            }
+            let tx_ports = tx.iter().map(|s| s.local_addr().map(|a| a.port()).unwrap_or(0)).collect();
+            Ok((WorkerFds { rx, tx, tx_ports, host }, state.pods, Some(Handed { listeners, taken })))
+        }
+        Err(e) => {
+            tracing::warn!("{e}; waiting for the old ucanal to exit, then starting cold");
+            wait_predecessor(&cfg.api.socket)?;
+            // Its TAPs and rules are left for us, as after a restart.
+            d.life = Lifecycle::Starting { from: StartMode::Resumed, handed: Default::default() };
+            let mut pods = cfg.pods.clone();
+            if let Some(st) = d.persist.as_ref().and_then(|p| statefile::load(p.paths())) {
+                d.plane.set_seed(st.seed);
+                d.node.adopt_sysctls(&st.restore_sysctls);
+                d.services = ServiceBook::new(st.services);
+                if let Some(p) = &mut d.persist {
+                    *p = Persist::new(p.paths().clone(), st.seq);
+                }
+                pods = st.pods;
+            } else {
+                d.services = ServiceBook::new(cfg.services.clone());
+            }
+            d.node.sync_steers(&cfg, d.services.node_ports()).await.map_err(RunError::Kernel)?;
+            d.ipam = load_ipam(&cfg, info)?;
+            let fds = open_fds(&cfg, info, keep)?;
+            load_checkpoint_file(d);
+            Ok((fds, pods, None))
+        }
+    }
+}
+
+/// The conntrack checkpoint a previous ucanal left (with `--keep-on-exit`).
+fn load_checkpoint_file(d: &Daemon) {
+    if let Some(p) = &d.persist {
+        let (n, of) = persist::load_checkpoint(d.plane.dp(), &p.paths().conntrack);
         if of > 0 {
             tracing::info!("conntrack: {n} of {of} flows taken over from the previous ucanal");
         }
     }
-    Ok((fds, pods, None))
+}
+
+/// Publishes the first tables, then attaches the pods and starts the workers: handed
+/// over pods first (they are in the tables before the first worker reads a frame),
+/// otherwise the workers first.
+async fn run_pods(d: &mut Daemon, fds: WorkerFds, pods: &[PodSpec], handed: bool) -> Result<(), RunError> {
+    d.plane.set_tx_ports(fds.tx_ports.clone());
+    d.publish();
+    if handed {
+        add_pods(d, pods).await?;
+    }
+    run_workers(d, fds)?;
+    if !handed {
+        add_pods(d, pods).await?;
+    }
+    Ok(())
+}
+
+async fn add_pods(d: &mut Daemon, pods: &[PodSpec]) -> Result<(), RunError> {
+    for (index, p) in pods.iter().enumerate() {
+        d.add_pod(p.clone(), None).await.map_err(|source| RunError::Pod { index, name: p.name.clone(), source })?;
+    }
+    Ok(())
 }
 
 /// Starts one worker per VXLAN receive socket, each with its queue of the host port.
-fn run_workers(d: &mut Daemon, cfg: &Config, fds: WorkerFds) -> Result<(), RunError> {
-    let tech = cfg.dataplane.techniques();
+fn run_workers(d: &mut Daemon, fds: WorkerFds) -> Result<(), RunError> {
+    let dp = &d.cfg.dataplane;
+    let tech = dp.techniques();
     let wcfg = WorkerConfig {
-        batch: cfg.dataplane.batch,
+        batch: dp.batch,
         udp_gso: tech.udp_gso,
         gro: tech.gro,
-        busy_poll_us: cfg.dataplane.busy_poll_us,
-        sg_gso: cfg.dataplane.sg_gso,
-        zerocopy: cfg.dataplane.zerocopy,
-        relay: cfg.dataplane.relay,
-        vxlan_port: d.node.vxlan_port,
+        busy_poll_us: dp.busy_poll_us,
+        sg_gso: dp.sg_gso,
+        zerocopy: dp.zerocopy,
+        relay: dp.relay,
+        vxlan_port: d.node.info().vxlan_port,
+        host_mtu: d.node.info().mtu,
     };
     let tx = Arc::new(fds.tx);
-    let zc = if cfg.dataplane.zerocopy {
+    let zc = if dp.zerocopy {
         for s in tx.iter() {
-            crate::io::zerocopy::enable(std::os::fd::AsRawFd::as_raw_fd(s))
-                .map_err(|e| setup(format!("SO_ZEROCOPY on a VXLAN socket: {e}")))?;
+            crate::io::zerocopy::enable(std::os::fd::AsRawFd::as_raw_fd(s)).map_err(|e| {
+                RunError::Kernel(std::io::Error::new(e.kind(), format!("SO_ZEROCOPY on a VXLAN socket: {e}")))
+            })?;
         }
         Some(Arc::new(crate::io::zerocopy::Completions::new(tx.len())))
     } else {
         None
     };
-    d.wio = Some((wcfg, worker::TxPool { sockets: tx, zc }));
-    let mut ports: Vec<Vec<(PortId, OwnedFd)>> = fds.host.into_iter().map(|fd| vec![(PortId::HOST, fd)]).collect();
-    for (port, queues) in std::mem::take(&mut d.unstarted) {
-        for (w, fd) in ports.iter_mut().zip(queues) {
-            w.push((port, fd));
-        }
+    d.plane.start(wcfg, TxPool { sockets: tx, zc }, fds.tx_ports, fds.rx, fds.host).map_err(RunError::Kernel)
+}
+
+/// A seed for the flow hash, from the kernel's randomness.
+pub fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_err() {
+        return clock::now().0 ^ u64::from(std::process::id());
     }
-    d.spawn_workers(fds.rx, ports).map_err(setup)
+    u64::from_ne_bytes(b)
 }

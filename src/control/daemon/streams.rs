@@ -1,15 +1,50 @@
 //! Streaming requests: live traces and captures. Each subscribes to the workers'
-//! observation hooks, forwards events to the client as JSON lines, and unsubscribes
+//! observation hooks, sends the events to the client as reply lines, and unsubscribes
 //! when the count is reached, the time is up, or the client goes away.
 
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 
-use super::send;
-use crate::api::Response;
+use crate::api::codec::{self, Reply};
+use crate::api::{CapturedFrame, Stream, TraceEvent};
+use crate::control::error::ControlError;
 use crate::io::filter::Filter;
 use crate::io::observe::{Event, Observers, PortSel};
+
+/// Serves a stream until its end; `known_port` says whether a capture's port exists
+/// (`Err` with the ports there are).
+pub async fn serve(
+    s: Stream,
+    obs: &Observers,
+    known_port: impl FnOnce(&str) -> Result<(), Vec<String>>,
+    w: &mut OwnedWriteHalf,
+) {
+    let (filter, count, timeout_ms) = match &s {
+        Stream::TraceLive { filter, count, timeout_ms } | Stream::Capture { filter, count, timeout_ms, .. } => {
+            (filter.as_str(), *count, *timeout_ms)
+        }
+    };
+    if let Stream::Capture { port, .. } = &s
+        && let Err(pods) = known_port(port)
+    {
+        return refuse(w, ControlError::NoPort { port: port.clone(), pods }).await;
+    }
+    let f = match Filter::parse(filter) {
+        Ok(f) => f,
+        Err(e) => return refuse(w, ControlError::Filter(e)).await,
+    };
+    let (id, rx) = match &s {
+        Stream::TraceLive { .. } => obs.trace(f, count),
+        Stream::Capture { port, .. } => obs.capture(PortSel::parse(port), f, count),
+    };
+    pump(obs, id, rx, timeout_ms, w).await;
+}
+
+async fn refuse(w: &mut OwnedWriteHalf, e: ControlError) {
+    let _ = w.write_all(&codec::error_line(e.into())).await;
+}
 
 async fn pump(
     obs: &Observers,
@@ -28,68 +63,17 @@ async fn pump(
             None => rx.recv().await,
         };
         let Some(ev) = ev else { break };
-        let data = match ev {
-            Event::Trace(t) => serde_json::to_value(&t).unwrap_or_default(),
-            Event::Frame(f) => serde_json::json!({ "sec": f.sec, "usec": f.usec, "hex": hex(&f.data) }),
+        let line = match ev {
+            Event::Trace(t) => {
+                codec::line(&Reply::data(TraceEvent { node: t.node, time: t.time, steps: t.steps, result: t.result }))
+            }
+            Event::Frame(f) => codec::line(&Reply::data(CapturedFrame { sec: f.sec, usec: f.usec, data: f.data })),
         };
-        if send(w, &Response::data(data)).await.is_err() {
+        if w.write_all(&line).await.is_err() {
             obs.remove(id);
             return;
         }
     }
     obs.remove(id);
-    let _ = send(w, &Response::done()).await;
-}
-
-pub async fn trace_live(obs: &Observers, filter: &str, count: usize, timeout_ms: u64, w: &mut OwnedWriteHalf) {
-    let f = match Filter::parse(filter) {
-        Ok(f) => f,
-        Err(e) => {
-            let _ = send(w, &Response::error(e)).await;
-            return;
-        }
-    };
-    let (id, rx) = obs.trace(f, count);
-    pump(obs, id, rx, timeout_ms, w).await;
-}
-
-pub async fn capture(obs: &Observers, port: &str, filter: &str, count: usize, timeout_ms: u64, w: &mut OwnedWriteHalf) {
-    let f = match Filter::parse(filter) {
-        Ok(f) => f,
-        Err(e) => {
-            let _ = send(w, &Response::error(e)).await;
-            return;
-        }
-    };
-    let (id, rx) = obs.capture(PortSel::parse(port), f, count);
-    pump(obs, id, rx, timeout_ms, w).await;
-}
-
-pub fn hex(b: &[u8]) -> String {
-    const D: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push(D[usize::from(x >> 4)] as char);
-        s.push(D[usize::from(x & 15)] as char);
-    }
-    s
-}
-
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hex_round_trip() {
-        let b = [0u8, 1, 0xab, 0xff];
-        assert_eq!(super::hex(&b), "0001abff");
-        assert_eq!(super::unhex("0001abff").unwrap(), b);
-        assert!(super::unhex("0g").is_none());
-        assert!(super::unhex("abc").is_none());
-    }
+    let _ = w.write_all(&codec::line(&Reply::<()>::done())).await;
 }

@@ -70,13 +70,26 @@ struct RawKv {
 #[serde(try_from = "Value")]
 struct Num(i64);
 
+/// A proto3 int64 that is neither an int64 string nor an int64 number.
+#[derive(Debug)]
+struct NotInt64(Value);
+
+impl std::fmt::Display for NotInt64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Value::String(s) => write!(f, "'{s}' is not an int64"),
+            v => write!(f, "{v} is not an int64"),
+        }
+    }
+}
+
 impl TryFrom<Value> for Num {
-    type Error = String;
-    fn try_from(v: Value) -> Result<Num, String> {
+    type Error = NotInt64;
+    fn try_from(v: Value) -> Result<Num, NotInt64> {
         match &v {
-            Value::String(s) => s.parse().map(Num).map_err(|_| format!("'{s}' is not an int64")),
-            Value::Number(n) => n.as_i64().map(Num).ok_or_else(|| format!("{n} is not an int64")),
-            _ => Err(format!("{v} is not an int64")),
+            Value::String(s) => s.parse().map(Num).map_err(|_| NotInt64(v)),
+            Value::Number(n) => n.as_i64().map(Num).ok_or(NotInt64(v)),
+            _ => Err(NotInt64(v)),
         }
     }
 }

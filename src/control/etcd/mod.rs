@@ -36,6 +36,11 @@ pub enum EtcdError {
     Partial { written: usize, of: usize, source: Box<EtcdError> },
 }
 
+/// How long connecting to an endpoint may take before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Idle connections to etcd are closed after this.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+
 /// Per-request deadline: etcd answers a healthy request in milliseconds; a partitioned
 /// one must not stall the control plane for long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -58,9 +63,9 @@ impl EtcdClient {
             return Err(EtcdError::BadEndpoint(String::new()));
         }
         let mut conn = HttpConnector::new();
-        conn.set_connect_timeout(Some(Duration::from_secs(1)));
+        conn.set_connect_timeout(Some(CONNECT_TIMEOUT));
         conn.set_nodelay(true);
-        let http = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(conn);
+        let http = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(conn);
         Ok(EtcdClient { endpoints: endpoints.iter().map(|e| e.trim_end_matches('/').to_string()).collect(), http })
     }
 

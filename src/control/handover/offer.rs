@@ -9,15 +9,14 @@
 //!             "UCANALHO" version(u16 BE) 0(u16) entries_len fds state_len conntrack_len (u32 BE each)
 //!             entries: fds x { kind(u8) index(u16 BE) name_len(u16 BE) name }
 //!             ceil(fds / 250) x { one byte 'F' carrying up to 250 fds }
-//!             state (the JSON of `restart::State`), conntrack (a `core::nat::checkpoint`)
+//!             state (the JSON of `persist::State`), conntrack (a `core::nat::checkpoint`)
 //! new -> old  running\n   (its workers run on the fds; the old one exits without a teardown)
 //! ```
 //!
-//! This module owns the offer's encoding and its decoder, which checks every length
+//! The ask itself is the API's ([`crate::api::Ask`]). This module owns the offer's
+//! encoding and its decoder, which checks every length
 //! against a bound and names the fault; it never panics on any input (fuzz target
 //! `handover`).
-
-use serde::{Deserialize, Serialize};
 
 /// The version of this exchange; an offer or ask of another version is refused.
 pub const VERSION: u16 = 1;
@@ -30,20 +29,6 @@ pub const MAX_FDS: u32 = 1 << 16;
 pub const MAX_ENTRIES_LEN: u32 = 1 << 24;
 pub const MAX_STATE_LEN: u32 = 1 << 26;
 pub const MAX_CONNTRACK_LEN: u32 = 1 << 30;
-
-/// What the successor asks for: the offer must fit the workers it will start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Ask {
-    pub version: u16,
-    /// Worker threads: one VXLAN socket and one queue of every TAP each.
-    pub workers: usize,
-    /// VXLAN source sockets.
-    pub source_ports: usize,
-    /// The TAPs' offloads (`TUNSETOFFLOAD`) and the VXLAN sockets' `UDP_GRO`.
-    pub tap_offloads: bool,
-    pub udp_gro: bool,
-}
 
 /// What one handed fd is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +78,7 @@ impl Header {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WireError {
+pub enum OfferError {
     #[error("hand-over offer: shorter than its {HEADER_LEN}-byte header")]
     Short,
     #[error("hand-over offer: bad magic (not a ucanal hand-over)")]
@@ -146,16 +131,16 @@ fn be32(b: &[u8], at: usize) -> u32 {
 }
 
 /// Decodes the fixed header; every length is checked against its bound.
-pub fn decode_header(b: &[u8]) -> Result<Header, WireError> {
+pub fn decode_header(b: &[u8]) -> Result<Header, OfferError> {
     if b.len() < HEADER_LEN {
-        return Err(WireError::Short);
+        return Err(OfferError::Short);
     }
     if &b[..8] != MAGIC {
-        return Err(WireError::Magic);
+        return Err(OfferError::Magic);
     }
     let version = u16::from_be_bytes([b[8], b[9]]);
     if version != VERSION {
-        return Err(WireError::Version(version));
+        return Err(OfferError::Version(version));
     }
     let h = Header {
         version,
@@ -171,32 +156,32 @@ pub fn decode_header(b: &[u8]) -> Result<Header, WireError> {
         ("conntrack_len", h.conntrack_len, MAX_CONNTRACK_LEN),
     ] {
         if got > max {
-            return Err(WireError::TooLarge { what, got, max });
+            return Err(OfferError::TooLarge { what, got, max });
         }
     }
     Ok(h)
 }
 
 /// Decodes the entries (`h.entries_len` bytes): exactly one per fd.
-pub fn decode_entries(h: &Header, b: &[u8]) -> Result<Vec<Entry>, WireError> {
+pub fn decode_entries(h: &Header, b: &[u8]) -> Result<Vec<Entry>, OfferError> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < b.len() {
         let index = out.len();
         if out.len() >= h.fds as usize {
-            return Err(WireError::Trailing(b.len() - at));
+            return Err(OfferError::Trailing(b.len() - at));
         }
-        let Some(fixed) = b.get(at..at + 5) else { return Err(WireError::Truncated { index }) };
+        let Some(fixed) = b.get(at..at + 5) else { return Err(OfferError::Truncated { index }) };
         let (kind, n, len) =
             (fixed[0], u16::from_be_bytes([fixed[1], fixed[2]]), u16::from_be_bytes([fixed[3], fixed[4]]));
         at += 5;
-        let Some(name) = b.get(at..at + usize::from(len)) else { return Err(WireError::Truncated { index }) };
+        let Some(name) = b.get(at..at + usize::from(len)) else { return Err(OfferError::Truncated { index }) };
         at += usize::from(len);
         // One encoding per entry: the listeners carry no index, only a pod queue a name.
         if (matches!(kind, 1 | 2) && n != 0) || (matches!(kind, 1..=5) && len != 0) {
-            return Err(WireError::Extra { index, kind });
+            return Err(OfferError::Extra { index, kind });
         }
-        let name = std::str::from_utf8(name).map_err(|_| WireError::Name { index })?;
+        let name = std::str::from_utf8(name).map_err(|_| OfferError::Name { index })?;
         out.push(match kind {
             1 => Entry::ApiSocket,
             2 => Entry::ApiAbstract,
@@ -204,25 +189,25 @@ pub fn decode_entries(h: &Header, b: &[u8]) -> Result<Vec<Entry>, WireError> {
             4 => Entry::VxlanTx(n),
             5 => Entry::HostQueue(n),
             6 => Entry::PodQueue(n, name.to_string()),
-            kind => return Err(WireError::Kind { index, kind }),
+            kind => return Err(OfferError::Kind { index, kind }),
         });
     }
     if out.len() != h.fds as usize {
-        return Err(WireError::Count { entries: out.len(), fds: h.fds });
+        return Err(OfferError::Count { entries: out.len(), fds: h.fds });
     }
     Ok(out)
 }
 
 /// Decodes a whole header-and-entries buffer (what [`encode`] wrote).
-pub fn decode(b: &[u8]) -> Result<(Header, Vec<Entry>), WireError> {
+pub fn decode(b: &[u8]) -> Result<(Header, Vec<Entry>), OfferError> {
     let h = decode_header(b)?;
     let rest = &b[HEADER_LEN..];
     if rest.len() < h.entries_len as usize {
-        return Err(WireError::Truncated { index: 0 });
+        return Err(OfferError::Truncated { index: 0 });
     }
     let (body, tail) = rest.split_at(h.entries_len as usize);
     if !tail.is_empty() {
-        return Err(WireError::Trailing(tail.len()));
+        return Err(OfferError::Trailing(tail.len()));
     }
     Ok((h, decode_entries(&h, body)?))
 }
@@ -266,47 +251,47 @@ mod tests {
     #[test]
     fn garbled_offers_name_their_fault() {
         let b = encode(&sample(), 10, 20);
-        assert_eq!(decode(&b[..10]), Err(WireError::Short));
+        assert_eq!(decode(&b[..10]), Err(OfferError::Short));
         let mut m = b.clone();
         m[0] = b'X';
-        assert_eq!(decode(&m), Err(WireError::Magic));
+        assert_eq!(decode(&m), Err(OfferError::Magic));
         let mut v = b.clone();
         v[9] = 9;
         let e = decode(&v).unwrap_err();
-        assert_eq!(e, WireError::Version(9));
+        assert_eq!(e, OfferError::Version(9));
         assert_eq!(e.to_string(), "hand-over offer: version 9, this ucanal speaks version 1");
         let mut big = b.clone();
         big[16..20].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(decode(&big), Err(WireError::TooLarge { what: "fds", .. })));
+        assert!(matches!(decode(&big), Err(OfferError::TooLarge { what: "fds", .. })));
         let mut k = b.clone();
         k[HEADER_LEN] = 77;
-        assert_eq!(decode(&k), Err(WireError::Kind { index: 0, kind: 77 }));
+        assert_eq!(decode(&k), Err(OfferError::Kind { index: 0, kind: 77 }));
         let mut fewer = b.clone();
         fewer[16..20].copy_from_slice(&8u32.to_be_bytes());
-        assert_eq!(decode(&fewer), Err(WireError::Count { entries: 7, fds: 8 }));
+        assert_eq!(decode(&fewer), Err(OfferError::Count { entries: 7, fds: 8 }));
         fewer[16..20].copy_from_slice(&6u32.to_be_bytes());
-        assert!(matches!(decode(&fewer), Err(WireError::Trailing(_))));
+        assert!(matches!(decode(&fewer), Err(OfferError::Trailing(_))));
         // The last entry cut short, with the header still claiming the full length.
-        assert!(matches!(decode(&b[..b.len() - 3]), Err(WireError::Truncated { .. })));
+        assert!(matches!(decode(&b[..b.len() - 3]), Err(OfferError::Truncated { .. })));
         let mut name = b.clone();
         let end = name.len() - 1;
         name[end] = 0xff;
-        assert_eq!(decode(&name), Err(WireError::Name { index: 6 }));
+        assert_eq!(decode(&name), Err(OfferError::Name { index: 6 }));
         // Found by the fuzz campaign: an API listener entry with an index (0x017d) decoded, and
         // re-encoded to other bytes. Every entry has one encoding now.
         let mut extra = encode(&[Entry::ApiSocket], 0, 0);
         extra[HEADER_LEN + 1..HEADER_LEN + 3].copy_from_slice(&[0x01, 0x7d]);
-        assert_eq!(decode(&extra), Err(WireError::Extra { index: 0, kind: 1 }));
+        assert_eq!(decode(&extra), Err(OfferError::Extra { index: 0, kind: 1 }));
         let mut named = encode(&[Entry::VxlanRx(1)], 0, 0);
         named.extend_from_slice(b"x");
         named[HEADER_LEN + 4] = 1;
         named[12..16].copy_from_slice(&6u32.to_be_bytes());
-        assert_eq!(decode(&named), Err(WireError::Extra { index: 0, kind: 3 }));
+        assert_eq!(decode(&named), Err(OfferError::Extra { index: 0, kind: 3 }));
         let seed = std::fs::read(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/handover/listener-with-index"),
         )
         .unwrap();
-        assert_eq!(decode(&seed), Err(WireError::Extra { index: 0, kind: 1 }));
+        assert_eq!(decode(&seed), Err(OfferError::Extra { index: 0, kind: 1 }));
     }
 
     #[test]
@@ -320,17 +305,17 @@ mod tests {
         assert_eq!((h.fds, h.fd_messages()), (302, 2));
         assert_eq!(encode(&e, h.state_len as usize, h.conntrack_len as usize), read("cni-pods-300-fds"));
         assert!(decode(&read("one-worker-no-pods")).is_ok());
-        assert_eq!(decode(&read("bad-version")), Err(WireError::Version(2)));
-        assert_eq!(decode(&read("unknown-kind")), Err(WireError::Kind { index: 1, kind: 9 }));
-        assert!(matches!(decode(&read("cut-short")), Err(WireError::Truncated { .. })));
+        assert_eq!(decode(&read("bad-version")), Err(OfferError::Version(2)));
+        assert_eq!(decode(&read("unknown-kind")), Err(OfferError::Kind { index: 1, kind: 9 }));
+        assert!(matches!(decode(&read("cut-short")), Err(OfferError::Truncated { .. })));
     }
 
     #[test]
     fn the_ask_is_a_strict_json_object() {
-        let a = Ask { version: VERSION, workers: 2, source_ports: 8, tap_offloads: true, udp_gro: false };
+        let a = crate::api::Ask { version: VERSION, workers: 2, source_ports: 8, tap_offloads: true, udp_gro: false };
         let s = serde_json::to_string(&a).unwrap();
-        assert_eq!(serde_json::from_str::<Ask>(&s).unwrap(), a);
-        assert!(serde_json::from_str::<Ask>(r#"{"version":1,"workers":2}"#).is_err());
-        assert!(serde_json::from_str::<Ask>(&s.replace("}", r#","extra":1}"#)).is_err());
+        assert_eq!(serde_json::from_str::<crate::api::Ask>(&s).unwrap(), a);
+        assert!(serde_json::from_str::<crate::api::Ask>(r#"{"version":1,"workers":2}"#).is_err());
+        assert!(serde_json::from_str::<crate::api::Ask>(&s.replace("}", r#","extra":1}"#)).is_err());
     }
 }

@@ -10,104 +10,126 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::fds::{recv_exact, recv_line, send_all};
-use super::offer::{self as wire, Ask, Entry, HEADER_LEN, WireError};
-use super::{HandoverError, NOT_STOPPING};
-use crate::api::{Request, Response};
+use super::fds::{recv_exact, send_all};
+use super::offer::{self, Entry, HEADER_LEN, OfferError};
+use crate::api::codec::{Client, ClientError};
+use crate::api::{ApiError, Ask, ErrorCode, Request};
 use crate::control::persist::State;
+
+/// Why taking over from a running ucanal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error(transparent)]
+    Offer(#[from] OfferError),
+    #[error("hand-over: {0}")]
+    Io(#[from] io::Error),
+    #[error("hand-over offer: unreadable answer to the ask: {0}")]
+    Answer(#[from] ClientError),
+    #[error("hand-over offer: state unreadable: {0}")]
+    State(serde_json::Error),
+    #[error("hand-over offer: an fd out of place (index {0})")]
+    Misplaced(u16),
+    #[error("hand-over offer: {what}: fewer than {want} fds")]
+    Missing { what: String, want: usize },
+    /// The running ucanal refused (another version or shape).
+    #[error("{0}")]
+    Refused(ApiError),
+    #[error("api.socket: another ucanal is listening on {0} and is not stopping (send it SIGTERM first)")]
+    NotStopping(String),
+}
 
 /// How long a successor started right after `kill -TERM` retries while the old
 /// ucanal has not yet seen its signal.
 const NOT_STOPPING_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait for any answer of the old ucanal.
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
+/// How long the successor, running, waits for the old ucanal to hang up.
+const GONE_WAIT: Duration = Duration::from_secs(2);
+/// How often the socket is tried again while waiting for the old ucanal.
+const POLL: Duration = Duration::from_millis(20);
 
 /// An accepted hand-over, before `go`: the old ucanal still forwards.
-pub(crate) struct Pending {
+pub struct Pending {
     s: UnixStream,
     ask: Ask,
 }
 
 /// The old ucanal's fds, sorted, with its state and conntrack.
-pub(crate) struct Offer {
+pub struct Offer {
     /// The API socket file's listener and the abstract one.
-    pub(crate) listeners: Vec<OwnedFd>,
-    pub(crate) rx: Vec<UdpSocket>,
-    pub(crate) tx: Vec<UdpSocket>,
-    pub(crate) host: Vec<OwnedFd>,
+    pub listeners: Vec<OwnedFd>,
+    pub rx: Vec<UdpSocket>,
+    pub tx: Vec<UdpSocket>,
+    pub host: Vec<OwnedFd>,
     /// Each pod's queues, by pod name, one per worker.
-    pub(crate) pods: HashMap<String, Vec<OwnedFd>>,
-    pub(crate) state: State,
-    pub(crate) conntrack: Vec<u8>,
+    pub pods: HashMap<String, Vec<OwnedFd>>,
+    pub state: State,
+    pub conntrack: Vec<u8>,
 }
 
 /// The offer is taken; `running` lets the old ucanal exit.
-pub(crate) struct Taken {
+pub struct Taken {
     s: UnixStream,
 }
 
 /// Asks a ucanal listening on `socket` for a hand-over. `Ok(None)`: nobody listens.
-pub(crate) fn ask(socket: &Path, ask: Ask) -> Result<Option<Pending>, HandoverError> {
+pub fn ask(socket: &Path, ask: Ask) -> Result<Option<Pending>, HandoverError> {
     let deadline = Instant::now() + NOT_STOPPING_RETRY;
     loop {
         let Ok(s) = UnixStream::connect(socket) else { return Ok(None) };
         s.set_read_timeout(Some(ANSWER_WAIT))?;
         s.set_write_timeout(Some(ANSWER_WAIT))?;
-        let mut line = serde_json::to_string(&Request::Handover { ask }).map_err(io::Error::other)?;
-        line.push('\n');
-        send_all(&s, line.as_bytes())?;
-        let answer = recv_line(&s, 1 << 16)?;
-        let r: Response = serde_json::from_str(&answer)
-            .map_err(|e| HandoverError::Offer(format!("unreadable answer to the ask ({e}): {answer:?}")))?;
-        if r.ok {
-            return Ok(Some(Pending { s, ask }));
-        }
-        let e = r.error.unwrap_or_default();
-        if !e.starts_with(NOT_STOPPING) {
-            return Err(HandoverError::Refused(e));
+        let mut c = Client::new(s, socket.display());
+        match c.call::<serde::de::IgnoredAny>(&Request::Handover(ask)) {
+            Ok(_) => {
+                let s = c.into_inner().ok_or_else(|| io::Error::other("bytes after the answer to the ask"))?;
+                return Ok(Some(Pending { s, ask }));
+            }
+            Err(ClientError::Refused(e)) if e.code == ErrorCode::NotStopping => {}
+            Err(ClientError::Refused(e)) => return Err(HandoverError::Refused(e)),
+            Err(e) => return Err(e.into()),
         }
         if Instant::now() >= deadline {
             return Err(HandoverError::NotStopping(socket.display().to_string()));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(POLL);
     }
 }
 
 /// Waits (up to `limit`) until nothing accepts connections on `socket`: the old
 /// ucanal has written its last checkpoint and exited.
-pub(crate) fn wait_gone(socket: &Path, limit: Duration) -> bool {
+pub fn wait_gone(socket: &Path, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while UnixStream::connect(socket).is_ok() {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(POLL);
     }
     true
 }
 
 impl Pending {
     /// `go`: the old ucanal stops its workers and sends everything.
-    pub(crate) fn go(self) -> Result<(Offer, Taken), HandoverError> {
+    pub fn go(self) -> Result<(Offer, Taken), HandoverError> {
         send_all(&self.s, b"go\n")?;
         let mut fds = Vec::new();
         let mut head = [0u8; HEADER_LEN];
         recv_exact(&self.s, &mut head, &mut fds)?;
-        let h = wire::decode_header(&head)?;
+        let h = offer::decode_header(&head)?;
         let mut body = vec![0u8; h.entries_len as usize];
         recv_exact(&self.s, &mut body, &mut fds)?;
-        let entries = wire::decode_entries(&h, &body)?;
+        let entries = offer::decode_entries(&h, &body)?;
         let mut marks = vec![0u8; h.fd_messages()];
         recv_exact(&self.s, &mut marks, &mut fds)?;
         if fds.len() != entries.len() {
-            return Err(WireError::Count { entries: entries.len(), fds: fds.len() as u32 }.into());
+            return Err(OfferError::Count { entries: entries.len(), fds: fds.len() as u32 }.into());
         }
         let mut state = vec![0u8; h.state_len as usize];
         recv_exact(&self.s, &mut state, &mut fds)?;
         let mut conntrack = vec![0u8; h.conntrack_len as usize];
         recv_exact(&self.s, &mut conntrack, &mut fds)?;
-        let state: State =
-            serde_json::from_slice(&state).map_err(|e| HandoverError::Offer(format!("state unreadable: {e}")))?;
+        let state: State = serde_json::from_slice(&state).map_err(HandoverError::State)?;
         let offer = sort(&self.ask, entries, fds, state, conntrack)?;
         Ok((offer, Taken { s: self.s }))
     }
@@ -136,14 +158,14 @@ fn sort(
         };
         match list.get_mut(usize::from(i)) {
             Some(slot @ None) => *slot = Some(fd),
-            _ => return Err(HandoverError::Offer(format!("an fd out of place (index {i})"))),
+            _ => return Err(HandoverError::Misplaced(i)),
         }
     }
     let full = |what: &str, v: Vec<Option<OwnedFd>>| -> Result<Vec<OwnedFd>, HandoverError> {
         let n = v.len();
         v.into_iter()
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| HandoverError::Offer(format!("{what}: fewer than {n} fds")))
+            .ok_or_else(|| HandoverError::Missing { what: what.to_string(), want: n })
     };
     let mut pod_fds = HashMap::new();
     for (name, v) in pods {
@@ -162,12 +184,12 @@ fn sort(
 
 impl Taken {
     /// Tells the old ucanal its successor runs, then waits (briefly) for it to be gone.
-    pub(crate) fn running(self) {
+    pub fn running(self) {
         if let Err(e) = send_all(&self.s, b"running\n") {
             tracing::warn!("hand-over: telling the old ucanal we run: {e}");
             return;
         }
-        let _ = self.s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = self.s.set_read_timeout(Some(GONE_WAIT));
         let mut b = [0u8; 1];
         let _ = recv_exact(&self.s, &mut b, &mut Vec::new());
     }

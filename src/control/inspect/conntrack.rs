@@ -1,41 +1,13 @@
-//! `conntrack -L`: the connection table as the kernel tool lists it, and as JSON.
+//! `conntrack -L`: the connection table as the kernel tool lists it, as the rows of
+//! `show conntrack`.
 
-use std::net::Ipv4Addr;
-
-use serde::{Deserialize, Serialize};
-
+use crate::api::{ConntrackRow, TupleRow};
 use crate::core::Now;
 use crate::core::nat::conntrack::{self, Entry};
 use crate::core::nat::proto_name;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TupleJson {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub sport: u16,
-    pub dport: u16,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConntrackRow {
-    pub proto: String,
-    pub protonum: u8,
-    /// Seconds to expiry.
-    pub timeout: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
-    pub original: TupleJson,
-    pub reply: TupleJson,
-    pub unreplied: bool,
-    pub assured: bool,
-    pub dnat: bool,
-    pub snat: bool,
-    /// The line as `conntrack -L` prints it.
-    pub line: String,
-}
-
-fn tuple_json(t: &crate::core::nat::Tuple) -> TupleJson {
-    TupleJson { src: t.src, dst: t.dst, sport: t.sport, dport: t.dport }
+fn tuple_row(t: &crate::core::nat::Tuple) -> TupleRow {
+    TupleRow { src: t.src, dst: t.dst, sport: t.sport, dport: t.dport }
 }
 
 pub fn conntrack(entries: &[std::sync::Arc<Entry>], now: Now) -> Vec<ConntrackRow> {
@@ -46,8 +18,8 @@ pub fn conntrack(entries: &[std::sync::Arc<Entry>], now: Now) -> Vec<ConntrackRo
             protonum: e.original.proto,
             timeout: e.remaining(now),
             state: e.state_name().map(str::to_string),
-            original: tuple_json(&e.original),
-            reply: tuple_json(&e.reply),
+            original: tuple_row(&e.original),
+            reply: tuple_row(&e.reply),
             unreplied: !e.seen_reply(),
             assured: e.assured(),
             dnat: e.nat & conntrack::NAT_DNAT != 0,
@@ -80,12 +52,10 @@ pub fn conntrack_line(e: &Entry, now: Now) -> String {
     s
 }
 
-pub fn conntrack_text(rows: &[ConntrackRow]) -> String {
-    rows.iter().map(|r| format!("{}\n", r.line)).collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     /// The article's NodePort flow 172.16.240.1:40000 -> 172.16.240.131:31266, DNATed to
@@ -123,9 +93,9 @@ mod tests {
         ct.track(&client, ACK, now, true).unwrap();
         let rows = conntrack(&[e], now);
         assert_eq!(
-            conntrack_text(&rows),
+            rows[0].line,
             "tcp      6 86400 ESTABLISHED src=172.16.240.1 dst=172.16.240.131 sport=40000 dport=31266 \
-             src=10.244.0.74 dst=10.244.1.0 sport=2368 dport=40000 [ASSURED]\n"
+             src=10.244.0.74 dst=10.244.1.0 sport=2368 dport=40000 [ASSURED]"
         );
         assert!(rows[0].dnat && rows[0].snat && rows[0].assured && !rows[0].unreplied);
     }

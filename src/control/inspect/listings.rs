@@ -1,40 +1,13 @@
-//! `ucanal show`: the tables as the kernel tools users know print them (`ip route`,
-//! `ip neigh`, `bridge fdb`, `conntrack -L`, `iptables -vnL`), and as stable JSON.
-//!
-//! The daemon answers with the JSON form; the CLI prints it as is (`--json`) or
-//! renders the text form from it, so both always agree. The JSON schema of each
-//! listing is documented in README.md ("Listings").
+//! The listings `show` answers, built from the published snapshot (never from the
+//! daemon's books, which updates change): the tables as the kernel tools users know
+//! list them (`ip route`, `ip neigh`, `bridge fdb`, `iptables -vnL`), in the rows of
+//! [`crate::api::rows`]. The CLI prints them as JSON or renders the text.
 
-use std::fmt::Write;
-use std::net::{Ipv4Addr, SocketAddrV4};
-
-use serde::{Deserialize, Serialize};
-use serde_json::json;
-
-use crate::core::route::RouteTarget;
+use crate::api::{CountersReport, EndpointRow, FdbRow, NeighRow, PodRow, PortCounts, RouteRow, ServiceRow};
+use crate::core::PortId;
 use crate::core::tables::Tables;
 use crate::core::{Counter, Counters, DropReason};
-
-pub use super::conntrack::*;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteRow {
-    /// `default`, `a.b.c.d` (a /32) or `a.b.c.d/len`.
-    pub dst: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<Ipv4Addr>,
-    pub dev: String,
-    /// `unicast` or `local`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
-    pub flags: Vec<String>,
-    /// What ucanal does with it: `pod`, `peer`, `local`, `host`.
-    pub target: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-}
+use crate::io::stats::{self, PortStats};
 
 pub fn routes(t: &Tables, host_port: &str) -> Vec<RouteRow> {
     let mut rows = vec![RouteRow {
@@ -87,38 +60,7 @@ pub fn routes(t: &Tables, host_port: &str) -> Vec<RouteRow> {
             pod: None,
         });
     }
-    let _ = RouteTarget::Host;
     rows
-}
-
-pub fn routes_text(rows: &[RouteRow]) -> String {
-    let mut s = String::new();
-    for r in rows {
-        if r.kind == "local" {
-            s.push_str("local ");
-        }
-        s.push_str(&r.dst);
-        if let Some(g) = r.gateway {
-            let _ = write!(s, " via {g}");
-        }
-        let _ = write!(s, " dev {}", r.dev);
-        if let Some(sc) = &r.scope {
-            let _ = write!(s, " scope {sc}");
-        }
-        for f in &r.flags {
-            let _ = write!(s, " {f}");
-        }
-        s.push('\n');
-    }
-    s
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NeighRow {
-    pub ip: Ipv4Addr,
-    pub dev: String,
-    pub lladdr: String,
-    pub state: String,
 }
 
 pub fn neigh(t: &Tables) -> Vec<NeighRow> {
@@ -139,19 +81,6 @@ pub fn neigh(t: &Tables) -> Vec<NeighRow> {
     rows
 }
 
-pub fn neigh_text(rows: &[NeighRow]) -> String {
-    rows.iter().map(|r| format!("{} dev {} lladdr {} {}\n", r.ip, r.dev, r.lladdr, r.state)).collect()
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FdbRow {
-    pub mac: String,
-    pub dev: String,
-    pub dst: Ipv4Addr,
-    pub flags: Vec<String>,
-    pub state: String,
-}
-
 pub fn fdb(t: &Tables) -> Vec<FdbRow> {
     t.fdb
         .entries()
@@ -166,24 +95,7 @@ pub fn fdb(t: &Tables) -> Vec<FdbRow> {
         .collect()
 }
 
-pub fn fdb_text(rows: &[FdbRow]) -> String {
-    rows.iter().map(|r| format!("{} dev {} dst {} {} {}\n", r.mac, r.dev, r.dst, r.flags.join(" "), r.state)).collect()
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodRow {
-    pub name: String,
-    pub ip: Ipv4Addr,
-    pub mac: String,
-    pub netns: String,
-    /// The pod's port, Calico-style name.
-    pub port: String,
-    pub port_index: u32,
-    /// What crossed the pod's port (rx: from the pod).
-    pub counts: crate::io::stats::PortCounts,
-}
-
-pub fn pods(t: &Tables, stats: &crate::io::stats::PortStats) -> Vec<PodRow> {
+pub fn pods(t: &Tables, stats: &PortStats) -> Vec<PodRow> {
     let mut v: Vec<PodRow> = t
         .pods()
         .map(|p| PodRow {
@@ -193,48 +105,11 @@ pub fn pods(t: &Tables, stats: &crate::io::stats::PortStats) -> Vec<PodRow> {
             netns: p.netns.clone(),
             port: p.ifname.clone(),
             port_index: p.port.0,
-            counts: stats.get(crate::io::stats::slot(p.port)),
+            counts: port_counts(stats, p.port),
         })
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v
-}
-
-pub fn pods_text(rows: &[PodRow], node: &str) -> String {
-    let mut s = format!(
-        "{:<20} {:<14} {:<18} {:<16} {:<20} {:<12} {:>10} {:>10}\n",
-        "NAME", "IP", "MAC", "PORT", "NETNS", "NODE", "RX-PKTS", "TX-PKTS"
-    );
-    for r in rows {
-        let _ = writeln!(
-            s,
-            "{:<20} {:<14} {:<18} {:<16} {:<20} {:<12} {:>10} {:>10}",
-            r.name, r.ip, r.mac, r.port, r.netns, node, r.counts.rx_packets, r.counts.tx_packets
-        );
-    }
-    s
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointRow {
-    pub endpoint: SocketAddrV4,
-    /// New flows DNATed to this endpoint (iptables `pkts` of its KUBE-SEP rule).
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceRow {
-    pub name: String,
-    pub protocol: String,
-    pub cluster_ip: Ipv4Addr,
-    pub port: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_port: Option<u16>,
-    /// New flows to the service (iptables `pkts` of its KUBE-SVC rule).
-    pub packets: u64,
-    pub bytes: u64,
-    pub endpoints: Vec<EndpointRow>,
 }
 
 pub fn services(t: &Tables) -> Vec<ServiceRow> {
@@ -268,101 +143,17 @@ pub fn services(t: &Tables) -> Vec<ServiceRow> {
     v
 }
 
-/// iptables' human byte counts: 142K, 3695K, 12M.
-fn human(n: u64) -> String {
-    match n {
-        0..=99_999 => n.to_string(),
-        100_000..=99_999_999 => format!("{}K", n / 1000),
-        _ => format!("{}M", n / 1_000_000),
+pub fn counters(c: &Counters) -> CountersReport {
+    CountersReport {
+        decisions: Counter::ALL.iter().map(|k| (k.name().to_string(), c.get(*k))).collect(),
+        drops: DropReason::ALL.iter().map(|k| (k.name().to_string(), c.dropped(*k))).collect(),
     }
 }
 
-/// `iptables -vnL -t nat` style: the service portals, then each service's endpoints.
-pub fn services_text(rows: &[ServiceRow]) -> String {
-    let mut s = String::from("Chain KUBE-SERVICES (ucanal service table)\n");
-    let _ = writeln!(s, "{:>5} {:>5} {:<28} {:<4} {:<20} ", "pkts", "bytes", "target", "prot", "destination");
-    for r in rows {
-        let _ = writeln!(
-            s,
-            "{:>5} {:>5} {:<28} {:<4} {:<20} /* {}: cluster IP */ {} dpt:{}",
-            r.packets,
-            human(r.bytes),
-            format!("SVC {}", r.name),
-            r.protocol,
-            r.cluster_ip,
-            r.name,
-            r.protocol,
-            r.port
-        );
-    }
-    let nodeports: Vec<_> = rows.iter().filter(|r| r.node_port.is_some()).collect();
-    if !nodeports.is_empty() {
-        s.push_str("\nChain KUBE-NODEPORTS\n");
-        let _ = writeln!(s, "{:>5} {:>5} {:<28} {:<4} ", "pkts", "bytes", "target", "prot");
-        for r in nodeports {
-            let _ = writeln!(
-                s,
-                "{:>5} {:>5} {:<28} {:<4} /* {}: */ {} dpt:{}",
-                "-",
-                "-",
-                format!("SVC {}", r.name),
-                r.protocol,
-                r.name,
-                r.protocol,
-                r.node_port.unwrap_or(0)
-            );
-        }
-    }
-    for r in rows {
-        let _ = writeln!(s, "\nChain SVC {} ({} endpoints)", r.name, r.endpoints.len());
-        let _ = writeln!(s, "{:>5} {:>5} {:<28} ", "pkts", "bytes", "target");
-        if r.endpoints.is_empty() {
-            let _ = writeln!(
-                s,
-                "{:>5} {:>5} {:<28} /* {} has no endpoints */ reject-with icmp-port-unreachable",
-                "-", "-", "REJECT", r.name
-            );
-        }
-        let n = r.endpoints.len();
-        for (i, e) in r.endpoints.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "{:>5} {:>5} {:<28} /* {}: */ flow hash 1/{n} ({:.5}) DNAT to:{}",
-                e.packets,
-                human(e.bytes),
-                format!("SEP {}", e.endpoint),
-                r.name,
-                1.0 / n as f64,
-                e.endpoint
-            );
-            let _ = i;
-        }
-    }
-    s
-}
-
-pub fn counters(c: &Counters) -> serde_json::Value {
-    let decisions: serde_json::Map<String, serde_json::Value> =
-        Counter::ALL.iter().map(|k| (k.name().to_string(), json!(c.get(*k)))).collect();
-    let drops: serde_json::Map<String, serde_json::Value> =
-        DropReason::ALL.iter().map(|k| (k.name().to_string(), json!(c.dropped(*k)))).collect();
-    json!({ "decisions": decisions, "drops": drops })
-}
-
-pub fn counters_text(v: &serde_json::Value, all: bool) -> String {
-    let mut s = String::new();
-    for (section, title) in [("decisions", "decisions"), ("drops", "drops")] {
-        let _ = writeln!(s, "{title}:");
-        if let Some(m) = v.get(section).and_then(|m| m.as_object()) {
-            for (k, n) in m {
-                let n = n.as_u64().unwrap_or(0);
-                if all || n > 0 {
-                    let _ = writeln!(s, "  {k:<28} {n}");
-                }
-            }
-        }
-    }
-    s
+/// What crossed a port, as the API lists it.
+fn port_counts(s: &PortStats, port: PortId) -> PortCounts {
+    let c = s.get(stats::slot(port));
+    PortCounts { rx_packets: c.rx_packets, rx_bytes: c.rx_bytes, tx_packets: c.tx_packets, tx_bytes: c.tx_bytes }
 }
 
 #[cfg(test)]
@@ -371,31 +162,22 @@ mod tests {
     use crate::core::tables::article;
 
     #[test]
-    fn listings_read_like_the_kernel_tools() {
+    fn listings_hold_the_articles_tables() {
         let t = article::tables1(vec![article::ghost()]);
-        let r = routes_text(&routes(&t, "ucanal0"));
-        assert!(r.contains("10.244.0.0/24 via 10.244.0.0 dev flannel.1 onlink\n"), "{r}");
-        assert!(r.contains("10.244.1.5 dev calif0e9df43659 scope link\n"), "{r}");
-        assert!(r.starts_with("default dev ucanal0 scope link\n"));
-        let n = neigh_text(&neigh(&t));
-        assert!(n.starts_with("10.244.0.0 dev flannel.1 lladdr 32:a9:79:6d:0b:b1 PERMANENT\n"), "{n}");
-        let f = fdb_text(&fdb(&t));
-        assert_eq!(f, "32:a9:79:6d:0b:b1 dev flannel.1 dst 172.16.240.132 self permanent\n");
-        let s = services_text(&services(&t));
-        assert!(s.contains("/* default/ghost: cluster IP */ tcp dpt:2368"), "{s}");
-        assert!(s.contains("tcp dpt:31266"), "{s}");
-        assert!(s.contains("DNAT to:10.244.0.74:2368"), "{s}");
-        // JSON round-trips.
-        let j = serde_json::to_value(routes(&t, "ucanal0")).unwrap();
-        let back: Vec<RouteRow> = serde_json::from_value(j).unwrap();
-        assert_eq!(back.len(), 6);
-    }
-
-    #[test]
-    fn iptables_style_numbers() {
-        assert_eq!(human(240), "240");
-        assert_eq!(human(142_000), "142K");
-        assert_eq!(human(3_695_000), "3695K");
-        assert_eq!(human(120_000_000), "120M");
+        let r = routes(&t, "ucanal0");
+        assert_eq!(r.len(), 6);
+        assert_eq!((r[0].dst.as_str(), r[0].dev.as_str(), r[0].target.as_str()), ("default", "ucanal0", "host"));
+        let peer = r.iter().find(|r| r.target == "peer").unwrap();
+        assert_eq!((peer.dst.as_str(), peer.gateway), ("10.244.0.0/24", Some("10.244.0.0".parse().unwrap())));
+        let pod = r.iter().find(|r| r.target == "pod").unwrap();
+        assert_eq!((pod.dst.as_str(), pod.dev.as_str()), ("10.244.1.5", "calif0e9df43659"));
+        let n = neigh(&t);
+        assert_eq!((n[0].ip, n[0].lladdr.as_str()), ("10.244.0.0".parse().unwrap(), "32:a9:79:6d:0b:b1"));
+        let f = fdb(&t);
+        assert_eq!((f[0].mac.as_str(), f[0].dst), ("32:a9:79:6d:0b:b1", "172.16.240.132".parse().unwrap()));
+        let s = services(&t);
+        assert_eq!((s[0].name.as_str(), s[0].node_port, s[0].endpoints.len()), ("default/ghost", Some(31266), 2));
+        let c = counters(&Counters::new(1));
+        assert_eq!((c.decisions.len(), c.drops.len()), (Counter::ALL.len(), DropReason::ALL.len()));
     }
 }

@@ -24,6 +24,13 @@ const TXN_BYTES: usize = 256 << 10;
 const TXNS_IN_FLIGHT: usize = 8;
 /// How often a write whose buckets changed under it is planned again.
 const ATTEMPTS: usize = 5;
+/// How long a write waits for the watch to have seen it (the next write plans on it).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+/// A quiet watch checks that etcd still answers this often.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
+/// Reconnecting: the first wait, doubled up to the last.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// What the sync loop hands the daemon.
 #[derive(Debug)]
@@ -143,10 +150,10 @@ impl ObjectStore {
         })
     }
 
-    /// Waits (up to 2 s) until the watch has seen revision `rev`.
+    /// Waits (up to [`CATCH_UP_WAIT`]) until the watch has seen revision `rev`.
     async fn caught_up(&self, rev: i64) {
         let t = tokio::time::Instant::now();
-        while self.index().rev < rev && t.elapsed() < Duration::from_secs(2) {
+        while self.index().rev < rev && t.elapsed() < CATCH_UP_WAIT {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -174,7 +181,7 @@ impl ObjectStore {
         loop {
             let msg = tokio::select! {
                 m = stream.next() => m?,
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                _ = tokio::time::sleep(HEALTH_EVERY) => {
                     self.client.get(&self.dir, false).await?;
                     continue;
                 }
@@ -215,14 +222,14 @@ impl ObjectStore {
 
     /// Lists and watches until the receiver goes away; reconnects with backoff.
     pub async fn sync(self, tx: mpsc::Sender<ObjectUpdate>) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = BACKOFF_MIN;
         while !tx.is_closed() {
             match self.session(&tx).await {
-                Ok(()) => backoff = Duration::from_millis(100),
+                Ok(()) => backoff = BACKOFF_MIN,
                 Err(e) => {
                     tracing::warn!("objects watch: {e}; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! The metrics HTTP side: a minimal HTTP/1.1 server. `GET /metrics` answers the
 //! exposition, `GET /` a pointer to it, anything else 404 (405 for other methods); one
-//! request per connection, closed after the response. (A scrape endpoint needs no more,
-//! so no HTTP framework is pulled in for it.)
+//! request per connection, closed after the response. A scrape needs no more than the
+//! request line, so this reads the head itself (bounded in size and time) rather than
+//! enabling hyper's server half: hyper is in the build for the etcd client only.
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; further ones wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
+/// How long accepting waits after an error (EMFILE and the like) before it retries.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds `addr` and serves in a spawned task. Returns once bound; a bind failure is
 /// an error naming the address. The caller decides the address: loopback by default
@@ -55,7 +58,7 @@ async fn accept_loop(listener: TcpListener, src: Arc<Source>) {
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "metrics accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
@@ -122,12 +125,34 @@ fn route(head: &[u8]) -> Route {
     }
 }
 
+/// The statuses the server answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Ok,
+    BadRequest,
+    NotFound,
+    MethodNotAllowed,
+    HeadTooLarge,
+}
+
+impl Status {
+    fn line(self) -> &'static str {
+        match self {
+            Status::Ok => "200 OK",
+            Status::BadRequest => "400 Bad Request",
+            Status::NotFound => "404 Not Found",
+            Status::MethodNotAllowed => "405 Method Not Allowed",
+            Status::HeadTooLarge => "431 Request Header Fields Too Large",
+        }
+    }
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
 async fn handle(mut stream: TcpStream, src: Arc<Source>) -> io::Result<()> {
     let response = match read_head(&mut stream).await {
         None => return Ok(()),
-        Some(Err(())) => {
-            response("431 Request Header Fields Too Large", "text/plain; charset=utf-8", "request head too long\n")
-        }
+        Some(Err(())) => response(Status::HeadTooLarge, TEXT, "request head too long\n"),
         Some(Ok(head)) => match route(&head) {
             Route::Metrics => {
                 // Rendering walks every service and port: off the (single) runtime
@@ -135,14 +160,12 @@ async fn handle(mut stream: TcpStream, src: Arc<Source>) -> io::Result<()> {
                 let body = tokio::task::spawn_blocking(move || render(&src))
                     .await
                     .map_err(|e| io::Error::other(format!("render: {e}")))?;
-                response("200 OK", CONTENT_TYPE, &body)
+                response(Status::Ok, CONTENT_TYPE, &body)
             }
-            Route::Index => response("200 OK", "text/plain; charset=utf-8", "ucanal exporter: metrics at /metrics\n"),
-            Route::NotFound => {
-                response("404 Not Found", "text/plain; charset=utf-8", "not found; metrics at /metrics\n")
-            }
-            Route::MethodNotAllowed => response("405 Method Not Allowed", "text/plain; charset=utf-8", "only GET\n"),
-            Route::BadRequest => response("400 Bad Request", "text/plain; charset=utf-8", "bad request\n"),
+            Route::Index => response(Status::Ok, TEXT, "ucanal exporter: metrics at /metrics\n"),
+            Route::NotFound => response(Status::NotFound, TEXT, "not found; metrics at /metrics\n"),
+            Route::MethodNotAllowed => response(Status::MethodNotAllowed, TEXT, "only GET\n"),
+            Route::BadRequest => response(Status::BadRequest, TEXT, "bad request\n"),
         },
     };
     tokio::time::timeout(WRITE_TIMEOUT, async {
@@ -153,12 +176,13 @@ async fn handle(mut stream: TcpStream, src: Arc<Source>) -> io::Result<()> {
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "writing the response timed out"))?
 }
 
-fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
+fn response(status: Status, content_type: &str, body: &str) -> Vec<u8> {
     let mut r = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "HTTP/1.1 {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        status.line(),
         body.len()
     );
-    if status.starts_with("405") {
+    if status == Status::MethodNotAllowed {
         r.push_str("Allow: GET\r\n");
     }
     r.push_str("\r\n");

@@ -24,7 +24,7 @@ use super::frag::reasm::{Pushed, Reassembler};
 use super::nat::conntrack::{Conntrack, Dir, Hit, Insert, NAT_DNAT, NAT_SNAT, NewFlow, PortChoice};
 use super::nat::masquerade::{self, Egress};
 use super::nat::service::Via;
-use super::nat::{Tuple, pick};
+use super::nat::{Tuple, uniform_index};
 use super::policy::log::{LogQueue, LogRecord};
 use super::route::{Hop, Matched, RouteTarget};
 use super::tables::{PodPort, Tables, VxlanAccept};
@@ -282,6 +282,10 @@ impl<'a> Ctx<'a> {
             if let Some(r) = &mut self.rec {
                 r.partial = true;
             }
+            // (A reassembled datagram leaves as fragments again, never as a GSO frame.)
+            if hdr.total > usize::from(t.node.mtu) && pkt.offload.frag_size == 0 {
+                self.peer_super_packet(pkt);
+            }
         }
         if fragment {
             return self.defrag(from, pkt);
@@ -314,6 +318,18 @@ impl<'a> Ctx<'a> {
         let m = t.routes.lookup(dst);
         self.tr.step(|| Step::Route { dst, route: route_ref(t, &m) });
         self.egress(from, pkt, &m, hdr, tracked, tuple)
+    }
+
+    /// A partial TCP packet from a peer over the VXLAN MTU is a super-packet its TSO left
+    /// whole (see `offload`): it goes on as a GSO frame. Never replayed: a run's segments
+    /// are not super-packets.
+    fn peer_super_packet(&mut self, pkt: &mut Packet) {
+        let ip = &pkt.data()[ethernet::HEADER_LEN..];
+        if let Some(mss) = offload::peer_tso_mss(ip, self.t.node.mtu) {
+            pkt.offload.gso_size = mss;
+            self.count(Counter::PeerTso);
+            self.not_replayable();
+        }
     }
 
     /// The IPv4 checks of the walk (header, martians, anti-spoofing, the peer's subnet)

@@ -138,7 +138,7 @@ impl<'a> Ctx<'a> {
             if n == 0 {
                 return Err(Nat::Done(self.reject_no_endpoints(from, pkt, hdr, via)));
             }
-            let i = pick(u.hash(t.hash_seed), n);
+            let i = uniform_index(u.hash(t.hash_seed), n);
             let ep = s.spec.endpoints[i];
             self.tr.step(|| Step::Endpoint { endpoint: ep, index: i, of: n });
             let eg = egress_of(t.routes.lookup(*ep.ip()).target);

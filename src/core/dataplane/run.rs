@@ -20,8 +20,9 @@
 //! | TCP data offset and flags | 54..56 |
 //!
 //! and must itself be well formed where the walk would check it: its IPv4 header
-//! checksum verifies, its total length fits the frame and holds the L4 header (a UDP
-//! length within it), and its checksum is partial exactly when the first frame's was.
+//! checksum verifies, its total length fits the frame and the VXLAN MTU and holds the L4
+//! header (a UDP length within it), and its checksum is partial exactly when the first
+//! frame's was. (A peer's super-packet over the MTU takes the walk, which marks it for GSO.)
 //! Anything else takes the whole walk, and starts a new run.
 //!
 //! Only these decisions are replayed: TCP or UDP, delivered to a pod or the host port;
@@ -210,7 +211,12 @@ impl RunMemo {
                 d[L4 + udp::field::LENGTH + 1],
             ])))
         };
-        if !l4_ok || IP + total > d.len() || checksum::fold(checksum::sum(&d[IP..L4], 0)) != 0xffff {
+        // A follower over the MTU may be a peer's super-packet, which the walk marks for GSO.
+        if !l4_ok
+            || IP + total > d.len()
+            || total > usize::from(t.node.mtu)
+            || checksum::fold(checksum::sum(&d[IP..L4], 0)) != 0xffff
+        {
             return None;
         }
         // `offload::is_partial` with the addresses' part of the pseudo header summed once.

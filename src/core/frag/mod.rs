@@ -27,6 +27,8 @@
 //! packet that is not a fragment never touches it, and reassembly allocates only the
 //! first time each of its slots is used.
 
+/// The fuzz target's harness: fixtures for fuzzing and tests, never in the shipped library.
+#[cfg(any(test, feature = "testkit"))]
 pub mod fuzz;
 pub mod reasm;
 pub mod split;

@@ -59,7 +59,7 @@ pub fn mix64(mut x: u64) -> u64 {
 
 /// Maps a 32-bit hash uniformly onto `0..n` (Lemire's multiply-shift).
 #[inline]
-pub fn pick(hash: u32, n: usize) -> usize {
+pub fn uniform_index(hash: u32, n: usize) -> usize {
     ((u64::from(hash) * n as u64) >> 32) as usize
 }
 
@@ -106,7 +106,7 @@ mod tests {
     }
 
     #[test]
-    fn pick_is_uniform() {
+    fn uniform_index_is_uniform() {
         let mut counts = [0u32; 3];
         for sport in 0..30000u16 {
             let t = Tuple {
@@ -116,7 +116,7 @@ mod tests {
                 sport,
                 dport: 80,
             };
-            counts[pick(t.hash(42), 3)] += 1;
+            counts[uniform_index(t.hash(42), 3)] += 1;
         }
         for c in counts {
             assert!((9500..10500).contains(&c), "{counts:?}");

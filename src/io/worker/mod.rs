@@ -28,12 +28,12 @@ use crate::wire::vnet::{self, VnetHdr};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+mod config;
 mod tx;
 
+pub use config::{FRAME_MAX, WorkerConfig};
 use tx::{GRO_RUNS, Out, flush};
 
-/// Largest frame a TAP hands over with TSO (64 KB) plus headers.
-pub const FRAME_MAX: usize = 65_536 + 256;
 const BUF_LEN: usize = HEADROOM + FRAME_MAX;
 
 const TOKEN_WAKE: u64 = 0;
@@ -103,25 +103,6 @@ impl Drop for WorkerHandle {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct WorkerConfig {
-    pub batch: usize,
-    /// Send runs of equal-size VXLAN datagrams with `UDP_SEGMENT`.
-    pub udp_gso: bool,
-    /// Coalesce TCP segments toward pods into GSO frames (see `core::gro`).
-    pub gro: bool,
-    /// After handling packets, poll (epoll with no timeout) for this long before
-    /// sleeping: a packet that arrives meanwhile costs no wake-up (0 = always sleep).
-    pub busy_poll_us: u32,
-    /// Segment TCP super-packets scatter-gather (headers in scratch, payload in place)
-    /// rather than copying each segment into scratch.
-    pub sg_gso: bool,
-    /// `MSG_ZEROCOPY` on the VXLAN sends (the sockets have `SO_ZEROCOPY`; see `zerocopy`).
-    pub zerocopy: bool,
-    /// The pass-through relay instead of the dataplane (`core::relay`), for measuring.
-    pub relay: bool,
-    pub vxlan_port: u16,
-}
 pub fn spawn(
     id: usize,
     dp: Arc<Dataplane>,
@@ -379,6 +360,14 @@ impl Worker {
                     {
                         let (start, len, partial) = (pkt.start(), pkt.len(), pkt.offload.csum_partial);
                         self.out.gro_push(&self.bufs, port, (slot, start, len), partial);
+                    }
+                    Action::ToPort(port) if self.out.cfg.gro => {
+                        // One that cannot join a run (a peer's super-packet, a reassembled
+                        // datagram, a reply in the spare) leaves after its flow's open run.
+                        let (start, end, offload) = (pkt.start(), pkt.start() + pkt.len(), pkt.offload);
+                        let frame = if pkt.in_spare() { &self.spare[start..end] } else { &self.bufs[slot][start..end] };
+                        self.out.gro_flush_flow(&self.bufs, port, frame);
+                        self.out.write_to_port(port, frame, &offload);
                     }
                     _ => self.out.execute(slot, a, &pkt),
                 }

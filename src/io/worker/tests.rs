@@ -39,6 +39,7 @@ fn worker(tap: UnixDatagram) -> Worker {
         zerocopy: false,
         relay: false,
         vxlan_port: 8472,
+        host_mtu: 1450,
     };
     let tx = TxPool { sockets: Arc::new(vec![loopback()]), zc: None };
     let stats = Arc::new(PortStats::new(1));
@@ -142,4 +143,98 @@ fn replies_built_for_a_later_gro_frame_leave_earlier_frames_intact() {
     assert_time_exceeded(&sends[0], &b_inner);
     assert_time_exceeded(&sends[1], &c_inner);
     w.out.pending.clear();
+}
+
+/// A worker on node 1 whose service `default/ghost` has ghost-ep2 as its only endpoint,
+/// with the host port's queue replaced by `host`.
+fn worker_with_host_port(host: UnixDatagram) -> Worker {
+    let mut w = worker(UnixDatagram::pair().unwrap().0);
+    let mut ghost = article::ghost();
+    ghost.endpoints.retain(|e| *e.ip() == EP2);
+    w.out.dp.publish(article::tables1(vec![ghost]));
+    w.out.ports[0] = Some(OwnedFd::from(host));
+    w
+}
+
+/// The host port's side: every frame written to it, as (virtio-net header, frame).
+fn written(host: &UnixDatagram) -> Vec<([u8; vnet::HEADER_LEN], Vec<u8>)> {
+    let mut got = vec![0u8; 70_000];
+    let mut out = Vec::new();
+    while let Ok(n) = host.recv(&mut got) {
+        out.push((got[..vnet::HEADER_LEN].try_into().unwrap(), got[vnet::HEADER_LEN..n].to_vec()));
+    }
+    out
+}
+
+/// `dgrams` from centos7-2, one receive batch (one datagram per slot).
+fn receive(w: &mut Worker, dgrams: &[&[u8]]) {
+    w.received.clear();
+    for (slot, d) in dgrams.iter().enumerate() {
+        w.bufs[slot][HEADROOM..HEADROOM + d.len()].copy_from_slice(d);
+        w.received.push(Received { len: d.len(), from: SocketAddrV4::new(NODE2, 8472), gro_size: 0 });
+    }
+    let t = w.out.dp.tables();
+    w.handle_received(&t, NOW);
+}
+
+/// A frame the node's stack forwards into `ucanal0`, through the core as the TAP read does.
+fn from_host(w: &Worker, frame: &[u8]) -> Action {
+    let mut buf = vec![0u8; HEADROOM + frame.len()];
+    buf[HEADROOM..].copy_from_slice(frame);
+    let mut pkt = Packet::new(&mut buf, HEADROOM, HEADROOM + frame.len());
+    let t = w.out.dp.tables();
+    w.out.dp.handle_port(0, &t, PortId::HOST, &mut pkt, NOW, &mut crate::core::trace::Trace::off())
+}
+
+#[test]
+fn a_kernel_peers_super_packet_is_written_to_the_host_port_with_a_gso_header() {
+    use crate::core::captured::nodeport_tso as cap;
+    let (host, node) = UnixDatagram::pair().unwrap();
+    node.set_nonblocking(true).unwrap();
+    let mut w = worker_with_host_port(host);
+    // The captured download: handshake and request, then two reply datagrams in one batch,
+    // a segment and the super-packet after it.
+    assert!(matches!(from_host(&w, cap::SYN), Action::ToVtep { .. }));
+    receive(&mut w, &[cap::SYN_ACK]);
+    assert!(matches!(from_host(&w, cap::ACK), Action::ToVtep { .. }));
+    assert!(matches!(from_host(&w, cap::GET), Action::ToVtep { .. }));
+    assert_eq!(written(&node).len(), 1, "the SYN-ACK");
+    receive(&mut w, &[cap::SEGMENT, cap::TSO]);
+
+    let frames = written(&node);
+    assert_eq!(frames.len(), 2, "the segment, then the super-packet: in order, neither merged nor held");
+    let (seg_hdr, seg) = &frames[0];
+    assert_eq!(*seg_hdr, [0; 10], "a finished single frame");
+    assert_eq!(seg.len(), 14 + 1450);
+    assert_eq!(&seg[14 + 20 + 4..14 + 20 + 8], &cap::SEGMENT[22 + 20 + 4..22 + 20 + 8], "seq 3002 first");
+    // NEEDS_CSUM; GSO TCPv4; 66 bytes of headers (Ethernet, IPv4, TCP with timestamps);
+    // MSS 1398 (0x0576, the VXLAN MTU's); checksum at 34 + 16. Little-endian.
+    let (tso_hdr, tso) = &frames[1];
+    assert_eq!(*tso_hdr, [0x01, 0x01, 66, 0, 0x76, 0x05, 34, 0, 16, 0]);
+    assert_eq!(tso.len(), 14 + 2848);
+    assert_eq!(&tso[14 + 52..], &cap::TSO[cap::VXLAN_PAYLOAD_AT..], "the payload, whole");
+    assert_eq!(w.out.dp.counters.get(Counter::HostOversize), 0);
+    assert_eq!(w.out.dp.counters.get(Counter::PeerTso), 1);
+
+    // The same frame written without its GSO metadata is what the node cannot forward:
+    // counted.
+    w.out.write_to_port(PortId::HOST, tso, &Offload::default());
+    assert_eq!(w.out.dp.counters.get(Counter::HostOversize), 1);
+    assert_eq!(written(&node)[0].0, [0; 10]);
+}
+
+#[test]
+fn a_gso_frame_with_cwr_says_ecn() {
+    use crate::core::captured::nodeport_tso as cap;
+    let mut frame = cap::TSO[8..].to_vec();
+    let gso = Offload { csum_partial: true, gso_size: 1398, frag_size: 0 };
+    let mut hdr = [0u8; 10];
+    tx::vnet_for(&gso, &frame).emit(&mut hdr);
+    assert_eq!(hdr, [0x01, 0x01, 66, 0, 0x76, 0x05, 34, 0, 16, 0]);
+    frame[14 + 20 + 13] |= crate::wire::tcp::CWR;
+    tx::vnet_for(&gso, &frame).emit(&mut hdr);
+    assert_eq!(hdr[1], vnet::GSO_TCPV4 | vnet::GSO_ECN);
+    // A single frame keeps only its checksum state.
+    tx::vnet_for(&Offload { csum_partial: true, ..Offload::default() }, &frame).emit(&mut hdr);
+    assert_eq!(hdr, [0x01, 0, 0, 0, 0, 0, 34, 0, 16, 0]);
 }

@@ -6,7 +6,7 @@ use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
-use super::{FRAME_MAX, WorkerConfig};
+use super::config::{FRAME_MAX, WorkerConfig};
 use crate::core::frag::split;
 use crate::core::{Action, Counter, Dataplane, DropReason, Offload, Packet, PortId, gro, gso, vxlan};
 use crate::io::stats::{self, PortStats};
@@ -83,8 +83,7 @@ impl Out {
         // a single check of the global level.
         tracing::trace!(worker = self.id, len = pkt.len(), action = ?a, "packet");
         match a {
-            Action::ToPort(port) if pkt.offload.frag_size > 0 => self.write_fragments(port, pkt),
-            Action::ToPort(port) => self.write_port(port, pkt),
+            Action::ToPort(port) => self.write_to_port(port, pkt.data(), &pkt.offload),
             Action::ToVtep { remote, flow_hash } => {
                 let to = SocketAddrV4::new(remote, self.cfg.vxlan_port);
                 let sock = vxlan::source_index(flow_hash, self.tx.len());
@@ -116,22 +115,28 @@ impl Out {
         }
     }
 
+    /// Writes a frame to a local port (as fragments when it carries a fragment size).
+    pub(super) fn write_to_port(&mut self, port: PortId, frame: &[u8], offload: &Offload) {
+        if offload.frag_size > 0 {
+            self.write_fragments(port, frame, offload.frag_size);
+        } else {
+            self.write_frame(port, frame, offload);
+        }
+    }
+
     /// Writes a datagram to a TAP as fragments of `frag_size` bytes at most, each frame
     /// gathered from its headers and a slice of the datagram (no copy).
-    fn write_fragments(&mut self, port: PortId, pkt: &Packet) {
+    fn write_fragments(&mut self, port: PortId, frame: &[u8], frag_size: u16) {
         let Some(fd) = self.ports.get(port.0 as usize).and_then(|f| f.as_ref()).map(|f| f.as_raw_fd()) else {
             self.dp.counters.drop(self.id, DropReason::PortGone);
             return;
         };
-        let frame = pkt.data();
         let (eth, ip) = frame.split_at(14.min(frame.len()));
         let vh = [0u8; vnet::HEADER_LEN];
         let mut failed = 0;
-        let r = split::for_each_fragment(ip, usize::from(pkt.offload.frag_size), |h, p| {
-            match sys::writev(fd, &[&vh, eth, h, p]) {
-                Ok(_) => self.stats.tx(self.id, stats::slot(port), eth.len() + h.len() + p.len()),
-                Err(_) => failed += 1,
-            }
+        let r = split::for_each_fragment(ip, usize::from(frag_size), |h, p| match sys::writev(fd, &[&vh, eth, h, p]) {
+            Ok(_) => self.stats.tx(self.id, stats::slot(port), eth.len() + h.len() + p.len()),
+            Err(_) => failed += 1,
         });
         match r {
             Ok(_) => self.dp.counters.inc(self.id, Counter::Fragmented),
@@ -142,17 +147,17 @@ impl Out {
         }
     }
 
-    fn write_port(&mut self, port: PortId, pkt: &Packet) {
-        self.write_frame(port, pkt.data(), &pkt.offload);
-    }
-
     fn write_frame(&self, port: PortId, frame: &[u8], offload: &Offload) {
         let Some(fd) = self.ports.get(port.0 as usize).and_then(|f| f.as_ref()) else {
             self.dp.counters.drop(self.id, DropReason::PortGone);
             return;
         };
+        let vh = vnet_for(offload, frame);
+        if port.is_host() && oversize_without_gso(&vh, frame, self.cfg.host_mtu) {
+            self.dp.counters.inc(self.id, Counter::HostOversize);
+        }
         let mut hdr = [0u8; vnet::HEADER_LEN];
-        vnet_for(offload, frame).emit(&mut hdr);
+        vh.emit(&mut hdr);
         match sys::writev(fd.as_raw_fd(), &[&hdr, frame]) {
             Ok(_) => self.stats.tx(self.id, stats::slot(port), frame.len()),
             Err(e) => {
@@ -283,6 +288,15 @@ impl Out {
         }
     }
 
+    /// Writes the open run of `frame`'s flow toward `port`, if there is one: `frame` is
+    /// about to go out on its own and must not overtake it.
+    pub(super) fn gro_flush_flow(&mut self, bufs: &[Box<[u8]>], port: PortId, frame: &[u8]) {
+        let open = self.gro.iter().position(|r| r.port == port && gro::same_flow(self.run_bytes(bufs, r), frame));
+        if let Some(i) = open {
+            self.gro_flush(bufs, i);
+        }
+    }
+
     /// The run's frame so far (its first frame until a segment joined).
     fn run_bytes<'b>(&'b self, bufs: &'b [Box<[u8]>], r: &GroRun) -> &'b [u8] {
         match r.merged {
@@ -404,9 +418,16 @@ pub(super) fn parts<'b>(bufs: &'b [Box<[u8]>], seg: &'b [Box<[u8]>], p: &Pending
     }
 }
 
-/// The virtio-net header for a frame written to a TAP: GSO metadata kept from the
-/// ingress TAP, or "checksum partial" for a pod that offloaded its checksum.
-fn vnet_for(o: &Offload, frame: &[u8]) -> VnetHdr {
+/// Whether the node's stack gets a frame it cannot forward out of an interface of the host
+/// port's MTU: longer than `mtu` (IPv4) with no GSO metadata to segment it by.
+fn oversize_without_gso(vh: &VnetHdr, frame: &[u8], mtu: u16) -> bool {
+    vh.gso_kind() == vnet::GSO_NONE && frame.len() > ethernet::HEADER_LEN + usize::from(mtu)
+}
+
+/// The virtio-net header for a frame written to a TAP: GSO metadata (from the ingress
+/// TAP, a GRO run, or a peer's super-packet), or "checksum partial" for a frame whose
+/// checksum a pod or a kernel peer left to be finished.
+pub(super) fn vnet_for(o: &Offload, frame: &[u8]) -> VnetHdr {
     let mut h = VnetHdr::default();
     if !(o.csum_partial || o.gso_size > 0) {
         return h;
@@ -417,8 +438,12 @@ fn vnet_for(o: &Offload, frame: &[u8]) -> VnetHdr {
     h.csum_start = l4 as u16;
     h.csum_offset = if ip.protocol() == PROTO_UDP { udp::field::CHECKSUM } else { tcp::field::CHECKSUM } as u16;
     if o.gso_size > 0 {
-        let doff = TcpPacket::new_checked(ip.payload()).map(|t| t.header_len()).unwrap_or(tcp::MIN_HEADER_LEN);
-        h.gso_type = vnet::GSO_TCPV4;
+        let (doff, cwr) = TcpPacket::new_checked(ip.payload())
+            .map(|t| (t.header_len(), t.flags() & tcp::CWR != 0))
+            .unwrap_or((tcp::MIN_HEADER_LEN, false));
+        // CWR belongs on the first segment only: a TSO device without ECN support would
+        // copy it to every one (the kernel's own TCP says SKB_GSO_TCP_ECN then, too).
+        h.gso_type = vnet::GSO_TCPV4 | if cwr { vnet::GSO_ECN } else { 0 };
         h.gso_size = o.gso_size;
         h.hdr_len = (l4 + doff) as u16;
     }

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::config::PodSpec;
+use crate::api::PodSpec;
 use crate::core::nat::service::ServiceSpec;
 
 /// The journal file's first bytes.

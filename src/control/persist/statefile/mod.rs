@@ -21,25 +21,25 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use super::{Paths, State, write_atomic};
-use crate::control::config::PodSpec;
-use crate::control::persist::journal::{self, MAGIC, Op, Replay};
+use super::files::{Paths, State, write_atomic};
+use super::journal::{self, MAGIC, Op, Replay};
+use crate::api::{PodSpec, StateFileStats};
 use crate::core::nat::service::ServiceTable;
 
 /// Compact when the journal outgrows this share of the snapshot ...
-pub(crate) const JOURNAL_RATIO: u64 = 1;
+pub const JOURNAL_RATIO: u64 = 1;
 /// ... and is at least this big.
-pub(crate) const JOURNAL_MIN: u64 = 1 << 20;
+pub const JOURNAL_MIN: u64 = 1 << 20;
 
 /// Torn journal tails met at load since this ucanal started.
-pub(crate) static TORN_TAILS: AtomicU64 = AtomicU64::new(0);
+pub static TORN_TAILS: AtomicU64 = AtomicU64::new(0);
 
 /// What a snapshot is written from, cheap to take under the daemon lock.
-pub(crate) struct Source {
-    pub(crate) seed: u64,
-    pub(crate) pods: Vec<PodSpec>,
-    pub(crate) services: ServiceTable,
-    pub(crate) restore_sysctls: Vec<(String, String)>,
+pub struct Source {
+    pub seed: u64,
+    pub pods: Vec<PodSpec>,
+    pub services: ServiceTable,
+    pub restore_sysctls: Vec<(String, String)>,
 }
 
 impl Source {
@@ -50,7 +50,7 @@ impl Source {
     }
 }
 
-pub(crate) struct StateFile {
+pub struct StateFile {
     paths: Paths,
     file: Option<File>,
     seq: u64,
@@ -64,7 +64,7 @@ pub(crate) struct StateFile {
 
 impl StateFile {
     /// `seq`: the last sequence of the state loaded at start (0 without one).
-    pub(crate) fn new(paths: Paths, seq: u64) -> StateFile {
+    pub fn new(paths: Paths, seq: u64) -> StateFile {
         StateFile {
             paths,
             file: None,
@@ -78,17 +78,17 @@ impl StateFile {
         }
     }
 
-    pub(crate) fn seq(&self) -> u64 {
+    pub fn seq(&self) -> u64 {
         self.seq
     }
 
-    pub(crate) fn record(&mut self, op: Op) {
+    pub fn record(&mut self, op: Op) {
         self.pending.push(op);
     }
 
     /// Writes the whole state now and starts a fresh journal (at start, and when the
     /// journal cannot be appended to).
-    pub(crate) fn snapshot(&mut self, src: Source) {
+    pub fn snapshot(&mut self, src: Source) {
         self.finish();
         self.pending.clear();
         let st = src.into_state(self.seq);
@@ -130,7 +130,7 @@ impl StateFile {
 
     /// Appends what was recorded since the last flush as one record; compacts in the
     /// background once the journal outgrows the snapshot. `src` is called only then.
-    pub(crate) fn flush(&mut self, src: impl FnOnce() -> Source) {
+    pub fn flush(&mut self, src: impl FnOnce() -> Source) {
         self.reap(false);
         if self.pending.is_empty() {
             return;
@@ -199,27 +199,27 @@ impl StateFile {
     }
 
     /// Waits for a running compaction (before the files are handed on or removed).
-    pub(crate) fn finish(&mut self) {
+    pub fn finish(&mut self) {
         self.reap(true);
     }
 
-    pub(crate) fn stats(&self) -> serde_json::Value {
-        serde_json::json!({
-            "path": self.paths.state,
-            "seq": self.seq,
-            "snapshot_bytes": self.snapshot_bytes,
-            "journal_bytes": self.journal_bytes,
-            "appends": self.appends,
-            "compactions": self.compactions,
-            "compacting": self.compaction.is_some(),
-            "torn_tails_at_load": TORN_TAILS.load(Ordering::Relaxed),
-        })
+    pub fn stats(&self) -> StateFileStats {
+        StateFileStats {
+            path: self.paths.state.clone(),
+            seq: self.seq,
+            snapshot_bytes: self.snapshot_bytes,
+            journal_bytes: self.journal_bytes,
+            appends: self.appends,
+            compactions: self.compactions,
+            compacting: self.compaction.is_some(),
+            torn_tails_at_load: TORN_TAILS.load(Ordering::Relaxed),
+        }
     }
 }
 
 /// The state left by the previous ucanal: the snapshot, then both journals replayed
 /// past its sequence. `None` without a readable snapshot.
-pub(crate) fn load(paths: &Paths) -> Option<State> {
+pub fn load(paths: &Paths) -> Option<State> {
     let b = match std::fs::read(&paths.state) {
         Ok(b) => b,
         Err(_) => {

@@ -368,7 +368,7 @@ fn sport_for(lab: &Lab, src: Ipv4Addr, dst: (Ipv4Addr, u16), want: Ipv4Addr) -> 
     (40000..41000)
         .find(|p| {
             let u = Tuple { proto: PROTO_TCP, src, dst: dst.0, sport: *p, dport: dst.1 };
-            *article::ghost().endpoints[pick(u.hash(t.hash_seed), 2)].ip() == want
+            *article::ghost().endpoints[uniform_index(u.hash(t.hash_seed), 2)].ip() == want
         })
         .unwrap()
 }
@@ -385,4 +385,5 @@ mod nat;
 mod partial;
 mod policy;
 mod run;
+mod tso;
 mod vxlan;

@@ -136,7 +136,7 @@ fn partial_checksums_through_dnat_masquerade_and_back() {
     let sport = (40000..41000u16)
         .find(|p| {
             let u = Tuple { proto: PROTO_UDP, src: EP1, dst: VIP, sport: *p, dport: 2368 };
-            *article::ghost().endpoints[pick(u.hash(t.hash_seed), 2)].ip() == EP2
+            *article::ghost().endpoints[uniform_index(u.hash(t.hash_seed), 2)].ip() == EP2
         })
         .unwrap();
     let q = udp(EP1_MAC, (EP1, sport), (VIP, 2368), b"query");

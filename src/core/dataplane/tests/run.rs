@@ -265,3 +265,24 @@ fn a_run_of_udp_datagrams_is_decided_once() {
     bad[22 + 24..22 + 26].copy_from_slice(&200u16.to_be_bytes());
     assert_eq!(tw.vxlan(&bad), (Action::Drop(DropReason::L4Malformed), false));
 }
+
+#[test]
+fn a_peers_super_packet_in_a_run_takes_the_walk() {
+    // Segments of 1398 bytes, then a super-packet of two MSS (its TCP header has no
+    // options: the MSS of the 1450 MTU is 1410), then segments again: the super-packet
+    // is marked for GSO by the walk, never given a segment's replayed decision.
+    let mut tw = Twin::new(vec![]);
+    let lens = [1398, 1398, 2820, 1398, 1398];
+    let mut seq = 1;
+    let mut replayed = Vec::new();
+    for len in lens {
+        let (a, r) = tw.vxlan(&segment(seq, len, true));
+        assert_eq!(a, Action::ToPort(PortId(1)));
+        let gso = if len > 1410 { 1410 } else { 0 };
+        assert_eq!(tw.run.offload, Offload { csum_partial: true, gso_size: gso, frag_size: 0 }, "{len} bytes");
+        replayed.push(r);
+        seq += len as u32;
+    }
+    assert_eq!(replayed, [false, true, false, false, true]);
+    assert_eq!(tw.run.count(Counter::PeerTso), 1);
+}

@@ -4,7 +4,9 @@
 //! tiers other than `default`, ICMP type matches, HTTP matches, service accounts,
 //! services, host-endpoint options — is refused by name.
 
-use super::{At, Fault, FieldError, Res, check_dns_label, check_dns_subdomain, cidr, field, list_field, required};
+use super::cursor::{
+    At, Fault, FieldError, Res, check_dns_label, check_dns_subdomain, cidr, field, list_field, required,
+};
 use crate::core::policy::model::{CalicoPolicy, CalicoPort, CalicoRule, EntityRule, IpProto, RuleAction};
 use crate::core::policy::selector::{self, Selector};
 
@@ -43,7 +45,7 @@ fn port(a: At) -> Res<CalicoPort> {
         let n = num(s)?;
         return Ok(CalicoPort::Range(n, n));
     }
-    super::check_port_name(a, s)?;
+    super::cursor::check_port_name(a, s)?;
     Ok(CalicoPort::Name(s.to_string()))
 }
 

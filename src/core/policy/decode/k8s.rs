@@ -2,7 +2,7 @@
 //! API server's validation and defaulting (`policyTypes`, protocol TCP, the namespace
 //! name label).
 
-use super::{
+use super::cursor::{
     At, Fault, Res, check_dns_label, check_dns_subdomain, check_port_name, cidr, field, labels, list_field,
     port_number, required,
 };
@@ -119,7 +119,10 @@ pub(super) fn label_selector(at: At) -> Res<LabelSelector> {
         let wants_values = matches!(op, SelectorOp::In | SelectorOp::NotIn);
         if wants_values == values.is_empty() {
             let why = if wants_values { "must not be empty for In and NotIn" } else { "must be empty for Exists" };
-            return Err(super::FieldError { field: format!("{}.values", r.path()), fault: Fault::Invalid(why.into()) });
+            return Err(super::cursor::FieldError {
+                field: format!("{}.values", r.path()),
+                fault: Fault::Invalid(why.into()),
+            });
         }
         Ok(Requirement { key, op, values })
     })?;
@@ -128,7 +131,7 @@ pub(super) fn label_selector(at: At) -> Res<LabelSelector> {
 
 fn labels_key_invalid(k: &str) -> bool {
     let v = serde_json::json!({ k: "" });
-    labels(super::root(&v)).is_err()
+    labels(super::cursor::root(&v)).is_err()
 }
 
 fn peer(p: At) -> Res<K8sPeer> {
@@ -170,13 +173,13 @@ fn port(p: At) -> Res<K8sPort> {
     let port = match (port, end) {
         (Some(PortRef::Number { port, .. }), Some(end)) if end >= port => Some(PortRef::Number { port, end }),
         (Some(PortRef::Number { port, .. }), Some(end)) => {
-            return Err(super::FieldError {
+            return Err(super::cursor::FieldError {
                 field: format!("{}.endPort", p.path()),
                 fault: Fault::Invalid(format!("{end} is below port {port}")),
             });
         }
         (_, Some(_)) => {
-            return Err(super::FieldError {
+            return Err(super::cursor::FieldError {
                 field: format!("{}.endPort", p.path()),
                 fault: Fault::Invalid("needs a numeric port".into()),
             });

@@ -2,27 +2,15 @@
 //! interface name), their address leases, DEL that succeeds when the pod is gone, CHECK's
 //! view of an attachment, GC of attachments the runtime no longer knows, and STATUS.
 
-use super::daemon::{ControlError, Daemon};
-use super::pods::PodState;
-use crate::api::{CniAttach, CniPod};
-use crate::control::config::PodSpec;
-use crate::control::ipam::Lease;
-
-/// What makes a pod a CNI attachment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attachment {
-    pub network: String,
-    pub container_id: String,
-}
+use super::Daemon;
+use crate::api::{CniAttach, CniPod, CniStatus, PodSpec};
+use crate::control::error::ControlError;
+use crate::control::ipam::AddressLease;
+use crate::control::pods::{Attachment, PodState};
 
 impl Daemon {
-    fn attachment(&self, container_id: &str, ifname: &str) -> Option<&PodState> {
-        self.pods
-            .iter()
-            .find(|p| p.cni.as_ref().is_some_and(|c| c.container_id == container_id) && p.spec.ifname() == ifname)
-    }
-
     fn cni_pod(&self, p: &PodState) -> CniPod {
+        let node = self.node.info();
         CniPod {
             name: p.spec.name.clone(),
             container_id: p.cni.as_ref().map(|c| c.container_id.clone()).unwrap_or_default(),
@@ -30,22 +18,21 @@ impl Daemon {
             netns: p.spec.netns.clone(),
             ip: p.spec.ip,
             mac: p.spec.mac(),
-            mtu: self.node.mtu,
-            gateway: self.node.gateway,
+            mtu: node.mtu,
+            gateway: node.gateway,
         }
     }
 
     /// ADD: lease an address (or record the one the runtime or its IPAM chose), then
     /// attach the namespace as a pod; the lease goes again if the attachment fails.
-    pub(crate) async fn cni_add(&mut self, a: CniAttach) -> Result<serde_json::Value, ControlError> {
-        if self.attachment(&a.container_id, &a.ifname).is_some() {
+    pub(crate) async fn cni_add(&mut self, a: CniAttach) -> Result<CniPod, ControlError> {
+        if self.pods.attached(&a.container_id, &a.ifname).is_some() {
             return Err(ControlError::AlreadyAttached { container_id: a.container_id, ifname: a.ifname });
         }
-        if self.pods.iter().any(|p| p.spec.name == a.name) {
+        if self.pods.get(&a.name).is_some() {
             return Err(ControlError::PodExists(a.name));
         }
-        let pods = &self.pods;
-        let lease = Lease {
+        let lease = AddressLease {
             ip: std::net::Ipv4Addr::UNSPECIFIED,
             network: a.network.clone(),
             container_id: a.container_id.clone(),
@@ -53,34 +40,28 @@ impl Daemon {
             name: a.name.clone(),
             netns: a.netns.clone(),
         };
-        let ip = self.leases.leases.allocate(lease, a.ip, |ip| {
-            pods.iter().find(|p| p.spec.ip == ip).map(|p| format!("pod {}", p.spec.name))
-        })?;
-        if let Err(e) = self.leases.save() {
-            self.leases.leases.release(&a.container_id, &a.ifname);
-            return Err(e.into());
-        }
+        let pods = &self.pods;
+        let ip = self.ipam.lease(lease, a.ip, |ip| pods.holder_of(ip).map(|p| format!("pod {}", p.spec.name)))?;
         let spec =
             PodSpec { name: a.name.clone(), netns: a.netns.clone(), ip, mac: a.mac, ifname: Some(a.ifname.clone()) };
-        if let Err(e) = self.add_pod(spec).await {
-            self.leases.leases.release(&a.container_id, &a.ifname);
-            let _ = self.leases.save();
+        let cni = Attachment { network: a.network, container_id: a.container_id.clone() };
+        if let Err(e) = self.add_pod(spec, Some(cni)).await {
+            if let Err(r) = self.ipam.release(&a.container_id, &a.ifname) {
+                tracing::error!("cni: releasing {ip} after a failed ADD: {r}");
+            }
             return Err(e);
         }
-        let p = self.pods.last_mut().expect("add_pod pushed the pod");
-        p.cni = Some(Attachment { network: a.network, container_id: a.container_id });
-        let p = self.pods.last().expect("add_pod pushed the pod");
-        Ok(serde_json::to_value(self.cni_pod(p)).unwrap_or_default())
+        let p = self.pods.get(&a.name).ok_or_else(|| ControlError::NoPod(a.name.clone()))?;
+        Ok(self.cni_pod(p))
     }
 
     /// DEL: detach and release; an attachment that is already gone is success.
     pub(crate) async fn cni_del(&mut self, container_id: &str, ifname: &str) -> Result<String, ControlError> {
         let mut msg = Vec::new();
-        if let Some(name) = self.attachment(container_id, ifname).map(|p| p.spec.name.clone()) {
+        if let Some(name) = self.pods.attached(container_id, ifname).map(|p| p.spec.name.clone()) {
             msg.push(self.del_pod(&name).await?);
         }
-        if let Some(l) = self.leases.leases.release(container_id, ifname) {
-            self.leases.save()?;
+        if let Some(l) = self.ipam.release(container_id, ifname)? {
             msg.push(format!("{} released", l.ip));
         }
         if msg.is_empty() {
@@ -89,12 +70,12 @@ impl Daemon {
         Ok(msg.join("; "))
     }
 
-    pub(crate) fn cni_check(&self, container_id: &str, ifname: &str) -> Result<serde_json::Value, ControlError> {
-        let p = self.attachment(container_id, ifname).ok_or_else(|| ControlError::NotAttached {
+    pub(crate) fn cni_check(&self, container_id: &str, ifname: &str) -> Result<CniPod, ControlError> {
+        let p = self.pods.attached(container_id, ifname).ok_or_else(|| ControlError::NotAttached {
             container_id: container_id.to_string(),
             ifname: ifname.to_string(),
         })?;
-        Ok(serde_json::to_value(self.cni_pod(p)).unwrap_or_default())
+        Ok(self.cni_pod(p))
     }
 
     /// GC: every attachment of `network` (and every lease) not in `valid` goes.
@@ -110,8 +91,8 @@ impl Daemon {
                     .map(|c| (c.container_id.clone(), p.spec.ifname().to_string()))
             })
             .chain(
-                self.leases
-                    .leases
+                self.ipam
+                    .table()
                     .iter()
                     .filter(|l| l.network == network)
                     .map(|l| (l.container_id.clone(), l.ifname.clone())),
@@ -126,8 +107,8 @@ impl Daemon {
         Ok(format!("network {network}: {} stale attachment(s) removed", stale.len()))
     }
 
-    pub(crate) fn cni_status(&self) -> serde_json::Value {
-        let free = self.leases.leases.free(|ip| self.pods.iter().any(|p| p.spec.ip == ip));
-        serde_json::json!({ "free": free, "leases": self.leases.leases.iter().count() })
+    pub(crate) fn cni_status(&self) -> CniStatus {
+        let t = self.ipam.table();
+        CniStatus { free: t.free(|ip| self.pods.holder_of(ip).is_some()), leases: t.iter().count() }
     }
 }

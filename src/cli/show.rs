@@ -1,0 +1,255 @@
+//! `ucanal show`: the daemon's rows printed as the kernel tools users know print them
+//! (`ip route`, `ip neigh`, `bridge fdb`, `conntrack -L`, `iptables -vnL`), or as
+//! their stable JSON (`--json`, keys sorted; the schema README.md's "Listings"
+//! documents). Both come from the same typed rows, so they always agree.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::CliError;
+use super::target::{ANSWER_WAIT, Target};
+use crate::api::{
+    ConntrackRow, CountersReport, FdbRow, NeighRow, NodeReport, PeerRow, PeersReport, PodRow, PodsReport, Query,
+    RouteRow, ServiceRow, Show,
+};
+
+/// `ucanal show WHAT [--json] [--all]`: one request.
+pub fn show(target: &Target, what: Show, json: bool, all: bool) -> Result<String, CliError> {
+    let mut c = target.client(Some(ANSWER_WAIT))?;
+    let q = Query::Show { what };
+    let text = match what {
+        Show::Routes => render(c.query::<Vec<RouteRow>>(q)?, json, |r| routes_text(r))?,
+        Show::Neigh => render(c.query::<Vec<NeighRow>>(q)?, json, |r| neigh_text(r))?,
+        Show::Fdb => render(c.query::<Vec<FdbRow>>(q)?, json, |r| fdb_text(r))?,
+        Show::Pods => {
+            let p: PodsReport = c.query(q)?;
+            render(p.pods, json, |r| pods_text(r, &p.node))?
+        }
+        Show::Services => render(c.query::<Vec<ServiceRow>>(q)?, json, |r| services_text(r))?,
+        Show::Conntrack => render(c.query::<Vec<ConntrackRow>>(q)?, json, |r| {
+            eprintln!("conntrack v1.4 (ucanal): {} flow entries have been shown.", r.len());
+            conntrack_text(r)
+        })?,
+        Show::Counters => render(c.query::<CountersReport>(q)?, json, |r| counters_text(r, all))?,
+        Show::Node => json_text(&c.query::<NodeReport>(q)?)?,
+        Show::Peers => render(c.query::<PeersReport>(q)?, json, |r| peers_text(&r.peers))?,
+    };
+    Ok(text.trim_end_matches('\n').to_string())
+}
+
+/// The rows as JSON, or as text.
+fn render<T: Serialize>(rows: T, json: bool, text: impl FnOnce(&T) -> String) -> Result<String, CliError> {
+    if json { json_text(&rows) } else { Ok(text(&rows)) }
+}
+
+/// Pretty JSON with the keys of every object sorted, as the listings have always
+/// printed (a `serde_json::Value` sorts them).
+pub fn json_text<T: Serialize>(v: &T) -> Result<String, CliError> {
+    let v = serde_json::to_value(v).map_err(CliError::Json)?;
+    serde_json::to_string_pretty(&v).map_err(CliError::Json)
+}
+
+pub fn routes_text(rows: &[RouteRow]) -> String {
+    let mut s = String::new();
+    for r in rows {
+        if r.kind == "local" {
+            s.push_str("local ");
+        }
+        s.push_str(&r.dst);
+        if let Some(g) = r.gateway {
+            let _ = write!(s, " via {g}");
+        }
+        let _ = write!(s, " dev {}", r.dev);
+        if let Some(sc) = &r.scope {
+            let _ = write!(s, " scope {sc}");
+        }
+        for f in &r.flags {
+            let _ = write!(s, " {f}");
+        }
+        s.push('\n');
+    }
+    s
+}
+
+pub fn neigh_text(rows: &[NeighRow]) -> String {
+    rows.iter().map(|r| format!("{} dev {} lladdr {} {}\n", r.ip, r.dev, r.lladdr, r.state)).collect()
+}
+
+pub fn fdb_text(rows: &[FdbRow]) -> String {
+    rows.iter().map(|r| format!("{} dev {} dst {} {} {}\n", r.mac, r.dev, r.dst, r.flags.join(" "), r.state)).collect()
+}
+
+pub fn pods_text(rows: &[PodRow], node: &str) -> String {
+    let mut s = format!(
+        "{:<20} {:<14} {:<18} {:<16} {:<20} {:<12} {:>10} {:>10}\n",
+        "NAME", "IP", "MAC", "PORT", "NETNS", "NODE", "RX-PKTS", "TX-PKTS"
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{:<20} {:<14} {:<18} {:<16} {:<20} {:<12} {:>10} {:>10}",
+            r.name, r.ip, r.mac, r.port, r.netns, node, r.counts.rx_packets, r.counts.tx_packets
+        );
+    }
+    s
+}
+
+/// iptables' human byte counts: 142K, 3695K, 12M.
+fn human(n: u64) -> String {
+    match n {
+        0..=99_999 => n.to_string(),
+        100_000..=99_999_999 => format!("{}K", n / 1000),
+        _ => format!("{}M", n / 1_000_000),
+    }
+}
+
+/// `iptables -vnL -t nat` style: the service portals, then each service's endpoints.
+pub fn services_text(rows: &[ServiceRow]) -> String {
+    let mut s = String::from("Chain KUBE-SERVICES (ucanal service table)\n");
+    let _ = writeln!(s, "{:>5} {:>5} {:<28} {:<4} {:<20} ", "pkts", "bytes", "target", "prot", "destination");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{:>5} {:>5} {:<28} {:<4} {:<20} /* {}: cluster IP */ {} dpt:{}",
+            r.packets,
+            human(r.bytes),
+            format!("SVC {}", r.name),
+            r.protocol,
+            r.cluster_ip,
+            r.name,
+            r.protocol,
+            r.port
+        );
+    }
+    let nodeports: Vec<_> = rows.iter().filter(|r| r.node_port.is_some()).collect();
+    if !nodeports.is_empty() {
+        s.push_str("\nChain KUBE-NODEPORTS\n");
+        let _ = writeln!(s, "{:>5} {:>5} {:<28} {:<4} ", "pkts", "bytes", "target", "prot");
+        for r in nodeports {
+            let _ = writeln!(
+                s,
+                "{:>5} {:>5} {:<28} {:<4} /* {}: */ {} dpt:{}",
+                "-",
+                "-",
+                format!("SVC {}", r.name),
+                r.protocol,
+                r.name,
+                r.protocol,
+                r.node_port.unwrap_or(0)
+            );
+        }
+    }
+    for r in rows {
+        let _ = writeln!(s, "\nChain SVC {} ({} endpoints)", r.name, r.endpoints.len());
+        let _ = writeln!(s, "{:>5} {:>5} {:<28} ", "pkts", "bytes", "target");
+        if r.endpoints.is_empty() {
+            let _ = writeln!(
+                s,
+                "{:>5} {:>5} {:<28} /* {} has no endpoints */ reject-with icmp-port-unreachable",
+                "-", "-", "REJECT", r.name
+            );
+        }
+        let n = r.endpoints.len();
+        for e in &r.endpoints {
+            let _ = writeln!(
+                s,
+                "{:>5} {:>5} {:<28} /* {}: */ flow hash 1/{n} ({:.5}) DNAT to:{}",
+                e.packets,
+                human(e.bytes),
+                format!("SEP {}", e.endpoint),
+                r.name,
+                1.0 / n as f64,
+                e.endpoint
+            );
+        }
+    }
+    s
+}
+
+pub fn counters_text(c: &CountersReport, all: bool) -> String {
+    let mut s = String::new();
+    for (title, m) in [("decisions", &c.decisions), ("drops", &c.drops)] {
+        let _ = writeln!(s, "{title}:");
+        for (k, n) in m {
+            if all || *n > 0 {
+                let _ = writeln!(s, "  {k:<28} {n}");
+            }
+        }
+    }
+    s
+}
+
+pub fn peers_text(rows: &[PeerRow]) -> String {
+    let mut s = format!(
+        "{:<18} {:<15} {:<17} {:<6} {:>8} {:>9}  {}\n",
+        "SUBNET", "PUBLIC-IP", "VTEP-MAC", "SOURCE", "AGE", "EXPIRES", "LEASE"
+    );
+    for r in rows {
+        let exp = r.expires_secs.map(|e| format!("{e}s")).unwrap_or_else(|| "-".into());
+        s += &format!(
+            "{:<18} {:<15} {:<17} {:<6} {:>7}s {:>9}  {}\n",
+            r.subnet.to_string(),
+            r.public_ip.to_string(),
+            r.vtep_mac,
+            r.source,
+            r.age_secs,
+            exp,
+            r.lease
+        );
+    }
+    s
+}
+
+pub fn conntrack_text(rows: &[ConntrackRow]) -> String {
+    rows.iter().map(|r| format!("{}\n", r.line)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::inspect::listings::{fdb, neigh, routes, services};
+    use crate::core::tables::article;
+
+    #[test]
+    fn listings_read_like_the_kernel_tools() {
+        let t = article::tables1(vec![article::ghost()]);
+        let r = routes_text(&routes(&t, "ucanal0"));
+        assert!(r.contains("10.244.0.0/24 via 10.244.0.0 dev flannel.1 onlink\n"), "{r}");
+        assert!(r.contains("10.244.1.5 dev calif0e9df43659 scope link\n"), "{r}");
+        assert!(r.starts_with("default dev ucanal0 scope link\n"));
+        let n = neigh_text(&neigh(&t));
+        assert!(n.starts_with("10.244.0.0 dev flannel.1 lladdr 32:a9:79:6d:0b:b1 PERMANENT\n"), "{n}");
+        let f = fdb_text(&fdb(&t));
+        assert_eq!(f, "32:a9:79:6d:0b:b1 dev flannel.1 dst 172.16.240.132 self permanent\n");
+        let s = services_text(&services(&t));
+        assert!(s.contains("/* default/ghost: cluster IP */ tcp dpt:2368"), "{s}");
+        assert!(s.contains("tcp dpt:31266"), "{s}");
+        assert!(s.contains("DNAT to:10.244.0.74:2368"), "{s}");
+        // JSON round-trips.
+        let j = serde_json::to_value(routes(&t, "ucanal0")).unwrap();
+        let back: Vec<RouteRow> = serde_json::from_value(j).unwrap();
+        assert_eq!(back.len(), 6);
+    }
+
+    #[test]
+    fn iptables_style_numbers() {
+        assert_eq!(human(240), "240");
+        assert_eq!(human(142_000), "142K");
+        assert_eq!(human(3_695_000), "3695K");
+        assert_eq!(human(120_000_000), "120M");
+    }
+
+    #[test]
+    fn counters_list_what_moved_unless_all() {
+        let mut c = CountersReport::default();
+        c.decisions.insert("decap".into(), 3);
+        c.decisions.insert("encap".into(), 0);
+        c.drops.insert("no_fdb".into(), 1);
+        assert_eq!(
+            counters_text(&c, false),
+            "decisions:\n  decap                        3\ndrops:\n  no_fdb                       1\n"
+        );
+        assert!(counters_text(&c, true).contains("  encap                        0\n"));
+    }
+}
