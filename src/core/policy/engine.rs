@@ -20,6 +20,27 @@ use crate::core::nat::service::Hits;
 /// A pod's identity.
 pub type PodId = (String, String);
 
+/// A local pod's chains, for listings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Chains {
+    pub ingress_isolated: bool,
+    pub egress_isolated: bool,
+    /// Ingress rules, then egress rules, each in walk order.
+    pub rules: Vec<ChainRow>,
+}
+
+/// One rule of a chain and what it matched (new flows: packets and bytes of their first packet).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChainRow {
+    pub dir: Direction,
+    pub policy: ir::PolicyInfo,
+    /// Its index in the policy's ingress or egress list.
+    pub rule: usize,
+    pub action: super::model::RuleAction,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 /// A policy and the local pods it selects.
 #[derive(Debug)]
 struct Entry {
@@ -347,6 +368,37 @@ impl PolicyEngine {
             self.hits.iter().map(|((k, d, i), h): (&_, &Arc<Hits>)| (k.clone(), *d, *i, h.get())).collect();
         v.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
         v
+    }
+
+    /// A local pod's effective chains, in the order they are walked (for `show policy`):
+    /// whether each direction is isolated, and every rule with its counters. `None` for
+    /// a pod that is not local; a local pod no policy selects has two empty chains.
+    pub fn chains(&mut self, namespace: &str, name: &str) -> Option<Chains> {
+        let id = (namespace.to_string(), name.to_string());
+        self.local.get(&id)?;
+        let _ = self.table();
+        let Some(ep) = self.compiled.get(&id) else { return Some(Chains::default()) };
+        let mut rules = Vec::new();
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let mut last = None;
+            for r in ep.chain(dir).rules.iter() {
+                // A Kubernetes rule with many peers may be compiled as several: one row.
+                if last == Some((Arc::as_ptr(&r.policy), r.index)) {
+                    continue;
+                }
+                last = Some((Arc::as_ptr(&r.policy), r.index));
+                let (packets, bytes) = r.hits.get();
+                rules.push(ChainRow {
+                    dir,
+                    policy: (*r.policy).clone(),
+                    rule: r.index,
+                    action: r.action,
+                    packets,
+                    bytes,
+                });
+            }
+        }
+        Some(Chains { ingress_isolated: ep.ingress.isolated, egress_isolated: ep.egress.isolated, rules })
     }
 
     /// The local pods that some policy selects, and those policies (for listings).

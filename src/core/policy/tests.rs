@@ -345,3 +345,21 @@ fn a_pickup_needs_both_orientations() {
         "mid-stream a->c: c->a would be denied, so which end opened it matters"
     );
 }
+
+#[test]
+fn a_pods_chains_list_its_rules_in_walk_order() {
+    let mut e = world();
+    apply(
+        &mut e,
+        CALICO_ORDERED.replace("selector: ns == 'x'", "selector: projectcalico.org/namespace == 'x'").as_str(),
+    );
+    let c = e.chains("x", "a").unwrap();
+    assert!(c.ingress_isolated && !c.egress_isolated);
+    let rows: Vec<(&str, usize, model::RuleAction)> =
+        c.rules.iter().map(|r| (r.policy.name.as_str(), r.rule, r.action)).collect();
+    use model::RuleAction::*;
+    assert_eq!(rows, [("first", 0, Log), ("first", 1, Deny), ("first", 2, Pass), ("allow-y", 0, Allow)]);
+    assert_eq!(e.chains("x", "nope"), None);
+    let free = e.chains("x", "a").map(|c| c.rules.len());
+    assert_eq!(free, Some(4));
+}

@@ -90,6 +90,14 @@ fn ingress_is_checked_on_the_receivers_node_and_replies_pass() {
     assert_eq!(lab.port(PortId(2), &syn), Action::ToPort(PortId(1)));
     assert_checksums(&lab.out_ip());
     assert_eq!(lab.count(Counter::PolicyTracked), 1, "not NATed, tracked for its policy");
+    // The rule's counters: one new flow, its first packet's bytes (IP), kept by the engine.
+    let hits = e.rule_hits();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        (hits[0].0.name.as_str(), hits[0].1, hits[0].2),
+        ("ghost-from-clients", crate::core::policy::Direction::Ingress, 0)
+    );
+    assert_eq!(hits[0].3, (1, syn.len() as u64 - 14));
     let entries = lab.dp.conntrack.entries(NOW);
     assert_eq!((entries.len(), entries[0].nat), (1, 0));
     // The SYN-ACK is a reply: it passes by the entry, though nothing allows ep1 -> ep3.
