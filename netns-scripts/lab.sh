@@ -3,6 +3,8 @@
 # in network namespaces. See lib.sh for the reusable functions.
 #
 #   lab.sh up [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--force]
+#   lab.sh up --topology FILE [--offloads on|off] [--force]   # a lab from a topology file (docs/lab.md)
+#   lab.sh graph FILE [--svg OUT]  # FILE's topology as Graphviz dot (and drawn as SVG)
 #   lab.sh down
 #   lab.sh status            # exit 0 up and healthy, 1 no lab, 2 degraded
 #   lab.sh socket NODE       # the ucanal API socket of NODE
@@ -24,7 +26,7 @@
 . "$(dirname "${BASH_SOURCE[0]}")/cluster-lib.sh"
 
 usage() {
-    sed -n '5,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '5,16s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 2
 }
 
@@ -32,12 +34,24 @@ cmd=${1:-}
 (($#)) && shift
 case $cmd in
 up)
-    if [[ " $* " == *" --nodes"* ]]; then lab_cluster_up "$@"; else lab_up "$@"; fi
+    # --force: the lab there now goes first, as it was made (its own nodes and sockets).
+    lab_init
+    if [[ " $* " == *" --force "* ]] && lab_exists; then (lab_cluster_load || lab_topology_restore; lab_down); fi
+    # Every lab comes from a topology file: the one named, topologies/article.yaml, or the
+    # N-node file --nodes writes (topology-lib.sh).
+    if [[ " $* " == *" --topology"* ]]; then
+        lab_topology_up "$@"
+    elif [[ " $* " == *" --nodes"* ]]; then
+        lab_cluster_up "$@"
+    else
+        lab_up "$@"
+    fi
     ;;
+graph) (($# >= 1)) || usage; lab_init; lab_topology_graph "$@" ;;
 down)
     (($# == 0)) || usage
     lab_init
-    lab_cluster_load || true
+    lab_cluster_load || lab_topology_restore
     lab_down
     ;;
 add-node) lab_init; lab_cluster_add_node "$@" ;;
@@ -48,18 +62,19 @@ etcd-cut) lab_init; lab_etcd_cut ;;
 etcd-heal) lab_init; lab_etcd_heal ;;
 etcdctl) lab_init; lab_etcdctl "$@" ;;
 pingall) lab_init; lab_cluster_pingall "$@" ;;
-status) (($# == 0)) || usage; lab_status ;;
+status) (($# == 0)) || usage; lab_init; lab_cluster_load || lab_topology_restore; lab_status ;;
 socket) (($# == 1)) || usage; lab_init; lab_socket "$1" ;;
 restart)
     (($# >= 1)) || usage
     lab_init
-    if lab_cluster_load; then lab_cluster_restart "$@"; else lab_ucanal_restart "$@"; fi
+    if lab_cluster_load; then lab_cluster_restart "$@"; else lab_topology_restore; lab_ucanal_restart "$@"; fi
     ;;
-exec) (($# >= 2)) || usage; lab_init; lab_cluster_load || true; lab_nsexec "$@" ;;
-endpoints) (($# == 2)) || usage; lab_init; lab_set_endpoints "$1" "$2" ;;
+exec) (($# >= 2)) || usage; lab_init; lab_cluster_load || lab_topology_restore; lab_nsexec "$@" ;;
+endpoints) (($# == 2)) || usage; lab_init; lab_topology_restore; lab_set_endpoints "$1" "$2" ;;
 rules)
     (($# == 1)) || usage
     lab_init
+    lab_cluster_load || lab_topology_restore
     [[ -n ${LAB_NODE_SUBNET[$1]:-} ]] || lab_die "unknown node '$1' (nodes: ${LAB_NODES[*]})"
     lab_kube_proxy_rules
     lab_flannel_masq_rules "$1"

@@ -40,6 +40,8 @@ LAB_REPO=$(cd "$LAB_LIB_DIR/.." && pwd)
 # UCANAL_RUN_ARGS      extra words for `ucanal run` (e.g. "--log-level warn --metrics 127.0.0.1:9300")
 # LAB_UCANAL_DATAPLANE extra lines for the [dataplane] section of ucanal's configs (e.g. "batch = 1")
 _LAB_DEFAULT_UCANAL_BIN=$LAB_REPO/target/release/ucanal
+# shellcheck source-path=SCRIPTDIR source=topology-lib.sh
+. "$LAB_LIB_DIR/topology-lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 # The reference lab (docs/lab.md).
@@ -59,19 +61,10 @@ LAB_POD_GATEWAY=169.254.1.1
 LAB_LOCAL_PORT_RANGE="32768 60999"
 LAB_HTTP_PORT=2368
 
-LAB_NODES=(centos7-1 centos7-2)
-declare -gA LAB_NODE_IP=([centos7-1]=172.16.240.131 [centos7-2]=172.16.240.132)
-declare -gA LAB_NODE_MAC=([centos7-1]=00:0c:29:b2:8d:83 [centos7-2]=00:0c:29:b5:b6:92)
-declare -gA LAB_NODE_SUBNET=([centos7-1]=10.244.1.0/24 [centos7-2]=10.244.0.0/24)
-declare -gA LAB_NODE_VTEP_MAC=([centos7-1]=8a:40:90:1c:cf:7e [centos7-2]=32:a9:79:6d:0b:b1)
-declare -gA LAB_NODE_MODE=([centos7-1]=ucanal [centos7-2]=ucanal)
-
-LAB_PODS=(ghost-ep1 ghost-ep2)
-declare -gA LAB_POD_IP=([ghost-ep1]=10.244.1.5 [ghost-ep2]=10.244.0.74)
-declare -gA LAB_POD_NODE=([ghost-ep1]=centos7-1 [ghost-ep2]=centos7-2)
-
-# One service per word list: "<ns/name[:port]> <tcp|udp> <cluster ip> <port> <node port|-> <ip:port,...>"
-LAB_SERVICES=("default/ghost tcp 10.250.0.40 2368 31266 10.244.0.74:2368,10.244.1.5:2368")
+# The nodes, pods and services (LAB_NODES, LAB_NODE_*, LAB_PODS, LAB_POD_*, LAB_SERVICES: one
+# service per word list "<ns/name[:port]> <tcp|udp> <cluster ip> <port> <node port|-> <ip:port,...>")
+# come from a topology file: topologies/article.yaml unless `up --topology FILE` names
+# another (topology-lib.sh).
 
 LAB_OFFLOADS=on
 # partial (default): veth defaults, as any lab built with `ip link add ... type veth` has them: a
@@ -533,14 +526,14 @@ service_cidr = "$LAB_SERVICE_CIDR"
 vtep_mac = "${LAB_NODE_VTEP_MAC[$node]}"
 vni = $LAB_VNI
 vxlan_port = $LAB_VXLAN_PORT
-mtu = $LAB_MTU
+mtu = $LAB_MTU${LAB_NODE_CONF_NODE[$node]:+$_LAB_NL${LAB_NODE_CONF_NODE[$node]}}
 
 [api]
-socket = "$(lab_socket "$node")"
+socket = "$(lab_socket "$node")"${LAB_NODE_CONF_API[$node]:+$_LAB_NL${LAB_NODE_CONF_API[$node]}}
 
 [dataplane]
 offloads = $([[ $LAB_OFFLOADS == on ]] && echo true || echo false)
-${LAB_UCANAL_DATAPLANE:-}
+${LAB_UCANAL_DATAPLANE:-}${LAB_NODE_CONF_DATAPLANE[$node]:+$_LAB_NL${LAB_NODE_CONF_DATAPLANE[$node]}}${LAB_NODE_CONF_TABLES[$node]:+$_LAB_NL${LAB_NODE_CONF_TABLES[$node]}}
 EOF
     for peer in "${LAB_NODES[@]}"; do
         [[ $peer != "$node" ]] || continue
@@ -763,14 +756,18 @@ _lab_require() {
     "$LAB_PYTHON" -c 'import http.server' 2>/dev/null || lab_die "$LAB_PYTHON cannot import http.server"
 }
 
-# lab_up [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--force]
+# lab_up [--topology FILE] [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--force]
 lab_up() {
     local force=0 i node any_ucanal=0 v
     lab_init
     LAB_OFFLOADS=on
-    for node in "${LAB_NODES[@]}"; do LAB_NODE_MODE[$node]=ucanal; done
+    # The article's lab unless the caller loaded a topology (lab_topology_up, or lib.sh when
+    # it was sourced with ucanal built); --nodeI sets node I's kind on top of it.
+    [[ -n $LAB_TOPOLOGY_FILE ]] || lab_topology_load "$LAB_TOPOLOGY_DEFAULT"
     while (($#)); do
         case $1 in
+        --topology) shift ;;
+        --topology=*) ;;
         --node[0-9]*)
             i=${1#--node}
             i=${i%%=*}
@@ -785,7 +782,7 @@ lab_up() {
             LAB_OFFLOADS=$v
             ;;
         --force) force=1 ;;
-        *) lab_die "unknown option '$1' (up [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--force])" ;;
+        *) lab_die "unknown option '$1' (up [--topology FILE] [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--force])" ;;
         esac
         shift
     done
@@ -858,12 +855,14 @@ _lab_up_body() {
     _lab_state "offloads=$LAB_OFFLOADS"
     _lab_state "wire_csum=$LAB_WIRE_CSUM"
     for node in "${LAB_NODES[@]}"; do _lab_state "node.$node=${LAB_NODE_MODE[$node]}"; done
+    lab_topology_save
     lab_log "up: nodes $(for node in "${LAB_NODES[@]}"; do printf '%s=%s ' "$node" "${LAB_NODE_MODE[$node]}"; done)offloads=$LAB_OFFLOADS run dir $LAB_RUN_DIR"
 
     lab_lan_create
     lab_client_create
     for node in "${LAB_NODES[@]}"; do lab_node_create "$node"; done
     for pod in "${LAB_PODS[@]}"; do lab_pod_create "$pod"; done
+    lab_extra_lans
     for node in "${LAB_NODES[@]}"; do
         if [[ ${LAB_NODE_MODE[$node]} == kernel ]]; then lab_kernel_node "$node"; fi
     done
@@ -957,3 +956,7 @@ lab_status() {
     done
     return "$rc"
 }
+
+# The article's lab (topologies/article.yaml) in the arrays, for scripts that source this file
+# and change them before lab_up. Without a built ucanal yet, lab_up loads it (and builds).
+if [[ -x $LAB_TOOL_BIN ]]; then lab_topology_load "$LAB_TOPOLOGY_DEFAULT"; fi

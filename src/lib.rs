@@ -9,7 +9,7 @@
 //! (the sans-IO dataplane: bytes and `now` in, an [`core::Action`] out), [`io`] (the
 //! shell: TAPs, sockets, worker threads, netlink) and [`control`] (config, the runtime
 //! API, table snapshots); [`cni`] is the CNI plugin that puts a container runtime's
-//! containers on it.
+//! containers on it, [`lab`] reads the lab's topology files.
 
 pub mod api;
 pub mod cli;
@@ -17,4 +17,5 @@ pub mod cni;
 pub mod control;
 pub mod core;
 pub mod io;
+pub mod lab;
 pub mod wire;

@@ -4,7 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ucanal::api::{Command, EndpointRef, PodSpec, Show};
 use ucanal::cli::target::Target;
 use ucanal::cli::trace::{capture, trace_live, trace_probe};
@@ -15,7 +15,7 @@ use ucanal::core::nat::service::{Protocol, ServiceSpec};
 use ucanal::wire::MacAddr;
 
 #[derive(Parser)]
-#[command(name = "ucanal", version, about = "A userspace Canal-style container-network dataplane")]
+#[command(name = "ucanal", version = env!("UCANAL_VERSION"), about = "A userspace Canal-style container-network dataplane")]
 struct Cli {
     /// Reach the daemon at this socket file (default: $UCANAL_SOCKET; else the daemon of
     /// this network namespace, then /run/ucanal/ucanal.sock).
@@ -127,6 +127,13 @@ enum Cmd {
     Delete(kubectl::Manifest),
     /// List applied objects: services or endpoints.
     Get(kubectl::GetArgs),
+    /// Print the shell completion script of ucanal (e.g. `source <(ucanal completions bash)`).
+    Completions { shell: clap_complete::Shell },
+    /// Print ucanal's manual page (roff: `ucanal man | man -l -`).
+    Man,
+    /// Check a lab topology file (netns-scripts/lab.sh up --topology), print its plan or
+    /// its Graphviz graph.
+    Topology(ucanal::lab::topology::Args),
     /// List a table of the running daemon.
     Show {
         what: Show,
@@ -304,6 +311,15 @@ fn main() -> ExitCode {
                 done(one().and_then(|t| trace_probe(&t, ingress, flags, &flow, json)))
             }
         }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "ucanal", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Cmd::Man => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => done(Err(CliError::File { what: "writing the manual page".into(), source: e })),
+        },
+        Cmd::Topology(a) => ucanal::lab::topology::run(&a),
         Cmd::Capture { port, write, count, filter, timeout } => {
             done(one().and_then(|t| capture(&t, &port, &write, count, &filter, timeout)))
         }

@@ -225,11 +225,11 @@ pub struct Ipv4Net {
 
 impl Ipv4Net {
     /// A prefix with its host bits cleared; `None` if `len > 32`.
-    pub fn new(addr: Ipv4Addr, len: u8) -> Option<Self> {
+    pub const fn new(addr: Ipv4Addr, len: u8) -> Option<Self> {
         if len > 32 {
             return None;
         }
-        Some(Ipv4Net { addr: Ipv4Addr::from(u32::from(addr) & mask(len)), len })
+        Some(Ipv4Net { addr: Ipv4Addr::from_bits(addr.to_bits() & mask(len)), len })
     }
     pub fn addr(&self) -> Ipv4Addr {
         self.addr
@@ -248,8 +248,8 @@ impl Ipv4Net {
     }
 }
 
-pub(crate) fn mask(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) }
+pub(crate) const fn mask(len: u8) -> u32 {
+    if len == 0 { 0 } else { u32::MAX << (32 - len as u32) }
 }
 
 impl std::fmt::Display for Ipv4Net {

@@ -17,8 +17,7 @@ use tokio::sync::watch;
 
 use super::registry::{OwnLease, Registry, RegistryError, SubnetLease};
 use crate::api::PeerRow;
-use crate::control::etcd::EtcdError;
-use crate::control::etcd::gateway::{WatchEvent, WatchMessage};
+use crate::control::etcd::{EtcdError, WatchEvent, WatchMessage};
 use crate::core::Ipv4Net;
 use crate::core::tables::Peer;
 
@@ -287,7 +286,7 @@ impl Member {
     async fn own_lease_lost(&mut self) {
         self.status(|s| s.own_lease_lost += 1);
         tracing::error!(subnet = %self.own.subnet, "THIS NODE'S LEASE WAS DELETED OR EXPIRED in etcd; claiming it again");
-        match self.registry.renew(&mut self.own).await {
+        match self.registry.reclaim(&mut self.own).await {
             Ok(()) => tracing::warn!(subnet = %self.own.subnet, "lease re-claimed"),
             Err(e) => tracing::error!(subnet = %self.own.subnet, "re-claiming the lease failed: {e}"),
         }

@@ -36,7 +36,7 @@ fn conflict(field: &str, problem: String) -> RunError {
 /// node's lease or claims a free subnet, as flanneld does). `None` without `[cluster]`.
 pub async fn join(cfg: &Config, random: u64) -> Result<Option<Joined>, RunError> {
     let Some(c) = &cfg.cluster else { return Ok(None) };
-    let client = EtcdClient::new(&c.etcd_endpoints)?;
+    let client = EtcdClient::connect(&c.etcd_endpoints).await?;
     let registry = Registry::new(client, &c.prefix, Duration::from_secs(c.lease_ttl));
     let net = registry.network_config().await?;
     let n = &cfg.node;

@@ -6,8 +6,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use super::flannel::{self, FlannelError, LeaseAttrs, NetworkConfig};
-use crate::control::etcd::gateway::KeyValue;
-use crate::control::etcd::{EtcdClient, EtcdError};
+use crate::control::etcd::{EtcdClient, EtcdError, KeyValue};
 use crate::core::Ipv4Net;
 
 #[derive(Debug, thiserror::Error)]
@@ -180,8 +179,22 @@ impl Registry {
         Err(RegistryError::Races(RACE_RETRIES))
     }
 
-    /// Renews the lease (flannel's `RenewLease`: a new etcd lease and the value put again).
+    /// Renews the lease: a keep-alive of its etcd lease, which writes nothing (flannel's
+    /// `RenewLease` puts the value again, a watch event at every node each renewal); when
+    /// that etcd lease is gone, [`Self::reclaim`].
     pub async fn renew(&self, own: &mut OwnLease) -> Result<(), RegistryError> {
+        match self.client.keep_alive(own.etcd_lease).await? {
+            ttl if ttl > 0 => {
+                own.expires = expiry(ttl);
+                Ok(())
+            }
+            _ => self.reclaim(own).await,
+        }
+    }
+
+    /// Writes the lease again under a new etcd lease (flannel's `RenewLease`): after it
+    /// expired, or when someone deleted the key.
+    pub async fn reclaim(&self, own: &mut OwnLease) -> Result<(), RegistryError> {
         let old = own.etcd_lease;
         *own = self.write(own.subnet, &own.attrs.clone()).await?;
         // The key moved to the new etcd lease; the old one would expire harmlessly anyway.

@@ -3,6 +3,7 @@
 //! lock only to apply what changed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Mutex, watch};
 
@@ -37,11 +38,17 @@ pub fn objects(client: EtcdClient, prefix: &str, d: Arc<Mutex<Daemon>>) {
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(store.clone().sync(tx));
     tokio::spawn(async move {
-        d.lock().await.kube.shared = Some(store);
+        d.lock().await.kube.shared = Some(store.clone());
         // An update costs what it changes, so nothing waits to batch: whatever the watch
-        // has queued meanwhile goes with it (one publish, one steering sync).
+        // has queued meanwhile goes with it (one publish, one steering sync). Only this
+        // node's own write in flight is waited for (at most HOLD): its transactions come
+        // back one watch message each, and a table rebuild per message cost more than
+        // the write (100,000 services: 32 rebuilds, 2.9 s).
+        const HOLD: Duration = Duration::from_secs(3);
         while let Some(u) = rx.recv().await {
             let mut batch = vec![u];
+            let until = tokio::time::Instant::now() + HOLD;
+            store.written(until).await;
             while let Ok(more) = rx.try_recv() {
                 batch.push(more);
             }

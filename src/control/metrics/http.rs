@@ -1,25 +1,33 @@
-//! The metrics HTTP side: a minimal HTTP/1.1 server. `GET /metrics` answers the
-//! exposition, `GET /` a pointer to it, anything else 404 (405 for other methods); one
-//! request per connection, closed after the response. A scrape needs no more than the
-//! request line, so this reads the head itself (bounded in size and time) rather than
-//! enabling hyper's server half: hyper is in the build for the etcd client only.
+//! The metrics HTTP side, on hyper's HTTP/1.1 server: `GET /metrics` answers the
+//! exposition, `GET /` a pointer to it, anything else 404 (405 for other methods).
+//! hyper owns the protocol (request parsing, 400 for a malformed request, 431 for a
+//! head over [`MAX_HEAD`], keep-alive); this module owns the routes and the limits a
+//! daemon's side port needs: connections served at once, how long a client may take
+//! to send its head, and how long one connection may live.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ALLOW, CONTENT_TYPE as CONTENT_TYPE_HEADER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::{CONTENT_TYPE, Source, render};
 
+/// hyper's read buffer, which bounds the request head (its smallest allowed size).
 const MAX_HEAD: usize = 8 * 1024;
 /// How long a client has to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long writing the response may take.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one connection may last (its requests and the writing of their answers):
+/// a scraper that stops reading does not hold a slot for ever.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; further ones wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
 /// How long accepting waits after an error (EMFILE and the like) before it retries.
@@ -50,8 +58,16 @@ async fn accept_loop(listener: TcpListener, src: Arc<Source>) {
                 let src = src.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Err(e) = handle(stream, src).await {
-                        tracing::debug!(error = %e, "metrics connection");
+                    let service = hyper::service::service_fn(move |req| answer(req, src.clone()));
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(READ_TIMEOUT)
+                        .max_buf_size(MAX_HEAD)
+                        .serve_connection(TokioIo::new(stream), service);
+                    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                        Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection"),
+                        Err(_) => tracing::debug!("metrics connection closed after {CONNECTION_TIMEOUT:?}"),
+                        Ok(Ok(())) => {}
                     }
                 });
             }
@@ -71,143 +87,60 @@ enum Route {
     Index,
     NotFound,
     MethodNotAllowed,
-    BadRequest,
 }
 
-/// Reads the request head: `None` when the client closed or timed out before sending
-/// a complete one (nothing to answer), `Some(Err(()))` when it is too long.
-async fn read_head(stream: &mut TcpStream) -> Option<Result<Vec<u8>, ()>> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let read = async {
-        loop {
-            let n = match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => n,
-            };
-            buf.extend_from_slice(&chunk[..n]);
-            if head_end(&buf) {
-                return Some(Ok(()));
-            }
-            if buf.len() > MAX_HEAD {
-                return Some(Err(()));
-            }
-        }
-    };
-    match tokio::time::timeout(READ_TIMEOUT, read).await {
-        Ok(Some(Ok(()))) => Some(Ok(buf)),
-        Ok(Some(Err(()))) => Some(Err(())),
-        _ => None,
-    }
-}
-
-fn head_end(buf: &[u8]) -> bool {
-    buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n")
-}
-
-fn route(head: &[u8]) -> Route {
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let Ok(line) = std::str::from_utf8(line) else { return Route::BadRequest };
-    let mut parts = line.trim_end_matches('\r').split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
-        return Route::BadRequest;
-    }
-    let path = target.split(['?', '#']).next().unwrap_or_default();
+fn route(method: &Method, path: &str) -> Route {
     match (method, path) {
-        ("GET", "/metrics") => Route::Metrics,
-        ("GET", "/") => Route::Index,
+        (&Method::GET, "/metrics") => Route::Metrics,
+        (&Method::GET, "/") => Route::Index,
         (_, "/metrics" | "/") => Route::MethodNotAllowed,
         _ => Route::NotFound,
     }
 }
 
-/// The statuses the server answers with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
-    Ok,
-    BadRequest,
-    NotFound,
-    MethodNotAllowed,
-    HeadTooLarge,
-}
-
-impl Status {
-    fn line(self) -> &'static str {
-        match self {
-            Status::Ok => "200 OK",
-            Status::BadRequest => "400 Bad Request",
-            Status::NotFound => "404 Not Found",
-            Status::MethodNotAllowed => "405 Method Not Allowed",
-            Status::HeadTooLarge => "431 Request Header Fields Too Large",
-        }
-    }
-}
-
-const TEXT: &str = "text/plain; charset=utf-8";
-
-async fn handle(mut stream: TcpStream, src: Arc<Source>) -> io::Result<()> {
-    let response = match read_head(&mut stream).await {
-        None => return Ok(()),
-        Some(Err(())) => response(Status::HeadTooLarge, TEXT, "request head too long\n"),
-        Some(Ok(head)) => match route(&head) {
-            Route::Metrics => {
-                // Rendering walks every service and port: off the (single) runtime
-                // worker so a large scrape never stalls the control API.
-                let body = tokio::task::spawn_blocking(move || render(&src))
-                    .await
-                    .map_err(|e| io::Error::other(format!("render: {e}")))?;
-                response(Status::Ok, CONTENT_TYPE, &body)
-            }
-            Route::Index => response(Status::Ok, TEXT, "ucanal exporter: metrics at /metrics\n"),
-            Route::NotFound => response(Status::NotFound, TEXT, "not found; metrics at /metrics\n"),
-            Route::MethodNotAllowed => response(Status::MethodNotAllowed, TEXT, "only GET\n"),
-            Route::BadRequest => response(Status::BadRequest, TEXT, "bad request\n"),
-        },
-    };
-    tokio::time::timeout(WRITE_TIMEOUT, async {
-        stream.write_all(&response).await?;
-        stream.shutdown().await
-    })
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "writing the response timed out"))?
-}
-
-fn response(status: Status, content_type: &str, body: &str) -> Vec<u8> {
-    let mut r = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        status.line(),
-        body.len()
-    );
-    if status == Status::MethodNotAllowed {
-        r.push_str("Allow: GET\r\n");
-    }
-    r.push_str("\r\n");
-    let mut r = r.into_bytes();
-    r.extend_from_slice(body.as_bytes());
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE_HEADER, hyper::header::HeaderValue::from_static(content_type));
     r
+}
+
+async fn answer(req: Request<Incoming>, src: Arc<Source>) -> Result<Response<Full<Bytes>>, Infallible> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    Ok(match route(req.method(), req.uri().path()) {
+        Route::Metrics => {
+            // Rendering walks every service and port: off the (single) runtime worker
+            // so a large scrape never stalls the control API.
+            match tokio::task::spawn_blocking(move || render(&src)).await {
+                Ok(body) => text(StatusCode::OK, CONTENT_TYPE, body),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, format!("render: {e}\n")),
+            }
+        }
+        Route::Index => text(StatusCode::OK, PLAIN, "ucanal exporter: metrics at /metrics\n"),
+        Route::NotFound => text(StatusCode::NOT_FOUND, PLAIN, "not found; metrics at /metrics\n"),
+        Route::MethodNotAllowed => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET\n");
+            r.headers_mut().insert(ALLOW, hyper::header::HeaderValue::from_static("GET"));
+            r
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
     use super::super::testing::{bumped, check_exposition, source};
     use super::*;
 
     #[test]
     fn routes_requests() {
-        assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Route::Metrics);
-        assert_eq!(route(b"GET /metrics?foo=1 HTTP/1.0\r\n\r\n"), Route::Metrics);
-        assert_eq!(route(b"GET / HTTP/1.1\n\n"), Route::Index);
-        assert_eq!(route(b"GET /nope HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), Route::MethodNotAllowed);
-        assert_eq!(route(b"GET /metrics\r\n\r\n"), Route::BadRequest);
-        assert_eq!(route(b"\xff\xfe /metrics HTTP/1.1\r\n\r\n"), Route::BadRequest);
-        assert_eq!(route(b"\r\n\r\n"), Route::BadRequest);
-        assert_eq!(route(b"GET http://x/metrics HTTP/1.1\r\n\r\n"), Route::BadRequest);
-        assert_eq!(route(b"GET /metrics HTTP/1.1 extra\r\n\r\n"), Route::BadRequest);
+        assert_eq!(route(&Method::GET, "/metrics"), Route::Metrics);
+        assert_eq!(route(&Method::GET, "/"), Route::Index);
+        assert_eq!(route(&Method::GET, "/nope"), Route::NotFound);
+        assert_eq!(route(&Method::POST, "/metrics"), Route::MethodNotAllowed);
+        assert_eq!(route(&Method::DELETE, "/"), Route::MethodNotAllowed);
     }
 
     fn free_port() -> SocketAddr {
@@ -215,6 +148,7 @@ mod tests {
         l.local_addr().unwrap()
     }
 
+    /// One request on its own connection (asking to close it after), the raw answer.
     async fn get(addr: SocketAddr, request: &[u8]) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(request).await.unwrap();
@@ -223,36 +157,44 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+        head.lines().find_map(|l| l.split_once(": ").filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+    }
+
     #[tokio::test]
     async fn serves_over_http() {
         let addr = free_port();
         serve(addr, bumped()).await.unwrap();
 
-        let r = get(addr, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+        let r = get(addr, b"GET /metrics?foo=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-        assert!(r.contains(&format!("Content-Type: {CONTENT_TYPE}\r\n")), "{r}");
-        assert!(r.contains("Connection: close\r\n"));
         let (head, body) = r.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())), "{head}");
+        assert_eq!(header(head, "content-type"), Some(CONTENT_TYPE), "{head}");
+        assert_eq!(header(head, "content-length"), Some(body.len().to_string().as_str()), "{head}");
         assert!(body.lines().any(|l| l == r#"ucanal_decisions_total{node="centos7-1",decision="decap"} 1"#), "{body}");
         check_exposition(body);
 
-        let r = get(addr, b"GET /nope HTTP/1.1\r\n\r\n").await;
+        let r = get(addr, b"GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 404 Not Found\r\n"), "{r}");
 
-        let r = get(addr, b"GET / HTTP/1.1\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("/metrics"), "{r}");
+        let r = get(addr, b"GET / HTTP/1.0\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.0 200 OK\r\n") && r.contains("/metrics"), "{r}");
 
-        let r = get(addr, b"DELETE /metrics HTTP/1.1\r\n\r\n").await;
+        let r = get(addr, b"DELETE /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 405 "), "{r}");
+        assert_eq!(header(r.split_once("\r\n\r\n").unwrap().0, "allow"), Some("GET"), "{r}");
 
         let r = get(addr, b"garbage\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
 
         let mut big = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
-        big.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
+        big.extend(std::iter::repeat_n(b'a', MAX_HEAD * 4));
         let r = get(addr, &big).await;
         assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
+
+        // Two requests on one kept-alive connection.
+        let r = get(addr, b"GET / HTTP/1.1\r\n\r\nGET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+        assert_eq!(r.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{r}");
 
         // A client that sends nothing and closes gets nothing, and the server goes on.
         drop(TcpStream::connect(addr).await.unwrap());
@@ -262,7 +204,7 @@ mod tests {
         s.read_to_end(&mut out).await.unwrap();
         assert!(out.is_empty());
         let r = get(addr, b"GET /metrics HTTP/1.0\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(r.starts_with("HTTP/1.0 200 OK\r\n"), "{r}");
     }
 
     #[tokio::test]

@@ -15,10 +15,8 @@
 //! | `ucanal_service_flows_total`, `ucanal_service_first_packet_bytes_total` | `service`, `protocol`, `cluster_ip`, `port` | new flows per service and the bytes of their first packets (iptables-style NAT counters) |
 //! | `ucanal_endpoint_flows_total` | `service`, `endpoint` | new flows DNATed to each endpoint |
 //!
-//! The HTTP side is a minimal HTTP/1.1 server of its own (see `http` for why not
-//! hyper's): `GET /metrics` answers the exposition, `GET /` a pointer to it, anything
-//! else 404 (405 for other methods); one request per connection, closed after the
-//! response.
+//! The HTTP side is hyper's HTTP/1.1 server: `GET /metrics` answers the exposition,
+//! `GET /` a pointer to it, anything else 404 (405 for other methods).
 //!
 //! Security: the README documents `--metrics 127.0.0.1:9300` (loopback). The caller
 //! may pass any address; binding a non-loopback one exposes the counters (pod names,

@@ -1,5 +1,5 @@
 //! Several objects per etcd key. etcd takes a few thousand keys a second (per key:
-//! a bolt write, a watch event per watcher, base64 JSON through the gateway), so one
+//! a bolt write, a raft entry's share, a watch event per watcher), so one
 //! key per object made 10,000 services 20,000 keys and seconds of writing. Objects are
 //! stored in [`BUCKETS`] buckets instead: `<objects dir>buckets/NNNN` (four decimal
 //! digits), its value a JSON array of the objects in their stored form, sorted by key.
