@@ -116,6 +116,11 @@ impl PodBook {
     }
 
     /// Every pod's spec, in order (the state file).
+    /// The pods' specs, borrowed.
+    pub fn spec_refs(&self) -> impl Iterator<Item = &PodSpec> {
+        self.pods.iter().map(|p| &p.spec)
+    }
+
     pub fn specs(&self) -> Vec<PodSpec> {
         self.pods.iter().map(|p| p.spec.clone()).collect()
     }

@@ -1,5 +1,6 @@
 //! Kubernetes objects as `kubectl get -o yaml` prints them — `Service` (ClusterIP /
-//! NodePort), `Endpoints`, `EndpointSlice` (discovery.k8s.io/v1), and `List`s of them:
+//! NodePort), `Endpoints`, `EndpointSlice` (discovery.k8s.io/v1), the policy objects
+//! of [`policy`] (`Namespace`, `Pod`, `NetworkPolicy`, Calico's policies), and `List`s of them:
 //! what `ucanal apply -f` reads and sends, and what `get` lists. Pure: text in, checked
 //! objects out. (What they make on a node, the service specs, is
 //! `control::kube`'s.)
@@ -15,8 +16,14 @@ pub enum KubeError {
     Syntax(String),
     #[error("{kind} {name}: {problem}")]
     Object { kind: String, name: String, problem: String },
-    #[error("kind '{0}' is not one ucanal applies (Service, Endpoints, EndpointSlice, List)")]
+    #[error(
+        "kind '{0}' is not one ucanal applies (Service, Endpoints, EndpointSlice, Namespace, Pod, NetworkPolicy, \
+         GlobalNetworkPolicy, List)"
+    )]
     Kind(String),
+    /// A policy object that does not decode: the field and its fault.
+    #[error("{0}")]
+    Policy(crate::core::policy::decode::DecodeError),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +116,9 @@ pub enum Object {
     Service { metadata: Meta, spec: ServiceBody },
     Endpoints { metadata: Meta, subsets: Vec<Subset> },
     EndpointSlice { metadata: Meta, endpoints: Vec<SliceEndpoint>, ports: Vec<EndpointPort> },
+    /// A policy object, as its manifest (see [`policy`]); `metadata.namespace` is empty
+    /// for a cluster-wide kind.
+    Policy { metadata: Meta, manifest: serde_json::Value },
 }
 
 impl Object {
@@ -117,13 +127,15 @@ impl Object {
             Object::Service { .. } => "Service",
             Object::Endpoints { .. } => "Endpoints",
             Object::EndpointSlice { .. } => "EndpointSlice",
+            Object::Policy { .. } => "Policy",
         }
     }
     pub fn meta(&self) -> &Meta {
         match self {
             Object::Service { metadata, .. }
             | Object::Endpoints { metadata, .. }
-            | Object::EndpointSlice { metadata, .. } => metadata,
+            | Object::EndpointSlice { metadata, .. }
+            | Object::Policy { metadata, .. } => metadata,
         }
     }
     /// `services/default/ghost`: the object's key below ucanal's store prefix.
@@ -132,13 +144,19 @@ impl Object {
             Object::Service { .. } => "services",
             Object::Endpoints { .. } => "endpoints",
             Object::EndpointSlice { .. } => "endpointslices",
+            Object::Policy { manifest, metadata } if metadata.namespace.is_empty() => {
+                return format!("{}/{}", policy::dir(manifest), metadata.name);
+            }
+            Object::Policy { manifest, .. } => policy::dir(manifest),
         };
         format!("{dir}/{}/{}", self.meta().namespace, self.meta().name)
     }
-    /// The service (`ns/name`) whose specs this object changes.
+    /// The service (`ns/name`) whose specs this object changes (a policy object: its
+    /// own key, which names no service).
     pub fn service(&self) -> String {
         let m = self.meta();
         match self {
+            Object::Policy { .. } => self.key(),
             Object::EndpointSlice { .. } => {
                 let svc = m.labels.get("kubernetes.io/service-name").unwrap_or(&m.name);
                 format!("{}/{svc}", m.namespace)
@@ -151,6 +169,9 @@ impl Object {
     /// names, protocols TCP or UDP, a Service is ClusterIP or NodePort with an IPv4
     /// cluster IP and ports.
     pub fn check(&self) -> Result<(), KubeError> {
+        if let Object::Policy { metadata, manifest } = self {
+            return policy::check(metadata, manifest);
+        }
         let m = self.meta();
         let bad = |p: String| KubeError::Object {
             kind: self.kind().into(),
@@ -200,6 +221,7 @@ impl Object {
                     proto(&p.protocol)?;
                 }
             }
+            Object::Policy { .. } => {}
         }
         Ok(())
     }
@@ -222,6 +244,9 @@ pub(super) struct Raw {
     ports: Option<Vec<EndpointPort>>,
     #[serde(default)]
     items: Option<Vec<Raw>>,
+    /// A stored policy object's manifest.
+    #[serde(default)]
+    manifest: Option<serde_json::Value>,
 }
 
 /// Why a [`Raw`] is not an object (the general path says it better, naming the object).
@@ -248,7 +273,10 @@ impl TryFrom<Raw> for Object {
                 endpoints: r.endpoints.ok_or(NotAnObject("missing field `endpoints`"))?,
                 ports: r.ports.ok_or(NotAnObject("missing field `ports`"))?,
             }),
-            _ => Err(NotAnObject("kind is not Service, Endpoints or EndpointSlice")),
+            Some("Policy") => {
+                Ok(Object::Policy { metadata, manifest: r.manifest.ok_or(NotAnObject("missing field `manifest`"))? })
+            }
+            _ => Err(NotAnObject("kind is not Service, Endpoints, EndpointSlice or Policy")),
         }
     }
 }
@@ -268,6 +296,7 @@ impl ObjectList {
 }
 
 mod manifest;
+pub mod policy;
 
 pub use manifest::{parse_manifest, parse_manifest_general};
 

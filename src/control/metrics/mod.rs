@@ -14,6 +14,7 @@
 //! | `ucanal_conntrack_expired_total`, `ucanal_conntrack_flushed_total` | | flows evicted by timeout, UDP flows flushed with their endpoint |
 //! | `ucanal_service_flows_total`, `ucanal_service_first_packet_bytes_total` | `service`, `protocol`, `cluster_ip`, `port` | new flows per service and the bytes of their first packets (iptables-style NAT counters) |
 //! | `ucanal_endpoint_flows_total` | `service`, `endpoint` | new flows DNATed to each endpoint |
+//! | `ucanal_policy_rule_flows_total`, `ucanal_policy_rule_first_packet_bytes_total` | `kind`, `policy`, `direction`, `rule`, `action` | new flows matched by each network policy rule |
 //!
 //! The HTTP side is hyper's HTTP/1.1 server: `GET /metrics` answers the exposition,
 //! `GET /` a pointer to it, anything else 404 (405 for other methods).

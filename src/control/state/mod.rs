@@ -10,6 +10,7 @@
 mod attach;
 mod objects;
 mod pods;
+mod policy;
 mod services;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use super::persist::statefile::Source;
 use super::persist::{Persist, State};
 use super::plane::Plane;
 use super::pods::PodBook;
+use super::policy::PolicyBook;
 use super::services::ServiceBook;
 use crate::core::tables::Peer;
 
@@ -91,6 +93,10 @@ pub struct Daemon {
     pub(super) pods: PodBook,
     pub(super) services: ServiceBook,
     pub(super) kube: KubeBook,
+    /// Network policy: its objects and this node's compiled table.
+    pub(super) policy: PolicyBook,
+    /// The policy generation whose flows were last re-checked.
+    pub(super) policy_checked: u64,
     /// Membership of a cluster on etcd (`[cluster]`), once joined.
     pub(super) cluster: Option<Membership>,
     /// CNI attachments' addresses (ucanal's default IPAM).
@@ -110,8 +116,12 @@ impl Daemon {
         ipam: Ipam,
         persist: Option<Persist>,
     ) -> Daemon {
+        let info = node.info();
+        let policy = PolicyBook::new(&info.name, info.pod_cidr);
         Daemon {
             cfg,
+            policy,
+            policy_checked: 0,
             life: Lifecycle::Starting { from, handed: HashMap::new() },
             node,
             plane,
@@ -149,7 +159,10 @@ impl Daemon {
     /// Publishes a new snapshot of the tables: the pods, the peers and the services now.
     pub(super) fn publish(&mut self) {
         let peers = self.peers();
+        self.policy.set_attached(self.pods.spec_refs());
+        self.plane.set_policy(self.policy.table());
         self.plane.publish(self.node.info(), &self.pods.ports(), &peers, self.services.table().clone());
+        self.recheck_flows();
     }
 
     /// The peers the tables are built from: the config's, then the leases' that do not
