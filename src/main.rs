@@ -161,7 +161,7 @@ enum PodCmd {
         ip: Ipv4Addr,
         #[arg(long)]
         mac: Option<MacAddr>,
-        /// The pod's Kubernetes namespace: the pod is named NAMESPACE/NAME, as CNI names pods.
+        /// The pod's Kubernetes namespace, for network policy (default: `default`).
         #[arg(long)]
         namespace: Option<String>,
         /// A label for network policy, KEY=VALUE (repeat for more).
@@ -382,11 +382,8 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 fn object_cmd(target: &Target, cmd: Cmd) -> Result<String, CliError> {
     let c = match cmd {
         Cmd::Pod { cmd: PodCmd::Add { name, netns, ip, mac, namespace, labels } } => {
-            let name = match namespace {
-                Some(ns) => format!("{ns}/{name}"),
-                None => name,
-            };
-            Command::PodAdd { pod: PodSpec { name, netns, ip, mac, ifname: None, labels: labels.into_iter().collect() } }
+            let labels = labels.into_iter().collect();
+            Command::PodAdd { pod: PodSpec { name, netns, ip, mac, ifname: None, namespace, labels } }
         }
         Cmd::Pod { cmd: PodCmd::Del { name } } => Command::PodDel { name },
         Cmd::Service { cmd: ServiceCmd::Set { name, protocol, cluster_ip, port, node_port, endpoints } } => {

@@ -108,6 +108,7 @@ impl Node {
             ip: ip.into(),
             mac: None,
             ifname: Some(format!("p{i}")),
+            namespace: None,
             labels: Default::default(),
         }
     }

@@ -22,6 +22,10 @@ pub struct PodSpec {
     /// The interface's name inside the pod (default `eth0`; CNI's `CNI_IFNAME`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ifname: Option<String>,
+    /// The pod's Kubernetes namespace, for network policy (default: the `ns` of a name
+    /// `ns/name`, as CNI names pods, else `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// The pod's labels, for network policy (a Pod object applied later replaces them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -47,10 +51,13 @@ impl PodSpec {
             MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]])
         })
     }
-    /// The pod's Kubernetes namespace and name: `ns/name` as CNI names pods
-    /// (`K8S_POD_NAMESPACE/K8S_POD_NAME`), else the `default` namespace.
+    /// The pod's Kubernetes namespace and name: its `namespace` and name, else `ns/name`
+    /// as CNI names pods (`K8S_POD_NAMESPACE/K8S_POD_NAME`), else in `default`.
     pub fn kube_id(&self) -> (&str, &str) {
-        self.name.split_once('/').unwrap_or(("default", &self.name))
+        match &self.namespace {
+            Some(ns) => (ns, &self.name),
+            None => self.name.split_once('/').unwrap_or(("default", &self.name)),
+        }
     }
     /// The namespace file.
     pub fn netns_path(&self) -> PathBuf {

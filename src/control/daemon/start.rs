@@ -256,6 +256,15 @@ fn load_checkpoint_file(d: &Daemon) {
 async fn run_pods(d: &mut Daemon, fds: WorkerFds, pods: &[PodSpec], handed: bool) -> Result<(), RunError> {
     d.plane.set_tx_ports(fds.tx_ports.clone());
     d.publish();
+    match d.cfg.manifest_objects() {
+        Ok(objs) if !objs.is_empty() => {
+            if let Err(e) = d.apply_objects(objs, false).await {
+                tracing::error!("the config's manifests do not apply: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!("config: {e}"),
+    }
     if handed {
         add_pods(d, pods).await?;
     }

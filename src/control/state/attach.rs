@@ -49,6 +49,7 @@ impl Daemon {
                 ip,
                 mac: a.mac,
                 ifname: Some(a.ifname.clone()),
+                namespace: None,
                 labels: a.labels.clone(),
             };
         let cni = Attachment { network: a.network, container_id: a.container_id.clone() };
