@@ -195,3 +195,60 @@ pub fn kind_name(k: model::PolicyKind) -> &'static str {
         model::PolicyKind::GlobalNetworkPolicy => "global_network_policy",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::kube::parse_manifest;
+
+    fn spec(name: &str, ns: Option<&str>, ip: &str, labels: &[(&str, &str)]) -> PodSpec {
+        PodSpec {
+            name: name.into(),
+            netns: name.into(),
+            ip: ip.parse().unwrap(),
+            mac: None,
+            ifname: None,
+            namespace: ns.map(String::from),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    const DENY: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]
+";
+
+    /// An attached pod is bound by namespace/name: its labels decide which policy selects
+    /// it, a Pod object's labels replace them, deleting the object gives them back.
+    #[test]
+    fn attached_pods_bind_to_their_objects_and_relabel_as_deltas() {
+        let mut b = PolicyBook::new("node-1", "10.244.1.0/24".parse().unwrap());
+        let pods = [spec("x-a", Some("x"), "10.244.1.5", &[("pod", "a")]), spec("y/c", None, "10.244.1.9", &[])];
+        b.set_attached(pods.iter());
+        assert_eq!(b.table().endpoints().count(), 0);
+        b.apply(&parse_manifest(DENY).unwrap(), false);
+        let chains = b.chains();
+        let xa = chains.iter().find(|c| c.name == "x-a").unwrap();
+        assert!(xa.ingress_isolated && !xa.egress_isolated);
+        assert_eq!(xa.ingress_chain, format!("cali-tw-{}", pods[0].port_name()));
+        assert_eq!(xa.rules.len(), 1);
+        assert!(chains.iter().any(|c| c.namespace == "y" && c.name == "c" && !c.ingress_isolated));
+        let gen = b.table().generation();
+        // A Pod object relabels it: no longer selected.
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: x-a, namespace: x, labels: {pod: z}}\n";
+        let objs = parse_manifest(pod).unwrap();
+        b.apply(&objs, false);
+        assert!(b.table().generation() > gen);
+        assert!(!b.chains().iter().find(|c| c.name == "x-a").unwrap().ingress_isolated);
+        b.apply(&objs, true);
+        assert!(b.chains().iter().find(|c| c.name == "x-a").unwrap().ingress_isolated);
+        // Detached: gone from the table.
+        b.set_attached(pods[1..].iter());
+        assert_eq!(b.table().endpoints().count(), 0);
+        b.apply(&parse_manifest(DENY).unwrap(), true);
+        assert!(b.rule_counters().is_empty());
+    }
+}
