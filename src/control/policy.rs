@@ -236,12 +236,12 @@ spec:
         assert_eq!(xa.ingress_chain, format!("cali-tw-{}", pods[0].port_name()));
         assert_eq!(xa.rules.len(), 1);
         assert!(chains.iter().any(|c| c.namespace == "y" && c.name == "c" && !c.ingress_isolated));
-        let gen = b.table().generation();
+        let before = b.table().generation();
         // A Pod object relabels it: no longer selected.
         let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: x-a, namespace: x, labels: {pod: z}}\n";
         let objs = parse_manifest(pod).unwrap();
         b.apply(&objs, false);
-        assert!(b.table().generation() > gen);
+        assert!(b.table().generation() > before);
         assert!(!b.chains().iter().find(|c| c.name == "x-a").unwrap().ingress_isolated);
         b.apply(&objs, true);
         assert!(b.chains().iter().find(|c| c.name == "x-a").unwrap().ingress_isolated);
