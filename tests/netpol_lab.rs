@@ -55,7 +55,8 @@ struct World {
 /// A fixture's object as it is in the lab: a Pod gets the lab's name, node and address.
 fn in_lab(mut v: Value) -> Value {
     if v["kind"] == "Pod" {
-        let id = format!("{}/{}", v["metadata"]["namespace"].as_str().unwrap(), v["metadata"]["name"].as_str().unwrap());
+        let id =
+            format!("{}/{}", v["metadata"]["namespace"].as_str().unwrap(), v["metadata"]["name"].as_str().unwrap());
         let (ip, node) = pod(&id);
         v["metadata"]["name"] = Value::from(lab_name(&id));
         v["spec"]["nodeName"] = Value::from(node);
@@ -76,8 +77,10 @@ impl World {
         let topo = repo().join(TOPOLOGY);
         let lab = Lab::up("tn", &["--topology", topo.to_str().unwrap()]);
         let agent = repo().join("netns-scripts/netpol-agent.py");
-        let servers =
-            PODS.iter().map(|p| lab.background(&lab_name(p.0), &format!("exec python3 {} serve 80 81", agent.display()))).collect();
+        let servers = PODS
+            .iter()
+            .map(|p| lab.background(&lab_name(p.0), &format!("exec python3 {} serve 80 81", agent.display())))
+            .collect();
         for p in PODS {
             lab.wait_listening(&lab_name(p.0), 81);
         }
@@ -162,15 +165,19 @@ fn run_case(w: &World, case: &Value) -> Vec<String> {
     let mut bad = Vec::new();
     let mut policies = Vec::new();
     for (i, step) in case["steps"].as_array().unwrap().iter().enumerate() {
-        let list = |k: &str| -> Vec<Value> { step[k].as_array().cloned().unwrap_or_default().into_iter().map(in_lab).collect() };
+        let list = |k: &str| -> Vec<Value> {
+            step[k].as_array().cloned().unwrap_or_default().into_iter().map(in_lab).collect()
+        };
         let (apply, delete) = (list("apply"), list("delete"));
         policies.extend(apply.iter().filter(|o| o["kind"] != "Pod" && o["kind"] != "Namespace").cloned());
         w.apply(delete, true);
         w.apply(apply, false);
         let probes: Vec<&Value> =
             step["probes"].as_array().unwrap().iter().filter(|p| p["protocol"] != "SCTP").collect();
-        let targets: Vec<(u16, String)> =
-            probes.iter().map(|p| (p["port"].as_u64().unwrap() as u16, p["protocol"].as_str().unwrap().to_string())).collect();
+        let targets: Vec<(u16, String)> = probes
+            .iter()
+            .map(|p| (p["port"].as_u64().unwrap() as u16, p["protocol"].as_str().unwrap().to_string()))
+            .collect();
         let got = w.probe(&targets);
         for p in probes {
             let what = format!("{}/{}", p["port"], p["protocol"].as_str().unwrap());
@@ -199,7 +206,12 @@ fn upstream_cases(w: &World) {
     for c in &cases {
         let t1 = Instant::now();
         let b = run_case(w, c);
-        println!("{:>6.1} s  {}  {}", t1.elapsed().as_secs_f64(), if b.is_empty() { "ok  " } else { "FAIL" }, c["name"]);
+        println!(
+            "{:>6.1} s  {}  {}",
+            t1.elapsed().as_secs_f64(),
+            if b.is_empty() { "ok  " } else { "FAIL" },
+            c["name"]
+        );
         bad.extend(b);
     }
     println!(
@@ -285,8 +297,10 @@ fn ingress_x(allow: bool) -> Value {
 /// the last line answered.
 fn live_connection_cut(c: &Cluster) {
     c.apply("node-1", vec![ingress_x(true)], false);
-    wait_until(Duration::from_secs(10), || c.lab.ucanal_ok("node-1", &["show", "policy", "--pod", "x/x-a"]).contains("ACCEPT  /*"))
-        .expect("node-1 never enforced x's ingress policy");
+    wait_until(Duration::from_secs(10), || {
+        c.lab.ucanal_ok("node-1", &["show", "policy", "--pod", "x/x-a"]).contains("ACCEPT  /*")
+    })
+    .expect("node-1 never enforced x's ingress policy");
     let agent = repo().join("netns-scripts/netpol-agent.py");
     let mut hold = c.lab.spawn("y-a", &format!("exec python3 {} hold 10.244.1.5:90 15", agent.display()));
     let mut lines = std::io::BufReader::new(hold.stdout.take().unwrap()).lines();
@@ -297,7 +311,8 @@ fn live_connection_cut(c: &Cluster) {
     let line = lines.next().unwrap().unwrap();
     let _ = hold.kill();
     let _ = hold.wait();
-    let last: f64 = line.strip_prefix("cut ").unwrap_or_else(|| panic!("the connection was not cut: {line}")).parse().unwrap();
+    let last: f64 =
+        line.strip_prefix("cut ").unwrap_or_else(|| panic!("the connection was not cut: {line}")).parse().unwrap();
     let cut_ms = ((last - t0) * 1000.0).max(0.0);
     println!(
         "live connection y/a (node-2) -> x/a (node-1) cut {cut_ms:.0} ms after `apply` of a deny on node-3 \
@@ -342,7 +357,9 @@ fn ten_thousand_policies(c: &Cluster) {
 
 fn main() -> ExitCode {
     let mut suite = Suite::new();
-    suite.group("netpol_three_ucanal_nodes", &["python3"], World::up).phase("upstream_e2e_truth_tables", upstream_cases);
+    suite
+        .group("netpol_three_ucanal_nodes", &["python3"], World::up)
+        .phase("upstream_e2e_truth_tables", upstream_cases);
     let etcd = suite
         .group("netpol_through_etcd", &["python3", "etcd", "etcdctl"], Cluster::up)
         .phase("a_deny_applied_on_another_node_cuts_a_live_connection_within_1s", live_connection_cut);

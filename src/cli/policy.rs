@@ -48,7 +48,8 @@ pub fn chains_text(chains: &[PolicyChain]) -> String {
             s += &format!("Chain {chain} ({}/{} {dir}, {})\n", c.namespace, c.name, c.ip);
             s += &format!("{:>8} {:>8} {:<7} {}\n", "pkts", "bytes", "target", "rule");
             if !isolated {
-                s += &format!("{:>8} {:>8} {:<7} /* no policy selects the pod: profile allows */\n", "-", "-", "ACCEPT");
+                s +=
+                    &format!("{:>8} {:>8} {:<7} /* no policy selects the pod: profile allows */\n", "-", "-", "ACCEPT");
                 continue;
             }
             for r in c.rules.iter().filter(|r| r.dir == dir) {

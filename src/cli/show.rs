@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::CliError;
 use super::target::{ANSWER_WAIT, Target};
 use crate::api::{
-    ConntrackRow, CountersReport, FdbRow, NeighRow, NodeReport, PeerRow, PeersReport, PodRow, PodsReport,
-    PolicyChain, Query, RouteRow, ServiceRow, Show,
+    ConntrackRow, CountersReport, FdbRow, NeighRow, NodeReport, PeerRow, PeersReport, PodRow, PodsReport, PolicyChain,
+    Query, RouteRow, ServiceRow, Show,
 };
 
 /// `ucanal show WHAT [--json] [--all]`: one request.

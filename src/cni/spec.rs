@@ -314,7 +314,17 @@ impl NetConf {
                 .map(|l| (l.key, l.value))
                 .collect(),
         };
-        Ok(NetConf { cni_version: version, name, plugin_type, socket, ipam, dns, prev_result, valid_attachments, labels })
+        Ok(NetConf {
+            cni_version: version,
+            name,
+            plugin_type,
+            socket,
+            ipam,
+            dns,
+            prev_result,
+            valid_attachments,
+            labels,
+        })
     }
 }
 

@@ -136,7 +136,8 @@ impl PolicyBook {
 
     /// `show policy`: every local pod some policy or pod identity names, with its chains.
     pub fn chains(&mut self) -> Vec<PolicyChain> {
-        let ids: Vec<((String, String), Attached)> = self.attached.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let ids: Vec<((String, String), Attached)> =
+            self.attached.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut out = Vec::new();
         for ((ns, name), a) in ids {
             let Some(c) = self.engine.chains(&ns, &name) else { continue };

@@ -113,12 +113,25 @@ pub struct Conditions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", try_from = "Raw")]
 pub enum Object {
-    Service { metadata: Meta, spec: ServiceBody },
-    Endpoints { metadata: Meta, subsets: Vec<Subset> },
-    EndpointSlice { metadata: Meta, endpoints: Vec<SliceEndpoint>, ports: Vec<EndpointPort> },
+    Service {
+        metadata: Meta,
+        spec: ServiceBody,
+    },
+    Endpoints {
+        metadata: Meta,
+        subsets: Vec<Subset>,
+    },
+    EndpointSlice {
+        metadata: Meta,
+        endpoints: Vec<SliceEndpoint>,
+        ports: Vec<EndpointPort>,
+    },
     /// A policy object, as its manifest (see [`policy`]); `metadata.namespace` is empty
     /// for a cluster-wide kind.
-    Policy { metadata: Meta, manifest: serde_json::Value },
+    Policy {
+        metadata: Meta,
+        manifest: serde_json::Value,
+    },
 }
 
 impl Object {

@@ -323,7 +323,8 @@ impl Config {
         let mut out = Vec::new();
         for (i, m) in self.manifests.iter().enumerate() {
             let field = format!("manifests[{i}]");
-            let text = std::fs::read_to_string(m).map_err(|e| err(&field, format!("cannot read {}: {e}", m.display())))?;
+            let text =
+                std::fs::read_to_string(m).map_err(|e| err(&field, format!("cannot read {}: {e}", m.display())))?;
             out.extend(
                 crate::api::kube::parse_manifest(&text).map_err(|e| err(&field, format!("{}: {e}", m.display())))?,
             );

@@ -71,7 +71,9 @@ pub fn listing(objs: &[std::sync::Arc<Object>], kind: ObjectKind) -> ObjectList 
         .iter()
         .map(|o| &**o)
         .filter(|o| match kind.policy_dirs() {
-            Some(dirs) => matches!(o, Object::Policy { .. }) && dirs.iter().any(|d| o.key().starts_with(&format!("{d}/"))),
+            Some(dirs) => {
+                matches!(o, Object::Policy { .. }) && dirs.iter().any(|d| o.key().starts_with(&format!("{d}/")))
+            }
             None if kind == ObjectKind::Services => matches!(o, Object::Service { .. }),
             None => matches!(o, Object::Endpoints { .. } | Object::EndpointSlice { .. }),
         })
