@@ -23,13 +23,21 @@ fn main() {
     for p in ["src", "Cargo.toml", "build.rs"] {
         println!("cargo:rerun-if-changed={p}");
     }
+    // Only this checkout's own branch: HEAD, the index, and the ref HEAD points to
+    // (loose or packed). Not all of refs/heads: in a repository with several worktrees
+    // every commit on any branch would rebuild every checkout.
     // (A path that does not exist would make cargo run the script on every build.)
     let dir = git(&["rev-parse", "--git-dir"]);
     let common = git(&["rev-parse", "--git-common-dir"]);
-    let watched = [(&dir, "HEAD"), (&dir, "index"), (&common, "packed-refs"), (&common, "refs/heads")];
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    let mut watched = vec![(dir.clone(), "HEAD".to_string()), (dir, "index".to_string())];
+    watched.push((common.clone(), "packed-refs".to_string()));
+    if let Some(b) = branch {
+        watched.push((common, b));
+    }
     for (d, f) in watched {
         if let Some(d) = d
-            && std::path::Path::new(d).join(f).exists()
+            && std::path::Path::new(&d).join(&f).exists()
         {
             println!("cargo:rerun-if-changed={d}/{f}");
         }

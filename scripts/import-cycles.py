@@ -30,9 +30,6 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 # split over sibling files that call each other. Breaking them means moving the hot
 # path's type definitions; the list may only shrink.
 KNOWN = {
-    frozenset({"wire/l4.rs", "wire/tcp.rs", "wire/udp.rs", "wire/icmp.rs"}):
-        "l4 dispatches a rewrite to tcp/udp/icmp, which share its End/EndRewrite types "
-        "(and ICMP's embedded header is rewritten by l4)",
     frozenset({"core/nat/conntrack/mod.rs", "core/nat/early_drop.rs"}):
         "early_drop holds Conntrack's eviction methods (impl Conntrack), conntrack its candidates queue",
     frozenset({"core/dataplane/mod.rs", "core/dataplane/egress.rs", "core/dataplane/nat.rs",

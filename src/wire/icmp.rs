@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 
 use super::checksum;
 use super::ipv4::{self, Ipv4Packet, Ipv4Repr, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
-use super::l4::{self, End, L4Ports, Ports};
+use super::ports::{End, L4Ports, Ports};
 use super::{WireError, be16, need, put16};
 
 pub const HEADER_LEN: usize = 8;
@@ -199,7 +199,7 @@ pub struct Embedded {
 /// Checks the quote of an error message (`icmp` starts at the ICMP header): an IPv4
 /// header and the 8 bytes of its L4 header that RFC 792 guarantees. Returns the view
 /// of the quoted packet.
-fn quoted(icmp: &[u8]) -> Result<Ipv4Packet<&[u8]>, WireError> {
+pub(crate) fn quoted(icmp: &[u8]) -> Result<Ipv4Packet<&[u8]>, WireError> {
     need("icmp error", HEADER_LEN + ipv4::MIN_HEADER_LEN + 8, icmp.len())?;
     let ip = Ipv4Packet::new_quoted(&icmp[HEADER_LEN..])?;
     need("icmp error quote", ip.header_len() + 8, icmp.len() - HEADER_LEN)?;
@@ -223,20 +223,6 @@ pub fn embedded(icmp: &[u8]) -> Result<Embedded, WireError> {
         _ => return Err(WireError::Malformed { what: "icmp error", why: "quoted protocol without ports" }),
     };
     Ok(Embedded { protocol, src: ip.src(), dst: ip.dst(), ports })
-}
-
-/// Rewrites one end of the packet quoted in an ICMP error (`icmp` starts at the ICMP
-/// header), keeping the quoted IPv4 header checksum valid. The quoted L4 checksum is
-/// fixed when it was quoted (TCP: the whole 20-byte header, as netfilter's
-/// `tcp_manip_pkt`). The ICMP checksum is left stale: call `fill_checksum` once after
-/// all rewrites. A quote that does not parse (see `embedded`) is left as it is.
-pub fn rewrite_embedded(icmp: &mut [u8], end: End, addr: Ipv4Addr, port: u16) {
-    if quoted(icmp).is_err() {
-        return;
-    }
-    if let Ok(mut ip) = Ipv4Packet::new_quoted(&mut icmp[HEADER_LEN..]) {
-        l4::rewrite_end(&mut ip, end, addr, port, false);
-    }
 }
 
 /// Recomputes the checksum of a whole ICMP message (at least its 8-byte header).
@@ -263,6 +249,7 @@ pub fn type_code(packet: &[u8]) -> Option<(u8, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::l4::rewrite_embedded;
     use etherparse::PacketBuilder;
 
     fn big_df_tcp() -> Vec<u8> {

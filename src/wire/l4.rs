@@ -10,25 +10,17 @@
 use std::net::Ipv4Addr;
 
 use super::checksum;
-use super::icmp::IcmpPacket;
+use super::icmp::{self, IcmpPacket};
 use super::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use super::tcp::{self, TcpPacket};
 use super::udp::{self, UdpPacket};
-use super::{WireError, need, put16};
+use super::{WireError, put16};
 
 pub(crate) use super::be16;
+pub use super::ports::{End, EndRewrite, L4Ports, Ports};
 pub use super::tcp::MIN_HEADER_LEN as TCP_MIN_HEADER_LEN;
 pub use super::tcp::{ACK as TCP_ACK, FIN as TCP_FIN, PSH as TCP_PSH, RST as TCP_RST, SYN as TCP_SYN};
 pub use super::udp::HEADER_LEN as UDP_HEADER_LEN;
-
-/// The flow-identifying part of an L4 header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct L4Ports {
-    pub sport: u16,
-    pub dport: u16,
-    /// TCP flags; 0 for UDP and ICMP.
-    pub tcp_flags: u8,
-}
 
 /// Reads ports (or the echo identifier) of an unfragmented or first-fragment payload.
 /// ICMP errors are not flows and are reported as `Malformed` here; `icmp::embedded`
@@ -47,86 +39,6 @@ pub fn ports(protocol: u8, l4: &[u8]) -> Result<L4Ports, WireError> {
             .echo_ports()
             .ok_or(WireError::Malformed { what: "icmp", why: "not an echo message" }),
         _ => Err(WireError::Malformed { what: "ipv4", why: "protocol without ports" }),
-    }
-}
-
-/// The two ports every TCP and UDP header starts with: all that an ICMP error must
-/// quote of one (RFC 792 guarantees 8 bytes), and all a flow hash needs.
-#[derive(Debug)]
-pub struct Ports<T> {
-    buf: T,
-}
-
-impl<T: AsRef<[u8]>> Ports<T> {
-    pub fn new_checked(buf: T) -> Result<Self, WireError> {
-        need("l4 ports", 4, buf.as_ref().len())?;
-        Ok(Ports { buf })
-    }
-    pub fn src_port(&self) -> u16 {
-        be16(self.buf.as_ref(), tcp::field::SRC_PORT)
-    }
-    pub fn dst_port(&self) -> u16 {
-        be16(self.buf.as_ref(), tcp::field::DST_PORT)
-    }
-}
-
-impl<T: AsRef<[u8]> + AsMut<[u8]>> Ports<T> {
-    /// Writes one port; a checksum, if the buffer holds one, is the caller's.
-    pub fn set(&mut self, end: End, port: u16) {
-        let at = match end {
-            End::Src => tcp::field::SRC_PORT,
-            End::Dst => tcp::field::DST_PORT,
-        };
-        put16(self.buf.as_mut(), at, port);
-    }
-}
-
-/// Which end of the flow a rewrite touches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    Src,
-    Dst,
-}
-
-/// What NAT changes at one end of a TCP or UDP flow: the address (which the checksum
-/// covers through the pseudo header) and the port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EndRewrite {
-    pub end: End,
-    pub old_addr: Ipv4Addr,
-    pub new_addr: Ipv4Addr,
-    pub port: u16,
-    /// The checksum field holds only the pseudo-header sum (a pod sent with checksum
-    /// offload): it is updated the way the kernel updates a CHECKSUM_PARTIAL field, and
-    /// port changes need no update.
-    pub csum_partial: bool,
-}
-
-impl EndRewrite {
-    /// Applies the rewrite to the fixed header `l4` of a TCP or UDP packet (the callers'
-    /// views checked its length) whose checksum is at `csum_at`. `zero_is_none`: UDP,
-    /// where a checksum of 0 means "none" and a computed 0 is sent as 0xffff.
-    pub(crate) fn apply(&self, l4: &mut [u8], csum_at: usize, zero_is_none: bool) {
-        let port_at = match self.end {
-            End::Src => tcp::field::SRC_PORT,
-            End::Dst => tcp::field::DST_PORT,
-        };
-        let (old_addr, new_addr) = (self.old_addr.octets(), self.new_addr.octets());
-        let old_port = be16(l4, port_at);
-        let mut c = be16(l4, csum_at);
-        if !(zero_is_none && c == 0) {
-            if self.csum_partial {
-                c = !checksum::update32(!c, old_addr, new_addr);
-            } else {
-                c = checksum::update32(c, old_addr, new_addr);
-                c = checksum::update16(c, old_port, self.port);
-                if zero_is_none && c == 0 {
-                    c = 0xffff;
-                }
-            }
-            put16(l4, csum_at, c);
-        }
-        put16(l4, port_at, self.port);
     }
 }
 
@@ -245,6 +157,20 @@ pub(crate) fn rewrite_end<T: AsRef<[u8]> + AsMut<[u8]>>(
             }
         }
         _ => {}
+    }
+}
+
+/// Rewrites one end of the packet quoted in an ICMP error (`icmp` starts at the ICMP
+/// header), keeping the quoted IPv4 header checksum valid. The quoted L4 checksum is
+/// fixed when it was quoted (TCP: the whole 20-byte header, as netfilter's
+/// `tcp_manip_pkt`). The ICMP checksum is left stale: call `fill_checksum` once after
+/// all rewrites. A quote that does not parse (see `embedded`) is left as it is.
+pub fn rewrite_embedded(icmp: &mut [u8], end: End, addr: Ipv4Addr, port: u16) {
+    if icmp::quoted(icmp).is_err() {
+        return;
+    }
+    if let Ok(mut ip) = Ipv4Packet::new_quoted(&mut icmp[icmp::HEADER_LEN..]) {
+        rewrite_end(&mut ip, end, addr, port, false);
     }
 }
 

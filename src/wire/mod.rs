@@ -13,6 +13,7 @@ pub mod ethernet;
 pub mod icmp;
 pub mod ipv4;
 pub mod l4;
+pub mod ports;
 pub mod tcp;
 pub mod udp;
 pub mod vnet;

@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 
 use super::checksum;
 use super::ipv4::PROTO_TCP;
-use super::l4::EndRewrite;
+use super::ports::EndRewrite;
 use super::{WireError, be16, need, put16};
 
 pub const MIN_HEADER_LEN: usize = 20;

@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 
 use super::checksum;
 use super::ipv4::PROTO_UDP;
-use super::l4::EndRewrite;
+use super::ports::EndRewrite;
 use super::{WireError, be16, need, put16};
 
 pub const HEADER_LEN: usize = 8;

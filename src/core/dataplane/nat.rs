@@ -299,8 +299,8 @@ impl<'a> Ctx<'a> {
         {
             let total = ethernet::HEADER_LEN + hdr.total;
             let icmp_bytes = &mut pkt.data_mut()[icmp_at..total];
-            icmp::rewrite_embedded(icmp_bytes, End::Src, hit.dst.0, hit.dst.1);
-            icmp::rewrite_embedded(icmp_bytes, End::Dst, hit.src.0, hit.src.1);
+            l4::rewrite_embedded(icmp_bytes, End::Src, hit.dst.0, hit.dst.1);
+            l4::rewrite_embedded(icmp_bytes, End::Dst, hit.src.0, hit.src.1);
             icmp::fill_checksum(icmp_bytes);
         }
         // The outer header is changed as a packet of the flow going this way would be,
