@@ -216,6 +216,7 @@ lab_cluster_kernel() {
 lab_cluster_node_up() {
     local node=$1 pod n
     _lab_state "cnode.$node=${LAB_NODE_MODE[$node]}"
+    _lab_state "node.$node=${LAB_NODE_MODE[$node]}"
     lab_node_create "$node"
     for pod in $(lab_cluster_pods_of "$node"); do lab_pod_create "$pod"; done
     lab_cluster_neigh "$(lab_ns "$node")" "$LAB_UPLINK"
@@ -275,6 +276,7 @@ lab_cluster_up() {
     local n=0 etcd=0 kernel="" auto=0 planned=0 gen="" node pod first=""
     lab_init
     LAB_OFFLOADS=on
+    LAB_METRICS=
     while (($#)); do
         case $1 in
         --topology) planned=1; shift ;;
@@ -286,8 +288,10 @@ lab_cluster_up() {
         --kernel=*) kernel=${1#*=} ;;
         --auto-cidr) auto=1 ;;
         --offloads) LAB_OFFLOADS=${2:-}; shift ;;
+        --metrics) LAB_METRICS=$LAB_METRICS_DEFAULT ;;
+        --metrics=*) LAB_METRICS=${1#*=} ;;
         --force) ! lab_exists || (lab_cluster_load || lab_topology_restore; lab_down) ;;
-        *) lab_die "unknown option '$1' (up --nodes N --etcd [--kernel LIST] [--auto-cidr] | --topology FILE; [--offloads on|off] [--force])" ;;
+        *) lab_die "unknown option '$1' (up --nodes N --etcd [--kernel LIST] [--auto-cidr] | --topology FILE; [--offloads on|off] [--metrics[=ADDR]] [--force])" ;;
         esac
         shift
     done
@@ -315,6 +319,7 @@ lab_cluster_up() {
         _lab_state "cluster=1"
         _lab_state "offloads=$LAB_OFFLOADS"
         _lab_state "autocidr=$LAB_CLUSTER_AUTO"
+        if [[ -n $LAB_METRICS ]]; then _lab_state "metrics=$LAB_METRICS"; fi
         if ((!planned)); then
             # The file the flags stand for, beside the lab's other files.
             lab_cluster_topology "$n" "$kernel" "$auto" >"$LAB_RUN_DIR/topology.yaml"

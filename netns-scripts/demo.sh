@@ -137,7 +137,8 @@ title "2. the client through the NodePort: 172.16.240.1 -> 172.16.240.131:31266 
 reference node-services
 for _ in $(seq 20); do in_ns client curl -s -m5 http://172.16.240.131:31266/; done >"$tmp/pages"
 out=$(sort "$tmp/pages" | uniq -c)
-now "client" sh -c "for i in \$(seq 20); do curl http://172.16.240.131:31266/; done | sort | uniq -c  # (run in ${LAB_PREFIX}client)"
+# shellcheck disable=SC2016 # the command as shown, not run again
+printf -- '--- now (client): %s\n' 'for i in $(seq 20); do curl -s http://172.16.240.131:31266/; done | sort | uniq -c'
 indent <<<"$out"
 expect "$out" "ghost-ep1" "NodePort reaches ghost-ep1"
 expect "$out" "ghost-ep2" "NodePort reaches ghost-ep2"

@@ -353,13 +353,17 @@ fn run(config: &std::path::Path, opts: RunOptions) -> ExitCode {
 fn check(config: &std::path::Path) -> ExitCode {
     match Config::load(config) {
         Ok(c) => {
+            // What `check` cannot see from here, it says: the kernel side is `run`'s.
             println!(
-                "{}: node {} with {} peer(s), {} pod(s), {} service(s): ok",
+                "{}: node {} with {} peer(s), {} pod(s), {} service(s): ok (the file; `ucanal run` checks in the \
+                 node's network namespace that uplink {} holds node_ip {})",
                 config.display(),
                 c.node.name,
                 c.peers.len(),
                 c.pods.len(),
-                c.services.len()
+                c.services.len(),
+                c.node.uplink,
+                c.node.node_ip
             );
             ExitCode::SUCCESS
         }

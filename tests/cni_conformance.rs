@@ -265,7 +265,7 @@ fn bad_configs(n: &Node) {
 const ABSENT: &str = "/run/ucanal/ucanal-cni-test-absent.sock";
 
 /// Environment faults: a missing netns, CNI_NETNS unset, a bad CNI_IFNAME; the daemon is
-/// not there (try again later).
+/// not there (ADD: try again later; DEL: success, nothing to detach).
 fn environment_faults(n: &Node) {
     let sock = &n.sock;
     let mut gone = n.env("ADD");
@@ -277,6 +277,8 @@ fn environment_faults(n: &Node) {
     bad_if[3].1 = "this-name-is-too-long";
     assert!(assert_error(&invoke(&bad_if, &conf(sock, "1.0.0")), 4, "1.0.0").contains("CNI_IFNAME"));
     assert_error(&invoke(&n.env("ADD"), &conf(Path::new(ABSENT), "1.0.0")), 11, "1.0.0");
+    // DEL is idempotent and best effort: with no daemon there is nothing to detach now.
+    assert_eq!(invoke(&n.env("DEL"), &conf(Path::new(ABSENT), "1.0.0")), (0, Value::Null), "DEL, no daemon");
 }
 
 /// 1.1.0: the result carries mtu and the route scope; STATUS; GC removes what is not valid.

@@ -54,6 +54,7 @@ fn main() -> ExitCode {
                 r#"{"PublicIP":"172.16.240.131","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0a:58:0a:f4:01:00"}}"#
             );
         })
+        .phase("status_shows_this_cluster_healthy", status_shows_this_cluster)
         .phase("every_pod_reaches_every_other", every_pod_reaches_every_other)
         .phase("hand_written_leases", hand_written_leases)
         .phase("join_and_leave", join_and_leave)
@@ -332,4 +333,19 @@ fn restart_reuses_lease(lab: &Lab) {
     assert!(log.contains(&format!("found lease {before} for 172.16.240.132, reusing")), "{log}");
     println!("node02 restarted in {ms} ms on its lease {before}");
     assert_eq!(pingall(lab), "6/6");
+}
+
+/// `lab.sh status` on a cluster lab lists its own nodes (3 ucanal, node04 a kernel node
+/// with flannel-lite) and etcd, not the two-node reference lab's, and says healthy.
+fn status_shows_this_cluster(lab: &Lab) {
+    let out = lab.lab_sh(&["status"]);
+    let so = text(&out.stdout);
+    assert!(out.status.success(), "status says degraded on a healthy cluster:\n{so}{}", text(&out.stderr));
+    assert!(so.contains("etcd "), "{so}");
+    assert!(!so.contains("centos7-1") && !so.contains("ghost-ep1"), "the reference lab's nodes and pods:\n{so}");
+    assert_eq!(so.lines().filter(|l| l.starts_with("node ") && l.contains("mode ucanal")).count(), 3, "{so}");
+    assert!(
+        so.lines().any(|l| l.starts_with("node ") && l.contains("mode kernel") && l.contains("flannel-lite pid")),
+        "{so}"
+    );
 }

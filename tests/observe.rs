@@ -255,6 +255,16 @@ fn capture_vxlan(lab: &Lab) {
 fn errors_name_the_fault(lab: &Lab) {
     let bad = lab.ucanal("centos7-1", &["capture", "--port", "nosuchpod", "-w", "/dev/null"]);
     assert!(!bad.status.success() && text(&bad.stderr).contains("no port 'nosuchpod'"));
+    // As `tcpdump -w`: a refused capture leaves no (empty) file, and one that was there as it was.
+    let dir = tempfile::tempdir().unwrap();
+    let (new, old) = (dir.path().join("x.pcap"), dir.path().join("old.pcap"));
+    std::fs::write(&old, b"an earlier capture").unwrap();
+    for f in [&new, &old] {
+        let bad = lab.ucanal("centos7-1", &["capture", "--port", "bogus", "-w", f.to_str().unwrap()]);
+        assert!(!bad.status.success() && text(&bad.stderr).contains("no port 'bogus'"), "{}", text(&bad.stderr));
+    }
+    assert!(!new.exists(), "a refused capture left {}", new.display());
+    assert_eq!(std::fs::read(&old).unwrap(), b"an earlier capture");
     let bad = lab.ucanal("centos7-1", &["trace", "--live", "--filter", "tcp and", "--count", "1"]);
     assert!(!bad.status.success() && text(&bad.stderr).contains("filter"));
 }
@@ -287,6 +297,9 @@ fn prometheus(lab: &Lab) {
     let after = scrape();
     assert!(value(&after, decap) > value(&before, decap), "decap counter did not move");
     assert_eq!(value(&after, flows), value(&before, flows) + 4.0, "service flow counter");
+    // All four came through the NodePort: KUBE-NODEPORTS counts them, as iptables does.
+    let np = "ucanal_service_node_port_flows_total{node=\"centos7-1\",service=\"default/ghost\"";
+    assert_eq!(value(&after, np), value(&before, np) + 4.0, "NodePort flow counter");
     // Not reachable from outside the node: it listens on the node's loopback only.
     assert!(!lab.exec("client", &["curl", "-s", "-m", "2", "http://172.16.240.131:9300/metrics"]).status.success());
 }
@@ -294,21 +307,9 @@ fn prometheus(lab: &Lab) {
 /// netns-scripts/demo.sh walks the article and removes everything it made.
 fn demo() {
     let prefix = Lab::prefix_for("td");
-    let out = Command::new(common::repo().join("netns-scripts/demo.sh"))
-        .env("LAB_PREFIX", &prefix)
-        .env("UCANAL_BIN", common::ucanal_bin())
-        .env_remove("UCANAL_RUN_ARGS")
-        .output()
-        .unwrap();
+    let out = common::run_lab_script("demo.sh", &prefix, &[]);
     let so = text(&out.stdout);
     assert!(out.status.success(), "demo.sh failed:\n{so}\n{}", text(&out.stderr));
     assert!(so.contains("demo: every step showed what the kernel reference shows"), "{so}");
     assert!(!so.contains("MISSING"), "{so}");
-    let left = wait_until(Duration::from_secs(3), || {
-        !text(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).contains(&prefix)
-    });
-    assert!(left.is_some(), "demo.sh left namespaces {prefix}* behind");
-    let procs =
-        text(&Command::new("pgrep").args(["-af", &format!("/run/ucanal-lab/{prefix}")]).output().unwrap().stdout);
-    assert!(procs.trim().is_empty(), "demo.sh left processes: {procs}");
 }

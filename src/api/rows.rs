@@ -90,6 +90,12 @@ pub struct ServiceRow {
     /// New flows to the service (iptables `pkts` of its KUBE-SVC rule).
     pub packets: u64,
     pub bytes: u64,
+    /// Those of them that came through the NodePort (its KUBE-NODEPORTS rule); the others
+    /// came to the cluster IP (its KUBE-SERVICES rule).
+    #[serde(default)]
+    pub node_port_packets: u64,
+    #[serde(default)]
+    pub node_port_bytes: u64,
     pub endpoints: Vec<EndpointRow>,
 }
 

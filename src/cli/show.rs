@@ -97,17 +97,30 @@ pub fn fdb_text(rows: &[FdbRow]) -> String {
     rows.iter().map(|r| format!("{} dev {} dst {} {} {}\n", r.mac, r.dev, r.dst, r.flags.join(" "), r.state)).collect()
 }
 
+/// A table whose text columns are as wide as their widest cell (a CNI runtime's netns
+/// path is 50 characters, a lab's namespace 15), as `ip -br` or `docker ps` align.
 pub fn pods_text(rows: &[PodRow], node: &str) -> String {
-    let mut s = format!(
-        "{:<20} {:<14} {:<18} {:<16} {:<20} {:<12} {:>10} {:>10}\n",
-        "NAME", "IP", "MAC", "PORT", "NETNS", "NODE", "RX-PKTS", "TX-PKTS"
-    );
-    for r in rows {
-        let _ = writeln!(
-            s,
-            "{:<20} {:<14} {:<18} {:<16} {:<20} {:<12} {:>10} {:>10}",
-            r.name, r.ip, r.mac, r.port, r.netns, node, r.counts.rx_packets, r.counts.tx_packets
-        );
+    let head = ["NAME", "IP", "MAC", "PORT", "NETNS", "NODE"];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| [r.name.clone(), r.ip.to_string(), r.mac.clone(), r.port.clone(), r.netns.clone(), node.to_string()])
+        .collect();
+    let mut w = head.map(str::len);
+    for c in &cells {
+        for (w, c) in w.iter_mut().zip(c) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |c: [&str; 6], rx: &dyn std::fmt::Display, tx: &dyn std::fmt::Display| {
+        let mut l = String::new();
+        for (c, w) in c.iter().zip(w) {
+            let _ = write!(l, "{c:<w$} ");
+        }
+        format!("{l}{rx:>10} {tx:>10}\n")
+    };
+    let mut s = line(head, &"RX-PKTS", &"TX-PKTS");
+    for (r, c) in rows.iter().zip(&cells) {
+        s += &line(c.each_ref().map(String::as_str), &r.counts.rx_packets, &r.counts.tx_packets);
     }
     s
 }
@@ -122,6 +135,8 @@ fn human(n: u64) -> String {
 }
 
 /// `iptables -vnL -t nat` style: the service portals, then each service's endpoints.
+/// As iptables counts, a flow to the cluster IP counts on its KUBE-SERVICES line, one
+/// through the NodePort on its KUBE-NODEPORTS line, and either on the service's chain.
 pub fn services_text(rows: &[ServiceRow]) -> String {
     let mut s = String::from("Chain KUBE-SERVICES (ucanal service table)\n");
     let _ = writeln!(s, "{:>5} {:>5} {:<28} {:<4} {:<20} ", "pkts", "bytes", "target", "prot", "destination");
@@ -129,8 +144,8 @@ pub fn services_text(rows: &[ServiceRow]) -> String {
         let _ = writeln!(
             s,
             "{:>5} {:>5} {:<28} {:<4} {:<20} /* {}: cluster IP */ {} dpt:{}",
-            r.packets,
-            human(r.bytes),
+            r.packets.saturating_sub(r.node_port_packets),
+            human(r.bytes.saturating_sub(r.node_port_bytes)),
             format!("SVC {}", r.name),
             r.protocol,
             r.cluster_ip,
@@ -147,8 +162,8 @@ pub fn services_text(rows: &[ServiceRow]) -> String {
             let _ = writeln!(
                 s,
                 "{:>5} {:>5} {:<28} {:<4} /* {}: */ {} dpt:{}",
-                "-",
-                "-",
+                r.node_port_packets,
+                human(r.node_port_bytes),
                 format!("SVC {}", r.name),
                 r.protocol,
                 r.name,
@@ -247,6 +262,43 @@ mod tests {
         let j = serde_json::to_value(routes(&t, "ucanal0")).unwrap();
         let back: Vec<RouteRow> = serde_json::from_value(j).unwrap();
         assert_eq!(back.len(), 6);
+    }
+
+    #[test]
+    fn node_port_flows_count_on_kube_nodeports_as_iptables_does() {
+        let t = article::tables1(vec![article::ghost()]);
+        let mut rows = services(&t);
+        // Two requests through the NodePort, one to the cluster IP (60-byte SYNs).
+        (rows[0].packets, rows[0].bytes, rows[0].node_port_packets, rows[0].node_port_bytes) = (3, 180, 2, 120);
+        let s = services_text(&rows);
+        let line = |needle: &str| s.lines().find(|l| l.contains(needle)).unwrap_or_default().to_string();
+        let cip = line("cluster IP */");
+        let np = line("tcp dpt:31266");
+        assert!(cip.trim_start().starts_with("1    60 "), "{s}");
+        assert!(np.trim_start().starts_with("2   120 "), "{s}");
+    }
+
+    #[test]
+    fn pods_stay_aligned_with_long_netns_paths() {
+        let row = |name: &str, netns: &str| PodRow {
+            name: name.into(),
+            ip: "10.244.1.9".parse().unwrap(),
+            mac: "0a:58:0a:f4:01:09".into(),
+            netns: netns.into(),
+            port: "cali0123456789a".into(),
+            port_index: 3,
+            counts: Default::default(),
+        };
+        let rows = [
+            row("ghost-ep1", "uc-ghost-ep1"),
+            row("default/web1", "/run/netns/netns-5b6a0a56-8f8a-4a53-9d1e-d4c4b5f0a8f2"),
+        ];
+        let t = pods_text(&rows, "centos7-1");
+        let col = |l: &str| l.find("centos7-1").or_else(|| l.find("NODE"));
+        let cols: Vec<_> = t.lines().map(col).collect();
+        assert!(cols.iter().all(|c| c.is_some() && *c == cols[0]), "NODE column moves:\n{t}");
+        let ends: Vec<_> = t.lines().map(str::len).collect();
+        assert!(ends.iter().all(|e| *e == ends[0]), "counters do not line up:\n{t}");
     }
 
     #[test]

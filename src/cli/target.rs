@@ -27,6 +27,8 @@ pub enum Target {
     Netns(PathBuf),
     /// The daemon of the namespace the CLI runs in; failing that, the default socket file.
     Here,
+    /// A `--node` name that is no namespace: the paths tried, for the error.
+    Unknown { arg: String, tried: Vec<PathBuf> },
 }
 
 /// Why no daemon could be reached.
@@ -36,6 +38,9 @@ pub enum ReachError {
     RootOnly,
     #[error("no network namespace {} (--node takes a namespace, a lab node or a socket)", .0.display())]
     NoNetns(PathBuf),
+    /// `--node NAME` matched nothing: what was tried, the prefix used, look-alikes.
+    #[error("{}", unknown_node(arg, tried, similar))]
+    NoNode { arg: String, tried: Vec<PathBuf>, similar: Vec<String> },
     #[error("cannot reach ucanal in network namespace {}: {source} (is `ucanal run` up there?)", ns.display())]
     Netns { ns: PathBuf, source: io::Error },
     #[error(
@@ -66,9 +71,11 @@ impl Target {
         if named.exists() {
             return Target::Netns(named);
         }
-        let prefix = std::env::var("LAB_PREFIX").unwrap_or_else(|_| "uc-".into());
-        let lab = Path::new("/run/netns").join(format!("{prefix}{arg}"));
-        Target::Netns(if lab.exists() { lab } else { named })
+        let lab = Path::new("/run/netns").join(format!("{}{arg}", lab_prefix().0));
+        if lab.exists() {
+            return Target::Netns(lab);
+        }
+        Target::Unknown { arg: arg.to_string(), tried: vec![named, lab] }
     }
 
     /// The targets the global flags name: `--socket` (or `$UCANAL_SOCKET` when no
@@ -98,6 +105,9 @@ impl Target {
                 io::ErrorKind::PermissionDenied => ReachError::RootOnly,
                 _ => ReachError::Netns { ns: ns.clone(), source: e },
             }),
+            Target::Unknown { arg, tried } => {
+                Err(ReachError::NoNode { arg: arg.clone(), tried: tried.clone(), similar: namespaces_like(arg) })
+            }
             Target::Here => match connect_abstract() {
                 Ok(s) => Ok(s),
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(ReachError::RootOnly),
@@ -113,8 +123,53 @@ impl std::fmt::Display for Target {
             Target::Socket(p) => write!(f, "{}", p.display()),
             Target::Netns(p) => write!(f, "@{ABSTRACT_SOCKET} in {}", p.display()),
             Target::Here => write!(f, "@{ABSTRACT_SOCKET}"),
+            Target::Unknown { arg, .. } => write!(f, "--node {arg}"),
         }
     }
+}
+
+/// The lab prefix `--node` tries (`$LAB_PREFIX`, else the lab's default `uc-`), and
+/// whether it was set.
+fn lab_prefix() -> (String, bool) {
+    match std::env::var("LAB_PREFIX") {
+        Ok(p) => (p, true),
+        Err(_) => ("uc-".into(), false),
+    }
+}
+
+/// Namespaces under /run/netns whose name ends in `-<arg>` (the same node of a lab
+/// with another prefix), sorted.
+fn namespaces_like(arg: &str) -> Vec<String> {
+    let tail = format!("-{arg}");
+    let mut v: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(&tail))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The message for a `--node` that matched nothing.
+fn unknown_node(arg: &str, tried: &[PathBuf], similar: &[String]) -> String {
+    let tried: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+    let (prefix, set) = lab_prefix();
+    let whence =
+        if set { format!("LAB_PREFIX={prefix}") } else { format!("LAB_PREFIX unset, the lab's default {prefix}") };
+    let mut m = format!("--node {arg}: no network namespace {} ({whence})", tried.join(" nor "));
+    if !similar.is_empty() {
+        let prefixes: Vec<&str> = similar.iter().filter_map(|n| n.strip_suffix(arg)).collect();
+        m += &format!(
+            "; there are {}: give the namespace (--node {}) or its lab's prefix (LAB_PREFIX={} ucanal --node {arg} ...)",
+            similar.join(", "),
+            similar[0],
+            prefixes.first().copied().unwrap_or_default()
+        );
+    } else {
+        m += "; is the lab up (netns-scripts/lab.sh status)? --node also takes a namespace path or a socket file";
+    }
+    m
 }
 
 /// The socket path: `--socket`, else `$UCANAL_SOCKET`, else the default.
@@ -145,6 +200,22 @@ mod tests {
         let t = Target::from_flags(Some(Path::new("/tmp/a.sock")), &nodes);
         assert_eq!(t, vec![Target::Socket("/tmp/a.sock".into()), Target::Netns("/run/netns/x".into())]);
         assert_eq!(Target::from_flags(None, &nodes), vec![Target::Netns("/run/netns/x".into())]);
+    }
+
+    #[test]
+    fn an_unknown_node_names_what_was_tried() {
+        let arg = "ucanal-test-no-such-node";
+        let t = Target::node(arg);
+        let Target::Unknown { tried, .. } = &t else { panic!("{t:?}") };
+        assert_eq!(tried[0], Path::new("/run/netns").join(arg));
+        assert!(tried[1].to_string_lossy().ends_with(&format!("-{arg}")), "{tried:?}");
+        let e = t.connect().unwrap_err().to_string();
+        assert!(e.contains(&format!("no network namespace /run/netns/{arg} nor /run/netns/")), "{e}");
+        assert!(e.contains("LAB_PREFIX"), "{e}");
+        let similar = vec!["ud-centos7-1".to_string()];
+        let m = unknown_node("centos7-1", &tried[..1], &similar);
+        assert!(m.contains("there are ud-centos7-1: give the namespace (--node ud-centos7-1)"), "{m}");
+        assert!(m.contains("LAB_PREFIX=ud- ucanal --node centos7-1"), "{m}");
     }
 
     #[test]

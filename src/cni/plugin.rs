@@ -70,14 +70,27 @@ pub fn run(env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
 /// One request to the daemon, and its data (`()` for a command's message).
 /// Unreachable: "try again later" (it may be restarting).
 fn ask<T: DeserializeOwned>(socket: &Path, req: Request) -> Result<Option<T>, CniError> {
-    let unreachable = |e: &dyn std::fmt::Display| {
-        CniError::new(
-            code::TRY_AGAIN_LATER,
-            "the ucanal daemon is unreachable",
-            format!("{}: {e} (is `ucanal run` up on this node? the config's socket names it)", socket.display()),
-        )
-    };
-    let s = UnixStream::connect(socket).map_err(|e| unreachable(&e))?;
+    let s = UnixStream::connect(socket).map_err(|e| unreachable(socket, &e))?;
+    ask_on(s, socket, req)
+}
+
+/// The answer when the daemon cannot be reached: try again later.
+fn unreachable(socket: &Path, e: &dyn std::fmt::Display) -> CniError {
+    CniError::new(
+        code::TRY_AGAIN_LATER,
+        "the ucanal daemon is unreachable",
+        format!("{}: {e} (is `ucanal run` up on this node? the config's socket names it)", socket.display()),
+    )
+}
+
+/// Whether a failed connect means no daemon runs on the socket at all (no socket file,
+/// or nobody listening on it), as opposed to one that is there but cannot answer.
+fn daemon_down(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused)
+}
+
+fn ask_on<T: DeserializeOwned>(s: UnixStream, socket: &Path, req: Request) -> Result<Option<T>, CniError> {
+    let unreachable = |e: &dyn std::fmt::Display| unreachable(socket, e);
     s.set_read_timeout(Some(ANSWER_WAIT)).map_err(|e| unreachable(&e))?;
     match Client::new(s, socket.display()).call::<T>(&req) {
         Ok(r) => Ok(r.data),
@@ -192,9 +205,26 @@ fn result_for(conf: &NetConf, pod: &CniPod, delegated: Option<CniResult>) -> Cni
     r
 }
 
+/// DEL is idempotent and best effort (SPEC.md, "DEL"): with no daemon on the node at
+/// all it succeeds, as there is nothing it could detach now — the container's TAP is
+/// in the container's namespace, which the runtime deletes next, and the daemon's record
+/// of it (its address lease) is released when the daemon is back, by the runtime's GC.
+/// A daemon that is there but fails or refuses still fails the DEL, for a retry.
 fn del(conf: &NetConf, inv: &Invocation, stdin: &[u8]) -> Result<(), CniError> {
     let req = api::Command::CniDel { container_id: inv.container_id.clone(), ifname: inv.ifname.clone() };
-    ask::<()>(&conf.socket, req.into())?;
+    match UnixStream::connect(&conf.socket) {
+        Ok(s) => {
+            ask_on::<()>(s, &conf.socket, req.into())?;
+        }
+        Err(e) if daemon_down(&e) => eprintln!(
+            "ucanal-cni: DEL {} {}: no ucanal daemon on {} ({e}); nothing to detach now: the interface goes with \
+             the container's namespace, the address lease when the daemon is back (CNI GC)",
+            inv.container_id,
+            inv.ifname,
+            conf.socket.display()
+        ),
+        Err(e) => return Err(unreachable(&conf.socket, &e)),
+    }
     if let Some(p) = &conf.ipam {
         delegate::exec(p, "DEL", &inv.path, stdin)?;
     }

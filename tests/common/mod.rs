@@ -96,7 +96,12 @@ impl Lab {
     pub fn restart_env(&self, node: &str, sig: &str, env: &[(&str, &str)]) -> u64 {
         let out = self.script_env(&["restart", node, sig], env);
         assert!(out.status.success(), "lab.sh restart {node} {sig} failed: {}", text(&out.stderr));
-        text(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("lab.sh restart printed {:?}", text(&out.stdout)))
+        // "54 ms from SIGTERM to the new ucanal of centos7-1 answering (pid ...)"
+        let said = text(&out.stdout);
+        said.split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("lab.sh restart printed {said:?}"))
     }
 
     /// The lab's run directory (configs, logs, pid files).
@@ -197,6 +202,26 @@ impl Drop for Background {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Runs netns-scripts/`name` with a lab prefix of its own (`LAB_PREFIX`) and the built
+/// ucanal; afterwards no namespace or lab process of that prefix may be left, pass or fail.
+pub fn run_lab_script(name: &str, prefix: &str, args: &[&str]) -> Output {
+    let out = Command::new(repo().join("netns-scripts").join(name))
+        .args(args)
+        .env("LAB_PREFIX", prefix)
+        .env("UCANAL_BIN", ucanal_bin())
+        .env_remove("UCANAL_RUN_ARGS")
+        .output()
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let left = wait_until(Duration::from_secs(5), || {
+        !text(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).contains(prefix)
+    });
+    assert!(left.is_some(), "{name} left namespaces {prefix}* behind");
+    let procs =
+        text(&Command::new("pgrep").args(["-af", &format!("/run/ucanal-lab/{prefix}")]).output().unwrap().stdout);
+    assert!(procs.trim().is_empty(), "{name} left processes: {procs}");
+    out
 }
 
 pub fn text(b: &[u8]) -> String {

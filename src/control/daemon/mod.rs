@@ -104,10 +104,11 @@ pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), RunError> {
         let svc = Serving::start(listeners, daemon.clone(), successors).map_err(RunError::Kernel)?;
         tracing::info!(socket = %socket.display(), "ready");
         let mut signals = Signals::new();
+        let mut not_stopping = handover::NotStopping::default();
         let sig = loop {
             tokio::select! {
                 sig = signals.next() => break sig,
-                Some(s) = asks.recv() => handover::refuse(s, handover::not_stopping()),
+                Some(s) = asks.recv() => not_stopping.refuse(s, std::time::Instant::now()),
             }
         };
         tracing::info!("stopping ({})", sig.name());

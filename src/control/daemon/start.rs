@@ -59,21 +59,25 @@ struct Origin {
 }
 
 /// With `--keep-on-exit`: a ucanal live on our socket is asked to hand over. A
-/// refusal other than "not stopping" falls back to the cold start once it exited.
-fn predecessor(cfg: &Config) -> Result<Option<Pending>, RunError> {
+/// refusal other than "not stopping" falls back to the cold start once it exited
+/// (`Ok((None, true))`: there was one, and it did not hand over).
+fn predecessor(cfg: &Config) -> Result<(Option<Pending>, bool), RunError> {
     let socket = &cfg.api.socket;
     match tokio::task::block_in_place(|| handover::ask(socket, handover::ask_for(cfg))) {
         Ok(p) => {
             if p.is_some() {
                 tracing::info!("a running ucanal on {} accepted to hand over", socket.display());
             }
-            Ok(p)
+            Ok((p, false))
         }
         Err(e @ HandoverError::NotStopping(_)) => Err(e.into()),
         Err(e) => {
-            tracing::warn!("{e}; waiting for the old ucanal to exit, then starting cold");
+            tracing::warn!(
+                "{e}; the running ucanal did not hand over (it runs without --keep-on-exit, or it is exiting): \
+                 waiting for it to exit, then starting from its state file, or cold"
+            );
             wait_predecessor(socket)?;
-            Ok(None)
+            Ok((None, true))
         }
     }
 }
@@ -103,7 +107,7 @@ fn load_ipam(cfg: &Config, node: &NodeInfo) -> Result<Ipam, RunError> {
 pub async fn start(cfg: Config, keep_on_exit: bool) -> Result<Started, RunError> {
     let keep = keep_on_exit.then(|| Paths::for_socket(&cfg.api.socket));
     // A live predecessor on our socket: ask it to hand over (see `handover`).
-    let pending = if keep.is_some() { predecessor(&cfg)? } else { None };
+    let (pending, passed_over) = if keep.is_some() { predecessor(&cfg)? } else { (None, false) };
     // A hand-over carries the state; otherwise it is the previous ucanal's file.
     let origin = match (&pending, keep.as_ref().and_then(statefile::load)) {
         (Some(_), _) => Origin { from: StartMode::HandedOver, state: None },
@@ -115,7 +119,16 @@ pub async fn start(cfg: Config, keep_on_exit: bool) -> Result<Started, RunError>
             );
             Origin { from: StartMode::Resumed, state: Some(st) }
         }
-        (None, None) => Origin { from: StartMode::Cold, state: None },
+        (None, None) => {
+            if passed_over {
+                tracing::warn!(
+                    "RUNTIME STATE LOST: the ucanal before left no state file (it ran without --keep-on-exit, or \
+                     stopped with SIGINT): starting cold from the config file; pods, services and endpoints it \
+                     had added over the API are gone"
+                );
+            }
+            Origin { from: StartMode::Cold, state: None }
+        }
     };
     let pods = origin.state.as_ref().map_or_else(|| cfg.pods.clone(), |s| s.pods.clone());
     node::preflight(&cfg, if pending.is_some() { &[] } else { &pods }, keep.is_some(), pending.is_some()).await?;

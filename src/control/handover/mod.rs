@@ -25,6 +25,7 @@ mod successor;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 pub use successor::{HandoverError, Offer, Pending, Taken, ask, wait_gone};
 
@@ -60,12 +61,58 @@ pub struct Successor {
 /// Answers an ask with an error and closes the connection.
 pub fn refuse(s: Successor, why: ApiError) {
     tracing::warn!("{why}");
+    answer(s, why);
+}
+
+fn answer(s: Successor, why: ApiError) {
     let _ = fds::send_all(&s.stream, &codec::error_line(why));
 }
 
 /// The refusal of a ucanal that has not been asked to stop (the successor retries).
 pub fn not_stopping() -> ApiError {
     ApiError::new(ErrorCode::NotStopping, "hand-over refused: this ucanal is not stopping (send it SIGTERM first)")
+}
+
+/// How long the log stays quiet about further "not stopping" refusals after one line.
+const NOT_STOPPING_QUIET: Duration = Duration::from_secs(10);
+
+/// The "not stopping" refusals of a running ucanal. A second `ucanal run
+/// --keep-on-exit` on its socket asks again every few milliseconds for a second (it
+/// may have been started just before this one got its SIGTERM), so each ask is
+/// answered but the log says it once per [`NOT_STOPPING_QUIET`], with the count since.
+#[derive(Debug, Default)]
+pub struct NotStopping {
+    logged_at: Option<Instant>,
+    unlogged: u64,
+}
+
+impl NotStopping {
+    pub fn refuse(&mut self, s: Successor, now: Instant) {
+        if self.logged_at.is_some_and(|t| now.duration_since(t) < NOT_STOPPING_QUIET) {
+            self.unlogged += 1;
+        } else {
+            tracing::warn!(
+                "{} — another `ucanal run` asked to take over this node{}; its further asks in the next {}s are \
+                 refused without a log line",
+                not_stopping().message,
+                if self.unlogged > 0 {
+                    format!(" ({} more asks refused since the last line)", self.unlogged)
+                } else {
+                    String::new()
+                },
+                NOT_STOPPING_QUIET.as_secs()
+            );
+            self.logged_at = Some(now);
+            self.unlogged = 0;
+        }
+        answer(s, not_stopping());
+    }
+
+    /// Whether this refusal would be logged (for tests).
+    #[cfg(test)]
+    fn logs_at(&self, now: Instant) -> bool {
+        self.logged_at.is_none_or(|t| now.duration_since(t) >= NOT_STOPPING_QUIET)
+    }
 }
 
 /// Where an ask and this ucanal's shape differ.
@@ -217,5 +264,22 @@ mod tests {
         assert!(e.to_string().contains("runs 4 workers, this ucanal 2"), "{e}");
         assert!(matches!(fits(&Ask { source_ports: 1, ..own }, &own), Err(Misfit::SourcePorts { ask: 1, own: 8 })));
         assert!(fits(&Ask { udp_gro: false, ..own }, &own).unwrap_err().to_string().contains("offloads differ"));
+    }
+
+    #[test]
+    fn a_burst_of_asks_is_answered_each_time_and_logged_once() {
+        let own = Ask { version: offer::VERSION, workers: 2, source_ports: 8, tap_offloads: true, udp_gro: true };
+        let mut r = NotStopping::default();
+        let t0 = Instant::now();
+        for i in 0..50u32 {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            let now = t0 + Duration::from_millis(20 * u64::from(i));
+            assert_eq!(r.logs_at(now), i == 0, "ask {i}");
+            r.refuse(Successor { stream: ours, ask: own }, now);
+            let line = fds::recv_line(&theirs, 4096).unwrap();
+            assert!(line.contains("not stopping"), "every ask gets its answer: {line}");
+        }
+        assert_eq!(r.unlogged, 49);
+        assert!(r.logs_at(t0 + NOT_STOPPING_QUIET + Duration::from_secs(1)));
     }
 }

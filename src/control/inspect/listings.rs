@@ -118,6 +118,7 @@ pub fn services(t: &Tables) -> Vec<ServiceRow> {
         .iter()
         .map(|s| {
             let (packets, bytes) = s.hits.get();
+            let (node_port_packets, node_port_bytes) = s.node_port_hits.get();
             ServiceRow {
                 name: s.spec.name.clone(),
                 protocol: s.spec.protocol.name().into(),
@@ -126,6 +127,8 @@ pub fn services(t: &Tables) -> Vec<ServiceRow> {
                 node_port: s.spec.node_port,
                 packets,
                 bytes,
+                node_port_packets,
+                node_port_bytes,
                 endpoints: s
                     .spec
                     .endpoints

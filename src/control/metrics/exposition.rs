@@ -233,6 +233,26 @@ fn encode_services(enc: &mut DescriptorEncoder, tables: &Tables) -> std::fmt::Re
         "Bytes of the first packets of the new flows matched by each service",
         services.iter().map(|(l, (_, bytes))| (&l[..], *bytes)),
     )?;
+    // KUBE-NODEPORTS: the flows that came through a service's NodePort (a subset of the above).
+    let node_ports: Vec<_> = tables
+        .services
+        .iter()
+        .filter_map(|s| {
+            let np = s.spec.node_port?;
+            let labels = [
+                ("service", s.spec.name.clone()),
+                ("protocol", s.spec.protocol.name().to_string()),
+                ("node_port", np.to_string()),
+            ];
+            Some((labels, s.node_port_hits.get().0))
+        })
+        .collect();
+    counter_family(
+        enc,
+        "service_node_port_flows",
+        "New flows matched by each service's NodePort (KUBE-NODEPORTS), counted in service_flows too",
+        node_ports.iter().map(|(l, n)| (&l[..], *n)),
+    )?;
     let endpoints = tables.services.iter().flat_map(|s| {
         s.spec
             .endpoints
@@ -269,6 +289,7 @@ mod tests {
             r#"ucanal_conntrack_flushed_total{node="centos7-1"} 0"#,
             r#"ucanal_service_flows_total{node="centos7-1",service="default/ghost",protocol="tcp",cluster_ip="10.250.0.40",port="2368"} 2"#,
             r#"ucanal_service_first_packet_bytes_total{node="centos7-1",service="default/ghost",protocol="tcp",cluster_ip="10.250.0.40",port="2368"} 134"#,
+            r#"ucanal_service_node_port_flows_total{node="centos7-1",service="default/ghost",protocol="tcp",node_port="31266"} 1"#,
             r#"ucanal_endpoint_flows_total{node="centos7-1",service="default/ghost",endpoint="10.244.1.5:2368"} 1"#,
             r#"ucanal_endpoint_flows_total{node="centos7-1",service="default/ghost",endpoint="10.244.0.74:2368"} 0"#,
             "# TYPE ucanal_decisions counter",

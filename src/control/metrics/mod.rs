@@ -13,6 +13,7 @@
 //! | `ucanal_conntrack_entries`, `ucanal_conntrack_max` | | connection-table size and limit (gauges) |
 //! | `ucanal_conntrack_expired_total`, `ucanal_conntrack_flushed_total` | | flows evicted by timeout, UDP flows flushed with their endpoint |
 //! | `ucanal_service_flows_total`, `ucanal_service_first_packet_bytes_total` | `service`, `protocol`, `cluster_ip`, `port` | new flows per service and the bytes of their first packets (iptables-style NAT counters) |
+//! | `ucanal_service_node_port_flows_total` | `service`, `protocol`, `node_port` | those of them that came through the NodePort (KUBE-NODEPORTS) |
 //! | `ucanal_endpoint_flows_total` | `service`, `endpoint` | new flows DNATed to each endpoint |
 //! | `ucanal_policy_rule_flows_total`, `ucanal_policy_rule_first_packet_bytes_total` | `kind`, `policy`, `direction`, `rule`, `action` | new flows matched by each network policy rule |
 //!
@@ -75,6 +76,7 @@ mod testing {
         let ghost = t.services.iter().next().unwrap();
         ghost.hits.hit(60);
         ghost.hits.hit(74);
+        ghost.node_port_hits.hit(74);
         ghost.endpoint_hits[1].hit(60);
         src
     }

@@ -225,13 +225,44 @@ impl Daemon {
         }
     }
 
+    /// What exists only in this process, not in the config file nor in etcd: the pods
+    /// and services a teardown loses (by name).
+    fn runtime_only(&self) -> (Vec<String>, Vec<String>) {
+        let pods = self.pods.specs().into_iter().filter(|p| !self.cfg.pods.contains(p)).map(|p| p.name).collect();
+        let from_etcd = |name: &str| {
+            self.kube.shared.is_some()
+                && self.kube.store.get(&format!("services/{}", crate::control::kube::service_of(name))).is_some()
+        };
+        let services = self
+            .services
+            .specs()
+            .into_iter()
+            .filter(|s| !self.cfg.services.contains(s) && !from_etcd(&s.name))
+            .map(|s| s.name)
+            .collect();
+        (pods, services)
+    }
+
     /// Stops the workers (closing every TAP queue, so the TAPs disappear), then removes
-    /// what ucanal made of the node — unless a predecessor still owns it.
+    /// what ucanal made of the node — unless a predecessor still owns it. Runtime
+    /// changes go with it, and the log says which.
     pub async fn teardown(&mut self) {
         self.plane.stop();
         if self.life.predecessor_owns() {
             tracing::info!("the ucanal that was handing over keeps the node: nothing of it is removed");
             return;
+        }
+        let (pods, services) = self.runtime_only();
+        if !pods.is_empty() || !services.is_empty() {
+            tracing::warn!(
+                "RUNTIME STATE LOST: {} pod(s) [{}] and {} service(s) [{}] added or changed over the API are \
+                 removed with this ucanal and will not come back from the config file (only a SIGTERM of \
+                 `ucanal run --keep-on-exit` keeps them for the next ucanal)",
+                pods.len(),
+                pods.join(" "),
+                services.len(),
+                services.join(" ")
+            );
         }
         if self.persist.is_some() {
             // Persistent TAPs outlive their queues: remove the pods' TAPs explicitly.

@@ -41,17 +41,37 @@ impl Daemon {
         Ok(())
     }
 
+    /// Sets a service on this node (in a cluster, only a service of the node's config
+    /// comes here: the others go through etcd). The answer says what was set — its
+    /// NodePort too — and where it holds: this node only, for how long.
     pub async fn set_service(&mut self, s: ServiceSpec) -> Result<String, ControlError> {
+        let node_port = match s.node_port {
+            Some(np) => format!(", NodePort {}:{np}", self.cfg.node.node_ip),
+            None => String::new(),
+        };
         let msg = format!(
-            "service {} {}:{}/{} with {} endpoint(s)",
+            "service {} {}:{}/{}{node_port} with {} endpoint(s): {}",
             s.name,
             s.cluster_ip,
             s.port,
             s.protocol.name(),
-            s.endpoints.len()
+            s.endpoints.len(),
+            self.scope_of_runtime_service()
         );
         self.change_services(Delta { remove: BTreeSet::new(), put: vec![s] }).await?;
         Ok(msg)
+    }
+
+    /// Where a service changed on this node alone holds, in the words of a reply.
+    fn scope_of_runtime_service(&self) -> &'static str {
+        match (self.kube.shared.is_some(), self.persist.is_some()) {
+            (true, _) => "on this node only (a service of this node's config file; the cluster's go through etcd)",
+            (false, true) => "on this node only (no [cluster] shares it: every node takes its own `service set`)",
+            (false, false) => {
+                "on this node only (no [cluster] shares it: every node takes its own `service set`), until this \
+                 ucanal stops (`run --keep-on-exit` keeps runtime changes across restarts)"
+            }
+        }
     }
 
     pub async fn del_service(&mut self, name: &str) -> Result<String, ControlError> {

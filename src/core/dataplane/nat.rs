@@ -22,7 +22,7 @@ pub(super) struct Rule<'t> {
     nat: u8,
     egress: Egress,
     /// The service and endpoint index, for their hit counters.
-    svc_hit: Option<(&'t Service, usize)>,
+    svc_hit: Option<(&'t Service, usize, Via)>,
 }
 
 impl Rule<'_> {
@@ -149,7 +149,7 @@ impl<'a> Ctx<'a> {
                 reply_dst: if masq { masquerade::source_for(eg, node.node_ip, node.vtep_ip) } else { u.src },
                 nat: NAT_DNAT | if masq { NAT_SNAT } else { 0 },
                 egress: eg,
-                svc_hit: Some((s, i)),
+                svc_hit: Some((s, i, via)),
             });
         }
         {
@@ -234,9 +234,13 @@ impl<'a> Ctx<'a> {
                             Counter::EgressMasquerade
                         });
                     }
-                    if let Some((s, i)) = svc_hit {
-                        s.hits.hit(pkt.len() - ethernet::HEADER_LEN);
-                        s.endpoint_hits[i].hit(pkt.len() - ethernet::HEADER_LEN);
+                    if let Some((s, i, via)) = svc_hit {
+                        let len = pkt.len() - ethernet::HEADER_LEN;
+                        s.hits.hit(len);
+                        if via == Via::NodePort {
+                            s.node_port_hits.hit(len);
+                        }
+                        s.endpoint_hits[i].hit(len);
                     }
                     self.trace_new(u, entry.reply, nat, entry.state_name(), Admit::Entered);
                     original_hit(&entry.reply, nat)

@@ -74,7 +74,11 @@ impl Hits {
 #[derive(Debug, Clone)]
 pub struct Service {
     pub spec: ServiceSpec,
+    /// Every new flow of the service (its KUBE-SVC chain).
     pub hits: Arc<Hits>,
+    /// The new flows that came through the NodePort (its KUBE-NODEPORTS rule); the rest
+    /// came to the cluster IP (its KUBE-SERVICES rule).
+    pub node_port_hits: Arc<Hits>,
     /// One per endpoint, in `spec.endpoints` order.
     pub endpoint_hits: Vec<Arc<Hits>>,
 }
@@ -173,6 +177,7 @@ impl Service {
     /// same name) for itself and for the endpoints both have; fresh ones otherwise.
     pub fn carrying(spec: ServiceSpec, old: Option<&Service>) -> Service {
         let hits = old.map(|o| o.hits.clone()).unwrap_or_default();
+        let node_port_hits = old.map(|o| o.node_port_hits.clone()).unwrap_or_default();
         let endpoint_hits = spec
             .endpoints
             .iter()
@@ -181,7 +186,7 @@ impl Service {
                     .unwrap_or_default()
             })
             .collect();
-        Service { spec, hits, endpoint_hits }
+        Service { spec, hits, node_port_hits, endpoint_hits }
     }
 }
 
@@ -197,7 +202,7 @@ impl ServiceTable {
         for spec in specs {
             let hits = hits_for(&spec.name, None);
             let endpoint_hits = spec.endpoints.iter().map(|e| hits_for(&spec.name, Some(*e))).collect();
-            t.insert(Service { spec, hits, endpoint_hits });
+            t.insert(Service { spec, hits, node_port_hits: Arc::default(), endpoint_hits });
         }
         t
     }

@@ -59,8 +59,10 @@ fn nodeport_to_remote_endpoint_the_article_walk() {
     assert_checksums(&ip);
     assert_eq!(lab.count(Counter::CtHitReply), 1);
     assert_eq!(lab.count(Counter::ServiceMasquerade), 1);
-    let svc = lab.dp.tables().services.by_node_port(PROTO_TCP, 31266).unwrap().hits.get();
-    assert_eq!(svc.0, 1);
+    let tables = lab.dp.tables();
+    let svc = tables.services.by_node_port(PROTO_TCP, 31266).unwrap();
+    assert_eq!(svc.hits.get().0, 1);
+    assert_eq!(svc.node_port_hits.get(), svc.hits.get(), "a NodePort flow counts on KUBE-NODEPORTS, as iptables does");
 }
 
 #[test]
@@ -106,6 +108,9 @@ fn cluster_ip_from_a_pod_is_not_masqueraded_hairpin_is() {
     assert_eq!(lab.port(PortId(1), &syn), Action::ToPort(PortId(1)));
     let ip = lab.out_ip();
     assert_eq!((ip.src(), ip.dst()), (NODE1, EP1));
+    let tables = lab.dp.tables();
+    let svc = tables.services.by_node_port(PROTO_TCP, 31266).unwrap();
+    assert_eq!((svc.hits.get().0, svc.node_port_hits.get().0), (2, 0), "two cluster IP flows, none via the NodePort");
 }
 
 #[test]
