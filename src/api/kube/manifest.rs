@@ -93,7 +93,7 @@ fn push_doc(d: serde_json::Value, out: &mut Vec<Object>, depth: u8) -> Result<()
         return Ok(());
     }
     if policy::is_policy(&d) {
-        out.push(policy::policy_object(d)?);
+        out.push(super::policy_object(d)?);
         return Ok(());
     }
     if !matches!(kind.as_str(), "Service" | "Endpoints" | "EndpointSlice" | "Policy") {

@@ -183,7 +183,7 @@ impl Object {
     /// cluster IP and ports.
     pub fn check(&self) -> Result<(), KubeError> {
         if let Object::Policy { metadata, manifest } = self {
-            return policy::check(metadata, manifest);
+            return check_policy(metadata, manifest);
         }
         let m = self.meta();
         let bad = |p: String| KubeError::Object {
@@ -306,6 +306,26 @@ impl ObjectList {
     pub fn new(items: Vec<Object>) -> ObjectList {
         ObjectList { kind: "List".into(), items }
     }
+}
+
+/// A policy manifest as a stored object: checked, named by what it decodes to.
+pub fn policy_object(manifest: serde_json::Value) -> Result<Object, KubeError> {
+    let o = policy::decode_policy(&manifest).map_err(KubeError::Policy)?;
+    let (namespace, name) = policy::ident(&o);
+    Ok(Object::Policy { metadata: Meta { name, namespace, labels: BTreeMap::new() }, manifest })
+}
+
+/// The checks of a stored policy object: it decodes, and its name is its manifest's.
+fn check_policy(metadata: &Meta, manifest: &serde_json::Value) -> Result<(), KubeError> {
+    let o = policy::decode_policy(manifest).map_err(KubeError::Policy)?;
+    if policy::ident(&o) != (metadata.namespace.clone(), metadata.name.clone()) {
+        return Err(KubeError::Object {
+            kind: "Policy".into(),
+            name: format!("{}/{}", metadata.namespace, metadata.name),
+            problem: format!("metadata does not name its manifest's object {}", o.describe()),
+        });
+    }
+    Ok(())
 }
 
 mod manifest;
