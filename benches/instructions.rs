@@ -20,14 +20,24 @@
 //! - `new_flow_etp_local`: the same with `externalTrafficPolicy: Local` (candidates
 //!   counted by route: this node's endpoint only, no masquerade), as
 //!   `services/new_flow_etp_local`.
+//! - `established_nat_encap_10k_policies`: `established_nat_encap` with 10,000
+//!   NetworkPolicies over 1,000 pods in the snapshot (`benches/common/policy.rs`): an
+//!   established packet does no policy work, so the count is `established_nat_encap`'s.
+//! - `new_flow_policy_0` / `new_flow_policy_10000`: a new flow from ghost-ep3 to the
+//!   ClusterIP, DNATed to ghost-ep1 (local), with 0 policies or 10,000 (ghost-ep1 selected
+//!   by 100 of them, the client allowed): the policy stage's instructions per new flow
+//!   are the difference (the conntrack table grows by one flow per packet in both).
 
 #[allow(dead_code)]
 mod common;
+#[path = "common/policy.rs"]
+mod world;
 
 use std::hint::black_box;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Command;
 
+use ucanal::core::tables::article::EP3_MAC;
 use ucanal::core::trace::Trace;
 use ucanal::core::{Action, PortId, RunMemo};
 
@@ -35,7 +45,16 @@ use common::*;
 
 const SHORT: u64 = 2_000;
 const LONG: u64 = 22_000;
-const PATHS: [&str; 5] = ["established_nat_encap", "decap_walk", "decap_run", "new_flow_dnat", "new_flow_etp_local"];
+const PATHS: [&str; 8] = [
+    "established_nat_encap",
+    "decap_walk",
+    "decap_run",
+    "new_flow_dnat",
+    "new_flow_etp_local",
+    "established_nat_encap_10k_policies",
+    "new_flow_policy_0",
+    "new_flow_policy_10000",
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -79,8 +98,13 @@ fn main() {
 /// Sets `path` up and runs `n` packets through it.
 fn run(path: &str, n: u64) {
     match path {
-        "established_nat_encap" => {
+        "established_nat_encap" | "established_nat_encap_10k_policies" => {
             let dp = dataplane(vec![ucanal::core::tables::article::ghost()], 1024, 1);
+            if path.ends_with("policies") {
+                let mut t = (*dp.tables()).clone();
+                t.policy = world::engine(10_000).table();
+                dp.publish(t);
+            }
             let sport = sports_for(&dp.tables(), CLIENT, (NODE1, NODE_PORT), EP2, 40000).next().unwrap();
             establish_nodeport(&dp, CLIENT, sport);
             let f = nodeport_ack(CLIENT, sport);
@@ -133,6 +157,27 @@ fn run(path: &str, n: u64) {
                 let _ = black_box(p.data());
             }
             assert_eq!(dp.counters.get(ucanal::core::Counter::CtNew), n, "every packet a new flow");
+        }
+        "new_flow_policy_0" | "new_flow_policy_10000" => {
+            let policies = if path.ends_with("10000") { 10_000 } else { 0 };
+            let vip = Ipv4Addr::new(10, 250, 0, 40);
+            let dp = dataplane(vec![ucanal::core::tables::article::ghost()], 65_536, 1);
+            let mut t = (*dp.tables()).clone();
+            t.policy = world::engine(policies).table();
+            dp.publish(t);
+            let t = dp.tables();
+            let sports: Vec<u16> = sports_for(&t, EP3, (vip, TARGET_PORT), EP1, 1024).take(n as usize).collect();
+            assert_eq!(sports.len(), n as usize, "enough source ports for the count");
+            let syn = tcp(EP3_MAC, HOST_MAC, (EP3, sports[0]), (vip, TARGET_PORT), true);
+            let mut b = Buf::for_frame(&syn);
+            let mut tr = Trace::off();
+            for &sport in &sports {
+                let mut p = b.load(black_box(&syn));
+                set_source(p.data_mut(), EP3, sport);
+                let a = dp.handle_port(0, &t, PortId(2), &mut p, NOW, &mut tr);
+                assert_eq!(a, Action::ToPort(PortId(1)));
+                let _ = black_box(p.data());
+            }
         }
         other => panic!("no path {other}"),
     }

@@ -188,6 +188,7 @@ EOF
     for pod in "${LAB_PODS[@]}"; do
         [[ ${LAB_POD_NODE[$pod]} == "$node" && -n ${LAB_POD_IP[$pod]} ]] || continue
         printf '\n[[pods]]\nname = "%s"\nnetns = "%s"\nip = "%s"\n' "$pod" "$(lab_ns "$pod")" "${LAB_POD_IP[$pod]}"
+        lab_pod_policy_conf "$pod"
     done
 }
 

@@ -555,6 +555,7 @@ name = "$pod"
 netns = "$(lab_ns "$pod")"
 ip = "${LAB_POD_IP[$pod]}"
 EOF
+        lab_pod_policy_conf "$pod"
     done
     for s in "${LAB_SERVICES[@]}"; do
         read -r name proto vip port nport eps <<<"$s"

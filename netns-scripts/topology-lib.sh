@@ -83,6 +83,22 @@ lab_topology_up() {
     if ((LAB_TOPOLOGY_ETCD)); then lab_cluster_up "$@"; else lab_up "$@"; fi
 }
 
+# lab_pod_policy_conf POD: the pod's namespace and labels (from the topology), as its
+# [[pods]] entry's keys, for network policy.
+lab_pod_policy_conf() {
+    local ns=${LAB_POD_NAMESPACE[$1]:-} labels=${LAB_POD_LABELS[$1]:-} kv sep=
+    [[ -z $ns ]] || printf 'namespace = "%s"\n' "$ns"
+    [[ -n $labels ]] || return 0
+    local -a kvs
+    IFS=, read -r -a kvs <<<"$labels"
+    printf 'labels = {'
+    for kv in "${kvs[@]}"; do
+        printf '%s "%s" = "%s"' "$sep" "${kv%%=*}" "${kv#*=}"
+        sep=,
+    done
+    printf ' }\n'
+}
+
 # lab_topology_graph FILE [--svg OUT]: the topology as Graphviz dot (and drawn as SVG).
 lab_topology_graph() {
     local file=${1:-} svg=

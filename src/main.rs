@@ -151,6 +151,9 @@ enum Cmd {
         /// Counters: include zeros.
         #[arg(long)]
         all: bool,
+        /// Policy: only this pod (NAMESPACE/NAME).
+        #[arg(long)]
+        pod: Option<String>,
     },
 }
 
@@ -166,6 +169,12 @@ enum PodCmd {
         ip: Ipv4Addr,
         #[arg(long)]
         mac: Option<MacAddr>,
+        /// The pod's Kubernetes namespace, for network policy (default: `default`).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// A label for network policy, KEY=VALUE (repeat for more).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
     },
     Del {
         #[arg(long)]
@@ -309,7 +318,10 @@ fn main() -> ExitCode {
         cmd @ (Cmd::Pod { .. } | Cmd::Service { .. } | Cmd::Endpoint { .. }) => {
             done(one().and_then(|t| object_cmd(&t, cmd)))
         }
-        Cmd::Show { what, json, all } => done(one().and_then(|t| cli::show::show(&t, what, json, all))),
+        Cmd::Show { what: Show::Policy, json, pod, .. } => {
+            done(one().and_then(|t| cli::show::show_policy(&t, json, pod.as_deref())))
+        }
+        Cmd::Show { what, json, all, .. } => done(one().and_then(|t| cli::show::show(&t, what, json, all))),
         Cmd::Apply(m) => done(one().and_then(|t| kubectl::apply(&t, &m.file, false))),
         Cmd::Delete(m) => done(one().and_then(|t| kubectl::apply(&t, &m.file, true))),
         Cmd::Get(g) => done(one().and_then(|t| kubectl::get(&t, &g.what, g.output.as_deref()))),
@@ -384,11 +396,20 @@ fn check(config: &std::path::Path, netns: Option<&str>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `--label KEY=VALUE`.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not KEY=VALUE")),
+    }
+}
+
 /// `ucanal pod|service|endpoint ...`: one command to one node.
 fn object_cmd(target: &Target, cmd: Cmd) -> Result<String, CliError> {
     let c = match cmd {
-        Cmd::Pod { cmd: PodCmd::Add { name, netns, ip, mac } } => {
-            Command::PodAdd { pod: PodSpec { name, netns, ip, mac, ifname: None } }
+        Cmd::Pod { cmd: PodCmd::Add { name, netns, ip, mac, namespace, labels } } => {
+            let labels = labels.into_iter().collect();
+            Command::PodAdd { pod: PodSpec { name, netns, ip, mac, ifname: None, namespace, labels } }
         }
         Cmd::Pod { cmd: PodCmd::Del { name } } => Command::PodDel { name },
         Cmd::Service { cmd: ServiceCmd::Set { name, protocol, cluster_ip, port, node_port, endpoints } } => {

@@ -108,6 +108,8 @@ impl Node {
             ip: ip.into(),
             mac: None,
             ifname: Some(format!("p{i}")),
+            namespace: None,
+            labels: Default::default(),
         }
     }
 

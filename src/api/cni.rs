@@ -25,6 +25,9 @@ pub struct CniAttach {
     pub ip: Option<Ipv4Addr>,
     #[serde(default)]
     pub mac: Option<MacAddr>,
+    /// The pod's labels (the network config's `args.cni.labels`, CNI's conventions).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// An attachment as the daemon made it (the answer to ADD and CHECK).

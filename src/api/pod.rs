@@ -1,6 +1,7 @@
 //! A pod as the API and the config file name it: its network namespace, address and
 //! interface.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,13 @@ pub struct PodSpec {
     /// The interface's name inside the pod (default `eth0`; CNI's `CNI_IFNAME`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ifname: Option<String>,
+    /// The pod's Kubernetes namespace, for network policy (default: the `ns` of a name
+    /// `ns/name`, as CNI names pods, else `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The pod's labels, for network policy (a Pod object applied later replaces them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A Linux interface name: 1-15 bytes, no `/`, `:` or whitespace, not `.` or `..`.
@@ -42,6 +50,14 @@ impl PodSpec {
             let o = self.ip.octets();
             MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]])
         })
+    }
+    /// The pod's Kubernetes namespace and name: its `namespace` and name, else `ns/name`
+    /// as CNI names pods (`K8S_POD_NAMESPACE/K8S_POD_NAME`), else in `default`.
+    pub fn kube_id(&self) -> (&str, &str) {
+        match &self.namespace {
+            Some(ns) => (ns, &self.name),
+            None => self.name.split_once('/').unwrap_or(("default", &self.name)),
+        }
     }
     /// The namespace file.
     pub fn netns_path(&self) -> PathBuf {

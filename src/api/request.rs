@@ -129,6 +129,8 @@ pub enum Show {
     /// [`super::PeersReport`]: peers with where each came from (config or an etcd
     /// lease), lease age and expiry.
     Peers,
+    /// `Vec<PolicyChain>`: each local pod's effective policy, as Felix's chains.
+    Policy,
 }
 
 /// The objects `get` lists.
@@ -138,6 +140,27 @@ pub enum ObjectKind {
     Services,
     /// Endpoints and EndpointSlices.
     Endpoints,
+    Namespaces,
+    Pods,
+    /// networking.k8s.io/v1 NetworkPolicies.
+    NetworkPolicies,
+    /// projectcalico.org/v3 NetworkPolicies and GlobalNetworkPolicies.
+    CalicoPolicies,
+}
+
+impl ObjectKind {
+    /// The store directories of a policy kind's objects (`None`: not a policy kind).
+    pub fn policy_dirs(self) -> Option<&'static [&'static str]> {
+        Some(match self {
+            ObjectKind::Services | ObjectKind::Endpoints => return None,
+            ObjectKind::Namespaces => &["namespaces"],
+            ObjectKind::Pods => &["pods"],
+            ObjectKind::NetworkPolicies => &["networkpolicies"],
+            ObjectKind::CalicoPolicies => {
+                &["networkpolicies.projectcalico.org", "globalnetworkpolicies.projectcalico.org"]
+            }
+        })
+    }
 }
 
 /// An endpoint by address, or by a pod of the node and a port (the daemon resolves

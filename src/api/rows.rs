@@ -177,3 +177,39 @@ pub struct ClusterStatus {
     pub own_lease_lost: u64,
     pub last_error: Option<String>,
 }
+
+/// `show policy`: a local pod's effective policy, Felix's two chains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChain {
+    pub namespace: String,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// `cali-tw-<host-side interface>`: to the pod.
+    pub ingress_chain: String,
+    /// `cali-fw-<host-side interface>`: from the pod.
+    pub egress_chain: String,
+    /// Some policy selects the pod for ingress (else its profile allows).
+    pub ingress_isolated: bool,
+    pub egress_isolated: bool,
+    /// Ingress rules, then egress rules, each in the order they are walked.
+    pub rules: Vec<PolicyRuleRow>,
+}
+
+/// One rule of a chain, with the new flows that matched it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRuleRow {
+    /// `ingress` or `egress`.
+    pub dir: String,
+    /// `network_policy`, `calico_network_policy` or `global_network_policy`.
+    pub kind: String,
+    /// `namespace/name` (a global policy: `name`).
+    pub policy: String,
+    /// Calico's order (a Kubernetes policy: 1000; none: last).
+    pub order: Option<String>,
+    /// The rule's index in the policy's ingress or egress list.
+    pub rule: usize,
+    /// `Allow`, `Deny`, `Log` or `Pass`.
+    pub action: String,
+    pub packets: u64,
+    pub bytes: u64,
+}

@@ -109,9 +109,36 @@ pub fn get(target: &Target, what: &str, output: Option<&str>) -> Result<String, 
     let kind = match what {
         "services" | "service" | "svc" => ObjectKind::Services,
         "endpoints" | "ep" | "endpointslices" => ObjectKind::Endpoints,
-        other => return Err(CliError::Usage(format!("get: '{other}' is not services or endpoints"))),
+        "namespaces" | "namespace" | "ns" => ObjectKind::Namespaces,
+        "pods" | "pod" | "po" => ObjectKind::Pods,
+        "networkpolicies" | "networkpolicy" | "netpol" => ObjectKind::NetworkPolicies,
+        "networkpolicies.projectcalico.org" | "globalnetworkpolicies" | "globalnetworkpolicy" | "gnp" => {
+            ObjectKind::CalicoPolicies
+        }
+        other => {
+            return Err(CliError::Usage(format!(
+                "get: '{other}' is not services, endpoints, namespaces, pods, networkpolicies or \
+                 globalnetworkpolicies"
+            )));
+        }
     };
-    let list: ObjectList = target.client(Some(ANSWER_WAIT))?.query(Query::Get { what: kind })?;
+    let mut list: ObjectList = target.client(Some(ANSWER_WAIT))?.query(Query::Get { what: kind })?;
+    if kind.policy_dirs().is_some() && output.is_some() {
+        // Policy objects print as their manifests, as kubectl and calicoctl do.
+        let items: Vec<serde_json::Value> = list
+            .items
+            .drain(..)
+            .filter_map(|o| match o {
+                Object::Policy { manifest, .. } => Some(manifest),
+                _ => None,
+            })
+            .collect();
+        let v = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        return match output {
+            Some("json") => json_text(&v),
+            _ => serde_yaml_ng::to_string(&v).map_err(CliError::Yaml),
+        };
+    }
     match output {
         Some("json") => return json_text(&list),
         Some("yaml") => {
@@ -123,6 +150,7 @@ pub fn get(target: &Target, what: &str, output: Option<&str>) -> Result<String, 
     Ok(match kind {
         ObjectKind::Services => services_table(&list.items),
         ObjectKind::Endpoints => endpoints_table(&list.items),
+        _ => super::policy::objects_table(&list.items),
     })
 }
 
@@ -183,7 +211,7 @@ pub fn endpoints_table(items: &[Object]) -> String {
                     })
                     .collect(),
             ),
-            Object::Service { .. } => continue,
+            Object::Service { .. } | Object::Policy { .. } => continue,
         };
         let shown = if eps.is_empty() { "<none>".to_string() } else { eps.join(",") };
         s += &format!("{:<12} {:<30} {}\n", m.namespace, m.name, shown);

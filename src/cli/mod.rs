@@ -4,6 +4,7 @@
 //! ([`kubectl`]). It speaks the API ([`crate::api`]) and nothing of the daemon.
 
 pub mod kubectl;
+pub mod policy;
 pub mod show;
 pub mod target;
 pub mod trace;

@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::CliError;
 use super::target::{ANSWER_WAIT, Target};
 use crate::api::{
-    ConntrackRow, CountersReport, FdbRow, NeighRow, NodeReport, PeerRow, PeersReport, PodRow, PodsReport, Query,
-    RouteRow, ServiceRow, Show,
+    ConntrackRow, CountersReport, FdbRow, NeighRow, NodeReport, PeerRow, PeersReport, PodRow, PodsReport, PolicyChain,
+    Query, RouteRow, ServiceRow, Show,
 };
 
 /// `ucanal show WHAT [--json] [--all]`: one request. The big listings (conntrack,
@@ -52,6 +52,7 @@ pub fn show(target: &Target, what: Show, json: bool, all: bool) -> Result<String
         Show::Counters => render(c.query::<CountersReport>(q)?, json, |r| counters_text(r, all))?,
         Show::Node => json_text(&c.query::<NodeReport>(q)?)?,
         Show::Peers => render(c.query::<PeersReport>(q)?, json, |r| peers_text(&r.peers))?,
+        Show::Policy => return show_policy(target, json, None),
     };
     Ok(text.trim_end_matches('\n').to_string())
 }
@@ -128,6 +129,22 @@ fn stream_json<T: Serialize>(
     out.line(if first { "[]" } else { "\n]" });
     out.finish()?;
     Ok(n)
+}
+
+/// `ucanal show policy [--pod NS/NAME] [--json]`: the local pods' chains, as
+/// `iptables -vnL` lists Felix's `cali-tw-*` / `cali-fw-*`.
+pub fn show_policy(target: &Target, json: bool, pod: Option<&str>) -> Result<String, CliError> {
+    let mut c = target.client(Some(ANSWER_WAIT))?;
+    let mut chains: Vec<PolicyChain> = c.query(Query::Show { what: Show::Policy })?;
+    if let Some(p) = pod {
+        let (ns, name) = p.split_once('/').unwrap_or(("default", p));
+        chains.retain(|c| c.namespace == ns && c.name == name);
+        if chains.is_empty() {
+            return Err(CliError::Usage(format!("show policy: no pod {ns}/{name} on this node")));
+        }
+    }
+    let text = render(chains, json, |c| super::policy::chains_text(c))?;
+    Ok(text.trim_end_matches('\n').to_string())
 }
 
 /// The rows as JSON, or as text.

@@ -154,6 +154,7 @@ fn add(conf: &NetConf, inv: &Invocation, stdin: &[u8]) -> Result<CniResult, CniE
             }
             None => None,
         },
+        labels: conf.labels.clone(),
     };
     let pod = match ask(&conf.socket, api::Command::CniAdd { attach }.into()).and_then(pod_of) {
         Ok(p) => p,

@@ -229,6 +229,8 @@ pub struct NetConf {
     pub prev_result: Option<CniResult>,
     /// GC's `cni.dev/valid-attachments`: (container id, interface name).
     pub valid_attachments: Option<Vec<(String, String)>>,
+    /// The pod's labels: `args.cni.labels` (`[{"key":..,"value":..}]`, CNI's conventions).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Keys the plugin accepts; any other key is refused with code 2, naming it.
@@ -304,8 +306,34 @@ impl NetConf {
         let prev_result = decode::<CniResult>(&m, "prevResult")?;
         let valid_attachments = decode::<Vec<Attachment>>(&m, "cni.dev/valid-attachments")?
             .map(|v| v.into_iter().map(|a| (a.container_id, a.ifname)).collect());
-        Ok(NetConf { cni_version: version, name, plugin_type, socket, ipam, dns, prev_result, valid_attachments })
+        let labels = match m.get("args").and_then(|a| a.pointer("/cni/labels")) {
+            None | Some(Value::Null) => Default::default(),
+            Some(l) => serde_json::from_value::<Vec<Label>>(l.clone())
+                .map_err(|e| invalid(format!("args.cni.labels: {e}")))?
+                .into_iter()
+                .map(|l| (l.key, l.value))
+                .collect(),
+        };
+        Ok(NetConf {
+            cni_version: version,
+            name,
+            plugin_type,
+            socket,
+            ipam,
+            dns,
+            prev_result,
+            valid_attachments,
+            labels,
+        })
     }
+}
+
+/// One of `args.cni.labels`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Label {
+    key: String,
+    value: String,
 }
 
 #[derive(Deserialize)]

@@ -25,5 +25,6 @@ pub mod node;
 pub mod persist;
 pub mod plane;
 pub mod pods;
+pub mod policy;
 pub mod services;
 pub mod state;

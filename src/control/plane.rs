@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use super::config::Config;
 use crate::core::nat::service::{ServiceSpec, ServiceTable};
+use crate::core::policy::PolicyTable;
 use crate::core::tables::{NodeInfo, Peer, PodPort, Tables};
 use crate::core::{Counter, Dataplane, PortId};
 use crate::io::observe::Observers;
@@ -44,6 +45,8 @@ pub struct Plane {
     generation: u64,
     /// The flow hash's seed: the endpoint a flow picks, kept across restarts.
     seed: u64,
+    /// This node's compiled network policy, published with the rest.
+    policy: PolicyTable,
 }
 
 impl Plane {
@@ -67,6 +70,7 @@ impl Plane {
             tx_ports: Vec::new(),
             generation: 0,
             seed,
+            policy: PolicyTable::default(),
         }
     }
 
@@ -110,12 +114,18 @@ impl Plane {
         self.dp.counters.workers() - 1
     }
 
+    /// The policy the next snapshot carries.
+    pub fn set_policy(&mut self, policy: PolicyTable) {
+        self.policy = policy;
+    }
+
     /// Publishes a new snapshot of the tables: a clone of the service table is a
     /// reference per shard, not a copy of the services.
     pub fn publish(&mut self, node: &NodeInfo, pods: &[PodPort], peers: &[Peer], services: ServiceTable) {
         self.generation += 1;
         let mut t = Tables::build(self.generation, node.clone(), self.seed, pods, peers, services);
         t.vxlan_source_ports = self.tx_ports.clone();
+        t.policy = self.policy.clone();
         self.dp.publish(t);
     }
 

@@ -112,6 +112,11 @@ impl PodBook {
         self.pods.iter().map(|p| p.spec.name.clone()).collect()
     }
 
+    /// The pods' specs, borrowed.
+    pub fn spec_refs(&self) -> impl Iterator<Item = &PodSpec> {
+        self.pods.iter().map(|p| &p.spec)
+    }
+
     /// Every pod as the state keeps it, in order.
     pub fn saved(&self) -> Vec<SavedPod> {
         self.pods.iter().map(|p| SavedPod { pod: p.spec.clone(), cni: p.cni.clone() }).collect()

@@ -72,6 +72,9 @@ named_enum!(
         ZerocopyTimeout => "zerocopy_timeout", "flushes that stopped waiting for MSG_ZEROCOPY completions after 100 ms";
         ServiceAffinityHit => "service_affinity_hit", "new service flows sent to the client's endpoint by session affinity (sessionAffinity: ClientIP)";
         ServiceAffinityFull => "service_affinity_full", "new session-affinity choices not kept: the affinity table is at its bound";
+        PolicyTracked => "policy_tracked", "new flows tracked (not NATed) because they touch a local pod with network policy";
+        PolicyCut => "policy_cut", "flows cut because a policy change denies them (their packets are then dropped as policy_ingress / policy_egress)";
+        PolicyLogged => "policy_logged", "records of Log rules queued for the log (one per new flow and Log rule)";
     }
 );
 
@@ -120,6 +123,9 @@ named_enum!(
         NoLocalEndpoint => "no_local_endpoint", "new flow whose traffic policy is Local (externalTrafficPolicy from outside, internalTrafficPolicy) with no endpoint on this node";
         LbSourceRange => "lb_source_range", "new flow to a load-balancer IP from a source outside its loadBalancerSourceRanges";
         UnallocatedClusterIp => "unallocated_cluster_ip", "packet to an address of the service CIDR that no service has";
+        PolicyIngress => "policy_ingress", "new flow (or a cut flow's packet) denied by the receiving pod's ingress policy (cali-tw-*)";
+        PolicyEgress => "policy_egress", "new flow (or a cut flow's packet) denied by the sending pod's egress policy (cali-fw-*)";
+        PolicyUncomputable => "policy_uncomputable", "new flow whose policy verdict cannot be computed (policy not yet in sync, or a TCP connection not seen from its start that the policy allows one way only): dropped, never let through";
     }
 );
 

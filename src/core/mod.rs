@@ -27,6 +27,7 @@ pub mod gro;
 pub mod gso;
 pub mod nat;
 pub mod offload;
+pub mod policy;
 pub mod proxy_arp;
 mod reject;
 pub mod relay;

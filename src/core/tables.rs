@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use super::fdb::{Fdb, Neighbours};
 use super::nat::service::ServiceTable;
+use super::policy::PolicyTable;
 use super::route::{Hop, RouteTable};
 use super::{Ipv4Net, PortId};
 use crate::wire::MacAddr;
@@ -115,6 +116,8 @@ pub struct Tables {
     pub services: ServiceTable,
     /// The outer UDP source ports of the VXLAN send pool (set by the shell), for the trace.
     pub vxlan_source_ports: Vec<u16>,
+    /// Network policy of this node's pods (`core::policy`; empty: nothing enforced).
+    pub policy: PolicyTable,
 }
 
 impl Tables {
@@ -153,6 +156,7 @@ impl Tables {
             peers: peers.to_vec(),
             services,
             vxlan_source_ports: Vec::new(),
+            policy: PolicyTable::default(),
         };
         t.resolve_hops();
         t

@@ -12,6 +12,7 @@ use super::Ipv4Net;
 use super::nat::Tuple;
 use super::nat::conntrack::Dir;
 use super::nat::service::Via;
+pub use super::policy::{Direction as PolicyDir, PolicyInfo, Verdict as PolicyVerdict};
 use crate::wire::MacAddr;
 
 /// Facts only: the words (`ip route`, `bridge fdb`, the KUBE-* chains, flannel.1) are
@@ -83,6 +84,17 @@ pub enum Step {
     Defrag { event: Defrag },
     /// The drop counter's name.
     Drop { reason: String },
+    /// The policy stage of a new flow, one direction (`pod`: namespace, name): the rule
+    /// that decided (its policy, with Calico's order, and its index in the policy's
+    /// ingress or egress list) and Felix's chain for the pod's interface.
+    Policy {
+        dir: PolicyDir,
+        pod: (String, String),
+        verdict: PolicyVerdict,
+        policy: Option<PolicyInfo>,
+        rule: Option<usize>,
+        chain: String,
+    },
 }
 
 /// A port of this node as a step names it.

@@ -31,6 +31,7 @@ const FRAG_OFFSET_MASK: u16 = 0x1fff;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
 
 /// A view over an IPv4 packet. `new_checked` guarantees that the header fits, that
 /// IHL and total length are consistent, and that the buffer holds `total_len` bytes;

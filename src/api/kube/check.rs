@@ -14,6 +14,9 @@ impl Object {
     /// The checks every object passes before it is applied or stored: names are DNS
     /// names, then each kind's fields (below).
     pub fn check(&self) -> Result<(), KubeError> {
+        if let Object::Policy { metadata, manifest } = self {
+            return super::check_policy(metadata, manifest);
+        }
         let m = self.meta();
         let bad = |p: String| KubeError::Object {
             kind: self.kind().into(),
@@ -32,6 +35,7 @@ impl Object {
                 subsets.iter().flat_map(|s| &s.ports).try_for_each(|p| check_protocol("ports", &p.protocol))
             }
             Object::EndpointSlice { endpoints, ports, .. } => check_slice(endpoints, ports),
+            Object::Policy { .. } => Ok(()),
         };
         checked.map_err(bad)
     }

@@ -11,7 +11,7 @@
 
 use serde::Deserialize;
 
-use super::{KubeError, Object, Raw};
+use super::{KubeError, Object, Raw, policy};
 
 /// A document's objects (itself, or a `List`'s items), checked; `None` when anything
 /// is off (the general path then finds and names it).
@@ -92,7 +92,11 @@ fn push_doc(d: serde_json::Value, out: &mut Vec<Object>, depth: u8) -> Result<()
         }
         return Ok(());
     }
-    if !matches!(kind.as_str(), "Service" | "Endpoints" | "EndpointSlice") {
+    if policy::is_policy(&d) {
+        out.push(super::policy_object(d)?);
+        return Ok(());
+    }
+    if !matches!(kind.as_str(), "Service" | "Endpoints" | "EndpointSlice" | "Policy") {
         return Err(KubeError::Kind(kind));
     }
     let name = d.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("?").to_string();

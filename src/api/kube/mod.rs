@@ -1,10 +1,11 @@
 //! Kubernetes objects as `kubectl get -o yaml` prints them — `Service` (ClusterIP,
 //! NodePort, LoadBalancer, ExternalName, headless), `Endpoints`, `EndpointSlice`
-//! (discovery.k8s.io/v1), and `List`s of them: what `ucanal apply -f` reads and sends,
-//! and what `get` lists. Every field the API has is known: one that changes packet
-//! handling is implemented or refused by name ([`check`]), one with no dataplane meaning
-//! is accepted and not kept ([`fields::Accepted`]), an unknown one is refused. Pure: text
-//! in, checked objects out. (What they make on a node, the service specs, is
+//! (discovery.k8s.io/v1), the policy objects of [`policy`] (`Namespace`, `Pod`,
+//! `NetworkPolicy`, Calico's policies), and `List`s of them: what `ucanal apply -f` reads
+//! and sends, and what `get` lists. Every field the API has is known: one that changes
+//! packet handling is implemented or refused by name ([`check`]), one with no dataplane
+//! meaning is accepted and not kept ([`fields::Accepted`]), an unknown one is refused.
+//! Pure: text in, checked objects out. (What they make on a node, the service specs, is
 //! `control::kube`'s.)
 
 use std::collections::BTreeMap;
@@ -18,8 +19,14 @@ pub enum KubeError {
     Syntax(String),
     #[error("{kind} {name}: {problem}")]
     Object { kind: String, name: String, problem: String },
-    #[error("kind '{0}' is not one ucanal applies (Service, Endpoints, EndpointSlice, List)")]
+    #[error(
+        "kind '{0}' is not one ucanal applies (Service, Endpoints, EndpointSlice, Namespace, Pod, NetworkPolicy, \
+         GlobalNetworkPolicy, List)"
+    )]
     Kind(String),
+    /// A policy object that does not decode: the field and its fault.
+    #[error("{0}")]
+    Policy(crate::core::policy::decode::DecodeError),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +216,12 @@ pub enum Object {
         endpoints: Vec<SliceEndpoint>,
         ports: Vec<EndpointPort>,
     },
+    /// A policy object, as its manifest (see [`policy`]); `metadata.namespace` is empty
+    /// for a cluster-wide kind.
+    Policy {
+        metadata: Meta,
+        manifest: serde_json::Value,
+    },
 }
 
 impl Object {
@@ -217,13 +230,15 @@ impl Object {
             Object::Service { .. } => "Service",
             Object::Endpoints { .. } => "Endpoints",
             Object::EndpointSlice { .. } => "EndpointSlice",
+            Object::Policy { .. } => "Policy",
         }
     }
     pub fn meta(&self) -> &Meta {
         match self {
             Object::Service { metadata, .. }
             | Object::Endpoints { metadata, .. }
-            | Object::EndpointSlice { metadata, .. } => metadata,
+            | Object::EndpointSlice { metadata, .. }
+            | Object::Policy { metadata, .. } => metadata,
         }
     }
     /// `services/default/ghost`: the object's key below ucanal's store prefix.
@@ -232,13 +247,19 @@ impl Object {
             Object::Service { .. } => "services",
             Object::Endpoints { .. } => "endpoints",
             Object::EndpointSlice { .. } => "endpointslices",
+            Object::Policy { manifest, metadata } if metadata.namespace.is_empty() => {
+                return format!("{}/{}", policy::dir(manifest), metadata.name);
+            }
+            Object::Policy { manifest, .. } => policy::dir(manifest),
         };
         format!("{dir}/{}/{}", self.meta().namespace, self.meta().name)
     }
-    /// The service (`ns/name`) whose specs this object changes.
+    /// The service (`ns/name`) whose specs this object changes (a policy object: its
+    /// own key, which names no service).
     pub fn service(&self) -> String {
         let m = self.meta();
         match self {
+            Object::Policy { .. } => self.key(),
             Object::EndpointSlice { .. } => {
                 let svc = m.labels.get("kubernetes.io/service-name").unwrap_or(&m.name);
                 format!("{}/{svc}", m.namespace)
@@ -269,6 +290,9 @@ pub(super) struct Raw {
     ports: Option<Vec<EndpointPort>>,
     #[serde(default)]
     items: Option<Vec<Raw>>,
+    /// A stored policy object's manifest.
+    #[serde(default)]
+    manifest: Option<serde_json::Value>,
 }
 
 /// Why a [`Raw`] is not an object (the general path says it better, naming the object).
@@ -301,7 +325,10 @@ impl TryFrom<Raw> for Object {
                 endpoints: r.endpoints.ok_or(NotAnObject("missing field `endpoints`"))?,
                 ports: r.ports.ok_or(NotAnObject("missing field `ports`"))?,
             }),
-            _ => Err(NotAnObject("kind is not Service, Endpoints or EndpointSlice")),
+            Some("Policy") => {
+                Ok(Object::Policy { metadata, manifest: r.manifest.ok_or(NotAnObject("missing field `manifest`"))? })
+            }
+            _ => Err(NotAnObject("kind is not Service, Endpoints, EndpointSlice or Policy")),
         }
     }
 }
@@ -322,7 +349,28 @@ impl ObjectList {
 
 pub mod check;
 pub mod fields;
+/// A policy manifest as a stored object: checked, named by what it decodes to.
+pub fn policy_object(manifest: serde_json::Value) -> Result<Object, KubeError> {
+    let o = policy::decode_policy(&manifest).map_err(KubeError::Policy)?;
+    let (namespace, name) = policy::ident(&o);
+    Ok(Object::Policy { metadata: Meta { name, namespace, labels: BTreeMap::new() }, manifest })
+}
+
+/// The checks of a stored policy object: it decodes, and its name is its manifest's.
+pub(super) fn check_policy(metadata: &Meta, manifest: &serde_json::Value) -> Result<(), KubeError> {
+    let o = policy::decode_policy(manifest).map_err(KubeError::Policy)?;
+    if policy::ident(&o) != (metadata.namespace.clone(), metadata.name.clone()) {
+        return Err(KubeError::Object {
+            kind: "Policy".into(),
+            name: format!("{}/{}", metadata.namespace, metadata.name),
+            problem: format!("metadata does not name its manifest's object {}", o.describe()),
+        });
+    }
+    Ok(())
+}
+
 mod manifest;
+pub mod policy;
 
 pub use fields::{Accepted, ClientIpConfig, Hints, Ingress, LoadBalancerStatus, ServiceStatus, SessionAffinityConfig};
 pub use manifest::{parse_manifest, parse_manifest_general};

@@ -2,6 +2,7 @@
 //! the live stream, and prints traces as numbered steps (in the kernel tools' words,
 //! see `words`) or frames as a pcap file.
 
+mod policy_words;
 mod words;
 
 use std::io::Write;

@@ -172,6 +172,9 @@ impl fmt::Display for Step {
                 write!(f, "defrag      the last fragment: datagram reassembled ({bytes} bytes)")
             }
             Drop { reason } => write!(f, "drop        {reason}"),
+            Policy { dir, pod, verdict, policy, rule, chain } => {
+                super::policy_words::policy_step(f, *dir, pod, *verdict, policy.as_ref(), *rule, chain)
+            }
         }
     }
 }

@@ -54,6 +54,10 @@ pub struct Config {
     pub pods: Vec<PodSpec>,
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+    /// Manifests applied at start, as `apply -f` would (a static lab's namespaces, pods
+    /// and network policies, or services); each is read and checked when the config loads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manifests: Vec<PathBuf>,
     /// Membership of a flannel cluster on etcd (peers then come from the leases).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterSection>,
@@ -343,6 +347,20 @@ pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
 
 impl Config {
     /// Reads and validates a config file.
+    /// The objects of the `manifests` files, checked (a fault names the file and field).
+    pub fn manifest_objects(&self) -> Result<Vec<crate::api::kube::Object>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, m) in self.manifests.iter().enumerate() {
+            let field = format!("manifests[{i}]");
+            let text =
+                std::fs::read_to_string(m).map_err(|e| err(&field, format!("cannot read {}: {e}", m.display())))?;
+            out.extend(
+                crate::api::kube::parse_manifest(&text).map_err(|e| err(&field, format!("{}: {e}", m.display())))?,
+            );
+        }
+        Ok(out)
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;

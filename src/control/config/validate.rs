@@ -17,7 +17,8 @@ impl Config {
         self.validate_cluster()?;
         self.validate_peers()?;
         self.validate_pods()?;
-        self.validate_services()
+        self.validate_services()?;
+        self.manifest_objects().map(drop)
     }
 
     fn validate_node(&self) -> Result<(), ConfigError> {

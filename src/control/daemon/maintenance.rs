@@ -4,7 +4,10 @@
 //! request never delays a sweep. The sweep removes one key at a time (see
 //! `Conntrack::sweep`), so workers never wait for a whole shard. With `--keep-on-exit`
 //! the same thread writes the conntrack checkpoint after each sweep, for the ucanal
-//! that follows a SIGKILL (see `restart`).
+//! that follows a SIGKILL (see `restart`). The same pass re-checks flows against a
+//! policy table that changed since the last pass (the daemon re-checks at once when it
+//! publishes; this catches flows admitted while that table was being swapped), so an
+//! established flow a new policy denies is cut within a second.
 
 use std::io;
 use std::path::PathBuf;
@@ -30,6 +33,7 @@ impl Sweeper {
     pub fn spawn(dp: Arc<Dataplane>, block: usize, checkpoint: Option<PathBuf>) -> io::Result<Sweeper> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new().name("ucanal-sweep".into()).spawn(move || {
+            let mut policy_checked = 0;
             loop {
                 match stopped.recv_timeout(PERIOD) {
                     Err(RecvTimeoutError::Timeout) => {}
@@ -41,6 +45,9 @@ impl Sweeper {
                 dp.counters.add(block, Counter::CtPressureDrop, swept.pressure as u64);
                 // Session affinity records past their timeout leave, freeing room for new ones.
                 dp.affinity.sweep(now);
+                if let Some(r) = crate::core::policy::recheck::recheck(&dp, now, policy_checked, block) {
+                    policy_checked = r.generation;
+                }
                 if let Some(path) = &checkpoint
                     && let Err(e) = crate::control::persist::write_checkpoint(&dp, path)
                 {

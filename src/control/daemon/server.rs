@@ -292,6 +292,7 @@ async fn query(d: &Arc<Mutex<Daemon>>, q: Query) -> Vec<u8> {
             Show::Counters => codec::reply_line(Ok(d.lock().await.counters())),
             Show::Node => codec::reply_line(Ok(d.lock().await.node_report())),
             Show::Peers => codec::reply_line(Ok(d.lock().await.peers_report())),
+            Show::Policy => codec::reply_line(Ok(d.lock().await.policy_chains())),
         },
         Query::Get { what } => {
             let objs = d.lock().await.kube.store.snapshot();

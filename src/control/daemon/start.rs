@@ -344,6 +344,15 @@ async fn run_pods(
     d.plane.set_tx_ports(fds.tx_ports.clone());
     d.publish();
     d.serve_health_checks();
+    match d.cfg.manifest_objects() {
+        Ok(objs) if !objs.is_empty() => {
+            if let Err(e) = d.apply_objects(objs, false).await {
+                tracing::error!("the config's manifests do not apply: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!("config: {e}"),
+    }
     if handed {
         add_pods(d, pods, from).await?;
     }

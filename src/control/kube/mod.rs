@@ -10,16 +10,25 @@ pub mod sync;
 
 pub use store::{Store, objects_of, service_of, spec_of};
 
+use super::policy::PolicyBook;
 use crate::api::ObjectKind;
 use crate::api::kube::{Object, ObjectList};
 use crate::control::error::ControlError;
 
 /// The node's objects, and where `apply` writes them when the node is in a cluster.
-#[derive(Default)]
 pub struct KubeBook {
     pub store: Store,
     /// The cluster's objects in etcd, once the node joined one.
     pub shared: Option<sync::ObjectStore>,
+    /// Network policy: the policy objects, the pods they select and this node's
+    /// compiled table.
+    pub policy: PolicyBook,
+}
+
+impl KubeBook {
+    pub fn new(policy: PolicyBook) -> KubeBook {
+        KubeBook { store: Store::default(), shared: None, policy }
+    }
 }
 
 /// The most objects the parts of one manifest may hold in the daemon (20 times the
@@ -71,9 +80,12 @@ pub fn listing(objs: &[std::sync::Arc<Object>], kind: ObjectKind) -> ObjectList 
     let items = objs
         .iter()
         .map(|o| &**o)
-        .filter(|o| match kind {
-            ObjectKind::Services => matches!(o, Object::Service { .. }),
-            ObjectKind::Endpoints => matches!(o, Object::Endpoints { .. } | Object::EndpointSlice { .. }),
+        .filter(|o| match kind.policy_dirs() {
+            Some(dirs) => {
+                matches!(o, Object::Policy { .. }) && dirs.iter().any(|d| o.key().starts_with(&format!("{d}/")))
+            }
+            None if kind == ObjectKind::Services => matches!(o, Object::Service { .. }),
+            None => matches!(o, Object::Endpoints { .. } | Object::EndpointSlice { .. }),
         })
         .cloned()
         .collect();

@@ -69,8 +69,52 @@ impl Collector for DataplaneCollector {
         encode_ports(&mut enc, src, &tables)?;
         encode_decisions(&mut enc, &src.dp)?;
         encode_conntrack(&mut enc, &src.dp)?;
-        encode_services(&mut enc, &tables)
+        encode_services(&mut enc, &tables)?;
+        encode_policy(&mut enc, &tables)
     }
+}
+
+/// Network policy: per rule, the new flows it matched (and their first packets'
+/// bytes), like the packet counters of Felix's chains in `iptables -vnL`. A rule shared
+/// by several pods' chains is one series (its counter is one).
+fn encode_policy(enc: &mut DescriptorEncoder, tables: &Tables) -> std::fmt::Result {
+    use crate::core::policy::Direction;
+    let mut seen = std::collections::HashSet::new();
+    let mut rules = Vec::new();
+    for (_, ep) in tables.policy.endpoints() {
+        for (dir, chain) in [(Direction::Ingress, &ep.ingress), (Direction::Egress, &ep.egress)] {
+            for r in chain.rules.iter() {
+                if !seen.insert(std::sync::Arc::as_ptr(&r.hits)) {
+                    continue;
+                }
+                let policy = match &r.policy.namespace {
+                    Some(ns) => format!("{ns}/{}", r.policy.name),
+                    None => r.policy.name.clone(),
+                };
+                let labels = [
+                    ("kind", crate::control::policy::kind_name(r.policy.kind).to_string()),
+                    ("policy", policy),
+                    ("direction", if dir == Direction::Ingress { "ingress" } else { "egress" }.to_string()),
+                    ("rule", r.index.to_string()),
+                    ("action", format!("{:?}", r.action)),
+                ];
+                rules.push((labels, r.hits.get()));
+            }
+        }
+    }
+    rules.sort_by(|a, b| a.0.cmp(&b.0));
+    counter_family(
+        enc,
+        "policy_rule_flows",
+        "New flows matched by each network policy rule (Felix's cali-tw-/cali-fw- chains)",
+        rules.iter().map(|(l, (packets, _))| (&l[..], *packets)),
+    )?;
+    counter_family(
+        enc,
+        "policy_rule_first_packet_bytes",
+        "Bytes of the first packets of the new flows matched by each network policy rule",
+        rules.iter().map(|(l, (_, bytes))| (&l[..], *bytes)),
+    )
 }
 
 /// Ports: the host port (slot 0), pods by port number, the VXLAN underlay.

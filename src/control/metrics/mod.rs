@@ -15,6 +15,7 @@
 //! | `ucanal_service_flows_total`, `ucanal_service_first_packet_bytes_total` | `service`, `protocol`, `cluster_ip`, `port` | new flows per service and the bytes of their first packets (iptables-style NAT counters) |
 //! | `ucanal_service_node_port_flows_total` | `service`, `protocol`, `node_port` | those of them that came through the NodePort (KUBE-NODEPORTS) |
 //! | `ucanal_endpoint_flows_total` | `service`, `endpoint` | new flows DNATed to each endpoint |
+//! | `ucanal_policy_rule_flows_total`, `ucanal_policy_rule_first_packet_bytes_total` | `kind`, `policy`, `direction`, `rule`, `action` | new flows matched by each network policy rule |
 //!
 //! The HTTP side is hyper's HTTP/1.1 server: `GET /metrics` answers the exposition,
 //! `GET /` a pointer to it, anything else 404 (405 for other methods).

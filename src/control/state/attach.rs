@@ -42,8 +42,15 @@ impl Daemon {
         };
         let pods = &self.pods;
         let ip = self.ipam.lease(lease, a.ip, |ip| pods.holder_of(ip).map(|p| format!("pod {}", p.spec.name)))?;
-        let spec =
-            PodSpec { name: a.name.clone(), netns: a.netns.clone(), ip, mac: a.mac, ifname: Some(a.ifname.clone()) };
+        let spec = PodSpec {
+            name: a.name.clone(),
+            netns: a.netns.clone(),
+            ip,
+            mac: a.mac,
+            ifname: Some(a.ifname.clone()),
+            namespace: None,
+            labels: a.labels.clone(),
+        };
         let cni = Attachment { network: a.network, container_id: a.container_id.clone() };
         if let Err(e) = self.add_pod(spec, Some(cni)).await {
             if let Err(r) = self.ipam.release(&a.container_id, &a.ifname) {

@@ -10,6 +10,7 @@
 mod attach;
 mod objects;
 mod pods;
+mod policy;
 mod services;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use super::persist::statefile::Source;
 use super::persist::{Persist, State};
 use super::plane::Plane;
 use super::pods::PodBook;
+use super::policy::PolicyBook;
 use super::services::ServiceBook;
 use crate::core::tables::Peer;
 
@@ -122,6 +124,8 @@ impl Daemon {
         persist: Option<Persist>,
     ) -> Daemon {
         node.start.mode = from.name().into();
+        let info = node.info();
+        let policy = PolicyBook::new(&info.name, info.pod_cidr);
         Daemon {
             cfg,
             life: Lifecycle::Starting { from, handed: HashMap::new() },
@@ -129,7 +133,7 @@ impl Daemon {
             plane,
             pods: PodBook::default(),
             services,
-            kube: KubeBook::default(),
+            kube: KubeBook::new(policy),
             cluster: None,
             ipam,
             persist,
@@ -171,7 +175,10 @@ impl Daemon {
     /// Publishes a new snapshot of the tables: the pods, the peers and the services now.
     pub(super) fn publish(&mut self) {
         let peers = self.peers();
+        self.kube.policy.set_attached(self.pods.spec_refs());
+        self.plane.set_policy(self.kube.policy.table());
         self.plane.publish(self.node.info(), &self.pods.ports(), &peers, self.services.table().clone());
+        self.recheck_flows();
     }
 
     /// The peers the tables are built from: the config's, then the leases' that do not

@@ -2,7 +2,7 @@
 //! etcd when the node is in a cluster) and the updates the etcd watch brings. A batch of
 //! objects is one delta of the service table: it costs the services it touches.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use super::Daemon;
 use crate::api::Command;
@@ -18,8 +18,11 @@ impl Daemon {
         let n = objs.len();
         let mut undo: Vec<(String, Option<Object>)> = Vec::with_capacity(n);
         let mut touched = BTreeSet::new();
+        let policy: Vec<Object> = objs.iter().filter(|o| matches!(o, Object::Policy { .. })).cloned().collect();
         for o in objs {
-            touched.insert(o.service());
+            if !matches!(o, Object::Policy { .. }) {
+                touched.insert(o.service());
+            }
             let key = o.key();
             let old = if delete { self.kube.store.remove(&key) } else { self.kube.store.put(o) };
             undo.push((key, old));
@@ -33,6 +36,9 @@ impl Daemon {
                 };
             }
             return Err(e);
+        }
+        if self.policy_objects(&policy, delete) {
+            self.publish();
         }
         let big = n >= 10_000;
         drop(undo);
@@ -126,26 +132,57 @@ impl Daemon {
         let t = std::time::Instant::now();
         let updates = batch.len();
         let mut touched = BTreeSet::new();
+        // Policy objects touched (key -> the object as last seen, to delete it by).
+        let mut policy: HashMap<String, Object> = HashMap::new();
+        let is_policy = |o: &Object| matches!(o, Object::Policy { .. });
         for u in batch {
             match u {
                 ObjectUpdate::Snapshot(objs) => {
                     touched = self.kube.store.services();
-                    self.kube.store = Store::default();
+                    let old = std::mem::take(&mut self.kube.store);
+                    policy.extend(old.iter().filter(|o| is_policy(o)).map(|o| (o.key(), o.clone())));
                     for o in objs {
-                        touched.insert(o.service());
+                        if is_policy(&o) {
+                            policy.insert(o.key(), o.clone());
+                        } else {
+                            touched.insert(o.service());
+                        }
                         self.kube.store.put(o);
                     }
                 }
                 ObjectUpdate::Changes { put, deleted } => {
                     for k in deleted {
-                        touched.extend(self.kube.store.remove_key(&k));
+                        match self.kube.store.get(&k).filter(|o| is_policy(o)) {
+                            Some(o) => {
+                                policy.insert(k.clone(), o.clone());
+                                self.kube.store.remove_key(&k);
+                            }
+                            None => touched.extend(self.kube.store.remove_key(&k)),
+                        }
                     }
                     for o in put {
-                        touched.insert(o.service());
+                        if is_policy(&o) {
+                            policy.insert(o.key(), o.clone());
+                        } else {
+                            touched.insert(o.service());
+                        }
                         self.kube.store.put(o);
                     }
                 }
             }
+        }
+        touched.retain(|t| !policy.contains_key(t));
+        if !policy.is_empty() {
+            let (mut put, mut gone) = (Vec::new(), Vec::new());
+            for (k, o) in policy {
+                match self.kube.store.get(&k) {
+                    Some(now) => put.push(now.clone()),
+                    None => gone.push(o),
+                }
+            }
+            self.policy_objects(&gone, true);
+            self.policy_objects(&put, false);
+            self.publish();
         }
         let t1 = t.elapsed();
         if let Err(e) = self.respec(&touched).await {

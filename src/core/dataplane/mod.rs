@@ -9,6 +9,8 @@
 //!                                      ▼
 //!          KUBE-SERVICES / KUBE-NODEPORTS ─► endpoint ─► DNAT ─► MARK-MASQ / ip-masq
 //!                                      ▼
+//!          policy (cali-fw-* of a local sender, cali-tw-* of a local receiver) ─► insert
+//!                                      ▼
 //!   route ─► /32 pod: deliver │ peer subnet: neighbour ─► FDB ─► MTU ─► encap │ host stack
 //! ```
 
@@ -24,13 +26,14 @@ use super::nat::affinity::Affinity;
 use super::nat::conntrack::{Conntrack, Dir, Hit, Insert, NAT_DNAT, NAT_SNAT, NewFlow, PortChoice};
 use super::nat::masquerade::{self, Egress};
 use super::nat::service::Via;
+use super::policy::log::{LogQueue, LogRecord};
 use super::route::{Hop, Matched, RouteTarget};
 use super::tables::{PodPort, Tables, VxlanAccept};
 use super::trace::{Admit, Defrag, MasqRule, PortRef, RouteRef, Step, Trace};
 use super::{Action, HEADROOM, Ipv4Net, Now, Offload, Packet, PortId, frag, offload, proxy_arp, reject, vxlan};
 use crate::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetFrame};
 use crate::wire::icmp::{self, ErrorRepr, IcmpPacket};
-use crate::wire::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use crate::wire::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use crate::wire::l4::{self, End};
 use crate::wire::{MacAddr, vxlan as vxlan_wire};
 
@@ -47,6 +50,8 @@ pub struct Dataplane {
     tap_offloads: bool,
     /// Datagrams in reassembly (only fragments take this lock).
     frags: Mutex<Reassembler>,
+    /// Records of `Log` policy rules, for the shell ([`Dataplane::poll_policy_log`]).
+    pub policy_log: LogQueue,
 }
 
 /// Where a frame came in.
@@ -71,7 +76,13 @@ impl Dataplane {
             counters: Counters::new(workers),
             tap_offloads: true,
             frags: Mutex::new(Reassembler::new(frag::Limits::default())),
+            policy_log: LogQueue::default(),
         }
+    }
+
+    /// Moves the queued records of `Log` policy rules to `out` (the shell writes them).
+    pub fn poll_policy_log(&self, out: &mut Vec<LogRecord>) {
+        self.policy_log.drain(out);
     }
 
     /// Says whether the TAPs were opened with offloads (the default is yes).
@@ -295,6 +306,13 @@ impl<'a> Ctx<'a> {
         } else if icmp_error {
             tracked = self.translate_icmp_error(pkt, hdr);
         }
+        // No flow to carry a verdict: a pod's policy decides for this packet alone.
+        if !tracked
+            && tuple.is_none()
+            && let Some(a) = self.police_stateless(hdr)
+        {
+            return a;
+        }
         // The destination after NAT, read where `parse` found a whole header (not through
         // `new_checked`: its result goes through memory, a store-forwarding stall here).
         let dst = pkt
@@ -378,6 +396,16 @@ impl<'a> Ctx<'a> {
                         }
                         Err(_) => return Err(self.drop(DropReason::L4Malformed)),
                     },
+                    // SCTP's common header starts with the ports: a flow for policy (never NATed).
+                    PROTO_SCTP if payload.len() >= 12 => {
+                        tuple = Some(Tuple {
+                            proto: PROTO_SCTP,
+                            src: hdr.src,
+                            dst: hdr.dst,
+                            sport: u16::from_be_bytes([payload[0], payload[1]]),
+                            dport: u16::from_be_bytes([payload[2], payload[3]]),
+                        });
+                    }
                     PROTO_ICMP => {
                         let Ok(message) = IcmpPacket::new_checked(payload) else {
                             return Err(self.drop(DropReason::L4Malformed));
@@ -486,6 +514,7 @@ fn inner_flow_hash(ip: &[u8], seed: u64) -> u32 {
 
 mod egress;
 mod nat;
+mod policy;
 mod run;
 
 use egress::route_ref;

@@ -1,6 +1,7 @@
 //! The NAT stage of the walk: conntrack first, then for a new flow the service stage
 //! (`nat::candidates`: which service, which candidates, REJECT or DROP), the endpoint,
-//! DNAT and the masquerade marks, or flannel's ip-masq; ICMP errors about a NATed flow.
+//! DNAT and the masquerade marks, or flannel's ip-masq; then the new flow's policy stage
+//! (`policy.rs`) and its conntrack entry; ICMP errors about a NATed flow.
 
 use super::*;
 use crate::core::nat::candidates::{self, ServiceVerdict};
@@ -27,6 +28,13 @@ pub(super) struct Rule<'t> {
     svc_hit: Option<(&'t Service, usize, Via)>,
 }
 
+impl Rule<'_> {
+    /// A flow that is not NATed: the reply tuple is the inverse of the original.
+    fn plain(u: Tuple) -> Self {
+        Rule { reply_src: (u.dst, u.dport), reply_dst: u.src, nat: 0, egress: Egress::Pod, svc_hit: None }
+    }
+}
+
 impl<'a> Ctx<'a> {
     /// The NAT stage for a packet with ports: conntrack first, then the service rules
     /// and the masquerade rules for a new flow.
@@ -38,18 +46,38 @@ impl<'a> Ctx<'a> {
         }
         let u = *u;
         self.tr.step(|| Step::ConntrackMiss { tuple: u });
+        if let Some(why) = ct.tombstone(&u, self.now, commit) {
+            return Nat::Done(self.drop(policy::cut_reason(why)));
+        }
         match from {
             // NAT happens where a flow enters the cluster; a peer never hands us a new one.
-            Origin::Vxlan { strict: true, .. } => return Nat::Untracked,
+            Origin::Vxlan { strict: true, .. } => self.no_rule(pkt, u, tcp_flags),
             // As the kernel, `vxlan_accept = any` applies the rules to what flannel.1
             // decapsulates too (kube-proxy's PREROUTING, flannel's ip-masq); to this node's
             // pod subnet (the usual case) no rule applies: it holds no service IP, no node IP,
             // and no masquerade rule matches a local destination.
-            Origin::Vxlan { .. } if self.t.node.pod_cidr.contains(u.dst) => return Nat::Untracked,
-            _ => {}
+            Origin::Vxlan { .. } if self.t.node.pod_cidr.contains(u.dst) => self.no_rule(pkt, u, tcp_flags),
+            // SCTP is never NATed (no service or masquerade rule has it); policy only.
+            _ if u.proto == PROTO_SCTP => self.no_rule(pkt, u, tcp_flags),
+            _ => self.new_flow(from, pkt, u, tcp_flags, hdr),
         }
+    }
+
+    /// A packet no NAT rule applies to: tracked for its policy when it touches a local
+    /// pod with policy (its verdict is then its entry, and its replies pass by it),
+    /// otherwise routed as it is.
+    #[inline]
+    fn no_rule(&mut self, pkt: &mut Packet, u: Tuple, tcp_flags: u8) -> Nat {
+        if self.policed(&u) { self.enter(pkt, u, tcp_flags, Rule::plain(u)) } else { Nat::Untracked }
+    }
+
+    /// A new flow the rules may apply to. Out of line: `nat` stays small enough to be
+    /// inlined into the walk, as the established path wants.
+    #[inline(never)]
+    fn new_flow(&mut self, from: Origin, pkt: &mut Packet, u: Tuple, tcp_flags: u8, hdr: Hdr) -> Nat {
         match self.rule(from, pkt, u, hdr) {
             Ok(rule) => self.enter(pkt, u, tcp_flags, rule),
+            Err(Nat::Untracked) => self.no_rule(pkt, u, tcp_flags),
             Err(done) => done,
         }
     }
@@ -71,7 +99,9 @@ impl<'a> Ctx<'a> {
                 };
                 Step::Conntrack { dir: hit.dir, state: hit.state.map(|s| s.name().into()), original, reply }
             });
-            apply(pkt, &hit);
+            if hit.nat != 0 {
+                apply(pkt, &hit);
+            }
             if let Some(r) = &mut self.rec {
                 r.hit = Some(hit);
             }
@@ -176,12 +206,23 @@ impl<'a> Ctx<'a> {
         let Rule { reply_src, reply_dst, nat, egress, svc_hit } = rule;
         // A new flow's first packet is no decision to replay (`run`).
         self.not_replayable();
-        let ct = &self.dp.conntrack;
-        let node = &self.t.node;
-        if !ct.can_start(&u, tcp_flags) {
+        if !self.dp.conntrack.can_start(&u, tcp_flags) {
             return Nat::Done(self.drop(DropReason::CtInvalid));
         }
-        let ports = port_choice(u, nat, egress, node.masquerade_ports);
+        // The policy stage, on the final tuple: after DNAT, before SNAT.
+        let fin = Tuple { dst: reply_src.0, dport: reply_src.1, ..u };
+        let mark = match self.police(&fin, tcp_flags, pkt.len() - ethernet::HEADER_LEN) {
+            Ok(m) => m,
+            Err(a) => return Nat::Done(a),
+        };
+        let ct = &self.dp.conntrack;
+        let node = &self.t.node;
+        // Not NATed: the reply tuple is the inverse, its port kept (or the flow refused).
+        let ports = if nat == 0 {
+            PortChoice { keep: u.sport, lo: u.sport, hi: u.sport }
+        } else {
+            port_choice(u, nat, egress, node.masquerade_ports)
+        };
         let entry_hit = if self.tr.dry_run {
             // Show what would be entered, without entering it.
             let reply =
@@ -191,7 +232,11 @@ impl<'a> Ctx<'a> {
         } else {
             match ct.insert(NewFlow { original: u, tcp_flags, reply_src, reply_dst, nat, ports }, self.now) {
                 Insert::New { entry, remapped, evicted } => {
+                    mark.on(&entry);
                     self.count(Counter::CtNew);
+                    if nat == 0 {
+                        self.count(Counter::PolicyTracked);
+                    }
                     if evicted {
                         self.count(Counter::CtEarlyDrop);
                     }
@@ -233,7 +278,9 @@ impl<'a> Ctx<'a> {
                 Insert::Exhausted => return Nat::Done(self.drop(DropReason::SnatExhausted)),
             }
         };
-        apply(pkt, &entry_hit);
+        if nat != 0 {
+            apply(pkt, &entry_hit);
+        }
         Nat::Tracked
     }
 
@@ -268,6 +315,10 @@ impl<'a> Ctx<'a> {
             Tuple { proto: emb.protocol, src: emb.dst, dst: emb.src, sport: emb.ports.dport, dport: emb.ports.sport };
         // No flow: an error about the node's own traffic; routing takes it to the host.
         let Some(hit) = self.dp.conntrack.track(&k, 0, self.now, false) else { return false };
+        // A flow tracked for policy alone: related, nothing to translate.
+        if hit.nat == 0 {
+            return true;
+        }
         {
             let total = ethernet::HEADER_LEN + hdr.total;
             let icmp_bytes = &mut pkt.data_mut()[icmp_at..total];

@@ -147,6 +147,8 @@ impl Conntrack {
             flags: AtomicU8::new(f.flags & (SEEN_REPLY | ASSURED)),
             deadline: AtomicU32::new(now.secs().saturating_add(f.remaining)),
             born: now.0,
+            // Generation 0: the next policy re-check looks at it.
+            policy_gen: AtomicU32::new(0),
         });
         let answered = entry.seen_reply() && !entry.assured();
         for (key, e) in [(f.reply.key(), entry.clone()), (f.original.key(), entry)] {

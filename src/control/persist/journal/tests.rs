@@ -49,8 +49,15 @@ fn a_journal_decodes_and_replays() {
         j.records[1],
         Record { seq: 7, ops: vec![Op::ServiceDel("default/ghost".into()), Op::PodDel("x".into())] }
     );
-    let pod =
-        PodSpec { name: "x".into(), netns: "ns".into(), ip: "10.244.1.5".parse().unwrap(), mac: None, ifname: None };
+    let pod = PodSpec {
+        name: "x".into(),
+        netns: "ns".into(),
+        ip: "10.244.1.5".parse().unwrap(),
+        mac: None,
+        ifname: None,
+        namespace: None,
+        labels: Default::default(),
+    };
     let mut r = Replay::default();
     r.apply(Op::PodPut(SavedPod { pod: pod.clone(), cni: None }));
     r.apply(Op::ServicePut(ghost()));

@@ -261,6 +261,7 @@ fn step_kind(s: &Step) -> &'static str {
         Step::Reply { .. } => "reply",
         Step::Defrag { .. } => "defrag",
         Step::Drop { .. } => "drop",
+        Step::Policy { .. } => "policy",
     }
 }
 
@@ -383,6 +384,7 @@ fn a_zero_length_datagram_is_a_counted_drop() {
 mod frag;
 mod nat;
 mod partial;
+mod policy;
 mod run;
 mod services;
 mod tso;

@@ -27,7 +27,9 @@
 //! The reply tuple is unique per full tuple, as nf_nat's: the same masquerade port
 //! serves flows to different destinations, so the port space is per destination.
 //!
-//! Only flows that ucanal NATs are tracked (plain pod-to-pod routing needs no state).
+//! Only flows that ucanal NATs are tracked (plain pod-to-pod routing needs no state),
+//! and flows that touch a local pod with network policy (their replies pass by their
+//! entry; see `core::policy`).
 //!
 //! Heads up: an expired entry stays in the map until `sweep` removes it, but every
 //! lookup and insert treats it as absent, so expiry is exact to the second.
@@ -41,12 +43,14 @@ use dashmap::mapref::entry::Entry as MapEntry;
 
 use super::{Tuple, early_drop};
 use crate::core::Now;
-use crate::wire::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use crate::wire::ipv4::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 pub(super) mod filter;
+mod policy;
 mod state;
 #[cfg(test)]
 mod tests;
+pub mod tombstone;
 pub mod udp;
 
 pub use state::{Dir, TcpState, Timeouts, Transition, tcp_transition};
@@ -58,6 +62,11 @@ pub const NAT_SNAT: u8 = 2;
 
 pub(super) const SEEN_REPLY: u8 = 1;
 pub(super) const ASSURED: u8 = 2;
+/// Admitted mid-stream (a TCP pickup): a policy re-check needs both orientations allowed.
+pub const POLICY_BOTH: u8 = 4;
+
+/// SCTP flows (tracked for policy only, never NATed): the kernel's established timeout.
+pub const SCTP_TIMEOUT: u32 = 210;
 
 /// One tracked flow.
 #[derive(Debug)]
@@ -71,6 +80,8 @@ pub struct Entry {
     pub(super) deadline: AtomicU32,
     /// When the flow was entered (`Now`, ns): UDP's stream rule and early drop's grace.
     pub(super) born: u64,
+    /// The policy generation the flow was admitted (or last re-checked) under.
+    pub policy_gen: AtomicU32,
 }
 
 impl Entry {
@@ -82,6 +93,17 @@ impl Entry {
     }
     pub fn assured(&self) -> bool {
         self.flags.load(Relaxed) & ASSURED != 0
+    }
+    /// Admitted mid-stream: a policy re-check needs both orientations allowed.
+    pub fn policy_both(&self) -> bool {
+        self.flags.load(Relaxed) & POLICY_BOTH != 0
+    }
+    /// Marks the flow admitted under policy generation `generation` (`both`: a pickup).
+    pub fn admitted(&self, generation: u32, both: bool) {
+        self.policy_gen.store(generation, Relaxed);
+        if both {
+            self.flags.fetch_or(POLICY_BOTH, Relaxed);
+        }
     }
     pub fn deadline(&self) -> u32 {
         self.deadline.load(Relaxed)
@@ -189,6 +211,8 @@ pub struct Conntrack {
     pub(super) entries: AtomicUsize,
     pub(super) max: usize,
     pub(super) candidates: early_drop::Candidates,
+    /// Flows cut by a policy change, kept as tombstones for a while.
+    pub(super) tombstones: tombstone::Tombstones,
     pub timeouts: Timeouts,
     /// When a UDP flow becomes a stream (`[conntrack] udp_stream_rule`).
     pub udp_rule: UdpRule,
@@ -212,6 +236,7 @@ impl Conntrack {
             entries: AtomicUsize::new(0),
             max,
             candidates: early_drop::Candidates::new(max),
+            tombstones: tombstone::Tombstones::default(),
             timeouts,
             udp_rule: UdpRule::default(),
         }
@@ -250,6 +275,7 @@ impl Conntrack {
             },
             PROTO_UDP => Some((TcpState::None, self.timeouts.udp)),
             PROTO_ICMP => Some((TcpState::None, self.timeouts.icmp)),
+            PROTO_SCTP => Some((TcpState::None, SCTP_TIMEOUT)),
             _ => None,
         }
     }
@@ -314,6 +340,7 @@ impl Conntrack {
                 }
                 if v.stream_timeout { self.timeouts.udp_stream } else { self.timeouts.udp }
             }
+            PROTO_SCTP => SCTP_TIMEOUT,
             _ => self.timeouts.icmp,
         };
         let mut first_answer = false;
@@ -420,6 +447,7 @@ impl Conntrack {
             flags: AtomicU8::new(0),
             deadline: AtomicU32::new(now.secs().saturating_add(timeout)),
             born: now.0,
+            policy_gen: AtomicU32::new(0),
         });
         // 1. Claim the reply tuple.
         match self.map.entry(reply.key()) {
@@ -507,6 +535,7 @@ impl Conntrack {
         }
         self.entries.fetch_sub(removed, Relaxed);
         let pressure = doomed.iter().filter(|e| early_drop::can_early_drop(e) && self.remove_entry(e)).count();
+        self.tombstones.sweep(now);
         Swept { expired: removed, pressure }
     }
 
