@@ -17,7 +17,7 @@
 //!   a tuple (one atomic update that fails at `max`) and gives it back if it joins or
 //!   fails, so two workers inserting at once cannot both take the last slot;
 //! - a full table evicts a flow that may be dropped early (not ASSURED, or TCP already
-//!   closing; see [`early_drop`] for which first) instead of refusing the new flow, and
+//!   closing; see [`early_drop`](super::early_drop) for which first) instead of refusing the new flow, and
 //!   so does a reply port space with every candidate port held; assured flows are never
 //!   evicted.
 //!
@@ -41,7 +41,8 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering::Relaxed};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
-use super::{Tuple, early_drop};
+use super::Tuple;
+use super::early_drop::candidates::{Candidates, GRACE_NS};
 use crate::core::Now;
 use crate::wire::ipv4::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
@@ -210,7 +211,7 @@ pub struct Conntrack {
     pub(super) filter: filter::Filter,
     pub(super) entries: AtomicUsize,
     pub(super) max: usize,
-    pub(super) candidates: early_drop::Candidates,
+    pub(super) candidates: Candidates,
     /// Flows cut by a policy change, kept as tombstones for a while.
     pub(super) tombstones: tombstone::Tombstones,
     pub timeouts: Timeouts,
@@ -224,7 +225,7 @@ pub struct Swept {
     /// Flows past their timeout.
     pub expired: usize,
     /// Unassured flows past the grace period, removed because the table was over
-    /// [`early_drop::PRESSURE_PERCENT`] full.
+    /// [`PRESSURE_PERCENT`](super::early_drop::PRESSURE_PERCENT) full.
     pub pressure: usize,
 }
 
@@ -235,7 +236,7 @@ impl Conntrack {
             filter: filter::Filter::new(),
             entries: AtomicUsize::new(0),
             max,
-            candidates: early_drop::Candidates::new(max),
+            candidates: Candidates::new(max),
             tombstones: tombstone::Tombstones::default(),
             timeouts,
             udp_rule: UdpRule::default(),
@@ -262,7 +263,7 @@ impl Conntrack {
     pub fn max(&self) -> usize {
         self.max
     }
-    /// Keys queued as early-drop candidates (bounded; see [`early_drop`]).
+    /// Keys queued as early-drop candidates (bounded; see [`early_drop`](super::early_drop)).
     pub fn candidates_len(&self) -> usize {
         self.candidates.len()
     }
@@ -371,12 +372,12 @@ impl Conntrack {
 
     /// Whether a queued key still names a live flow that may be dropped early.
     fn still_candidate(&self, k: u128, now: Now) -> bool {
-        self.map.get(&k).is_some_and(|e| e.original.key() == k && e.is_live(now) && early_drop::can_early_drop(&e))
+        self.map.get(&k).is_some_and(|e| e.original.key() == k && e.is_live(now) && e.can_early_drop())
     }
 
     /// Enters a new flow. See the module docs for the races this resolves. A full
     /// table, or a reply-tuple port space with no free port, gives up a flow that may
-    /// be dropped early (see [`early_drop`]) rather than refusing the new one.
+    /// be dropped early (see [`early_drop`](super::early_drop)) rather than refusing the new one.
     pub fn insert(&self, flow: NewFlow, now: Now) -> Insert {
         let Some((state, timeout)) = self.initial(&flow.original, flow.tcp_flags) else {
             return Insert::Exhausted;
@@ -417,7 +418,7 @@ impl Conntrack {
             match self.try_port(flow, port, state, timeout, now) {
                 Attempt::Done(r) => return r,
                 Attempt::Taken(holder) => {
-                    if victim.is_none() && early_drop::can_early_drop(&holder) {
+                    if victim.is_none() && holder.can_early_drop() {
                         victim = Some(holder);
                     }
                 }
@@ -501,8 +502,8 @@ impl Conntrack {
     }
 
     /// Removes expired entries and, while the table is over
-    /// [`early_drop::PRESSURE_PERCENT`] full, every flow that may be dropped early and is
-    /// older than [`early_drop::GRACE_NS`] (as the kernel's gc worker over 95 %).
+    /// [`PRESSURE_PERCENT`](super::early_drop::PRESSURE_PERCENT) full, every flow that may be dropped early and is
+    /// older than [`GRACE_NS`] (as the kernel's gc worker over 95 %).
     ///
     /// Heads up: this never write-locks a whole shard. It finds the keys under each
     /// shard's read lock (workers keep reading), then removes them one key at a time,
@@ -510,17 +511,13 @@ impl Conntrack {
     /// and a worker waits at most for one removal.
     pub fn sweep(&self, now: Now) -> Swept {
         let pressure = self.under_pressure();
-        let grace_cut = now.0.saturating_sub(early_drop::GRACE_NS);
+        let grace_cut = now.0.saturating_sub(GRACE_NS);
         let mut expired = Vec::new();
         let mut doomed = Vec::new();
         for r in self.map.iter() {
             if !r.is_live(now) {
                 expired.push(*r.key());
-            } else if pressure
-                && r.original.key() == *r.key()
-                && r.born <= grace_cut
-                && early_drop::can_early_drop(r.value())
-            {
+            } else if pressure && r.original.key() == *r.key() && r.born <= grace_cut && r.value().can_early_drop() {
                 doomed.push(r.value().clone());
             }
         }
@@ -534,7 +531,7 @@ impl Conntrack {
             }
         }
         self.entries.fetch_sub(removed, Relaxed);
-        let pressure = doomed.iter().filter(|e| early_drop::can_early_drop(e) && self.remove_entry(e)).count();
+        let pressure = doomed.iter().filter(|e| e.can_early_drop() && self.remove_entry(e)).count();
         self.tombstones.sweep(now);
         Swept { expired: removed, pressure }
     }

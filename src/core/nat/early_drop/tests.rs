@@ -67,8 +67,8 @@ fn assured_flows_are_never_evicted() {
     }
     // A closing flow (FIN_WAIT) may go, as the kernel's tcp_can_early_drop allows.
     ct.track(&flows[1].original, TCP_FIN | TCP_ACK, NOW, true).unwrap();
-    assert!(can_early_drop(&flows[1]));
-    assert!(!can_early_drop(&flows[0]));
+    assert!(flows[1].can_early_drop());
+    assert!(!flows[0].can_early_drop());
 }
 
 #[test]
