@@ -272,14 +272,3 @@ impl Tables {
         if ports.is_empty() { 0 } else { ports[vxlan::source_index(flow_hash, ports.len())] }
     }
 }
-
-/// The matched route for the trace.
-pub(super) fn route_ref(t: &Tables, m: &Matched) -> RouteRef {
-    match m.target {
-        RouteTarget::Pod(p) => RouteRef::Link { dst: m.prefix.addr(), port: PortRef::of(t, p) },
-        RouteTarget::Peer { gateway, .. } => RouteRef::Peer { prefix: m.prefix, gateway },
-        RouteTarget::Local => RouteRef::Local { dst: m.prefix.addr() },
-        RouteTarget::Host => RouteRef::Host,
-        RouteTarget::Unreachable => RouteRef::Unreachable { prefix: m.prefix },
-    }
-}

@@ -29,7 +29,7 @@ use super::nat::service::Via;
 use super::policy::log::{LogQueue, LogRecord};
 use super::route::{Hop, Matched, RouteTarget};
 use super::tables::{PodPort, Tables, VxlanAccept};
-use super::trace::{Admit, Defrag, MasqRule, PortRef, RouteRef, Step, Trace};
+use super::trace::{Admit, Defrag, MasqRule, PortRef, Step, Trace};
 use super::{Action, HEADROOM, Ipv4Net, Now, Offload, Packet, PortId, frag, offload, proxy_arp, reject, vxlan};
 use crate::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetFrame};
 use crate::wire::icmp::{self, ErrorRepr, IcmpPacket};
@@ -225,7 +225,7 @@ struct Ctx<'a> {
     now: Now,
     tr: &'a mut Trace,
     /// What the walk did, when its decision may be replayed on a run (`run`).
-    rec: Option<run::Recorded>,
+    rec: Option<Recorded>,
 }
 
 /// What `parse` found.
@@ -516,10 +516,10 @@ mod egress;
 mod nat;
 mod policy;
 mod run;
+mod steps;
 
-use egress::route_ref;
-use nat::Nat;
 pub use run::RunMemo;
+use steps::{Nat, Recorded, route_ref};
 
 #[cfg(test)]
 mod tests;

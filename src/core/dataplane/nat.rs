@@ -8,16 +8,6 @@ use crate::core::nat::candidates::{self, ServiceVerdict};
 use crate::core::nat::service::Service;
 use crate::core::trace::Pick;
 
-/// What the NAT stage decided.
-pub(super) enum Nat {
-    /// Not a NATed flow: route as is.
-    Untracked,
-    /// A tracked flow, rewritten; `original` is the tuple before NAT.
-    Tracked,
-    /// The packet was answered or dropped here.
-    Done(Action),
-}
-
 /// What the rules decided for a new flow.
 pub(super) struct Rule<'t> {
     reply_src: (Ipv4Addr, u16),

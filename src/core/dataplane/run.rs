@@ -43,61 +43,6 @@ const IP: usize = vxlan_wire::HEADER_LEN + ethernet::HEADER_LEN;
 const L4: usize = IP + ipv4::MIN_HEADER_LEN;
 /// The compared prefix: up to the TCP flags.
 const KEY_LEN: usize = L4 + tcp::field::WINDOW;
-/// Counters one recorded walk may bump (a decapsulation bumps four at most).
-const MAX_COUNTED: usize = 8;
-
-/// What the walk of a run's first frame did (filled through `Ctx::rec`).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Recorded {
-    counters: [Counter; MAX_COUNTED],
-    counted: usize,
-    /// The conntrack hit the walk applied.
-    pub(super) hit: Option<Hit>,
-    /// The packet's checksum was taken as partial.
-    pub(super) partial: bool,
-    delivery: Option<Delivery>,
-    /// Something was done that a replay would not repeat.
-    replayable: bool,
-}
-
-/// How the packet left: to a local port.
-#[derive(Debug, Clone, Copy)]
-struct Delivery {
-    dec_ttl: bool,
-    finish: bool,
-    macs: (MacAddr, MacAddr),
-}
-
-impl Recorded {
-    fn new() -> Self {
-        Recorded {
-            counters: [Counter::RxVxlan; MAX_COUNTED],
-            counted: 0,
-            hit: None,
-            partial: false,
-            delivery: None,
-            replayable: true,
-        }
-    }
-
-    #[inline]
-    pub(super) fn counted(&mut self, c: Counter) {
-        match self.counters.get_mut(self.counted) {
-            Some(slot) => {
-                *slot = c;
-                self.counted += 1;
-            }
-            None => self.replayable = false,
-        }
-    }
-
-    /// The walk delivered the packet to a local port: with a TTL decrement, the
-    /// checksum finished in software, these MACs.
-    pub(super) fn delivered(&mut self, dec_ttl: bool, finish: bool, macs: (MacAddr, MacAddr)) {
-        self.delivery = Some(Delivery { dec_ttl, finish, macs });
-    }
-}
-
 impl Ctx<'_> {
     /// This walk's decision is not one to replay (a new flow, a fragment, an ICMP error).
     pub(super) fn not_replayable(&mut self) {
