@@ -108,6 +108,7 @@ impl Cluster {
                         port: svc_port,
                         node_port: None,
                         endpoints: vec![SocketAddrV4::new(ip, svc_port)],
+                        ..ServiceSpec::default()
                     });
                 }
             }

@@ -145,6 +145,8 @@ mod tests {
             ip: [10, 244, 1, 50].into(),
             mac: None,
             ifname: None,
+            namespace: None,
+            labels: Default::default(),
         };
         let saved = SavedPod {
             pod: pod.clone(),
