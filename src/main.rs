@@ -397,10 +397,10 @@ fn check(config: &std::path::Path, netns: Option<&str>) -> ExitCode {
 }
 
 /// `--label KEY=VALUE`.
-fn parse_label(s: &str) -> Result<(String, String), String> {
+fn parse_label(s: &str) -> Result<(String, String), CliError> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("'{s}' is not KEY=VALUE")),
+        _ => Err(CliError::Usage(format!("'{s}' is not KEY=VALUE"))),
     }
 }
 

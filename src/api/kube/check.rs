@@ -18,10 +18,10 @@ impl Object {
             return super::check_policy(metadata, manifest);
         }
         let m = self.meta();
-        let bad = |p: String| KubeError::Object {
+        let bad = |p: Refused| KubeError::Object {
             kind: self.kind().into(),
             name: format!("{}/{}", m.namespace, m.name),
-            problem: p,
+            problem: p.0,
         };
         let dns = |s: &str| {
             !s.is_empty() && s.len() <= 253 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
@@ -41,24 +41,48 @@ impl Object {
     }
 }
 
-pub fn check_protocol(field: &str, p: &str) -> Result<(), String> {
-    match p {
-        "TCP" | "UDP" => Ok(()),
-        other => Err(format!("{field}: protocol {other} is not implemented (TCP or UDP)")),
+/// What a check found wrong with one field of an object: the field's path and the
+/// fault, in the API server's words where it has them. `Object::check` files it as a
+/// `KubeError::Object` under the object's kind and name; nothing reads it but a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
-fn one_of(field: &str, v: Option<&str>, allowed: &[&str]) -> Result<(), String> {
+impl From<String> for Refused {
+    fn from(s: String) -> Refused {
+        Refused(s)
+    }
+}
+
+impl From<&str> for Refused {
+    fn from(s: &str) -> Refused {
+        Refused(s.to_string())
+    }
+}
+
+fn check_protocol(field: &str, p: &str) -> Result<(), Refused> {
+    match p {
+        "TCP" | "UDP" => Ok(()),
+        other => Err(format!("{field}: protocol {other} is not implemented (TCP or UDP)").into()),
+    }
+}
+
+fn one_of(field: &str, v: Option<&str>, allowed: &[&str]) -> Result<(), Refused> {
     match v {
         Some(x) if !allowed.contains(&x) => {
-            Err(format!("{field}: Unsupported value: \"{x}\": supported values: {}", allowed.join(", ")))
+            Err(format!("{field}: Unsupported value: \"{x}\": supported values: {}", allowed.join(", ")).into())
         }
         _ => Ok(()),
     }
 }
 
-fn ipv4(field: &str, s: &str) -> Result<Ipv4Addr, String> {
-    s.parse().map_err(|_| format!("{field}: {s} is not an IPv4 address (ucanal is IPv4-only)"))
+fn ipv4(field: &str, s: &str) -> Result<Ipv4Addr, Refused> {
+    s.parse().map_err(|_| format!("{field}: {s} is not an IPv4 address (ucanal is IPv4-only)").into())
 }
 
 /// A source range as kube-proxy takes it: whitespace trimmed, host bits allowed (the
@@ -83,7 +107,7 @@ pub fn externally_accessible(spec: &ServiceBody) -> bool {
         || (spec.kind == "ClusterIP" && !spec.external_ips.is_empty())
 }
 
-fn check_service(meta: &Meta, spec: &ServiceBody, status: &ServiceStatus) -> Result<(), String> {
+fn check_service(meta: &Meta, spec: &ServiceBody, status: &ServiceStatus) -> Result<(), Refused> {
     one_of("spec.type", Some(&spec.kind), &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"])?;
     one_of("spec.sessionAffinity", spec.session_affinity.as_deref(), &["None", "ClientIP"])?;
     one_of("spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref(), &["Cluster", "Local"])?;
@@ -92,7 +116,7 @@ fn check_service(meta: &Meta, spec: &ServiceBody, status: &ServiceStatus) -> Res
         .map_err(|e| format!("{e} (RequireDualStack: ucanal is IPv4-only)"))?;
     for (i, f) in spec.ip_families.iter().enumerate() {
         if f != "IPv4" {
-            return Err(format!("spec.ipFamilies[{i}]: {f} is not implemented (ucanal is IPv4-only)"));
+            return Err(format!("spec.ipFamilies[{i}]: {f} is not implemented (ucanal is IPv4-only)").into());
         }
     }
     if let Some(c) = &spec.session_affinity_config {
@@ -104,7 +128,7 @@ fn check_service(meta: &Meta, spec: &ServiceBody, status: &ServiceStatus) -> Res
         {
             return Err(format!(
                 "spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: {t}: must be greater than 0 and less than {CLIENT_IP_TIMEOUT_MAX}"
-            ));
+            ).into());
         }
     }
     if spec.external_traffic_policy.is_some() && !externally_accessible(spec) {
@@ -143,23 +167,25 @@ fn check_service(meta: &Meta, spec: &ServiceBody, status: &ServiceStatus) -> Res
     check_ports(spec)
 }
 
-fn check_addresses(spec: &ServiceBody) -> Result<(), String> {
+fn check_addresses(spec: &ServiceBody) -> Result<(), Refused> {
     let ip = match spec.cluster_ip.as_deref() {
         Some(ip) if ip.parse::<Ipv4Addr>().is_ok() => ip,
-        other => return Err(format!("spec.clusterIP {other:?} is not an IPv4 address (ucanal does not allocate)")),
+        other => {
+            return Err(format!("spec.clusterIP {other:?} is not an IPv4 address (ucanal does not allocate)").into());
+        }
     };
     for (i, c) in spec.cluster_ips.iter().enumerate() {
         if i == 0 && c != ip {
-            return Err(format!("spec.clusterIPs[0]: {c} must be spec.clusterIP {ip}"));
+            return Err(format!("spec.clusterIPs[0]: {c} must be spec.clusterIP {ip}").into());
         }
         if i > 0 {
-            return Err(format!("spec.clusterIPs[{i}]: a second cluster IP (dual-stack) is not implemented"));
+            return Err(format!("spec.clusterIPs[{i}]: a second cluster IP (dual-stack) is not implemented").into());
         }
     }
     Ok(())
 }
 
-fn check_ports(spec: &ServiceBody) -> Result<(), String> {
+fn check_ports(spec: &ServiceBody) -> Result<(), Refused> {
     if spec.ports.is_empty() {
         return Err("spec.ports is empty".into());
     }
@@ -172,12 +198,12 @@ fn check_ports(spec: &ServiceBody) -> Result<(), String> {
         check_protocol(&format!("spec.ports[{i}]"), &p.protocol)?;
         match p.node_port {
             Some(_) if !matches!(spec.kind.as_str(), "NodePort" | "LoadBalancer") => {
-                return Err(format!("spec.ports[{i}].nodePort on a {} service", spec.kind));
+                return Err(format!("spec.ports[{i}].nodePort on a {} service", spec.kind).into());
             }
             None if allocates => {
                 return Err(format!(
                     "spec.ports[{i}].nodePort is missing (ucanal does not allocate NodePorts; for a LoadBalancer without them say allocateLoadBalancerNodePorts: false)"
-                ));
+                ).into());
             }
             _ => {}
         }
@@ -185,7 +211,7 @@ fn check_ports(spec: &ServiceBody) -> Result<(), String> {
     Ok(())
 }
 
-fn check_slice(endpoints: &[SliceEndpoint], ports: &[EndpointPort]) -> Result<(), String> {
+fn check_slice(endpoints: &[SliceEndpoint], ports: &[EndpointPort]) -> Result<(), Refused> {
     for (i, p) in ports.iter().enumerate() {
         check_protocol(&format!("ports[{i}]"), &p.protocol)?;
     }
@@ -193,7 +219,7 @@ fn check_slice(endpoints: &[SliceEndpoint], ports: &[EndpointPort]) -> Result<()
         if e.hints.as_ref().is_some_and(|h| h.for_nodes.is_some()) {
             return Err(format!(
                 "endpoints[{i}].hints.forNodes: node topology hints (trafficDistribution PreferSameNode) are not implemented"
-            ));
+            ).into());
         }
     }
     Ok(())

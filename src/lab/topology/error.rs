@@ -19,3 +19,12 @@ impl TopologyError {
         }
     }
 }
+
+/// A topology file that cannot be loaded: unreadable, or a field that does not validate.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{}:{source}", path.display())]
+    Invalid { path: std::path::PathBuf, source: TopologyError },
+}

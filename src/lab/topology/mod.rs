@@ -20,7 +20,7 @@ pub mod yaml;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-pub use error::TopologyError;
+pub use error::{LoadError, TopologyError};
 pub use model::{ContainerPort, Kind, Lan, Loaded, Node, Pod, Topology};
 
 use crate::api::kube;
@@ -47,10 +47,10 @@ pub fn load_str(text: &str, dir: &Path) -> Result<Loaded, TopologyError> {
     Ok(loaded)
 }
 
-pub fn load(path: &Path) -> Result<Loaded, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    load_str(&text, dir).map_err(|e| format!("{}:{e}", path.display()))
+    load_str(&text, dir).map_err(|source| LoadError::Invalid { path: path.into(), source })
 }
 
 /// `ucanal topology`.
