@@ -603,6 +603,11 @@ lab_ucanal_start() {
     [[ -n ${LAB_KEEP_SOCKET:-}${LAB_KEEP_LOG:-} ]] || : >"$log"
     local -a extra=()
     read -r -a extra <<<"${UCANAL_RUN_ARGS:-}"
+    # `lab.sh up --metrics`: every ucanal node serves Prometheus, in its own namespace.
+    local metrics
+    if metrics=$(_lab_state_get metrics) && [[ -n $metrics && " ${extra[*]} " != *" --metrics "* ]]; then
+        extra+=(--metrics "$metrics")
+    fi
     _lab_state "socket=$(lab_socket "$node")"
     # sh writes its own pid, then execs ucanal: the pid file holds ucanal's pid.
     # shellcheck disable=SC2016
@@ -620,13 +625,28 @@ _lab_pid_alive() {
 }
 _lab_pidfile() { [[ -s $1 ]] && head -n1 "$1"; }
 
-# lab_ucanal_pid NODE: pid of the node's ucanal if it is running.
+# lab_ucanal_pid NODE: pid of the node's ucanal if it is running: the one the lab started
+# (its pid file), else a `ucanal run` started by hand in the node's namespace (as the
+# upgrade procedure of docs/restart.md does; the newest if a hand-over is under way).
 lab_ucanal_pid() {
-    local pid
-    pid=$(_lab_pidfile "$LAB_RUN_DIR/$1.pid") || return 1
-    _lab_pid_alive "$pid" || return 1
-    grep -qF -- "$LAB_RUN_DIR/$1.toml" "/proc/$pid/cmdline" 2>/dev/null || return 1
-    printf '%s\n' "$pid"
+    local pid p found=
+    if pid=$(_lab_pidfile "$LAB_RUN_DIR/$1.pid") && _lab_pid_alive "$pid" &&
+        grep -qF -- "$LAB_RUN_DIR/$1.toml" "/proc/$pid/cmdline" 2>/dev/null; then
+        printf '%s\n' "$pid"
+        return 0
+    fi
+    lab_ns_exists "$(lab_ns "$1")" || return 1
+    for p in $(ip netns pids "$(lab_ns "$1")" 2>/dev/null); do
+        _lab_pid_alive "$p" && _lab_is_ucanal_run "$p" && found=$p
+    done
+    [[ -n $found ]] && printf '%s\n' "$found"
+}
+
+# _lab_is_ucanal_run PID: the process is `ucanal... run ...` (any binary named ucanal*).
+_lab_is_ucanal_run() {
+    local -a argv
+    mapfile -d '' -t argv <"/proc/$1/cmdline" 2>/dev/null || return 1
+    [[ ${#argv[@]} -ge 2 && $(basename -- "${argv[0]}") == ucanal* && " ${argv[*]:1} " == *" run "* ]]
 }
 
 # lab_ucanal_wait NODE [TIMEOUT]: until `ucanal --socket S show pods` succeeds.
@@ -757,11 +777,17 @@ _lab_require() {
     "$LAB_PYTHON" -c 'import http.server' 2>/dev/null || lab_die "$LAB_PYTHON cannot import http.server"
 }
 
-# lab_up [--topology FILE] [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--force]
+# The address `lab.sh up --metrics` gives every ucanal node's Prometheus listener. It is
+# bound in the node's network namespace (as ucanal binds everything there): reach it with
+# `lab.sh exec NODE curl -s 127.0.0.1:9300/metrics`, not from the host.
+LAB_METRICS_DEFAULT=127.0.0.1:9300
+
+# lab_up [--topology FILE] [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--metrics[=ADDR]] [--force]
 lab_up() {
     local force=0 i node any_ucanal=0 v
     lab_init
     LAB_OFFLOADS=on
+    LAB_METRICS=
     # The article's lab unless the caller loaded a topology (lab_topology_up, or lib.sh when
     # it was sourced with ucanal built); --nodeI sets node I's kind on top of it.
     [[ -n $LAB_TOPOLOGY_FILE ]] || lab_topology_load "$LAB_TOPOLOGY_DEFAULT"
@@ -782,8 +808,10 @@ lab_up() {
             [[ $v == on || $v == off ]] || lab_die "--offloads wants on or off, not '$v'"
             LAB_OFFLOADS=$v
             ;;
+        --metrics) LAB_METRICS=$LAB_METRICS_DEFAULT ;;
+        --metrics=*) LAB_METRICS=${1#*=} ;;
         --force) force=1 ;;
-        *) lab_die "unknown option '$1' (up [--topology FILE] [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--force])" ;;
+        *) lab_die "unknown option '$1' (up [--topology FILE] [--node1 ucanal|kernel] [--node2 ucanal|kernel] [--offloads on|off] [--metrics[=ADDR]] [--force])" ;;
         esac
         shift
     done
@@ -855,6 +883,7 @@ _lab_up_body() {
     _lab_state "prefix=$LAB_PREFIX"
     _lab_state "offloads=$LAB_OFFLOADS"
     _lab_state "wire_csum=$LAB_WIRE_CSUM"
+    if [[ -n ${LAB_METRICS:-} ]]; then _lab_state "metrics=$LAB_METRICS"; fi
     for node in "${LAB_NODES[@]}"; do _lab_state "node.$node=${LAB_NODE_MODE[$node]}"; done
     lab_topology_save
     lab_log "up: nodes $(for node in "${LAB_NODES[@]}"; do printf '%s=%s ' "$node" "${LAB_NODE_MODE[$node]}"; done)offloads=$LAB_OFFLOADS run dir $LAB_RUN_DIR"
@@ -921,11 +950,13 @@ lab_down() {
     )
 }
 
-# lab_status: namespaces, node modes, ucanal pids and sockets, pods' servers.
-# Returns 0 when the lab is up and every process runs, 1 when there is no lab, 2 otherwise.
+# lab_status: namespaces, node modes, ucanal pids and sockets, pods' servers (and, for a
+# cluster lab, etcd and the kernel nodes' flannel-lite). Call lab_cluster_load first for a
+# cluster lab (lab.sh does). Returns 0 when the lab is up and every process runs, 1 when
+# there is no lab, 2 otherwise.
 lab_status() {
     lab_init
-    local rc=0 node mode pid sock pod ns
+    local rc=0 node mode pid sock pod ns note metrics
     local -a nss
     mapfile -t nss < <(lab_namespaces)
     printf 'lab %s  run dir %s\n' "$LAB_PREFIX" "$LAB_RUN_DIR"
@@ -933,29 +964,57 @@ lab_status() {
         printf 'not up\n'
         return 1
     fi
-    [[ $(_lab_state_get up) == 1 ]] || rc=2
+    [[ $(_lab_state_get up) == 1 ]] || { rc=2; printf 'up          not finished (or failed)\n'; }
     printf 'offloads    %s   wire checksums %s\n' "$(_lab_state_get offloads || true)" "$(_lab_state_get wire_csum || true)"
     printf 'namespaces  %s\n' "${nss[*]}"
+    if [[ $(_lab_state_get cluster) == 1 ]]; then
+        pid=$(_lab_pidfile "$LAB_RUN_DIR/etcd.pid") || pid=
+        if _lab_pid_alive "$pid"; then :; else pid="not running"; rc=2; fi
+        printf 'etcd        %s  pid %s\n' "$LAB_ETCD_URL" "$pid"
+    fi
+    if metrics=$(_lab_state_get metrics) && [[ -n $metrics ]]; then
+        printf 'metrics     %s in each ucanal node'"'"'s namespace (lab.sh exec NODE curl -s %s/metrics)\n' "$metrics" "$metrics"
+    fi
     for node in "${LAB_NODES[@]}"; do
         mode=$(_lab_state_get "node.$node") || mode=
         sock=$(lab_socket "$node")
         lab_ns_exists "$(lab_ns "$node")" || rc=2
-        if [[ $mode == ucanal ]]; then
-            if pid=$(lab_ucanal_pid "$node"); then :; else pid="not running"; rc=2; fi
-            printf 'node %-10s mode %-6s ns %-16s ucanal pid %-8s socket %s%s\n' "$node" "$mode" \
-                "$(lab_ns "$node")" "$pid" "$sock" "$([[ -S $sock ]] || echo ' (missing)')"
-        else
-            printf 'node %-10s mode %-6s ns %-16s ucanal pid %-8s socket %s (not used)\n' "$node" \
-                "${mode:-?}" "$(lab_ns "$node")" - "$sock"
-        fi
+        case $mode in
+        ucanal)
+            note=
+            if pid=$(lab_ucanal_pid "$node"); then
+                [[ $(_lab_pidfile "$LAB_RUN_DIR/$node.pid" || true) == "$pid" ]] || note=' (started by hand)'
+            else
+                pid="not running"
+                rc=2
+            fi
+            printf 'node %-10s mode %-6s ns %-16s ucanal pid %s%s  socket %s%s\n' "$node" "$mode" \
+                "$(lab_ns "$node")" "$pid" "$note" "$sock" "$([[ -S $sock ]] || echo ' (missing)')"
+            ;;
+        kernel)
+            if [[ -f $LAB_RUN_DIR/$node.flannel.pid ]]; then
+                pid=$(_lab_pidfile "$LAB_RUN_DIR/$node.flannel.pid") || pid=
+                if _lab_pid_alive "$pid"; then :; else pid="not running"; rc=2; fi
+                note="flannel-lite pid $pid"
+            else
+                note="flannel.1, veths, iptables (no daemon)"
+            fi
+            printf 'node %-10s mode %-6s ns %-16s %s\n' "$node" "$mode" "$(lab_ns "$node")" "$note"
+            ;;
+        *)
+            rc=2
+            printf 'node %-10s mode ?      ns %-16s (not in the lab'"'"'s state)\n' "$node" "$(lab_ns "$node")"
+            ;;
+        esac
     done
     for pod in "${LAB_PODS[@]}"; do
         ns=$(lab_ns "$pod")
         pid=$(_lab_pidfile "$LAB_RUN_DIR/$pod.http.pid") || pid=
         if _lab_pid_alive "$pid"; then :; else pid="not running"; rc=2; fi
-        printf 'pod  %-10s ip %-12s node %-10s ns %-16s http pid %s\n' "$pod" "${LAB_POD_IP[$pod]}" \
+        printf 'pod  %-10s ip %-12s node %-10s ns %-16s http pid %s\n' "$pod" "${LAB_POD_IP[$pod]:-?}" \
             "${LAB_POD_NODE[$pod]}" "$ns" "$pid"
     done
+    if ((rc == 2)); then printf 'degraded: see the lines above (logs in %s)\n' "$LAB_RUN_DIR"; fi
     return "$rc"
 }
 
