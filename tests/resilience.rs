@@ -55,6 +55,10 @@ fn main() -> ExitCode {
         .phase("zero_length_vxlan_datagrams_are_counted", zero_length_vxlan)
         .phase("a_listing_piped_into_head_ends_quietly", listing_into_head)
         .phase("two_thousand_idle_connections_lock_nobody_out", idle_connections);
+    // The flood's claim is timed (a connection gets in in every 2 s window): beside the
+    // trial holding 2,000 idle API connections, on 2 cores, a window went without one. The
+    // trials take turns.
+    suite.one_at_a_time();
     suite.run()
 }
 

@@ -40,6 +40,8 @@ pub struct Suite {
     trials: Vec<Trial>,
     slots: Arc<Slots>,
     netns_trials: usize,
+    /// Trials (groups) run one at a time whatever --test-threads says.
+    one_at_a_time: bool,
 }
 
 impl Default for Suite {
@@ -55,7 +57,13 @@ impl Suite {
             PANIC_AT.with(|p| *p.borrow_mut() = info.location().map(|l| l.to_string()));
             default_hook(info);
         }));
-        Suite { trials: Vec::new(), slots: Arc::new(Slots::default()), netns_trials: 0 }
+        Suite { trials: Vec::new(), slots: Arc::new(Slots::default()), netns_trials: 0, one_at_a_time: false }
+    }
+
+    /// Runs the groups one at a time: for files whose trials load the machine or time what
+    /// another trial does (a bulk transfer beside a walk that compares live traces).
+    pub fn one_at_a_time(&mut self) {
+        self.one_at_a_time = true;
     }
 
     /// A trial on its own that needs neither root nor a namespace.
@@ -96,7 +104,11 @@ impl Suite {
     /// Runs the trials the command line selects; the exit code is libtest's.
     pub fn run(self) -> ExitCode {
         let mut args = Arguments::from_args();
-        let parallel = args.test_threads.or_else(|| std::thread::available_parallelism().ok().map(usize::from));
+        let parallel = if self.one_at_a_time {
+            Some(1)
+        } else {
+            args.test_threads.or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        };
         self.slots.set_capacity(parallel.unwrap_or(1).max(1));
         // A thread per trial; `slots` keeps the number of active groups at --test-threads.
         args.test_threads = Some(self.trials.len().max(1));
